@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Check-and-start for every service the tests use, and Debian's Chromium for the browser tests.
+# Idempotent and quick when everything is already up; safe to run on a fresh machine as root.
+set -u
+
+log() { echo "[services] $*"; }
+
+if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
+  log "starting redis"
+  mkdir -p /var/lib/redis /var/log/redis 2>/dev/null || true
+  redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no \
+    --dir /var/lib/redis --logfile /var/log/redis/ci.log \
+    || redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no
+fi
+
+if ! pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; then
+  log "starting postgresql"
+  pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start || true
+fi
+
+if ! (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null; then
+  log "starting rabbitmq"
+  rabbitmq-server -detached || true
+fi
+
+if ! command -v chromium >/dev/null 2>&1 && [ ! -x /usr/bin/chromium ]; then
+  log "installing chromium (apt)"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq && apt-get install -y -qq chromium >/dev/null || log "chromium install failed"
+fi
+
+# Wait (bounded) for every service to answer.
+deadline=$((SECONDS + 90))
+until redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 \
+   && pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null \
+   && (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null; do
+  if [ $SECONDS -ge $deadline ]; then
+    log "a service did not come up in 90 s (redis, postgresql on 5432, rabbitmq on 5672)"
+    exit 1
+  fi
+  sleep 1
+done
+exit 0

@@ -1,0 +1,158 @@
+"""The typed event model: the one contract between the tracking library and the server.
+
+Events travel as compact JSON (wire format v1, DESIGN.md §2). Encoding and decoding go through msgspec,
+which validates types while it parses (≈0.3 µs an event), so the consumer can reject bad input per
+event without a second validation pass. Unknown fields are ignored, for forward compatibility.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from typing import Any, Final, Literal
+
+import msgspec
+
+SCHEMA_VERSION: Final = 1
+
+TaskEventType = Literal[
+    "sent", "received", "started", "retried", "succeeded", "failed", "revoked", "rejected"
+]
+WorkerEventType = Literal["worker.online", "worker.heartbeat", "worker.offline"]
+# `publisher.dropped`: a process reports how many events its bounded buffer dropped while the broker
+# was slow or down, once the broker answers again (`dropped` carries the count since the last report).
+MetaEventType = Literal["publisher.dropped"]
+EventType = Literal[TaskEventType, WorkerEventType, MetaEventType]
+
+TASK_EVENT_TYPES: Final[frozenset[str]] = frozenset(
+    ("sent", "received", "started", "retried", "succeeded", "failed", "revoked", "rejected")
+)
+WORKER_EVENT_TYPES: Final[frozenset[str]] = frozenset(
+    ("worker.online", "worker.heartbeat", "worker.offline")
+)
+
+# Largest encoded event the consumer accepts. The library caps every captured value far below this
+# (max_value_size), so anything larger was not written by a well-behaved client.
+MAX_EVENT_BYTES: Final = 1_048_576
+
+
+class TaskInfo(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One registered task as a worker announces it: feeds the task registry."""
+
+    name: str
+    signature: str | None = None
+    doc: str | None = None
+
+
+class Event(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One lifecycle step of a task or worker. Field meanings: DESIGN.md §2."""
+
+    v: int
+    id: str
+    type: EventType
+    ts: float
+
+    # Task identity and lineage.
+    task_id: str | None = None
+    name: str | None = None
+    root_id: str | None = None
+    parent_id: str | None = None
+    group_id: str | None = None
+    # For a chord header member: the task id of the chord callback, known at publish time.
+    chord_id: str | None = None
+    # Task ids triggered on success (chain successor, link callbacks) and on failure (link_error).
+    links: list[str] | None = None
+    link_errors: list[str] | None = None
+    trace_id: str | None = None
+
+    # Where it ran or was routed.
+    hostname: str | None = None
+    pid: int | None = None
+    queue: str | None = None
+
+    retries: int | None = None
+    eta: float | None = None
+    expires: float | None = None
+
+    # Scrubbed, size-capped, JSON-safe values.
+    args: Any = None
+    kwargs: Any = None
+    result: Any = None
+    exception: str | None = None
+    traceback: str | None = None
+    # Why: for `retried` (the exception that caused the retry), `revoked` (terminated/expired) and
+    # `rejected` (requeue or not).
+    reason: str | None = None
+    runtime: float | None = None
+
+    # Worker events: registered tasks (on online) and pool facts.
+    tasks: list[TaskInfo] | None = None
+    info: dict[str, Any] | None = None
+
+    # publisher.dropped: events dropped by this process since its last report.
+    dropped: int | None = None
+
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(Event)
+
+
+def new_event_id() -> str:
+    """A unique event id; the consumer ignores ids it has already stored."""
+    return uuid.uuid4().hex
+
+
+def make_event(type_: EventType, **fields: Any) -> Event:
+    """Build an event stamped with a fresh id and the current wall-clock time."""
+    return Event(v=SCHEMA_VERSION, id=new_event_id(), type=type_, ts=time.time(), **fields)
+
+
+def encode(event: Event) -> bytes:
+    return _encoder.encode(event)
+
+
+class EventRejected(ValueError):
+    """A stream entry that is not a valid v1 event. `kind` is a short, stable label for metrics."""
+
+    def __init__(self, kind: str, detail: str) -> None:
+        super().__init__(f"{kind}: {detail}")
+        self.kind = kind
+        self.detail = detail
+
+
+def decode(data: bytes | bytearray | memoryview | str) -> Event:
+    """Parse and validate one encoded event, or raise EventRejected naming what was wrong."""
+    if len(data) > MAX_EVENT_BYTES:
+        raise EventRejected("oversize", f"{len(data)} bytes > {MAX_EVENT_BYTES}")
+    if isinstance(data, str):
+        raw: bytes | bytearray | memoryview = data.encode("utf-8", "surrogatepass")
+    else:
+        raw = data
+    try:
+        event = _decoder.decode(raw)
+    except msgspec.ValidationError as exc:
+        message = str(exc)
+        kind = "missing_field" if "missing required field" in message.lower() else "invalid_field"
+        raise EventRejected(kind, message) from None
+    except msgspec.DecodeError as exc:
+        kind = "not_utf8" if _is_not_utf8(raw) else "not_json"
+        raise EventRejected(kind, str(exc)) from None
+    if event.v != SCHEMA_VERSION:
+        raise EventRejected("unsupported_version", f"v={event.v}")
+    if event.type in TASK_EVENT_TYPES and not event.task_id:
+        raise EventRejected("missing_field", f"{event.type} event without task_id")
+    return event
+
+
+def _is_not_utf8(raw: bytes | bytearray | memoryview) -> bool:
+    try:
+        bytes(raw).decode("utf-8")
+    except UnicodeDecodeError:
+        return True
+    return False
+
+
+def process_identity() -> tuple[str, int]:
+    """(hostname, pid) of the current process, for events emitted outside a worker."""
+    return (os.uname().nodename, os.getpid())

@@ -1,0 +1,188 @@
+"""The domain model the server answers with: tasks, flows, graphs, workers, registry.
+
+Plain dataclasses, so the pure `flow` code, the store and the HTTP layer share one definition and
+FastAPI can derive the OpenAPI schema (and the UI its TypeScript types) from it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Generic, Literal, TypeVar
+
+TaskState = Literal[
+    "PENDING", "RECEIVED", "STARTED", "RETRY", "SUCCESS", "FAILURE", "REVOKED", "REJECTED"
+]
+TERMINAL_STATES: frozenset[str] = frozenset({"SUCCESS", "FAILURE", "REVOKED", "REJECTED"})
+# The order a task normally moves through; a later event never moves a task back (out-of-order safe).
+STATE_RANK: dict[str, int] = {
+    "PENDING": 0,
+    "RECEIVED": 1,
+    "STARTED": 2,
+    "RETRY": 3,
+    "SUCCESS": 4,
+    "FAILURE": 4,
+    "REVOKED": 4,
+    "REJECTED": 4,
+}
+FlowState = Literal["PENDING", "RUNNING", "SUCCESS", "FAILURE", "REVOKED", "REJECTED"]
+EdgeKind = Literal["spawn", "chain", "chord", "errback"]
+SegmentKind = Literal["queued", "received", "running", "retry"]
+
+T = TypeVar("T")
+
+
+@dataclass
+class Page(Generic[T]):
+    items: list[T]
+    next_cursor: str | None = None
+
+
+@dataclass
+class Segment:
+    """One stretch of a task's life, for the timeline: end is None while it is still going on."""
+
+    kind: SegmentKind
+    start: float
+    end: float | None = None
+
+
+@dataclass
+class EventRecord:
+    """One stored lifecycle event of a task, in the order it happened."""
+
+    id: str
+    type: str
+    ts: float
+    hostname: str | None = None
+    pid: int | None = None
+    retries: int | None = None
+    exception: str | None = None
+    traceback: str | None = None
+    reason: str | None = None
+    runtime: float | None = None
+
+
+@dataclass
+class TaskSummary:
+    """A task as it appears in lists and graph nodes."""
+
+    task_id: str
+    name: str | None
+    state: TaskState
+    root_id: str | None = None
+    parent_id: str | None = None
+    group_id: str | None = None
+    chord_id: str | None = None
+    trace_id: str | None = None
+    hostname: str | None = None
+    queue: str | None = None
+    retries: int = 0
+    sent_at: float | None = None
+    received_at: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    runtime: float | None = None
+    exception: str | None = None
+    links: list[str] = field(default_factory=list)
+    link_errors: list[str] = field(default_factory=list)
+    # Seconds spent in each state (PENDING, RECEIVED, STARTED, RETRY), for badges and the timeline.
+    durations: dict[str, float] = field(default_factory=dict)
+    updated_at: float | None = None
+
+
+@dataclass
+class TaskDetail(TaskSummary):
+    """Everything known about one task."""
+
+    args: Any = None
+    kwargs: Any = None
+    result: Any = None
+    traceback: str | None = None
+    eta: float | None = None
+    expires: float | None = None
+    pid: int | None = None
+    events: list[EventRecord] = field(default_factory=list)
+    segments: list[Segment] = field(default_factory=list)
+    children: list[str] = field(default_factory=list)
+
+
+@dataclass
+class FlowSummary:
+    """One root workflow: the root task and how its descendants are doing."""
+
+    root_id: str
+    root_name: str | None
+    state: FlowState
+    counts: dict[str, int]
+    task_count: int
+    started_at: float | None
+    finished_at: float | None
+    duration: float | None
+    trace_id: str | None = None
+    updated_at: float | None = None
+
+
+@dataclass
+class GraphNode(TaskSummary):
+    segments: list[Segment] = field(default_factory=list)
+
+
+@dataclass
+class GraphEdge:
+    source: str
+    target: str
+    kind: EdgeKind
+
+
+@dataclass
+class GraphGroup:
+    """A group or chord container: its header members and, for a chord, the callback task."""
+
+    id: str
+    kind: Literal["group", "chord"]
+    members: list[str]
+    callback_id: str | None = None
+
+
+@dataclass
+class FlowGraph:
+    root_id: str
+    nodes: list[GraphNode]
+    edges: list[GraphEdge]
+    groups: list[GraphGroup]
+    # Task ids, root first, of the chain of tasks that decided when the flow finished.
+    critical_path: list[str] = field(default_factory=list)
+
+
+@dataclass
+class TraceView:
+    trace_id: str
+    flows: list[FlowSummary]
+    tasks: list[TaskSummary]
+
+
+@dataclass
+class RegisteredTask:
+    """A task name with what workers announced about it and how its runs went."""
+
+    name: str
+    counts: dict[str, int]
+    total: int
+    failure_rate: float
+    p50: float | None
+    p95: float | None
+    signature: str | None = None
+    doc: str | None = None
+    workers: list[str] = field(default_factory=list)
+
+
+@dataclass
+class WorkerInfo:
+    hostname: str
+    status: Literal["online", "offline"]
+    last_heartbeat: float | None
+    online_since: float | None = None
+    pid: int | None = None
+    tasks_run: int = 0
+    registered: list[str] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,84 @@
+"""The store protocol: one schema, two engines (SQLite embedded default, PostgreSQL shared).
+
+Tasks are folds of their events: `apply()` is idempotent per event id and order-independent, so the
+consumer can re-deliver after a crash and acknowledge only after `apply()` returned (it commits).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from celery_flow.events import Event
+from celery_flow.flow.model import (
+    FlowSummary,
+    Page,
+    RegisteredTask,
+    TaskDetail,
+    TaskSummary,
+    TraceView,
+    WorkerInfo,
+)
+
+
+class StoreError(Exception):
+    """The store could not be opened or written (unreachable, read-only, full)."""
+
+
+@dataclass(frozen=True)
+class TaskFilter:
+    state: str | None = None
+    name: str | None = None
+    root_id: str | None = None
+    trace_id: str | None = None
+    worker: str | None = None
+    q: str | None = None  # free text over task ids and names
+    since: float | None = None
+    until: float | None = None
+
+
+@dataclass(frozen=True)
+class StoreStats:
+    tasks: int
+    events: int
+    # Consumer counters persisted beside the data: rejected events per kind, dropped by publishers.
+    counters: Mapping[str, int]
+
+
+class Store(Protocol):
+    def apply(self, events: Sequence[Event], counters: Mapping[str, int] | None = None) -> list[str]:
+        """Fold events into tasks/workers in one transaction; return the ids of tasks that changed."""
+        ...
+
+    def get_task(self, task_id: str) -> TaskDetail | None: ...
+
+    def list_tasks(self, filt: TaskFilter, limit: int, cursor: str | None) -> Page[TaskSummary]: ...
+
+    def list_flows(self, filt: TaskFilter, limit: int, cursor: str | None) -> Page[FlowSummary]: ...
+
+    def flow_tasks(self, root_id: str) -> list[TaskDetail]:
+        """Every task of one root workflow (no args/results needed), for flow.graph."""
+        ...
+
+    def trace(self, trace_id: str) -> TraceView | None: ...
+
+    def registry(self) -> list[RegisteredTask]: ...
+
+    def workers(self) -> list[WorkerInfo]: ...
+
+    def changes_since(self, cursor: int, limit: int = 500) -> tuple[list[TaskSummary], int]:
+        """Tasks changed after `cursor` (a store-wide change counter) and the new cursor, for live push."""
+        ...
+
+    def stats(self) -> StoreStats: ...
+
+    def sweep(self, ttl: float | None, max_tasks: int | None) -> int:
+        """Delete tasks older than ttl seconds and beyond max_tasks (oldest first); return count."""
+        ...
+
+    def ping(self) -> None:
+        """Raise StoreError unless the store answers now."""
+        ...
+
+    def close(self) -> None: ...

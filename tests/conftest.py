@@ -1,0 +1,111 @@
+"""Session fixtures giving each test run its own slice of the real services (DESIGN.md §6).
+
+- Redis: a whole logical database, claimed with a lock key in DB 0 so concurrent runs never share one,
+  flushed before and after.
+- PostgreSQL: a database created for the run and dropped afterwards.
+- RabbitMQ: a vhost created for the run and deleted afterwards.
+
+Each fixture checks the service first and fails with a message naming the command that starts it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+REDIS_HOST = os.environ.get("CELERY_FLOW_TEST_REDIS_HOST", "127.0.0.1")
+REDIS_PORT = int(os.environ.get("CELERY_FLOW_TEST_REDIS_PORT", "6379"))
+PG_DSN = os.environ.get("CELERY_FLOW_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
+AMQP_HOST = os.environ.get("CELERY_FLOW_TEST_AMQP_HOST", "127.0.0.1:5672")
+
+RUN_ID = uuid.uuid4().hex[:10]
+
+START_HINT = "start the services with `bash .ci/services.sh`"
+
+
+@pytest.fixture(scope="session")
+def redis_db() -> Iterator[int]:
+    """A Redis logical database (1..15) owned by this test run."""
+    admin = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=0, socket_timeout=5)
+    try:
+        admin.ping()
+    except redis.RedisError as exc:
+        pytest.fail(f"Redis at {REDIS_HOST}:{REDIS_PORT} is not reachable ({exc}): {START_HINT}")
+    for db in range(1, 16):
+        if admin.set(f"celery_flow_test_lock:{db}", RUN_ID, nx=True, ex=3600):
+            break
+    else:
+        pytest.fail("every Redis database 1..15 is claimed by another test run (keys celery_flow_test_lock:*)")
+    client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=db)
+    client.flushdb()
+    try:
+        yield db
+    finally:
+        client.flushdb()
+        client.close()
+        if admin.get(f"celery_flow_test_lock:{db}") == RUN_ID.encode():
+            admin.delete(f"celery_flow_test_lock:{db}")
+        admin.close()
+
+
+@pytest.fixture(scope="session")
+def redis_url(redis_db: int) -> str:
+    return f"redis://{REDIS_HOST}:{REDIS_PORT}/{redis_db}"
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def unique_prefix() -> str:
+    """A key/exchange prefix unique to one test, so tests in one run never see each other's events."""
+    return f"cft_{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """A PostgreSQL database created for this run and dropped afterwards."""
+    psycopg = pytest.importorskip("psycopg")
+    name = f"celery_flow_test_{RUN_ID}"
+    try:
+        admin = psycopg.connect(f"{PG_DSN}/postgres", autocommit=True, connect_timeout=5)
+    except psycopg.Error as exc:
+        pytest.fail(f"PostgreSQL at {PG_DSN} is not reachable ({exc}): {START_HINT}")
+    with admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"{PG_DSN}/{name}"
+    finally:
+        with psycopg.connect(f"{PG_DSN}/postgres", autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def amqp_url() -> Iterator[str]:
+    """A RabbitMQ vhost created for this run (guest may use it) and deleted afterwards."""
+    ctl = shutil.which("rabbitmqctl")
+    if ctl is None:
+        pytest.fail(f"rabbitmqctl not found: RabbitMQ is needed for these tests; {START_HINT}")
+    vhost = f"celery_flow_test_{RUN_ID}"
+
+    def run(*args: str) -> None:
+        proc = subprocess.run([ctl, *args], capture_output=True, text=True, timeout=60)
+        if proc.returncode != 0:
+            pytest.fail(f"rabbitmqctl {' '.join(args)} failed: {proc.stderr.strip()}; {START_HINT}")
+
+    run("add_vhost", vhost)
+    run("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+    try:
+        yield f"amqp://guest:guest@{AMQP_HOST}/{vhost}"
+    finally:
+        subprocess.run([ctl, "delete_vhost", vhost], capture_output=True, timeout=60)
