@@ -1,0 +1,270 @@
+"""Redis Streams transport: stream `{prefix}:events`, one field `e` per entry (DESIGN.md §3).
+
+Publishing pipelines one `XADD ... MAXLEN ~ maxlen` per event in a single round trip. The stream is a
+buffer between the user's processes and the server, not the history (the store keeps that), so it is
+bounded by length on every write (`MAXLEN ~`, cheap: whole macro nodes are dropped) and, when `ttl` is
+given, also by age with an `XTRIM MINID ~ <now - ttl>` added to a batch at most once a minute. Only one
+trimming strategy fits in one XADD, hence the split.
+
+Sockets time out after about a second (connect and read) and redis-py's own retries are off, so the
+publisher's thread gives up quickly on a refused, unreachable or frozen server and drops instead of
+hanging.
+
+Consuming uses a consumer group: after a (re)start a member first reads back its own pending entries
+(`XREADGROUP ... 0`), then new ones (`>`), and every `claim_interval` it takes over entries idle longer
+than `min_idle` from dead members (`XAUTOCLAIM`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from celery_flow.transport.base import ConfigError, Message, TransportError
+
+__all__ = ["RedisSubscription", "RedisTransport", "stream_key"]
+
+DEFAULT_MAXLEN = 100_000
+DEFAULT_SOCKET_TIMEOUT = 1.0
+DEFAULT_CONNECT_TIMEOUT = 1.0
+DEFAULT_MIN_IDLE = 60.0
+DEFAULT_CLAIM_INTERVAL = 15.0
+# The consumer's socket must outlive its longest XREADGROUP BLOCK; reads block at most this long.
+DEFAULT_READ_SOCKET_TIMEOUT = 30.0
+_TTL_TRIM_INTERVAL = 60.0
+_ACK_CHUNK = 1000
+
+
+def stream_key(prefix: str) -> str:
+    return f"{prefix}:events"
+
+
+def _redact(url: str) -> str:
+    from celery_flow.transport import redact_url
+
+    return redact_url(url)
+
+
+def _client(url: str, socket_timeout: float | None, connect_timeout: float) -> redis.Redis:
+    try:
+        return redis.Redis.from_url(
+            url,
+            socket_timeout=socket_timeout,
+            socket_connect_timeout=connect_timeout,
+            retry=Retry(NoBackoff(), 0),
+            retry_on_timeout=False,
+            decode_responses=False,
+        )
+    except ValueError as exc:
+        raise ConfigError(f"bad Redis URL {_redact(url)!r}: {exc}") from None
+
+
+def _wrap(exc: Exception, safe_url: str) -> TransportError:
+    return TransportError(f"redis {safe_url}: {type(exc).__name__}: {exc}")
+
+
+class RedisTransport:
+    """Transport over one Redis stream. Options come from `from_url(url, prefix, **options)`."""
+
+    def __init__(
+        self,
+        url: str,
+        prefix: str = "celery_flow",
+        maxlen: int = DEFAULT_MAXLEN,
+        ttl: float | None = None,
+        socket_timeout: float = DEFAULT_SOCKET_TIMEOUT,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        min_idle: float = DEFAULT_MIN_IDLE,
+        claim_interval: float = DEFAULT_CLAIM_INTERVAL,
+        read_socket_timeout: float = DEFAULT_READ_SOCKET_TIMEOUT,
+        **_ignored: Any,
+    ) -> None:
+        if maxlen <= 0:
+            raise ConfigError(f"maxlen must be positive, got {maxlen}")
+        self.url = url
+        self.safe_url = _redact(url)
+        self.prefix = prefix
+        self.stream = stream_key(prefix)
+        self.maxlen = maxlen
+        self.ttl = ttl
+        self.min_idle = min_idle
+        self.claim_interval = claim_interval
+        self.read_socket_timeout = read_socket_timeout
+        self.connect_timeout = connect_timeout
+        self._client = _client(url, socket_timeout, connect_timeout)
+        self._next_ttl_trim = 0.0
+
+    def publish(self, payloads: Sequence[bytes]) -> None:
+        if not payloads:
+            return
+        try:
+            pipe = self._client.pipeline(transaction=False)
+            for payload in payloads:
+                pipe.xadd(self.stream, {"e": payload}, maxlen=self.maxlen, approximate=True)
+            now = time.time()
+            if self.ttl is not None and now >= self._next_ttl_trim:
+                self._next_ttl_trim = now + _TTL_TRIM_INTERVAL
+                pipe.xtrim(self.stream, minid=f"{int((now - self.ttl) * 1000)}-0", approximate=True)
+            pipe.execute()
+        except redis.RedisError as exc:
+            raise _wrap(exc, self.safe_url) from None
+
+    def subscribe(self, group: str, consumer: str) -> RedisSubscription:
+        client = _client(self.url, self.read_socket_timeout, self.connect_timeout)
+        return RedisSubscription(self, client, group, consumer)
+
+    def ping(self) -> None:
+        try:
+            self._client.ping()
+        except redis.RedisError as exc:
+            raise _wrap(exc, self.safe_url) from None
+
+    def close(self) -> None:
+        self._client.close()
+
+
+class RedisSubscription:
+    """One member of a consumer group on the events stream."""
+
+    def __init__(self, transport: RedisTransport, client: redis.Redis, group: str, consumer: str) -> None:
+        self._t = transport
+        self._client = client
+        self.group = group
+        self.consumer = consumer
+        self.stream = transport.stream
+        # "0": re-read this member's own pending entries first (a restart); None once drained.
+        self._pending_cursor: str | None = "0"
+        self._next_claim = 0.0
+        self._claim_cursor = "0-0"
+        self._group_ready = False
+
+    def _ensure_group(self) -> None:
+        if self._group_ready:
+            return
+        try:
+            self._client.xgroup_create(self.stream, self.group, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        self._group_ready = True
+
+    def read(self, count: int, timeout: float) -> list[Message]:
+        try:
+            self._ensure_group()
+            if self._pending_cursor is not None:
+                own = self._read_own_pending(count)
+                if own:
+                    return own
+            now = time.monotonic()
+            if now >= self._next_claim:
+                claimed = self._claim(count)
+                if claimed:
+                    return claimed
+            block_ms = int(max(0.0, min(timeout, self._t.read_socket_timeout - 1.0)) * 1000)
+            resp: Any = self._client.xreadgroup(
+                self.group,
+                self.consumer,
+                {self.stream: ">"},
+                count=count,
+                block=block_ms if block_ms > 0 else None,
+            )
+            return self._messages(resp)
+        except redis.RedisError as exc:
+            if "NOGROUP" in str(exc):  # the stream was deleted: recreate the group next time
+                self._group_ready = False
+            raise _wrap(exc, self._t.safe_url) from None
+
+    def _read_own_pending(self, count: int) -> list[Message]:
+        assert self._pending_cursor is not None
+        resp: Any = self._client.xreadgroup(
+            self.group, self.consumer, {self.stream: self._pending_cursor}, count=count
+        )
+        entries = resp[0][1] if resp else []
+        if not entries:
+            self._pending_cursor = None
+            return []
+        last = entries[-1][0]
+        self._pending_cursor = last.decode() if isinstance(last, bytes) else str(last)
+        out, gone = self._split(entries)
+        if gone:  # deleted/trimmed while pending: nothing to deliver, release them
+            self._client.xack(self.stream, self.group, *gone)
+        if not out:
+            return self._read_own_pending(count)
+        return out
+
+    def _claim(self, count: int) -> list[Message]:
+        resp: Any = self._client.xautoclaim(
+            self.stream,
+            self.group,
+            self.consumer,
+            min_idle_time=int(self._t.min_idle * 1000),
+            start_id=self._claim_cursor,
+            count=count,
+        )
+        cursor = resp[0]
+        cursor_s = cursor.decode() if isinstance(cursor, bytes) else str(cursor)
+        if cursor_s in {"0-0", "0"}:
+            # A full pass over the pending list is done; wait before the next one.
+            self._claim_cursor = "0-0"
+            self._next_claim = time.monotonic() + self._t.claim_interval
+        else:
+            self._claim_cursor = cursor_s
+        out, gone = self._split(resp[1])
+        if gone:
+            self._client.xack(self.stream, self.group, *gone)
+        return out
+
+    @staticmethod
+    def _split(entries: Sequence[Any]) -> tuple[list[Message], list[bytes]]:
+        out: list[Message] = []
+        gone: list[bytes] = []
+        for entry_id, fields in entries:
+            if not fields:
+                gone.append(entry_id)
+                continue
+            data = fields.get(b"e")
+            mid = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+            out.append(Message(mid, data if data is not None else b""))
+        return out, gone
+
+    def _messages(self, resp: Any) -> list[Message]:
+        if not resp:
+            return []
+        out, _ = self._split(resp[0][1])
+        return out
+
+    def ack(self, ids: Sequence[str]) -> None:
+        if not ids:
+            return
+        try:
+            pipe = self._client.pipeline(transaction=False)
+            for i in range(0, len(ids), _ACK_CHUNK):
+                pipe.xack(self.stream, self.group, *ids[i : i + _ACK_CHUNK])
+            pipe.execute()
+        except redis.RedisError as exc:
+            raise _wrap(exc, self._t.safe_url) from None
+
+    def lag(self) -> int | None:
+        try:
+            groups = self._client.xinfo_groups(self.stream)
+        except redis.ResponseError:
+            return None  # no stream yet
+        except redis.RedisError as exc:
+            raise _wrap(exc, self._t.safe_url) from None
+        for info in groups:
+            name = info.get("name")
+            if isinstance(name, bytes):
+                name = name.decode()
+            if name == self.group:
+                lag = info.get("lag")
+                pending = int(info.get("pending") or 0)
+                return None if lag is None else int(lag) + pending
+        return None
+
+    def close(self) -> None:
+        self._client.close()
