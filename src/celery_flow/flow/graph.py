@@ -1,0 +1,167 @@
+"""The tasks of one root workflow as a graph: nodes, typed edges, group/chord containers, critical path.
+
+Everything is derived from fields known at publish time (`parent_id`, `links`, `link_errors`,
+`group_id`, `chord_id`), so a canvas has its final shape as soon as its tasks are *sent*; a chord whose
+header has not finished yet is still drawn as a chord, with its callback as a pending node.
+
+Bad data (cycles, missing parents, a task that names itself) never hangs or crashes this module: it only
+looks edges up in dictionaries, and the one walk (critical path) keeps a visited set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import fields
+
+from celery_flow.flow.model import (
+    EdgeKind,
+    FlowGraph,
+    GraphEdge,
+    GraphGroup,
+    GraphNode,
+    TaskSummary,
+)
+
+_SUMMARY_FIELDS = tuple(f.name for f in fields(TaskSummary))
+
+
+def to_node(task: TaskSummary) -> GraphNode:
+    """A graph node carrying the task's summary fields (and its timeline when the task has one)."""
+    node = GraphNode(**{name: getattr(task, name) for name in _SUMMARY_FIELDS})
+    segments = getattr(task, "segments", None)
+    if segments:
+        node.segments = list(segments)
+    return node
+
+
+def build_graph(root_id: str, tasks: Iterable[TaskSummary]) -> FlowGraph:
+    """The graph of one root workflow from its tasks (any order; duplicates by id are merged)."""
+    nodes: dict[str, GraphNode] = {}
+    for task in tasks:
+        nodes[task.task_id] = to_node(task)
+
+    # A chord callback is the `chord_id` target of its header members. It is *not* a member of any
+    # group it carries the group_id of (Celery gives it the enclosing group's id, DESIGN.md §7).
+    chord_members: dict[str, list[str]] = {}
+    for node in nodes.values():
+        if node.chord_id and node.chord_id != node.task_id:
+            chord_members.setdefault(node.chord_id, []).append(node.task_id)
+    for callback_id in chord_members:
+        if callback_id not in nodes:
+            # Not sent yet: the header is still running. Show it as a pending node.
+            nodes[callback_id] = GraphNode(task_id=callback_id, name=None, state="PENDING", root_id=root_id)
+
+    group_members: dict[str, list[str]] = {}
+    for node in nodes.values():
+        if node.group_id and node.task_id not in chord_members:
+            group_members.setdefault(node.group_id, []).append(node.task_id)
+
+    edges: list[GraphEdge] = []
+    connected: set[tuple[str, str]] = set()
+
+    def add(source: str, target: str, kind: EdgeKind) -> None:
+        if source == target or (source, target) in connected:
+            return
+        if source not in nodes or target not in nodes:
+            return
+        connected.add((source, target))
+        edges.append(GraphEdge(source=source, target=target, kind=kind))
+
+    def targets(link: str) -> Sequence[str]:
+        # A link names a task, or a group (a chain into a group links to the group's id).
+        if link in nodes:
+            return (link,)
+        return group_members.get(link, ())
+
+    ordered = sorted(nodes.values(), key=_node_order)
+    for node in ordered:
+        for link in node.links:
+            for target in targets(link):
+                add(node.task_id, target, "chain")
+    for callback_id, members in chord_members.items():
+        for member in sorted(members, key=lambda t: _node_order(nodes[t])):
+            add(member, callback_id, "chord")
+    for node in ordered:
+        for link in node.link_errors:
+            for target in targets(link):
+                add(node.task_id, target, "errback")
+    # Spawn last: a chain successor, a chord callback or an errback also has the predecessor as its
+    # parent; one edge of the more specific kind is drawn, not spawn+chain.
+    for node in ordered:
+        parent = node.parent_id
+        if parent and parent != node.task_id:
+            add(parent, node.task_id, "spawn")
+
+    groups: list[GraphGroup] = []
+    chord_group_ids: set[str] = set()
+    for callback_id, members in chord_members.items():
+        member_groups = {nodes[m].group_id for m in members}
+        header_group = member_groups.pop() if len(member_groups) == 1 else None
+        group_id = header_group or f"chord:{callback_id}"
+        if header_group:
+            chord_group_ids.add(header_group)
+        groups.append(
+            GraphGroup(
+                id=group_id,
+                kind="chord",
+                members=sorted(members, key=lambda t: _node_order(nodes[t])),
+                callback_id=callback_id,
+            )
+        )
+    for group_id, members in group_members.items():
+        if group_id in chord_group_ids:
+            continue
+        groups.append(
+            GraphGroup(
+                id=group_id,
+                kind="group",
+                members=sorted(members, key=lambda t: _node_order(nodes[t])),
+            )
+        )
+    groups.sort(key=lambda g: (g.kind, g.id))
+
+    return FlowGraph(
+        root_id=root_id,
+        nodes=ordered,
+        edges=edges,
+        groups=groups,
+        critical_path=critical_path(nodes, edges),
+    )
+
+
+def critical_path(nodes: dict[str, GraphNode], edges: Sequence[GraphEdge]) -> list[str]:
+    """Task ids, earliest first, of the chain of dependencies that decided when the flow finished.
+
+    Start at the task that finished last and repeatedly step back to the predecessor (any edge kind)
+    that finished last. Bounded by the node count and a visited set, so cycles cannot loop.
+    """
+    if not nodes:
+        return []
+    predecessors: dict[str, list[str]] = {}
+    for edge in edges:
+        predecessors.setdefault(edge.target, []).append(edge.source)
+    current: str | None = max(nodes.values(), key=lambda n: (_end_time(n), n.task_id)).task_id
+    path: list[str] = []
+    visited: set[str] = set()
+    while current is not None and current not in visited and len(path) < len(nodes):
+        visited.add(current)
+        path.append(current)
+        candidates = [p for p in predecessors.get(current, ()) if p not in visited]
+        current = max(candidates, key=lambda t: (_end_time(nodes[t]), t)) if candidates else None
+    path.reverse()
+    return path
+
+
+def _end_time(node: TaskSummary) -> float:
+    for value in (node.finished_at, node.updated_at, node.started_at, node.received_at, node.sent_at):
+        if value is not None:
+            return value
+    return float("-inf")
+
+
+def _node_order(node: TaskSummary) -> tuple[float, str]:
+    """Stable display order: by when the task was first seen, then id."""
+    first = node.sent_at
+    if first is None:
+        first = node.received_at if node.received_at is not None else node.started_at
+    return (first if first is not None else float("inf"), node.task_id)

@@ -1,0 +1,189 @@
+"""Graphs of every canvas shape from hand-built event sequences, plus bad data (cycles, orphans)."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+from celery_flow.events import Event
+from celery_flow.flow.flows import flow_state, summarize_flow
+from celery_flow.flow.fold import fold_task
+from celery_flow.flow.graph import build_graph
+from celery_flow.flow.model import FlowGraph, TaskDetail
+
+_ids = itertools.count()
+
+
+def sent(task_id: str, ts: float, **fields: Any) -> Event:
+    fields.setdefault("root_id", "a")
+    fields.setdefault("name", f"proj.{task_id}")
+    return Event(v=1, id=f"e{next(_ids)}", type="sent", ts=ts, task_id=task_id, **fields)
+
+
+def done(task_id: str, ts: float, type_: str = "succeeded", **fields: Any) -> Event:
+    return Event(v=1, id=f"e{next(_ids)}", type=type_, ts=ts, task_id=task_id, **fields)  # type: ignore[arg-type]
+
+
+def tasks_of(*events: Event) -> list[TaskDetail]:
+    by_task: dict[str, list[Event]] = {}
+    for event in events:
+        assert event.task_id
+        by_task.setdefault(event.task_id, []).append(event)
+    return [fold_task(task_id, evs) for task_id, evs in by_task.items()]
+
+
+def edges(graph: FlowGraph) -> set[tuple[str, str, str]]:
+    return {(e.source, e.target, e.kind) for e in graph.edges}
+
+
+def groups(graph: FlowGraph) -> set[tuple[str, str, tuple[str, ...], str | None]]:
+    return {(g.id, g.kind, tuple(sorted(g.members)), g.callback_id) for g in graph.groups}
+
+
+def test_chain_draws_one_chain_edge_per_step_not_spawn_plus_chain() -> None:
+    graph = build_graph(
+        "a",
+        tasks_of(
+            sent("a", 1, links=["b"]),
+            sent("b", 2, parent_id="a", links=["c"]),
+            sent("c", 3, parent_id="b"),
+        ),
+    )
+    assert {n.task_id for n in graph.nodes} == {"a", "b", "c"}
+    assert edges(graph) == {("a", "b", "chain"), ("b", "c", "chain")}
+    assert graph.groups == []
+
+
+def test_nested_spawn() -> None:
+    graph = build_graph("a", tasks_of(sent("a", 1), sent("b", 2, parent_id="a"), sent("c", 3, parent_id="b")))
+    assert edges(graph) == {("a", "b", "spawn"), ("b", "c", "spawn")}
+
+
+def test_group_container_from_group_id() -> None:
+    graph = build_graph(
+        "a",
+        tasks_of(
+            sent("a", 1),
+            sent("b1", 2, parent_id="a", group_id="g"),
+            sent("b2", 2, parent_id="a", group_id="g"),
+        ),
+    )
+    assert groups(graph) == {("g", "group", ("b1", "b2"), None)}
+    assert edges(graph) == {("a", "b1", "spawn"), ("a", "b2", "spawn")}
+
+
+def test_chord_is_a_chord_while_only_sent_with_pending_callback() -> None:
+    graph = build_graph(
+        "h1",
+        tasks_of(
+            sent("h1", 1, root_id="h1", group_id="g", chord_id="cb"),
+            sent("h2", 1, root_id="h1", group_id="g", chord_id="cb"),
+        ),
+    )
+    nodes = {n.task_id: n for n in graph.nodes}
+    assert set(nodes) == {"h1", "h2", "cb"}
+    assert nodes["cb"].state == "PENDING"
+    assert groups(graph) == {("g", "chord", ("h1", "h2"), "cb")}
+    assert edges(graph) == {("h1", "cb", "chord"), ("h2", "cb", "chord")}
+
+
+def test_chord_callback_carrying_the_enclosing_group_id_is_not_a_member() -> None:
+    # chain(a, group(b1, b2), chord([c1, c2], d)): d carries group b's group_id (DESIGN.md §7).
+    graph = build_graph(
+        "a",
+        tasks_of(
+            sent("a", 1, links=["gb"]),
+            sent("b1", 2, parent_id="a", group_id="gb"),
+            sent("b2", 2, parent_id="a", group_id="gb"),
+            sent("c1", 3, parent_id="b2", group_id="gc", chord_id="d"),
+            sent("c2", 3, parent_id="b2", group_id="gc", chord_id="d"),
+            sent("d", 4, parent_id="c2", group_id="gb"),
+        ),
+    )
+    assert groups(graph) == {("gb", "group", ("b1", "b2"), None), ("gc", "chord", ("c1", "c2"), "d")}
+    assert edges(graph) == {
+        ("a", "b1", "chain"),
+        ("a", "b2", "chain"),
+        ("b2", "c1", "spawn"),
+        ("b2", "c2", "spawn"),
+        ("c1", "d", "chord"),
+        ("c2", "d", "chord"),
+    }
+
+
+def test_errback_edge_replaces_spawn() -> None:
+    graph = build_graph(
+        "a",
+        tasks_of(
+            sent("a", 1, link_errors=["on_err"]),
+            done("a", 2, "failed", exception="boom"),
+            sent("on_err", 3, parent_id="a"),
+        ),
+    )
+    assert edges(graph) == {("a", "on_err", "errback")}
+
+
+def test_retry_self_parent_draws_no_self_edge() -> None:
+    graph = build_graph(
+        "a",
+        tasks_of(
+            sent("a", 1, retries=0),
+            done("a", 2, "retried", retries=0),
+            sent("a", 3, retries=1, parent_id="a"),
+        ),
+    )
+    assert edges(graph) == set()
+    assert [n.state for n in graph.nodes] == ["PENDING"]
+
+
+def test_cycles_and_missing_parents_neither_hang_nor_crash() -> None:
+    graph = build_graph(
+        "x",
+        tasks_of(
+            sent("x", 1, root_id="x", parent_id="y", links=["y"]),
+            sent("y", 2, root_id="x", parent_id="x", links=["x"], chord_id="x"),
+            sent("z", 3, root_id="x", parent_id="missing", chord_id="z", links=["nowhere"]),
+            done("x", 5),
+            done("y", 6),
+        ),
+    )
+    assert {n.task_id for n in graph.nodes} == {"x", "y", "z"}
+    assert ("x", "y", "chain") in edges(graph)
+    assert all(e.source in {"x", "y", "z"} and e.target in {"x", "y", "z"} for e in graph.edges)
+    assert len(graph.critical_path) == len(set(graph.critical_path)) <= 3
+
+
+def test_critical_path_follows_the_dependency_that_finished_last() -> None:
+    graph = build_graph(
+        "a",
+        tasks_of(
+            sent("a", 0, links=["g"]),
+            done("a", 1),
+            sent("b1", 1, parent_id="a", group_id="g", chord_id="d"),
+            sent("b2", 1, parent_id="a", group_id="g", chord_id="d"),
+            done("b1", 2),
+            done("b2", 5),
+            sent("d", 5, parent_id="b2"),
+            done("d", 6),
+        ),
+    )
+    assert graph.critical_path == ["a", "b2", "d"]
+
+
+def test_flow_state_rules_and_summary() -> None:
+    assert flow_state({"SUCCESS": 2, "FAILURE": 1, "STARTED": 1}) == "FAILURE"
+    assert flow_state({"SUCCESS": 2, "STARTED": 1}) == "RUNNING"
+    assert flow_state({"PENDING": 2}) == "PENDING"
+    assert flow_state({"PENDING": 1, "SUCCESS": 1}) == "RUNNING"
+    assert flow_state({"SUCCESS": 1, "REVOKED": 1}) == "REVOKED"
+    assert flow_state({"SUCCESS": 3}) == "SUCCESS"
+    tasks = tasks_of(sent("a", 10), done("a", 11), sent("b", 12, parent_id="a"), done("b", 15))
+    summary = summarize_flow("a", tasks)
+    assert summary.state == "SUCCESS"
+    assert summary.counts == {"SUCCESS": 2}
+    assert summary.task_count == 2
+    assert summary.root_name == "proj.a"
+    assert (summary.started_at, summary.finished_at, summary.duration) == (10, 15, 5)
+    running = summarize_flow("a", tasks_of(sent("a", 10), done("a", 11, "failed"), sent("b", 12)))
+    assert running.state == "FAILURE"
+    assert running.finished_at is None
