@@ -1,0 +1,116 @@
+// A collapsible JSON tree. Every value is rendered as React text (never as HTML), so task data such as
+// "<img src=x onerror=...>" is shown, not run. Scrubbed ("[Filtered]") and truncated values are marked.
+import { useState } from "react";
+
+const FILTERED = /^\[Filtered\]$/;
+const TRUNCATED = /(\.\.\.|…)\s*\[?(truncated|\d+ more)|\[truncated|<truncated|truncated \d+/i;
+
+function Scalar({ value }: { value: unknown }) {
+  if (value === null) return <span className="j-null">null</span>;
+  switch (typeof value) {
+    case "string": {
+      const cls = FILTERED.test(value) ? "j-str j-filtered" : TRUNCATED.test(value) ? "j-str j-trunc" : "j-str";
+      return (
+        <span className={cls} title={cls.includes("filtered") ? "scrubbed before leaving the worker" : undefined}>
+          {JSON.stringify(value)}
+        </span>
+      );
+    }
+    case "number":
+      return <span className="j-num">{String(value)}</span>;
+    case "boolean":
+      return <span className="j-bool">{String(value)}</span>;
+    default:
+      return <span className="j-str">{String(value)}</span>;
+  }
+}
+
+function isContainer(v: unknown): v is Record<string, unknown> | unknown[] {
+  return typeof v === "object" && v !== null;
+}
+
+function Node({ k, value, depth, last }: { k?: string; value: unknown; depth: number; last: boolean }) {
+  const [open, setOpen] = useState(depth < 2);
+  const key =
+    k !== undefined ? (
+      <>
+        <span className="j-key">{k}</span>
+        <span className="j-punct">: </span>
+      </>
+    ) : null;
+  const comma = last ? null : <span className="j-punct">,</span>;
+  if (!isContainer(value)) {
+    return (
+      <div className="j-line">
+        {key}
+        <Scalar value={value} />
+        {comma}
+      </div>
+    );
+  }
+  const isArr = Array.isArray(value);
+  const entries: [string, unknown][] = isArr
+    ? (value as unknown[]).map((v, i) => [String(i), v])
+    : Object.entries(value as Record<string, unknown>);
+  const [o, c] = isArr ? ["[", "]"] : ["{", "}"];
+  if (entries.length === 0) {
+    return (
+      <div className="j-line">
+        {key}
+        <span className="j-punct">
+          {o}
+          {c}
+        </span>
+        {comma}
+      </div>
+    );
+  }
+  return (
+    <div className="j-node">
+      <div className="j-line">
+        <button
+          type="button"
+          className="j-toggle"
+          aria-expanded={open}
+          onClick={() => setOpen(!open)}
+          title={open ? "Collapse" : "Expand"}
+        >
+          {open ? "▾" : "▸"}
+        </button>
+        {key}
+        <span className="j-punct">{o}</span>
+        {!open && (
+          <>
+            <button type="button" className="j-more" onClick={() => setOpen(true)}>
+              {entries.length} {isArr ? (entries.length === 1 ? "item" : "items") : entries.length === 1 ? "key" : "keys"}
+            </button>
+            <span className="j-punct">{c}</span>
+            {comma}
+          </>
+        )}
+      </div>
+      {open && (
+        <>
+          <div className="j-children">
+            {entries.map(([ck, cv], i) => (
+              <Node key={ck} k={isArr ? undefined : ck} value={cv} depth={depth + 1} last={i === entries.length - 1} />
+            ))}
+          </div>
+          <div className="j-line">
+            <span className="j-punct">{c}</span>
+            {comma}
+          </div>
+        </>
+      )}
+    </div>
+  );
+}
+
+export function JsonTree({ value, label }: { value: unknown; label: string }) {
+  if (value === undefined) return <div className="muted">not recorded</div>;
+  return (
+    <div className="json" aria-label={label}>
+      <Node value={value} depth={0} last />
+    </div>
+  );
+}

@@ -1,0 +1,99 @@
+import { useState, type ReactNode } from "react";
+import { ApiError } from "../api/client";
+import { TASK_STATES } from "../api/types";
+
+export function StateChip({ state, title }: { state: string; title?: string }) {
+  return (
+    <span className={`chip st-${state}`} title={title ?? state} data-state={state}>
+      {state}
+    </span>
+  );
+}
+
+/** A thin stacked bar of counts by state plus the non-zero counts as text (readable without colour). */
+export function CountsBar({ counts, total }: { counts: Record<string, number>; total?: number }) {
+  const sum = total ?? Object.values(counts).reduce((a, b) => a + b, 0);
+  const order = TASK_STATES.filter((s) => (counts[s] ?? 0) > 0);
+  const extra = Object.keys(counts).filter((s) => !TASK_STATES.includes(s as never) && counts[s] > 0);
+  const all = [...order, ...extra];
+  return (
+    <div className="counts">
+      <div className="countsbar" aria-hidden="true">
+        {all.map((s) => (
+          <span key={s} className={`seg st-${s}`} style={{ flexGrow: counts[s] }} />
+        ))}
+        {sum === 0 && <span className="seg empty" style={{ flexGrow: 1 }} />}
+      </div>
+      <div className="countstext">
+        {all.map((s) => (
+          <span key={s} className={`count st-${s}`} title={`${counts[s]} ${s}`}>
+            <span className="dot" />
+            {counts[s]} <span className="countlabel">{s.toLowerCase()}</span>
+          </span>
+        ))}
+      </div>
+    </div>
+  );
+}
+
+export function CopyButton({ text, label = "Copy" }: { text: string; label?: string }) {
+  const [done, setDone] = useState<"" | "ok" | "fail">("");
+  const copy = async () => {
+    try {
+      await navigator.clipboard.writeText(text);
+      setDone("ok");
+    } catch {
+      // Clipboard API needs a secure context; fall back to a hidden textarea.
+      const ta = document.createElement("textarea");
+      ta.value = text;
+      ta.style.position = "fixed";
+      ta.style.opacity = "0";
+      document.body.appendChild(ta);
+      ta.select();
+      const ok = document.execCommand("copy");
+      ta.remove();
+      setDone(ok ? "ok" : "fail");
+    }
+    window.setTimeout(() => setDone(""), 1500);
+  };
+  return (
+    <button type="button" className="btn small" onClick={copy} aria-live="polite">
+      {done === "ok" ? "Copied" : done === "fail" ? "Copy failed" : label}
+    </button>
+  );
+}
+
+export function Loading({ what = "Loading" }: { what?: string }) {
+  return (
+    <div className="loading" role="status">
+      <span className="spinner" aria-hidden="true" /> {what}…
+    </div>
+  );
+}
+
+export function ErrorBox({ error, what }: { error: Error; what?: string }) {
+  const notFound = error instanceof ApiError && error.status === 404;
+  return (
+    <div className={`errorbox ${notFound ? "notfound" : ""}`} role="alert">
+      <strong>{notFound ? `${what ?? "This"} was not found.` : `Could not load ${what ?? "this view"}.`}</strong>
+      <div className="muted">{error.message}</div>
+      {notFound && (
+        <div className="muted">
+          It may not have been recorded yet, or it has been swept by retention (CELERY_FLOW_TTL).
+        </div>
+      )}
+    </div>
+  );
+}
+
+export function Empty({ children }: { children: ReactNode }) {
+  return <div className="empty">{children}</div>;
+}
+
+export function Mono({ children, title }: { children: ReactNode; title?: string }) {
+  return (
+    <code className="mono" title={title}>
+      {children}
+    </code>
+  );
+}

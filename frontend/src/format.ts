@@ -1,0 +1,58 @@
+// Human-readable times and durations; all API times are epoch seconds (float).
+
+export function fmtDuration(sec: number | null | undefined): string {
+  if (sec === null || sec === undefined || !Number.isFinite(sec)) return "–";
+  if (sec < 0) sec = 0;
+  if (sec < 0.001) return `${Math.round(sec * 1_000_000)} µs`;
+  if (sec < 1) return `${(sec * 1000).toFixed(sec < 0.01 ? 2 : 0)} ms`;
+  if (sec < 60) return `${sec.toFixed(sec < 10 ? 2 : 1)} s`;
+  const m = Math.floor(sec / 60);
+  if (m < 60) return `${m}m ${Math.floor(sec % 60)}s`;
+  const h = Math.floor(m / 60);
+  if (h < 48) return `${h}h ${m % 60}m`;
+  return `${Math.floor(h / 24)}d ${h % 24}h`;
+}
+
+const pad = (n: number, w = 2) => String(n).padStart(w, "0");
+
+/** Local wall-clock time with milliseconds; the date too when it is not today. */
+export function fmtTime(ts: number | null | undefined): string {
+  if (ts === null || ts === undefined) return "–";
+  const d = new Date(ts * 1000);
+  const now = new Date();
+  const time = `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}.${pad(d.getMilliseconds(), 3)}`;
+  if (d.toDateString() === now.toDateString()) return time;
+  return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ${time}`;
+}
+
+export function fmtIso(ts: number | null | undefined): string {
+  if (ts === null || ts === undefined) return "";
+  return new Date(ts * 1000).toISOString();
+}
+
+export function fmtAgo(ts: number | null | undefined, now = Date.now() / 1000): string {
+  if (ts === null || ts === undefined) return "never";
+  const d = now - ts;
+  if (d < 0) return "just now";
+  if (d < 60) return `${Math.floor(d)} s ago`;
+  if (d < 3600) return `${Math.floor(d / 60)} min ago`;
+  if (d < 86400) return `${Math.floor(d / 3600)} h ago`;
+  return `${Math.floor(d / 86400)} d ago`;
+}
+
+export function shortId(id: string | null | undefined): string {
+  if (!id) return "–";
+  return id.length > 12 ? `${id.slice(0, 8)}…` : id;
+}
+
+/** The last dotted part of a task name: "proj.tasks.add" -> "add". */
+export function shortName(name: string | null | undefined): string {
+  if (!name) return "(unknown task)";
+  const i = name.lastIndexOf(".");
+  return i >= 0 ? name.slice(i + 1) : name;
+}
+
+export function pct(x: number | null | undefined): string {
+  if (x === null || x === undefined) return "–";
+  return `${(x * 100).toFixed(x > 0 && x < 0.01 ? 2 : 1)}%`;
+}

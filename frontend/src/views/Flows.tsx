@@ -1,0 +1,249 @@
+import { useEffect, useState, type FormEvent } from "react";
+import { api } from "../api/client";
+import { FLOW_STATES, type FlowSummary } from "../api/types";
+import { CountsBar, Empty, ErrorBox, Loading, StateChip } from "../components/common";
+import { fmtAgo, fmtDuration, fmtIso, fmtTime, shortId, shortName } from "../format";
+import { useAsync, useDocumentTitle, useNow } from "../hooks";
+import { useDebouncedLiveRefetch } from "../live";
+import { Link, useRouter, withQuery } from "../router";
+
+const RANGES: [string, string, number | null][] = [
+  ["", "Any time", null],
+  ["15m", "Last 15 min", 900],
+  ["1h", "Last hour", 3600],
+  ["6h", "Last 6 hours", 6 * 3600],
+  ["24h", "Last 24 hours", 86400],
+  ["7d", "Last 7 days", 7 * 86400],
+];
+const PAGE = 50;
+
+interface Filters {
+  state: string;
+  name: string;
+  range: string;
+  trace_id: string;
+  q: string;
+}
+
+function readFilters(s: URLSearchParams): Filters {
+  return {
+    state: s.get("state") ?? "",
+    name: s.get("name") ?? "",
+    range: s.get("range") ?? "",
+    trace_id: s.get("trace_id") ?? "",
+    q: s.get("q") ?? "",
+  };
+}
+
+function FlowRow({ f, now }: { f: FlowSummary; now: number }) {
+  const { navigate } = useRouter();
+  const running = f.finished_at === null && f.started_at !== null;
+  const duration = running && f.started_at !== null ? now - f.started_at : f.duration;
+  const to = `/flows/${encodeURIComponent(f.root_id)}`;
+  return (
+    <tr
+      className="clickrow"
+      data-root-id={f.root_id}
+      data-state={f.state}
+      onClick={(e) => {
+        if ((e.target as HTMLElement).closest("a,button")) return;
+        navigate(to);
+      }}
+    >
+      <td>
+        <StateChip state={f.state} />
+      </td>
+      <td className="namecell">
+        <Link to={to} className="flowname" title={f.root_name ?? undefined}>
+          {shortName(f.root_name)}
+        </Link>
+        <div className="sub mono" title={f.root_id}>
+          {f.root_name && f.root_name !== shortName(f.root_name) ? `${f.root_name} · ` : ""}
+          {shortId(f.root_id)}
+        </div>
+      </td>
+      <td className="countscell">
+        <CountsBar counts={f.counts} total={f.task_count} />
+      </td>
+      <td className="num">
+        {fmtDuration(duration)}
+        {running && <span className="sub"> running</span>}
+      </td>
+      <td title={fmtIso(f.started_at)}>
+        {fmtTime(f.started_at)}
+        <div className="sub">{fmtAgo(f.started_at, now)}</div>
+      </td>
+      <td>
+        {f.trace_id ? (
+          <Link to={`/traces/${encodeURIComponent(f.trace_id)}`} className="mono" title={f.trace_id}>
+            {shortId(f.trace_id)}
+          </Link>
+        ) : (
+          <span className="muted">–</span>
+        )}
+      </td>
+    </tr>
+  );
+}
+
+export function FlowsView() {
+  const { loc, navigate } = useRouter();
+  const filters = readFilters(loc.search);
+  const cursor = loc.search.get("cursor") ?? "";
+  const [draft, setDraft] = useState<Filters>(filters);
+  const [prev, setPrev] = useState<string[]>([]);
+  const now = useNow(1000);
+  useDocumentTitle("Flows");
+
+  const fkey = JSON.stringify(filters);
+  useEffect(() => setDraft(readFilters(loc.search)), [fkey]); // eslint-disable-line react-hooks/exhaustive-deps
+
+  const range = RANGES.find((r) => r[0] === filters.range)?.[2] ?? null;
+  const { data, error, loading, reload } = useAsync(
+    (signal) =>
+      api.flows(
+        {
+          state: filters.state,
+          name: filters.name,
+          trace_id: filters.trace_id,
+          q: filters.q,
+          since: range ? Date.now() / 1000 - range : null,
+          limit: PAGE,
+          cursor,
+        },
+        signal,
+      ),
+    `${fkey}|${cursor}`,
+  );
+  useDebouncedLiveRefetch(reload);
+
+  const apply = (f: Filters, e?: FormEvent) => {
+    e?.preventDefault();
+    setPrev([]);
+    navigate(withQuery("/", { ...f }));
+  };
+  const active = Object.values(filters).some(Boolean);
+
+  return (
+    <div className="page">
+      <div className="pagehead">
+        <h1>Flows</h1>
+        <span className="muted">one row per root workflow, updated live</span>
+      </div>
+      <form className="filters" onSubmit={(e) => apply(draft, e)} aria-label="Filter flows">
+        <label>
+          <span>State</span>
+          <select
+            value={draft.state}
+            onChange={(e) => apply({ ...draft, state: e.target.value })}
+            data-testid="filter-state"
+          >
+            <option value="">Any</option>
+            {FLOW_STATES.map((s) => (
+              <option key={s} value={s}>
+                {s}
+              </option>
+            ))}
+          </select>
+        </label>
+        <label>
+          <span>Task name</span>
+          <input value={draft.name} onChange={(e) => setDraft({ ...draft, name: e.target.value })} placeholder="proj.tasks.add" />
+        </label>
+        <label>
+          <span>Time</span>
+          <select value={draft.range} onChange={(e) => apply({ ...draft, range: e.target.value })}>
+            {RANGES.map(([k, label]) => (
+              <option key={k} value={k}>
+                {label}
+              </option>
+            ))}
+          </select>
+        </label>
+        <label>
+          <span>Trace id</span>
+          <input value={draft.trace_id} onChange={(e) => setDraft({ ...draft, trace_id: e.target.value })} />
+        </label>
+        <label className="grow">
+          <span>Text (ids, names)</span>
+          <input value={draft.q} onChange={(e) => setDraft({ ...draft, q: e.target.value })} data-testid="filter-q" />
+        </label>
+        <div className="filter-actions">
+          <button type="submit" className="btn primary">
+            Apply
+          </button>
+          {active && (
+            <button
+              type="button"
+              className="btn"
+              onClick={() => apply({ state: "", name: "", range: "", trace_id: "", q: "" })}
+            >
+              Clear
+            </button>
+          )}
+        </div>
+      </form>
+      {error && <ErrorBox error={error} what="flows" />}
+      {!data && !error && loading && <Loading what="Loading flows" />}
+      {data && data.items.length === 0 && (
+        <Empty>
+          {active || cursor ? (
+            "No flow matches these filters."
+          ) : (
+            <>
+              No flows recorded yet. Call <code className="mono">celery_flow.init(app)</code> in your Celery app and
+              run a task; it appears here as soon as the server stores its first event.
+            </>
+          )}
+        </Empty>
+      )}
+      {data && data.items.length > 0 && (
+        <div className="tablewrap">
+          <table className="table flows" data-testid="flows-table">
+            <thead>
+              <tr>
+                <th>State</th>
+                <th>Workflow</th>
+                <th>Tasks</th>
+                <th className="num">Duration</th>
+                <th>Started</th>
+                <th>Trace</th>
+              </tr>
+            </thead>
+            <tbody>
+              {data.items.map((f) => (
+                <FlowRow key={f.root_id} f={f} now={now} />
+              ))}
+            </tbody>
+          </table>
+        </div>
+      )}
+      <div className="pager">
+        <button
+          type="button"
+          className="btn"
+          disabled={!cursor}
+          onClick={() => {
+            const p = [...prev];
+            const c = p.pop() ?? "";
+            setPrev(p);
+            navigate(withQuery("/", { ...filters, cursor: c }));
+          }}
+        >
+          ← Newer
+        </button>
+        <button
+          type="button"
+          className="btn"
+          disabled={!data?.next_cursor}
+          onClick={() => {
+            setPrev([...prev, cursor]);
+            navigate(withQuery("/", { ...filters, cursor: data?.next_cursor ?? "" }));
+          }}
+        >
+          Older →
+        </button>
+      </div>
+    </div>
+  );
+}

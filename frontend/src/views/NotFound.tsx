@@ -1,0 +1,12 @@
+import { Link } from "../router";
+
+export function NotFoundView({ path }: { path: string }) {
+  return (
+    <div className="page">
+      <h1>Nothing here</h1>
+      <p className="muted">
+        There is no view at <code className="mono">{path}</code>. <Link to="/">Back to flows</Link>
+      </p>
+    </div>
+  );
+}

@@ -1,0 +1,179 @@
+"""The REST router: DESIGN.md §5, answering with the flow/model.py dataclasses.
+
+Endpoints are plain `def`s, so FastAPI runs the blocking store calls in its threadpool and the event
+loop (WebSocket pushes) never waits on SQLite or PostgreSQL. User input never produces a 500: FastAPI
+validates query values (422), unknown ids give 404 with a JSON `detail`, a malformed cursor 422, and a
+store that is down 503.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, NoReturn, TypeVar
+
+from fastapi import APIRouter, HTTPException, Path, Query
+
+from celery_flow.flow.model import (
+    FlowGraph,
+    FlowState,
+    FlowSummary,
+    RegisteredTask,
+    TaskDetail,
+    TaskState,
+    TaskSummary,
+    TraceView,
+    WorkerInfo,
+)
+from celery_flow.server.health import HealthMonitor, HealthReport
+from celery_flow.store.base import Store, StoreError, TaskFilter
+
+R = TypeVar("R")
+
+MAX_LIMIT = 500
+IdPath = Annotated[str, Path(min_length=1, max_length=255)]
+
+
+@dataclass
+class TaskPage:
+    """One page of tasks; pass `next_cursor` back as `cursor` for the next page (null: no more)."""
+
+    items: list[TaskSummary]
+    next_cursor: str | None = None
+
+
+@dataclass
+class FlowPage:
+    """One page of root workflows; pass `next_cursor` back as `cursor` for the next page."""
+
+    items: list[FlowSummary]
+    next_cursor: str | None = None
+
+
+@dataclass
+class ErrorBody:
+    detail: str
+
+
+ERRORS: dict[int | str, dict[str, object]] = {
+    404: {"model": ErrorBody, "description": "No such id"},
+    503: {"model": ErrorBody, "description": "The store is unreachable"},
+}
+
+
+def _not_found(what: str, ident: str) -> NoReturn:
+    raise HTTPException(status_code=404, detail=f"no {what} with id {ident!r}")
+
+
+def guarded(call: Callable[[], R]) -> R:
+    """Run one store call, turning store outages into 503 and bad cursors into 422 (never a 500)."""
+    try:
+        return call()
+    except StoreError as exc:
+        raise HTTPException(status_code=503, detail=f"store unavailable: {exc}") from None
+    except ValueError as exc:
+        raise HTTPException(status_code=422, detail=f"invalid request: {exc}") from None
+
+
+def build_api_router(
+    store: Callable[[], Store],
+    health: Callable[[], HealthMonitor],
+    build_graph: Callable[[str, list[TaskDetail]], FlowGraph],
+) -> APIRouter:
+    """The `/api/*` REST routes, reading the store through the given accessor (set at startup)."""
+    router = APIRouter(prefix="/api", responses=ERRORS)
+
+    def task_filter(
+        state: str | None,
+        name: str | None,
+        root_id: str | None,
+        trace_id: str | None,
+        worker: str | None,
+        q: str | None,
+        since: float | None,
+        until: float | None,
+    ) -> TaskFilter:
+        if since is not None and until is not None and until < since:
+            raise HTTPException(status_code=422, detail="`until` must not be before `since`")
+        return TaskFilter(
+            state=state, name=name, root_id=root_id, trace_id=trace_id, worker=worker, q=q,
+            since=since, until=until,
+        )  # fmt: skip
+
+    Name = Annotated[str | None, Query(max_length=512, description="Exact task name")]
+    Id = Annotated[str | None, Query(max_length=255)]
+    Worker = Annotated[str | None, Query(max_length=512, description="Worker hostname, e.g. celery@host")]
+    Text = Annotated[str | None, Query(max_length=512, description="Free text over task ids and names")]
+    Since = Annotated[float | None, Query(ge=0, description="Epoch seconds: sent or started at/after")]
+    Until = Annotated[float | None, Query(ge=0, description="Epoch seconds: sent or started before")]
+    Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT, description="Page size")]
+    Cursor = Annotated[str | None, Query(max_length=512, description="`next_cursor` of the previous page")]
+
+    @router.get("/health", response_model=HealthReport, summary="Broker, store and consumer health")
+    def get_health() -> HealthReport:
+        return health().report()
+
+    @router.get("/tasks", response_model=TaskPage, summary="Tasks, newest first")
+    def list_tasks(
+        state: Annotated[TaskState | None, Query()] = None,
+        name: Name = None,
+        root_id: Id = None,
+        trace_id: Id = None,
+        worker: Worker = None,
+        q: Text = None,
+        since: Since = None,
+        until: Until = None,
+        limit: Limit = 50,
+        cursor: Cursor = None,
+    ) -> TaskPage:
+        filt = task_filter(state, name, root_id, trace_id, worker, q, since, until)
+        page = guarded(lambda: store().list_tasks(filt, limit, cursor))
+        return TaskPage(items=page.items, next_cursor=page.next_cursor)
+
+    @router.get("/tasks/{task_id}", response_model=TaskDetail, summary="Everything known about one task")
+    def get_task(task_id: IdPath) -> TaskDetail:
+        task = guarded(lambda: store().get_task(task_id))
+        if task is None:
+            _not_found("task", task_id)
+        return task
+
+    @router.get("/flows", response_model=FlowPage, summary="Root workflows, newest first")
+    def list_flows(
+        state: Annotated[FlowState | None, Query()] = None,
+        name: Name = None,
+        root_id: Id = None,
+        trace_id: Id = None,
+        worker: Worker = None,
+        q: Text = None,
+        since: Since = None,
+        until: Until = None,
+        limit: Limit = 50,
+        cursor: Cursor = None,
+    ) -> FlowPage:
+        filt = task_filter(state, name, root_id, trace_id, worker, q, since, until)
+        page = guarded(lambda: store().list_flows(filt, limit, cursor))
+        return FlowPage(items=page.items, next_cursor=page.next_cursor)
+
+    @router.get("/flows/{root_id}", response_model=FlowGraph, summary="The graph of one root workflow")
+    def get_flow(root_id: IdPath) -> FlowGraph:
+        tasks = guarded(lambda: store().flow_tasks(root_id))
+        if not tasks:
+            _not_found("flow", root_id)
+        return build_graph(root_id, tasks)
+
+    @router.get("/traces/{trace_id}", response_model=TraceView, summary="Flows and tasks of one trace id")
+    def get_trace(trace_id: IdPath) -> TraceView:
+        view = guarded(lambda: store().trace(trace_id))
+        if view is None or (not view.flows and not view.tasks):
+            _not_found("trace", trace_id)
+        return view
+
+    @router.get("/registry", response_model=list[RegisteredTask], summary="Every task name seen")
+    def get_registry() -> list[RegisteredTask]:
+        return guarded(lambda: store().registry())
+
+    @router.get("/workers", response_model=list[WorkerInfo], summary="Workers seen, online or offline")
+    def get_workers() -> list[WorkerInfo]:
+        return guarded(lambda: store().workers())
+
+    return router

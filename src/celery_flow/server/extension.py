@@ -1,0 +1,194 @@
+"""`CeleryFlowExtension`: the whole server (REST, live WebSocket, UI, metrics) as one mountable router.
+
+Standalone (`create_app()`) and embedded in a user's FastAPI app use this same object, so there is one
+way to do each thing:
+
+    flow = CeleryFlowExtension(broker_url="redis://...", store="sqlite:///flow.db",
+                               auth_dependency=require_basic_auth("admin", "s3cret"))
+    app = FastAPI(lifespan=flow.lifespan)
+    app.include_router(flow.router, prefix="/flow")
+
+`.lifespan` opens the store, starts the embedded consumer thread and the live poller, and undoes all of
+it on shutdown. The auth dependency guards every route, the WebSocket included: it should accept an
+`HTTPConnection` (like `require_basic_auth`'s) rather than a `Request`, so it also runs on the handshake.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Annotated, Any
+
+import anyio
+from fastapi import APIRouter, Depends, FastAPI, Query, Request, WebSocket
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+
+from celery_flow import __version__
+from celery_flow.flow.graph import build_graph
+from celery_flow.server import spa
+from celery_flow.server.api import build_api_router
+from celery_flow.server.consumers import ConsumerRunner
+from celery_flow.server.health import ConsumerHealth, HealthMonitor
+from celery_flow.server.live import LiveFilter, LiveHub
+from celery_flow.server.metrics import CONTENT_TYPE, render
+from celery_flow.settings import DEFAULT_PREFIX
+from celery_flow.store.base import Store, StoreError
+
+log = logging.getLogger("celery_flow.server")
+
+API_TITLE = "celery-flow"
+API_DESCRIPTION = "Celery workflow observability: tasks, flows, graphs, traces, workers, registry."
+
+
+class CeleryFlowExtension:
+    """The celery-flow server as a router plus a lifespan; see the module docstring for usage."""
+
+    def __init__(
+        self,
+        broker_url: str | None = None,
+        store: str | Store | None = None,
+        auth_dependency: Callable[..., Any] | None = None,
+        embedded_consumer: bool = True,
+        prefix: str = DEFAULT_PREFIX,
+        group: str = "celery_flow",
+        ttl: float | None = None,
+        max_tasks: int | None = None,
+        live_interval: float = 0.25,
+        live_queue_size: int = 256,
+        serve_ui: bool = True,
+    ) -> None:
+        self.broker_url = broker_url
+        self.prefix = prefix
+        self.group = group
+        self.ttl = ttl
+        self.max_tasks = max_tasks
+        self.embedded_consumer = embedded_consumer and broker_url is not None
+        self._store_arg = store
+        self._store: Store | None = store if store is not None and not isinstance(store, str) else None
+        self._owns_store = False
+        self._consumer: ConsumerRunner | None = None
+        self.hub = LiveHub(self._get_store, self._live_status, interval=live_interval,
+                           queue_size=live_queue_size)  # fmt: skip
+        self.health = HealthMonitor(
+            store=self._get_store,
+            store_url=store if isinstance(store, str) else None,
+            broker_url=broker_url,
+            prefix=prefix,
+            consumer_status=self._consumer_health,
+            live_clients=lambda: len(self.hub.clients),
+        )
+        self.auth_dependency = auth_dependency
+        self.router = self._build_router(serve_ui)
+
+    # ---- state the routes read -----------------------------------------------------------------
+
+    @property
+    def store(self) -> Store:
+        return self._get_store()
+
+    def _get_store(self) -> Store:
+        if self._store is None:
+            raise StoreError(
+                "celery-flow is not started: pass lifespan=extension.lifespan to FastAPI() "
+                "(or enter it from your own lifespan)"
+            )
+        return self._store
+
+    def _consumer_health(self) -> ConsumerHealth:
+        if self._consumer is None:
+            return ConsumerHealth(mode="external", status="external",
+                                  detail="events are folded by a separate `celery-flow consume`")  # fmt: skip
+        return self._consumer.health()
+
+    async def _live_status(self) -> tuple[str, str | None]:
+        report = await anyio.to_thread.run_sync(self.health.report)
+        return report.status, report.detail
+
+    # ---- lifespan ------------------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Open the store and start the consumer thread (blocking; the lifespan runs it in a thread)."""
+        if self._store is None:
+            from celery_flow.store import open_store
+
+            self._store = open_store(self._store_arg if isinstance(self._store_arg, str) else None)
+            self._owns_store = True
+        if self.embedded_consumer and self._consumer is None and self.broker_url is not None:
+            self._consumer = ConsumerRunner(
+                broker_url=self.broker_url, store=self._store, prefix=self.prefix, group=self.group,
+                ttl=self.ttl, max_tasks=self.max_tasks,
+            )  # fmt: skip
+            self._consumer.start()
+
+    def close(self) -> None:
+        """Stop the consumer (it finishes its batch and acknowledges) and close what was opened here."""
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            consumer.stop()
+        self.health.close()
+        if self._owns_store and self._store is not None:
+            self._store.close()
+            self._store = None
+            self._owns_store = False
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: FastAPI | None = None) -> AsyncIterator[None]:
+        """Use as `FastAPI(lifespan=ext.lifespan)` or `async with ext.lifespan(app):` in your own."""
+        await anyio.to_thread.run_sync(self.open)
+        await self.hub.start()
+        try:
+            yield
+        finally:
+            await self.hub.stop()
+            await anyio.to_thread.run_sync(self.close)
+
+    # ---- routes --------------------------------------------------------------------------------
+
+    def _build_router(self, serve_ui: bool) -> APIRouter:
+        deps = [Depends(self.auth_dependency)] if self.auth_dependency is not None else []
+        router = APIRouter(dependencies=deps)
+        api = build_api_router(self._get_store, lambda: self.health, build_graph)
+        router.include_router(api)
+        api_routes = list(api.routes)
+        schema: dict[str, Any] = {}
+
+        @router.get("/api/openapi.json", include_in_schema=False)
+        def openapi() -> JSONResponse:
+            if not schema:
+                schema.update(get_openapi(title=API_TITLE, version=__version__,
+                                          description=API_DESCRIPTION, routes=api_routes))  # fmt: skip
+            return JSONResponse(schema)
+
+        @router.get("/api/docs", include_in_schema=False)
+        def docs() -> HTMLResponse:
+            # Relative URL: works at any mount point.
+            return get_swagger_ui_html(openapi_url="openapi.json", title=f"{API_TITLE} API")
+
+        @router.get("/metrics", include_in_schema=False)
+        def metrics() -> Response:
+            report = self.health.report()
+            body = render(report, self.hub.pushed, self.hub.slow_disconnects)
+            return PlainTextResponse(body, media_type=CONTENT_TYPE)
+
+        @router.websocket("/api/live")
+        async def live(
+            websocket: WebSocket,
+            root_id: Annotated[str | None, Query(max_length=255)] = None,
+            trace_id: Annotated[str | None, Query(max_length=255)] = None,
+        ) -> None:
+            await self.hub.serve(websocket, LiveFilter(root_id=root_id, trace_id=trace_id))
+
+        if serve_ui:
+
+            @router.get("/", include_in_schema=False)
+            def ui_root(request: Request) -> Response:
+                return spa.serve(request, "")
+
+            @router.get("/{path:path}", include_in_schema=False)
+            def ui(request: Request, path: str) -> Response:
+                return spa.serve(request, path)
+
+        return router
