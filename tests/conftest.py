@@ -109,3 +109,15 @@ def amqp_url() -> Iterator[str]:
         yield f"amqp://guest:guest@{AMQP_HOST}/{vhost}"
     finally:
         subprocess.run([ctl, "delete_vhost", vhost], capture_output=True, timeout=60)
+
+
+@pytest.fixture(params=["redis", "amqp"])
+def transport_url(request: pytest.FixtureRequest) -> str:
+    """celery-flow's own transport URL, once per broker kind (issue 5: every integration test runs on both).
+
+    Celery itself keeps using Redis (its own DB) in these tests; this is the URL given to `init()` and to the
+    consumer. Use it together with `unique_prefix` so each test has its own stream / exchange and queue.
+    """
+    if request.param == "redis":
+        return str(request.getfixturevalue("redis_url"))
+    return str(request.getfixturevalue("amqp_url"))
