@@ -32,6 +32,14 @@ R = TypeVar("R")
 
 MAX_LIMIT = 500
 IdPath = Annotated[str, Path(min_length=1, max_length=255)]
+Name = Annotated[str | None, Query(max_length=512, description="Exact task name")]
+Id = Annotated[str | None, Query(max_length=255)]
+Worker = Annotated[str | None, Query(max_length=512, description="Worker hostname, e.g. celery@host")]
+Text = Annotated[str | None, Query(max_length=512, description="Free text over task ids and names")]
+Since = Annotated[float | None, Query(ge=0, description="Epoch seconds: sent or started at/after")]
+Until = Annotated[float | None, Query(ge=0, description="Epoch seconds: sent or started before")]
+Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT, description="Page size")]
+Cursor = Annotated[str | None, Query(max_length=512, description="`next_cursor` of the previous page")]
 
 
 @dataclass
@@ -99,15 +107,6 @@ def build_api_router(
             state=state, name=name, root_id=root_id, trace_id=trace_id, worker=worker, q=q,
             since=since, until=until,
         )  # fmt: skip
-
-    Name = Annotated[str | None, Query(max_length=512, description="Exact task name")]
-    Id = Annotated[str | None, Query(max_length=255)]
-    Worker = Annotated[str | None, Query(max_length=512, description="Worker hostname, e.g. celery@host")]
-    Text = Annotated[str | None, Query(max_length=512, description="Free text over task ids and names")]
-    Since = Annotated[float | None, Query(ge=0, description="Epoch seconds: sent or started at/after")]
-    Until = Annotated[float | None, Query(ge=0, description="Epoch seconds: sent or started before")]
-    Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT, description="Page size")]
-    Cursor = Annotated[str | None, Query(max_length=512, description="`next_cursor` of the previous page")]
 
     @router.get("/health", response_model=HealthReport, summary="Broker, store and consumer health")
     def get_health() -> HealthReport:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-import os
+from collections.abc import Sequence
 
 from fastapi import FastAPI
 
 from celery_flow import __version__
-from celery_flow.server.auth import parse_credentials, require_basic_auth
+from celery_flow.consumer import Sink
+from celery_flow.server.auth import require_basic_auth
+from celery_flow.server.config import resolve
 from celery_flow.server.extension import API_DESCRIPTION, API_TITLE, CeleryFlowExtension
-from celery_flow.settings import DEFAULT_PREFIX, env_value, parse_bool, parse_positive_int
+from celery_flow.settings import DEFAULT_PREFIX
 from celery_flow.store.base import Store
 
 
@@ -21,6 +23,8 @@ def create_app(
     prefix: str = DEFAULT_PREFIX,
     ttl: float | None = None,
     max_tasks: int | None = None,
+    sinks: Sequence[Sink] = (),
+    store_url: str | None = None,
 ) -> FastAPI:
     """The UI at `/`, the API under `/api`, guarded by basic auth when credentials are given."""
     ext = CeleryFlowExtension(
@@ -31,6 +35,8 @@ def create_app(
         prefix=prefix,
         ttl=ttl,
         max_tasks=max_tasks,
+        sinks=sinks,
+        store_url=store_url,
     )
     # FastAPI's own docs/openapi routes are off: the extension serves them behind the auth dependency.
     app = FastAPI(
@@ -49,13 +55,13 @@ def create_app(
 
 def create_app_from_env() -> FastAPI:
     """Factory for `uvicorn --factory` (the CLI's `--reload`): everything from CELERY_FLOW_* variables."""
-    raw_auth = os.environ.get("CELERY_FLOW_BASIC_AUTH")
+    cfg = resolve()
     return create_app(
-        broker_url=os.environ.get("CELERY_FLOW_BROKER_URL") or None,
-        store=os.environ.get("CELERY_FLOW_STORE") or None,
-        basic_auth=parse_credentials(raw_auth) if raw_auth else None,
-        embedded_consumer=env_value("EMBEDDED_CONSUMER", None, True, parse_bool),
-        prefix=os.environ.get("CELERY_FLOW_PREFIX") or DEFAULT_PREFIX,
-        ttl=env_value("TTL", None, None, lambda raw: float(parse_positive_int(raw))),
-        max_tasks=env_value("MAX_TASKS", None, None, parse_positive_int),
+        broker_url=cfg.broker_url,
+        store=cfg.store_url,
+        basic_auth=cfg.basic_auth,
+        embedded_consumer=cfg.embedded_consumer,
+        prefix=cfg.prefix,
+        ttl=cfg.ttl,
+        max_tasks=cfg.max_tasks,
     )

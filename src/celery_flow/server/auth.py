@@ -15,19 +15,11 @@ from collections.abc import Callable
 from fastapi import HTTPException, status
 from starlette.requests import HTTPConnection
 
-from celery_flow.transport.base import ConfigError
+from celery_flow.server.config import parse_credentials
+
+__all__ = ["parse_credentials", "require_basic_auth"]
 
 AuthDependency = Callable[..., object]
-
-
-def parse_credentials(raw: str) -> tuple[str, str]:
-    """Split `user:pass` (CLI --basic-auth, CELERY_FLOW_BASIC_AUTH); the password may contain ':'."""
-    user, sep, password = raw.partition(":")
-    if not sep or not user or not password:
-        raise ConfigError(
-            "basic auth must look like user:password (set --basic-auth or CELERY_FLOW_BASIC_AUTH)"
-        )
-    return user, password
 
 
 def _decode_basic(header: str | None) -> tuple[bytes, bytes] | None:

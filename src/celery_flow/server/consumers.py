@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any
+from collections.abc import Sequence
 
+from celery_flow.consumer import Consumer, Sink
 from celery_flow.server.health import ConsumerHealth
 from celery_flow.store.base import Store
 
@@ -23,25 +24,23 @@ class ConsumerRunner:
         group: str,
         ttl: float | None = None,
         max_tasks: int | None = None,
+        sinks: Sequence[Sink] = (),
     ) -> None:
-        self.broker_url = broker_url
-        self.store = store
-        self.prefix = prefix
-        self.group = group
-        self.ttl = ttl
-        self.max_tasks = max_tasks
+        self.consumer = Consumer(
+            broker_url, store, prefix=prefix, group=group, ttl=ttl, max_tasks=max_tasks, sinks=sinks
+        )
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._consumer: Any = None
 
     def start(self) -> None:
-        from celery_flow.consumer import Consumer
-
-        self._consumer = Consumer(self.broker_url, self.store, prefix=self.prefix, group=self.group)
-        self._thread = threading.Thread(
-            target=self._consumer.run, args=(self._stop,), name="celery-flow-consumer", daemon=True
-        )
+        self._thread = threading.Thread(target=self._run, name="celery-flow-consumer", daemon=True)
         self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.consumer.run(self._stop)
+        except Exception:  # run() only raises on a programming error; say so loudly, health shows it
+            log.exception("embedded consumer stopped")
 
     def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()
@@ -49,5 +48,9 @@ class ConsumerRunner:
             self._thread.join(timeout)
 
     def health(self) -> ConsumerHealth:
+        stats = self.consumer.stats()
         alive = self._thread is not None and self._thread.is_alive()
-        return ConsumerHealth(mode="embedded", status="running" if alive else "stopped")
+        status = str(stats["status"]) if alive else "stopped"
+        return ConsumerHealth(
+            mode="embedded", status=status, lag=stats["lag"], detail=stats["detail"], metrics=stats
+        )

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Annotated, Any
 
 import anyio
@@ -27,9 +27,11 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 
 from celery_flow import __version__
+from celery_flow.consumer import Sink
 from celery_flow.flow.graph import build_graph
 from celery_flow.server import spa
 from celery_flow.server.api import build_api_router
+from celery_flow.server.config import resolve
 from celery_flow.server.consumers import ConsumerRunner
 from celery_flow.server.health import ConsumerHealth, HealthMonitor
 from celery_flow.server.live import LiveFilter, LiveHub
@@ -59,6 +61,8 @@ class CeleryFlowExtension:
         live_interval: float = 0.25,
         live_queue_size: int = 256,
         serve_ui: bool = True,
+        sinks: Sequence[Sink] = (),
+        store_url: str | None = None,
     ) -> None:
         self.broker_url = broker_url
         self.prefix = prefix
@@ -66,7 +70,9 @@ class CeleryFlowExtension:
         self.ttl = ttl
         self.max_tasks = max_tasks
         self.embedded_consumer = embedded_consumer and broker_url is not None
+        self.sinks = list(sinks)
         self._store_arg = store
+        self.store_url = store if isinstance(store, str) else store_url
         self._store: Store | None = store if store is not None and not isinstance(store, str) else None
         self._owns_store = False
         self._consumer: ConsumerRunner | None = None
@@ -74,11 +80,12 @@ class CeleryFlowExtension:
                            queue_size=live_queue_size)  # fmt: skip
         self.health = HealthMonitor(
             store=self._get_store,
-            store_url=store if isinstance(store, str) else None,
+            store_url=self.store_url,
             broker_url=broker_url,
             prefix=prefix,
             consumer_status=self._consumer_health,
             live_clients=lambda: len(self.hub.clients),
+            group=group,
         )
         self.auth_dependency = auth_dependency
         self.router = self._build_router(serve_ui)
@@ -114,12 +121,15 @@ class CeleryFlowExtension:
         if self._store is None:
             from celery_flow.store import open_store
 
-            self._store = open_store(self._store_arg if isinstance(self._store_arg, str) else None)
+            if self.store_url is None:
+                self.store_url = resolve().store_url
+                self.health.set_store_url(self.store_url)
+            self._store = open_store(self.store_url)
             self._owns_store = True
         if self.embedded_consumer and self._consumer is None and self.broker_url is not None:
             self._consumer = ConsumerRunner(
                 broker_url=self.broker_url, store=self._store, prefix=self.prefix, group=self.group,
-                ttl=self.ttl, max_tasks=self.max_tasks,
+                ttl=self.ttl, max_tasks=self.max_tasks, sinks=self.sinks,
             )  # fmt: skip
             self._consumer.start()
 
@@ -156,11 +166,13 @@ class CeleryFlowExtension:
         schema: dict[str, Any] = {}
 
         @router.get("/api/openapi.json", include_in_schema=False)
-        def openapi() -> JSONResponse:
+        def openapi(request: Request) -> JSONResponse:
             if not schema:
                 schema.update(get_openapi(title=API_TITLE, version=__version__,
                                           description=API_DESCRIPTION, routes=api_routes))  # fmt: skip
-            return JSONResponse(schema)
+            # Paths are relative to the mount point; `servers` says where that is in this app.
+            root = spa.mount_root(request, "api/openapi.json")
+            return JSONResponse({**schema, "servers": [{"url": root or "/"}]})
 
         @router.get("/api/docs", include_in_schema=False)
         def docs() -> HTMLResponse:

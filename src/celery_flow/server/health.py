@@ -7,6 +7,7 @@ result is cached for a moment: a dashboard polling health must not turn into a p
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -16,7 +17,7 @@ from typing import Any, Literal
 from celery_flow import __version__
 from celery_flow.store.base import Store, StoreError
 from celery_flow.transport import from_url, redact_url
-from celery_flow.transport.base import ConfigError, Transport, TransportError
+from celery_flow.transport.base import ConfigError, Subscription, Transport, TransportError
 
 HealthStatus = Literal["ok", "degraded"]
 REJECTED_PREFIX = "rejected."
@@ -77,7 +78,7 @@ class HealthReport:
         return "; ".join(problems) or None
 
 
-CONSUMER_OK = frozenset({"running", "ok", "idle", "external"})
+CONSUMER_OK = frozenset({"starting", "running", "ok", "idle", "external"})
 
 
 def split_counters(counters: Mapping[str, int]) -> tuple[dict[str, int], int]:
@@ -103,7 +104,10 @@ class HealthMonitor:
         consumer_status: Callable[[], ConsumerHealth],
         live_clients: Callable[[], int],
         max_age: float = 2.0,
+        group: str = "celery_flow",
     ) -> None:
+        self._group = group
+        self._lag_sub: Subscription | None = None
         self._store = store
         self._store_url = redact_url(store_url) if store_url else None
         self._broker_url = broker_url
@@ -124,8 +128,15 @@ class HealthMonitor:
             self._cached = report
             return report
 
+    def set_store_url(self, url: str) -> None:
+        self._store_url = redact_url(url)
+
     def close(self) -> None:
         with self._lock:
+            if self._lag_sub is not None:
+                with contextlib.suppress(Exception):
+                    self._lag_sub.close()
+                self._lag_sub = None
             if self._transport is not None:
                 self._transport.close()
                 self._transport = None
@@ -143,6 +154,17 @@ class HealthMonitor:
             return TransportHealth(url=safe, reachable=False, detail=str(exc) or type(exc).__name__)
         return TransportHealth(url=safe, reachable=True)
 
+    def _probe_lag(self) -> int | None:
+        """The shared group's backlog, read without joining it as a reader (no entries are taken)."""
+        if self._transport is None:
+            return None
+        try:
+            if self._lag_sub is None:
+                self._lag_sub = self._transport.subscribe(self._group, "celery-flow-health")
+            return self._lag_sub.lag()
+        except Exception:  # lag is a nicety: an error here must not fail the health report
+            return None
+
     def _probe(self) -> HealthReport:
         transport = self._probe_transport()
         rejected: dict[str, int] = {}
@@ -158,6 +180,8 @@ class HealthMonitor:
         except (StoreError, OSError, RuntimeError) as exc:
             store_health = StoreHealth(url=self._store_url, reachable=False, detail=str(exc))
         consumer = self._consumer_status()
+        if consumer.lag is None and consumer.mode == "external" and transport.reachable:
+            consumer.lag = self._probe_lag()
         # Counters the embedded consumer holds but has not persisted yet still count.
         for kind, count in consumer.metrics.get("rejected", {}).items():
             rejected[kind] = max(rejected.get(kind, 0), int(count))

@@ -1,0 +1,356 @@
+"""The consumer: transport -> decode -> store, acknowledging only what the store has committed.
+
+One loop, built so that no input and no outage can stop it:
+
+- Entries are read in batches from the transport's shared consumer group (Redis Streams or RabbitMQ;
+  the subscription itself re-reads its own pending entries after a restart and claims those of dead
+  members), decoded with `events.decode`, folded with one `store.apply()` transaction per batch, and
+  only then acknowledged. A crash (even `kill -9`) between apply and ack re-delivers the batch, and
+  `apply()` is idempotent per event id, so nothing is lost and nothing counts twice.
+- Malformed entries (not JSON, not UTF-8, missing or mistyped fields, oversize) are counted per kind,
+  logged once per kind, acknowledged and skipped: bad input never blocks the stream behind it.
+- A broker that goes away: reconnect with capped exponential backoff, status `reconnecting`.
+- A store that fails: keep the batch unacknowledged and retry it with backoff, status `store_error`.
+- Retention runs here (`store.sweep`) so one process owns deletes, and `sinks` (the OTLP exporter)
+  get the changed task ids after each commit; a failing sink is logged, never allowed to stop ingest.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+from celery_flow.events import Event, EventRejected, decode
+from celery_flow.store.base import Store
+from celery_flow.transport import from_url, redact_url
+from celery_flow.transport.base import ConfigError, Message, Subscription, Transport, TransportError
+
+__all__ = ["DEFAULT_GROUP", "Consumer", "Sink", "default_consumer_name"]
+
+log = logging.getLogger("celery_flow.consumer")
+
+DEFAULT_GROUP = "celery_flow"
+DEFAULT_BATCH = 500
+DROPPED_COUNTER = "publisher.dropped"
+REJECTED_PREFIX = "rejected."
+
+#: Called after each commit with the ids of the tasks that changed (e.g. the OTLP exporter).
+Sink = Callable[[list[str]], object]
+
+
+def default_consumer_name() -> str:
+    """`{hostname}:{pid}`: unique per process, so every `consume` is its own group member."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class _Backoff:
+    """Capped exponential backoff: 0.2 s, 0.4 s, ... up to `cap`, reset after a success."""
+
+    def __init__(self, first: float = 0.2, cap: float = 10.0) -> None:
+        self.first = first
+        self.cap = cap
+        self.delay = first
+
+    def next(self) -> float:
+        delay = self.delay
+        self.delay = min(self.cap, self.delay * 2)
+        return delay
+
+    def reset(self) -> None:
+        self.delay = self.first
+
+
+class Consumer:
+    """Folds one transport's events into one store. Run it with `run(stop_event)` (blocks)."""
+
+    def __init__(
+        self,
+        broker_url: str,
+        store: Store,
+        prefix: str = "celery_flow",
+        group: str = DEFAULT_GROUP,
+        name: str | None = None,
+        batch: int = DEFAULT_BATCH,
+        read_timeout: float = 1.0,
+        ttl: float | None = None,
+        max_tasks: int | None = None,
+        sweep_interval: float = 60.0,
+        sinks: Iterable[Sink] = (),
+        transport_options: Mapping[str, Any] | None = None,
+        max_backoff: float = 10.0,
+    ) -> None:
+        if batch <= 0:
+            raise ConfigError(f"batch must be positive, got {batch}")
+        self.broker_url = broker_url
+        self.safe_url = redact_url(broker_url)
+        self.store = store
+        self.prefix = prefix
+        self.group = group
+        self.name = name or default_consumer_name()
+        self.batch = batch
+        self.read_timeout = read_timeout
+        self.ttl = ttl
+        self.max_tasks = max_tasks
+        self.sweep_interval = sweep_interval
+        self.sinks = list(sinks)
+        self.transport_options = dict(transport_options or {})
+        self.max_backoff = max_backoff
+
+        self._lock = threading.Lock()
+        self._status = "starting"
+        self._detail: str | None = None
+        self._events_total = 0
+        self._batches_total = 0
+        self._acked_total = 0
+        self._rejected: Counter[str] = Counter()
+        self._dropped_total = 0
+        self._swept_total = 0
+        self._reconnects = 0
+        self._store_errors = 0
+        self._sink_errors = 0
+        self._lag: int | None = None
+        self._last_commit: float | None = None
+        self._logged_kinds: set[str] = set()
+
+        self._transport: Transport | None = None
+        self._subscription: Subscription | None = None
+        self._next_sweep = 0.0
+        self._next_lag = 0.0
+
+    # ---- reporting -----------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        """A snapshot for /api/health and /metrics: status, throughput, rejects, lag."""
+        with self._lock:
+            return {
+                "status": self._status,
+                "detail": self._detail,
+                "broker": self.safe_url,
+                "group": self.group,
+                "name": self.name,
+                "events_total": self._events_total,
+                "batches_total": self._batches_total,
+                "acked_total": self._acked_total,
+                "rejected": dict(self._rejected),
+                "rejected_total": sum(self._rejected.values()),
+                "publisher_dropped_total": self._dropped_total,
+                "swept_total": self._swept_total,
+                "reconnects_total": self._reconnects,
+                "store_errors_total": self._store_errors,
+                "sink_errors_total": self._sink_errors,
+                "lag": self._lag,
+                "last_commit_at": self._last_commit,
+            }
+
+    def _set_status(self, status: str, detail: str | None = None) -> None:
+        with self._lock:
+            changed = (status, detail) != (self._status, self._detail)
+            self._status, self._detail = status, detail
+        if changed and status in {"reconnecting", "store_error"}:
+            log.warning("consumer %s: %s", status, detail)
+        elif changed and status == "running" and detail is None:
+            log.info("consumer running: %s group=%s name=%s", self.safe_url, self.group, self.name)
+
+    # ---- the loop ------------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        """Consume until `stop` is set; finishes (commits and acks) the batch in hand before returning."""
+        backoff = _Backoff(cap=self.max_backoff)
+        try:
+            while not stop.is_set():
+                sub = self._connect()
+                if sub is None:
+                    self._set_status("reconnecting", self._detail)
+                    stop.wait(backoff.next())
+                    continue
+                try:
+                    messages = sub.read(self.batch, self.read_timeout)
+                except TransportError as exc:
+                    self._disconnect(f"broker unreachable: {exc}")
+                    stop.wait(backoff.next())
+                    continue
+                backoff.reset()
+                if self._status != "running":
+                    self._set_status("running")
+                if messages:
+                    self.process(messages, stop)
+                self._housekeeping(stop)
+        finally:
+            self._disconnect(None)
+            self._set_status("stopped")
+
+    def _connect(self) -> Subscription | None:
+        if self._subscription is not None:
+            return self._subscription
+        try:
+            if self._transport is None:
+                self._transport = from_url(self.broker_url, prefix=self.prefix, **self.transport_options)
+            self._subscription = self._transport.subscribe(self.group, self.name)
+        except TransportError as exc:
+            with self._lock:
+                self._reconnects += 1
+                self._detail = f"broker unreachable: {exc}"
+            self._close_transport()
+            return None
+        return self._subscription
+
+    def _disconnect(self, reason: str | None) -> None:
+        sub, self._subscription = self._subscription, None
+        if sub is not None:
+            try:
+                sub.close()
+            except Exception:  # closing a dead connection may fail too; it is being dropped anyway
+                log.debug("closing subscription failed", exc_info=True)
+        self._close_transport()
+        if reason is not None:
+            with self._lock:
+                self._reconnects += 1
+            self._set_status("reconnecting", reason)
+
+    def _close_transport(self) -> None:
+        transport, self._transport = self._transport, None
+        if transport is not None:
+            try:
+                transport.close()
+            except Exception:
+                log.debug("closing transport failed", exc_info=True)
+
+    # ---- one batch -----------------------------------------------------------------------------
+
+    def decode_batch(self, messages: Sequence[Message]) -> tuple[list[Event], Counter[str]]:
+        """Valid events, plus counters (`rejected.<kind>`, `publisher.dropped`) for everything else."""
+        events: list[Event] = []
+        counters: Counter[str] = Counter()
+        for message in messages:
+            try:
+                event = decode(message.data)
+            except EventRejected as exc:
+                self._reject(exc.kind, exc.detail, message.id)
+                counters[REJECTED_PREFIX + exc.kind] += 1
+                continue
+            except Exception as exc:  # decode must never take the consumer down, whatever the bytes
+                self._reject("undecodable", f"{type(exc).__name__}: {exc}", message.id)
+                counters[REJECTED_PREFIX + "undecodable"] += 1
+                continue
+            if event.type == "publisher.dropped":
+                if isinstance(event.dropped, int) and event.dropped > 0:
+                    counters[DROPPED_COUNTER] += event.dropped
+                continue
+            events.append(event)
+        return events, counters
+
+    def _reject(self, kind: str, detail: str, message_id: str) -> None:
+        if kind in self._logged_kinds:
+            return
+        self._logged_kinds.add(kind)
+        log.warning(
+            "rejected malformed event (%s) at %s: %s; further %r rejects are only counted (see /api/health)",
+            kind,
+            message_id,
+            detail[:300],
+            kind,
+        )
+
+    def process(self, messages: Sequence[Message], stop: threading.Event | None = None) -> list[str]:
+        """Decode, commit and acknowledge one batch; returns the changed task ids.
+
+        The store call is retried with backoff until it succeeds or `stop` is set; in the latter case
+        nothing is acknowledged and the entries stay pending for the next run (or another member).
+        """
+        events, counters = self.decode_batch(messages)
+        changed = self._commit(events, counters, stop)
+        if changed is None:
+            return []
+        with self._lock:
+            self._events_total += len(events)
+            self._batches_total += 1
+            self._rejected.update(
+                {k[len(REJECTED_PREFIX) :]: v for k, v in counters.items() if k.startswith(REJECTED_PREFIX)}
+            )
+            self._dropped_total += counters.get(DROPPED_COUNTER, 0)
+            self._last_commit = time.time()
+        self._ack([m.id for m in messages])
+        if changed:
+            self._notify(changed)
+        return changed
+
+    def _commit(
+        self, events: list[Event], counters: Counter[str], stop: threading.Event | None
+    ) -> list[str] | None:
+        if not events and not counters:
+            return []
+        backoff = _Backoff(cap=self.max_backoff)
+        while True:
+            try:
+                changed = self.store.apply(events, dict(counters) or None)
+            except Exception as exc:  # StoreError, a driver error, a full disk: never lose the batch
+                with self._lock:
+                    self._store_errors += 1
+                self._set_status("store_error", f"store write failed: {type(exc).__name__}: {exc}")
+                if stop is None:
+                    raise
+                stop.wait(backoff.next())
+                if stop.is_set():
+                    return None
+                continue
+            if self._status == "store_error":
+                self._set_status("running")
+            return list(changed)
+
+    def _ack(self, ids: list[str]) -> None:
+        sub = self._subscription
+        if sub is None or not ids:
+            return
+        try:
+            sub.ack(ids)
+        except TransportError as exc:
+            # Committed but not acknowledged: the entries come back after reconnecting and are
+            # applied again, which changes nothing (idempotent per event id).
+            self._disconnect(f"broker unreachable while acknowledging: {exc}")
+            return
+        with self._lock:
+            self._acked_total += len(ids)
+
+    def _notify(self, changed: list[str]) -> None:
+        for sink in self.sinks:
+            try:
+                sink(changed)
+            except Exception:
+                with self._lock:
+                    self._sink_errors += 1
+                log.exception("sink %r failed; ingest continues", sink)
+
+    # ---- periodic work -------------------------------------------------------------------------
+
+    def _housekeeping(self, stop: threading.Event) -> None:
+        now = time.monotonic()
+        if now >= self._next_lag and self._subscription is not None:
+            self._next_lag = now + 2.0
+            try:
+                lag = self._subscription.lag()
+            except TransportError:
+                lag = None
+            with self._lock:
+                self._lag = lag
+        if (self.ttl is not None or self.max_tasks is not None) and now >= self._next_sweep:
+            self._next_sweep = now + self.sweep_interval
+            self.sweep()
+
+    def sweep(self) -> int:
+        """Apply retention now; errors are logged and retried at the next interval."""
+        try:
+            removed = self.store.sweep(self.ttl, self.max_tasks)
+        except Exception as exc:
+            log.warning("retention sweep failed (will retry): %s", exc)
+            return 0
+        with self._lock:
+            self._swept_total += removed
+        if removed:
+            log.info("retention: removed %d tasks", removed)
+        return removed
