@@ -13,6 +13,7 @@ import uuid
 from typing import Any
 
 import pytest
+from tests.otlp_receiver import ReceivedSpan, otlp_receiver
 
 from celery_flow.events import Event, make_event
 from celery_flow.export import resolve_otlp_endpoint
@@ -20,7 +21,6 @@ from celery_flow.export.otlp import OtlpExporter, span_id_for
 from celery_flow.flow.fold import fold_task
 from celery_flow.flow.model import TaskDetail
 from celery_flow.transport.base import ConfigError
-from tests.otlp_receiver import ReceivedSpan, otlp_receiver
 
 STATUS_OK, STATUS_ERROR = 1, 2
 SPAN_KIND_CONSUMER = 5
