@@ -1,0 +1,160 @@
+"""PostgreSQL engine (psycopg 3): a shared store for several hosts and long history.
+
+Each thread keeps its own connection (psycopg connections are not for concurrent use), reopened after
+a failure. Writers serialize on the `meta.seq` row (`SELECT ... FOR UPDATE` first thing in `apply()`), so
+change numbers are handed out in commit order: a reader tailing `seq > cursor` can never pass a change
+that commits later with a smaller number, however many `consume` processes write at once. The cost is
+that folds of concurrent writers do not overlap; decoding, network reads and acks still do.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
+from typing import Any
+
+from celery_flow.store.base import StoreError
+from celery_flow.store.schema import ddl
+from celery_flow.store.sql import Row, SqlStore
+
+try:
+    import psycopg
+except ImportError:  # pragma: no cover - depends on the installation
+    psycopg = None  # type: ignore[assignment]
+
+CONNECT_TIMEOUT = 5
+FIX_HINT = "check the URL given to --store / CELERY_FLOW_STORE and that PostgreSQL is running"
+_PLACEHOLDER = re.compile(r"\?")
+_translated: dict[str, str] = {}
+
+
+def _sql(statement: str) -> str:
+    """`?` placeholders (the shared SQL) to psycopg's `%s`."""
+    out = _translated.get(statement)
+    if out is None:
+        out = _PLACEHOLDER.sub("%s", statement)
+        if len(_translated) < 4096:
+            _translated[statement] = out
+    return out
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for messages."""
+    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
+
+
+class _Session:
+    __slots__ = ("conn",)
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+
+    def rows(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        with self.conn.cursor() as cur:
+            cur.execute(_sql(sql), params)
+            return list(cur.fetchall())
+
+    def run(self, sql: str, params: Sequence[Any] = ()) -> int:
+        with self.conn.cursor() as cur:
+            cur.execute(_sql(sql), params)
+            return int(cur.rowcount)
+
+    def many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        if rows:
+            with self.conn.cursor() as cur:
+                cur.executemany(_sql(sql), rows)
+
+
+class PostgresStore(SqlStore):
+    dialect = "postgresql"
+    lock_suffix = " FOR UPDATE"
+
+    def __init__(self, url: str) -> None:
+        super().__init__()
+        if psycopg is None:
+            raise StoreError("PostgreSQL support needs psycopg: pip install 'celery-flow[postgres]'")
+        self.url = url
+        self._local = threading.local()
+        self._connections: list[Any] = []
+        self._lock = threading.Lock()
+        self._closed = False
+        self._pid = os.getpid()
+        with self._write() as session:
+            # Two processes starting at once must not race on CREATE TABLE IF NOT EXISTS.
+            session.rows("SELECT pg_advisory_xact_lock(815242607)")
+            for statement in ddl("postgresql"):
+                session.run(statement)
+            self._init_meta(session)
+
+    def _connect(self) -> Any:
+        assert psycopg is not None
+        try:
+            conn = psycopg.connect(self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT)
+        except psycopg.Error as exc:
+            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise StoreError(
+                f"cannot connect to PostgreSQL at {redact(self.url)} ({detail}): {FIX_HINT}"
+            ) from None
+        with self._lock:
+            self._connections.append(conn)
+        return conn
+
+    def _conn(self) -> Any:
+        if self._closed:
+            raise StoreError("the store is closed")
+        if os.getpid() != self._pid:
+            self._local = threading.local()
+            self._connections = []
+            self._pid = os.getpid()
+        conn = getattr(self._local, "conn", None)
+        if conn is None or conn.closed or conn.broken:
+            if conn is not None:
+                self._discard(conn)
+            conn = self._connect()
+            self._local.conn = conn
+        return conn
+
+    def _discard(self, conn: Any) -> None:
+        with self._lock:
+            if conn in self._connections:
+                self._connections.remove(conn)
+        with suppress(Exception):
+            conn.close()
+        if getattr(self._local, "conn", None) is conn:
+            self._local.conn = None
+
+    @contextmanager
+    def _read(self) -> Iterator[_Session]:
+        assert psycopg is not None
+        conn = self._conn()
+        try:
+            yield _Session(conn)
+        except psycopg.OperationalError as exc:
+            self._discard(conn)
+            raise self._error(exc) from None
+
+    @contextmanager
+    def _write(self) -> Iterator[_Session]:
+        assert psycopg is not None
+        conn = self._conn()
+        try:
+            with conn.transaction():
+                yield _Session(conn)
+        except psycopg.OperationalError as exc:
+            self._discard(conn)
+            raise self._error(exc) from None
+
+    def _error(self, exc: Exception) -> StoreError:
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return StoreError(f"PostgreSQL at {redact(self.url)}: {detail}: {FIX_HINT}")
+
+    def close(self) -> None:
+        self._closed = True
+        with self._lock:
+            connections, self._connections = self._connections, []
+        for conn in connections:
+            with suppress(Exception):
+                conn.close()

@@ -1,0 +1,163 @@
+"""The one SQL schema both engines share.
+
+Written once in the common subset of SQLite and PostgreSQL; `ddl(dialect)` only swaps the few type
+names that differ (binary payloads, 64-bit integers, floats). Every list the API serves is a keyset walk
+over one of the `(filter column, ts, id)` indexes below, newest first, so a page costs a few index
+probes whatever the table size.
+
+Tables:
+- events: every stored task event, encoded (msgspec JSON). The primary key on the event id makes
+  `apply()` idempotent; tasks are re-folded from their full event set (flow/fold.py).
+- tasks: the folded summary of each task; `ts` is when it was first known (the list order), `seq`
+  the store-wide change number of its latest change (live push tails `seq`). `extra` holds the JSON
+  of fields no query filters on (links, durations, timeline segments, pid, eta, expires).
+- flows: one row per root workflow, kept up to date by `apply()` with state counts.
+- name_stats: counts by state per task name, kept up to date the same way (registry).
+- registry: what workers announced about each task name (signature, doc, which workers).
+- workers: one row per worker hostname from worker.online / heartbeat / offline events.
+- counters: consumer counters (rejected per kind, publisher drops) added in the same transaction.
+- meta: store-wide numbers: the change counter and row counts (so health never counts a big table).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+Dialect = Literal["sqlite", "postgresql"]
+
+STATES = ("PENDING", "RECEIVED", "STARTED", "RETRY", "SUCCESS", "FAILURE", "REVOKED", "REJECTED")
+# Column name of the count of each state in flows / name_stats.
+STATE_COLUMNS = {state: "n_" + state.lower() for state in STATES}
+_COUNT_COLUMNS = ",\n    ".join(f"{column} INTEGER NOT NULL DEFAULT 0" for column in STATE_COLUMNS.values())
+
+SCHEMA_VERSION = 1
+
+_DDL = f"""
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS events (
+    id TEXT PRIMARY KEY,
+    task_id TEXT NOT NULL,
+    ts FLOAT8 NOT NULL,
+    data BINARY NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_task ON events (task_id);
+CREATE TABLE IF NOT EXISTS tasks (
+    task_id TEXT PRIMARY KEY,
+    name TEXT,
+    state TEXT NOT NULL,
+    root_id TEXT NOT NULL,
+    parent_id TEXT,
+    group_id TEXT,
+    chord_id TEXT,
+    trace_id TEXT,
+    hostname TEXT,
+    queue TEXT,
+    retries INTEGER NOT NULL DEFAULT 0,
+    sent_at FLOAT8,
+    received_at FLOAT8,
+    started_at FLOAT8,
+    finished_at FLOAT8,
+    runtime FLOAT8,
+    exception TEXT,
+    updated_at FLOAT8,
+    ts FLOAT8 NOT NULL,
+    seq BIGINT NOT NULL,
+    extra TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS tasks_ts ON tasks (ts, task_id);
+CREATE INDEX IF NOT EXISTS tasks_state ON tasks (state, ts, task_id);
+CREATE INDEX IF NOT EXISTS tasks_name ON tasks (name, ts, task_id);
+CREATE INDEX IF NOT EXISTS tasks_root ON tasks (root_id, ts, task_id);
+CREATE INDEX IF NOT EXISTS tasks_trace ON tasks (trace_id, ts, task_id);
+CREATE INDEX IF NOT EXISTS tasks_host ON tasks (hostname, ts, task_id);
+CREATE INDEX IF NOT EXISTS tasks_seq ON tasks (seq);
+CREATE TABLE IF NOT EXISTS flows (
+    root_id TEXT PRIMARY KEY,
+    root_name TEXT,
+    state TEXT NOT NULL,
+    trace_id TEXT,
+    {_COUNT_COLUMNS},
+    task_count INTEGER NOT NULL DEFAULT 0,
+    started_at FLOAT8,
+    last_finished FLOAT8,
+    updated_at FLOAT8,
+    ts FLOAT8 NOT NULL,
+    seq BIGINT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS flows_ts ON flows (ts, root_id);
+CREATE INDEX IF NOT EXISTS flows_state ON flows (state, ts, root_id);
+CREATE INDEX IF NOT EXISTS flows_name ON flows (root_name, ts, root_id);
+CREATE INDEX IF NOT EXISTS flows_trace ON flows (trace_id, ts, root_id);
+CREATE TABLE IF NOT EXISTS name_stats (
+    name TEXT PRIMARY KEY,
+    {_COUNT_COLUMNS}
+);
+CREATE TABLE IF NOT EXISTS registry (
+    name TEXT PRIMARY KEY,
+    signature TEXT,
+    doc TEXT,
+    workers TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS workers (
+    hostname TEXT PRIMARY KEY,
+    online_since FLOAT8,
+    last_heartbeat FLOAT8,
+    offline_at FLOAT8,
+    heartbeat_interval FLOAT8,
+    pid INTEGER,
+    tasks_run BIGINT NOT NULL DEFAULT 0,
+    registered TEXT NOT NULL,
+    info TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS counters (
+    name TEXT PRIMARY KEY,
+    value BIGINT NOT NULL
+);
+"""
+
+_TYPES: dict[Dialect, dict[str, str]] = {
+    "sqlite": {"FLOAT8": "REAL", "BINARY": "BLOB", "BIGINT": "INTEGER"},
+    # Byte-order collation: the same ordering as SQLite, and prefix ranges (`q`) that use the indexes.
+    "postgresql": {
+        "FLOAT8": "DOUBLE PRECISION",
+        "BINARY": "BYTEA",
+        "BIGINT": "BIGINT",
+        "TEXT": 'TEXT COLLATE "C"',
+    },
+}
+
+TASK_COLUMNS = (
+    "task_id", "name", "state", "root_id", "parent_id", "group_id", "chord_id", "trace_id", "hostname",
+    "queue", "retries", "sent_at", "received_at", "started_at", "finished_at", "runtime", "exception",
+    "updated_at", "ts", "seq", "extra",
+)  # fmt: skip
+FLOW_COLUMNS = (
+    "root_id", "root_name", "state", "trace_id", *STATE_COLUMNS.values(), "task_count", "started_at",
+    "last_finished", "updated_at", "ts", "seq",
+)  # fmt: skip
+WORKER_COLUMNS = (
+    "hostname", "online_since", "last_heartbeat", "offline_at", "heartbeat_interval", "pid", "tasks_run",
+    "registered", "info",
+)  # fmt: skip
+
+
+def ddl(dialect: Dialect) -> list[str]:
+    """The CREATE statements for one engine, one statement per item."""
+    text = _DDL
+    for generic, concrete in _TYPES[dialect].items():
+        text = re.sub(rf"(?<= ){generic}\b", concrete, text)
+    return [statement.strip() for statement in text.split(";") if statement.strip()]
+
+
+def upsert(table: str, columns: tuple[str, ...], key: str) -> str:
+    """`INSERT ... ON CONFLICT (key) DO UPDATE` of every column: the same text in both engines."""
+    placeholders = ", ".join("?" for _ in columns)
+    updates = ", ".join(f"{column} = excluded.{column}" for column in columns if column != key)
+    return (
+        f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({placeholders}) "
+        f"ON CONFLICT ({key}) DO UPDATE SET {updates}"
+    )
