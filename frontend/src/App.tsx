@@ -7,11 +7,11 @@ import { FlowsView } from "./views/Flows";
 import { NotFoundView } from "./views/NotFound";
 import { RegistryView } from "./views/Registry";
 import { TaskView } from "./views/Task";
-import { TraceViewPage } from "./views/Trace";
 import { WorkersView } from "./views/Workers";
 
 // The graph view pulls in React Flow; load it only when a flow is opened.
 const FlowView = lazy(() => import("./views/Flow"));
+const TraceViewPage = lazy(() => import("./views/Trace"));
 
 function useTheme(): [string, () => void] {
   const [theme, setTheme] = useState(() => document.documentElement.dataset.theme ?? "dark");

@@ -144,3 +144,12 @@ export function useDebouncedLiveRefetch(
     }, ms);
   });
 }
+
+/** While mounted, ask the server only for one flow's (root_id) or one trace's changes. */
+export function useLiveFilter(rootId: string | null, traceId: string | null): void {
+  const h = useContext(LiveContext);
+  useEffect(() => {
+    h.setFilter(rootId, traceId);
+    return () => h.setFilter(null, null);
+  }, [h, rootId, traceId]);
+}

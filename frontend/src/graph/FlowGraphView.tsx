@@ -1,0 +1,435 @@
+// The flow graph: React Flow drawing the structure (structure.ts) at positions from ELK (layout worker).
+// Task states come from `tasks` and update nodes in place; only a structural change triggers a layout.
+import {
+  Background,
+  BackgroundVariant,
+  Controls,
+  Handle,
+  MarkerType,
+  MiniMap,
+  Position,
+  ReactFlow,
+  ReactFlowProvider,
+  useReactFlow,
+  type Edge,
+  type Node,
+  type NodeProps,
+} from "@xyflow/react";
+import { memo, useCallback, useEffect, useMemo, useRef, useState, type KeyboardEvent } from "react";
+import type { EdgeKind, GraphNode } from "../api/types";
+import { TASK_STATES } from "../api/types";
+import { fmtDuration, shortName } from "../format";
+import { layout } from "./layout";
+import type { Container, Structure, VisibleNode } from "./structure";
+
+const NODE_W = 210;
+const NODE_H = 58;
+
+type Opener = (id: string, kind: "task" | "cluster") => void;
+
+interface TaskNodeData extends Record<string, unknown> {
+  task: GraphNode | undefined;
+  id: string;
+  crit: boolean;
+  selected: boolean;
+  dim: boolean;
+  now: number | null;
+  open: { current: Opener };
+}
+
+interface ClusterNodeData extends Record<string, unknown> {
+  id: string;
+  label: string;
+  members: string[];
+  counts: [string, number][];
+  crit: boolean;
+  open: { current: Opener };
+}
+
+interface ContainerData extends Record<string, unknown> {
+  c: Container;
+}
+
+function onKey(e: KeyboardEvent, fire: () => void) {
+  if (e.key === "Enter" || e.key === " ") {
+    e.preventDefault();
+    fire();
+  }
+}
+
+/** Time in the task body, or since it started while it runs. */
+function taskDuration(t: GraphNode, now: number | null): number | null {
+  if (t.runtime !== null && t.runtime !== undefined) return t.runtime;
+  if (t.started_at && t.finished_at) return t.finished_at - t.started_at;
+  if (t.started_at && !t.finished_at && now !== null) return Math.max(0, now - t.started_at);
+  return null;
+}
+
+const TaskNode = memo(function TaskNode({ data }: NodeProps<Node<TaskNodeData>>) {
+  const t = data.task;
+  const state = t?.state ?? "PENDING";
+  const dur = t ? taskDuration(t, data.now) : null;
+  const retries = t?.retries ?? 0;
+  const cls = ["tnode", `st-${state}`, data.crit ? "crit" : "", data.selected ? "selected" : "", data.dim ? "dim" : ""];
+  return (
+    <div
+      className={cls.join(" ")}
+      data-testid={`node-${data.id}`}
+      data-task-id={data.id}
+      data-state={state}
+      title={`${t?.name ?? "task not sent yet"}\n${data.id}\n${state}`}
+      onKeyDown={(e) => onKey(e, () => data.open.current(data.id, "task"))}
+    >
+      <Handle type="target" position={Position.Left} isConnectable={false} />
+      <span className="bar" aria-hidden="true" />
+      <div className="body">
+        <div className="name">{t?.name ? shortName(t.name) : <span className="muted">not sent yet</span>}</div>
+        <div className="meta">
+          <span className="st">{state}</span>
+          <span className="nb">
+            {retries > 0 && (
+              <span className="b retry" title={`${retries} ${retries === 1 ? "retry" : "retries"}`} data-testid="retry-badge">
+                ↻{retries}
+              </span>
+            )}
+            {dur !== null && <span className="b" title="runtime">{fmtDuration(dur)}</span>}
+          </span>
+        </div>
+      </div>
+      <Handle type="source" position={Position.Right} isConnectable={false} />
+    </div>
+  );
+});
+
+const ClusterNode = memo(function ClusterNode({ data }: NodeProps<Node<ClusterNodeData>>) {
+  const total = data.members.length;
+  const worst = data.counts.find(([s]) => s === "FAILURE") ? "FAILURE" : data.counts.find(([s]) => s === "STARTED" || s === "RETRY") ? "STARTED" : data.counts.length === 1 ? data.counts[0][0] : "PENDING";
+  return (
+    <div
+      className={`tnode cluster st-${worst} ${data.crit ? "crit" : ""}`}
+      data-testid={`cluster-${data.label}`}
+      title={`${total} tasks collapsed: click to expand`}
+      onKeyDown={(e) => onKey(e, () => data.open.current(data.id, "cluster"))}
+    >
+      <Handle type="target" position={Position.Left} isConnectable={false} />
+      <span className="bar" aria-hidden="true" />
+      <div className="body">
+        <div className="name">
+          {data.label} <span className="muted">×{total.toLocaleString()}</span>
+        </div>
+        <div className="counts-mini" aria-hidden="true">
+          {data.counts.map(([s, n]) => (
+            <span key={s} className={`st-${s}`} style={{ flexGrow: n }} />
+          ))}
+        </div>
+        <div className="meta">
+          {data.counts.map(([s, n]) => (
+            <span key={s} className={`st-${s}`} style={{ color: "var(--c)" }}>
+              {n} {s.toLowerCase()}
+            </span>
+          ))}
+          <span className="nb">
+            <span className="b">expand</span>
+          </span>
+        </div>
+      </div>
+      <Handle type="source" position={Position.Right} isConnectable={false} />
+    </div>
+  );
+});
+
+function ContainerNode({ data }: NodeProps<Node<ContainerData>>) {
+  return (
+    <div className={`container-node ${data.c.kind}`} data-testid={`container-${data.c.kind}`}>
+      <span className="clabel">{data.c.label}</span>
+    </div>
+  );
+}
+
+const nodeTypes = { task: TaskNode, cluster: ClusterNode, container: ContainerNode };
+
+const EDGE_STYLE: Record<EdgeKind, { stroke: string; dash?: string; width: number }> = {
+  spawn: { stroke: "var(--edge-spawn)", dash: "3 4", width: 1.3 },
+  chain: { stroke: "var(--edge-chain)", width: 1.7 },
+  chord: { stroke: "var(--edge-chord)", width: 1.7 },
+  errback: { stroke: "var(--edge-errback)", dash: "7 4", width: 1.7 },
+};
+
+export function EdgeLegend() {
+  return (
+    <div className="legend" aria-label="Edge kinds">
+      {(Object.keys(EDGE_STYLE) as EdgeKind[]).map((k) => (
+        <span className="lg" key={k}>
+          <svg width="26" height="8" aria-hidden="true">
+            <line x1="0" y1="4" x2="26" y2="4" stroke={EDGE_STYLE[k].stroke} strokeWidth={2} strokeDasharray={EDGE_STYLE[k].dash} />
+          </svg>
+          {k}
+        </span>
+      ))}
+      <span className="lg">
+        <svg width="14" height="10" aria-hidden="true">
+          <rect x="1" y="1" width="12" height="8" rx="2" fill="none" stroke="var(--crit)" strokeWidth={1.5} />
+        </svg>
+        critical path
+      </span>
+    </div>
+  );
+}
+
+export interface GraphViewProps {
+  structure: Structure;
+  tasks: Map<string, GraphNode>;
+  critical: Set<string>;
+  selected: string | null;
+  running: boolean;
+  onOpenTask: (id: string) => void;
+  onExpand: (clusterId: string) => void;
+}
+
+type Pos = Record<string, { x: number; y: number; width: number; height: number }>;
+
+function Inner({ structure, tasks, critical, selected, running, onOpenTask, onExpand }: GraphViewProps) {
+  const rf = useReactFlow();
+  const [positions, setPositions] = useState<{ key: string; pos: Pos; ms: number } | null>(null);
+  const [layoutError, setLayoutError] = useState<string | null>(null);
+  const [now, setNow] = useState(() => Date.now() / 1000);
+  const fitted = useRef<string | null>(null);
+  const open = useRef<Opener>(() => {});
+  open.current = (id, kind) => (kind === "cluster" ? onExpand(id) : onOpenTask(id));
+
+  // Lay out whenever the structure (not the states) changes.
+  useEffect(() => {
+    let live = true;
+    const sizes = (n: VisibleNode) => ({ width: NODE_W, height: NODE_H, id: n.id, parent: n.parent });
+    layout({
+      nodes: structure.nodes.map(sizes),
+      containers: structure.containers.map((c) => ({ id: c.id, parent: c.parent })),
+      edges: structure.edges.map((e) => ({ id: e.id, source: e.source, target: e.target })),
+    }).then((r) => {
+      if (!live) return;
+      if (r.error) setLayoutError(r.error);
+      else setPositions({ key: structure.key, pos: r.positions, ms: r.ms });
+    });
+    return () => {
+      live = false;
+    };
+  }, [structure]);
+
+  // Running durations tick once a second while the flow runs.
+  useEffect(() => {
+    if (!running) return;
+    const t = window.setInterval(() => setNow(Date.now() / 1000), 1000);
+    return () => window.clearInterval(t);
+  }, [running]);
+
+  const critDrawn = useMemo(() => {
+    const s = new Set<string>();
+    for (const id of critical) {
+      const d = structure.drawnAs.get(id);
+      if (d) s.add(d);
+    }
+    return s;
+  }, [critical, structure]);
+
+  // Per-node cache: a node object is rebuilt only when its task, selection or critical mark changed, so
+  // a live batch touching 3 tasks re-renders 3 nodes, not 2,000.
+  const cache = useRef(new Map<string, { dep: unknown[]; node: Node }>());
+  const nodes: Node[] = useMemo(() => {
+    if (!positions) return [];
+    const pos = positions.pos;
+    const out: Node[] = [];
+    const next = new Map<string, { dep: unknown[]; node: Node }>();
+    const memo = (id: string, dep: unknown[], make: () => Node) => {
+      const have = cache.current.get(id);
+      if (have && have.dep.length === dep.length && have.dep.every((d, i) => d === dep[i])) {
+        next.set(id, have);
+        return have.node;
+      }
+      const node = make();
+      next.set(id, { dep, node });
+      return node;
+    };
+    const depth = (c: Container): number => (c.parent ? 1 : 0);
+    const containers = [...structure.containers].sort((a, b) => depth(a) - depth(b));
+    for (const c of containers) {
+      const p = pos[c.id];
+      if (!p) continue;
+      out.push(
+        memo(c.id, [p, c.label], () => ({
+          id: c.id,
+          type: "container",
+          position: { x: p.x, y: p.y },
+          width: p.width,
+          height: p.height,
+          style: { width: p.width, height: p.height },
+          parentId: c.parent ?? undefined,
+          data: { c },
+          selectable: false,
+          draggable: false,
+          focusable: false,
+          zIndex: -1,
+        })),
+      );
+    }
+    for (const n of structure.nodes) {
+      const p = pos[n.id];
+      if (!p) continue;
+      const isRunning = n.kind === "task" && tasks.get(n.id)?.state === "STARTED";
+      if (n.kind === "task") {
+        const task = tasks.get(n.id);
+        const crit = critDrawn.has(n.id);
+        const sel = selected === n.id;
+        const tick = isRunning ? now : null;
+        out.push(
+          memo(n.id, [p, task, crit, sel, tick], () => ({
+            id: n.id,
+            type: "task",
+            position: { x: p.x, y: p.y },
+            width: NODE_W,
+            height: NODE_H,
+            parentId: n.parent ?? undefined,
+            extent: n.parent ? "parent" : undefined,
+            data: { task, id: n.id, crit, selected: sel, dim: false, now: tick, open } satisfies TaskNodeData,
+            draggable: false,
+            connectable: false,
+            ariaLabel: `${task?.name ?? "task"} ${task?.state ?? ""}`,
+          })),
+        );
+      } else {
+        const members = n.members ?? [];
+        const counts = new Map<string, number>();
+        for (const m of members) {
+          const s = tasks.get(m)?.state ?? "PENDING";
+          counts.set(s, (counts.get(s) ?? 0) + 1);
+        }
+        const ordered = TASK_STATES.filter((s) => counts.has(s)).map((s) => [s, counts.get(s)!] as [string, number]);
+        const sig = ordered.map(([s, c]) => `${s}${c}`).join(",");
+        const crit = critDrawn.has(n.id);
+        out.push(
+          memo(n.id, [p, sig, crit], () => ({
+            id: n.id,
+            type: "cluster",
+            position: { x: p.x, y: p.y },
+            width: NODE_W,
+            height: NODE_H,
+            parentId: n.parent ?? undefined,
+            data: { id: n.id, label: n.label ?? "tasks", members, counts: ordered, crit, open } satisfies ClusterNodeData,
+            draggable: false,
+            connectable: false,
+            ariaLabel: `${members.length} ${n.label ?? ""} tasks, collapsed`,
+          })),
+        );
+      }
+    }
+    cache.current = next;
+    return out;
+  }, [positions, structure, tasks, critDrawn, selected, now]);
+
+  const critEdges = useMemo(() => {
+    const s = new Set<string>();
+    const path = [...critical].map((id) => structure.drawnAs.get(id));
+    for (let i = 1; i < path.length; i++) if (path[i - 1] && path[i]) s.add(`${path[i - 1]}>${path[i]}`);
+    return s;
+  }, [critical, structure]);
+
+  const edges: Edge[] = useMemo(
+    () =>
+      structure.edges.map((e) => {
+        const st = EDGE_STYLE[e.kind];
+        const crit = critEdges.has(`${e.source}>${e.target}`);
+        return {
+          id: e.id,
+          source: e.source,
+          target: e.target,
+          className: `edge-${e.kind}${crit ? " edge-crit" : ""}`,
+          label: e.count > 1 ? `×${e.count}` : undefined,
+          labelStyle: { fill: "var(--fg-2)", fontSize: 10 },
+          labelBgStyle: { fill: "var(--bg-1)" },
+          style: {
+            stroke: crit ? "var(--crit)" : st.stroke,
+            strokeWidth: crit ? st.width + 1 : st.width,
+            strokeDasharray: st.dash,
+          },
+          markerEnd: { type: MarkerType.ArrowClosed, color: crit ? "var(--crit)" : st.stroke, width: 14, height: 14 },
+          focusable: false,
+          selectable: false,
+          zIndex: 1,
+        } satisfies Edge;
+      }),
+    [structure, critEdges],
+  );
+
+  // Fit once per new layout (not on every live update, which would fight the user's zoom).
+  useEffect(() => {
+    if (!positions || nodes.length === 0 || fitted.current === positions.key) return;
+    const first = fitted.current === null;
+    fitted.current = positions.key;
+    const big = structure.nodes.length > 60;
+    window.requestAnimationFrame(() => {
+      void rf.fitView({ padding: 0.12, maxZoom: 1.1, minZoom: big ? 0.15 : 0.3, duration: first ? 0 : 250 });
+    });
+  }, [positions, nodes.length, rf, structure.nodes.length]);
+
+  const onNodeClick = useCallback((_: unknown, node: Node) => {
+    if (node.type === "task") open.current(node.id, "task");
+    else if (node.type === "cluster") open.current(node.id, "cluster");
+  }, []);
+
+  const ready = positions !== null && positions.key === structure.key;
+  return (
+    <div
+      className="canvas"
+      data-testid="graph"
+      data-ready={ready ? "true" : "false"}
+      data-layout-ms={positions ? Math.round(positions.ms) : undefined}
+      data-nodes={structure.nodes.length}
+    >
+      <EdgeLegend />
+      <ReactFlow
+        nodes={nodes}
+        edges={edges}
+        nodeTypes={nodeTypes}
+        onNodeClick={onNodeClick}
+        nodesDraggable={false}
+        nodesConnectable={false}
+        elementsSelectable={false}
+        onlyRenderVisibleElements={structure.nodes.length > 250}
+        minZoom={0.05}
+        maxZoom={2}
+        proOptions={{ hideAttribution: true }}
+        colorMode={(document.documentElement.dataset.theme as "dark" | "light") ?? "dark"}
+      >
+        <Background variant={BackgroundVariant.Dots} gap={18} size={1} />
+        <Controls showInteractive={false} position="bottom-left" />
+        <MiniMap
+          pannable
+          zoomable
+          position="bottom-right"
+          nodeColor={(n) => {
+            if (n.type === "container") return "transparent";
+            const st = n.type === "task" ? ((n.data as TaskNodeData).task?.state ?? "PENDING") : "PENDING";
+            return `var(--st-${st})`;
+          }}
+          nodeStrokeColor={(n) => (n.type === "container" ? "var(--line-2)" : "transparent")}
+          maskColor="color-mix(in srgb, var(--bg) 70%, transparent)"
+          style={{ width: 180, height: 110 }}
+        />
+      </ReactFlow>
+      {!positions && !layoutError && (
+        <div className="canvas-msg">
+          <span className="spinner" aria-hidden="true" />
+          &nbsp; Laying out {structure.nodes.length.toLocaleString()} nodes…
+        </div>
+      )}
+      {layoutError && <div className="canvas-msg">Layout failed: {layoutError}</div>}
+    </div>
+  );
+}
+
+export function FlowGraphView(props: GraphViewProps) {
+  return (
+    <ReactFlowProvider>
+      <Inner {...props} />
+    </ReactFlowProvider>
+  );
+}

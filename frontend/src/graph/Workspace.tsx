@@ -1,0 +1,188 @@
+// The graph + timeline + task panel workspace shared by a flow page and a trace page. Live pushes update
+// task states in place at once; a debounced refetch then brings segments, new tasks and the critical path.
+import { useCallback, useEffect, useMemo, useRef, useState, type ReactNode } from "react";
+import type { FlowGraph, GraphNode, TaskSummary } from "../api/types";
+import { TERMINAL } from "../api/types";
+import { useLiveTasks } from "../live";
+import { useRouter, withQuery } from "../router";
+import { TaskDetailLoader } from "../views/TaskDetail";
+import { FlowGraphView } from "./FlowGraphView";
+import { buildStructure, type FlowLabel, type Structure } from "./structure";
+import { Timeline } from "./Timeline";
+
+export type Mode = "graph" | "split" | "timeline";
+
+function readMode(): Mode {
+  try {
+    const m = localStorage.getItem("celery-flow-mode");
+    if (m === "graph" || m === "split" || m === "timeline") return m;
+  } catch {
+    /* ignore */
+  }
+  return "split";
+}
+
+/** Keep the previous task object when nothing about it changed, so its node does not re-render. */
+function mergeTasks(prev: Map<string, GraphNode> | null, nodes: GraphNode[]): Map<string, GraphNode> {
+  const out = new Map<string, GraphNode>();
+  for (const n of nodes) {
+    const old = prev?.get(n.task_id);
+    if (
+      old &&
+      old.updated_at === n.updated_at &&
+      old.state === n.state &&
+      (old.segments?.length ?? 0) === (n.segments?.length ?? 0) &&
+      old.retries === n.retries
+    )
+      out.set(n.task_id, old);
+    else out.set(n.task_id, n);
+  }
+  return out;
+}
+
+export interface WorkspaceProps {
+  graph: FlowGraph;
+  flows?: FlowLabel[];
+  header: (info: { tasks: Map<string, GraphNode>; running: boolean; mode: Mode; setMode: (m: Mode) => void; critOn: boolean; setCritOn: (v: boolean) => void }) => ReactNode;
+  /** Which pushed tasks belong here (a root id or a trace id). */
+  accept: (t: TaskSummary) => boolean;
+  refetch: () => void;
+}
+
+export function Workspace({ graph, flows, header, accept, refetch }: WorkspaceProps) {
+  const { loc, navigate } = useRouter();
+  const selected = loc.search.get("task");
+  const [mode, setModeState] = useState<Mode>(readMode);
+  const [critOn, setCritOn] = useState(true);
+  const [expanded, setExpanded] = useState<Set<string>>(() => new Set());
+  const [tasks, setTasks] = useState<Map<string, GraphNode>>(() => mergeTasks(null, graph.nodes));
+
+  const setMode = (m: Mode) => {
+    setModeState(m);
+    try {
+      localStorage.setItem("celery-flow-mode", m);
+    } catch {
+      /* ignore */
+    }
+  };
+
+  // A fresh graph from the server: merge, keeping unchanged task objects.
+  useEffect(() => {
+    setTasks((prev) => mergeTasks(prev, graph.nodes));
+  }, [graph]);
+
+  // The structure only changes identity when its key changes: that alone triggers a layout.
+  const structRef = useRef<Structure | null>(null);
+  const structure = useMemo(() => {
+    const next = buildStructure(graph, expanded, flows);
+    if (structRef.current && structRef.current.key === next.key) return structRef.current;
+    structRef.current = next;
+    return next;
+  }, [graph, expanded, flows]);
+
+  // Live: apply states in place now; refetch (debounced) for segments, new tasks and the critical path.
+  const timer = useRef<number | null>(null);
+  const refetchRef = useRef(refetch);
+  refetchRef.current = refetch;
+  useEffect(() => () => {
+    if (timer.current !== null) window.clearTimeout(timer.current);
+  }, []);
+  useLiveTasks((items) => {
+    const mine = items.filter(accept);
+    if (!mine.length) return;
+    setTasks((prev) => {
+      let next: Map<string, GraphNode> | null = null;
+      for (const item of mine) {
+        const old = prev.get(item.task_id);
+        if (!old) continue;
+        if (old.updated_at === item.updated_at && old.state === item.state) continue;
+        next ??= new Map(prev);
+        next.set(item.task_id, { ...old, ...item, segments: old.segments });
+      }
+      return next ?? prev;
+    });
+    if (timer.current === null) {
+      timer.current = window.setTimeout(() => {
+        timer.current = null;
+        refetchRef.current();
+      }, 600);
+    }
+  });
+
+  const running = useMemo(() => [...tasks.values()].some((t) => !TERMINAL.has(t.state)), [tasks]);
+  const critical = useMemo(() => new Set(critOn ? (graph.critical_path ?? []) : []), [graph.critical_path, critOn]);
+  const taskList = useMemo(() => [...tasks.values()], [tasks]);
+
+  const select = useCallback(
+    (id: string | null) => {
+      const params: Record<string, string | null> = {};
+      loc.search.forEach((v, k) => (params[k] = v));
+      params.task = id;
+      navigate(withQuery(loc.path, params), { replace: true });
+    },
+    [loc, navigate],
+  );
+  const expand = useCallback((clusterId: string) => setExpanded((s) => new Set(s).add(clusterId)), []);
+
+  useEffect(() => {
+    if (!selected) return;
+    const onKey = (e: KeyboardEvent) => {
+      if (e.key === "Escape") select(null);
+    };
+    window.addEventListener("keydown", onKey);
+    return () => window.removeEventListener("keydown", onKey);
+  }, [selected, select]);
+
+  const graphEl = (
+    <FlowGraphView
+      structure={structure}
+      tasks={tasks}
+      critical={critical}
+      selected={selected}
+      running={running}
+      onOpenTask={(id) => select(id)}
+      onExpand={expand}
+    />
+  );
+  const timelineEl = (
+    <Timeline tasks={taskList} critical={critical} selected={selected} running={running} onSelect={(id) => select(id)} />
+  );
+
+  return (
+    <div className="flowpage">
+      {header({ tasks, running, mode, setMode, critOn, setCritOn })}
+      <div className="flowbody">
+        <div className="flowmain">
+          {mode === "graph" && graphEl}
+          {mode === "timeline" && timelineEl}
+          {mode === "split" && (
+            <div className="split">
+              {graphEl}
+              {timelineEl}
+            </div>
+          )}
+        </div>
+        {selected && (
+          <aside className="sidepanel" aria-label="Task detail" data-testid="sidepanel">
+            <button type="button" className="btn icon close" onClick={() => select(null)} aria-label="Close task detail (Esc)" title="Close (Esc)">
+              ✕
+            </button>
+            <TaskDetailLoader taskId={selected} known={tasks} compact />
+          </aside>
+        )}
+      </div>
+    </div>
+  );
+}
+
+export function ModeSwitch({ mode, setMode }: { mode: Mode; setMode: (m: Mode) => void }) {
+  return (
+    <span className="seg-ctl" role="tablist" aria-label="View">
+      {(["graph", "split", "timeline"] as Mode[]).map((m) => (
+        <button key={m} type="button" role="tab" aria-selected={mode === m} onClick={() => setMode(m)} data-testid={`mode-${m}`}>
+          {m === "graph" ? "Graph" : m === "split" ? "Graph + timeline" : "Timeline"}
+        </button>
+      ))}
+    </span>
+  );
+}

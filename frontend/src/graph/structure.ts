@@ -1,0 +1,154 @@
+// From the API's graph to what is drawn: group/chord containers, and huge fan-outs collapsed into one
+// "×N" node (expanded on click), so a 2,000-task flow stays a readable, fast graph. The structure depends
+// only on ids and edges, never on task states: live state changes re-render nodes without a re-layout.
+import type { EdgeKind, FlowGraph, GraphNode } from "../api/types";
+
+/** A fan-out bigger than this is collapsed into one node until expanded. */
+export const CLUSTER_AT = 24;
+
+export interface Container {
+  id: string;
+  kind: "group" | "chord" | "flow";
+  label: string;
+  parent: string | null;
+  size: number;
+}
+
+export interface VisibleNode {
+  id: string;
+  kind: "task" | "cluster";
+  parent: string | null;
+  /** For a cluster: the task ids it stands for, and a label (task name). */
+  members?: string[];
+  label?: string;
+}
+
+export interface VisibleEdge {
+  id: string;
+  source: string;
+  target: string;
+  kind: EdgeKind;
+  /** Number of underlying edges (a collapsed fan-out draws one edge for many). */
+  count: number;
+}
+
+export interface Structure {
+  nodes: VisibleNode[];
+  containers: Container[];
+  edges: VisibleEdge[];
+  /** task id -> the visible node drawing it (itself or its cluster). */
+  drawnAs: Map<string, string>;
+  /** A string that changes exactly when a re-layout is needed. */
+  key: string;
+}
+
+export interface FlowLabel {
+  root_id: string;
+  label: string;
+}
+
+const shortName = (n: string | null | undefined) => (n ? n.slice(n.lastIndexOf(".") + 1) : "task");
+
+export function buildStructure(
+  graph: FlowGraph,
+  expanded: ReadonlySet<string>,
+  flows?: FlowLabel[],
+): Structure {
+  const nodesById = new Map<string, GraphNode>(graph.nodes.map((n) => [n.task_id, n]));
+  const containers: Container[] = [];
+  const parentOf = new Map<string, string>();
+
+  // Flow containers (trace view): every task sits in the box of its root workflow.
+  if (flows && flows.length > 1) {
+    const flowIds = new Set(flows.map((f) => f.root_id));
+    for (const f of flows) {
+      const size = graph.nodes.filter((n) => (n.root_id ?? n.task_id) === f.root_id).length;
+      containers.push({ id: `flow:${f.root_id}`, kind: "flow", label: f.label, parent: null, size });
+    }
+    for (const n of graph.nodes) {
+      const r = n.root_id ?? n.task_id;
+      if (flowIds.has(r)) parentOf.set(n.task_id, `flow:${r}`);
+    }
+  }
+
+  // Group and chord containers: a task sits in the first container listing it.
+  const memberOf = new Map<string, string>();
+  for (const g of graph.groups) {
+    const members = g.members.filter((m) => nodesById.has(m) && !memberOf.has(m));
+    if (members.length === 0) continue;
+    const id = `${g.kind}:${g.id}`;
+    const outer = parentOf.get(members[0]) ?? null;
+    containers.push({
+      id,
+      kind: g.kind,
+      label: g.kind === "chord" ? `chord · ${members.length}` : `group · ${members.length}`,
+      parent: outer,
+      size: members.length,
+    });
+    for (const m of members) {
+      memberOf.set(m, id);
+      parentOf.set(m, id);
+    }
+  }
+
+  // Fan-outs to collapse: container members, or same-named children of one parent outside containers.
+  const sets = new Map<string, { label: string; members: string[]; parent: string | null }>();
+  const byContainer = new Map<string, string[]>();
+  for (const [m, c] of memberOf) {
+    const list = byContainer.get(c);
+    if (list) list.push(m);
+    else byContainer.set(c, [m]);
+  }
+  for (const [c, members] of byContainer) {
+    if (members.length > CLUSTER_AT && !expanded.has(`cluster:${c}`)) {
+      const names = new Set(members.map((m) => nodesById.get(m)?.name ?? ""));
+      const label = names.size === 1 ? shortName([...names][0]) : "tasks";
+      sets.set(`cluster:${c}`, { label, members, parent: c });
+    }
+  }
+  const fan = new Map<string, string[]>();
+  for (const n of graph.nodes) {
+    if (memberOf.has(n.task_id) || !n.parent_id || n.parent_id === n.task_id) continue;
+    const k = `${n.parent_id}\u0000${n.name ?? ""}`;
+    const list = fan.get(k);
+    if (list) list.push(n.task_id);
+    else fan.set(k, [n.task_id]);
+  }
+  for (const [k, members] of fan) {
+    if (members.length <= CLUSTER_AT) continue;
+    const [parent, name] = k.split("\u0000");
+    const id = `cluster:${parent}:${name}`;
+    if (expanded.has(id)) continue;
+    sets.set(id, { label: shortName(name), members, parent: parentOf.get(members[0]) ?? null });
+  }
+
+  const drawnAs = new Map<string, string>();
+  const nodes: VisibleNode[] = [];
+  for (const [id, s] of sets) {
+    for (const m of s.members) drawnAs.set(m, id);
+    nodes.push({ id, kind: "cluster", parent: s.parent, members: s.members, label: s.label });
+  }
+  for (const n of graph.nodes) {
+    if (drawnAs.has(n.task_id)) continue;
+    drawnAs.set(n.task_id, n.task_id);
+    nodes.push({ id: n.task_id, kind: "task", parent: parentOf.get(n.task_id) ?? null });
+  }
+
+  const edgeMap = new Map<string, VisibleEdge>();
+  for (const e of graph.edges) {
+    const s = drawnAs.get(e.source);
+    const t = drawnAs.get(e.target);
+    if (!s || !t || s === t) continue;
+    const id = `${s}>${t}>${e.kind}`;
+    const have = edgeMap.get(id);
+    if (have) have.count += 1;
+    else edgeMap.set(id, { id, source: s, target: t, kind: e.kind, count: 1 });
+  }
+  const edges = [...edgeMap.values()];
+  const key = [
+    nodes.map((n) => `${n.id}@${n.parent ?? ""}`).join(","),
+    containers.map((c) => `${c.id}@${c.parent ?? ""}`).join(","),
+    edges.map((e) => e.id).join(","),
+  ].join("|");
+  return { nodes, containers, edges, drawnAs, key };
+}
