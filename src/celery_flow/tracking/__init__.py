@@ -1,0 +1,198 @@
+"""Tracking inside the user's Celery processes: `init(app)` hooks signals and a worker bootstep,
+`shutdown(app)` removes them. See README "Tracking your Celery app" for every option."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from celery_flow.settings import (
+    DEFAULT_MAX_VALUE_SIZE,
+    DEFAULT_PREFIX,
+    DEFAULT_TTL,
+    TrackingSettings,
+    env_value,
+    parse_bool,
+    parse_keys,
+    parse_positive_int,
+)
+from celery_flow.tracking.hooks import Tracker, _last, connect_signals, disconnect_signals, trackers
+from celery_flow.tracking.trace import current_trace_id, reset_trace_id, set_trace_id, trace
+from celery_flow.transport import ConfigError, from_url, redact_url
+from celery_flow.transport import scheme_of as _scheme_of
+
+__all__ = [
+    "Tracker",
+    "current_trace_id",
+    "init",
+    "reset_trace_id",
+    "set_trace_id",
+    "shutdown",
+    "trace",
+]
+
+logger = logging.getLogger("celery_flow.tracking")
+
+DEFAULT_HEARTBEAT_INTERVAL = 15.0
+_SUPPORTED_SCHEMES = frozenset({"redis", "rediss", "unix", "amqp", "amqps", "pyamqp", "memory"})
+
+
+def _parse_seconds(raw: str) -> float:
+    value = float(raw)
+    if value <= 0:
+        raise ValueError(raw)
+    return value
+
+
+_parse_seconds.__name__ = "a positive number of seconds"
+
+
+def resolve_settings(
+    app: Any,
+    transport_url: str | None = None,
+    prefix: str | None = None,
+    ttl: int | None = None,
+    capture_args: bool | None = None,
+    capture_result: bool | None = None,
+    scrub_sensitive_data: bool | None = None,
+    additional_sensitive_keys: Iterable[str] | None = None,
+    safe_keys: Iterable[str] | None = None,
+    max_value_size: int | None = None,
+    buffer_size: int | None = None,
+) -> TrackingSettings:
+    """Arguments first, then CELERY_FLOW_* environment variables, then the app's broker URL / defaults."""
+    url = env_value("BROKER_URL", transport_url, "", str)
+    if not url:
+        url = str(app.conf.broker_url or "")
+    if not url:
+        raise ConfigError(
+            "celery-flow has no broker URL: pass init(app, transport_url=...) or set CELERY_FLOW_BROKER_URL"
+        )
+    if _scheme_of(url) not in _SUPPORTED_SCHEMES:
+        raise ConfigError(
+            f"celery-flow cannot publish to {redact_url(url)!r}: pass init(app, transport_url='redis://...') "
+            "or set CELERY_FLOW_BROKER_URL to a Redis or RabbitMQ URL"
+        )
+    return TrackingSettings(
+        transport_url=url,
+        prefix=env_value("PREFIX", prefix, DEFAULT_PREFIX, str),
+        ttl=env_value("TTL", ttl, DEFAULT_TTL, parse_positive_int),
+        capture_args=env_value("CAPTURE_ARGS", capture_args, True, parse_bool),
+        capture_result=env_value("CAPTURE_RESULT", capture_result, True, parse_bool),
+        scrub_sensitive_data=env_value("SCRUB_SENSITIVE_DATA", scrub_sensitive_data, True, parse_bool),
+        additional_sensitive_keys=frozenset(
+            env_value("ADDITIONAL_SENSITIVE_KEYS", _keys(additional_sensitive_keys), frozenset(), parse_keys)
+        ),
+        safe_keys=frozenset(env_value("SAFE_KEYS", _keys(safe_keys), frozenset(), parse_keys)),
+        max_value_size=env_value(
+            "MAX_VALUE_SIZE", max_value_size, DEFAULT_MAX_VALUE_SIZE, parse_positive_int
+        ),
+        buffer_size=env_value("BUFFER_SIZE", buffer_size, 10_000, parse_positive_int),
+    )
+
+
+def _keys(keys: Iterable[str] | None) -> frozenset[str] | None:
+    if keys is None:
+        return None
+    keys = frozenset(keys)
+    return keys or None
+
+
+def init(
+    app: Any,
+    transport_url: str | None = None,
+    prefix: str | None = None,
+    ttl: int | None = None,
+    capture_args: bool | None = None,
+    capture_result: bool | None = None,
+    scrub_sensitive_data: bool | None = None,
+    additional_sensitive_keys: Iterable[str] | None = None,
+    safe_keys: Iterable[str] | None = None,
+    max_value_size: int | None = None,
+    buffer_size: int | None = None,
+    heartbeat_interval: float | None = None,
+) -> Tracker:
+    """Start tracking `app` in this process (producer and, when it runs one, worker).
+
+    Unset options fall back to CELERY_FLOW_* environment variables, then to defaults; with no
+    `transport_url` and no CELERY_FLOW_BROKER_URL, events go to the app's own broker. Calling it again for
+    the same app with the same options changes nothing; with different options it replaces them.
+    Raises ConfigError only for an unusable configuration (never later, never inside tasks).
+    """
+    settings = resolve_settings(
+        app,
+        transport_url,
+        prefix,
+        ttl,
+        capture_args,
+        capture_result,
+        scrub_sensitive_data,
+        additional_sensitive_keys,
+        safe_keys,
+        max_value_size,
+        buffer_size,
+    )
+    interval = env_value("HEARTBEAT_INTERVAL", heartbeat_interval, DEFAULT_HEARTBEAT_INTERVAL, _parse_seconds)
+    existing = trackers.get(id(app))
+    if existing is not None:
+        if existing.settings == settings and existing.heartbeat_interval == interval:
+            return existing
+        shutdown(app)
+    # Validate the URL (scheme and options) now, where a mistake is visible, not in the background thread.
+    from_url(settings.transport_url, prefix=settings.prefix).close()
+    tracker = Tracker(app, settings, interval)
+    trackers[id(app)] = tracker
+    _last.append(tracker)
+    connect_signals()
+    _connect_process_signals()
+    from celery_flow.tracking.worker import FlowWorkerStep
+
+    app.steps["consumer"].add(FlowWorkerStep)
+    logger.debug("celery-flow: tracking %s, events to %s", app.main, redact_url(settings.transport_url))
+    return tracker
+
+
+def shutdown(app: Any = None, timeout: float = 2.0) -> None:
+    """Stop tracking `app` (every app when None): disconnect, flush for at most `timeout` s, stop."""
+    targets = list(trackers.values()) if app is None else [t for t in trackers.values() if t.app is app]
+    for tracker in targets:
+        trackers.pop(id(tracker.app), None)
+        while tracker in _last:
+            _last.remove(tracker)
+        from celery_flow.tracking.worker import FlowWorkerStep
+
+        with contextlib.suppress(Exception):
+            tracker.app.steps["consumer"].discard(FlowWorkerStep)
+        tracker.publisher.stop(timeout)
+    if not trackers:
+        disconnect_signals()
+
+
+_process_signals_connected = False
+
+
+def _connect_process_signals() -> None:
+    """Flush a prefork child's buffer when the pool retires it (max_tasks_per_child, shutdown)."""
+    global _process_signals_connected
+    if _process_signals_connected:
+        return
+    from celery import signals
+
+    signals.worker_process_shutdown.connect(_flush_child, weak=False, dispatch_uid="celery_flow.child_flush")
+    signals.worker_process_init.connect(_child_started, weak=False, dispatch_uid="celery_flow.child_init")
+    _process_signals_connected = True
+
+
+def _child_started(sender: Any = None, **_: Any) -> None:
+    """A prefork child learns the worker's nodename (celery@host) for its events."""
+    if isinstance(sender, str) and sender:
+        for tracker in list(trackers.values()):
+            tracker.nodename = sender
+
+
+def _flush_child(**_: Any) -> None:
+    for tracker in list(trackers.values()):
+        with contextlib.suppress(Exception):
+            tracker.publisher.flush(1.0)

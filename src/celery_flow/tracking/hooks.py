@@ -1,0 +1,344 @@
+"""Celery signal handlers: turn each lifecycle step into one small event and hand it to the publisher.
+
+Every handler is wrapped so that nothing (a bad value, a bug here, a broker outage) can raise into the
+user's task or `apply_async()`; failures are logged, rate limited. The hot path does only cheap work:
+read a few attributes, capture (scrub + cap) the arguments, build an Event, append it to a deque.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import socket
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar, cast
+
+from celery_flow.events import EventType, make_event
+from celery_flow.settings import TrackingSettings
+from celery_flow.tracking.capture import Capturer
+from celery_flow.tracking.lineage import chord_callback_id, embed_of, iso_to_epoch, links_of
+from celery_flow.tracking.publisher import Publisher, RateLimitedLog
+from celery_flow.tracking.scrub import KeyScrubber
+from celery_flow.tracking.trace import TRACE_HEADER, current_trace_id
+
+__all__ = ["Tracker", "connect_signals", "disconnect_signals", "tracker_for_app", "trackers"]
+
+TRACEBACK_LIMIT = 32_768
+_log = RateLimitedLog()
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Tracker:
+    """Everything one `init(app)` set up: configuration, capture rules and the publisher."""
+
+    def __init__(self, app: Any, settings: TrackingSettings, heartbeat_interval: float) -> None:
+        self.app = app
+        self.settings = settings
+        self.heartbeat_interval = heartbeat_interval
+        scrubber = (
+            KeyScrubber(settings.additional_sensitive_keys, settings.safe_keys)
+            if settings.scrub_sensitive_data
+            else None
+        )
+        self.capture = Capturer(settings.max_value_size, scrubber)
+        self.traceback_limit = max(TRACEBACK_LIMIT, settings.max_value_size)
+        self.publisher = Publisher(
+            settings.transport_url,
+            prefix=settings.prefix,
+            ttl=settings.ttl,
+            buffer_size=settings.buffer_size,
+        )
+        self.producer_hostname = socket.gethostname()
+        # Set by the worker bootstep: this process is (the main process of) a worker with this nodename.
+        self.nodename: str | None = None
+        # task id -> monotonic start, for the runtime of failed/retried tasks (task_success has its own).
+        self._started: dict[str, float] = {}
+
+    def emit(self, type_: EventType, **fields: Any) -> None:
+        self.publisher.put(make_event(type_, **fields))
+
+    # -- producer -----------------------------------------------------------------------------------
+    def on_publish(self, body: Any, headers: dict[str, Any], routing_key: Any) -> None:
+        if not isinstance(headers, dict) or "id" not in headers:
+            return  # protocol 1 or not a task message: nothing we can describe precisely
+        trace_id = headers.get(TRACE_HEADER) or current_trace_id()
+        if trace_id:
+            headers[TRACE_HEADER] = trace_id
+        embed = embed_of(body)
+        links, link_errors = links_of(embed)
+        settings = self.settings
+        args = kwargs = None
+        if settings.capture_args and embed is not None:
+            args = self.capture.args(body[0])
+            kwargs = self.capture.kwargs(body[1])
+        eta = headers.get("eta")
+        expires = headers.get("expires")
+        self.emit(
+            "sent",
+            task_id=headers["id"],
+            name=headers.get("shadow") or headers.get("task"),
+            root_id=headers.get("root_id"),
+            parent_id=headers.get("parent_id"),
+            group_id=headers.get("group"),
+            chord_id=chord_callback_id(embed.get("chord")) if embed else None,
+            links=links,
+            link_errors=link_errors,
+            trace_id=trace_id,
+            queue=routing_key if isinstance(routing_key, str) and routing_key else None,
+            retries=headers.get("retries") or 0,
+            eta=iso_to_epoch(eta) if eta else None,
+            expires=iso_to_epoch(expires) if expires else None,
+            args=args,
+            kwargs=kwargs,
+            info={"producer": self.producer_hostname, "pid": os.getpid()},
+        )
+
+    # -- worker main process ------------------------------------------------------------------------
+    def on_received(self, req: Any) -> None:
+        rd: Mapping[str, Any] = req.request_dict
+        delivery = req.delivery_info or {}
+        eta = rd.get("eta")
+        self.emit(
+            "received",
+            task_id=req.id,
+            name=req.name,
+            root_id=rd.get("root_id"),
+            parent_id=rd.get("parent_id"),
+            group_id=rd.get("group"),
+            trace_id=rd.get(TRACE_HEADER),
+            retries=rd.get("retries") or 0,
+            eta=iso_to_epoch(eta) if eta else None,
+            queue=delivery.get("routing_key"),
+            hostname=self.nodename or req.hostname,
+            pid=os.getpid(),
+        )
+
+    def on_revoked(self, request: Any, terminated: bool, expired: bool) -> None:
+        reason = "expired" if expired else ("terminated" if terminated else "revoked")
+        self.emit(
+            "revoked",
+            task_id=request.id,
+            name=getattr(request, "shadow", None) or getattr(request, "task", None),
+            root_id=getattr(request, "root_id", None),
+            parent_id=getattr(request, "parent_id", None),
+            group_id=getattr(request, "group", None),
+            trace_id=getattr(request, TRACE_HEADER, None),
+            retries=getattr(request, "retries", 0) or 0,
+            reason=reason,
+            hostname=getattr(request, "hostname", None) or self.nodename,
+            pid=os.getpid(),
+        )
+
+    # -- pool process (where the task body runs) ----------------------------------------------------
+    def _task_fields(self, task: Any) -> dict[str, Any]:
+        req = task.request
+        return {
+            "task_id": req.id,
+            "name": task.name,
+            "root_id": req.root_id,
+            "parent_id": req.parent_id,
+            "group_id": req.group,
+            "trace_id": getattr(req, TRACE_HEADER, None),
+            "retries": req.retries or 0,
+            # The nodename (celery@host): set by the bootstep / worker_process_init; a start_worker test
+            # worker's request only knows the bare host name.
+            "hostname": self.nodename or req.hostname,
+            "pid": os.getpid(),
+        }
+
+    def on_started(self, task: Any) -> None:
+        fields = self._task_fields(task)
+        self._started[fields["task_id"]] = time.monotonic()
+        chord = task.request.chord
+        if chord:
+            fields["chord_id"] = chord_callback_id(chord)
+        self.emit("started", **fields)
+
+    def _runtime(self, task_id: str | None) -> float | None:
+        start = self._started.pop(task_id, None) if task_id else None
+        return None if start is None else time.monotonic() - start
+
+    def on_succeeded(self, task: Any, result: Any, runtime: float | None) -> None:
+        fields = self._task_fields(task)
+        measured = self._runtime(fields["task_id"])
+        self.emit(
+            "succeeded",
+            result=self.capture.value(result) if self.settings.capture_result else None,
+            runtime=runtime if runtime is not None else measured,
+            **fields,
+        )
+
+    def on_failed(self, task: Any, exception: Any, einfo: Any) -> None:
+        fields = self._task_fields(task)
+        self.emit(
+            "failed",
+            exception=self.capture.exception(exception),
+            traceback=self._traceback(einfo),
+            runtime=self._runtime(fields["task_id"]),
+            **fields,
+        )
+
+    def on_retried(self, task: Any, reason: Any, einfo: Any) -> None:
+        fields = self._task_fields(task)
+        text = (
+            self.capture.exception(reason)
+            if isinstance(reason, BaseException)
+            else self.capture.text(str(reason))
+        )
+        self.emit(
+            "retried",
+            reason=text,
+            exception=text,
+            traceback=self._traceback(einfo),
+            runtime=self._runtime(fields["task_id"]),
+            **fields,
+        )
+
+    def on_postrun(self, task: Any, task_id: str, retval: Any, state: str | None) -> None:
+        if state == "REJECTED":
+            fields = self._task_fields(task)
+            requeue = bool(getattr(retval, "requeue", False))
+            why = getattr(retval, "reason", None)
+            reason = "requeue" if requeue else "rejected"
+            if why is not None:
+                reason = f"{reason}: {self.capture.text(str(why), 500)}"
+            self.emit("rejected", reason=reason, runtime=self._runtime(task_id), **fields)
+        else:
+            self._started.pop(task_id, None)
+
+    def _traceback(self, einfo: Any) -> str | None:
+        text = getattr(einfo, "traceback", None)
+        if not isinstance(text, str):
+            return None
+        return self.capture.text(text, self.traceback_limit)
+
+
+# -- registry of trackers -------------------------------------------------------------------------
+trackers: dict[int, Tracker] = {}
+_last: list[Tracker] = []
+
+
+def tracker_for_app(app: Any) -> Tracker | None:
+    return trackers.get(id(app))
+
+
+def _publish_tracker() -> Tracker | None:
+    if len(trackers) == 1:
+        return next(iter(trackers.values()))
+    if not trackers:
+        return None
+    from celery._state import get_current_app
+
+    found = trackers.get(id(get_current_app()))
+    return found if found is not None else (_last[-1] if _last else None)
+
+
+def _task_tracker(task: Any) -> Tracker | None:
+    if task is None or not trackers:
+        return None
+    return trackers.get(id(task.app))
+
+
+def _guard(kind: str) -> Callable[[F], F]:
+    def decorate(func: F) -> F:
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> None:
+            try:
+                func(*args, **kwargs)
+            except Exception as exc:
+                _log.warning(kind, "celery-flow: %s handler failed (ignored): %r", kind, exc)
+
+        return cast(F, wrapper)
+
+    return decorate
+
+
+@_guard("before_task_publish")
+def _before_task_publish(
+    sender: Any = None, body: Any = None, headers: Any = None, routing_key: Any = None, **_: Any
+) -> None:
+    tracker = _publish_tracker()
+    if tracker is not None:
+        tracker.on_publish(body, headers, routing_key)
+
+
+@_guard("task_received")
+def _task_received(sender: Any = None, request: Any = None, **_: Any) -> None:
+    tracker = _task_tracker(request.task)
+    if tracker is not None:
+        tracker.on_received(request)
+
+
+@_guard("task_prerun")
+def _task_prerun(sender: Any = None, task: Any = None, **_: Any) -> None:
+    tracker = _task_tracker(task)
+    if tracker is not None:
+        tracker.on_started(task)
+
+
+@_guard("task_success")
+def _task_success(sender: Any = None, result: Any = None, runtime: float | None = None, **_: Any) -> None:
+    tracker = _task_tracker(sender)
+    if tracker is not None:
+        tracker.on_succeeded(sender, result, runtime)
+
+
+@_guard("task_failure")
+def _task_failure(sender: Any = None, exception: Any = None, einfo: Any = None, **_: Any) -> None:
+    tracker = _task_tracker(sender)
+    if tracker is not None:
+        tracker.on_failed(sender, exception, einfo)
+
+
+@_guard("task_retry")
+def _task_retry(sender: Any = None, reason: Any = None, einfo: Any = None, **_: Any) -> None:
+    tracker = _task_tracker(sender)
+    if tracker is not None:
+        tracker.on_retried(sender, reason, einfo)
+
+
+@_guard("task_postrun")
+def _task_postrun(
+    sender: Any = None, task_id: Any = None, retval: Any = None, state: Any = None, **_: Any
+) -> None:
+    tracker = _task_tracker(sender)
+    if tracker is not None:
+        tracker.on_postrun(sender, task_id, retval, state)
+
+
+@_guard("task_revoked")
+def _task_revoked(
+    sender: Any = None, request: Any = None, terminated: Any = False, expired: Any = False, **_: Any
+) -> None:
+    tracker = _task_tracker(sender) if sender is not None else _publish_tracker()
+    if tracker is not None and request is not None:
+        tracker.on_revoked(request, bool(terminated), bool(expired))
+
+
+def _handlers() -> list[tuple[str, Callable[..., None]]]:
+    return [
+        ("before_task_publish", _before_task_publish),
+        ("task_received", _task_received),
+        ("task_prerun", _task_prerun),
+        ("task_success", _task_success),
+        ("task_failure", _task_failure),
+        ("task_retry", _task_retry),
+        ("task_postrun", _task_postrun),
+        ("task_revoked", _task_revoked),
+    ]
+
+
+def connect_signals() -> None:
+    from celery import signals
+
+    for name, handler in _handlers():
+        getattr(signals, name).connect(handler, weak=False, dispatch_uid=f"celery_flow.{name}")
+
+
+def disconnect_signals() -> None:
+    from celery import signals
+
+    for name, handler in _handlers():
+        getattr(signals, name).disconnect(handler, dispatch_uid=f"celery_flow.{name}")

@@ -1,0 +1,270 @@
+"""Fire-and-forget event publishing: a bounded buffer and one daemon thread per process.
+
+Signal handlers only `put()` an Event into a `collections.deque(maxlen=...)` (O(1), drops the oldest
+when full, thread-safe under the GIL) and, if the thread sleeps, wake it. The thread encodes and hands
+batches to `transport.publish()`; the transport has ~1 s socket timeouts, so a down, refusing or frozen
+broker stalls only this thread while tasks run on. Drops are counted, logged (rate limited) and reported
+as a `publisher.dropped` event once the broker answers again.
+
+After `fork()` (prefork pool children) the buffer, lock and thread of the parent are useless: the child
+gets a fresh buffer and transport and starts its own thread lazily on the first event.
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import contextlib
+import logging
+import os
+import threading
+import time
+import weakref
+from collections.abc import Callable
+
+from celery_flow.events import Event, encode, make_event, process_identity
+from celery_flow.transport import Transport, from_url
+
+__all__ = ["Publisher", "RateLimitedLog"]
+
+logger = logging.getLogger("celery_flow.tracking")
+
+BATCH_SIZE = 500
+# After a wake-up, wait this long for more events so one round trip carries many (fewer syscalls).
+LINGER = 0.005
+IDLE_WAIT = 1.0
+BACKOFF_MIN = 0.25
+BACKOFF_MAX = 5.0
+
+
+class RateLimitedLog:
+    """Log a given kind of problem at most once per `interval` seconds, with how often it happened."""
+
+    def __init__(self, interval: float = 60.0) -> None:
+        self.interval = interval
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def warning(self, key: str, message: str, *args: object) -> None:
+        now = time.monotonic()
+        last = self._last.get(key)
+        if last is not None and now - last < self.interval:
+            self._suppressed[key] = self._suppressed.get(key, 0) + 1
+            return
+        self._last[key] = now
+        suppressed = self._suppressed.pop(key, 0)
+        if suppressed:
+            message += f" ({suppressed} similar messages suppressed)"
+        with contextlib.suppress(Exception):  # logging must never break the caller
+            logger.warning(message, *args)
+
+
+_publishers: weakref.WeakSet[Publisher] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for publisher in list(_publishers):
+        publisher._reset_after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+@atexit.register
+def _flush_at_exit() -> None:
+    for publisher in list(_publishers):
+        publisher.stop(timeout=1.0)
+
+
+class Publisher:
+    """One per `init()`; safe to call `put()` from any thread, never blocks, never raises."""
+
+    def __init__(
+        self,
+        transport_url: str,
+        prefix: str,
+        ttl: int | None = None,
+        buffer_size: int = 10_000,
+        transport_factory: Callable[[], Transport] | None = None,
+    ) -> None:
+        self.transport_url = transport_url
+        self.prefix = prefix
+        self.ttl = ttl
+        self.buffer_size = buffer_size
+        self._factory = transport_factory or self._default_factory
+        self.log = RateLimitedLog()
+        self._buffer: collections.deque[Event] = collections.deque(maxlen=buffer_size)
+        self._wake = threading.Event()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._transport: Transport | None = None
+        self._stopping = False
+        self._closed = False
+        self._pid = os.getpid()
+        # Drops not yet reported in a publisher.dropped event, and totals for tests/metrics.
+        self.dropped_unreported = 0
+        self.dropped_total = 0
+        self.published_total = 0
+        self.failures = 0
+        _publishers.add(self)
+
+    def _default_factory(self) -> Transport:
+        return from_url(self.transport_url, prefix=self.prefix, ttl=self.ttl)
+
+    # -- producer side (hot path) -------------------------------------------------------------------
+    def put(self, event: Event) -> None:
+        buffer = self._buffer
+        if len(buffer) >= self.buffer_size:
+            self.dropped_unreported += 1
+            self.dropped_total += 1
+        buffer.append(event)
+        if self._thread is None:
+            self._start()
+        if not self._wake.is_set():
+            self._wake.set()
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._thread is not None or self._closed:
+                return
+            self._stopping = False
+            thread = threading.Thread(target=self._run, name="celery-flow-publisher", daemon=True)
+            self._thread = thread
+            thread.start()
+
+    # -- lifecycle ----------------------------------------------------------------------------------
+    def flush(self, timeout: float = 2.0) -> bool:
+        """Wait up to `timeout` seconds until everything buffered so far was handed to the broker."""
+        deadline = time.monotonic() + timeout
+        if self._thread is None and self._buffer:
+            self._start()
+        while self._buffer or self._inflight:
+            if time.monotonic() >= deadline or self._thread is None or not self._thread.is_alive():
+                return False
+            self._wake.set()
+            time.sleep(0.005)
+        return True
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Flush for at most `timeout` seconds, then stop the thread and close the transport."""
+        if self._closed:
+            return
+        if self._pid == os.getpid():
+            self.flush(timeout)
+        self._closed = True
+        self._stopping = True
+        self._wake.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=max(0.1, timeout / 2))
+        self._thread = None
+        transport = self._transport
+        self._transport = None
+        if transport is not None:
+            with contextlib.suppress(Exception):
+                transport.close()
+
+    def _reset_after_fork(self) -> None:
+        self._buffer = collections.deque(maxlen=self.buffer_size)
+        self._wake = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = None
+        self._transport = None  # the parent's sockets are not ours
+        self._inflight = False
+        self._pid = os.getpid()
+        self.dropped_unreported = 0
+
+    # -- background thread --------------------------------------------------------------------------
+    _inflight = False
+
+    def _run(self) -> None:
+        pending: list[bytes] = []
+        backoff = BACKOFF_MIN
+        dropped_mark = 0
+        while True:
+            if not pending:
+                if not self._buffer:
+                    self._wake.wait(IDLE_WAIT)
+                    self._wake.clear()
+                if self._stopping and not self._buffer:
+                    return
+                if not self._buffer:
+                    continue
+                if len(self._buffer) < BATCH_SIZE and not self._stopping:
+                    time.sleep(LINGER)
+                self._inflight = True
+                pending = self._take(BATCH_SIZE)
+                dropped_mark = self.dropped_total
+            if self._try_publish(pending):
+                self.published_total += len(pending)
+                pending = []
+                if self.dropped_unreported:
+                    self._report_drops()
+                backoff = BACKOFF_MIN
+                self._inflight = bool(self._buffer)
+                continue
+            # Broker unavailable: keep this batch (the oldest events) and retry after a pause, unless the
+            # buffer overflowed meanwhile: then this batch is the oldest and is dropped first.
+            self.failures += 1
+            if self.dropped_total > dropped_mark:
+                self.dropped_unreported += len(pending)
+                self.dropped_total += len(pending)
+                pending = []
+                self._inflight = bool(self._buffer)
+            dropped_mark = self.dropped_total
+            if self._stopping:
+                self._inflight = False
+                return
+            self._wake.wait(backoff)
+            self._wake.clear()
+            backoff = min(BACKOFF_MAX, backoff * 2)
+            if self._stopping and self._closed:
+                self._inflight = False
+                return
+
+    def _take(self, limit: int) -> list[bytes]:
+        out: list[bytes] = []
+        buffer = self._buffer
+        while len(out) < limit:
+            try:
+                event = buffer.popleft()
+            except IndexError:
+                break
+            try:
+                out.append(encode(event))
+            except Exception as exc:
+                self.log.warning("encode", "celery-flow: could not encode a %s event: %s", event.type, exc)
+        return out
+
+    def _report_drops(self) -> None:
+        count = self.dropped_unreported
+        self.dropped_unreported = 0
+        hostname, pid = process_identity()
+        report = make_event("publisher.dropped", dropped=count, hostname=hostname, pid=pid)
+        if not self._try_publish([encode(report)]):
+            self.dropped_unreported += count
+            return
+        self.log.warning(
+            "dropped",
+            "celery-flow: dropped %d events while the broker %s was slow or down (buffer of %d full)",
+            count,
+            self._safe_url(),
+            self.buffer_size,
+        )
+
+    def _safe_url(self) -> str:
+        from celery_flow.transport import redact_url
+
+        return redact_url(self.transport_url)
+
+    def _try_publish(self, payloads: list[bytes]) -> bool:
+        if not payloads:
+            return True
+        try:
+            if self._transport is None:
+                self._transport = self._factory()
+            self._transport.publish(payloads)
+            return True
+        except Exception as exc:
+            self.log.warning("publish", "celery-flow: cannot publish events to %s: %s", self._safe_url(), exc)
+            return False

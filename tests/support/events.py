@@ -1,0 +1,72 @@
+"""Read celery-flow events straight from the transport, for tests (any transport from `from_url`)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterable
+
+from celery_flow.events import Event, decode
+from celery_flow.transport import from_url
+
+__all__ = ["EventLog", "collect_events", "events_for"]
+
+
+class EventLog:
+    """A subscription that keeps every event it has read; `wait_for(pred)` polls until pred holds."""
+
+    def __init__(self, url: str, prefix: str) -> None:
+        self.transport = from_url(url, prefix=prefix)
+        self.sub = self.transport.subscribe(f"test-{uuid.uuid4().hex[:6]}", "reader")
+        self.events: list[Event] = []
+
+    def poll(self, timeout: float = 0.2) -> list[Event]:
+        messages = self.sub.read(1000, timeout)
+        new = [decode(m.data) for m in messages]
+        if messages:
+            self.sub.ack([m.id for m in messages])
+        self.events.extend(new)
+        return new
+
+    def wait_for(self, until: Callable[[list[Event]], bool], timeout: float = 15.0) -> list[Event]:
+        deadline = time.monotonic() + timeout
+        while True:
+            if until(self.events):
+                return self.events
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"condition not met within {timeout}s; {len(self.events)} events: "
+                    + ", ".join(
+                        f"{e.type}:{(e.name or '')}:{(e.task_id or '')[:8]}" for e in self.events[-40:]
+                    )
+                )
+            self.poll(0.2)
+
+    def close(self) -> None:
+        self.sub.close()
+        self.transport.close()
+
+
+def collect_events(
+    url: str,
+    prefix: str,
+    until: Callable[[list[Event]], bool],
+    timeout: float = 15.0,
+) -> list[Event]:
+    """Every event on the stream/queue of `prefix`, read until `until(events)` holds (else AssertionError).
+
+    A new consumer group reads from the beginning of a Redis stream; on RabbitMQ it reads the shared queue.
+    """
+    log = EventLog(url, prefix)
+    try:
+        return log.wait_for(until, timeout)
+    finally:
+        log.close()
+
+
+def events_for(events: Iterable[Event], task_id: str, type_: str | None = None) -> list[Event]:
+    return [e for e in events if e.task_id == task_id and (type_ is None or e.type == type_)]
+
+
+def has(events: Iterable[Event], task_id: str, type_: str) -> bool:
+    return any(e.task_id == task_id and e.type == type_ for e in events)
