@@ -1,0 +1,453 @@
+"""AmqpTransport against the real RabbitMQ: the delivery guarantees the consumer relies on (DESIGN.md §3),
+mirroring tests/integration/test_redis_transport.py. Each run has its own vhost (`amqp_url`), each test
+its own exchange and queues (`unique_prefix`), deleted afterwards."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import amqp
+import pytest
+from amqp.exceptions import NotFound
+
+from celery_flow.transport import ConfigError, Message, Subscription, TransportError, from_url
+from celery_flow.transport.amqp import (
+    AmqpTransport,
+    exchange_name,
+    parse_amqp_url,
+    queue_arguments,
+    queue_name,
+)
+
+
+def _read_all(sub: Subscription, want: int, deadline: float = 10.0, count: int = 100) -> list[Message]:
+    out: list[Message] = []
+    end = time.monotonic() + deadline
+    while len(out) < want and time.monotonic() < end:
+        out.extend(sub.read(count=count, timeout=0.2))
+    return out
+
+
+def _wait_for(check: Callable[[], bool], deadline: float = 10.0, what: str = "condition") -> None:
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        if check():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class Admin:
+    """A plain py-amqp connection to inspect and delete this test's queues and exchange."""
+
+    def __init__(self, url: str, prefix: str) -> None:
+        p = parse_amqp_url(url)
+        self.vhost = p.vhost
+        self.prefix = prefix
+        self.conn = amqp.Connection(
+            host=p.hostport, userid=p.userid, password=p.password, virtual_host=p.vhost, connect_timeout=5
+        )
+        self.conn.connect()
+
+    def ready(self, queue: str) -> int | None:
+        """Messages ready in `queue`, or None when it does not exist."""
+        ch = self.conn.channel()
+        try:
+            _, count, _ = ch.queue_declare(queue, passive=True)
+        except NotFound:
+            return None
+        ch.close()
+        return int(count)
+
+    def cleanup(self) -> None:
+        ch = self.conn.channel()
+        for group in ("celery_flow", "g1", "g2", "g"):
+            ch.queue_delete(queue_name(self.prefix, group))
+        ch.exchange_delete(exchange_name(self.prefix))
+        self.conn.close()
+
+
+@pytest.fixture
+def admin(amqp_url: str, unique_prefix: str) -> Iterator[Admin]:
+    a = Admin(amqp_url, unique_prefix)
+    yield a
+    a.cleanup()
+
+
+def close_connections(vhost: str, connection_name: str) -> int:
+    """Have RabbitMQ force-close every connection of `vhost` with that client-given name."""
+
+    def ctl(*args: str) -> str:
+        return subprocess.run(
+            ["rabbitmqctl", "-q", *args], capture_output=True, text=True, timeout=30, check=True
+        ).stdout
+
+    # JSON shows client properties but prints pids in a form close_connection rejects; the table
+    # form prints usable pids. Join the two on the connection's name ("ip:port -> ip:port").
+    names = [
+        c["name"]
+        for c in json.loads(
+            ctl("list_connections", "name", "vhost", "client_properties", "--formatter", "json")
+        )
+        if c["vhost"] == vhost
+        and {p[0]: p[2] for p in c["client_properties"]}.get("connection_name") == connection_name
+    ]
+    pids: dict[str, str] = {}
+    for line in ctl("list_connections", "--no-table-headers", "pid", "name").splitlines():
+        if "\t" in line:
+            pid, name = line.split("\t", 1)
+            pids[name] = pid
+    for name in names:
+        ctl("close_connection", pids[name], "test: simulated connection loss")
+    return len(names)
+
+
+# ---- delivery ------------------------------------------------------------------------------------
+
+
+def test_publish_read_ack_and_lag(amqp_url: str, unique_prefix: str, admin: Admin) -> None:
+    t = from_url(amqp_url, prefix=unique_prefix)
+    assert isinstance(t, AmqpTransport)
+    # The publisher declares the default queue itself: events published before any server ran are kept.
+    t.publish([b"one", b"two", b"three"])
+    assert admin.ready(f"{unique_prefix}.events") == 3
+    sub = t.subscribe("celery_flow", "c1")
+    msgs = _read_all(sub, 3)
+    assert [m.data for m in msgs] == [b"one", b"two", b"three"]
+    assert len({m.id for m in msgs}) == 3
+    assert sub.lag() == 3  # delivered but not acknowledged yet
+    sub.ack([m.id for m in msgs])
+    assert sub.lag() == 0
+    t.publish([b"four"])
+    _wait_for(lambda: sub.lag() == 1, what="lag 1")
+    assert [m.data for m in _read_all(sub, 1)] == [b"four"]
+    # Nothing left: read returns empty after its timeout.
+    assert sub.read(count=10, timeout=0.1) == []
+    sub.close()
+    t.close()
+
+
+def test_read_returns_what_is_there_without_waiting_for_a_full_batch(
+    amqp_url: str, unique_prefix: str, admin: Admin
+) -> None:
+    t = from_url(amqp_url, prefix=unique_prefix)
+    sub = t.subscribe("celery_flow", "c")
+    t.publish([b"a", b"b"])
+    got = _read_all(sub, 2, count=500)
+    assert [m.data for m in got] == [b"a", b"b"]
+    # A batch bigger than `count` is split over reads, in order.
+    t.publish([f"{i}".encode() for i in range(25)])
+    first = _read_all(sub, 10, count=10)
+    assert [m.data for m in first] == [f"{i}".encode() for i in range(10)]
+    rest = _read_all(sub, 15, count=10)
+    assert [m.data for m in rest] == [f"{i}".encode() for i in range(10, 25)]
+    sub.ack([m.id for m in got + first + rest])
+    assert sub.lag() == 0
+    sub.close()
+
+
+def test_restart_redelivers_unacked_without_replaying_acked(
+    amqp_url: str, unique_prefix: str, admin: Admin
+) -> None:
+    t = from_url(amqp_url, prefix=unique_prefix)
+    t.publish([f"m{i}".encode() for i in range(6)])
+    first = t.subscribe("celery_flow", "worker-a")
+    got = _read_all(first, 6)
+    assert len(got) == 6
+    first.ack([m.id for m in got[:4]])  # "crash" before acknowledging m4, m5
+    first.close()
+
+    t.publish([b"m6"])
+    again = t.subscribe("celery_flow", "worker-a")
+    resumed = _read_all(again, 3)
+    assert sorted(m.data for m in resumed) == [b"m4", b"m5", b"m6"]
+    again.ack([m.id for m in resumed])
+    assert again.read(count=10, timeout=0.2) == []
+    assert again.lag() == 0
+
+
+CONSUMER_SCRIPT = textwrap.dedent(
+    """
+    import sys, time
+    from celery_flow.transport import from_url
+    sub = from_url(sys.argv[1], prefix=sys.argv[2]).subscribe("celery_flow", "doomed")
+    got = []
+    end = time.monotonic() + 20
+    while len(got) < int(sys.argv[3]) and time.monotonic() < end:
+        got += sub.read(100, 0.2)
+    print(len(got), flush=True)
+    time.sleep(60)  # holding them unacknowledged until SIGKILL
+    """
+)
+
+
+def test_sigkilled_consumers_messages_go_to_another_member(
+    amqp_url: str, unique_prefix: str, admin: Admin
+) -> None:
+    t = from_url(amqp_url, prefix=unique_prefix)
+    t.publish([f"e{i}".encode() for i in range(50)])
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CONSUMER_SCRIPT, amqp_url, unique_prefix, "50"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "50"  # it holds all 50, unacknowledged
+        survivor = t.subscribe("celery_flow", "survivor")
+        assert survivor.read(count=100, timeout=0.3) == []  # nothing while the other member lives
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        got = _read_all(survivor, 50)
+        assert sorted(m.data for m in got) == sorted(f"e{i}".encode() for i in range(50))
+        survivor.ack([m.id for m in got])
+        assert survivor.lag() == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
+def test_two_consumers_split_the_load(amqp_url: str, unique_prefix: str, admin: Admin) -> None:
+    t = from_url(amqp_url, prefix=unique_prefix)
+    a, b = t.subscribe("celery_flow", "a"), t.subscribe("celery_flow", "b")
+    # Both members consuming (a first read starts basic.consume) before the events arrive.
+    assert a.read(count=10, timeout=0.05) == []
+    assert b.read(count=10, timeout=0.05) == []
+    t.publish([f"{i}".encode() for i in range(40)])
+    got_a: list[Message] = []
+    got_b: list[Message] = []
+    end = time.monotonic() + 10
+    while len(got_a) + len(got_b) < 40 and time.monotonic() < end:
+        got_a += a.read(count=10, timeout=0.1)
+        got_b += b.read(count=10, timeout=0.1)
+    assert got_a
+    assert got_b
+    assert {m.data for m in got_a}.isdisjoint({m.data for m in got_b})
+    assert {m.data for m in got_a} | {m.data for m in got_b} == {f"{i}".encode() for i in range(40)}
+    a.ack([m.id for m in got_a])
+    b.ack([m.id for m in got_b])
+    assert a.lag() == 0
+
+
+def test_two_groups_each_see_everything(amqp_url: str, unique_prefix: str, admin: Admin) -> None:
+    t = AmqpTransport(amqp_url, prefix=unique_prefix)
+    g1, g2 = t.subscribe("g1", "c"), t.subscribe("g2", "c")
+    assert (g1.queue, g2.queue) == (f"{unique_prefix}.events.g1", f"{unique_prefix}.events.g2")
+    t.publish([b"x", b"y"])
+    assert [m.data for m in _read_all(g1, 2)] == [b"x", b"y"]
+    assert [m.data for m in _read_all(g2, 2)] == [b"x", b"y"]
+
+
+def test_acks_cover_out_of_order_and_partial_batches(amqp_url: str, unique_prefix: str, admin: Admin) -> None:
+    t = from_url(amqp_url, prefix=unique_prefix)
+    t.publish([f"{i}".encode() for i in range(10)])
+    sub = t.subscribe("celery_flow", "c")
+    msgs = _read_all(sub, 10)
+    sub.ack([msgs[i].id for i in (0, 1, 2, 5, 7)])  # a cumulative ack for 0-2, single acks for 5 and 7
+    sub.ack([msgs[1].id])  # acking twice is harmless (it would close the channel if sent)
+    assert sub.lag() == 5
+    sub.close()
+    again = t.subscribe("celery_flow", "c")
+    assert sorted(m.data for m in _read_all(again, 5)) == [b"3", b"4", b"6", b"8", b"9"]
+
+
+# ---- retention -----------------------------------------------------------------------------------
+
+
+def test_queue_is_capped_by_maxlen_dropping_the_oldest(
+    amqp_url: str, unique_prefix: str, admin: Admin
+) -> None:
+    t = AmqpTransport(amqp_url, prefix=unique_prefix, maxlen=100)
+    for batch in range(20):
+        t.publish([f"{batch}:{i}".encode() for i in range(100)])
+    assert admin.ready(f"{unique_prefix}.events") == 100
+    sub = t.subscribe("celery_flow", "c")
+    kept = _read_all(sub, 100, count=200)
+    assert [m.data for m in kept] == [f"19:{i}".encode() for i in range(100)]  # the newest survive
+
+
+def test_queue_messages_expire_after_ttl(amqp_url: str, unique_prefix: str, admin: Admin) -> None:
+    t = AmqpTransport(amqp_url, prefix=unique_prefix, ttl=0.5)
+    t.publish([b"old"] * 10)
+    assert admin.ready(f"{unique_prefix}.events") == 10
+    _wait_for(lambda: admin.ready(f"{unique_prefix}.events") == 0, what="messages to expire")
+
+
+def test_retention_arguments_default_to_one_day_and_max_length() -> None:
+    assert queue_arguments(100_000, None) == {
+        "x-max-length": 100_000,
+        "x-overflow": "drop-head",
+        "x-message-ttl": 86_400_000,
+    }
+    assert "x-message-ttl" not in queue_arguments(10, 0)
+
+
+def test_mismatched_retention_is_a_one_line_config_error(
+    amqp_url: str, unique_prefix: str, admin: Admin
+) -> None:
+    AmqpTransport(amqp_url, prefix=unique_prefix, maxlen=100).subscribe("celery_flow", "a").close()
+    other = AmqpTransport(amqp_url, prefix=unique_prefix, maxlen=200)
+    with pytest.raises(ConfigError) as err:
+        other.subscribe("celery_flow", "b")
+    message = str(err.value)
+    assert "\n" not in message
+    assert f"{unique_prefix}.events" in message
+    assert "delete" in message
+    assert "guest:guest" not in message
+    # The publisher never fails over retention options: it uses the queue as declared.
+    other.publish([b"still delivered"])
+    assert admin.ready(f"{unique_prefix}.events") == 1
+
+
+# ---- connection loss, fork -----------------------------------------------------------------------
+
+
+def test_consumer_reconnects_and_drops_stale_acks(amqp_url: str, unique_prefix: str, admin: Admin) -> None:
+    t = AmqpTransport(amqp_url, prefix=unique_prefix, max_backoff=0.5)
+    sub = t.subscribe("celery_flow", f"{unique_prefix}-victim")
+    t.publish([b"a", b"b"])
+    before = _read_all(sub, 2)
+    assert [m.data for m in before] == [b"a", b"b"]
+
+    assert close_connections(admin.vhost, f"celery-flow consumer {unique_prefix}-victim") == 1
+    after: list[Message] = []
+    errors = 0
+    end = time.monotonic() + 15
+    while len(after) < 2 and time.monotonic() < end:
+        try:
+            after += sub.read(count=10, timeout=0.2)
+        except TransportError:
+            errors += 1  # the loss is reported once, then the same subscription reconnects
+    assert sorted(m.data for m in after) == [b"a", b"b"]  # redelivered, nothing lost
+    assert errors >= 1
+    assert {m.id for m in after}.isdisjoint({m.id for m in before})
+    # Acks from the dead connection must not acknowledge whatever now has the same delivery tags.
+    sub.ack([m.id for m in before])
+    assert sub.lag() == 2
+    sub.ack([m.id for m in after])
+    assert sub.lag() == 0
+
+
+def test_publisher_reconnects_after_connection_loss(amqp_url: str, unique_prefix: str, admin: Admin) -> None:
+    t = AmqpTransport(amqp_url, prefix=unique_prefix)
+    t.publish([b"before"])
+    name = f"celery-flow publisher {os.uname().nodename}:{os.getpid()}"
+    assert close_connections(admin.vhost, name) >= 1
+    delivered: list[bytes] = []
+    end = time.monotonic() + 10
+    while time.monotonic() < end:
+        try:
+            t.publish([b"after"])
+        except TransportError:
+            continue  # the first attempt notices the closed connection; the publisher drops that batch
+        delivered.append(b"after")
+        break
+    assert delivered == [b"after"]
+    _wait_for(lambda: admin.ready(f"{unique_prefix}.events") == 2, what="both events queued")
+
+
+def test_forked_child_publishes_on_its_own_connection(
+    amqp_url: str, unique_prefix: str, admin: Admin
+) -> None:
+    t = AmqpTransport(amqp_url, prefix=unique_prefix)
+    t.publish([b"parent-1"])
+    pid = os.fork()
+    if pid == 0:  # the child: same transport object, inherited socket
+        code = 1
+        try:
+            t.publish([b"child"])
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    t.publish([b"parent-2"])  # the parent's connection was not disturbed by the child
+    sub = t.subscribe("celery_flow", "c")
+    assert sorted(m.data for m in _read_all(sub, 3)) == [b"child", b"parent-1", b"parent-2"]
+
+
+def test_publishing_without_confirms_also_delivers(amqp_url: str, unique_prefix: str, admin: Admin) -> None:
+    t = AmqpTransport(amqp_url, prefix=unique_prefix, confirm=False)
+    t.publish([b"x"] * 300)
+    _wait_for(lambda: admin.ready(f"{unique_prefix}.events") == 300, what="300 queued")
+
+
+# ---- URLs and errors -----------------------------------------------------------------------------
+
+
+def test_url_forms() -> None:
+    p = parse_amqp_url("amqp://user:p%40ss@rabbit.example:5673/my%2Fvhost?heartbeat=10")
+    assert (p.host, p.port, p.userid, p.password, p.vhost, p.tls) == (
+        "rabbit.example",
+        5673,
+        "user",
+        "p@ss",
+        "my/vhost",
+        False,
+    )
+    assert parse_amqp_url("amqp://h//").vhost == "/"
+    assert parse_amqp_url("amqp://h/").vhost == "/"
+    assert parse_amqp_url("amqp://h").vhost == "/"
+    assert parse_amqp_url("pyamqp://h/v").vhost == "v"
+    default = parse_amqp_url("amqp://")
+    assert (default.host, default.port, default.userid, default.password) == (
+        "localhost",
+        5672,
+        "guest",
+        "guest",
+    )
+    tls = parse_amqp_url("amqps://u:p@h/v")
+    assert (tls.tls, tls.port) == (True, 5671)
+    assert AmqpTransport("amqp://h/?heartbeat=7&connect_timeout=2.5").heartbeat == 7
+    assert isinstance(from_url("pyamqp://guest:guest@127.0.0.1/v"), AmqpTransport)
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["amqp://h:notaport/v", "amqp://h:99999/v", "amqp://h/v?heartbeat=soon"],
+)
+def test_bad_url_is_a_one_line_config_error(url: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        AmqpTransport(url.replace("//h", "//u:secret@h"))
+    assert "\n" not in str(err.value)
+    assert "amqp://" in str(err.value)
+    assert "secret" not in str(err.value)
+
+
+def test_unreachable_server_fails_fast_with_redacted_url() -> None:
+    t = from_url("amqp://guest:s3cret@127.0.0.1:1/v", prefix="x")
+    assert "s3cret" not in t.safe_url
+    start = time.monotonic()
+    with pytest.raises(TransportError) as err:
+        t.publish([b"x"])
+    assert time.monotonic() - start < 5
+    assert "s3cret" not in str(err.value)
+    assert "refused" in str(err.value)
+    with pytest.raises(TransportError):
+        t.ping()
+    with pytest.raises(TransportError):
+        t.subscribe("celery_flow", "c")
+
+
+def test_wrong_password_and_missing_vhost_say_what_to_fix(amqp_url: str) -> None:
+    p = parse_amqp_url(amqp_url)
+    with pytest.raises(TransportError, match="login refused"):
+        AmqpTransport(f"amqp://guest:wrong@{p.hostport}/{p.vhost}").ping()
+    with pytest.raises(TransportError, match="vhost 'no_such_vhost_cf'"):
+        AmqpTransport(f"amqp://guest:guest@{p.hostport}/no_such_vhost_cf").ping()
+
+
+def test_ping_answers(amqp_url: str, unique_prefix: str, admin: Admin) -> None:
+    t: Any = from_url(amqp_url, prefix=unique_prefix)
+    t.ping()
+    t.close()
+    t.ping()  # reconnects after close
