@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -65,6 +66,8 @@ DEFAULT_HEARTBEAT_INTERVAL = 30.0
 HEARTBEAT_MARGIN = 5.0
 SWEEP_BATCH = 5000
 TRACE_LIMIT = 5000
+# Task names free text `q` may match at most (one index range each).
+MAX_Q_NAMES = 50
 
 _event_decoder = msgspec.json.Decoder(Event)
 _json_encoder = msgspec.json.Encoder()
@@ -129,7 +132,7 @@ def _percentile(sorted_values: Sequence[float], fraction: float) -> float | None
     """Nearest-rank percentile of an ascending list."""
     if not sorted_values:
         return None
-    rank = max(0, min(len(sorted_values) - 1, round(fraction * len(sorted_values) + 0.5) - 1))
+    rank = max(0, min(len(sorted_values), math.ceil(fraction * len(sorted_values))) - 1)
     return sorted_values[rank]
 
 
@@ -599,9 +602,10 @@ class SqlStore(ABC):
                 if value is not None:
                     where.append(f"{column} = ?")
                     params.append(value)
-            self._common_filters(s, filt, "task_id", "name", where, params)
-            rows = self._page(s, _TASK_SELECT, "task_id", where, params, limit, cursor)
-            return self._paged(rows, limit, lambda r: _task_from_row(r), lambda r: (r[18], r[0]))
+            alternatives = self._common_filters(s, filt, "task_id", "name", where, params)
+            key: Callable[[Row], tuple[float, str]] = lambda r: (r[18], r[0])  # noqa: E731
+            rows = self._search(s, _TASK_SELECT, "task_id", where, params, alternatives, limit, cursor, key)
+            return self._paged(rows, limit, _task_from_row, key)
 
         return self._reading(read)
 
@@ -617,14 +621,18 @@ class SqlStore(ABC):
                     where.append(f"{column} = ?")
                     params.append(value)
             if filt.worker is not None:
+                # `|| ''` keeps the engine on the root_id index (a flow's few tasks) instead of walking
+                # every task of that worker once per flow.
                 where.append(
-                    "EXISTS (SELECT 1 FROM tasks t WHERE t.root_id = flows.root_id AND t.hostname = ?)"
+                    "EXISTS (SELECT 1 FROM tasks t"
+                    " WHERE t.root_id = flows.root_id AND (t.hostname || '') = ?)"
                 )
                 params.append(filt.worker)
-            self._common_filters(s, filt, "root_id", "root_name", where, params)
-            rows = self._page(s, _FLOW_SELECT, "root_id", where, params, limit, cursor)
+            alternatives = self._common_filters(s, filt, "root_id", "root_name", where, params)
             n = len(FLOW_COLUMNS)
-            return self._paged(rows, limit, _flow_summary, lambda r: (r[n - 2], r[0]))
+            key: Callable[[Row], tuple[float, str]] = lambda r: (r[n - 2], r[0])  # noqa: E731
+            rows = self._search(s, _FLOW_SELECT, "root_id", where, params, alternatives, limit, cursor, key)
+            return self._paged(rows, limit, _flow_summary, key)
 
         return self._reading(read)
 
@@ -636,7 +644,8 @@ class SqlStore(ABC):
         name_column: str,
         where: list[str],
         params: list[Any],
-    ) -> None:
+    ) -> list[tuple[str, list[Any]]]:
+        """Add the time filters; return the alternatives free text `q` allows (one query each)."""
         if filt.since is not None:
             where.append("ts >= ?")
             params.append(filt.since)
@@ -644,17 +653,39 @@ class SqlStore(ABC):
             where.append("ts < ?")
             params.append(filt.until)
         text = (filt.q or "").strip()
-        if text:
-            # Ids by prefix (a primary-key range); names by case-insensitive substring, resolved first
-            # against the small set of known names so the tasks table is only probed by index.
-            needle = text.lower()
-            names = [r[0] for r in s.rows("SELECT name FROM name_stats") if needle in r[0].lower()][:200]
-            options = [f"({id_column} >= ? AND {id_column} < ?)"]
-            params.extend([text, text + "\U0010ffff"])
-            if names:
-                options.append(f"{name_column} IN {_in(names)}")
-                params.extend(names)
-            where.append("(" + " OR ".join(options) + ")")
+        if not text:
+            return []
+        # Ids by prefix (a primary-key range); names by case-insensitive substring, resolved first against
+        # the small set of known names. Each alternative is its own index range, merged by the caller:
+        # one `OR` would make the engine sort every match of a popular name.
+        needle = text.lower()
+        names = [r[0] for r in s.rows("SELECT name FROM name_stats") if needle in r[0].lower()]
+        alternatives = [(f"{id_column} >= ? AND {id_column} < ?", [text, text + "\U0010ffff"])]
+        alternatives += [(f"{name_column} = ?", [name]) for name in sorted(names)[:MAX_Q_NAMES]]
+        return alternatives
+
+    def _search(
+        self,
+        s: Session,
+        select: str,
+        id_column: str,
+        where: list[str],
+        params: list[Any],
+        alternatives: list[tuple[str, list[Any]]],
+        limit: int,
+        cursor: str | None,
+        key: Callable[[Row], tuple[float, str]],
+    ) -> list[Row]:
+        """One keyset page, or the merge of one page per alternative (newest first, no duplicates)."""
+        if not alternatives:
+            return self._page(s, select, id_column, where, params, limit, cursor)
+        merged: dict[Any, Row] = {}
+        for condition, values in alternatives:
+            for row in self._page(
+                s, select, id_column, [*where, condition], [*params, *values], limit, cursor
+            ):
+                merged[row[0]] = row
+        return sorted(merged.values(), key=key, reverse=True)[: limit + 1]
 
     @staticmethod
     def _page(

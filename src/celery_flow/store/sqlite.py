@@ -81,6 +81,8 @@ class SQLiteStore(SqlStore):
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA cache_size=-65536")
             conn.execute("PRAGMA temp_store=MEMORY")
+            # Checkpoint (and fsync) the WAL every ~40 MB rather than every 4 MB: fewer ingest stalls.
+            conn.execute("PRAGMA wal_autocheckpoint=10000")
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open {self.path} ({exc}): {FIX_HINT}") from None
         with self._registry_lock:
