@@ -30,7 +30,9 @@ def __getattr__(name: str) -> Any:
         return getattr(tracking, name)
     if name in _TRACE:
         # trace ids need no Celery signal handlers: a web process may use them without init().
-        from celery_flow.tracking import trace as trace_module
+        # Import the module by its dotted name: `celery_flow.tracking.trace` as an attribute of the
+        # package is the `trace` class that tracking/__init__ re-exports, not the module.
+        from celery_flow.tracking.trace import current_trace_id, trace
 
-        return getattr(trace_module, name)
+        return trace if name == "trace" else current_trace_id
     raise AttributeError(f"module 'celery_flow' has no attribute {name!r}")
