@@ -10,16 +10,24 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
+from celery import Task, chord
+from celery.contrib.testing.worker import start_worker
 from tests.otlp_receiver import ReceivedSpan, otlp_receiver
+from tests.support.canvas_app import make_app
 
+import celery_flow
+from celery_flow.consumer import Consumer
 from celery_flow.events import Event, make_event
 from celery_flow.export import resolve_otlp_endpoint
 from celery_flow.export.otlp import OtlpExporter, span_id_for
 from celery_flow.flow.fold import fold_task
 from celery_flow.flow.model import TaskDetail
+from celery_flow.store import open_store
 from celery_flow.transport.base import ConfigError
 
 STATUS_OK, STATUS_ERROR = 1, 2
@@ -308,3 +316,115 @@ def test_endpoint_resolution_follows_the_otel_environment_variables() -> None:
     assert resolve_otlp_endpoint(None, env) == "http://collector:4318/custom/traces"
     with pytest.raises(ConfigError, match="not an OTLP/HTTP URL"):
         resolve_otlp_endpoint("collector:4317", {})
+
+
+# ---- end to end: real worker -> transport -> consumer -> store -> exporter sink -> receiver ----------
+
+
+def _wait(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} within {timeout}s")
+        time.sleep(0.05)
+
+
+@pytest.mark.timeout(150)
+def test_real_chord_through_consumer_and_store_exports_linked_spans(
+    transport_url: str, redis_url: str, unique_prefix: str, tmp_path: Path
+) -> None:
+    app = make_app(redis_url, redis_url, transport_url, unique_prefix, main=f"otlp_{unique_prefix}")
+    app.conf.task_default_queue = unique_prefix
+
+    @app.task(name=f"{unique_prefix}.checkout", bind=True)
+    def checkout(self: Task) -> str:
+        """A root task that fans out into a chord: two header members and a callback."""
+        header = [app.tasks["t.add"].s(1, 1), app.tasks["t.add"].s(2, 2)]
+        return str(chord(header)(app.tasks["t.xsum"].s()).id)
+
+    store = open_store(f"sqlite:///{tmp_path}/flow.db")
+    w3c_trace = uuid.uuid4().hex
+    try:
+        with otlp_receiver() as receiver:
+            exporter = OtlpExporter(receiver.url + "/v1/traces", store, service_name="shop", timeout=5)
+            consumer = Consumer(
+                transport_url, store, prefix=unique_prefix, read_timeout=0.2, sinks=[exporter]
+            )
+            stop = threading.Event()
+            consuming = threading.Thread(target=consumer.run, args=(stop,), daemon=True)
+            consuming.start()
+            try:
+                _wait(lambda: consumer.stats()["status"] == "running", 20, "consumer did not start")
+                with start_worker(app, pool="solo", perform_ping_check=False, shutdown_timeout=10):
+                    with celery_flow.trace(w3c_trace):
+                        root_id = checkout.delay().id
+                    failing_id = app.tasks["t.fail"].delay("card declined").id
+                    flaky_id = app.tasks["t.flaky"].delay(succeed_on=1, countdown=0.1).id
+                    _wait(
+                        lambda: len(receiver.spans) >= 6,
+                        60,
+                        "six spans (root, 2 members, callback, 2) not exported",
+                    )
+            finally:
+                stop.set()
+                consuming.join(15)
+                exporter.close()
+
+            spans = {s.attributes["messaging.message.id"]: s for s in receiver.spans}
+            assert len(receiver.spans) == len(spans) == 6, [s.name for s in receiver.spans]
+            tasks = {task_id: store.get_task(task_id) for task_id in spans}
+    finally:
+        celery_flow.shutdown(app)
+        store.close()
+
+    root = spans[root_id]
+    members = [s for s in spans.values() if s.name == "t.add"]
+    (callback,) = [s for s in spans.values() if s.name == "t.xsum"]
+    assert root.name == f"{unique_prefix}.checkout"
+    assert len(members) == 2
+
+    # The chord lives in the user's W3C trace; span ids are the task ids' and parents are parent tasks'.
+    for span in (root, *members, callback):
+        assert span.trace_id == w3c_trace
+        assert span.attributes["celery_flow.trace_id"] == w3c_trace
+        assert span.attributes["celery.root_id"] == root_id
+        assert span.span_id == f"{span_id_for(span.attributes['messaging.message.id']):016x}"
+    assert root.parent_span_id == ""
+    assert {m.parent_span_id for m in members} == {root.span_id}
+    parent_of_callback = tasks[callback.attributes["messaging.message.id"]]
+    assert parent_of_callback is not None
+    assert parent_of_callback.parent_id is not None
+    assert callback.parent_span_id == spans[parent_of_callback.parent_id].span_id
+    assert callback.parent_span_id in {root.span_id, *(m.span_id for m in members)}
+    assert {m.attributes["celery.chord_id"] for m in members} == {callback.attributes["messaging.message.id"]}
+
+    # Timestamps are the task's own: started -> finished as stored; the callback ran after its header.
+    for task_id, span in spans.items():
+        task = tasks[task_id]
+        assert task is not None
+        assert span.start_ns == int(task.started_at * 1e9)  # type: ignore[operator]
+        assert span.end_ns == int(task.finished_at * 1e9)  # type: ignore[operator]
+        assert span.start_ns <= span.end_ns
+        assert span.attributes["celery.hostname"] == task.hostname
+        assert span.attributes["messaging.destination.name"] == unique_prefix
+        assert span.resource["service.name"] == "shop"
+        assert any(e[0] == "celery.queued" for e in span.events)
+    assert callback.start_ns >= max(m.end_ns for m in members)
+    assert all(s.status_code == STATUS_OK for s in (root, *members, callback))
+
+    # A real failure and a real retry, outside any trace: trace ids derived from their own root ids.
+    failed = spans[failing_id]
+    assert failed.trace_id == uuid.UUID(failing_id).hex
+    assert failed.status_code == STATUS_ERROR
+    assert failed.status_message == "ValueError: card declined"
+    exception = next(e for e in failed.events if e[0] == "exception")
+    assert exception[2]["exception.type"] == "ValueError"
+    assert exception[2]["exception.message"] == "card declined"
+    assert "Traceback" in exception[2]["exception.stacktrace"]
+    flaky = spans[flaky_id]
+    assert flaky.status_code == STATUS_OK
+    assert flaky.attributes["celery.retries"] == 1
+    (retry,) = [e for e in flaky.events if e[0] == "celery.retry"]
+    assert "attempt 0 failed" in retry[2]["celery.retry.reason"]
+    assert exporter.stats()["exported"] == 6
+    assert exporter.stats()["dropped"] == 0
