@@ -83,7 +83,10 @@ const TaskNode = memo(function TaskNode({ data }: NodeProps<Node<TaskNodeData>>)
       <Handle type="target" position={Position.Left} isConnectable={false} />
       <span className="bar" aria-hidden="true" />
       <div className="body">
-        <div className="name">{t?.name ? shortName(t.name) : <span className="muted">not sent yet</span>}</div>
+        <div className="name">
+          <span className="nm">{t?.name ? shortName(t.name) : <span className="muted">not sent yet</span>}</span>
+          <span className="nid mono">{data.id.slice(0, 6)}</span>
+        </div>
         <div className="meta">
           <span className="st">{state}</span>
           <span className="nb">
@@ -348,7 +351,7 @@ function Inner({ structure, tasks, critical, selected, running, onOpenTask, onEx
           style: {
             stroke: crit ? "var(--crit)" : st.stroke,
             strokeWidth: crit ? st.width + 1 : st.width,
-            strokeDasharray: st.dash,
+            strokeDasharray: crit ? undefined : st.dash,
           },
           markerEnd: { type: MarkerType.ArrowClosed, color: crit ? "var(--crit)" : st.stroke, width: 14, height: 14 },
           focusable: false,

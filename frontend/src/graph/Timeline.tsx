@@ -124,7 +124,7 @@ export function Timeline({ tasks, critical, selected, running, onSelect }: Timel
             <div style={{ position: "relative", flex: 1 }}>
               {ticks.map((v) => (
                 <span key={v} className="tl-tick" style={{ left: v * scale }}>
-                  +{fmtDuration(v)}
+                  {v === 0 ? "0" : `+${fmtDuration(v)}`}
                 </span>
               ))}
             </div>

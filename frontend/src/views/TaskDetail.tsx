@@ -20,6 +20,13 @@ const EVENT_LABEL: Record<string, string> = {
   rejected: "Rejected",
 };
 
+const DURATION_LABEL: Record<string, string> = {
+  PENDING: "queued",
+  RECEIVED: "waiting in worker",
+  STARTED: "running",
+  RETRY: "waiting to retry",
+};
+
 function TaskLink({ id, names, self }: { id: string; names: Map<string, TaskSummary>; self?: string }) {
   const t = names.get(id);
   return (
@@ -30,7 +37,7 @@ function TaskLink({ id, names, self }: { id: string; names: Map<string, TaskSumm
   );
 }
 
-function History({ events }: { events: EventRecord[] }) {
+function History({ events, compact }: { events: EventRecord[]; compact?: boolean }) {
   const sorted = [...events].sort((a, b) => a.ts - b.ts);
   const first = sorted[0]?.ts;
   return (
@@ -39,9 +46,9 @@ function History({ events }: { events: EventRecord[] }) {
         <tr>
           <th>Event</th>
           <th>Time</th>
-          <th className="num">+ since previous</th>
-          <th className="num">+ since first</th>
-          <th>Where</th>
+          <th className="num">+ prev</th>
+          {!compact && <th className="num">+ since first</th>}
+          {!compact && <th>Where</th>}
           <th>Details</th>
         </tr>
       </thead>
@@ -56,11 +63,13 @@ function History({ events }: { events: EventRecord[] }) {
               {fmtTime(e.ts)}
             </td>
             <td className="num">{i === 0 ? "–" : fmtDuration(e.ts - sorted[i - 1].ts)}</td>
-            <td className="num">{first === undefined || i === 0 ? "–" : fmtDuration(e.ts - first)}</td>
-            <td className="mono sub">
-              {e.hostname ?? ""}
-              {e.pid ? ` pid ${e.pid}` : ""}
-            </td>
+            {!compact && <td className="num">{first === undefined || i === 0 ? "–" : fmtDuration(e.ts - first)}</td>}
+            {!compact && (
+              <td className="mono sub">
+                {e.hostname ?? ""}
+                {e.pid ? ` pid ${e.pid}` : ""}
+              </td>
+            )}
             <td>
               {e.runtime !== null && e.runtime !== undefined && <span>ran {fmtDuration(e.runtime)} </span>}
               {e.reason && <span className="reason">{e.reason} </span>}
@@ -160,10 +169,10 @@ export function TaskDetailBody({
         )}
       </dl>
       {durations.length > 0 && (
-        <div className="durations" aria-label="Time in each state">
+        <div className="durations" aria-label="Time in each state" data-testid="durations">
           {durations.map(([k, v]) => (
             <span key={k} className={`dur st-${k}`}>
-              <span className="dot" aria-hidden="true" /> {k.toLowerCase()} {fmtDuration(v)}
+              <span className="dot" aria-hidden="true" /> {DURATION_LABEL[k] ?? k.toLowerCase()} {fmtDuration(v)}
             </span>
           ))}
         </div>
@@ -266,7 +275,7 @@ export function TaskDetailBody({
 
       <section className="td-section">
         <h3>State history</h3>
-        {events.length ? <History events={events} /> : <div className="muted">no events stored</div>}
+        {events.length ? <History events={events} compact={compact} /> : <div className="muted">no events stored</div>}
       </section>
     </div>
   );

@@ -1,0 +1,237 @@
+"""What a user sees in the browser, against the real server fed by a real Celery worker.
+
+Each test runs real workflows through the worker, opens a view by its deep link (or by clicking), and
+checks what is on screen with Playwright's auto-waiting `expect`. A screenshot of each view is saved to
+test-artifacts/.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from celery import chain, chord
+from fastapi import FastAPI
+from playwright.sync_api import Page, expect
+
+import celery_flow
+from celery_flow.server.extension import CeleryFlowExtension
+from tests.e2e.conftest import PageWatch, Stack, screenshot
+from tests.support.server_helpers import ServerThread
+
+pytestmark = pytest.mark.timeout(180)
+
+XSS = "<img src=x onerror=alert(1)>"
+
+
+def node(page: Page, task_id: str):  # noqa: ANN201 - a Playwright Locator
+    return page.get_by_test_id(f"node-{task_id}")
+
+
+@pytest.fixture(scope="module")
+def canvas(stack: Stack) -> dict[str, str]:
+    """chain(add, chord([add, flaky (retries once), mul], xsum)): every id of it, once it has finished."""
+    add, flaky, mul, xsum = (stack.task(n) for n in ("t.add", "t.flaky", "t.mul", "t.xsum"))
+    header = [add.si(2, 2), flaky.si(succeed_on=1, countdown=0.2), mul.si(3, 3)]
+    workflow = chain(add.si(1, 1), chord(header, xsum.s()))
+    result = workflow.apply_async()
+    assert result.get(timeout=60) == 4 + 1 + 9
+    callback_id = str(result.id)
+    root_id = str(result.parent.id) if result.parent is not None else callback_id
+    done = stack.wait_task(callback_id, "SUCCESS")
+    stack.wait_task(done["root_id"], "SUCCESS")
+    return {"root_id": str(done["root_id"]), "callback_id": callback_id, "first_id": root_id}
+
+
+def test_flows_list_and_chord_graph(stack: Stack, canvas: dict[str, str], page: Page) -> None:
+    root_id, callback_id = canvas["root_id"], canvas["callback_id"]
+    page.goto(stack.url + "/")
+    row = page.locator(f'tr[data-root-id="{root_id}"]')
+    expect(row).to_be_visible()
+    expect(row.locator(".chip")).to_have_text("SUCCESS")
+    expect(row).to_contain_text("5 success")  # add, the 3 header tasks, the callback
+    screenshot(page, "flows")
+
+    row.locator("a.flowname").click()
+    expect(page).to_have_url(re.compile(rf"/flows/{root_id}$"))
+    graph = page.get_by_test_id("graph")
+    expect(graph).to_have_attribute("data-ready", "true")
+    # The chord: a container holding the header, the callback outside it, one chord edge per member.
+    expect(page.get_by_test_id("container-chord")).to_have_count(1)
+    expect(node(page, callback_id)).to_be_visible()
+    expect(node(page, callback_id)).to_contain_text("xsum")
+    expect(node(page, callback_id)).to_have_attribute("data-state", "SUCCESS")
+    expect(page.locator(".react-flow__edge.edge-chord")).to_have_count(3)
+    expect(page.locator(".react-flow__edge.edge-chain")).to_have_count(3)
+    # The retried header task carries a retry badge; its timeline bar has a retry segment.
+    flaky_node = page.locator('[data-testid^="node-"]', has_text="flaky")
+    expect(flaky_node.get_by_test_id("retry-badge")).to_have_text("↻1")
+    timeline = page.get_by_test_id("timeline")
+    expect(timeline).to_be_visible()
+    flaky_row = timeline.locator('[data-testid^="tl-row-"]', has_text="flaky")
+    expect(flaky_row.get_by_test_id("seg-retry")).to_have_count(1)
+    expect(flaky_row.get_by_test_id("seg-running")).to_have_count(2)
+    expect(timeline.locator('[data-testid^="tl-row-"]')).to_have_count(5)
+    screenshot(page, "flow-graph")
+
+    # Clicking the callback opens its detail beside the graph, deep-linked with ?task=.
+    node(page, callback_id).click()
+    panel = page.get_by_test_id("sidepanel")
+    expect(panel.get_by_test_id("task-detail")).to_have_attribute("data-task-id", callback_id)
+    expect(panel).to_contain_text("t.xsum")
+    expect(panel.locator(".json").nth(2)).to_contain_text("14")  # the result
+    expect(page).to_have_url(re.compile(rf"\?task={callback_id}$"))
+    screenshot(page, "flow-panel")
+
+    # Timeline-only view, and light theme (persisted across a reload).
+    page.get_by_test_id("mode-timeline").click()
+    expect(page.get_by_test_id("graph")).to_have_count(0)
+    page.get_by_test_id("theme-toggle").click()
+    expect(page.locator("html")).to_have_attribute("data-theme", "light")
+    page.reload()
+    expect(page.locator("html")).to_have_attribute("data-theme", "light")
+    expect(page.get_by_test_id("timeline")).to_be_visible()
+    screenshot(page, "flow-timeline-light")
+    page.get_by_test_id("mode-split").click()
+
+
+def test_task_detail_scrubbed_xss_and_traceback(stack: Stack, page: Page, page_watch: PageWatch) -> None:
+    echo, fail = stack.task("t.echo"), stack.task("t.fail")
+    echoed = echo.delay(XSS, password="hunter2", user="bob")
+    failed = fail.delay("kaboom-e2e")
+    stack.wait_task(echoed.id, "SUCCESS")
+    stack.wait_task(failed.id, "FAILURE")
+
+    page.goto(f"{stack.url}/tasks/{echoed.id}")
+    detail = page.get_by_test_id("task-detail")
+    expect(detail).to_contain_text("t.echo")
+    kwargs = page.get_by_label("kwargs", exact=True)
+    expect(kwargs).to_contain_text('"[Filtered]"')
+    expect(kwargs.locator(".j-filtered")).to_have_count(1)
+    expect(detail).not_to_contain_text("hunter2")
+    expect(kwargs).to_contain_text('"bob"')
+    # The markup argument is shown as text and runs nothing: no <img> in the page, no dialog.
+    expect(page.get_by_label("args", exact=True)).to_contain_text(XSS)
+    expect(page.locator("#root img")).to_have_count(0)
+    expect(page.get_by_test_id("history")).to_contain_text("Succeeded")
+    screenshot(page, "task-scrubbed-xss")
+
+    page.goto(f"{stack.url}/tasks/{failed.id}")
+    expect(page.get_by_test_id("exception")).to_contain_text("ValueError")
+    expect(page.get_by_test_id("exception")).to_contain_text("kaboom-e2e")
+    traceback = page.get_by_test_id("traceback")
+    expect(traceback).to_contain_text("Traceback (most recent call last)")
+    expect(traceback).to_contain_text('raise ValueError(msg)')
+    expect(page.get_by_role("button", name="Copy traceback")).to_be_visible()
+    screenshot(page, "task-failure")
+    assert page_watch.dialogs == [], page_watch.dialogs
+
+
+def test_retry_reason_and_relations(stack: Stack, canvas: dict[str, str], page: Page) -> None:
+    graph = stack.api(f"/flows/{canvas['root_id']}")
+    flaky = next(n for n in graph["nodes"] if n["name"] == "t.flaky")
+    page.goto(f"{stack.url}/tasks/{flaky['task_id']}")
+    retries = page.get_by_test_id("retries")
+    expect(retries.locator("li")).to_have_count(1)
+    expect(retries).to_contain_text("attempt 0 failed")
+    # Its siblings in the chord header and its parent link are there, as links to their pages.
+    detail = page.get_by_test_id("task-detail")
+    expect(detail.locator(".relations a.tasklink").first).to_be_visible()
+    expect(detail.locator(".relations")).to_contain_text("add")
+    screenshot(page, "task-retry")
+
+
+def test_live_state_change_without_reload(stack: Stack, page: Page) -> None:
+    slow = stack.task("t.slow").delay(3.0)
+    stack.wait_task(slow.id, "STARTED")
+    page.goto(f"{stack.url}/flows/{slow.id}")
+    expect(node(page, slow.id)).to_have_attribute("data-state", "STARTED")
+    expect(page.get_by_test_id("conn")).to_have_text("Live")
+    page.evaluate("window.__sameDocument = true")
+    screenshot(page, "flow-live-started")
+    expect(node(page, slow.id)).to_have_attribute("data-state", "SUCCESS", timeout=20_000)
+    assert page.evaluate("window.__sameDocument === true"), "the page was reloaded"
+
+    # The flows list updates live too: a new flow appears at the top and turns SUCCESS in place.
+    page.get_by_role("link", name="Flows").click()
+    expect(page.get_by_test_id("flows-table")).to_be_visible()
+    second = stack.task("t.slow").delay(1.5)
+    row = page.locator(f'tr[data-root-id="{second.id}"]')
+    expect(row).to_be_visible(timeout=20_000)
+    expect(row).to_have_attribute("data-state", "SUCCESS", timeout=20_000)
+    assert page.evaluate("window.__sameDocument === true"), "the page was reloaded"
+
+
+def test_search_jumps_to_task_and_trace(stack: Stack, page: Page) -> None:
+    trace_id = uuid.uuid4().hex
+    with celery_flow.trace(trace_id):
+        first = stack.task("t.spawn_traced").delay()
+        second = stack.task("t.add").delay(20, 22)
+    first_child = first.get(timeout=30)
+    stack.wait_task(first_child, "SUCCESS")
+    stack.wait_task(second.id, "SUCCESS")
+
+    page.goto(stack.url + "/")
+    expect(page.get_by_test_id("flows-table")).to_be_visible()
+    page.keyboard.press("/")
+    search = page.get_by_test_id("search")
+    expect(search).to_be_focused()
+    search.fill(second.id)
+    search.press("Enter")
+    expect(page).to_have_url(re.compile(rf"/tasks/{second.id}$"))
+    expect(page.get_by_test_id("task-detail")).to_contain_text("t.add")
+
+    search.fill(trace_id)
+    search.press("Enter")
+    expect(page).to_have_url(re.compile(rf"/traces/{trace_id}$"))
+    expect(page.get_by_test_id("trace-head")).to_contain_text("2 flows")
+    expect(page.get_by_test_id("graph")).to_have_attribute("data-ready", "true")
+    for task_id in (first.id, first_child, second.id):
+        expect(node(page, task_id)).to_have_attribute("data-state", "SUCCESS")
+    expect(page.get_by_test_id("container-flow")).to_have_count(2)
+    expect(page.locator(".react-flow__edge.edge-spawn")).to_have_count(1)
+    screenshot(page, "trace")
+
+
+def test_registry_and_workers(stack: Stack, canvas: dict[str, str], page: Page) -> None:
+    page.goto(stack.url + "/registry")
+    row = page.locator('tr[data-name="t.add"]')
+    expect(row).to_be_visible()
+    expect(row).to_contain_text("success")
+    expect(row).to_contain_text("Add two numbers.")
+    expect(page.locator('tr[data-name="t.flaky"]')).to_be_visible()
+    screenshot(page, "registry")
+
+    page.get_by_role("link", name="Workers").click()
+    online = page.locator('tr[data-status="online"]')
+    expect(online.first).to_be_visible()
+    expect(online.first).to_contain_text("@")
+    screenshot(page, "workers")
+
+
+@pytest.fixture
+def mounted(stack: Stack) -> Iterator[str]:
+    """The same store served by the extension mounted under /ops/flow in a user's FastAPI app."""
+    ext = CeleryFlowExtension(store=stack.store_url, embedded_consumer=False, prefix=stack.prefix)
+    app = FastAPI(lifespan=ext.lifespan)
+    app.include_router(ext.router, prefix="/ops/flow")
+    server = ServerThread(app)
+    try:
+        server.start("/ops/flow/api/health")
+        yield server.url + "/ops/flow"
+    finally:
+        server.stop()
+
+
+def test_deep_links_under_a_mount_prefix(mounted: str, canvas: dict[str, str], page: Page) -> None:
+    root_id = canvas["root_id"]
+    page.goto(f"{mounted}/flows/{root_id}?task={canvas['callback_id']}")
+    expect(page.get_by_test_id("graph")).to_have_attribute("data-ready", "true")
+    expect(node(page, canvas["callback_id"])).to_be_visible()
+    expect(page.get_by_test_id("sidepanel")).to_contain_text("t.xsum")
+    expect(page.get_by_test_id("conn")).to_have_text("Live")
+    page.get_by_role("link", name="Registry").click()
+    expect(page).to_have_url(f"{mounted}/registry")
+    expect(page.locator('tr[data-name="t.xsum"]')).to_be_visible()
