@@ -284,6 +284,7 @@ _sdk_filter = _RateLimitFilter()
 class OtlpExporter:
     """A consumer sink: `exporter(changed_task_ids)` queues ids; a daemon thread exports finished tasks.
 
+    `headers`/`timeout` default to the standard OTEL_EXPORTER_OTLP_(TRACES_)HEADERS/TIMEOUT variables.
     The thread reads each task back from the store (`store.get_task`), skips tasks that have not reached a
     terminal state, builds its span and sends spans in batches. A task is exported once per terminal state
     (remembered in a bounded LRU of `remember` ids, so memory stays flat on a long-running server).
@@ -296,7 +297,7 @@ class OtlpExporter:
         *,
         service_name: str | None = None,
         headers: Mapping[str, str] | None = None,
-        timeout: float = 10.0,
+        timeout: float | None = None,
         queue_size: int = 100_000,
         batch_size: int = 256,
         flush_interval: float = 1.0,
