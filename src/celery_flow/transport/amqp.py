@@ -77,7 +77,7 @@ DEFAULT_SOCKET_TIMEOUT = 1.0
 DEFAULT_CONFIRM_TIMEOUT = 1.0
 # Consumers negotiate heartbeats so a dead broker or a half-open TCP connection is noticed; the
 # publisher does not (it may sit idle for hours, and a dead connection shows up as a failed confirm).
-DEFAULT_HEARTBEAT = 60
+DEFAULT_HEARTBEAT = 30
 DEFAULT_MAX_BACKOFF = 5.0
 _MIN_BACKOFF = 0.2
 _PUBLISH_ARGSIG = "Bssbb"
