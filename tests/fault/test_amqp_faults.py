@@ -6,6 +6,7 @@ down or failed because RabbitMQ is down, frozen or under a resource alarm.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -55,10 +56,8 @@ def cleanup_amqp(amqp_url: str, unique_prefix: str) -> Iterator[None]:
 
 def _stop_listening(sock: socket.socket) -> None:
     """Close a listening socket and wake the thread blocked in accept() on it."""
-    try:
+    with contextlib.suppress(OSError):
         sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
     sock.close()
 
 
@@ -133,19 +132,15 @@ class FreezableProxy:
         finally:
             # Pass a close on to the other side, as a real network path does.
             for s in (src, dst):
-                try:
+                with contextlib.suppress(OSError):
                     s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
 
     def close(self) -> None:
         self.frozen.clear()
         _stop_listening(self.sock)
         for s in self.sockets:
-            try:
+            with contextlib.suppress(OSError):
                 s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
             s.close()
         for t in self._threads:
             t.join(5)
