@@ -205,6 +205,7 @@ function Inner({ structure, tasks, critical, selected, running, onOpenTask, onEx
     let live = true;
     const sizes = (n: VisibleNode) => ({ width: NODE_W, height: NODE_H, id: n.id, parent: n.parent });
     layout({
+      hierarchical: structure.containers.length > 0,
       nodes: structure.nodes.map(sizes),
       containers: structure.containers.map((c) => ({ id: c.id, parent: c.parent })),
       edges: structure.edges.map((e) => ({ id: e.id, source: e.source, target: e.target })),
@@ -369,7 +370,7 @@ function Inner({ structure, tasks, critical, selected, running, onOpenTask, onEx
     fitted.current = positions.key;
     const big = structure.nodes.length > 60;
     window.requestAnimationFrame(() => {
-      void rf.fitView({ padding: 0.12, maxZoom: 1.1, minZoom: big ? 0.15 : 0.3, duration: first ? 0 : 250 });
+      void rf.fitView({ padding: 0.12, maxZoom: 1.1, minZoom: big ? 0.1 : 0.2, duration: first ? 0 : 250 });
     });
   }, [positions, nodes.length, rf, structure.nodes.length]);
 

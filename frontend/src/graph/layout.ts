@@ -17,6 +17,11 @@ function getWorker(): Worker {
   return worker;
 }
 
+/** Start the worker (and its 1.4 MB ELK bundle parsing) while the flow's data is still being fetched. */
+export function prewarm(): void {
+  getWorker();
+}
+
 export function layout(req: Omit<LayoutRequest, "seq">): Promise<LayoutResult> {
   const s = ++seq;
   return new Promise((resolve) => {

@@ -46,7 +46,7 @@ self.onmessage = async (ev: MessageEvent<LayoutRequest>) => {
       layoutOptions: {
         "elk.algorithm": "layered",
         "elk.direction": "RIGHT",
-        "elk.hierarchyHandling": "INCLUDE_CHILDREN",
+        "elk.hierarchyHandling": req.hierarchical ? "INCLUDE_CHILDREN" : "INHERIT",
         "elk.layered.spacing.nodeNodeBetweenLayers": "56",
         "elk.spacing.nodeNode": "16",
         "elk.layered.spacing.edgeNodeBetweenLayers": "20",

@@ -5,6 +5,9 @@ import type { EdgeKind, FlowGraph, GraphNode } from "../api/types";
 
 /** A fan-out bigger than this is collapsed into one node until expanded. */
 export const CLUSTER_AT = 24;
+/** In a big flow, smaller fan-outs of leaf tasks collapse too, so the drawing stays a few hundred nodes. */
+export const BIG_FLOW = 300;
+export const LEAF_CLUSTER_AT = 6;
 
 export interface Container {
   id: string;
@@ -114,8 +117,11 @@ export function buildStructure(
     if (list) list.push(n.task_id);
     else fan.set(k, [n.task_id]);
   }
+  const big = graph.nodes.length > BIG_FLOW;
+  const hasOut = new Set(graph.edges.map((e) => e.source));
   for (const [k, members] of fan) {
-    if (members.length <= CLUSTER_AT) continue;
+    const leaves = members.every((m) => !hasOut.has(m));
+    if (members.length <= (big && leaves ? LEAF_CLUSTER_AT : CLUSTER_AT)) continue;
     const [parent, name] = k.split("\u0000");
     const id = `cluster:${parent}:${name}`;
     if (expanded.has(id)) continue;

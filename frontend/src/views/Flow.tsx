@@ -7,6 +7,7 @@ import { fmtDuration, fmtIso, fmtTime, shortId, shortName } from "../format";
 import { useAsync, useDocumentTitle, useNow } from "../hooks";
 import { useLiveFilter } from "../live";
 import { Link } from "../router";
+import { prewarm } from "../graph/layout";
 import { ModeSwitch, Workspace, type Mode } from "../graph/Workspace";
 
 /** A flow's state from its tasks: failed if any failed, running while any is not finished. */
@@ -94,6 +95,8 @@ export function HeaderControls({
     </>
   );
 }
+
+prewarm();
 
 export default function FlowView({ rootId }: { rootId: string }) {
   useLiveFilter(rootId, null);
