@@ -18,12 +18,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import EVENTS_PER_FLOW, stream  # noqa: E402
-from ingest import BROKERS, PgDatabase, measure_apply, measure_stream  # noqa: E402
+from _common import EVENTS_PER_FLOW, stream
+from ingest import BROKERS, PgDatabase, measure_apply, measure_stream
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--stream-flows", type=int, default=2500, help="flows published (32 events each)")
     parser.add_argument("--batch", type=int, default=500, help="consume --batch (the CLI default)")
     parser.add_argument("--processes", default="1,2,4")
@@ -41,7 +43,7 @@ def main() -> None:
         for engine in args.stores.split(","):
             row = f"{engine:<12}"
 
-            def url_for(tag: str) -> tuple[str, PgDatabase | None]:
+            def url_for(tag: str, engine: str = engine) -> tuple[str, PgDatabase | None]:
                 if engine == "postgresql":
                     pg = PgDatabase()
                     return pg.url, pg

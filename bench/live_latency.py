@@ -52,7 +52,7 @@ def _free_port() -> int:
 
 def _pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 class LiveClient:
@@ -143,7 +143,9 @@ def run_load(publisher: Publisher, client: LiveClient, rate: float, seconds: flo
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rate", type=float, default=1000.0, help="tasks per second under load")
     parser.add_argument("--seconds", type=float, default=10.0, help="duration of the loaded run")
     parser.add_argument("--baseline-rate", type=float, default=10.0)
@@ -178,7 +180,9 @@ def main() -> None:
             client = LiveClient(f"ws://127.0.0.1:{port}/api/live")
             # Warm-up: the consumer group exists and one task made the whole trip.
             run_load(publisher, client, 50, 0.5)
-            print("path: Publisher -> Redis stream -> celery-flow server (embedded consumer, SQLite) -> WS /api/live")
+            print(
+                "path: Publisher -> Redis stream -> celery-flow server (embedded consumer, SQLite) -> WS /api/live"
+            )
             print(f"{'load':<22} {'tasks':>6} {'tasks/s':>8} {'seen':>6} {'p50 ms':>8} {'p95 ms':>8} "
                   f"{'p99 ms':>8} {'max ms':>8}")  # fmt: skip
             for label, rate, seconds in (
@@ -186,8 +190,8 @@ def main() -> None:
                 (f"load {args.rate:g}/s", args.rate, args.seconds),
             ):
                 r = run_load(publisher, client, rate, seconds)
-                print(f"{label:<22} {r['tasks']:>6.0f} {r['rate']:>8.0f} {r['received']:>6.0f} {r['p50']:>8.1f} "
-                      f"{r['p95']:>8.1f} {r['p99']:>8.1f} {r['max']:>8.1f}", flush=True)  # fmt: skip
+                print(f"{label:<22} {r['tasks']:>6.0f} {r['rate']:>8.0f} {r['received']:>6.0f} "
+                      f"{r['p50']:>8.1f} {r['p95']:>8.1f} {r['p99']:>8.1f} {r['max']:>8.1f}", flush=True)  # fmt: skip
             print(f"publisher dropped: {publisher.dropped_total}")
         finally:
             if client is not None:
