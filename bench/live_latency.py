@@ -180,9 +180,7 @@ def main() -> None:
             client = LiveClient(f"ws://127.0.0.1:{port}/api/live")
             # Warm-up: the consumer group exists and one task made the whole trip.
             run_load(publisher, client, 50, 0.5)
-            print(
-                "path: Publisher -> Redis stream -> celery-flow server (embedded consumer, SQLite) -> WS /api/live"
-            )
+            print("path: Publisher -> Redis stream -> `celery-flow server` (embedded consumer, SQLite) -> WS")
             print(f"{'load':<22} {'tasks':>6} {'tasks/s':>8} {'seen':>6} {'p50 ms':>8} {'p95 ms':>8} "
                   f"{'p99 ms':>8} {'max ms':>8}")  # fmt: skip
             for label, rate, seconds in (
@@ -190,8 +188,11 @@ def main() -> None:
                 (f"load {args.rate:g}/s", args.rate, args.seconds),
             ):
                 r = run_load(publisher, client, rate, seconds)
-                print(f"{label:<22} {r['tasks']:>6.0f} {r['rate']:>8.0f} {r['received']:>6.0f} "
-                      f"{r['p50']:>8.1f} {r['p95']:>8.1f} {r['p99']:>8.1f} {r['max']:>8.1f}", flush=True)  # fmt: skip
+                cells = [f"{r[k]:>8.1f}" for k in ("p50", "p95", "p99", "max")]
+                print(
+                    f"{label:<22} {r['tasks']:>6.0f} {r['rate']:>8.0f} {r['received']:>6.0f} "
+                    + " ".join(cells)
+                )
             print(f"publisher dropped: {publisher.dropped_total}")
         finally:
             if client is not None:
