@@ -451,3 +451,97 @@ def test_ping_answers(amqp_url: str, unique_prefix: str, admin: Admin) -> None:
     t.ping()
     t.close()
     t.ping()  # reconnects after close
+
+
+# ---- a real prefork worker -----------------------------------------------------------------------
+
+PREFORK_APP = textwrap.dedent(
+    """
+    import os
+
+    from celery import Celery
+
+    import celery_flow
+
+    app = Celery("pf", broker=os.environ["PF_BROKER"], backend=os.environ["PF_BROKER"])
+    app.conf.update(task_default_queue=os.environ["PF_QUEUE"], broker_connection_retry_on_startup=True)
+
+
+    @app.task(name="pf.mul")
+    def mul(x, y):
+        return x * y
+
+
+    celery_flow.init(app, transport_url=os.environ["PF_AMQP"], prefix=os.environ["PF_PREFIX"])
+    """
+)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_prefork_worker_children_publish_over_amqp(
+    amqp_url: str, redis_url: str, unique_prefix: str, admin: Admin, tmp_path: Any
+) -> None:
+    """Every pool child publishes on its own connection (the parent's socket is never shared)."""
+    from celery import Celery
+
+    from celery_flow.events import decode
+
+    (tmp_path / "pf_app.py").write_text(PREFORK_APP)
+    queue = f"pf_{unique_prefix}"
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(tmp_path),
+        "PF_BROKER": redis_url,
+        "PF_QUEUE": queue,
+        "PF_AMQP": amqp_url,
+        "PF_PREFIX": unique_prefix,
+    }
+    sub = from_url(amqp_url, prefix=unique_prefix).subscribe("celery_flow", "reader")
+    worker = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "pf_app",
+            "worker",
+            "--pool",
+            "prefork",
+            "-c",
+            "2",
+            "--loglevel",
+            "WARNING",
+            "-n",
+            f"pf_{unique_prefix}@%h",
+        ],
+        env=env,
+        cwd=tmp_path,
+    )
+    producer = Celery("pf-producer", broker=redis_url, backend=redis_url, set_as_current=False)
+    try:
+        results = [producer.send_task("pf.mul", (i, 3), queue=queue) for i in range(20)]
+        assert [r.get(timeout=60) for r in results] == [3 * i for i in range(20)]
+        ids = {r.id for r in results}
+        events = []
+        end = time.monotonic() + 20
+        while time.monotonic() < end:
+            batch = sub.read(500, 0.3)
+            events += [decode(m.data) for m in batch]
+            sub.ack([m.id for m in batch])
+            if ids <= {e.task_id for e in events if e.type == "succeeded"}:
+                break
+        for task_id in ids:
+            mine = [e for e in events if e.task_id == task_id]
+            assert {"received", "started", "succeeded"} <= {e.type for e in mine}, task_id
+        child_pids = {e.pid for e in events if e.type == "succeeded"}
+        assert worker.pid not in child_pids  # published from the forked pool children
+    finally:
+        worker.terminate()
+        try:
+            worker.wait(20)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait(10)
+        producer.close()
+        sub.close()
