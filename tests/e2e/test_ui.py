@@ -235,3 +235,64 @@ def test_deep_links_under_a_mount_prefix(mounted: str, canvas: dict[str, str], p
     page.get_by_role("link", name="Registry").click()
     expect(page).to_have_url(f"{mounted}/registry")
     expect(page.locator('tr[data-name="t.xsum"]')).to_be_visible()
+
+
+def test_huge_fan_out_collapses_and_expands(stack: Stack, page: Page) -> None:
+    spawner = stack.task("t.spawn").delay(30)
+    children = spawner.get(timeout=30)
+    for child in children:
+        stack.wait_task(child, "SUCCESS")
+    page.goto(f"{stack.url}/flows/{spawner.id}")
+    expect(page.get_by_test_id("graph")).to_have_attribute("data-ready", "true")
+    cluster = page.get_by_test_id("cluster-add")
+    expect(cluster).to_contain_text("×30")
+    expect(cluster).to_contain_text("30 success")
+    expect(page.locator('[data-testid^="node-"]')).to_have_count(1)  # only the spawner is drawn alone
+    screenshot(page, "flow-cluster")
+    cluster.click()
+    expect(page.locator('[data-testid^="node-"]')).to_have_count(31, timeout=15_000)
+    expect(page.get_by_test_id("cluster-add")).to_have_count(0)
+    # The timeline always covers every task, collapsed or not (its rows are virtualised).
+    expect(page.get_by_test_id("timeline").locator(".tl-head")).to_contain_text("31 tasks")
+
+
+def test_flow_filters(stack: Stack, page: Page) -> None:
+    failed = stack.task("t.fail").delay("filter-me")
+    ok = stack.task("t.mul").delay(6, 7)
+    stack.wait_task(failed.id, "FAILURE")
+    stack.wait_task(ok.id, "SUCCESS")
+    page.goto(stack.url + "/")
+    page.get_by_test_id("filter-state").select_option("FAILURE")
+    expect(page).to_have_url(re.compile(r"\?state=FAILURE"))
+    table = page.get_by_test_id("flows-table")
+    expect(table.locator(f'tr[data-root-id="{failed.id}"]')).to_be_visible()
+    expect(table.locator(f'tr[data-root-id="{ok.id}"]')).to_have_count(0)
+    expect(table.locator('tbody tr:not([data-state="FAILURE"])')).to_have_count(0)
+    screenshot(page, "flows-filtered")
+    # Free text over ids: the id prefix of one flow finds just that flow.
+    page.get_by_test_id("filter-state").select_option("")
+    page.get_by_test_id("filter-q").fill(ok.id)
+    page.get_by_test_id("filter-q").press("Enter")
+    expect(table.locator("tbody tr")).to_have_count(1)
+    expect(table.locator(f'tr[data-root-id="{ok.id}"]')).to_be_visible()
+
+
+def test_connection_status_is_honest(stack: Stack, page: Page) -> None:
+    """The indicator says Live while the WebSocket is up and Reconnecting once the server is gone."""
+    server = ServerThread(CeleryFlowExtensionApp(stack))
+    server.start()
+    try:
+        page.goto(server.url + "/registry")
+        expect(page.get_by_test_id("conn")).to_have_text("Live")
+    finally:
+        server.stop()
+    expect(page.get_by_test_id("conn")).to_have_text("Reconnecting", timeout=15_000)
+    screenshot(page, "reconnecting")
+
+
+def CeleryFlowExtensionApp(stack: Stack) -> FastAPI:  # noqa: N802 - reads like the class it builds
+    """A standalone server process reading the shared store, without its own consumer."""
+    ext = CeleryFlowExtension(store=stack.store_url, embedded_consumer=False, prefix=stack.prefix)
+    app = FastAPI(lifespan=ext.lifespan)
+    app.include_router(ext.router)
+    return app

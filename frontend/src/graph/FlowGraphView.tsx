@@ -78,6 +78,9 @@ const TaskNode = memo(function TaskNode({ data }: NodeProps<Node<TaskNodeData>>)
       data-task-id={data.id}
       data-state={state}
       title={`${t?.name ?? "task not sent yet"}\n${data.id}\n${state}`}
+      tabIndex={0}
+      role="button"
+      aria-label={`${t?.name ?? "task"} ${state}: open details`}
       onKeyDown={(e) => onKey(e, () => data.open.current(data.id, "task"))}
     >
       <Handle type="target" position={Position.Left} isConnectable={false} />
@@ -112,6 +115,9 @@ const ClusterNode = memo(function ClusterNode({ data }: NodeProps<Node<ClusterNo
       className={`tnode cluster st-${worst} ${data.crit ? "crit" : ""}`}
       data-testid={`cluster-${data.label}`}
       title={`${total} tasks collapsed: click to expand`}
+      tabIndex={0}
+      role="button"
+      aria-label={`${total} ${data.label} tasks collapsed: expand`}
       onKeyDown={(e) => onKey(e, () => data.open.current(data.id, "cluster"))}
     >
       <Handle type="target" position={Position.Left} isConnectable={false} />
@@ -296,7 +302,7 @@ function Inner({ structure, tasks, critical, selected, running, onOpenTask, onEx
             data: { task, id: n.id, crit, selected: sel, dim: false, now: tick, open } satisfies TaskNodeData,
             draggable: false,
             connectable: false,
-            ariaLabel: `${task?.name ?? "task"} ${task?.state ?? ""}`,
+            focusable: false,
           })),
         );
       } else {
@@ -320,7 +326,7 @@ function Inner({ structure, tasks, critical, selected, running, onOpenTask, onEx
             data: { id: n.id, label: n.label ?? "tasks", members, counts: ordered, crit, open } satisfies ClusterNodeData,
             draggable: false,
             connectable: false,
-            ariaLabel: `${members.length} ${n.label ?? ""} tasks, collapsed`,
+            focusable: false,
           })),
         );
       }

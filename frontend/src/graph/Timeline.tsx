@@ -137,6 +137,10 @@ export function Timeline({ tasks, critical, selected, running, onSelect }: Timel
               const segs = r.segs;
               const start = segs[0]?.start;
               const endTs = segs.length ? (segs[segs.length - 1].end ?? (running ? now : segs[segs.length - 1].start)) : undefined;
+              let lastRun = -1;
+              segs.forEach((s, j) => {
+                if (s.kind === "running") lastRun = j;
+              });
               const tip = segs
                 .map((s) => `${SEG_LABEL[s.kind] ?? s.kind}: ${fmtDuration((s.end ?? now) - s.start)}${s.end ? "" : " (ongoing)"}`)
                 .join("\n");
@@ -174,7 +178,8 @@ export function Timeline({ tasks, critical, selected, running, onSelect }: Timel
                         >
                           {segs.map((s, j) => {
                             const e = s.end ?? (running ? now : s.start);
-                            const done = s.kind === "running" && s.end ? ` done-${t.state}` : "";
+                            // Only the last attempt's run gets the outcome colour; earlier ones ended in a retry.
+                            const done = s.kind === "running" && s.end && j === lastRun ? ` done-${t.state}` : "";
                             return (
                               <span
                                 key={j}

@@ -66,7 +66,7 @@ function FlowRow({ f, now }: { f: FlowSummary; now: number }) {
         <CountsBar counts={f.counts} total={f.task_count} />
       </td>
       <td className="num">
-        {fmtDuration(duration)}
+        {running && (duration ?? 0) < 1 ? "<1 s" : fmtDuration(duration)}
         {running && <span className="sub"> running</span>}
       </td>
       <td title={fmtIso(f.started_at)}>

@@ -71,7 +71,9 @@ export function TraceViewPage({ traceId }: { traceId: string }) {
         <>
           <div className="flowhead" data-testid="trace-head">
             <StateChip state={flowState(tasks.values())} />
-            <h1>trace {traceId}</h1>
+            <h1 className="ellipsis" title={traceId}>
+              trace {traceId}
+            </h1>
             <span className="stat">
               <b>{data.trace.flows.length}</b> {data.trace.flows.length === 1 ? "flow" : "flows"}
             </span>
@@ -83,7 +85,9 @@ export function TraceViewPage({ traceId }: { traceId: string }) {
               <Link key={f.root_id} to={`/flows/${encodeURIComponent(f.root_id)}`} title={f.root_id}>
                 <span className={`dot st-${f.state}`} aria-hidden="true" />
                 {shortName(f.root_name)} <span className="mono sub">{shortId(f.root_id)}</span>
-                <span className="sub">{f.task_count} tasks</span>
+                <span className="sub">
+                  {f.task_count} {f.task_count === 1 ? "task" : "tasks"}
+                </span>
               </Link>
             ))}
             {data.trace.flows.length > data.drawn && (
