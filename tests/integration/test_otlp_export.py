@@ -221,9 +221,10 @@ def test_chord_tasks_become_linked_spans_with_their_own_times() -> None:
 def test_trace_id_from_root_when_no_w3c_trace_id_and_each_task_exported_once() -> None:
     store, ids, _ = _chord_store(None)
     with otlp_receiver() as receiver:
-        exporter = OtlpExporter(receiver.url + "/v1/traces", store, timeout=5)  # type: ignore[arg-type]
+        # coalesce=60: nothing is read until flush(), so the repeated ids below are provably coalesced.
+        exporter = OtlpExporter(receiver.url + "/v1/traces", store, timeout=5, coalesce=60)  # type: ignore[arg-type]
         try:
-            # Changed ids arrive repeatedly (every commit that touched a task): one span per task anyway.
+            # Changed ids arrive repeatedly (every commit that touched a task): one read and one span each.
             for _ in range(3):
                 exporter(list(ids.values()))
             # An unknown id and a task that is still running are skipped, not exported.
@@ -236,6 +237,7 @@ def test_trace_id_from_root_when_no_w3c_trace_id_and_each_task_exported_once() -
         spans = [s for group in receiver.by_name().values() for s in group]
 
     assert sorted(s.attributes["messaging.message.id"] for s in spans) == sorted(ids.values())
+    assert store.reads == len(ids) + 2
     assert {s.trace_id for s in spans} == {uuid.UUID(ids["root"]).hex}
     assert spans[0].resource["service.name"] == "celery"
     stats = exporter.stats()
@@ -289,8 +291,9 @@ def test_collector_refusing_or_down_is_counted_and_never_blocks_the_sink() -> No
     slow.tasks = store.tasks
     exporter = OtlpExporter(dead_url + "/v1/traces", slow, timeout=1, queue_size=3, batch_size=1)  # type: ignore[arg-type]
     try:
-        for _ in range(10):
-            exporter(list(ids.values()))
+        many = [*ids.values(), *(f"unknown-{i}" for i in range(36))]
+        for task_id in many:
+            exporter([task_id])
         stats = exporter.stats()
         assert stats["received"] == 40
         assert stats["dropped"] >= 40 - 3 - 1  # bounded: queue of 3 plus one id in the thread's hands

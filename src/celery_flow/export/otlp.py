@@ -20,7 +20,7 @@ import re
 import threading
 import time
 import uuid
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -301,6 +301,7 @@ class OtlpExporter:
         queue_size: int = 100_000,
         batch_size: int = 256,
         flush_interval: float = 1.0,
+        coalesce: float = 0.5,
         remember: int = 200_000,
         span_exporter: SpanExporter | None = None,
         open_store: Callable[[], Store] | None = None,
@@ -316,11 +317,16 @@ class OtlpExporter:
         self.queue_size = queue_size
         self.batch_size = batch_size
         self.flush_interval = flush_interval
+        self.coalesce = coalesce
         self.remember = remember
 
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
-        self._queue: deque[str] = deque()
+        # Task ids waiting to be read back, with when they were first queued. A task changes several times
+        # in a few milliseconds (sent, received, started, succeeded): each id is kept once and read after
+        # `coalesce` seconds, so a short task costs one store read, not four.
+        self._queue: OrderedDict[str, float] = OrderedDict()
+        self._urgent = 0
         self._busy = False
         self._stopping = False
         # Keys "task_id:STATE" already exported (or given up on), oldest first; touched by the thread only.
@@ -351,11 +357,17 @@ class OtlpExporter:
         with self._cond:
             if self._stopping:
                 return
-            room = max(self.queue_size - len(self._queue), 0)
-            accepted = ids[:room]
-            self._queue.extend(accepted)
+            now = time.monotonic()
+            queue = self._queue
+            dropped = 0
+            for task_id in ids:
+                if task_id in queue:
+                    continue
+                if len(queue) >= self.queue_size:
+                    dropped += 1
+                    continue
+                queue[task_id] = now
             self._counts["received"] += len(ids)
-            dropped = len(ids) - len(accepted)
             self._counts["dropped"] += dropped
             self._cond.notify()
         if dropped:
@@ -372,13 +384,17 @@ class OtlpExporter:
         """Wait until every queued id was handled (exported, skipped or failed); False on timeout."""
         deadline = time.monotonic() + timeout
         with self._cond:
+            self._urgent += 1
             self._cond.notify_all()
-            while self._queue or self._busy:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or not self._thread.is_alive():
-                    return False
-                self._cond.wait(min(remaining, 0.05))
-            return True
+            try:
+                while self._queue or self._busy:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0 or not self._thread.is_alive():
+                        return False
+                    self._cond.wait(min(remaining, 0.05))
+                return True
+            finally:
+                self._urgent -= 1
 
     def close(self, timeout: float = 5.0) -> None:
         """Export what is queued (up to `timeout`), then stop the thread and the HTTP exporter."""
@@ -400,16 +416,25 @@ class OtlpExporter:
             store = self._open_store()
         while True:
             with self._cond:
-                while not self._queue and not self._stopping:
-                    self._cond.wait(self.flush_interval)
-                if not self._queue and self._stopping:
-                    return
-                ids: dict[str, None] = {}
+                while True:
+                    if self._stopping and not self._queue:
+                        return
+                    wait = self._due_in()
+                    if wait <= 0:
+                        break
+                    self._cond.wait(wait)
+                ids: list[str] = []
+                ready_before = time.monotonic() - self.coalesce
+                take_all = bool(self._urgent or self._stopping or len(self._queue) >= self.batch_size)
                 while self._queue and len(ids) < self.batch_size:
-                    ids[self._queue.popleft()] = None
+                    task_id, queued_at = next(iter(self._queue.items()))
+                    if queued_at > ready_before and not take_all:
+                        break
+                    del self._queue[task_id]
+                    ids.append(task_id)
                 self._busy = True
             try:
-                self._export(store, list(ids))
+                self._export(store, ids)
             except Exception:  # never let the thread die: count and go on
                 log.exception("OTLP export batch failed unexpectedly")
                 with self._lock:
@@ -418,6 +443,15 @@ class OtlpExporter:
                 with self._cond:
                     self._busy = False
                     self._cond.notify_all()
+
+    def _due_in(self) -> float:
+        """Seconds until the oldest queued id is due (0: now; called with the lock held)."""
+        if not self._queue:
+            return self.flush_interval
+        if self._urgent or self._stopping or len(self._queue) >= self.batch_size:
+            return 0.0
+        oldest = next(iter(self._queue.values()))
+        return max(oldest + self.coalesce - time.monotonic(), 0.0)
 
     def _export(self, store: Store, task_ids: Sequence[str]) -> None:
         spans: list[ReadableSpan] = []
