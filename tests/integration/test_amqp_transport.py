@@ -5,6 +5,7 @@ its own exchange and queues (`unique_prefix`), deleted afterwards."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -291,21 +292,28 @@ def test_retention_arguments_default_to_one_day_and_max_length() -> None:
     assert "x-message-ttl" not in queue_arguments(10, 0)
 
 
-def test_mismatched_retention_is_a_one_line_config_error(
-    amqp_url: str, unique_prefix: str, admin: Admin
+def test_mismatched_retention_keeps_consuming_and_says_how_to_fix_it(
+    amqp_url: str, unique_prefix: str, admin: Admin, caplog: pytest.LogCaptureFixture
 ) -> None:
     AmqpTransport(amqp_url, prefix=unique_prefix, maxlen=100).subscribe("celery_flow", "a").close()
-    other = AmqpTransport(amqp_url, prefix=unique_prefix, maxlen=200)
-    with pytest.raises(ConfigError) as err:
-        other.subscribe("celery_flow", "b")
-    message = str(err.value)
-    assert "\n" not in message
-    assert f"{unique_prefix}.events" in message
-    assert "delete" in message
-    assert "guest:guest" not in message
+    other = AmqpTransport(amqp_url, prefix=unique_prefix, maxlen=200, ttl=60)
     # The publisher never fails over retention options: it uses the queue as declared.
     other.publish([b"still delivered"])
     assert admin.ready(f"{unique_prefix}.events") == 1
+    with caplog.at_level(logging.WARNING, logger="celery_flow.transport.amqp"):
+        sub = other.subscribe("celery_flow", "b")
+    assert [m.data for m in _read_all(sub, 1)] == [b"still delivered"]
+    message = sub.retention_mismatch
+    assert message is not None
+    assert [r.getMessage() for r in caplog.records] == [message]
+    assert "\n" not in message
+    assert f"rabbitmqctl delete_queue {unique_prefix}.events -p {admin.vhost}" in message
+    assert "guest:guest" not in message
+    # The queue kept its bound: 100, not 200.
+    sub.close()
+    for _ in range(3):
+        other.publish([b"x"] * 100)
+    assert admin.ready(f"{unique_prefix}.events") == 100
 
 
 # ---- connection loss, fork -----------------------------------------------------------------------

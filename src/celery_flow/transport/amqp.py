@@ -12,10 +12,11 @@ queue; a non-default group only sees events published after it first subscribed.
 Retention. The queue is a buffer between the user's processes and the server, never the history: it is
 declared with `x-max-length` (= `maxlen`, oldest dropped first: `x-overflow: drop-head`) and
 `x-message-ttl` (= `ttl`, default one day like CELERY_FLOW_TTL; `ttl=0` turns the age bound off), so an
-absent server can never fill the broker. Queue arguments cannot change once declared: the consumer
-declares with its own and turns RabbitMQ's PRECONDITION_FAILED into a one-line ConfigError naming the
-fix; the publisher only declares a queue that does not exist yet, so a retention mismatch can never stop
-events being published.
+absent server can never fill the broker. Queue arguments cannot change once declared (RabbitMQ answers
+PRECONDITION_FAILED): the publisher only declares a queue that does not exist yet, and the consumer,
+finding the queue declared with other arguments, consumes it as it is and logs one line naming the fix
+(delete the queue, or use the options it was created with). A retention setting therefore never stops
+events flowing, in either direction.
 
 Publishing (only ever from the tracking library's background thread): one connection per process,
 re-created after a fork (the pid is checked on every batch and the parent's socket is never touched),
@@ -89,6 +90,7 @@ _URL_OPTIONS = _NUMERIC_URL_OPTIONS | _TLS_URL_OPTIONS
 
 # Process-wide, so ids from a closed subscription can never match ids of a newer one either.
 _generations = itertools.count(1)
+_warned_mismatch: set[str] = set()
 
 
 def exchange_name(prefix: str) -> str:
@@ -507,6 +509,8 @@ class AmqpSubscription:
         self._retry_at = 0.0
         self._last_error = ""
         self._closed = False
+        #: Set when the queue exists with other retention arguments than this transport's (see _open).
+        self.retention_mismatch: str | None = None
         # Connect now: a broker that is down or a retention mismatch shows up at subscribe time.
         try:
             self._open()
@@ -524,12 +528,19 @@ class AmqpSubscription:
             try:
                 channel.queue_declare(self.queue, durable=True, auto_delete=False, arguments=t.arguments)
             except PreconditionFailed as exc:
-                raise ConfigError(
-                    f"RabbitMQ queue {self.queue!r} on {t.safe_url} exists with other retention "
-                    f"arguments than {t.arguments} ({exc.reply_text}): delete it (`rabbitmqctl "
-                    f"delete_queue {self.queue} -p {t.params.vhost}`, its events are lost) or use the "
-                    "same maxlen/ttl options as when it was created"
-                ) from None
+                # Keep consuming what is there (losing events over a retention setting would be
+                # worse), and say once, in one line, how to apply the requested retention.
+                channel = conn.channel()  # the failed declare closed the channel
+                channel.queue_declare(self.queue, passive=True)
+                self.retention_mismatch = (
+                    f"RabbitMQ queue {self.queue!r} on {t.safe_url} exists with other retention arguments "
+                    f"than {t.arguments} ({exc.reply_text}); consuming it as it is. To apply yours, delete "
+                    f"it (`rabbitmqctl delete_queue {self.queue} -p {t.params.vhost}`, its events are lost) "
+                    "or pass the maxlen/ttl it was created with"
+                )
+                if self.queue not in _warned_mismatch:
+                    _warned_mismatch.add(self.queue)
+                    log.warning("%s", self.retention_mismatch)
             channel.queue_bind(self.queue, t.exchange, routing_key="")
         except BaseException:
             _discard(conn)
@@ -624,9 +635,6 @@ class AmqpSubscription:
                         continue
                     # More usually follows the first delivery in the same TCP read: take it too.
                     _drain_nowait(conn, lambda: len(self._buffer) >= count)
-            except ConfigError:
-                self._drop()
-                raise
             except TransportError:
                 raise
             except _ERRORS as exc:
