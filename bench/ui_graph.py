@@ -26,10 +26,11 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from tests.support.server_helpers import ServerThread  # noqa: E402
+
 from celery_flow.events import Event  # noqa: E402
 from celery_flow.server import create_app  # noqa: E402
 from celery_flow.store import open_store  # noqa: E402
-from tests.support.server_helpers import ServerThread  # noqa: E402
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 RUNS = 3
@@ -80,7 +81,9 @@ def tree_flow(t0: float) -> tuple[str, list[Event]]:
                 if count >= 2000:
                     break
                 task_id = uuid.uuid4().hex
-                events += _task(task_id, f"bench.level{depth}", root, parent, t0 + depth * 0.2 + count * 0.0005)
+                events += _task(
+                    task_id, f"bench.level{depth}", root, parent, t0 + depth * 0.2 + count * 0.0005
+                )
                 nxt.append(task_id)
                 count += 1
         frontier = nxt
@@ -108,8 +111,8 @@ def measure(url: str, root: str) -> tuple[float, float, int]:
                   const box = document.querySelector('[data-testid="graph"]').getBoundingClientRect();
                   for (const el of document.querySelectorAll('.tnode[data-task-id]')) {
                     const r = el.getBoundingClientRect();
-                    if (r.left >= box.left && r.right <= box.right && r.top >= box.top && r.bottom <= box.bottom)
-                      return el.dataset.testid;
+                    const inside = r.left >= box.left && r.right <= box.right;
+                    if (inside && r.top >= box.top && r.bottom <= box.bottom) return el.dataset.testid;
                   }
                   return null;
                 }"""

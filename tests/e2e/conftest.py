@@ -22,7 +22,6 @@ import pytest
 from celery import Celery
 from celery.contrib.testing.worker import start_worker
 from playwright.sync_api import Browser, ConsoleMessage, Dialog, Page, Playwright, sync_playwright
-
 from tests.support.canvas_app import make_app
 from tests.support.server_helpers import ServerThread, wait_for
 
@@ -56,7 +55,9 @@ def built_ui() -> Path:
     for cmd in steps:
         proc = subprocess.run(cmd, cwd=FRONTEND, capture_output=True, text=True, timeout=300)
         if proc.returncode != 0:
-            pytest.fail(f"building the UI failed: `{' '.join(cmd[1:])}` in frontend/:\n{proc.stdout}\n{proc.stderr}")
+            pytest.fail(
+                f"building the UI failed: `{' '.join(cmd[1:])}` in frontend/:\n{proc.stdout}\n{proc.stderr}"
+            )
     assert STATIC_INDEX.exists(), f"`npm run build` did not produce {STATIC_INDEX}"
     return STATIC_INDEX
 
