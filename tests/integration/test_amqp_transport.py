@@ -4,13 +4,17 @@ its own exchange and queues (`unique_prefix`), deleted afterwards."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import signal
+import socket
+import ssl
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -553,3 +557,105 @@ def test_prefork_worker_children_publish_over_amqp(
             worker.wait(10)
         producer.close()
         sub.close()
+
+
+# ---- TLS -----------------------------------------------------------------------------------------
+
+
+class TlsTerminator:
+    """A TLS endpoint in front of the real (plain) RabbitMQ port, with a throwaway self-signed cert."""
+
+    def __init__(self, directory: Any, target: tuple[str, int]) -> None:
+        self.cert, self.key = str(directory / "cert.pem"), str(directory / "key.pem")
+        subprocess.run(
+            [
+                "openssl",
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "1",
+                "-subj",
+                "/CN=localhost",
+                "-addext",
+                "subjectAltName=DNS:localhost",
+                "-keyout",
+                self.key,
+                "-out",
+                self.cert,
+            ],
+            capture_output=True,
+            check=True,
+            timeout=60,
+        )
+        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.ctx.load_cert_chain(self.cert, self.key)
+        self.target = target
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                raw, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(raw,), daemon=True).start()
+
+    def _serve(self, raw: socket.socket) -> None:
+        try:
+            client = self.ctx.wrap_socket(raw, server_side=True)
+        except (OSError, ssl.SSLError):
+            raw.close()  # the client refused our certificate
+            return
+        upstream = socket.create_connection(self.target, timeout=5)
+        upstream.settimeout(None)
+        self.sockets += [client, upstream]
+        threading.Thread(target=self._pump, args=(upstream, client), daemon=True).start()
+        self._pump(client, upstream)
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)
+        self.listener.close()
+        for s in self.sockets:
+            s.close()
+
+
+def test_amqps_verifies_the_broker_certificate(
+    amqp_url: str, unique_prefix: str, admin: Admin, tmp_path: Any
+) -> None:
+    p = parse_amqp_url(amqp_url)
+    tls = TlsTerminator(tmp_path, (p.host, p.port))
+    try:
+        base = f"amqps://guest:guest@localhost:{tls.port}/{p.vhost}"
+        # An unknown certificate is refused: a clear error, quickly, no silent downgrade.
+        with pytest.raises(TransportError, match="CERTIFICATE_VERIFY_FAILED"):
+            AmqpTransport(base, prefix=unique_prefix).ping()
+        t = from_url(f"{base}?ca_certs={tls.cert}", prefix=unique_prefix)
+        sub = t.subscribe("celery_flow", "tls")
+        t.publish([b"over tls"])
+        got = _read_all(sub, 1)
+        assert [m.data for m in got] == [b"over tls"]
+        sub.ack([m.id for m in got])
+        assert sub.lag() == 0
+        sub.close()
+        t.close()
+    finally:
+        tls.close()
