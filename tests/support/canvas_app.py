@@ -25,6 +25,7 @@ def make_app(
     flow_transport_url: str | None = None,
     prefix: str | None = None,
     main: str = "canvas_app",
+    queue: str | None = None,
     **flow_options: Any,
 ) -> Celery:
     """A fresh app with every test task registered; tracked when `flow_transport_url` is given."""
@@ -37,6 +38,8 @@ def make_app(
         worker_hijack_root_logger=False,
         broker_transport_options={"visibility_timeout": 60},
     )
+    if queue:  # a queue of its own, so a test never sees another test's leftover messages
+        celery_app.conf.task_default_queue = queue
     _register(celery_app)
     if flow_transport_url:
         import celery_flow
@@ -46,74 +49,74 @@ def make_app(
 
 
 def _register(a: Celery) -> None:
-    @a.task(name="t.add")
+    @a.task(shared=False, name="t.add")
     def add(x: int, y: int) -> int:
         """Add two numbers."""
         return x + y
 
-    @a.task(name="t.mul")
+    @a.task(shared=False, name="t.mul")
     def mul(x: int, y: int) -> int:
         return x * y
 
-    @a.task(name="t.xsum")
+    @a.task(shared=False, name="t.xsum")
     def xsum(numbers: list[int]) -> int:
         return sum(numbers)
 
-    @a.task(name="t.noop")
+    @a.task(shared=False, name="t.noop")
     def noop() -> None:
         return None
 
-    @a.task(name="t.fail")
+    @a.task(shared=False, name="t.fail")
     def fail(msg: str = "boom") -> None:
         raise ValueError(msg)
 
-    @a.task(name="t.flaky", bind=True, max_retries=3)
+    @a.task(shared=False, name="t.flaky", bind=True, max_retries=3)
     def flaky(self: Task, succeed_on: int = 2, countdown: float = 0.1) -> int:
         """Fail until attempt number `succeed_on` (0-based), retrying with a countdown."""
         if self.request.retries < succeed_on:
             raise self.retry(exc=RuntimeError(f"attempt {self.request.retries} failed"), countdown=countdown)
         return int(self.request.retries)
 
-    @a.task(name="t.spawn", bind=True)
+    @a.task(shared=False, name="t.spawn", bind=True)
     def spawn(self: Task, n: int = 2) -> list[str]:
         """Call .delay() from inside a task: children of this task."""
         return [add.delay(i, i).id for i in range(n)]
 
-    @a.task(name="t.spawn_nested", bind=True)
+    @a.task(shared=False, name="t.spawn_nested", bind=True)
     def spawn_nested(self: Task, depth: int = 2) -> str:
         if depth <= 0:
             return noop.delay().id
         return spawn_nested.delay(depth - 1).id
 
-    @a.task(name="t.replaced", bind=True)
+    @a.task(shared=False, name="t.replaced", bind=True)
     def replaced(self: Task, x: int = 1) -> Any:
         return self.replace(add.s(x, 100))
 
-    @a.task(name="t.slow")
+    @a.task(shared=False, name="t.slow")
     def slow(seconds: float = 1.0) -> float:
         time.sleep(seconds)
         return seconds
 
-    @a.task(name="t.echo")
+    @a.task(shared=False, name="t.echo")
     def echo(*args: Any, **kwargs: Any) -> dict[str, Any]:
         return {"args": list(args), "kwargs": kwargs}
 
-    @a.task(name="t.errback")
+    @a.task(shared=False, name="t.errback")
     def errback(task_id: str) -> str:
         """Error callback taking the failed task's id (sent as its own task)."""
         return f"handled {task_id}"
 
-    @a.task(name="t.reject", bind=True, acks_late=True)
+    @a.task(shared=False, name="t.reject", bind=True, acks_late=True)
     def reject(self: Task, requeue: bool = False) -> None:
         raise Reject("not today", requeue=requeue)
 
-    @a.task(name="t.trace_id")
+    @a.task(shared=False, name="t.trace_id")
     def trace_id() -> str | None:
         import celery_flow
 
         return celery_flow.current_trace_id()
 
-    @a.task(name="t.spawn_traced", bind=True)
+    @a.task(shared=False, name="t.spawn_traced", bind=True)
     def spawn_traced(self: Task) -> str:
         """Spawn a child that reports the trace id it sees."""
         return str(trace_id.delay().id)
@@ -126,6 +129,7 @@ def _from_env() -> Celery:
         os.environ.get("CFT_BACKEND_URL") or broker,
         os.environ.get("CFT_FLOW_URL") or None,
         os.environ.get("CFT_FLOW_PREFIX") or None,
+        queue=os.environ.get("CFT_QUEUE") or None,
     )
 
 

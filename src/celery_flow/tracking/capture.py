@@ -94,9 +94,11 @@ class Capturer:
         if text is None:
             return None
         try:
+            # Cap first: scrubbing cost is linear in what is kept, not in what the user produced.
+            text = truncate_text(text, limit or self.max_value_size)
             if self.scrubber is not None:
                 text = self.scrubber.scrub_text(text)
-            return truncate_text(text, limit or self.max_value_size)
+            return text
         except Exception as exc:
             return f"<capture failed: {type(exc).__name__}>"
 

@@ -17,7 +17,13 @@ from typing import Any, TypeVar, cast
 from celery_flow.events import EventType, make_event
 from celery_flow.settings import TrackingSettings
 from celery_flow.tracking.capture import Capturer
-from celery_flow.tracking.lineage import chord_callback_id, embed_of, iso_to_epoch, links_of
+from celery_flow.tracking.lineage import (
+    chord_callback_id,
+    embed_of,
+    freeze_callbacks,
+    iso_to_epoch,
+    links_of,
+)
 from celery_flow.tracking.publisher import Publisher, RateLimitedLog
 from celery_flow.tracking.scrub import KeyScrubber
 from celery_flow.tracking.trace import TRACE_HEADER, current_trace_id
@@ -67,6 +73,8 @@ class Tracker:
         if trace_id:
             headers[TRACE_HEADER] = trace_id
         embed = embed_of(body)
+        if embed is not None and (embed.get("callbacks") or embed.get("errbacks")):
+            freeze_callbacks(embed)
         links, link_errors = links_of(embed)
         settings = self.settings
         args = kwargs = None
@@ -132,8 +140,12 @@ class Tracker:
         )
 
     # -- pool process (where the task body runs) ----------------------------------------------------
-    def _task_fields(self, task: Any) -> dict[str, Any]:
+    def _task_fields(self, task: Any, task_id: str | None = None) -> dict[str, Any]:
         req = task.request
+        if task_id is not None and req.id != task_id:
+            # Sent from the worker's main process with no task context (hard time limit, Reject):
+            # only the id and name are known here; the earlier events carry the rest.
+            return {"task_id": task_id, "name": task.name, "hostname": self.nodename, "pid": os.getpid()}
         return {
             "task_id": req.id,
             "name": task.name,
@@ -170,8 +182,12 @@ class Tracker:
             **fields,
         )
 
-    def on_failed(self, task: Any, exception: Any, einfo: Any) -> None:
-        fields = self._task_fields(task)
+    def on_failed(self, task: Any, task_id: str | None, exception: Any, einfo: Any) -> None:
+        from celery.exceptions import Reject
+
+        if isinstance(exception, Reject):
+            return  # reported as `rejected` by the pool process (task_postrun state REJECTED)
+        fields = self._task_fields(task, task_id)
         self.emit(
             "failed",
             exception=self.capture.exception(exception),
@@ -286,10 +302,12 @@ def _task_success(sender: Any = None, result: Any = None, runtime: float | None 
 
 
 @_guard("task_failure")
-def _task_failure(sender: Any = None, exception: Any = None, einfo: Any = None, **_: Any) -> None:
+def _task_failure(
+    sender: Any = None, task_id: Any = None, exception: Any = None, einfo: Any = None, **_: Any
+) -> None:
     tracker = _task_tracker(sender)
     if tracker is not None:
-        tracker.on_failed(sender, exception, einfo)
+        tracker.on_failed(sender, task_id, exception, einfo)
 
 
 @_guard("task_retry")

@@ -11,10 +11,11 @@ will cause are known at publish time.
 from __future__ import annotations
 
 import datetime
+import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-__all__ = ["chord_callback_id", "embed_of", "entry_ids", "iso_to_epoch", "links_of"]
+__all__ = ["chord_callback_id", "embed_of", "entry_ids", "freeze_callbacks", "iso_to_epoch", "links_of"]
 
 
 def embed_of(body: Any) -> Mapping[str, Any] | None:
@@ -72,18 +73,50 @@ def entry_ids(sig: Any, _depth: int = 0) -> list[str]:
 
 
 def chord_callback_id(chord: Any) -> str | None:
-    """The task id of the chord callback (`embed['chord']`), whatever shape the callback has."""
-    if not isinstance(chord, Mapping):
+    """The task id of the chord callback (`embed['chord']`) when the callback starts as one task.
+
+    A callback that is itself a group or a chord (Celery turns `group | chord` inside a chain into a
+    chord whose body is that chord) starts several tasks at once: it has no single id, and
+    `links_of` lists the tasks it starts instead.
+    """
+    if not isinstance(chord, Mapping) or chord.get("subtask_type") in ("group", "chord"):
         return None
-    task_id = _options_id(chord)
-    if task_id:
-        return task_id
     ids = entry_ids(chord)
     return ids[0] if ids else None
 
 
+def freeze_callbacks(embed: Any) -> None:
+    """Give `link` / `link_error` callbacks without an id one now, in this message only.
+
+    Celery freezes chains and chords, but a plain `apply_async(link=sig, link_error=sig)` sends the
+    callback without a task id and picks one when it fires. Fixing it here (on a copy, so a signature
+    shared by several messages still gets one id per message) makes the id known at publish time.
+    """
+    if not isinstance(embed, dict):
+        return
+    for key in ("callbacks", "errbacks"):
+        sigs = embed.get(key)
+        if not sigs or not isinstance(sigs, (list, tuple)):
+            continue
+        changed = False
+        out = []
+        for sig in sigs:
+            if isinstance(sig, Mapping) and not sig.get("subtask_type") and not _options_id(sig):
+                options = dict(sig.get("options") or {})
+                options["task_id"] = str(uuid.uuid4())
+                copied = sig.copy() if hasattr(sig, "copy") else dict(sig)
+                copied["options"] = options
+                out.append(copied)
+                changed = True
+            else:
+                out.append(sig)
+        if changed:
+            embed[key] = out
+
+
 def links_of(embed: Mapping[str, Any] | None) -> tuple[list[str] | None, list[str] | None]:
-    """(ids started on success: link callbacks then the next chain step; ids started on failure)."""
+    """(ids started on success: link callbacks, the next chain step, and the tasks of a chord callback
+    that is a group or chord; ids started on failure)."""
     if not embed:
         return None, None
     links: list[str] = []
@@ -92,6 +125,9 @@ def links_of(embed: Mapping[str, Any] | None) -> tuple[list[str] | None, list[st
     chain = embed.get("chain")
     if chain:
         links.extend(entry_ids(chain[-1]))
+    chord = embed.get("chord")
+    if isinstance(chord, Mapping) and chord.get("subtask_type") in ("group", "chord"):
+        links.extend(entry_ids(chord))
     errors: list[str] = []
     for errback in embed.get("errbacks") or ():
         errors.extend(entry_ids(errback))

@@ -25,6 +25,7 @@ DEFAULT_SENSITIVE_KEYS: Final[frozenset[str]] = frozenset(
         "secret",
         "client_secret",
         "secret_key",
+        "secret_access_key",
         "token",
         "access_token",
         "refresh_token",
@@ -117,7 +118,7 @@ def _text_pattern(sensitive: Iterable[str]) -> re.Pattern[str]:
     # key (whole word, optionally with a prefix word: db_password) then = or : then an optional quote,
     # an optional auth scheme (`Bearer`, `Basic`) and the value up to a delimiter.
     return re.compile(
-        r"(?i)(?<![A-Za-z0-9])((?:[A-Za-z0-9]+[_\-])*(?:" + alternatives + r"))"
+        r"(?i)(?<![A-Za-z0-9])((?:[A-Za-z0-9]{1,40}[_\-]){0,4}(?:" + alternatives + r"))"
         r"(\s*[\"']?\s*[=:]\s*[\"']?)((?:bearer|basic|token|digest)\s+)?([^\s\"',;&)}\]]+)"
     )
 
@@ -127,4 +128,6 @@ def _replace_value(match: re.Match[str]) -> str:
 
 
 _BEARER: Final = re.compile(r"(?i)(\bbearer\s+)(?!\[Filtered\])[A-Za-z0-9\-._~+/]+=*")
-_URL_PASSWORD: Final = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*://[^:/\s@]*:)([^@\s/]+)(@)")
+_URL_PASSWORD: Final = re.compile(
+    r"(?<![A-Za-z0-9+.\-])([A-Za-z][A-Za-z0-9+.\-]{0,30}://[^:/\s@]{0,200}:)([^@\s/]{1,500})(@)"
+)

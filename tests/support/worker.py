@@ -1,0 +1,55 @@
+"""Run a tracked canvas app with a real in-process worker, and read its events back."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from celery import Celery
+from celery.contrib.testing.worker import start_worker
+
+import celery_flow
+from tests.support.canvas_app import make_app
+from tests.support.events import EventLog
+
+__all__ = ["Tracked", "tracked_worker"]
+
+
+@dataclass
+class Tracked:
+    app: Celery
+    log: EventLog
+    prefix: str
+    flow_url: str
+
+    def task(self, name: str) -> Any:
+        return self.app.tasks[f"t.{name}"]
+
+
+@contextmanager
+def tracked_worker(
+    celery_url: str,
+    flow_url: str,
+    prefix: str | None = None,
+    pool: str = "solo",
+    worker: bool = True,
+    **flow_options: Any,
+) -> Iterator[Tracked]:
+    """A canvas app tracked into (flow_url, prefix), with a started worker on its own queue."""
+    prefix = prefix or f"cft_{uuid.uuid4().hex[:8]}"
+    app = make_app(celery_url, celery_url, flow_url, prefix, queue=f"q_{prefix}", **flow_options)
+    log = EventLog(flow_url, prefix)
+    try:
+        if worker:
+            with start_worker(
+                app, pool=pool, concurrency=1, perform_ping_check=False, loglevel="ERROR", shutdown_timeout=10
+            ):
+                yield Tracked(app, log, prefix, flow_url)
+        else:
+            yield Tracked(app, log, prefix, flow_url)
+    finally:
+        celery_flow.shutdown(app)
+        log.close()

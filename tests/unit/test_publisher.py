@@ -1,0 +1,164 @@
+"""The publisher never blocks or raises into its caller, drops oldest-first when the broker is away,
+reports what it dropped once the broker is back, and works again in a forked child."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+
+import pytest
+
+from celery_flow.events import Event, decode, make_event
+from celery_flow.tracking.publisher import Publisher
+from celery_flow.transport import TransportError
+from celery_flow.transport.memory import MemoryTransport
+
+
+def wait_until(predicate: object, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.01)
+
+
+def task_event(n: int) -> Event:
+    return make_event("sent", task_id=f"task-{n}", name="t.noop")
+
+
+@pytest.fixture
+def memory() -> MemoryTransport:
+    return MemoryTransport(f"memory://{uuid.uuid4().hex}", prefix="p")
+
+
+def published(transport: MemoryTransport) -> list[Event]:
+    return [decode(raw) for raw in transport.entries()]
+
+
+def test_events_are_published_in_order(memory: MemoryTransport) -> None:
+    publisher = Publisher(memory.url, "p", transport_factory=lambda: memory)
+    try:
+        for n in range(1200):
+            publisher.put(task_event(n))
+        assert publisher.flush(5.0)
+        ids = [e.task_id for e in published(memory)]
+        assert ids == [f"task-{n}" for n in range(1200)]
+        assert publisher.dropped_total == 0
+    finally:
+        publisher.stop()
+
+
+def test_broker_down_drops_oldest_then_reports_drop_count(memory: MemoryTransport) -> None:
+    memory.set_available(False)
+    publisher = Publisher(memory.url, "p", buffer_size=100, transport_factory=lambda: memory)
+    try:
+        for n in range(1000):
+            publisher.put(task_event(n))  # never raises, never waits
+        wait_until(lambda: publisher.failures > 0)
+        memory.set_available(True)
+        wait_until(lambda: any(e.type == "publisher.dropped" for e in published(memory)))
+        assert publisher.flush(5.0)
+        events = published(memory)
+        task_ids = [e.task_id for e in events if e.type == "sent"]
+        dropped = sum(e.dropped or 0 for e in events if e.type == "publisher.dropped")
+        # Newest survive, oldest were dropped, and every event is either delivered or counted.
+        assert "task-999" in task_ids
+        assert "task-0" not in task_ids
+        assert len(task_ids) + dropped == 1000
+        assert task_ids == sorted(task_ids, key=lambda t: int(t.split("-")[1]))
+        report = next(e for e in events if e.type == "publisher.dropped")
+        assert report.pid == os.getpid()
+    finally:
+        publisher.stop()
+
+
+class HangingTransport:
+    """A broker that accepts the connection and then never answers (like a SIGSTOPped Redis)."""
+
+    safe_url = "hang://"
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+
+    def publish(self, payloads: Sequence[bytes]) -> None:
+        self.release.wait(30)
+        raise TransportError("timed out")
+
+    def close(self) -> None:
+        self.release.set()
+
+
+def test_put_never_waits_for_a_hanging_broker_and_stop_is_bounded() -> None:
+    hanging = HangingTransport()
+    publisher = Publisher("hang://", "p", buffer_size=50, transport_factory=lambda: hanging)  # type: ignore[arg-type,return-value]
+    try:
+        started = time.monotonic()
+        for n in range(10_000):
+            publisher.put(task_event(n))
+        # 10,000 puts against a hung broker: nothing waited on it (generous bound).
+        assert time.monotonic() - started < 2.0
+        assert publisher.dropped_total >= 10_000 - 50 - 500
+        started = time.monotonic()
+        publisher.stop(timeout=0.5)
+        assert time.monotonic() - started < 3.0
+    finally:
+        hanging.release.set()
+
+
+def test_a_transport_that_cannot_be_created_is_survived() -> None:
+    def broken() -> MemoryTransport:
+        raise TransportError("connection refused")
+
+    publisher = Publisher("memory://x", "p", buffer_size=10, transport_factory=broken)
+    try:
+        for n in range(100):
+            publisher.put(task_event(n))
+        wait_until(lambda: publisher.failures > 0)
+        assert publisher.dropped_total >= 90
+    finally:
+        publisher.stop(timeout=0.2)
+
+
+class FileTransport:
+    """Appends each payload as a line to a file: visible across fork()."""
+
+    safe_url = "file://"
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def publish(self, payloads: Sequence[bytes]) -> None:
+        with open(self.path, "ab") as fh:
+            for payload in payloads:
+                fh.write(payload + b"\n")
+
+    def close(self) -> None:
+        pass
+
+
+def test_publisher_restarts_in_a_forked_child(tmp_path: object) -> None:
+    path = os.path.join(str(tmp_path), "events.jsonl")
+    publisher = Publisher("file://", "p", transport_factory=lambda: FileTransport(path))  # type: ignore[arg-type,return-value]
+    try:
+        publisher.put(task_event(0))
+        assert publisher.flush(5.0)
+        pid = os.fork()
+        if pid == 0:  # child: the parent's thread does not exist here; a new one must start
+            code = 1
+            try:
+                publisher.put(make_event("sent", task_id="from-child", name="t"))
+                code = 0 if publisher.flush(5.0) else 2
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        publisher.put(task_event(1))
+        assert publisher.flush(5.0)
+        with open(path, "rb") as fh:
+            ids = [decode(line).task_id for line in fh.read().splitlines()]
+        assert sorted(ids) == sorted(["task-0", "from-child", "task-1"])
+    finally:
+        publisher.stop()
