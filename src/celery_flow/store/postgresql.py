@@ -17,7 +17,6 @@ from contextlib import contextmanager, suppress
 from typing import Any
 
 from celery_flow.store.base import StoreError
-from celery_flow.store.schema import ddl
 from celery_flow.store.sql import Row, SqlStore
 
 try:
@@ -85,9 +84,7 @@ class PostgresStore(SqlStore):
         with self._write() as session:
             # Two processes starting at once must not race on CREATE TABLE IF NOT EXISTS.
             session.rows("SELECT pg_advisory_xact_lock(815242607)")
-            for statement in ddl("postgresql"):
-                session.run(statement)
-            self._init_meta(session)
+            self._create_schema(session, "postgresql", f"PostgreSQL at {redact(url)}")
 
     def _connect(self) -> Any:
         assert psycopg is not None

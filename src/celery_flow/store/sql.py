@@ -43,13 +43,16 @@ from celery_flow.flow.model import (
     WorkerInfo,
 )
 from celery_flow.settings import env_value
-from celery_flow.store.base import StoreStats, TaskFilter
+from celery_flow.store.base import StoreError, StoreStats, TaskFilter
 from celery_flow.store.schema import (
     FLOW_COLUMNS,
+    SCHEMA_VERSION,
     STATE_COLUMNS,
     STATES,
     TASK_COLUMNS,
     WORKER_COLUMNS,
+    Dialect,
+    ddl,
     upsert,
 )
 
@@ -76,8 +79,16 @@ _cursor_decoder = msgspec.json.Decoder(tuple[float, str])
 
 _TASK_SELECT = "SELECT " + ", ".join(TASK_COLUMNS) + " FROM tasks"
 _FLOW_SELECT = "SELECT " + ", ".join(FLOW_COLUMNS) + " FROM flows"
-_TASK_UPSERT = upsert("tasks", TASK_COLUMNS, "task_id")
-_FLOW_UPSERT = upsert("flows", FLOW_COLUMNS, "root_id")
+# Columns that appear in secondary indexes (besides seq, which changes on every write anyway).
+_TASK_INDEXED = frozenset({"name", "state", "fnum", "hostname", "ts"})
+# Never reassigned: a task keeps its number (the SQLite rowid) for life.
+_TASK_FIXED = frozenset({"num"})
+_FLOW_INDEXED = frozenset({"root_name", "state", "trace_id", "ts"})
+_T_STATE, _T_ROOT, _T_HOST, _T_NUM = (TASK_COLUMNS.index(c) for c in ("state", "root_id", "hostname", "num"))
+_T_TS = TASK_COLUMNS.index("ts")
+_F_FNUM, _F_TS = FLOW_COLUMNS.index("fnum"), FLOW_COLUMNS.index("ts")
+# The flow number of a root id, for filters on tasks (NULL, hence no rows, for an unknown root).
+_FNUM_OF = "(SELECT fnum FROM flows WHERE root_id = ?)"
 _NAME_STATS_UPSERT = upsert("name_stats", ("name", *STATE_COLUMNS.values()), "name")
 _WORKER_UPSERT = upsert("workers", WORKER_COLUMNS, "hostname")
 _REGISTRY_UPSERT = upsert("registry", ("name", "signature", "doc", "workers"), "name")
@@ -146,6 +157,7 @@ class _FlowRow:
     started_at: float | None = None
     last_finished: float | None = None
     updated_at: float | None = None
+    fnum: int = 0
 
     @classmethod
     def from_row(cls, row: Row) -> _FlowRow:
@@ -153,6 +165,7 @@ class _FlowRow:
         return cls(
             root_id=row[0], root_name=row[1], trace_id=row[3], counts=list(row[4 : 4 + n]),
             task_count=row[4 + n], started_at=row[5 + n], last_finished=row[6 + n], updated_at=row[7 + n],
+            fnum=row[_F_FNUM],
         )  # fmt: skip
 
     def counts_dict(self) -> dict[str, int]:
@@ -163,7 +176,7 @@ class _FlowRow:
         ts = self.started_at if self.started_at is not None else (self.updated_at or 0.0)
         return (
             self.root_id, self.root_name, state, self.trace_id, *self.counts, self.task_count,
-            self.started_at, self.last_finished, self.updated_at, ts, seq,
+            self.started_at, self.last_finished, self.updated_at, ts, seq, self.fnum,
         )  # fmt: skip
 
 
@@ -206,13 +219,13 @@ def _task_extra(task: TaskDetail) -> str:
     return _json_encoder.encode(extra).decode("utf-8")
 
 
-def _task_row(task: TaskDetail, seq: int) -> Row:
+def _task_row(task: TaskDetail, seq: int, num: int, fnum: int) -> Row:
     ts = first_seen(task)
     return (
         task.task_id, task.name, task.state, task.root_id, task.parent_id, task.group_id, task.chord_id,
         task.trace_id, task.hostname, task.queue, task.retries, task.sent_at, task.received_at,
         task.started_at, task.finished_at, task.runtime, task.exception, task.updated_at,
-        ts if ts is not None else 0.0, seq, _task_extra(task),
+        ts if ts is not None else 0.0, seq, _task_extra(task), num, fnum,
     )  # fmt: skip
 
 
@@ -233,11 +246,48 @@ def _task_from_row(row: Row, cls: type[TaskSummary] = TaskSummary) -> Any:
     return task
 
 
+def write_rows(
+    session: Session,
+    table: str,
+    columns: tuple[str, ...],
+    indexed: frozenset[str],
+    rows: Sequence[Row],
+    old_rows: Mapping[str, Row],
+    fixed: frozenset[str] = frozenset(),
+) -> None:
+    """Insert new rows; update existing ones, assigning only the indexed columns whose value changed.
+
+    An UPDATE rewrites every index that holds an assigned column, changed or not, so assigning only what
+    moved keeps a task's usual lifecycle update (state, seq, times) off the name/root/trace/ts indexes.
+    Writers are serialized, so "new" (not in `old_rows`) cannot race with another insert.
+    """
+    inserts: list[Row] = []
+    updates: dict[tuple[int, ...], list[Row]] = {}
+    indexed_positions = [i for i, column in enumerate(columns) if column in indexed]
+    for row in rows:
+        before = old_rows.get(row[0])
+        if before is None:
+            inserts.append(row)
+        else:
+            changed = tuple(i for i in indexed_positions if row[i] != before[i])
+            updates.setdefault(changed, []).append(row)
+    if inserts:
+        session.many(f"INSERT INTO {table} ({', '.join(columns)}) VALUES {_in(columns)}", inserts)
+    plain = [i for i, column in enumerate(columns) if i > 0 and column not in indexed | fixed]
+    for changed, group in updates.items():
+        assigned = plain + list(changed)
+        sets = ", ".join(f"{columns[i]} = ?" for i in assigned)
+        session.many(
+            f"UPDATE {table} SET {sets} WHERE {columns[0]} = ?",
+            [(*tuple(row[i] for i in assigned), row[0]) for row in group],
+        )
+
+
 @dataclass
 class _TaskChange:
     """A task's row before and after one batch, for the incremental counts."""
 
-    old: Row | None  # (task_id, name, state, root_id, hostname)
+    old: Row | None  # the full tasks row (TASK_COLUMNS)
     new: TaskDetail
 
 
@@ -271,9 +321,33 @@ class SqlStore(ABC):
         with self._write() as session:
             return call(session)
 
-    def _init_meta(self, session: Session) -> None:
-        for key in ("seq", "tasks", "events"):
-            session.run("INSERT INTO meta (key, value) VALUES (?, 0) ON CONFLICT (key) DO NOTHING", (key,))
+    def _create_schema(self, session: Session, dialect: Dialect, where: str) -> None:
+        """Create missing tables; refuse a store another schema version wrote (no silent misreads)."""
+        statements = ddl(dialect)
+        session.run(statements[0])  # meta
+        found = session.rows("SELECT value FROM meta WHERE key = 'schema'")
+        if (found and int(found[0][0]) != SCHEMA_VERSION) or (
+            not found and session.rows("SELECT key FROM meta")
+        ):
+            version = int(found[0][0]) if found else 1
+            raise StoreError(
+                f"{where} holds celery-flow store schema {version}, this version needs {SCHEMA_VERSION}: "
+                "point --store / CELERY_FLOW_STORE at a new file or database (or delete the old one)"
+            )
+        for statement in statements[1:]:
+            session.run(statement)
+        for key, value in (
+            ("schema", SCHEMA_VERSION),
+            ("seq", 0),
+            ("tasks", 0),
+            ("events", 0),
+            ("task_num", 0),
+            ("event_num", 0),
+            ("flow_num", 0),
+        ):
+            session.run(
+                "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING", (key, value)
+            )
 
     # -- writes -----------------------------------------------------------------------------------
 
@@ -318,70 +392,86 @@ class SqlStore(ABC):
     def _apply_tasks(
         self, session: Session, task_events: dict[str, Event], seq: int, host_runs: dict[str, int]
     ) -> list[str]:
-        ids = list(task_events)
-        for (known,) in select_in(session, "SELECT id FROM events WHERE id IN {}", ids):
-            del task_events[known]
-        if not task_events:
-            return []
         by_task: dict[str, list[Event]] = {}
         for event in task_events.values():
             by_task.setdefault(event.task_id or "", []).append(event)
-        task_ids = sorted(by_task)
         old_rows = {
-            row[0]: row
-            for row in select_in(
-                session,
-                "SELECT task_id, name, state, root_id, hostname FROM tasks WHERE task_id IN {}",
-                task_ids,
-            )
+            row[0]: row for row in select_in(session, _TASK_SELECT + " WHERE task_id IN {}", sorted(by_task))
         }
+        fresh = list(task_events.values())
         if old_rows:
-            for task_id, data in select_in(
-                session, "SELECT task_id, data FROM events WHERE task_id IN {}", sorted(old_rows)
+            # The stored events of known tasks: what the re-fold needs, and which ids are duplicates.
+            known: set[str] = set()
+            owner = {row[_T_NUM]: task_id for task_id, row in old_rows.items()}
+            for num, event_id, data in select_in(
+                session, "SELECT num, id, data FROM events WHERE num IN {}", sorted(owner)
             ):
-                by_task[task_id].append(_event_decoder.decode(data))
+                known.add(event_id)
+                by_task[owner[num]].append(_event_decoder.decode(data))
+            if known:
+                fresh = [e for e in fresh if e.id not in known]
+        task_ids = sorted({e.task_id or "" for e in fresh})
+        if not task_ids:
+            return []
+        last_num = int(session.rows("SELECT value FROM meta WHERE key = 'task_num'")[0][0])
+        nums: dict[str, int] = {}
+        for task_id in task_ids:
+            old = old_rows.get(task_id)
+            if old is None:
+                last_num += 1
+                nums[task_id] = last_num
+            else:
+                nums[task_id] = int(old[_T_NUM])
+        last_event = int(session.rows("SELECT value FROM meta WHERE key = 'event_num'")[0][0])
         session.many(
-            "INSERT INTO events (id, task_id, ts, data) VALUES (?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
-            [(e.id, e.task_id, e.ts, encode(e)) for e in task_events.values()],
+            "INSERT INTO events (enum, num, id, ts, data) VALUES (?, ?, ?, ?, ?)",
+            [(last_event + i, nums[e.task_id or ""], e.id, e.ts, encode(e)) for i, e in enumerate(fresh, 1)],
         )
-        changes: list[_TaskChange] = []
-        rows: list[Row] = []
-        for offset, task_id in enumerate(task_ids, start=1):
-            task = fold_task(task_id, by_task[task_id])
-            changes.append(_TaskChange(old_rows.get(task_id), task))
-            rows.append(_task_row(task, seq + offset))
-        session.many(_TASK_UPSERT, rows)
-        self._update_flows(session, changes, seq + len(task_ids))
+        changes = [
+            _TaskChange(old_rows.get(task_id), fold_task(task_id, by_task[task_id])) for task_id in task_ids
+        ]
+        flows = self._update_flows(session, changes, seq + len(task_ids))
+        rows = [
+            _task_row(c.new, seq + offset, nums[c.new.task_id], flows[c.new.root_id or c.new.task_id].fnum)
+            for offset, c in enumerate(changes, start=1)
+        ]
+        write_rows(session, "tasks", TASK_COLUMNS, _TASK_INDEXED, rows, old_rows, fixed=_TASK_FIXED)
         self._update_name_stats(session, changes)
         for change in changes:
             old, new = change.old, change.new
-            if old is not None and old[2] in TERMINAL_STATES and old[4]:
-                host_runs[old[4]] = host_runs.get(old[4], 0) - 1
+            if old is not None and old[_T_STATE] in TERMINAL_STATES and old[_T_HOST]:
+                host_runs[old[_T_HOST]] = host_runs.get(old[_T_HOST], 0) - 1
             if new.state in TERMINAL_STATES and new.hostname:
                 host_runs[new.hostname] = host_runs.get(new.hostname, 0) + 1
-        added = len(task_ids) - len(old_rows)
+        added = sum(1 for task_id in task_ids if task_id not in old_rows)
         session.many(
-            "UPDATE meta SET value = value + ? WHERE key = ?",
-            [(added, "tasks"), (len(task_events), "events")],
+            "UPDATE meta SET value = value + ? WHERE key = ?", [(added, "tasks"), (len(fresh), "events")]
+        )
+        session.many(
+            "UPDATE meta SET value = ? WHERE key = ?",
+            [(last_num, "task_num"), (last_event + len(fresh), "event_num")],
         )
         return task_ids
 
-    def _update_flows(self, session: Session, changes: list[_TaskChange], seq: int) -> None:
+    def _update_flows(self, session: Session, changes: list[_TaskChange], seq: int) -> dict[str, _FlowRow]:
+        """Apply the tasks' changes to their flow rows (numbering new flows); return the flows by root."""
         roots = sorted(
-            {c.new.root_id or c.new.task_id for c in changes} | {c.old[3] for c in changes if c.old}
+            {c.new.root_id or c.new.task_id for c in changes} | {c.old[_T_ROOT] for c in changes if c.old}
         )
-        flows = {
-            row[0]: _FlowRow.from_row(row)
-            for row in select_in(session, _FLOW_SELECT + " WHERE root_id IN {}", roots)
-        }
+        old_rows = {row[0]: row for row in select_in(session, _FLOW_SELECT + " WHERE root_id IN {}", roots)}
+        flows = {root: _FlowRow.from_row(row) for root, row in old_rows.items()}
+        last_flow = first_flow = int(session.rows("SELECT value FROM meta WHERE key = 'flow_num'")[0][0])
         for change in changes:
             old, task = change.old, change.new
-            if old is not None and old[3] in flows:
-                flow = flows[old[3]]
-                flow.counts[_STATE_INDEX[old[2]]] -= 1
+            if old is not None and old[_T_ROOT] in flows:
+                flow = flows[old[_T_ROOT]]
+                flow.counts[_STATE_INDEX[old[_T_STATE]]] -= 1
                 flow.task_count -= 1
             root = task.root_id or task.task_id
-            flow = flows.get(root) or flows.setdefault(root, _FlowRow(root_id=root))
+            if root not in flows:
+                last_flow += 1
+                flows[root] = _FlowRow(root_id=root, fnum=last_flow)
+            flow = flows[root]
             flow.counts[_STATE_INDEX[task.state]] += 1
             flow.task_count += 1
             seen = first_seen(task)
@@ -398,13 +488,17 @@ class SqlStore(ABC):
                 flow.trace_id = task.trace_id or flow.trace_id
             elif flow.trace_id is None:
                 flow.trace_id = task.trace_id
-        self._save_flows(session, flows.values(), seq)
+        self._save_flows(session, flows.values(), seq, old_rows)
+        if last_flow != first_flow:
+            session.run("UPDATE meta SET value = ? WHERE key = 'flow_num'", (last_flow,))
+        return flows
 
-    def _save_flows(self, session: Session, flows: Iterable[_FlowRow], seq: int) -> None:
+    def _save_flows(
+        self, session: Session, flows: Iterable[_FlowRow], seq: int, old_rows: Mapping[str, Row]
+    ) -> None:
         keep = [flow.to_row(seq) for flow in flows if flow.task_count > 0]
-        gone = sorted(flow.root_id for flow in flows if flow.task_count <= 0)
-        if keep:
-            session.many(_FLOW_UPSERT, keep)
+        gone = sorted(flow.root_id for flow in flows if flow.task_count <= 0 and flow.root_id in old_rows)
+        write_rows(session, "flows", FLOW_COLUMNS, _FLOW_INDEXED, keep, old_rows)
         for chunk in _chunks(gone):
             session.run(f"DELETE FROM flows WHERE root_id IN {_in(chunk)}", chunk)
 
@@ -532,32 +626,34 @@ class SqlStore(ABC):
         return len(ids)
 
     def _delete_tasks(self, session: Session, ids: list[str]) -> None:
-        old = select_in(session, "SELECT task_id, name, state, root_id FROM tasks WHERE task_id IN {}", ids)
+        old = select_in(
+            session, "SELECT task_id, name, state, root_id, num FROM tasks WHERE task_id IN {}", ids
+        )
+        nums = sorted(row[4] for row in old)
         events = 0
-        for chunk in _chunks(ids):
-            events += session.run(f"DELETE FROM events WHERE task_id IN {_in(chunk)}", chunk)
-            session.run(f"DELETE FROM tasks WHERE task_id IN {_in(chunk)}", chunk)
+        for chunk in _chunks(nums):
+            events += session.run(f"DELETE FROM events WHERE num IN {_in(chunk)}", chunk)
+            session.run(f"DELETE FROM tasks WHERE num IN {_in(chunk)}", chunk)
         deltas: dict[str, list[int]] = {}
-        for _, name, state, _root in old:
+        for _, name, state, _root, _num in old:
             if name:
                 deltas.setdefault(name, [0] * len(STATES))[_STATE_INDEX[state]] -= 1
         self._add_name_stats(session, deltas)
         # The flows that lost tasks: recount them from what is left (an indexed range per flow).
         roots = sorted({row[3] for row in old})
-        flows = {
-            row[0]: _FlowRow.from_row(row)
-            for row in select_in(session, _FLOW_SELECT + " WHERE root_id IN {}", roots)
-        }
+        old_rows = {row[0]: row for row in select_in(session, _FLOW_SELECT + " WHERE root_id IN {}", roots)}
+        flows = {root: _FlowRow.from_row(row) for root, row in old_rows.items()}
         for flow in flows.values():
             flow.counts = [0] * len(STATES)
             flow.task_count = 0
-        for root, state, count, started, finished in select_in(
+        by_fnum = {flow.fnum: flow for flow in flows.values()}
+        for fnum, state, count, started, finished in select_in(
             session,
-            "SELECT root_id, state, COUNT(*), MIN(ts), MAX(finished_at) FROM tasks WHERE root_id IN {} "
-            "GROUP BY root_id, state",
-            roots,
+            "SELECT fnum, state, COUNT(*), MIN(ts), MAX(finished_at) FROM tasks WHERE fnum IN {} "
+            "GROUP BY fnum, state",
+            sorted(by_fnum),
         ):
-            flow = flows[root]
+            flow = by_fnum[fnum]
             flow.counts[_STATE_INDEX[state]] += int(count)
             flow.task_count += int(count)
             if flow.task_count == int(count):
@@ -567,7 +663,7 @@ class SqlStore(ABC):
                 if finished is not None:
                     flow.last_finished = max(flow.last_finished or finished, finished)
         seq = int(session.rows("SELECT value FROM meta WHERE key = 'seq'")[0][0])
-        self._save_flows(session, flows.values(), seq)
+        self._save_flows(session, flows.values(), seq, old_rows)
         session.many(
             "UPDATE meta SET value = value - ? WHERE key = ?", [(len(old), "tasks"), (events, "events")]
         )
@@ -576,14 +672,17 @@ class SqlStore(ABC):
 
     def get_task(self, task_id: str) -> TaskDetail | None:
         def read(s: Session) -> TaskDetail | None:
-            rows = s.rows("SELECT data FROM events WHERE task_id = ?", (task_id,))
+            rows = s.rows(
+                "SELECT data FROM events WHERE num = (SELECT num FROM tasks WHERE task_id = ?)", (task_id,)
+            )
             if not rows:
                 return None
             task = fold_task(task_id, [_event_decoder.decode(r[0]) for r in rows])
             task.children = [
                 r[0]
                 for r in s.rows(
-                    "SELECT task_id FROM tasks WHERE root_id = ? AND parent_id = ? ORDER BY ts, task_id",
+                    f"SELECT task_id FROM tasks WHERE fnum = {_FNUM_OF} AND parent_id = ? "
+                    "ORDER BY ts, task_id",
                     (task.root_id or task_id, task_id),
                 )
             ]
@@ -596,14 +695,19 @@ class SqlStore(ABC):
             where: list[str] = []
             params: list[Any] = []
             for column, value in (
-                ("state", filt.state), ("name", filt.name), ("root_id", filt.root_id),
-                ("trace_id", filt.trace_id), ("hostname", filt.worker),
+                ("state", filt.state), ("name", filt.name), ("hostname", filt.worker),
             ):  # fmt: skip
                 if value is not None:
                     where.append(f"{column} = ?")
                     params.append(value)
+            if filt.root_id is not None:
+                where.append(f"fnum = {_FNUM_OF}")
+                params.append(filt.root_id)
+            if filt.trace_id is not None:
+                where.append("fnum IN (SELECT fnum FROM flows WHERE trace_id = ?) AND trace_id = ?")
+                params.extend([filt.trace_id, filt.trace_id])
             alternatives = self._common_filters(s, filt, "task_id", "name", where, params)
-            key: Callable[[Row], tuple[float, str]] = lambda r: (r[18], r[0])  # noqa: E731
+            key: Callable[[Row], tuple[float, str]] = lambda r: (r[_T_TS], r[0])  # noqa: E731
             rows = self._search(s, _TASK_SELECT, "task_id", where, params, alternatives, limit, cursor, key)
             return self._paged(rows, limit, _task_from_row, key)
 
@@ -621,16 +725,14 @@ class SqlStore(ABC):
                     where.append(f"{column} = ?")
                     params.append(value)
             if filt.worker is not None:
-                # `|| ''` keeps the engine on the root_id index (a flow's few tasks) instead of walking
+                # `|| ''` keeps the engine on the flow index (a flow's few tasks) instead of walking
                 # every task of that worker once per flow.
                 where.append(
-                    "EXISTS (SELECT 1 FROM tasks t"
-                    " WHERE t.root_id = flows.root_id AND (t.hostname || '') = ?)"
+                    "EXISTS (SELECT 1 FROM tasks t WHERE t.fnum = flows.fnum AND (t.hostname || '') = ?)"
                 )
                 params.append(filt.worker)
             alternatives = self._common_filters(s, filt, "root_id", "root_name", where, params)
-            n = len(FLOW_COLUMNS)
-            key: Callable[[Row], tuple[float, str]] = lambda r: (r[n - 2], r[0])  # noqa: E731
+            key: Callable[[Row], tuple[float, str]] = lambda r: (r[_F_TS], r[0])  # noqa: E731
             rows = self._search(s, _FLOW_SELECT, "root_id", where, params, alternatives, limit, cursor, key)
             return self._paged(rows, limit, _flow_summary, key)
 
@@ -718,7 +820,7 @@ class SqlStore(ABC):
 
     def flow_tasks(self, root_id: str) -> list[TaskDetail]:
         rows = self._reading(
-            lambda s: s.rows(_TASK_SELECT + " WHERE root_id = ? ORDER BY ts, task_id", (root_id,))
+            lambda s: s.rows(_TASK_SELECT + f" WHERE fnum = {_FNUM_OF} ORDER BY ts, task_id", (root_id,))
         )
         return [_task_from_row(r, TaskDetail) for r in rows]
 
@@ -728,10 +830,12 @@ class SqlStore(ABC):
                 _FLOW_SELECT + " WHERE trace_id = ? ORDER BY ts DESC, root_id DESC LIMIT ?",
                 (trace_id, TRACE_LIMIT),
             )
-            tasks = s.rows(
-                _TASK_SELECT + " WHERE trace_id = ? ORDER BY ts DESC, task_id DESC LIMIT ?",
-                (trace_id, TRACE_LIMIT),
-            )
+            fnums = [row[_F_FNUM] for row in flows]
+            tasks = sorted(
+                select_in(s, _TASK_SELECT + " WHERE fnum IN {} AND trace_id = ?", fnums, (trace_id,)),
+                key=lambda r: (r[_T_TS], r[0]),
+                reverse=True,
+            )[:TRACE_LIMIT]
             if not flows and not tasks:
                 return None
             return TraceView(

@@ -17,7 +17,6 @@ from contextlib import contextmanager, suppress
 from typing import Any
 
 from celery_flow.store.base import StoreError
-from celery_flow.store.schema import ddl
 from celery_flow.store.sql import Row, SqlStore
 
 BUSY_TIMEOUT_MS = 30_000
@@ -61,9 +60,7 @@ class SQLiteStore(SqlStore):
                 raise StoreError(f"cannot create {directory} ({exc.strerror}): {FIX_HINT}") from None
         try:
             with self._write() as session:
-                for statement in ddl("sqlite"):
-                    session.run(statement)
-                self._init_meta(session)
+                self._create_schema(session, "sqlite", path)
         except StoreError:
             self.close()
             raise

@@ -1,0 +1,176 @@
+"""Ingest throughput: events folded into the store per second.
+
+Two measurements, printed as tables:
+
+1. `store.apply()` directly, in batches, into a fresh SQLite file and a fresh PostgreSQL database
+   (the fold + SQL cost alone, one core).
+2. Broker -> `celery-flow consume` processes -> store, with 1, 2 and 4 consume processes sharing one
+   consumer group: the events are published to the real broker (Redis Streams or RabbitMQ) while the
+   consumers run, and the clock stops when the store holds every event.
+
+The event streams are realistic (bench/_common.py): flows of a root, a chain and a chord, 32 events each,
+interleaved in time order. Usage:
+
+    python bench/ingest.py                         # both parts, Redis
+    python bench/ingest.py --transport amqp        # part 2 through RabbitMQ
+    python bench/ingest.py --flows 5000 --skip-stream
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import EVENTS_PER_FLOW, batches, stream
+from celery_flow.events import Event, encode
+from celery_flow.store import open_store
+
+PG_ADMIN = os.environ.get("CELERY_FLOW_BENCH_PG", "postgresql://postgres@127.0.0.1:5432")
+BROKERS = {
+    "redis": os.environ.get("CELERY_FLOW_BENCH_REDIS", "redis://127.0.0.1:6379/15"),
+    "amqp": os.environ.get("CELERY_FLOW_BENCH_AMQP", "amqp://guest:guest@127.0.0.1:5672//"),
+}
+
+
+class PgDatabase:
+    """A PostgreSQL database created for one measurement and dropped afterwards."""
+
+    def __init__(self) -> None:
+        import psycopg
+
+        self.name = f"celery_flow_bench_{uuid.uuid4().hex[:8]}"
+        with psycopg.connect(f"{PG_ADMIN}/postgres", autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{self.name}"')
+        self.url = f"{PG_ADMIN}/{self.name}"
+
+    def drop(self) -> None:
+        import psycopg
+
+        with psycopg.connect(f"{PG_ADMIN}/postgres", autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+
+
+def measure_apply(url: str, events: list[Event], batch: int) -> tuple[float, float]:
+    """(events/s overall, events/s of the last quarter: the rate once the tables are not tiny)."""
+    store = open_store(url)
+    try:
+        chunks = list(batches(events, batch))
+        quarter = len(chunks) * 3 // 4
+        start = time.perf_counter()
+        mark = start
+        for i, chunk in enumerate(chunks):
+            if i == quarter:
+                mark = time.perf_counter()
+            store.apply(chunk)
+        end = time.perf_counter()
+        assert store.stats().events == len(events), "not every event was stored"
+        tail = sum(len(c) for c in chunks[quarter:])
+        return len(events) / (end - start), tail / (end - mark)
+    finally:
+        store.close()
+
+
+def measure_stream(
+    transport_name: str, store_url: str, events: list[Event], processes: int, batch: int
+) -> float:
+    """Events/s from the first publish until the store holds them all, with `processes` consumers."""
+    from celery_flow.transport import from_url
+
+    broker = BROKERS[transport_name]
+    prefix = f"cfbench_{uuid.uuid4().hex[:8]}"
+    store = open_store(store_url)
+    env = {**os.environ, "CELERY_FLOW_TTL": "0", "PYTHONPATH": os.pathsep.join(sys.path)}
+    cmd = [sys.executable, "-m", "celery_flow.cli", "consume", "--broker-url", broker, "--store", store_url,
+           "--prefix", prefix, "--batch", str(batch), "--log-level", "warning"]  # fmt: skip
+    procs = [subprocess.Popen(cmd, env=env) for _ in range(processes)]
+    transport = from_url(broker, prefix=prefix)
+    try:
+        # Warm up: the consumers have declared their group/queue once one event made it through.
+        warm = Event(v=1, id=uuid.uuid4().hex, type="sent", ts=time.time(), task_id="warmup-" + prefix)
+        deadline = time.monotonic() + 60
+        while store.stats().events < 1:
+            if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
+                raise RuntimeError("the consumers did not start (see their output above)")
+            transport.publish([encode(warm)])
+            time.sleep(0.5)
+        payloads = [encode(e) for e in events]
+        total = len(events) + 1
+        start = time.perf_counter()
+        for chunk in batches(payloads, 1000):  # type: ignore[arg-type]
+            transport.publish(chunk)
+        deadline = time.monotonic() + 600
+        while store.stats().events < total:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"only {store.stats().events}/{total} events stored after 600 s")
+            time.sleep(0.05)
+        return len(events) / (time.perf_counter() - start)
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        transport.close()
+        store.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--flows", type=int, default=4000, help="flows for store.apply (32 events each)")
+    parser.add_argument("--stream-flows", type=int, default=2500, help="flows for the broker runs (< maxlen)")
+    parser.add_argument("--batch", type=int, default=1000)
+    parser.add_argument("--transport", choices=sorted(BROKERS), default="redis")
+    parser.add_argument("--processes", default="1,2,4")
+    parser.add_argument("--engines", default="sqlite,postgresql")
+    parser.add_argument("--stream-store", choices=("sqlite", "postgresql"), default="sqlite")
+    parser.add_argument("--skip-stream", action="store_true")
+    args = parser.parse_args()
+
+    events = stream(args.flows)
+    print(
+        f"store.apply, {len(events):,} events ({args.flows:,} flows x {EVENTS_PER_FLOW}), batch {args.batch}"
+    )
+    print(f"{'engine':<12} {'events/s':>10} {'last 25%':>10}")
+    with tempfile.TemporaryDirectory() as tmp:
+        for engine in args.engines.split(","):
+            pg = PgDatabase() if engine == "postgresql" else None
+            url = pg.url if pg else f"sqlite:///{tmp}/apply-{uuid.uuid4().hex[:6]}.db"
+            try:
+                rate, tail = measure_apply(url, events, args.batch)
+            finally:
+                if pg:
+                    pg.drop()
+            print(f"{engine:<12} {rate:>10,.0f} {tail:>10,.0f}", flush=True)
+
+        if args.skip_stream:
+            return
+        events = stream(args.stream_flows, seed=2)
+        route = f"{args.transport} -> consume -> {args.stream_store}"
+        print(f"\n{route}, {len(events):,} events, batch {args.batch}")
+        print(f"{'consumers':<12} {'events/s':>10}")
+        for n in (int(p) for p in args.processes.split(",")):
+            pg = PgDatabase() if args.stream_store == "postgresql" else None
+            url = pg.url if pg else f"sqlite:///{tmp}/stream-{n}.db"
+            try:
+                rate = measure_stream(args.transport, url, events, n, args.batch)
+            finally:
+                if pg:
+                    pg.drop()
+            print(f"{n:<12} {rate:>10,.0f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
