@@ -52,6 +52,25 @@ function ConnectionIndicator() {
   );
 }
 
+/** A thin banner saying plainly when what is on screen may be stale or incomplete. */
+function StatusBanner() {
+  const s = useLiveStatus();
+  if (s.state === "degraded")
+    return (
+      <div className="banner warn" role="alert" data-testid="status-banner">
+        <strong>Server degraded.</strong> {s.detail ?? "The broker, store or consumer is not healthy."} New events may
+        be delayed until it recovers.
+      </div>
+    );
+  if (s.state === "reconnecting" && s.detail)
+    return (
+      <div className="banner" role="status" data-testid="status-banner">
+        <strong>Live updates paused:</strong> {s.detail}. Retrying; data on screen may be stale.
+      </div>
+    );
+  return null;
+}
+
 const UUIDISH = /^[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}$|^[0-9a-f]{32}$/i;
 
 /** Jump straight to a task id, trace id or root id; anything else becomes a free-text flow search. */
@@ -189,6 +208,7 @@ export function App() {
           </button>
         </div>
       </header>
+      <StatusBanner />
       <main id="main" className="main" tabIndex={-1}>
         <Suspense fallback={<Loading what="Loading view" />}>{route(loc.path)}</Suspense>
       </main>

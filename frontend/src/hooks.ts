@@ -62,3 +62,15 @@ export function useDocumentTitle(title: string): void {
     document.title = title ? `${title} · celery-flow` : "celery-flow";
   }, [title]);
 }
+
+/** The current theme ("dark" | "light"), following the toggle (which sets <html data-theme>). */
+export function useThemeName(): "dark" | "light" {
+  const read = () => (document.documentElement.dataset.theme === "light" ? "light" : "dark");
+  const [theme, setTheme] = useState<"dark" | "light">(read);
+  useEffect(() => {
+    const mo = new MutationObserver(() => setTheme(read()));
+    mo.observe(document.documentElement, { attributes: true, attributeFilter: ["data-theme"] });
+    return () => mo.disconnect();
+  }, []);
+  return theme;
+}

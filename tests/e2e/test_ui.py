@@ -99,7 +99,7 @@ def test_flows_list_and_chord_graph(stack: Stack, canvas: dict[str, str], page: 
 
 def test_task_detail_scrubbed_xss_and_traceback(stack: Stack, page: Page, page_watch: PageWatch) -> None:
     echo, fail = stack.task("t.echo"), stack.task("t.fail")
-    echoed = echo.delay(XSS, password="hunter2", user="bob")
+    echoed = echo.delay(XSS, password="hunter2", user="bob", blob="x" * 20_000)
     failed = fail.delay("kaboom-e2e")
     stack.wait_task(echoed.id, "SUCCESS")
     stack.wait_task(failed.id, "FAILURE")
@@ -112,6 +112,8 @@ def test_task_detail_scrubbed_xss_and_traceback(stack: Stack, page: Page, page_w
     expect(kwargs.locator(".j-filtered")).to_have_count(1)
     expect(detail).not_to_contain_text("hunter2")
     expect(kwargs).to_contain_text('"bob"')
+    # A value over the size cap is cut in the worker and marked as such, not silently shortened.
+    expect(kwargs.locator(".j-truncbadge")).to_contain_text("truncated")
     # The markup argument is shown as text and runs nothing: no <img> in the page, no dialog.
     expect(page.get_by_label("args", exact=True)).to_contain_text(XSS)
     expect(page.locator("#root img")).to_have_count(0)

@@ -3,18 +3,67 @@
 import { useState } from "react";
 
 const FILTERED = /^\[Filtered\]$/;
-const TRUNCATED = /(\.\.\.|…)\s*\[?(truncated|\d+ more)|\[truncated|<truncated|truncated \d+/i;
+// The capture layer's markers (tracking/capture.py): "text…[truncated 812 chars]" for a cut string, a
+// whole "…[truncated 5 more items]" element for a cut list and "[truncated 3 more keys]" for a cut dict.
+const TRUNC_TAIL = /…\[truncated ([^\]]+)\]$/;
+const TRUNC_WHOLE = /^…?\[truncated ([^\]]+)\]$/;
+
+function TruncBadge({ what }: { what: string }) {
+  return (
+    <span className="j-truncbadge" title="cut to the configured max value size (CELERY_FLOW_MAX_VALUE_SIZE)">
+      truncated: {what}
+    </span>
+  );
+}
+
+const FOLD_AT = 300;
+
+/** A string, folded to its first 200 characters when long, so one big value does not bury the rest. */
+function LongString({ text, cut }: { text: string; cut?: boolean }) {
+  const [open, setOpen] = useState(false);
+  const quoted = JSON.stringify(text);
+  if (text.length <= FOLD_AT || open)
+    return (
+      <>
+        <span className="j-str">{cut ? `${quoted.slice(0, -1)}…` : quoted}</span>
+        {open && (
+          <button type="button" className="j-more" onClick={() => setOpen(false)}>
+            fold
+          </button>
+        )}
+      </>
+    );
+  return (
+    <>
+      <span className="j-str">{quoted.slice(0, 200)}…</span>
+      <button type="button" className="j-more" onClick={() => setOpen(true)} title="Show the whole value">
+        show all {text.length.toLocaleString()} chars
+      </button>
+    </>
+  );
+}
 
 function Scalar({ value }: { value: unknown }) {
   if (value === null) return <span className="j-null">null</span>;
   switch (typeof value) {
     case "string": {
-      const cls = FILTERED.test(value) ? "j-str j-filtered" : TRUNCATED.test(value) ? "j-str j-trunc" : "j-str";
-      return (
-        <span className={cls} title={cls.includes("filtered") ? "scrubbed before leaving the worker" : undefined}>
-          {JSON.stringify(value)}
-        </span>
-      );
+      if (FILTERED.test(value))
+        return (
+          <span className="j-str j-filtered" title="scrubbed in the worker: the value never left the process">
+            {JSON.stringify(value)}
+          </span>
+        );
+      const whole = TRUNC_WHOLE.exec(value);
+      if (whole) return <TruncBadge what={whole[1]} />;
+      const tail = TRUNC_TAIL.exec(value);
+      if (tail)
+        return (
+          <>
+            <LongString text={value.slice(0, tail.index)} cut />
+            <TruncBadge what={tail[1]} />
+          </>
+        );
+      return <LongString text={value} />;
     }
     case "number":
       return <span className="j-num">{String(value)}</span>;

@@ -19,6 +19,7 @@ import { memo, useCallback, useEffect, useMemo, useRef, useState, type KeyboardE
 import type { EdgeKind, GraphNode } from "../api/types";
 import { TASK_STATES } from "../api/types";
 import { fmtDuration, shortName } from "../format";
+import { useThemeName } from "../hooks";
 import { layout } from "./layout";
 import type { Container, Structure, VisibleNode } from "./structure";
 
@@ -199,6 +200,7 @@ type Pos = Record<string, { x: number; y: number; width: number; height: number 
 
 function Inner({ structure, tasks, critical, selected, running, onOpenTask, onExpand }: GraphViewProps) {
   const rf = useReactFlow();
+  const theme = useThemeName();
   const [positions, setPositions] = useState<{ key: string; pos: Pos; ms: number } | null>(null);
   const [layoutError, setLayoutError] = useState<string | null>(null);
   const [now, setNow] = useState(() => Date.now() / 1000);
@@ -407,7 +409,7 @@ function Inner({ structure, tasks, critical, selected, running, onOpenTask, onEx
         minZoom={0.05}
         maxZoom={2}
         proOptions={{ hideAttribution: true }}
-        colorMode={(document.documentElement.dataset.theme as "dark" | "light") ?? "dark"}
+        colorMode={theme}
       >
         <Background variant={BackgroundVariant.Dots} gap={18} size={1} />
         <Controls showInteractive={false} position="bottom-left" />

@@ -84,6 +84,19 @@ export function Timeline({ tasks, critical, selected, running, onSelect }: Timel
   const ticks: number[] = [];
   for (let v = 0; v <= t1 - t0 + 1e-9 && ticks.length < 400; v += step) ticks.push(v);
 
+  // Bring the selected task's row into view when it was picked elsewhere (graph node, deep link).
+  useEffect(() => {
+    const el = scroller.current;
+    if (!el || !selected) return;
+    const idx = rows.findIndex((r) => r.t.task_id === selected);
+    if (idx < 0) return;
+    const top = idx * ROW;
+    const axis = 24;
+    if (top < el.scrollTop || top + ROW > el.scrollTop + el.clientHeight - axis) {
+      el.scrollTop = Math.max(0, top - el.clientHeight / 3);
+    }
+  }, [selected]); // eslint-disable-line react-hooks/exhaustive-deps
+
   const first = Math.max(0, Math.floor(scrollTop / ROW) - 10);
   const last = Math.min(rows.length, Math.ceil((scrollTop + height) / ROW) + 10);
   const visible = rows.slice(first, last);

@@ -116,6 +116,8 @@ export function FlowsView() {
     `${fkey}|${cursor}`,
   );
   useDebouncedLiveRefetch(reload);
+  // Task names for the name filter's suggestions.
+  const names = useAsync((signal) => api.registry(signal), "names");
 
   const apply = (f: Filters, e?: FormEvent) => {
     e?.preventDefault();
@@ -148,7 +150,18 @@ export function FlowsView() {
         </label>
         <label>
           <span>Task name</span>
-          <input value={draft.name} onChange={(e) => setDraft({ ...draft, name: e.target.value })} placeholder="proj.tasks.add" />
+          <input
+            value={draft.name}
+            onChange={(e) => setDraft({ ...draft, name: e.target.value })}
+            placeholder="proj.tasks.add"
+            list="task-names"
+            data-testid="filter-name"
+          />
+          <datalist id="task-names">
+            {(names.data ?? []).map((r) => (
+              <option key={r.name} value={r.name} />
+            ))}
+          </datalist>
         </label>
         <label>
           <span>Time</span>
