@@ -7,18 +7,23 @@ resolve `--otlp-endpoint` and give a one-line error when the extra is missing.
 
 from __future__ import annotations
 
+import atexit
+import logging
 import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from celery_flow.transport import redact_url
 from celery_flow.transport.base import ConfigError
 
 if TYPE_CHECKING:
     from celery_flow.export.otlp import OtlpExporter
     from celery_flow.store.base import Store
 
-__all__ = ["OTLP_INSTALL_HINT", "create_otlp_exporter", "resolve_otlp_endpoint"]
+__all__ = ["OTLP_INSTALL_HINT", "create_otlp_exporter", "otlp_sink", "resolve_otlp_endpoint"]
+
+log = logging.getLogger("celery_flow.export")
 
 OTLP_INSTALL_HINT = "pip install 'celery-flow[otlp]'"
 TRACES_PATH = "/v1/traces"
@@ -65,3 +70,20 @@ def create_otlp_exporter(endpoint: str, store: Store, **options: Any) -> OtlpExp
             f"OTLP export needs the OpenTelemetry SDK ({exc.name or exc} is missing): {OTLP_INSTALL_HINT}"
         ) from None
     return OtlpExporter(endpoint, store, **options)
+
+
+def otlp_sink(
+    store: Store, endpoint: str | None, environ: Mapping[str, str] | None = None
+) -> OtlpExporter | None:
+    """The OTLP exporter sink for `--otlp-endpoint` / OTEL_EXPORTER_OTLP_*, or None when export is off.
+
+    Raises ConfigError (a one-line fix) for a bad URL or a missing `otlp` extra. The exporter is closed
+    at interpreter exit, which sends what is still queued (for a few seconds at most).
+    """
+    resolved = resolve_otlp_endpoint(endpoint, environ)
+    if resolved is None:
+        return None
+    exporter = create_otlp_exporter(resolved, store)
+    atexit.register(exporter.close)
+    log.info("exporting finished tasks as OpenTelemetry spans to %s", redact_url(resolved))
+    return exporter
