@@ -367,6 +367,19 @@ def test_publisher_reconnects_after_connection_loss(amqp_url: str, unique_prefix
     _wait_for(lambda: admin.ready(f"{unique_prefix}.events") == 2, what="both events queued")
 
 
+def test_publisher_declares_a_deleted_queue_again(amqp_url: str, unique_prefix: str, admin: Admin) -> None:
+    """The README's fix for a retention change deletes the queue while workers keep publishing."""
+    t = AmqpTransport(amqp_url, prefix=unique_prefix)
+    t.publish([b"before"])
+    admin.conn.channel().queue_delete(f"{unique_prefix}.events")
+    with pytest.raises(TransportError, match="reached no queue"):
+        t.publish([b"lost?"])  # comes back unroutable: the publisher keeps the batch and retries
+    t.publish([b"retried"])
+    assert admin.ready(f"{unique_prefix}.events") == 1
+    sub = t.subscribe("celery_flow", "c")
+    assert [m.data for m in _read_all(sub, 1)] == [b"retried"]
+
+
 def test_forked_child_publishes_on_its_own_connection(
     amqp_url: str, unique_prefix: str, admin: Admin
 ) -> None:

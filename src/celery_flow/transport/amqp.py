@@ -16,7 +16,9 @@ absent server can never fill the broker. Queue arguments cannot change once decl
 PRECONDITION_FAILED): the publisher only declares a queue that does not exist yet, and the consumer,
 finding the queue declared with other arguments, consumes it as it is and logs one line naming the fix
 (delete the queue, or use the options it was created with). A retention setting therefore never stops
-events flowing, in either direction.
+events flowing, in either direction. Events are published as mandatory: if the queue is deleted (say,
+to change its retention) while no server runs, the first batch that reaches no queue comes back, the
+publish fails (the publisher keeps the batch and retries) and the reconnect declares the queue again.
 
 Publishing (only ever from the tracking library's background thread): one connection per process,
 re-created after a fork (the pid is checked on every batch and the parent's socket is never touched),
@@ -304,6 +306,7 @@ class AmqpTransport:
         self._seq = 0  # publish sequence number on the confirm channel (the broker's delivery tag)
         self._unconfirmed: set[int] = set()
         self._nacked = 0
+        self._returned = 0
         # Connections inherited from a parent process: referenced, never used or closed (closing
         # would shut down the socket the parent still uses).
         self._inherited: list[Any] = []
@@ -359,6 +362,8 @@ class AmqpTransport:
             channel = conn.channel()
             channel.exchange_declare(self.exchange, "fanout", durable=True, auto_delete=False)
             channel = self._ensure_default_queue(conn, channel)
+            # Published as mandatory: an event no queue takes (the queue was deleted) comes back.
+            channel.events["basic_return"].add(self._on_return)
             if self.confirm:
                 channel.confirm_select()
                 channel.events["basic_ack"].add(self._on_ack)
@@ -367,7 +372,7 @@ class AmqpTransport:
             _discard(conn)
             raise
         self._conn, self._channel = conn, channel
-        self._seq, self._unconfirmed, self._nacked = 0, set(), 0
+        self._seq, self._unconfirmed, self._nacked, self._returned = 0, set(), 0, 0
         return channel
 
     def _ensure_default_queue(self, conn: Any, channel: Any) -> Any:
@@ -388,6 +393,9 @@ class AmqpTransport:
             self._unconfirmed = {t for t in self._unconfirmed if t > delivery_tag}
         else:
             self._unconfirmed.discard(delivery_tag)
+
+    def _on_return(self, exc: Exception, exchange: str, routing_key: str, message: Any) -> None:
+        self._returned += 1
 
     def _on_nack(self, delivery_tag: int, multiple: bool) -> None:
         before = len(self._unconfirmed)
@@ -427,7 +435,7 @@ class AmqpTransport:
                     channel.send_method(
                         spec.Basic.Publish,
                         _PUBLISH_ARGSIG,
-                        (0, exchange, "", False, False),
+                        (0, exchange, "", True, False),
                         amqp.Message(payload, delivery_mode=2),
                     )
                 if self.confirm:
@@ -435,6 +443,13 @@ class AmqpTransport:
                     self._seq += len(payloads)
                     self._unconfirmed.update(range(first, self._seq + 1))
                     self._wait_confirms(conn)
+                if self._returned:
+                    # Someone deleted the queue: reconnecting declares it again; the caller retries.
+                    returned, self._returned = self._returned, 0
+                    raise TransportError(
+                        f"amqp {self.safe_url}: {returned} event(s) reached no queue (was {self.queue!r} "
+                        "deleted?); it is declared again on the next attempt"
+                    )
             except TransportError:
                 if self._blocked is None:
                     self._reset()
