@@ -117,8 +117,13 @@ def test_consumer_sigkilled_twice_mid_batch_loses_and_doubles_nothing(
             procs.append(proc)
             # Kill it once it is demonstrably working through the backlog (more events than before).
             target = before + 400
-            wait_for(lambda p=proc, n=target: _events_stored(store) >= n or p.poll() is not None,  # type: ignore[misc]
-                     60, "the consumer to make progress")  # fmt: skip
+            try:
+                wait_for(lambda p=proc, n=target: _events_stored(store) >= n or p.poll() is not None,  # type: ignore[misc]
+                         60, "the consumer to make progress")  # fmt: skip
+            except AssertionError as exc:
+                raise AssertionError(
+                    f"{exc}; stored {_events_stored(store)}, log:\n{log.read_text()}"
+                ) from None
             assert proc.poll() is None, f"consumer exited by itself:\n{log.read_text()}"
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait(10)
@@ -131,8 +136,14 @@ def test_consumer_sigkilled_twice_mid_batch_loses_and_doubles_nothing(
         # Third life: it must pick up its own pending entries and drain the rest.
         final = _start_consumer(redis_url, store_url, unique_prefix, log)
         procs.append(final)
-        wait_for(lambda: _events_stored(store) >= len(events) and _pending(redis_client, stream) == 0,
-                 90, "the backlog to be stored and acknowledged")  # fmt: skip
+        try:
+            wait_for(lambda: _events_stored(store) >= len(events) and _pending(redis_client, stream) == 0,
+                     90, "the backlog to be stored and acknowledged")  # fmt: skip
+        except AssertionError as exc:
+            raise AssertionError(
+                f"{exc}; stored {_events_stored(store)}/{len(events)}, pending "
+                f"{_pending(redis_client, stream)}, log:\n{log.read_text()}"
+            ) from None
 
         # Nothing doubled: the store holds each event exactly once and each task exactly its 4 events.
         assert _events_stored(store) == len(events)
