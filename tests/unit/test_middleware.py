@@ -308,3 +308,42 @@ def test_plaintext_response_is_untouched_by_asgi_middleware() -> None:
     response = _get(app, headers={"X-Request-ID": "r"})
     assert response.text == "hello"
     assert response.headers["content-length"] == "5"
+
+
+def test_asgi_websocket_handlers_see_the_trace_id() -> None:
+    from starlette.routing import WebSocketRoute
+    from starlette.websockets import WebSocket
+
+    async def ws(websocket: WebSocket) -> None:
+        await websocket.accept()
+        await websocket.send_json({"trace_id": current_trace_id()})
+        await websocket.close()
+
+    app = Starlette(routes=[WebSocketRoute("/ws", ws)])
+    app.add_middleware(CeleryFlowTraceMiddleware)
+    sent: list[dict[str, Any]] = []
+
+    async def go() -> None:
+        async def receive() -> dict[str, Any]:
+            return {"type": "websocket.connect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        scope = {
+            "type": "websocket",
+            "path": "/ws",
+            "raw_path": b"/ws",
+            "query_string": b"",
+            "headers": [(b"x-request-id", b"ws-1")],
+            "scheme": "ws",
+            "server": ("test", 80),
+            "client": ("127.0.0.1", 1234),
+            "root_path": "",
+            "subprotocols": [],
+        }
+        await app(scope, receive, send)
+
+    asyncio.run(go())
+    assert [m["type"] for m in sent] == ["websocket.accept", "websocket.send", "websocket.close"]
+    assert sent[1]["text"] == '{"trace_id":"ws-1"}'
