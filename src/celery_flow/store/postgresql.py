@@ -28,6 +28,7 @@ CONNECT_TIMEOUT = 5
 FIX_HINT = "check the URL given to --store / CELERY_FLOW_STORE and that PostgreSQL is running"
 _PLACEHOLDER = re.compile(r"\?")
 _translated: dict[str, str] = {}
+_PLAIN_INSERT = re.compile(r"INSERT INTO (\w+) \(([\w, ]+)\) VALUES \([?, ]+\)$")
 
 
 def _sql(statement: str) -> str:
@@ -62,8 +63,17 @@ class _Session:
             return int(cur.rowcount)
 
     def many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        if rows:
-            with self.conn.cursor() as cur:
+        if not rows:
+            return
+        plain_insert = _PLAIN_INSERT.match(sql)
+        with self.conn.cursor() as cur:
+            if plain_insert is not None and len(rows) > 8:
+                # COPY: one stream instead of a statement per row (psycopg's executemany costs ~30 µs a row).
+                table, columns = plain_insert.groups()
+                with cur.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
+                    for row in rows:
+                        copy.write_row(row)
+            else:
                 cur.executemany(_sql(sql), rows)
 
 
