@@ -61,8 +61,9 @@ def _checked(url: str, source: str, append_path: bool) -> str:
     return url
 
 
-def create_otlp_exporter(endpoint: str, store: Store, **options: Any) -> OtlpExporter:
-    """An `OtlpExporter` sink, or ConfigError naming the extra to install when the SDK is missing."""
+def create_otlp_exporter(endpoint: str | None, store: Store, **options: Any) -> OtlpExporter:
+    """An `OtlpExporter` sink (endpoint None: the SDK default, http://localhost:4318/v1/traces), or
+    ConfigError naming the extra to install when the SDK is missing."""
     try:
         from celery_flow.export.otlp import OtlpExporter
     except ImportError as exc:
