@@ -84,7 +84,8 @@ function SearchBox() {
   useEffect(() => {
     const onKey = (e: KeyboardEvent) => {
       const t = e.target as HTMLElement | null;
-      const typing = t && (t.tagName === "INPUT" || t.tagName === "TEXTAREA" || t.tagName === "SELECT" || t.isContentEditable);
+      const typing =
+        t && (t.tagName === "INPUT" || t.tagName === "TEXTAREA" || t.tagName === "SELECT" || t.isContentEditable);
       if (e.key === "/" && !typing && !e.metaKey && !e.ctrlKey && !e.altKey) {
         e.preventDefault();
         ref.current?.focus();
@@ -148,13 +149,21 @@ function SearchBox() {
 function Nav() {
   const { loc } = useRouter();
   const item = (to: string, label: string, match: (p: string) => boolean) => (
-    <Link to={to} className={match(loc.path) ? "navlink active" : "navlink"} aria-current={match(loc.path) ? "page" : undefined}>
+    <Link
+      to={to}
+      className={match(loc.path) ? "navlink active" : "navlink"}
+      aria-current={match(loc.path) ? "page" : undefined}
+    >
       {label}
     </Link>
   );
   return (
     <nav className="nav" aria-label="Main">
-      {item("/", "Flows", (p) => p === "/" || p.startsWith("/flows") || p.startsWith("/traces") || p.startsWith("/tasks"))}
+      {item(
+        "/",
+        "Flows",
+        (p) => p === "/" || p.startsWith("/flows") || p.startsWith("/traces") || p.startsWith("/tasks"),
+      )}
       {item("/registry", "Registry", (p) => p.startsWith("/registry"))}
       {item("/workers", "Workers", (p) => p.startsWith("/workers"))}
     </nav>

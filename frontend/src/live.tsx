@@ -56,8 +56,7 @@ class LiveHub {
         return;
       }
       if (msg.type === "hello") this.setStatus(msg.status === "ok" ? "live" : "degraded", null);
-      else if (msg.type === "status")
-        this.setStatus(msg.status === "ok" ? "live" : "degraded", msg.detail ?? null);
+      else if (msg.type === "status") this.setStatus(msg.status === "ok" ? "live" : "degraded", msg.detail ?? null);
       else if (msg.type === "tasks" && Array.isArray(msg.items)) {
         for (const l of this.listeners) l(msg.items);
       }

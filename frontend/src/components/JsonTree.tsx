@@ -131,7 +131,8 @@ function Node({ k, value, depth, last }: { k?: string; value: unknown; depth: nu
         {!open && (
           <>
             <button type="button" className="j-more" onClick={() => setOpen(true)}>
-              {entries.length} {isArr ? (entries.length === 1 ? "item" : "items") : entries.length === 1 ? "key" : "keys"}
+              {entries.length}{" "}
+              {isArr ? (entries.length === 1 ? "item" : "items") : entries.length === 1 ? "key" : "keys"}
             </button>
             <span className="j-punct">{c}</span>
             {comma}

@@ -95,11 +95,19 @@ const TaskNode = memo(function TaskNode({ data }: NodeProps<Node<TaskNodeData>>)
           <span className="st">{state}</span>
           <span className="nb">
             {retries > 0 && (
-              <span className="b retry" title={`${retries} ${retries === 1 ? "retry" : "retries"}`} data-testid="retry-badge">
+              <span
+                className="b retry"
+                title={`${retries} ${retries === 1 ? "retry" : "retries"}`}
+                data-testid="retry-badge"
+              >
                 ↻{retries}
               </span>
             )}
-            {dur !== null && <span className="b" title="runtime">{fmtDuration(dur)}</span>}
+            {dur !== null && (
+              <span className="b" title="runtime">
+                {fmtDuration(dur)}
+              </span>
+            )}
           </span>
         </div>
       </div>
@@ -110,7 +118,13 @@ const TaskNode = memo(function TaskNode({ data }: NodeProps<Node<TaskNodeData>>)
 
 const ClusterNode = memo(function ClusterNode({ data }: NodeProps<Node<ClusterNodeData>>) {
   const total = data.members.length;
-  const worst = data.counts.find(([s]) => s === "FAILURE") ? "FAILURE" : data.counts.find(([s]) => s === "STARTED" || s === "RETRY") ? "STARTED" : data.counts.length === 1 ? data.counts[0][0] : "PENDING";
+  const worst = data.counts.find(([s]) => s === "FAILURE")
+    ? "FAILURE"
+    : data.counts.find(([s]) => s === "STARTED" || s === "RETRY")
+      ? "STARTED"
+      : data.counts.length === 1
+        ? data.counts[0][0]
+        : "PENDING";
   return (
     <div
       className={`tnode cluster st-${worst} ${data.crit ? "crit" : ""}`}
@@ -171,7 +185,15 @@ export function EdgeLegend() {
       {(Object.keys(EDGE_STYLE) as EdgeKind[]).map((k) => (
         <span className="lg" key={k}>
           <svg width="26" height="8" aria-hidden="true">
-            <line x1="0" y1="4" x2="26" y2="4" stroke={EDGE_STYLE[k].stroke} strokeWidth={2} strokeDasharray={EDGE_STYLE[k].dash} />
+            <line
+              x1="0"
+              y1="4"
+              x2="26"
+              y2="4"
+              stroke={EDGE_STYLE[k].stroke}
+              strokeWidth={2}
+              strokeDasharray={EDGE_STYLE[k].dash}
+            />
           </svg>
           {k}
         </span>
@@ -325,7 +347,14 @@ function Inner({ structure, tasks, critical, selected, running, onOpenTask, onEx
             width: NODE_W,
             height: NODE_H,
             parentId: n.parent ?? undefined,
-            data: { id: n.id, label: n.label ?? "tasks", members, counts: ordered, crit, open } satisfies ClusterNodeData,
+            data: {
+              id: n.id,
+              label: n.label ?? "tasks",
+              members,
+              counts: ordered,
+              crit,
+              open,
+            } satisfies ClusterNodeData,
             draggable: false,
             connectable: false,
             focusable: false,
@@ -382,6 +411,28 @@ function Inner({ structure, tasks, critical, selected, running, onOpenTask, onEx
     });
   }, [positions, nodes.length, rf, structure.nodes.length]);
 
+  // Until the user pans or zooms, keep the whole graph in view when the canvas resizes (side panel
+  // opening, window resize); after that, leave their viewport alone.
+  const autoFit = useRef(true);
+  const wrapper = useRef<HTMLDivElement>(null);
+  useEffect(() => {
+    const el = wrapper.current;
+    if (!el) return;
+    let frame = 0;
+    const ro = new ResizeObserver(() => {
+      if (!autoFit.current || fitted.current === null) return;
+      window.cancelAnimationFrame(frame);
+      frame = window.requestAnimationFrame(() => {
+        void rf.fitView({ padding: 0.12, maxZoom: 1.1, minZoom: 0.1 });
+      });
+    });
+    ro.observe(el);
+    return () => {
+      ro.disconnect();
+      window.cancelAnimationFrame(frame);
+    };
+  }, [rf]);
+
   const onNodeClick = useCallback((_: unknown, node: Node) => {
     if (node.type === "task") open.current(node.id, "task");
     else if (node.type === "cluster") open.current(node.id, "cluster");
@@ -390,6 +441,7 @@ function Inner({ structure, tasks, critical, selected, running, onOpenTask, onEx
   const ready = positions !== null && positions.key === structure.key;
   return (
     <div
+      ref={wrapper}
       className="canvas"
       data-testid="graph"
       data-ready={ready ? "true" : "false"}
@@ -402,6 +454,9 @@ function Inner({ structure, tasks, critical, selected, running, onOpenTask, onEx
         edges={edges}
         nodeTypes={nodeTypes}
         onNodeClick={onNodeClick}
+        onMoveStart={(event) => {
+          if (event) autoFit.current = false; // a user gesture, not a programmatic fit
+        }}
         nodesDraggable={false}
         nodesConnectable={false}
         elementsSelectable={false}
@@ -413,19 +468,21 @@ function Inner({ structure, tasks, critical, selected, running, onOpenTask, onEx
       >
         <Background variant={BackgroundVariant.Dots} gap={18} size={1} />
         <Controls showInteractive={false} position="bottom-left" />
-        <MiniMap
-          pannable
-          zoomable
-          position="bottom-right"
-          nodeColor={(n) => {
-            if (n.type === "container") return "transparent";
-            const st = n.type === "task" ? ((n.data as TaskNodeData).task?.state ?? "PENDING") : "PENDING";
-            return `var(--st-${st})`;
-          }}
-          nodeStrokeColor={(n) => (n.type === "container" ? "var(--line-2)" : "transparent")}
-          maskColor="color-mix(in srgb, var(--bg) 70%, transparent)"
-          style={{ width: 180, height: 110 }}
-        />
+        {structure.nodes.length > 12 && (
+          <MiniMap
+            pannable
+            zoomable
+            position="bottom-right"
+            nodeColor={(n) => {
+              if (n.type === "container") return "transparent";
+              const st = n.type === "task" ? ((n.data as TaskNodeData).task?.state ?? "PENDING") : "PENDING";
+              return `var(--st-${st})`;
+            }}
+            nodeStrokeColor={(n) => (n.type === "container" ? "var(--line-2)" : "transparent")}
+            maskColor="color-mix(in srgb, var(--bg) 70%, transparent)"
+            style={{ width: 180, height: 110 }}
+          />
+        )}
       </ReactFlow>
       {!positions && !layoutError && (
         <div className="canvas-msg">

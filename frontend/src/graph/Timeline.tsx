@@ -6,7 +6,12 @@ import { fmtDuration, shortId, shortName } from "../format";
 
 const ROW = 24;
 const LABEL_W = 260;
-const SEG_LABEL: Record<string, string> = { queued: "queued", received: "received (waiting for a slot)", running: "running", retry: "waiting to retry" };
+const SEG_LABEL: Record<string, string> = {
+  queued: "queued",
+  received: "received (waiting for a slot)",
+  running: "running",
+  retry: "waiting to retry",
+};
 
 /** The node's segments; derived from its timestamps when the server sent none (live-only tasks). */
 export function segmentsOf(t: GraphNode): Segment[] {
@@ -21,7 +26,10 @@ export function segmentsOf(t: GraphNode): Segment[] {
 
 function niceStep(span: number, px: number): number {
   const target = (span / px) * 110; // about one tick per 110 px
-  const steps = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 21600, 43200, 86400];
+  const steps = [
+    0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200,
+    21600, 43200, 86400,
+  ];
   return steps.find((s) => s >= target) ?? 86400 * Math.ceil(target / 86400);
 }
 
@@ -106,7 +114,9 @@ export function Timeline({ tasks, critical, selected, running, onSelect }: Timel
     <div className="timeline" data-testid="timeline">
       <div className="tl-head">
         <strong style={{ color: "var(--fg)" }}>Timeline</strong>
-        <span>{rows.length.toLocaleString()} tasks · {fmtDuration(t1 - t0)}</span>
+        <span>
+          {rows.length.toLocaleString()} tasks · {fmtDuration(t1 - t0)}
+        </span>
         {(["queued", "received", "running", "retry"] as const).map((k) => (
           <span className="lg" key={k}>
             <span className={`sw seg-${k}`} /> {k}
@@ -114,12 +124,18 @@ export function Timeline({ tasks, critical, selected, running, onSelect }: Timel
         ))}
         {critCount > 0 && (
           <span className="lg">
-            <span className="sw" style={{ outline: "1.5px solid var(--crit)", background: "transparent" }} /> critical path ({critCount})
+            <span className="sw" style={{ outline: "1.5px solid var(--crit)", background: "transparent" }} /> critical
+            path ({critCount})
           </span>
         )}
         <span style={{ flex: 1 }} />
         <span className="seg-ctl" aria-label="Timeline zoom">
-          <button type="button" onClick={() => setZoom((z) => Math.max(1, z / 2))} disabled={zoom <= 1} aria-label="Zoom out">
+          <button
+            type="button"
+            onClick={() => setZoom((z) => Math.max(1, z / 2))}
+            disabled={zoom <= 1}
+            aria-label="Zoom out"
+          >
             −
           </button>
           <button type="button" onClick={() => setZoom(1)} aria-label="Fit timeline to width">
@@ -149,13 +165,18 @@ export function Timeline({ tasks, critical, selected, running, onSelect }: Timel
               const crit = critical.has(t.task_id);
               const segs = r.segs;
               const start = segs[0]?.start;
-              const endTs = segs.length ? (segs[segs.length - 1].end ?? (running ? now : segs[segs.length - 1].start)) : undefined;
+              const endTs = segs.length
+                ? (segs[segs.length - 1].end ?? (running ? now : segs[segs.length - 1].start))
+                : undefined;
               let lastRun = -1;
               segs.forEach((s, j) => {
                 if (s.kind === "running") lastRun = j;
               });
               const tip = segs
-                .map((s) => `${SEG_LABEL[s.kind] ?? s.kind}: ${fmtDuration((s.end ?? now) - s.start)}${s.end ? "" : " (ongoing)"}`)
+                .map(
+                  (s) =>
+                    `${SEG_LABEL[s.kind] ?? s.kind}: ${fmtDuration((s.end ?? now) - s.start)}${s.end ? "" : " (ongoing)"}`,
+                )
                 .join("\n");
               return (
                 <div
@@ -176,11 +197,24 @@ export function Timeline({ tasks, critical, selected, running, onSelect }: Timel
                     <span className={`dot st-${t.state}`} aria-hidden="true" />
                     <span className="nm">{shortName(t.name)}</span>
                     <span className="mono sub">{shortId(t.task_id)}</span>
-                    {crit && <span className="crit-mark" title="on the critical path">◆</span>}
+                    {crit && (
+                      <span className="crit-mark" title="on the critical path">
+                        ◆
+                      </span>
+                    )}
                   </div>
                   <div className="tl-track">
                     {ticks.map((v) => (
-                      <span key={v} style={{ position: "absolute", left: v * scale, top: 0, bottom: 0, borderLeft: "1px solid var(--grid)" }} />
+                      <span
+                        key={v}
+                        style={{
+                          position: "absolute",
+                          left: v * scale,
+                          top: 0,
+                          bottom: 0,
+                          borderLeft: "1px solid var(--grid)",
+                        }}
+                      />
                     ))}
                     {start !== undefined && endTs !== undefined && (
                       <>

@@ -43,7 +43,14 @@ function mergeTasks(prev: Map<string, GraphNode> | null, nodes: GraphNode[]): Ma
 export interface WorkspaceProps {
   graph: FlowGraph;
   flows?: FlowLabel[];
-  header: (info: { tasks: Map<string, GraphNode>; running: boolean; mode: Mode; setMode: (m: Mode) => void; critOn: boolean; setCritOn: (v: boolean) => void }) => ReactNode;
+  header: (info: {
+    tasks: Map<string, GraphNode>;
+    running: boolean;
+    mode: Mode;
+    setMode: (m: Mode) => void;
+    critOn: boolean;
+    setCritOn: (v: boolean) => void;
+  }) => ReactNode;
   /** Which pushed tasks belong here (a root id or a trace id). */
   accept: (t: TaskSummary) => boolean;
   refetch: () => void;
@@ -84,9 +91,12 @@ export function Workspace({ graph, flows, header, accept, refetch }: WorkspacePr
   const timer = useRef<number | null>(null);
   const refetchRef = useRef(refetch);
   refetchRef.current = refetch;
-  useEffect(() => () => {
-    if (timer.current !== null) window.clearTimeout(timer.current);
-  }, []);
+  useEffect(
+    () => () => {
+      if (timer.current !== null) window.clearTimeout(timer.current);
+    },
+    [],
+  );
   useLiveTasks((items) => {
     const mine = items.filter(accept);
     if (!mine.length) return;
@@ -145,7 +155,13 @@ export function Workspace({ graph, flows, header, accept, refetch }: WorkspacePr
     />
   );
   const timelineEl = (
-    <Timeline tasks={taskList} critical={critical} selected={selected} running={running} onSelect={(id) => select(id)} />
+    <Timeline
+      tasks={taskList}
+      critical={critical}
+      selected={selected}
+      running={running}
+      onSelect={(id) => select(id)}
+    />
   );
 
   return (
@@ -164,7 +180,13 @@ export function Workspace({ graph, flows, header, accept, refetch }: WorkspacePr
         </div>
         {selected && (
           <aside className="sidepanel" aria-label="Task detail" data-testid="sidepanel">
-            <button type="button" className="btn icon close" onClick={() => select(null)} aria-label="Close task detail (Esc)" title="Close (Esc)">
+            <button
+              type="button"
+              className="btn icon close"
+              onClick={() => select(null)}
+              aria-label="Close task detail (Esc)"
+              title="Close (Esc)"
+            >
               ✕
             </button>
             <TaskDetailLoader taskId={selected} known={tasks} compact />
@@ -179,7 +201,14 @@ export function ModeSwitch({ mode, setMode }: { mode: Mode; setMode: (m: Mode) =
   return (
     <span className="seg-ctl" role="tablist" aria-label="View">
       {(["graph", "split", "timeline"] as Mode[]).map((m) => (
-        <button key={m} type="button" role="tab" aria-selected={mode === m} onClick={() => setMode(m)} data-testid={`mode-${m}`}>
+        <button
+          key={m}
+          type="button"
+          role="tab"
+          aria-selected={mode === m}
+          onClick={() => setMode(m)}
+          data-testid={`mode-${m}`}
+        >
           {m === "graph" ? "Graph" : m === "split" ? "Graph + timeline" : "Timeline"}
         </button>
       ))}

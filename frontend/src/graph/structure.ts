@@ -52,11 +52,7 @@ export interface FlowLabel {
 
 const shortName = (n: string | null | undefined) => (n ? n.slice(n.lastIndexOf(".") + 1) : "task");
 
-export function buildStructure(
-  graph: FlowGraph,
-  expanded: ReadonlySet<string>,
-  flows?: FlowLabel[],
-): Structure {
+export function buildStructure(graph: FlowGraph, expanded: ReadonlySet<string>, flows?: FlowLabel[]): Structure {
   const nodesById = new Map<string, GraphNode>(graph.nodes.map((n) => [n.task_id, n]));
   const containers: Container[] = [];
   const parentOf = new Map<string, string>();

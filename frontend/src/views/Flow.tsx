@@ -40,13 +40,7 @@ export function span(tasks: Iterable<GraphNode>): [number | null, number | null]
   return [lo, hi];
 }
 
-export function FlowStats({
-  tasks,
-  running,
-}: {
-  tasks: Map<string, GraphNode>;
-  running: boolean;
-}) {
+export function FlowStats({ tasks, running }: { tasks: Map<string, GraphNode>; running: boolean }) {
   const now = useNow(running ? 1000 : 60_000);
   const [start, end] = span(tasks.values());
   const dur = start === null ? null : (running ? now : (end ?? now)) - start;

@@ -204,8 +204,8 @@ export function FlowsView() {
             "No flow matches these filters."
           ) : (
             <>
-              No flows recorded yet. Call <code className="mono">celery_flow.init(app)</code> in your Celery app and
-              run a task; it appears here as soon as the server stores its first event.
+              No flows recorded yet. Call <code className="mono">celery_flow.init(app)</code> in your Celery app and run
+              a task; it appears here as soon as the server stores its first event.
             </>
           )}
         </Empty>

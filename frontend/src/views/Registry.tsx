@@ -19,7 +19,9 @@ export function RegistryView() {
 
   const rows = useMemo(() => {
     const f = filter.trim().toLowerCase();
-    const list = (data ?? []).filter((r) => !f || r.name.toLowerCase().includes(f) || (r.doc ?? "").toLowerCase().includes(f));
+    const list = (data ?? []).filter(
+      (r) => !f || r.name.toLowerCase().includes(f) || (r.doc ?? "").toLowerCase().includes(f),
+    );
     const val = (r: RegisteredTask): number | string => (sort.key === "name" ? r.name : (r[sort.key] ?? -1));
     return [...list].sort((a, b) => {
       const x = val(a);
@@ -30,7 +32,10 @@ export function RegistryView() {
   }, [data, filter, sort]);
 
   const th = (key: SortKey, label: string, num = false) => (
-    <th className={num ? "num" : undefined} aria-sort={sort.key === key ? (sort.desc ? "descending" : "ascending") : "none"}>
+    <th
+      className={num ? "num" : undefined}
+      aria-sort={sort.key === key ? (sort.desc ? "descending" : "ascending") : "none"}
+    >
       <button
         type="button"
         className="thbtn"
@@ -70,7 +75,9 @@ export function RegistryView() {
           </div>
           <div className="card">
             <div className="k">Names with failures</div>
-            <div className="v" style={{ color: failing ? "var(--st-FAILURE)" : undefined }}>{failing}</div>
+            <div className="v" style={{ color: failing ? "var(--st-FAILURE)" : undefined }}>
+              {failing}
+            </div>
           </div>
         </div>
       )}
@@ -95,7 +102,11 @@ export function RegistryView() {
               {rows.map((r) => (
                 <tr key={r.name} data-name={r.name}>
                   <td className="namecell">
-                    <Link to={withQuery("/", { name: r.name })} className="flowname mono" title="Flows with this task name">
+                    <Link
+                      to={withQuery("/", { name: r.name })}
+                      className="flowname mono"
+                      title="Flows with this task name"
+                    >
                       {r.name}
                     </Link>
                     {r.doc && <div className="doc">{r.doc.split("\n\n")[0]}</div>}
@@ -110,7 +121,9 @@ export function RegistryView() {
                     <CountsBar counts={r.counts} total={r.total} />
                   </td>
                   <td className="num">{r.total.toLocaleString()}</td>
-                  <td className={`num ${r.failure_rate > 0.05 ? "rate-bad" : ""}`}>{r.total ? pct(r.failure_rate) : "–"}</td>
+                  <td className={`num ${r.failure_rate > 0.05 ? "rate-bad" : ""}`}>
+                    {r.total ? pct(r.failure_rate) : "–"}
+                  </td>
                   <td className="num">{fmtDuration(r.p50)}</td>
                   <td className="num">{fmtDuration(r.p95)}</td>
                   <td>

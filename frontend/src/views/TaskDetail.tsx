@@ -30,7 +30,12 @@ const DURATION_LABEL: Record<string, string> = {
 function TaskLink({ id, names, self }: { id: string; names: Map<string, TaskSummary>; self?: string }) {
   const t = names.get(id);
   return (
-    <Link to={`/tasks/${encodeURIComponent(id)}`} className="tasklink" title={id} aria-current={id === self ? "page" : undefined}>
+    <Link
+      to={`/tasks/${encodeURIComponent(id)}`}
+      className="tasklink"
+      title={id}
+      aria-current={id === self ? "page" : undefined}
+    >
       {t && <span className={`dot st-${t.state}`} aria-hidden="true" />}
       <span>{t ? shortName(t.name) : "task"}</span> <span className="mono sub">{shortId(id)}</span>
     </Link>
@@ -57,7 +62,11 @@ function History({ events, compact }: { events: EventRecord[]; compact?: boolean
           <tr key={e.id} data-event={e.type}>
             <td>
               <span className={`evtype ev-${e.type}`}>{EVENT_LABEL[e.type] ?? e.type}</span>
-              {e.retries ? <span className="badge" title="attempt number">#{e.retries}</span> : null}
+              {e.retries ? (
+                <span className="badge" title="attempt number">
+                  #{e.retries}
+                </span>
+              ) : null}
             </td>
             <td title={fmtIso(e.ts)} className="mono">
               {fmtTime(e.ts)}
@@ -181,7 +190,11 @@ export function TaskDetailBody({
       {(exception || traceback) && (
         <section className="td-section">
           <h3>Exception</h3>
-          {exception && <div className="exception mono" data-testid="exception">{exception}</div>}
+          {exception && (
+            <div className="exception mono" data-testid="exception">
+              {exception}
+            </div>
+          )}
           {traceback && (
             <div className="tbwrap">
               <div className="tbbar">
@@ -204,7 +217,9 @@ export function TaskDetailBody({
               <li key={r.id}>
                 <span className="mono">{fmtTime(r.ts)}</span> attempt {(r.retries ?? i) + 1}:{" "}
                 <span className="reason">{r.reason ?? r.exception ?? "no reason recorded"}</span>
-                {r.reason && r.exception && r.reason !== r.exception && <span className="mono sub"> ({r.exception})</span>}
+                {r.reason && r.exception && r.reason !== r.exception && (
+                  <span className="mono sub"> ({r.exception})</span>
+                )}
               </li>
             ))}
           </ol>
@@ -233,13 +248,21 @@ export function TaskDetailBody({
         <h3>Related tasks</h3>
         <dl className="facts">
           <dt>Parent</dt>
-          <dd>{task.parent_id && task.parent_id !== task.task_id ? <TaskLink id={task.parent_id} names={names} /> : <span className="muted">none (root)</span>}</dd>
+          <dd>
+            {task.parent_id && task.parent_id !== task.task_id ? (
+              <TaskLink id={task.parent_id} names={names} />
+            ) : (
+              <span className="muted">none (root)</span>
+            )}
+          </dd>
           <dt>Children ({task.children?.length ?? 0})</dt>
           <dd className="linklist">
             {(task.children ?? []).slice(0, 200).map((c) => (
               <TaskLink key={c} id={c} names={names} />
             ))}
-            {(task.children?.length ?? 0) > 200 && <span className="muted">and {task.children!.length - 200} more</span>}
+            {(task.children?.length ?? 0) > 200 && (
+              <span className="muted">and {task.children!.length - 200} more</span>
+            )}
             {(task.children?.length ?? 0) === 0 && <span className="muted">none</span>}
           </dd>
           <dt>Siblings ({siblings.length})</dt>
@@ -294,35 +317,40 @@ export function TaskDetailLoader({
   known?: Map<string, TaskSummary>;
   compact?: boolean;
 }) {
-  const { data, error, reload } = useAsync(async (signal) => {
-    const task = await api.task(taskId, signal);
-    let names = known;
-    if (!names) {
-      names = new Map();
-      if (task.root_id) {
-        try {
-          const page = await api.tasks({ root_id: task.root_id, limit: 500 }, signal);
-          for (const t of page.items) names.set(t.task_id, t);
-        } catch {
-          /* names are a nicety: links still work with ids */
+  const { data, error, reload } = useAsync(
+    async (signal) => {
+      const task = await api.task(taskId, signal);
+      let names = known;
+      if (!names) {
+        names = new Map();
+        if (task.root_id) {
+          try {
+            const page = await api.tasks({ root_id: task.root_id, limit: 500 }, signal);
+            for (const t of page.items) names.set(t.task_id, t);
+          } catch {
+            /* names are a nicety: links still work with ids */
+          }
         }
       }
-    }
-    let siblings: string[] = [];
-    if (task.parent_id && task.parent_id !== task.task_id) {
-      if (known) {
-        siblings = [...known.values()].filter((t) => t.parent_id === task.parent_id && t.task_id !== task.task_id).map((t) => t.task_id);
-      } else {
-        try {
-          const parent = await api.task(task.parent_id, signal);
-          siblings = (parent.children ?? []).filter((c) => c !== task.task_id);
-        } catch {
-          siblings = [];
+      let siblings: string[] = [];
+      if (task.parent_id && task.parent_id !== task.task_id) {
+        if (known) {
+          siblings = [...known.values()]
+            .filter((t) => t.parent_id === task.parent_id && t.task_id !== task.task_id)
+            .map((t) => t.task_id);
+        } else {
+          try {
+            const parent = await api.task(task.parent_id, signal);
+            siblings = (parent.children ?? []).filter((c) => c !== task.task_id);
+          } catch {
+            siblings = [];
+          }
         }
       }
-    }
-    return { task, names, siblings };
-  }, `${taskId}|${known ? known.size : -1}`);
+      return { task, names, siblings };
+    },
+    `${taskId}|${known ? known.size : -1}`,
+  );
   useLiveTasks((items) => {
     if (items.some((t) => t.task_id === taskId)) reload();
   });

@@ -21,9 +21,7 @@ interface Combined {
 async function loadTrace(traceId: string, signal: AbortSignal): Promise<Combined> {
   const trace = await api.trace(traceId, signal);
   const flows = trace.flows.slice(0, MAX_FLOWS);
-  const graphs = await Promise.all(
-    flows.map((f) => api.flow(f.root_id, signal).catch(() => null)),
-  );
+  const graphs = await Promise.all(flows.map((f) => api.flow(f.root_id, signal).catch(() => null)));
   const nodes = new Map<string, GraphNode>();
   const edges: FlowGraph["edges"] = [];
   const groups: FlowGraph["groups"] = [];
@@ -44,7 +42,13 @@ async function loadTrace(traceId: string, signal: AbortSignal): Promise<Combined
   for (const t of trace.tasks) if (!nodes.has(t.task_id)) nodes.set(t.task_id, { ...t, segments: [] });
   return {
     trace,
-    graph: { root_id: flows[0]?.root_id ?? traceId, nodes: [...nodes.values()], edges, groups, critical_path: critical },
+    graph: {
+      root_id: flows[0]?.root_id ?? traceId,
+      nodes: [...nodes.values()],
+      edges,
+      groups,
+      critical_path: critical,
+    },
     drawn: flows.length,
   };
 }
@@ -60,7 +64,9 @@ export function TraceViewPage({ traceId }: { traceId: string }) {
       </div>
     );
   if (!data) return <Loading what="Loading trace" />;
-  const labels = data.trace.flows.slice(0, MAX_FLOWS).map((f) => ({ root_id: f.root_id, label: `flow · ${shortName(f.root_name)}` }));
+  const labels = data.trace.flows
+    .slice(0, MAX_FLOWS)
+    .map((f) => ({ root_id: f.root_id, label: `flow · ${shortName(f.root_name)}` }));
   return (
     <Workspace
       graph={data.graph}

@@ -22,9 +22,7 @@ export function WorkersView() {
     <div className="page">
       <div className="pagehead">
         <h1>Workers</h1>
-        <span className="muted">
-          {data ? `${online} online · ${data.length - online} offline` : ""}
-        </span>
+        <span className="muted">{data ? `${online} online · ${data.length - online} offline` : ""}</span>
         <span className="spacer" />
         <button type="button" className="btn small" onClick={reload}>
           Refresh
@@ -50,7 +48,9 @@ export function WorkersView() {
             </thead>
             <tbody>
               {[...data]
-                .sort((a, b) => (a.status === b.status ? a.hostname.localeCompare(b.hostname) : a.status === "online" ? -1 : 1))
+                .sort((a, b) =>
+                  a.status === b.status ? a.hostname.localeCompare(b.hostname) : a.status === "online" ? -1 : 1,
+                )
                 .map((w) => (
                   <tr key={w.hostname} data-hostname={w.hostname} data-status={w.status}>
                     <td>
@@ -77,7 +77,9 @@ export function WorkersView() {
                           {r}
                         </span>
                       ))}
-                      {(w.registered?.length ?? 0) > 6 && <span className="muted">+{w.registered!.length - 6} more</span>}
+                      {(w.registered?.length ?? 0) > 6 && (
+                        <span className="muted">+{w.registered!.length - 6} more</span>
+                      )}
                     </td>
                   </tr>
                 ))}
