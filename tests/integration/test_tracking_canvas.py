@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import time
 from collections.abc import Iterator
 
@@ -310,7 +311,9 @@ def test_revoked_before_run(tracked: Tracked) -> None:
     from celery.utils import uuid
 
     task_id = uuid()
-    tracked.app.control.revoke(task_id, reply=True, timeout=5)  # the worker has the revoke when this returns
+    tracked.app.control.revoke(
+        task_id, reply=True, limit=1, timeout=5
+    )  # the worker has the revoke when this returns
     tracked.task("add").apply_async((1, 1), task_id=task_id)
     events = tracked.log.wait_for(done(task_id, final="revoked"))
     assert of(events, task_id, "revoked").reason == "revoked"
@@ -318,8 +321,8 @@ def test_revoked_before_run(tracked: Tracked) -> None:
 
 
 def test_expired(tracked: Tracked) -> None:
-    r = tracked.task("add").apply_async((1, 1), expires=0.01)
-    time.sleep(0.05)  # let it expire before the worker sees it (that is the behaviour under test)
+    already = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(seconds=1)
+    r = tracked.task("add").apply_async((1, 1), expires=already)
     events = tracked.log.wait_for(done(r.id, final="revoked"))
     assert of(events, r.id, "revoked").reason == "expired"
     assert of(events, r.id, "sent").expires is not None

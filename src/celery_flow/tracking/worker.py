@@ -34,15 +34,35 @@ def registry_of(app: Any) -> list[TaskInfo]:
         if name.startswith("celery."):
             continue
         task = app.tasks[name]
-        try:
-            signature: str | None = str(inspect.signature(task.run))
-        except (TypeError, ValueError):
-            signature = None
+        signature = _signature(task.run)
         doc = inspect.getdoc(task.run) or None
         if doc and len(doc) > _DOC_LIMIT:
             doc = doc[:_DOC_LIMIT] + "…"
         out.append(TaskInfo(name=name, signature=signature, doc=doc))
     return out
+
+
+class _Raw:
+    """An annotation kept as source text (`from __future__ import annotations`), shown unquoted."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+def _signature(func: Any) -> str | None:
+    try:
+        sig = inspect.signature(func)
+    except (TypeError, ValueError):
+        return None
+    params = [
+        p.replace(annotation=_Raw(p.annotation)) if isinstance(p.annotation, str) else p
+        for p in sig.parameters.values()
+    ]
+    ret = sig.return_annotation
+    return str(sig.replace(parameters=params, return_annotation=_Raw(ret) if isinstance(ret, str) else ret))
 
 
 class _Heartbeat(threading.Thread):
