@@ -143,6 +143,12 @@ def build_app(transport_url: str = DEMO_TRANSPORT, prefix: str = DEMO_PREFIX) ->
                 crawl.delay(f"{url}/{n}", depth - 1)
         return depth
 
+    @app.task(name="shop.start_batch")
+    def start_batch(kind: str, n: int) -> str:
+        """Kick off a batch canvas from inside a task, like a periodic job: one flow holds it all."""
+        _pause(0.02, 0.1)
+        return str(app.celery_flow_demo_workflows[kind](n))
+
     @app.task(name="reports.nightly_digest")
     def nightly_digest() -> str:
         """Scheduled with an ETA a few seconds ahead."""
@@ -154,7 +160,7 @@ def build_app(transport_url: str = DEMO_TRANSPORT, prefix: str = DEMO_PREFIX) ->
         "validate_address": validate_address, "notify_failure": notify_failure,
         "resize_image": resize_image, "fetch_page": fetch_page, "aggregate": aggregate, "publish": publish,
         "extract": extract, "transform": transform, "load": load, "crawl": crawl,
-        "nightly_digest": nightly_digest,
+        "nightly_digest": nightly_digest, "start_batch": start_batch,
     }  # fmt: skip
     celery_flow.init(app, transport_url=transport_url, prefix=prefix)
     return app
@@ -197,7 +203,19 @@ def workflows(app: Celery) -> list[Callable[[int], object]]:
     def scheduled(n: int) -> object:
         return t["nightly_digest"].apply_async(countdown=3)
 
-    return [checkout, thumbnails, report, etl, pipeline, crawler, bad_address, checkout, scheduled]
+    # Canvases whose first step is a group or chord get every member as its own root in Celery when
+    # started from outside a task; started from a task (as batch jobs usually are) they form one flow.
+    app.celery_flow_demo_workflows = {"thumbnails": thumbnails, "report": report, "etl": etl}
+
+    def batch(kind: str) -> Callable[[int], object]:
+        def start(n: int) -> object:
+            return t["start_batch"].delay(kind, n)
+
+        start.__name__ = kind
+        return start
+
+    return [checkout, batch("thumbnails"), batch("report"), batch("etl"), pipeline, crawler, bad_address,
+            checkout, scheduled]  # fmt: skip
 
 
 def produce(app: Celery, stop: threading.Event, rate: float) -> None:
@@ -245,6 +263,9 @@ def run_demo(host: str, port: int, store_url: str | None = None, rate: float = 1
     from celery_flow.server.app import create_app
 
     setup_logging("warning")
+    # The demo's failures are on purpose: keep their tracebacks in the UI, not on the terminal.
+    for noisy, level in (("celery.app.trace", logging.CRITICAL), ("kombu.connection", logging.ERROR)):
+        logging.getLogger(noisy).setLevel(level)
     tmpdir: Path | None = None
     if store_url is None:
         tmpdir = Path(tempfile.mkdtemp(prefix="celery-flow-demo-"))

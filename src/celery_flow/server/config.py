@@ -8,21 +8,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 from celery_flow.settings import DEFAULT_PREFIX, DEFAULT_TTL, env_value, parse_bool, parse_positive_int
+from celery_flow.store import default_store_url
 from celery_flow.transport.base import ConfigError
-
-
-def default_store_url() -> str:
-    """`sqlite:///<user data dir>/celery-flow.db`, the documented default store."""
-    try:
-        from celery_flow.store import default_store_url as from_store  # type: ignore[attr-defined]
-    except ImportError:
-        import platformdirs
-
-        return f"sqlite:///{Path(platformdirs.user_data_dir('celery-flow')) / 'celery-flow.db'}"
-    return str(from_store())
 
 
 def parse_duration(raw: str) -> float:
