@@ -454,7 +454,7 @@ function Inner({ structure, tasks, critical, selected, running, onOpenTask, onEx
         edges={edges}
         nodeTypes={nodeTypes}
         onNodeClick={onNodeClick}
-        onMoveStart={(event) => {
+        onMove={(event) => {
           if (event) autoFit.current = false; // a user gesture, not a programmatic fit
         }}
         nodesDraggable={false}

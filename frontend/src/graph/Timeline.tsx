@@ -115,7 +115,7 @@ export function Timeline({ tasks, critical, selected, running, onSelect }: Timel
       <div className="tl-head">
         <strong style={{ color: "var(--fg)" }}>Timeline</strong>
         <span>
-          {rows.length.toLocaleString()} tasks · {fmtDuration(t1 - t0)}
+          {rows.length.toLocaleString()} {rows.length === 1 ? "task" : "tasks"} · {fmtDuration(t1 - t0)}
         </span>
         {(["queued", "received", "running", "retry"] as const).map((k) => (
           <span className="lg" key={k}>

@@ -47,7 +47,7 @@ export function FlowStats({ tasks, running }: { tasks: Map<string, GraphNode>; r
   return (
     <>
       <span className="stat">
-        <b>{tasks.size.toLocaleString()}</b> tasks
+        <b>{tasks.size.toLocaleString()}</b> {tasks.size === 1 ? "task" : "tasks"}
       </span>
       <span className="stat">
         <b>{fmtDuration(dur)}</b> {running ? "so far" : "total"}
