@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 from celery import chord, group
+from tests.support.canvas_app import make_app
+from tests.support.events import EventLog
 
 import celery_flow
 from celery_flow.events import Event
-from tests.support.canvas_app import make_app
-from tests.support.events import EventLog
 
 pytestmark = pytest.mark.slow
 
@@ -107,7 +107,8 @@ def test_prefork_worker_end_to_end(
         nodename = online.hostname
         assert nodename == f"pf-{unique_prefix}@{os.uname().nodename}"
         assert online.pid == proc.pid
-        assert online.info and online.info.get("pool") == "prefork"
+        assert online.info
+        assert online.info.get("pool") == "prefork"
         for task_id in finals:
             received, started, ok = (of(events, task_id, t) for t in ("received", "started", "succeeded"))
             assert received.pid == proc.pid  # the main process receives
