@@ -12,6 +12,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
@@ -21,9 +22,11 @@ import uvicorn
 from celery import Celery
 from celery.contrib.testing.worker import start_worker
 from fastapi import FastAPI
+from tests.support.server_helpers import serving, wait_for
 
 import celery_flow
 from celery_flow.events import Event, decode
+from celery_flow.server.app import create_app
 from celery_flow.tracking.middleware import (
     DEFAULT_RESPONSE_HEADER,
     CeleryFlowTraceMiddleware,
@@ -44,6 +47,8 @@ class Env:
     app: Celery
     publish: Callable[[], str]
     subscription: Subscription
+    transport_url: str
+    prefix: str
     seen: list[Event] = field(default_factory=list)
 
 
@@ -78,7 +83,13 @@ def env(request: pytest.FixtureRequest, redis_url: str) -> Iterator[Env]:
     celery_flow.init(app, transport_url=transport_url, prefix=prefix)
     try:
         with start_worker(app, pool="solo", perform_ping_check=False, shutdown_timeout=10):
-            yield Env(app=app, publish=publish, subscription=subscription)
+            yield Env(
+                app=app,
+                publish=publish,
+                subscription=subscription,
+                transport_url=transport_url,
+                prefix=prefix,
+            )
     finally:
         celery_flow.shutdown(app)
         subscription.close()
@@ -251,3 +262,45 @@ def test_wsgi_traceparent_wins_and_hostile_values_are_ignored(env: Env, wsgi_url
     )
     assert response.headers[DEFAULT_RESPONSE_HEADER] == TRACE
     _assert_traced(env, response.text, TRACE)
+
+
+# ---- finding the trace: the request's id opens every task it caused in the API -----------------------
+
+
+def test_request_id_finds_the_tasks_in_the_trace_api(env: Env, asgi_url: str, tmp_path: Path) -> None:
+    server_app = create_app(
+        broker_url=env.transport_url,
+        store=f"sqlite:///{tmp_path}/flow.db",
+        prefix=env.prefix,
+        embedded_consumer=True,
+    )
+    with serving(server_app) as flow_url:
+        # The embedded consumer must be subscribed before the request (a RabbitMQ queue only gets what
+        # is published after it exists).
+        wait_for(
+            lambda: httpx.get(flow_url + "/api/health").json()["consumer"]["status"] == "running",
+            what="the embedded consumer to run",
+        )
+        request_id = f"order-{uuid.uuid4().hex[:8]}"
+        response = httpx.post(asgi_url + "/orders", headers={"X-Request-ID": request_id})
+        task_id = response.json()["task_id"]
+
+        def trace_has_both_tasks() -> dict[str, Any] | None:
+            reply = httpx.get(f"{flow_url}/api/traces/{request_id}")
+            if reply.status_code != 200:
+                return None
+            body: dict[str, Any] = reply.json()
+            done = [t for t in body["tasks"] if t["state"] == "SUCCESS"]
+            return body if len(done) == 2 else None
+
+        trace_view = wait_for(trace_has_both_tasks, timeout=30, what=f"trace {request_id} with two tasks")
+        listed = httpx.get(f"{flow_url}/api/tasks", params={"trace_id": request_id}).json()
+
+    assert trace_view["trace_id"] == request_id
+    by_id = {t["task_id"]: t for t in trace_view["tasks"]}
+    assert by_id[task_id]["name"].endswith(".place_order")
+    (child,) = [t for t in by_id.values() if t["task_id"] != task_id]
+    assert child["parent_id"] == task_id
+    assert child["name"].endswith(".child")
+    assert [f["root_id"] for f in trace_view["flows"]] == [task_id]
+    assert {t["task_id"] for t in listed["items"]} == set(by_id)
