@@ -307,6 +307,20 @@ def test_collector_refusing_or_down_is_counted_and_never_blocks_the_sink() -> No
         exporter.close()
 
 
+def test_close_does_not_wait_out_the_retries_of_a_collector_that_keeps_failing() -> None:
+    store, ids, _ = _chord_store(None)
+    with otlp_receiver() as receiver:
+        receiver.status = 503  # retryable: the OTLP client backs off and retries for up to its timeout
+        exporter = OtlpExporter(receiver.url + "/v1/traces", store, timeout=120, coalesce=0)  # type: ignore[arg-type]
+        exporter(list(ids.values()))
+        receiver.wait_for(lambda _: receiver.requests >= 1)
+        exporter.close(timeout=1)
+        # Shutting the HTTP exporter down aborted the 120 s retry loop: the thread is gone, spans counted.
+        assert not exporter._thread.is_alive()
+        assert exporter.stats()["failed"] == 4
+        exporter.close()  # idempotent
+
+
 def test_endpoint_resolution_follows_the_otel_environment_variables() -> None:
     assert resolve_otlp_endpoint(None, {}) is None
     assert resolve_otlp_endpoint("http://tempo:4318", {}) == "http://tempo:4318/v1/traces"

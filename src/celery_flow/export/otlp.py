@@ -329,6 +329,8 @@ class OtlpExporter:
         self._urgent = 0
         self._busy = False
         self._stopping = False
+        self._closed = False
+        self._exporter_down = False
         # Keys "task_id:STATE" already exported (or given up on), oldest first; touched by the thread only.
         self._done: OrderedDict[str, None] = OrderedDict()
         self._counts = {
@@ -397,12 +399,29 @@ class OtlpExporter:
                 self._urgent -= 1
 
     def close(self, timeout: float = 5.0) -> None:
-        """Export what is queued (up to `timeout`), then stop the thread and the HTTP exporter."""
-        self.flush(timeout)
+        """Export what is queued (for at most `timeout` s), then stop the thread and the HTTP exporter.
+
+        With a collector that is down, the HTTP client would keep retrying a batch for its whole timeout:
+        shutting the exporter down first makes those retries (and what is left) fail at once, so a
+        server stops promptly whatever the collector does. Calling it again does nothing.
+        """
+        with self._cond:
+            if self._closed:
+                return
+            self._closed = True
+        flushed = self.flush(timeout)
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
+        if not flushed:
+            self._shutdown_exporter()
         self._thread.join(timeout)
+        self._shutdown_exporter()
+
+    def _shutdown_exporter(self) -> None:
+        if self._exporter_down:
+            return
+        self._exporter_down = True
         try:
             self._exporter.shutdown()
         except Exception:
