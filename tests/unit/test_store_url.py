@@ -1,0 +1,94 @@
+"""Store URLs, cursors and the schema text: the pure parts of the store."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from celery_flow.store import StoreError, default_store_url, open_store, sqlite_path
+from celery_flow.store.schema import ddl
+from celery_flow.store.sql import decode_cursor, encode_cursor
+from celery_flow.store.sqlite import SQLiteStore
+
+
+def test_sqlite_urls_name_files() -> None:
+    assert sqlite_path("sqlite:///var/lib/flow.db") == "/var/lib/flow.db"
+    assert sqlite_path("sqlite:////var/lib/flow.db") == "/var/lib/flow.db"
+    assert sqlite_path("sqlite:///:memory:") == ":memory:"
+    with pytest.raises(StoreError, match="absolute path"):
+        sqlite_path("sqlite://relative.db")
+
+
+def test_default_store_is_a_file_in_the_user_data_dir(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
+    url = default_store_url()
+    assert url == f"sqlite://{tmp_path}/celery-flow/celery-flow.db"  # sqlite:/// + absolute path
+    store = open_store(None)
+    try:
+        assert isinstance(store, SQLiteStore)
+        assert Path(store.path).exists()
+    finally:
+        store.close()
+
+
+def test_cursor_round_trip_and_garbage() -> None:
+    cursor = encode_cursor(1700000000.25, "abc")
+    assert decode_cursor(cursor) == (1700000000.25, "abc")
+    for bad in ("", "!!!", "eyJ4IjoxfQ", encode_cursor(1.0, "x")[:-3]):
+        with pytest.raises(ValueError, match="cursor"):
+            decode_cursor(bad)
+
+
+def test_schema_creates_in_sqlite_and_differs_only_in_types() -> None:
+    conn = sqlite3.connect(":memory:")
+    for statement in ddl("sqlite"):
+        conn.execute(statement)
+    sqlite_lines, pg_lines = ddl("sqlite"), ddl("postgresql")
+    assert len(sqlite_lines) == len(pg_lines)
+    assert "BYTEA" in " ".join(pg_lines)
+    assert "BLOB" in " ".join(sqlite_lines)
+
+
+def test_store_of_another_schema_version_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)")
+    conn.execute("INSERT INTO meta VALUES ('seq', 5)")
+    conn.commit()
+    conn.close()
+    with pytest.raises(StoreError, match="point --store / CELERY_FLOW_STORE at a new file"):
+        open_store(f"sqlite:///{path}")
+
+
+def test_memory_store_is_usable_from_several_threads() -> None:
+    import threading
+    import uuid
+
+    from celery_flow.events import Event
+    from celery_flow.store import TaskFilter
+
+    store = open_store("sqlite:///:memory:")
+    errors: list[BaseException] = []
+
+    def work(k: int) -> None:
+        try:
+            for i in range(20):
+                store.apply([Event(v=1, id=uuid.uuid4().hex, type="sent", ts=float(i), task_id=f"{k}-{i}")])
+                store.list_tasks(TaskFilter(), 5, None)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert store.stats().tasks == 80
+    store.close()
+    with pytest.raises(StoreError, match="closed"):
+        store.ping()
