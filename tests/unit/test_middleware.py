@@ -100,6 +100,14 @@ def test_any_accepted_request_id_is_short_and_url_safe(value: str) -> None:
         assert all(c.isascii() and (c.isalnum() or c in "._:-") for c in accepted)
 
 
+@given(st.text(max_size=600))
+def test_parse_traceparent_never_raises_and_returns_only_w3c_trace_ids(value: str) -> None:
+    found = parse_traceparent(value)
+    if found is not None:
+        assert len(found) == 32
+        assert set(found) <= set("0123456789abcdef")
+
+
 # ---- ASGI ------------------------------------------------------------------------------------------
 
 
