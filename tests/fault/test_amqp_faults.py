@@ -7,11 +7,15 @@ down or failed because RabbitMQ is down, frozen or under a resource alarm.
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import socket
+import subprocess
 import threading
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import amqp
 import pytest
@@ -357,3 +361,98 @@ def test_tasks_are_not_slowed_by_an_unreachable_rabbitmq(
             assert tracker.publisher.failures >= 1
     finally:
         celery_flow.shutdown(app, timeout=0.5)
+
+
+# ---- the real consumer, SIGKILLed mid-batch ---------------------------------------------------------
+
+
+def _queue_counts(vhost: str, queue: str) -> tuple[int, int]:
+    """(ready, unacknowledged) for `queue`, as RabbitMQ reports them."""
+    out = subprocess.run(
+        ["rabbitmqctl", "-q", "list_queues", "-p", vhost, "name", "messages_ready", "messages_unacknowledged",
+         "--no-table-headers"],
+        capture_output=True, text=True, timeout=30, check=True,
+    ).stdout  # fmt: skip
+    for line in out.splitlines():
+        name, ready, unacked = line.split("\t")
+        if name == queue:
+            return int(ready), int(unacked)
+    return 0, 0
+
+
+def test_consume_sigkilled_mid_batch_twice_loses_and_doubles_nothing(
+    amqp_url: str, unique_prefix: str, tmp_path: Path, cleanup_amqp: None
+) -> None:
+    """`celery-flow consume` on RabbitMQ, killed -9 while holding unacknowledged messages, twice."""
+    from celery_flow.events import Event, encode
+    from celery_flow.store import open_store
+    from tests.support.server_helpers import CLI, REPO, cli_env, wait_for
+
+    tasks = 3000
+    task_ids = [uuid.uuid4().hex for _ in range(tasks)]
+    events = [
+        Event(v=1, id=uuid.uuid4().hex, type=type_, ts=1_700_000_000.0 + i + n / 1000, task_id=task_id,
+              name="app.tasks.t", root_id=task_id, hostname="celery@a", pid=7, retries=0)
+        for i, task_id in enumerate(task_ids)
+        for n, type_ in enumerate(("sent", "received", "started", "succeeded"))
+    ]  # fmt: skip
+    vhost = parse_amqp_url(amqp_url).vhost
+    queue = queue_name(unique_prefix)
+    store_url = f"sqlite:///{tmp_path}/kill.db"
+    store = open_store(store_url)
+    log = tmp_path / "consume.log"
+    transport = from_url(amqp_url, prefix=unique_prefix)
+    for i in range(0, len(events), 500):
+        transport.publish([encode(e) for e in events[i : i + 500]])
+    transport.close()
+
+    def start() -> subprocess.Popen[bytes]:
+        cmd = [*CLI, "consume", "--broker-url", amqp_url, "--store", store_url, "--prefix", unique_prefix,
+               "--name", "amqp-kill", "--batch", "200", "--ttl", "0", "--log-level", "warning"]  # fmt: skip
+        with open(log, "ab") as out:
+            return subprocess.Popen(cmd, env=cli_env(), stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
+                                    start_new_session=True)  # fmt: skip
+
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        kills = 0
+        for _ in range(8):
+            if kills == 2:
+                break
+            before = store.stats().events
+            assert before < len(events), "the backlog drained before two mid-batch kills: make it larger"
+            proc = start()
+            procs.append(proc)
+            wait_for(lambda p=proc, n=before + 200: store.stats().events >= n or p.poll() is not None,  # type: ignore[misc]
+                     60, "the consumer to make progress")  # fmt: skip
+            assert proc.poll() is None, log.read_text()
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+            # While a backlog drains the consumer always holds its prefetch (2 x batch) unacknowledged,
+            # so a kill before the store holds everything is a kill mid-batch.
+            kills = kills + 1 if store.stats().events < len(events) else 0
+        assert kills == 2, f"could not kill the consumer while it held messages; log:\n{log.read_text()}"
+
+        final = start()
+        procs.append(final)
+        wait_for(lambda: store.stats().events >= len(events) and _queue_counts(vhost, queue) == (0, 0),
+                 90, "the backlog to be stored and acknowledged")  # fmt: skip
+        stats = store.stats()
+        assert stats.events == len(events)  # each event exactly once
+        assert stats.tasks == tasks
+        for task_id in task_ids[:: tasks // 30]:
+            detail = store.get_task(task_id)
+            assert detail is not None
+            assert detail.state == "SUCCESS"
+            assert sorted(e.type for e in detail.events) == ["received", "sent", "started", "succeeded"]
+        assert final.poll() is None, "the consumer died after recovery"
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait(5)
+        store.close()
