@@ -96,6 +96,7 @@ class Publisher:
         self._buffer: collections.deque[Event] = collections.deque(maxlen=buffer_size)
         self._wake = threading.Event()
         self._lock = threading.Lock()
+        self._buffer_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._transport: Transport | None = None
         self._stopping = False
@@ -113,11 +114,13 @@ class Publisher:
 
     # -- producer side (hot path) -------------------------------------------------------------------
     def put(self, event: Event) -> None:
-        buffer = self._buffer
-        if len(buffer) >= self.buffer_size:
-            self.dropped_unreported += 1
-            self.dropped_total += 1
-        buffer.append(event)
+        # The lock (≈0.1 µs uncontended) makes the drop count exact when several threads put at once.
+        with self._buffer_lock:
+            buffer = self._buffer
+            if len(buffer) >= self.buffer_size:
+                self.dropped_unreported += 1
+                self.dropped_total += 1
+            buffer.append(event)
         if self._thread is None:
             self._start()
         if not self._wake.is_set():
@@ -168,6 +171,7 @@ class Publisher:
         self._buffer = collections.deque(maxlen=self.buffer_size)
         self._wake = threading.Event()
         self._lock = threading.Lock()
+        self._buffer_lock = threading.Lock()
         self._thread = None
         self._transport = None  # the parent's sockets are not ours
         self._inflight = False
@@ -207,8 +211,9 @@ class Publisher:
             # buffer overflowed meanwhile: then this batch is the oldest and is dropped first.
             self.failures += 1
             if self.dropped_total > dropped_mark:
-                self.dropped_unreported += len(pending)
-                self.dropped_total += len(pending)
+                with self._buffer_lock:
+                    self.dropped_unreported += len(pending)
+                    self.dropped_total += len(pending)
                 pending = []
                 self._inflight = bool(self._buffer)
             dropped_mark = self.dropped_total
@@ -224,12 +229,10 @@ class Publisher:
 
     def _take(self, limit: int) -> list[bytes]:
         out: list[bytes] = []
-        buffer = self._buffer
-        while len(out) < limit:
-            try:
-                event = buffer.popleft()
-            except IndexError:
-                break
+        with self._buffer_lock:
+            buffer = self._buffer
+            events = [buffer.popleft() for _ in range(min(limit, len(buffer)))]
+        for event in events:
             try:
                 out.append(encode(event))
             except Exception as exc:
@@ -237,12 +240,14 @@ class Publisher:
         return out
 
     def _report_drops(self) -> None:
-        count = self.dropped_unreported
-        self.dropped_unreported = 0
+        with self._buffer_lock:
+            count = self.dropped_unreported
+            self.dropped_unreported = 0
         hostname, pid = process_identity()
         report = make_event("publisher.dropped", dropped=count, hostname=hostname, pid=pid)
         if not self._try_publish([encode(report)]):
-            self.dropped_unreported += count
+            with self._buffer_lock:
+                self.dropped_unreported += count
             return
         self.log.warning(
             "dropped",
