@@ -36,7 +36,10 @@ them, cumulatively (one `multiple` ack per batch) where possible. Anything unack
 consumer dies (even SIGKILL) is redelivered by RabbitMQ to another member. Delivery tags restart at 1 on
 every channel, so a message id is `{generation}.{delivery_tag}` with a process-wide generation per
 connection: acknowledging an id from before a reconnect is dropped instead of acknowledging whatever
-message now carries that tag.
+message now carries that tag. A lost connection raises TransportError from the call that noticed it;
+the next read() reconnects (capped exponential backoff from 0.2 s to `max_backoff`). Consumers negotiate
+heartbeats (30 s) and send them from read(), so a vanished broker or a half-open connection is noticed
+and RabbitMQ hands a dead consumer's messages to the others.
 """
 
 from __future__ import annotations
