@@ -20,7 +20,7 @@ import uvicorn
 T = TypeVar("T")
 
 REPO = Path(__file__).resolve().parents[2]
-CLI = [sys.executable, "-m", "celery_flow.cli"]
+CLI = [str(Path(sys.executable).with_name("celery-flow"))]
 
 
 def free_port() -> int:
@@ -95,8 +95,14 @@ def cli_process(
 ) -> Iterator[subprocess.Popen[bytes]]:
     """`python -m celery_flow.cli <args>` in its own process group, killed on exit."""
     out = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115 - closed below
-    proc = subprocess.Popen([*CLI, *args], env=env or cli_env(), stdout=out, stderr=subprocess.STDOUT,
-                            cwd=REPO, start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [*CLI, *args],
+        env=env or cli_env(),
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        cwd=REPO,
+        start_new_session=True,
+    )
     try:
         yield proc
     finally:
@@ -110,3 +116,66 @@ def cli_process(
                 proc.wait(5)
         if log:
             out.close()  # type: ignore[union-attr]
+
+
+class TcpProxy:
+    """A TCP forwarder to a real service that a test can cut (`stop`) and restore (`start`), like a
+    broker restarting: every connection through it drops at once and new ones are refused."""
+
+    def __init__(self, target: tuple[str, int], port: int | None = None) -> None:
+        self.target = target
+        self.port = port or free_port()
+        self._listener: socket.socket | None = None
+        self._conns: list[socket.socket] = []
+        self._lock = threading.Lock()
+
+    def start(self) -> TcpProxy:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+        return self
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._conns += [client, upstream]
+            for src, dst in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(src, dst), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (src, dst):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+    def stop(self) -> None:
+        if self._listener is not None:
+            # shutdown() wakes the accept() blocked in the other thread (close() alone would not)
+            with contextlib.suppress(OSError):
+                self._listener.shutdown(socket.SHUT_RDWR)
+            self._listener.close()
+            self._listener = None
+        with self._lock:
+            conns, self._conns = self._conns, []
+        for sock in conns:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()

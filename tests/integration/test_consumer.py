@@ -1,0 +1,201 @@
+"""The consumer against real Redis: kill -9 and restart, malformed entries, a broker that goes away."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+from tests.support.server_helpers import TcpProxy, cli_env, cli_process, serving, wait_for
+
+from celery_flow.events import MAX_EVENT_BYTES, Event, encode, make_event
+from celery_flow.server import create_app
+from celery_flow.store import open_store
+from celery_flow.store.base import TaskFilter
+from celery_flow.transport import from_url
+
+pytestmark = pytest.mark.slow
+
+
+def task_events(task_id: str) -> list[Event]:
+    now = time.time()
+    out = []
+    for i, type_ in enumerate(("sent", "received", "started", "succeeded")):
+        event = make_event(type_, task_id=task_id, name="t.work", root_id=task_id, retries=0)  # type: ignore[arg-type]
+        event.ts = now + i * 0.001
+        out.append(event)
+    return out
+
+
+def count_tasks(store_url: str, state: str) -> int:
+    store = open_store(store_url)
+    try:
+        total, cursor = 0, None
+        while True:
+            page = store.list_tasks(TaskFilter(state=state), 500, cursor)
+            total += len(page.items)
+            if page.next_cursor is None:
+                return total
+            cursor = page.next_cursor
+    finally:
+        store.close()
+
+
+def stored_events(store_url: str) -> int:
+    store = open_store(store_url)
+    try:
+        return store.stats().events
+    finally:
+        store.close()
+
+
+def test_kill_9_mid_stream_then_restart_loses_nothing_and_doubles_nothing(
+    redis_url: str, redis_client: redis.Redis, unique_prefix: str, tmp_path: Path
+) -> None:
+    store_url = f"sqlite:///{tmp_path / 'flow.db'}"
+    n_tasks = 2500
+    payloads = [encode(e) for _ in range(n_tasks) for e in task_events(uuid.uuid4().hex)]
+    transport = from_url(redis_url, prefix=unique_prefix)
+    args = (
+        "consume",
+        "--broker-url",
+        redis_url,
+        "--store",
+        store_url,
+        "--prefix",
+        unique_prefix,
+        "--name",
+        "worker-a",
+        "--batch",
+        "200",
+    )
+    publishing = threading.Event()
+
+    def publish() -> None:
+        publishing.set()
+        for i in range(0, len(payloads), 100):
+            transport.publish(payloads[i : i + 100])
+            time.sleep(0.02)
+
+    publisher = threading.Thread(target=publish)
+    log = tmp_path / "consume.log"
+    try:
+        with cli_process(*args, log=log) as first:
+            wait_for(lambda: "consumer running" in log.read_text(), 30, "consume to start")
+            publisher.start()
+            wait_for(lambda: stored_events(store_url) > 0, 30, "the first commit")
+            assert publisher.is_alive()  # mid-stream: events are still being fired
+            os.kill(first.pid, signal.SIGKILL)
+            first.wait(10)
+            assert first.returncode == -signal.SIGKILL
+        at_kill = stored_events(store_url)
+        assert 0 < at_kill < len(payloads)
+        with cli_process(*args, log=tmp_path / "consume2.log"):
+            publisher.join(60)
+            wait_for(lambda: count_tasks(store_url, "SUCCESS") == n_tasks, 60, "every task folded")
+            wait_for(
+                lambda: not redis_client.xpending(f"{unique_prefix}:events", "celery_flow")["pending"],
+                20,
+                "every entry acknowledged",
+            )
+    finally:
+        transport.close()
+    # every event fired is reflected exactly once
+    assert stored_events(store_url) == len(payloads)
+    assert count_tasks(store_url, "SUCCESS") == n_tasks
+
+
+def test_malformed_entries_never_stop_the_consumer_and_show_in_health(
+    redis_url: str, redis_client: redis.Redis, unique_prefix: str, tmp_path: Path
+) -> None:
+    stream = f"{unique_prefix}:events"
+    before, after = uuid.uuid4().hex, uuid.uuid4().hex
+    app = create_app(broker_url=redis_url, store=f"sqlite:///{tmp_path / 'flow.db'}", prefix=unique_prefix)
+    entries: list[dict[str, bytes]] = [
+        {"e": b"{nope"},
+        {"other": b"no e field"},
+        {"e": b"\xff\xfe\x80"},
+        {"e": b'{"v": 1, "type": "sent", "ts": 1.0}'},
+        {"e": b'{"v": 1, "id": "a", "type": "sent", "ts": "noon", "task_id": "t"}'},
+        {"e": b'{"v": 1, "id": "b", "type": "sent", "ts": 1.0}'},  # a task event without task_id
+        {"e": b'{"v": 7, "id": "c", "type": "sent", "ts": 1.0, "task_id": "t"}'},
+        {"e": b"x" * (MAX_EVENT_BYTES + 10)},
+    ]
+    with serving(app) as url, httpx.Client(base_url=url, timeout=10) as api:
+        redis_client.xadd(stream, {"e": encode(task_events(before)[0])})
+        for fields in entries:
+            redis_client.xadd(stream, fields)  # type: ignore[arg-type]
+        for event in task_events(after):
+            redis_client.xadd(stream, {"e": encode(event)})
+        wait_for(lambda: api.get(f"/api/tasks/{after}").json().get("state") == "SUCCESS", 20, "later task")
+        assert api.get(f"/api/tasks/{before}").status_code == 200
+        health = wait_for(lambda: (h := api.get("/api/health").json())["rejected_total"] == 8 and h, 10)
+        assert health["rejected"] == {
+            "not_json": 2,
+            "not_utf8": 1,
+            "missing_field": 2,
+            "invalid_field": 1,
+            "unsupported_version": 1,
+            "oversize": 1,
+        }
+        assert health["status"] == "ok"
+        assert health["consumer"]["status"] == "running"
+        metrics = api.get("/metrics").text
+        assert 'celery_flow_events_rejected_total{kind="not_json"} 2' in metrics
+        assert redis_client.xpending(stream, "celery_flow")["pending"] == 0
+
+
+def test_broker_outage_degrades_health_then_recovers_without_losing_events(
+    redis_db: int, redis_client: redis.Redis, unique_prefix: str, tmp_path: Path
+) -> None:
+    proxy = TcpProxy(("127.0.0.1", 6379)).start()
+    broker_url = f"redis://127.0.0.1:{proxy.port}/{redis_db}"
+    stream = f"{unique_prefix}:events"
+    app = create_app(broker_url=broker_url, store=f"sqlite:///{tmp_path / 'flow.db'}", prefix=unique_prefix)
+    first, during = uuid.uuid4().hex, uuid.uuid4().hex
+    try:
+        with serving(app) as url, httpx.Client(base_url=url, timeout=10) as api:
+            for event in task_events(first):
+                redis_client.xadd(stream, {"e": encode(event)})
+            wait_for(lambda: api.get(f"/api/tasks/{first}").status_code == 200, 20, "first task")
+
+            proxy.stop()  # the broker goes away, as far as the server can tell
+            degraded = wait_for(
+                lambda: (h := api.get("/api/health").json())["status"] == "degraded" and h, 20
+            )
+            assert degraded["transport"]["reachable"] is False
+            wait_for(lambda: api.get("/api/health").json()["consumer"]["status"] == "reconnecting", 20)
+            # the server keeps answering from the store meanwhile
+            assert api.get(f"/api/tasks/{first}").json()["state"] == "SUCCESS"
+            for event in task_events(during):  # events keep arriving at the real broker
+                redis_client.xadd(stream, {"e": encode(event)})
+
+            proxy.start()  # the broker is back
+            wait_for(lambda: api.get(f"/api/tasks/{during}").json().get("state") == "SUCCESS", 30, "catch-up")
+            healthy = wait_for(lambda: (h := api.get("/api/health").json())["status"] == "ok" and h, 20)
+            assert healthy["consumer"]["metrics"]["reconnects_total"] >= 1
+    finally:
+        proxy.stop()
+
+
+def test_consume_cli_stops_cleanly_on_sigterm(redis_url: str, unique_prefix: str, tmp_path: Path) -> None:
+    log = tmp_path / "consume.log"
+    args = (
+        "consume",
+        "--broker-url",
+        redis_url,
+        "--store",
+        f"sqlite:///{tmp_path / 'f.db'}",
+        "--prefix",
+        unique_prefix,
+    )
+    with cli_process(*args, env=cli_env(), log=log) as proc:
+        wait_for(lambda: "consumer running" in log.read_text(), 30, "consume to start")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
