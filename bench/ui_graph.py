@@ -98,7 +98,6 @@ def measure(url: str, root: str) -> tuple[float, float, int]:
         try:
             ctx = browser.new_context(viewport={"width": 1440, "height": 900})
             page = ctx.new_page()
-            page.add_init_script("localStorage.setItem('celery-flow-mode', 'graph')")
             start = time.perf_counter()
             page.goto(f"{url}/flows/{root}")
             graph = page.locator('[data-testid="graph"][data-ready="true"]')

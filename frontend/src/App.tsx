@@ -1,5 +1,6 @@
 import { lazy, Suspense, useEffect, useRef, useState, type FormEvent } from "react";
-import { api, ApiError } from "./api/client";
+import { api, ApiError, clearPrefetchedFlow, prefetchFlow } from "./api/client";
+import { prewarm } from "./graph/layout";
 import { Loading } from "./components/common";
 import { useLiveStatus } from "./live";
 import { Link, useRouter, withQuery } from "./router";
@@ -174,8 +175,14 @@ function route(path: string) {
   const seg = path.split("/").filter(Boolean).map(decodeURIComponent);
   if (seg.length === 0) return <FlowsView />;
   if (seg[0] === "flows" && seg.length === 1) return <FlowsView />;
-  if (seg[0] === "flows" && seg.length === 2) return <FlowView rootId={seg[1]} />;
+  if (seg[0] === "flows" && seg.length === 2) {
+    prefetchFlow(seg[1]);
+    prewarm();
+    return <FlowView rootId={seg[1]} />;
+  }
+  clearPrefetchedFlow();
   if (seg[0] === "tasks" && seg.length === 2) return <TaskView taskId={seg[1]} />;
+  if (seg[0] === "traces" && seg.length === 2) prewarm();
   if (seg[0] === "traces" && seg.length === 2) return <TraceViewPage traceId={seg[1]} />;
   if (seg[0] === "registry" && seg.length === 1) return <RegistryView />;
   if (seg[0] === "workers" && seg.length === 1) return <WorkersView />;

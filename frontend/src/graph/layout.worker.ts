@@ -5,6 +5,36 @@ import type { LayoutRequest, LayoutResult } from "./layoutTypes";
 
 const elk = new ELK();
 
+// ELK is compiled Java: its first layout runs cold (several times slower). The worker starts while the
+// flow's data is still downloading, so warm it up on a small graph with a container meanwhile.
+function warmGraph() {
+  const children: ElkNode[] = [];
+  const edges: { id: string; sources: string[]; targets: string[] }[] = [];
+  for (let i = 0; i < 40; i++) {
+    children.push({ id: `w${i}`, width: 210, height: 58 });
+    if (i) edges.push({ id: `we${i}`, sources: [`w${Math.floor((i - 1) / 3)}`], targets: [`w${i}`] });
+  }
+  const box: ElkNode = {
+    id: "wbox",
+    children: [
+      { id: "wb1", width: 210, height: 58 },
+      { id: "wb2", width: 210, height: 58 },
+    ],
+  };
+  edges.push({ id: "wx1", sources: ["w0"], targets: ["wb1"] }, { id: "wx2", sources: ["wb2"], targets: ["w1"] });
+  return {
+    id: "__warm",
+    layoutOptions: {
+      "elk.algorithm": "layered",
+      "elk.direction": "RIGHT",
+      "elk.hierarchyHandling": "INCLUDE_CHILDREN",
+    },
+    children: [...children, box],
+    edges,
+  };
+}
+const warm: Promise<unknown> = elk.layout(warmGraph()).catch(() => undefined);
+
 interface ElkNode {
   id: string;
   width?: number;
@@ -17,6 +47,7 @@ interface ElkNode {
 
 self.onmessage = async (ev: MessageEvent<LayoutRequest>) => {
   const req = ev.data;
+  await warm;
   const t0 = performance.now();
   try {
     const byId = new Map<string, ElkNode>();

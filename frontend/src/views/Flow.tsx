@@ -1,5 +1,5 @@
 // /flows/{root_id}: the workflow's graph and timeline, with the selected task's detail beside them.
-import { api } from "../api/client";
+import { api, takePrefetchedFlow } from "../api/client";
 import type { GraphNode } from "../api/types";
 import { TERMINAL } from "../api/types";
 import { CountsBar, ErrorBox, Loading, StateChip } from "../components/common";
@@ -94,7 +94,7 @@ prewarm();
 
 export default function FlowView({ rootId }: { rootId: string }) {
   useLiveFilter(rootId, null);
-  const { data, error, reload } = useAsync((signal) => api.flow(rootId, signal), rootId);
+  const { data, error, reload } = useAsync((signal) => takePrefetchedFlow(rootId) ?? api.flow(rootId, signal), rootId);
   const root = data?.nodes.find((n) => n.task_id === rootId);
   useDocumentTitle(root?.name ? `${shortName(root.name)} flow` : `Flow ${rootId.slice(0, 8)}`);
   if (error && !data)
