@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
 from typing import Annotated, Any
 
 import anyio
@@ -63,6 +64,7 @@ class CeleryFlowExtension:
         serve_ui: bool = True,
         sinks: Sequence[Sink] = (),
         store_url: str | None = None,
+        static_dir: Path | None = None,
     ) -> None:
         self.broker_url = broker_url
         self.prefix = prefix
@@ -71,6 +73,8 @@ class CeleryFlowExtension:
         self.max_tasks = max_tasks
         self.embedded_consumer = embedded_consumer and broker_url is not None
         self.sinks = list(sinks)
+        # Where the built UI lives (default: the copy shipped in the package, web/static/).
+        self.static_dir = static_dir
         self._store_arg = store
         self.store_url = store if isinstance(store, str) else store_url
         self._store: Store | None = store if store is not None and not isinstance(store, str) else None
@@ -197,10 +201,10 @@ class CeleryFlowExtension:
 
             @router.get("/", include_in_schema=False)
             def ui_root(request: Request) -> Response:
-                return spa.serve(request, "")
+                return spa.serve(request, "", self.static_dir)
 
             @router.get("/{path:path}", include_in_schema=False)
             def ui(request: Request, path: str) -> Response:
-                return spa.serve(request, path)
+                return spa.serve(request, path, self.static_dir)
 
         return router
