@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar, cast
 
-from celery_flow.events import EventType, make_event
+from celery_flow.events import SCHEMA_VERSION, Event, EventType
 from celery_flow.settings import TrackingSettings
 from celery_flow.tracking.capture import Capturer
 from celery_flow.tracking.lineage import (
@@ -63,7 +63,10 @@ class Tracker:
         self._started: dict[str, float] = {}
 
     def emit(self, type_: EventType, **fields: Any) -> None:
-        self.publisher.put(make_event(type_, **fields))
+        # make_event() with a cheaper random id (os.urandom: ≈0.3 µs against uuid4's ≈1.6 µs).
+        self.publisher.put(
+            Event(v=SCHEMA_VERSION, id=os.urandom(16).hex(), type=type_, ts=time.time(), **fields)
+        )
 
     # -- producer -----------------------------------------------------------------------------------
     def on_publish(self, body: Any, headers: dict[str, Any], routing_key: Any) -> None:

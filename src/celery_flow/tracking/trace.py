@@ -45,13 +45,17 @@ def reset_trace_id(token: contextvars.Token[str | None]) -> None:
     _trace_id.reset(token)
 
 
+_task_stack: Any = None
+
+
 def _task_trace_id() -> str | None:
     """The trace id of the task executing in this thread, from its message headers."""
-    try:
-        from celery import current_task
-    except ImportError:  # pragma: no cover - celery is a dependency
-        return None
-    task = current_task._get_current_object() if current_task else None
+    global _task_stack
+    if _task_stack is None:
+        from celery._state import _task_stack as stack
+
+        _task_stack = stack
+    task = _task_stack.top
     if task is None:
         return None
     request = task.request
