@@ -123,6 +123,24 @@ def measure_stream(
                 p.wait()
         transport.close()
         store.close()
+        drop_broker_state(broker, prefix)
+
+
+def drop_broker_state(broker: str, prefix: str) -> None:
+    """Delete the stream / exchange and queue this run created."""
+    if broker.startswith("redis"):
+        import redis
+
+        client = redis.Redis.from_url(broker)
+        client.delete(f"{prefix}:events")
+        client.close()
+    else:
+        import kombu
+
+        with kombu.Connection(broker) as conn:
+            channel = conn.channel()
+            channel.queue_delete(f"{prefix}.events")
+            channel.exchange_delete(f"{prefix}.events")
 
 
 def main() -> None:
