@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import mimetypes
 from functools import lru_cache
+from html import escape
 from pathlib import Path
 
 from fastapi import Request
@@ -23,7 +24,8 @@ NOT_BUILT_PAGE = """<!doctype html>
 <body style="font-family: sans-serif; max-width: 40em; margin: 3em auto">
 <h1>celery-flow</h1>
 <p>The web UI has not been built in this checkout. Build it with <code>make ui</code>
-(runs <code>npm ci &amp;&amp; npm run build</code> in <code>frontend/</code>), then reload this page.</p>
+(or <code>cd frontend &amp;&amp; npm ci &amp;&amp; npm run build</code>), then reload this page.
+Installed from a wheel, the UI is always included.</p>
 <p>The HTTP API works meanwhile: <a href="{root}/api/health">{root}/api/health</a>,
 <a href="{root}/api/docs">{root}/api/docs</a>.</p>
 </body></html>
@@ -53,8 +55,8 @@ def render_index(root: str, directory: Path | None = None) -> HTMLResponse:
     try:
         template = _index_template(index, index.stat().st_mtime)
     except OSError:
-        return HTMLResponse(NOT_BUILT_PAGE.replace("{root}", root), status_code=200)
-    html = template.replace(BASE_TAG, f'<base href="{root}/">', 1)
+        return HTMLResponse(NOT_BUILT_PAGE.replace("{root}", escape(root)), status_code=200)
+    html = template.replace(BASE_TAG, f'<base href="{escape(root)}/">', 1)
     return HTMLResponse(html, headers={"Cache-Control": "no-cache"})
 
 
