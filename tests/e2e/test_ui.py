@@ -10,13 +10,14 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from celery import chain, chord
 from fastapi import FastAPI
-from playwright.sync_api import Locator, Page, expect
+from playwright.sync_api import Browser, Locator, Page, expect
 from tests.e2e.conftest import PageWatch, Stack, screenshot
-from tests.support.server_helpers import ServerThread
+from tests.support.server_helpers import ServerThread, wait_for
 
 import celery_flow
 from celery_flow.server.extension import CeleryFlowExtension
@@ -298,3 +299,29 @@ def extension_app(stack: Stack) -> FastAPI:
     app = FastAPI(lifespan=ext.lifespan)
     app.include_router(ext.router)
     return app
+
+
+def test_errback_edge_and_system_light_theme(stack: Stack, browser: Browser, built_ui: object) -> None:
+    """A failed task's error callback hangs off it by a red errback edge; a light system theme is used."""
+    failing = stack.task("t.fail").apply_async(("errback-e2e",), link_error=stack.task("t.errback").s())
+    stack.wait_task(failing.id, "FAILURE")
+
+    def both_stored() -> dict[str, Any] | None:
+        graph: dict[str, Any] = stack.api(f"/flows/{failing.id}")
+        return graph if len(graph["nodes"]) == 2 else None
+
+    graph = wait_for(both_stored, 30, "the errback task to be stored")
+    errback_id = next(n["task_id"] for n in graph["nodes"] if n["task_id"] != failing.id)
+    context = browser.new_context(viewport={"width": 1280, "height": 800}, color_scheme="light")
+    try:
+        page = context.new_page()
+        page.goto(f"{stack.url}/flows/{failing.id}")
+        expect(page.locator("html")).to_have_attribute("data-theme", "light")
+        expect(page.get_by_test_id("graph")).to_have_attribute("data-ready", "true")
+        expect(node(page, failing.id)).to_have_attribute("data-state", "FAILURE")
+        expect(node(page, errback_id)).to_contain_text("errback")
+        expect(page.locator(".react-flow__edge.edge-errback")).to_have_count(1)
+        expect(page.get_by_test_id("flow-head").locator(".chip")).to_have_text("FAILURE")
+        screenshot(page, "flow-errback-light")
+    finally:
+        context.close()

@@ -386,12 +386,9 @@ function Inner({ structure, tasks, critical, selected, running, onOpenTask, onEx
           label: e.count > 1 ? `×${e.count}` : undefined,
           labelStyle: { fill: "var(--fg-2)", fontSize: 10 },
           labelBgStyle: { fill: "var(--bg-1)" },
-          style: {
-            stroke: crit ? "var(--crit)" : st.stroke,
-            strokeWidth: crit ? st.width + 1 : st.width,
-            strokeDasharray: crit ? undefined : st.dash,
-          },
-          markerEnd: { type: MarkerType.ArrowClosed, color: crit ? "var(--crit)" : st.stroke, width: 14, height: 14 },
+          // The critical path glows around the edge; the edge keeps its kind's colour and dash.
+          style: { stroke: st.stroke, strokeWidth: crit ? st.width + 1 : st.width, strokeDasharray: st.dash },
+          markerEnd: { type: MarkerType.ArrowClosed, color: st.stroke, width: 14, height: 14 },
           focusable: false,
           selectable: false,
           zIndex: 1,

@@ -15,12 +15,30 @@ const SEG_LABEL: Record<string, string> = {
 
 /** The node's segments; derived from its timestamps when the server sent none (live-only tasks). */
 export function segmentsOf(t: GraphNode): Segment[] {
-  if (t.segments && t.segments.length) return t.segments;
+  if (t.segments && t.segments.length) return mergeRetryWaits(t.segments);
   const out: Segment[] = [];
   const end = t.finished_at ?? null;
   if (t.sent_at) out.push({ kind: "queued", start: t.sent_at, end: t.received_at ?? t.started_at ?? end });
   if (t.received_at) out.push({ kind: "received", start: t.received_at, end: t.started_at ?? end });
   if (t.started_at) out.push({ kind: "running", start: t.started_at, end });
+  return out;
+}
+
+/**
+ * After a retry, Celery re-publishes the task at once and a worker holds the message until its countdown
+ * ends: the queued and received stretches before the next attempt starts are the retry's wait, so they
+ * are drawn as one retry segment (the task page's history still lists every event).
+ */
+function mergeRetryWaits(segs: Segment[]): Segment[] {
+  const out: Segment[] = [];
+  for (const s of segs) {
+    const prev = out[out.length - 1];
+    if (prev && prev.kind === "retry" && (s.kind === "queued" || s.kind === "received")) {
+      out[out.length - 1] = { ...prev, end: s.end ?? null };
+      continue;
+    }
+    out.push(s);
+  }
   return out;
 }
 

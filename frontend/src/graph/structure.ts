@@ -74,7 +74,8 @@ export function buildStructure(graph: FlowGraph, expanded: ReadonlySet<string>, 
   const memberOf = new Map<string, string>();
   for (const g of graph.groups) {
     const members = g.members.filter((m) => nodesById.has(m) && !memberOf.has(m));
-    if (members.length === 0) continue;
+    // A box around one task says nothing (Celery gives some callbacks a group id of their own).
+    if (members.length === 0 || (members.length === 1 && g.kind === "group")) continue;
     const id = `${g.kind}:${g.id}`;
     const outer = parentOf.get(members[0]) ?? null;
     containers.push({
