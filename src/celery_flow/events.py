@@ -28,9 +28,7 @@ EventType = Literal[TaskEventType, WorkerEventType, MetaEventType]
 TASK_EVENT_TYPES: Final[frozenset[str]] = frozenset(
     ("sent", "received", "started", "retried", "succeeded", "failed", "revoked", "rejected")
 )
-WORKER_EVENT_TYPES: Final[frozenset[str]] = frozenset(
-    ("worker.online", "worker.heartbeat", "worker.offline")
-)
+WORKER_EVENT_TYPES: Final[frozenset[str]] = frozenset(("worker.online", "worker.heartbeat", "worker.offline"))
 
 # Largest encoded event the consumer accepts. The library caps every captured value far below this
 # (max_value_size), so anything larger was not written by a well-behaved client.
@@ -138,11 +136,24 @@ def decode(data: bytes | bytearray | memoryview | str) -> Event:
     except msgspec.DecodeError as exc:
         kind = "not_utf8" if _is_not_utf8(raw) else "not_json"
         raise EventRejected(kind, str(exc)) from None
+    except UnicodeDecodeError as exc:  # msgspec raises this for invalid UTF-8 inside a string
+        raise EventRejected("not_utf8", str(exc)) from None
     if event.v != SCHEMA_VERSION:
         raise EventRejected("unsupported_version", f"v={event.v}")
     if event.type in TASK_EVENT_TYPES and not event.task_id:
         raise EventRejected("missing_field", f"{event.type} event without task_id")
+    for name in _INT_FIELDS:
+        # JSON integers are unbounded; SQL columns are 64-bit. Out of range here would fail the whole
+        # batch's commit in the store on every retry (a poison message), so it is a bad field instead.
+        value = getattr(event, name)
+        if value is not None and not _INT_MIN <= value <= _INT_MAX:
+            raise EventRejected("invalid_field", f"`{name}` out of range: {value}")
     return event
+
+
+_INT_FIELDS: Final = ("retries", "pid", "dropped")
+_INT_MIN: Final = -(2**63)
+_INT_MAX: Final = 2**63 - 1
 
 
 def _is_not_utf8(raw: bytes | bytearray | memoryview) -> bool:
