@@ -417,6 +417,21 @@ def test_sweep_by_age_and_count_removes_tasks_events_and_empty_flows(store: SqlS
     assert store.sweep(ttl=3600, max_tasks=5) == 0
 
 
+def test_sweep_works_in_bounded_slices(store: SqlStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A large backlog is deleted a slice per call, so the consumer calling sweep() never stalls."""
+    import celery_flow.store.sql as sql
+
+    monkeypatch.setattr(sql, "SWEEP_BATCH", 10)
+    now = time.time()
+    store.apply([e for i in range(35) for e in run(f"old{i}", now - 10_000 - i)])
+    assert store.sweep(ttl=0, max_tasks=None) == 0  # 0 keeps everything
+    assert store.sweep(ttl=3600, max_tasks=None, budget=0) == 10
+    assert store.stats().tasks == 25
+    assert store.sweep(ttl=3600, max_tasks=None) == 25
+    assert store.stats().tasks == 0
+    assert store.list_flows(TaskFilter(), 10, None).items == []
+
+
 def test_sweep_keeps_partial_flows_consistent(store: SqlStore) -> None:
     now = time.time()
     store.apply(run("root", now - 10_000, root="root") + run("kid", now - 10, root="root", parent="root"))

@@ -68,6 +68,8 @@ PERCENTILE_WINDOW = 1000
 DEFAULT_HEARTBEAT_INTERVAL = 30.0
 HEARTBEAT_MARGIN = 5.0
 SWEEP_BATCH = 5000
+# Seconds of deleting per sweep() call at most (see sweep()).
+SWEEP_BUDGET = 2.0
 TRACE_LIMIT = 5000
 # Task names free text `q` may match at most (one index range each).
 MAX_Q_NAMES = 50
@@ -590,14 +592,22 @@ class SqlStore(ABC):
 
     # -- retention --------------------------------------------------------------------------------
 
-    def sweep(self, ttl: float | None, max_tasks: int | None) -> int:
-        """Delete the oldest tasks (by first-seen time) in batches, each batch its own transaction."""
+    def sweep(self, ttl: float | None, max_tasks: int | None, budget: float = SWEEP_BUDGET) -> int:
+        """Delete the oldest tasks (by first-seen time) beyond `ttl` seconds / `max_tasks`.
+
+        Works in batches of SWEEP_BATCH tasks, each its own short transaction, and returns after about
+        `budget` seconds even if more is due, so ingest in the same process (the consumer calls this
+        between batches) never stalls behind a large backlog; the next call goes on where this stopped.
+        """
         deleted = 0
-        cutoff = time.time() - ttl if ttl is not None else None
+        cutoff = time.time() - ttl if ttl is not None and ttl > 0 else None
+        if cutoff is None and max_tasks is None:
+            return 0
+        stop = time.monotonic() + budget
         while True:
             count = self._writing(lambda s: self._sweep_batch(s, cutoff, max_tasks))
             deleted += count
-            if count < SWEEP_BATCH:
+            if count < SWEEP_BATCH or time.monotonic() >= stop:
                 return deleted
 
     def _sweep_batch(self, session: Session, cutoff: float | None, max_tasks: int | None) -> int:
