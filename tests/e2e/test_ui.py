@@ -212,6 +212,11 @@ def test_registry_and_workers(stack: Stack, canvas: dict[str, str], page: Page) 
     expect(online.first).to_be_visible()
     expect(online.first).to_contain_text("@")
     screenshot(page, "workers")
+    # Its task count links to the flows it ran tasks of.
+    hostname = online.first.get_attribute("data-hostname")
+    online.first.get_by_title("Flows with tasks run on this worker").click()
+    expect(page.locator(".activefilters")).to_contain_text(f"ran on {hostname}")
+    expect(page.locator(f'tr[data-root-id="{canvas["root_id"]}"]')).to_be_visible()
 
 
 @pytest.fixture

@@ -23,6 +23,7 @@ interface Filters {
   range: string;
   trace_id: string;
   q: string;
+  worker: string;
 }
 
 function readFilters(s: URLSearchParams): Filters {
@@ -31,6 +32,7 @@ function readFilters(s: URLSearchParams): Filters {
     name: s.get("name") ?? "",
     range: s.get("range") ?? "",
     trace_id: s.get("trace_id") ?? "",
+    worker: s.get("worker") ?? "",
     q: s.get("q") ?? "",
   };
 }
@@ -106,6 +108,7 @@ export function FlowsView() {
           state: filters.state,
           name: filters.name,
           trace_id: filters.trace_id,
+          worker: filters.worker,
           q: filters.q,
           since: range ? Date.now() / 1000 - range : null,
           limit: PAGE,
@@ -189,13 +192,28 @@ export function FlowsView() {
             <button
               type="button"
               className="btn"
-              onClick={() => apply({ state: "", name: "", range: "", trace_id: "", q: "" })}
+              onClick={() => apply({ state: "", name: "", range: "", trace_id: "", q: "", worker: "" })}
             >
               Clear
             </button>
           )}
         </div>
       </form>
+      {filters.worker && (
+        <div className="activefilters">
+          <span className="pill">
+            ran on <span className="mono">{filters.worker}</span>
+            <button
+              type="button"
+              className="pill-x"
+              aria-label={`Remove the worker filter ${filters.worker}`}
+              onClick={() => apply({ ...filters, worker: "" })}
+            >
+              ✕
+            </button>
+          </span>
+        </div>
+      )}
       {error && <ErrorBox error={error} what="flows" />}
       {!data && !error && loading && <Loading what="Loading flows" />}
       {data && data.items.length === 0 && (
