@@ -147,15 +147,23 @@ def test_retry_reason_and_relations(stack: Stack, canvas: dict[str, str], page: 
 
 
 def test_live_state_change_without_reload(stack: Stack, page: Page) -> None:
-    slow = stack.task("t.slow").delay(3.0)
-    stack.wait_task(slow.id, "STARTED")
-    page.goto(f"{stack.url}/flows/{slow.id}")
-    expect(node(page, slow.id)).to_have_attribute("data-state", "STARTED")
+    """A running flow changes in place: the slow task turns SUCCESS, then its chain successor appears."""
+    workflow = chain(stack.task("t.slow").si(3.0), stack.task("t.add").si(40, 2)).apply_async()
+    slow_id = str(workflow.parent.id)  # type: ignore[union-attr]
+    stack.wait_task(slow_id, "STARTED")
+    page.goto(f"{stack.url}/flows/{slow_id}")
+    expect(node(page, slow_id)).to_have_attribute("data-state", "STARTED")
+    expect(page.locator('[data-testid^="node-"]')).to_have_count(1)
     expect(page.get_by_test_id("conn")).to_have_text("Live")
+    expect(page.get_by_test_id("flow-head").locator(".chip")).to_have_text("RUNNING")
     page.evaluate("window.__sameDocument = true")
     screenshot(page, "flow-live-started")
-    expect(node(page, slow.id)).to_have_attribute("data-state", "SUCCESS", timeout=20_000)
+    expect(node(page, slow_id)).to_have_attribute("data-state", "SUCCESS", timeout=20_000)
+    expect(node(page, str(workflow.id))).to_have_attribute("data-state", "SUCCESS", timeout=20_000)
+    expect(page.locator(".react-flow__edge.edge-chain")).to_have_count(1)
+    expect(page.get_by_test_id("flow-head").locator(".chip")).to_have_text("SUCCESS")
     assert page.evaluate("window.__sameDocument === true"), "the page was reloaded"
+    screenshot(page, "flow-live-done")
 
     # The flows list updates live too: a new flow appears at the top and turns SUCCESS in place.
     page.get_by_role("link", name="Flows").click()
