@@ -240,7 +240,7 @@ def running_demo(rate: float = 1.0, prefix: str = DEMO_PREFIX) -> Iterator[Celer
     app = build_app(prefix=prefix)
     stop = threading.Event()
     with start_worker(
-        app, pool="threads", concurrency=4, perform_ping_check=False, loglevel="WARNING", shutdown_timeout=5
+        app, pool="threads", concurrency=8, perform_ping_check=False, loglevel="WARNING", shutdown_timeout=5
     ):
         producer = threading.Thread(target=produce, args=(app, stop, rate), name="demo-producer", daemon=True)
         producer.start()

@@ -1,0 +1,54 @@
+"""`celery-flow demo` needs no broker and serves realistic flows within a deadline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from tests.support.server_helpers import cli_process, free_port, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+def test_demo_serves_every_kind_of_flow(tmp_path: Path) -> None:
+    port = free_port()
+    log = tmp_path / "demo.log"
+    with cli_process("demo", "--port", str(port), "--rate", "2", log=log):
+        base = f"http://127.0.0.1:{port}"
+        with httpx.Client(base_url=base, timeout=10) as api:
+            wait_for(lambda: api.get("/api/health").status_code == 200, 60, "the demo server")
+            assert f"open http://127.0.0.1:{port}/" in log.read_text()
+
+            def flows_named(name: str, state: str) -> list[dict[str, Any]]:
+                return list(api.get("/api/flows", params={"name": name, "state": state}).json()["items"])
+
+            def graph_of(name: str, state: str) -> dict[str, Any] | None:
+                for flow in flows_named(name, state):
+                    graph: dict[str, Any] = api.get(f"/api/flows/{flow['root_id']}").json()
+                    if all(n["state"] in {"SUCCESS", "FAILURE"} for n in graph["nodes"]):
+                        return graph
+                return None
+
+            checkout = wait_for(lambda: graph_of("shop.fetch_order", "SUCCESS"), 90, "a finished checkout")
+            assert {e["kind"] for e in checkout["edges"]} == {"chain"}
+            charge = next(n for n in checkout["nodes"] if n["name"] == "shop.charge_card")
+            detail = api.get(f"/api/tasks/{charge['task_id']}").json()
+            assert detail["kwargs"]["password"] != "hunter2"  # scrubbed in the producer
+
+            batch = wait_for(
+                lambda: (
+                    (g := graph_of("shop.start_batch", "SUCCESS"))
+                    and any(x["kind"] == "chord" for x in g["groups"])
+                    and g
+                ),
+                90,
+                "a finished batch with a chord",
+            )
+            assert any(e["kind"] == "chord" for e in batch["edges"])
+            failed = wait_for(lambda: graph_of("shop.validate_address", "FAILURE"), 90, "a failed flow")
+            assert any(e["kind"] == "errback" for e in failed["edges"])
+            health = api.get("/api/health").json()
+            assert health["status"] == "ok"
+            assert health["transport"]["url"].startswith("memory://")
