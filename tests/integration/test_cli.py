@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from tests.support.server_helpers import REPO, cli_env
 
 CELERY_FLOW = str(Path(sys.executable).with_name("celery-flow"))
@@ -30,8 +29,9 @@ def one_line_error(proc: subprocess.CompletedProcess[str]) -> str:
 
 @pytest.mark.parametrize("command", ["server", "consume"])
 def test_bad_broker_url_names_the_supported_schemes(command: str, tmp_path: Path) -> None:
-    line = one_line_error(run(CELERY_FLOW, command, "--broker-url", "kafka://h:9092", "--store",
-                              f"sqlite:///{tmp_path}/s.db"))  # fmt: skip
+    line = one_line_error(
+        run(CELERY_FLOW, command, "--broker-url", "kafka://h:9092", "--store", f"sqlite:///{tmp_path}/s.db")
+    )
     assert "unsupported broker URL 'kafka://h:9092'" in line
     assert "redis://" in line
     assert "--broker-url" in line
@@ -39,8 +39,9 @@ def test_bad_broker_url_names_the_supported_schemes(command: str, tmp_path: Path
 
 @pytest.mark.parametrize("command", ["server", "consume"])
 def test_unreachable_broker_is_one_line_with_the_fix(command: str, tmp_path: Path) -> None:
-    line = one_line_error(run(CELERY_FLOW, command, "--broker-url", UNREACHABLE, "--store",
-                              f"sqlite:///{tmp_path}/s.db"))  # fmt: skip
+    line = one_line_error(
+        run(CELERY_FLOW, command, "--broker-url", UNREACHABLE, "--store", f"sqlite:///{tmp_path}/s.db")
+    )
     assert "cannot reach the broker at redis://127.0.0.1:1/0" in line
     assert "CELERY_FLOW_BROKER_URL" in line
 
@@ -54,7 +55,7 @@ def test_password_is_never_printed(tmp_path: Path) -> None:
             "redis://user:s3cret@127.0.0.1:1/0",
             "--store",
             f"sqlite:///{tmp_path}/s.db",
-        )  # fmt: skip
+        )
     )
     assert "s3cret" not in line
     assert "user:***@127.0.0.1:1" in line
@@ -78,7 +79,7 @@ def test_unreachable_postgres_store_is_one_line(redis_url: str) -> None:
             redis_url,
             "--store",
             "postgresql://postgres:pw@127.0.0.1:1/nope",
-        )  # fmt: skip
+        )
     )
     assert "cannot open the store" in line
     assert "pw" not in line.replace("postgresql", "")
@@ -97,8 +98,9 @@ def test_unknown_store_scheme_is_one_line(redis_url: str) -> None:
     ],
 )
 def test_bad_option_values(args: list[str], expected: str, redis_url: str, tmp_path: Path) -> None:
-    line = one_line_error(run(CELERY_FLOW, "server", "--broker-url", redis_url, "--store",
-                              f"sqlite:///{tmp_path}/s.db", *args))  # fmt: skip
+    line = one_line_error(
+        run(CELERY_FLOW, "server", "--broker-url", redis_url, "--store", f"sqlite:///{tmp_path}/s.db", *args)
+    )
     assert expected in line
 
 
@@ -126,7 +128,7 @@ def test_celery_subcommand_takes_the_broker_from_the_app(tmp_path: Path) -> None
             "--store",
             f"sqlite:///{tmp_path}/s.db",
             env=env,
-        )  # fmt: skip
+        )
     )
     assert "cannot reach the broker at redis://127.0.0.1:1/0" in line
 

@@ -87,7 +87,7 @@ def env(
                 perform_ping_check=False,
                 loglevel="ERROR",
                 shutdown_timeout=10,
-            ),  # fmt: skip
+            ),
         ):
             yield Env(app, api)
     finally:
