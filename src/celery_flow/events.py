@@ -142,6 +142,8 @@ def decode(data: bytes | bytearray | memoryview | str) -> Event:
         raise EventRejected("unsupported_version", f"v={event.v}")
     if event.type in TASK_EVENT_TYPES and not event.task_id:
         raise EventRejected("missing_field", f"{event.type} event without task_id")
+    if b"\\u0000" in (raw if isinstance(raw, bytes) else bytes(raw)):
+        _strip_nul(event)
     for name in _INT_FIELDS:
         # JSON integers are unbounded; SQL columns are 64-bit. Out of range here would fail the whole
         # batch's commit in the store on every retry (a poison message), so it is a bad field instead.
@@ -154,6 +156,27 @@ def decode(data: bytes | bytearray | memoryview | str) -> Event:
 _INT_FIELDS: Final = ("retries", "pid", "dropped")
 _INT_MIN: Final = -(2**63)
 _INT_MAX: Final = 2**63 - 1
+_TEXT_FIELDS: Final = ("id", "task_id", "name", "root_id", "parent_id", "group_id", "chord_id", "trace_id",
+                       "hostname", "queue", "exception", "traceback", "reason")  # fmt: skip
+
+
+def _strip_nul(event: Event) -> None:
+    """NUL characters become U+FFFD: PostgreSQL text cannot hold them, and one such event would fail its
+    whole batch on every retry. Replacing (not rejecting) keeps e.g. a `failed` event whose message held
+    binary junk; ids stay consistent because every event of a task is treated the same way."""
+    for name in _TEXT_FIELDS:
+        value = getattr(event, name)
+        if value is not None and "\x00" in value:
+            setattr(event, name, value.replace("\x00", "\ufffd"))
+    for name in ("links", "link_errors"):
+        values = getattr(event, name)
+        if values:
+            setattr(event, name, [v.replace("\x00", "\ufffd") for v in values])
+    for info in event.tasks or ():
+        for name in ("name", "signature", "doc"):
+            value = getattr(info, name)
+            if value is not None and "\x00" in value:
+                setattr(info, name, value.replace("\x00", "\ufffd"))
 
 
 def _is_not_utf8(raw: bytes | bytearray | memoryview) -> bool:

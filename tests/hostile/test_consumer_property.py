@@ -17,6 +17,7 @@ import dataclasses
 import json
 import threading
 import uuid
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -25,13 +26,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from celery_flow.consumer import Consumer
-from celery_flow.events import MAX_EVENT_BYTES, Event, encode
+from celery_flow.events import MAX_EVENT_BYTES, Event, decode, encode
 from celery_flow.flow.fold import fold_task
 from celery_flow.store import open_store
 from celery_flow.store.base import Store
 from celery_flow.transport.base import Message
 from tests.support.server_helpers import wait_for
 
+SLOW_OK = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture]
 KNOWN_KINDS = {"not_json", "not_utf8", "missing_field", "invalid_field", "unsupported_version", "oversize"}
 TASK_TYPES = ["sent", "received", "started", "retried", "succeeded", "failed", "revoked", "rejected"]
 
@@ -162,39 +164,63 @@ def _comparable(detail: Any) -> dict[str, Any]:
     return data
 
 
-def _check(store: Store, consumer: Consumer, valid: list[Event], invalid: int) -> None:
+def _check(store: Store, consumer: Consumer, valid: list[Event], invalid: int, fresh: bool = True) -> None:
     stats = consumer.stats()
     assert stats["rejected_total"] == invalid, stats["rejected"]
     assert set(stats["rejected"]) <= KNOWN_KINDS, stats["rejected"]
     by_task: dict[str, list[Event]] = {}
-    for event in valid:
+    for original in valid:
+        event = decode(encode(original))  # the event as the server sees it (e.g. NUL made storable)
         assert event.task_id is not None
         by_task.setdefault(event.task_id, []).append(event)
-    assert store.stats().tasks == len(by_task)
+    if fresh:
+        assert store.stats().tasks == len(by_task)
     for task_id, events in by_task.items():
         stored = store.get_task(task_id)
         assert stored is not None, task_id
         assert _comparable(stored) == _comparable(fold_task(task_id, events)), task_id
 
 
-@settings(
-    max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
-)
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def store_maker(request: pytest.FixtureRequest) -> Iterator[Callable[[], tuple[Store, bool]]]:
+    """(store, fresh): a new in-memory SQLite store per example; one PostgreSQL database for the module
+    (task ids are unique per example, so examples never see each other's tasks)."""
+    if request.param == "sqlite":
+        yield lambda: (open_store("sqlite:///:memory:"), True)
+        return
+    import psycopg
+
+    pg_url: str = request.getfixturevalue("pg_url")
+    admin_base, _, _ = pg_url.rpartition("/")
+    name = f"cf_prop_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(f"{admin_base}/postgres", autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    shared = open_store(f"{admin_base}/{name}")
+    try:
+        yield lambda: (shared, False)
+    finally:
+        shared.close()
+        with psycopg.connect(f"{admin_base}/postgres", autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=SLOW_OK)
 @given(data=streams(), batch=st.integers(1, 40))
 def test_consumer_folds_valid_events_and_counts_everything_else(
-    data: tuple[list[bytes], list[Event], int], batch: int
+    store_maker: Callable[[], tuple[Store, bool]], data: tuple[list[bytes], list[Event], int], batch: int
 ) -> None:
     entries, valid, invalid = data
-    store = open_store("sqlite:///:memory:")
+    store, fresh = store_maker()
     consumer = Consumer("memory://", store, batch=batch)
     try:
         messages = [Message(f"{i}-0", raw) for i, raw in enumerate(entries)]
         for start in range(0, len(messages), batch):
-            consumer.process(messages[start : start + batch])
-        _check(store, consumer, valid, invalid)
+            consumer.process(messages[start : start + batch])  # raises if the store refused a batch
+        _check(store, consumer, valid, invalid, fresh)
         assert consumer.stats()["store_errors_total"] == 0
     finally:
-        store.close()
+        if fresh:
+            store.close()
 
 
 @pytest.fixture(scope="module")
@@ -204,7 +230,6 @@ def redis_conn(redis_url: str) -> Any:
     client.close()
 
 
-SLOW_OK = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture]
 odd_entries = st.lists(
     st.dictionaries(st.binary(max_size=8), st.binary(max_size=8), min_size=1, max_size=3), max_size=3
 )
