@@ -15,7 +15,14 @@ const SEG_LABEL: Record<string, string> = {
 
 /** The node's segments; derived from its timestamps when the server sent none (live-only tasks). */
 export function segmentsOf(t: GraphNode): Segment[] {
-  if (t.segments && t.segments.length) return mergeRetryWaits(t.segments);
+  if (t.segments && t.segments.length) {
+    const segs = mergeRetryWaits(t.segments);
+    // A live push may finish the task before its segments are refetched: close the open one there.
+    const last = segs[segs.length - 1];
+    if (last.end == null && t.finished_at)
+      segs[segs.length - 1] = { ...last, end: Math.max(last.start, t.finished_at) };
+    return segs;
+  }
   const out: Segment[] = [];
   const end = t.finished_at ?? null;
   if (t.sent_at) out.push({ kind: "queued", start: t.sent_at, end: t.received_at ?? t.started_at ?? end });
