@@ -10,7 +10,8 @@ One loop, built so that no input and no outage can stop it:
 - Malformed entries (not JSON, not UTF-8, missing or mistyped fields, oversize) are counted per kind,
   logged once per kind, acknowledged and skipped: bad input never blocks the stream behind it.
 - A broker that goes away: reconnect with capped exponential backoff, status `reconnecting`.
-- A store that fails: keep the batch unacknowledged and retry it with backoff, status `store_error`.
+- A store that fails: keep the batch unacknowledged and retry it with backoff, status `store_error`;
+  one event the store can never hold is isolated and counted (`rejected.unstorable`), not retried forever.
 - Retention runs here (`store.sweep`) so one process owns deletes, and `sinks` (the OTLP exporter)
   get the changed task ids after each commit; a failing sink is logged, never allowed to stop ingest.
 """
@@ -39,6 +40,8 @@ DEFAULT_GROUP = "celery_flow"
 DEFAULT_BATCH = 500
 DROPPED_COUNTER = "publisher.dropped"
 REJECTED_PREFIX = "rejected."
+# Failed attempts at one batch, with the store answering pings, before looking for a poison event in it.
+POISON_AFTER = 3
 
 #: Called after each commit with the ids of the tasks that changed (e.g. the OTLP exporter).
 Sink = Callable[[list[str]], object]
@@ -283,18 +286,28 @@ class Consumer:
     def _commit(
         self, events: list[Event], counters: Counter[str], stop: threading.Event | None
     ) -> list[str] | None:
+        """One transaction for the batch, retried with backoff while the store is failing.
+
+        When the store keeps refusing the batch although it answers a ping, one event in it may be poison
+        (something the store cannot hold): the batch is then committed event by event, and an event the
+        store refuses repeatedly while it still commits a probe write is counted as
+        `rejected.unstorable`, so one bad event never stalls the stream. A store that cannot write at
+        all (disk full, read-only) rejects nothing: the consumer waits for it.
+        """
         if not events and not counters:
             return []
         backoff = _Backoff(cap=self.max_backoff)
+        failures = 0
         while True:
             try:
                 changed = self.store.apply(events, dict(counters) or None)
             except Exception as exc:  # StoreError, a driver error, a full disk: never lose the batch
-                with self._lock:
-                    self._store_errors += 1
-                self._set_status("store_error", f"store write failed: {type(exc).__name__}: {exc}")
+                failures += 1
+                self._store_failed(exc)
                 if stop is None:
                     raise
+                if failures >= POISON_AFTER and events and self._store_answers():
+                    return self._isolate(events, counters, stop)
                 stop.wait(backoff.next())
                 if stop.is_set():
                     return None
@@ -302,6 +315,54 @@ class Consumer:
             if self._status == "store_error":
                 self._set_status("running")
             return list(changed)
+
+    def _store_failed(self, exc: Exception) -> None:
+        with self._lock:
+            self._store_errors += 1
+        self._set_status("store_error", f"store write failed: {type(exc).__name__}: {exc}")
+
+    def _store_answers(self) -> bool:
+        try:
+            self.store.ping()
+        except Exception:
+            return False
+        return True
+
+    def _store_writes(self) -> bool:
+        """Whether the store can commit at all right now (a disk that is full answers pings too)."""
+        try:
+            self.store.apply([], {"consumer.write_probes": 1})
+        except Exception:
+            return False
+        return True
+
+    def _isolate(
+        self, events: list[Event], counters: Counter[str], stop: threading.Event
+    ) -> list[str] | None:
+        changed: list[str] = []
+        refused: Counter[str] = Counter(counters)
+        for event in events:
+            backoff = _Backoff(cap=self.max_backoff)
+            refusals = 0
+            while True:
+                try:
+                    changed += self.store.apply([event], None)
+                    break
+                except Exception as exc:
+                    self._store_failed(exc)
+                    refusals += self._store_writes()
+                    if refusals >= POISON_AFTER:  # refused again and again by a store that can write
+                        self._reject("unstorable", f"{type(exc).__name__}: {exc}", event.id)
+                        refused[REJECTED_PREFIX + "unstorable"] += 1
+                        break
+                    stop.wait(backoff.next())  # transient, or an outage after all: retry this event
+                    if stop.is_set():
+                        return None
+        if self._commit([], refused, stop) is None:
+            return None
+        counters.clear()
+        counters.update(refused)
+        return changed
 
     def _ack(self, ids: list[str]) -> None:
         sub = self._subscription

@@ -145,16 +145,29 @@ def test_store_errors_keep_the_batch_unacked_and_retry(store: Store, url: str) -
     transport = MemoryTransport(url, prefix="p")
     task_id = uuid.uuid4().hex
     transport.publish([encode(e) for e in task_events(task_id)])
-    flaky = FlakyStore(store, failures=3)
+    flaky = FlakyStore(store, failures=2)
     consumer = Consumer(url, flaky, prefix="p", read_timeout=0.05, max_backoff=0.2)  # type: ignore[arg-type]
     statuses: list[str] = []
     with running(consumer):
         wait_for(lambda: statuses.append(consumer.stats()["status"]) or consumer.stats()["acked_total"] == 4)
     assert "store_error" in statuses
-    assert consumer.stats()["store_errors_total"] == 3
-    assert flaky.calls == 4  # one batch, retried until it committed: never re-read, never skipped
+    assert consumer.stats()["store_errors_total"] == 2
+    assert flaky.calls == 3  # one batch, retried until it committed: never re-read, never skipped
     assert store.get_task(task_id).state == "SUCCESS"  # type: ignore[union-attr]
     assert pending(transport) == 0
+
+
+def test_a_store_refusing_everything_for_a_while_loses_nothing(store: Store, url: str) -> None:
+    transport = MemoryTransport(url, prefix="p")
+    ids = [uuid.uuid4().hex for _ in range(3)]
+    transport.publish([encode(e) for t in ids for e in task_events(t)])
+    flaky = FlakyStore(store, failures=8)  # past the poison threshold, yet every event is fine
+    consumer = Consumer(url, flaky, prefix="p", read_timeout=0.05, max_backoff=0.05)  # type: ignore[arg-type]
+    with running(consumer):
+        wait_for(lambda: consumer.stats()["acked_total"] == 12)
+    assert {store.get_task(t).state for t in ids} == {"SUCCESS"}  # type: ignore[union-attr]
+    assert consumer.stats()["rejected"] == {}
+    assert store.stats().events == 12
 
 
 def test_stop_during_store_outage_leaves_entries_pending_for_the_next_run(store: Store, url: str) -> None:
@@ -225,3 +238,31 @@ def test_unreachable_broker_reports_reconnecting_and_keeps_trying(store: Store) 
         stats = consumer.stats()
         assert stats["status"] == "reconnecting"
         assert "127.0.0.1:1" in stats["detail"]
+
+
+class PoisonStore(FlakyStore):
+    """A store that answers pings but can never hold one particular event (like a NUL in PostgreSQL)."""
+
+    def apply(self, events: Sequence[Event], counters: Any = None) -> list[str]:
+        self.calls += 1
+        if any(e.name == "poison" for e in events):
+            raise StoreError("invalid byte sequence")
+        return self.inner.apply(events, counters)
+
+
+def test_a_poison_event_is_isolated_and_rejected_not_retried_forever(store: Store, url: str) -> None:
+    transport = MemoryTransport(url, prefix="p")
+    good = uuid.uuid4().hex
+    poison = make_event("sent", task_id=uuid.uuid4().hex, name="poison")
+    transport.publish(
+        [encode(e) for e in task_events(good)[:2]]
+        + [encode(poison)]
+        + [encode(e) for e in task_events(good)[2:]]
+    )
+    consumer = Consumer(url, PoisonStore(store, 0), prefix="p", read_timeout=0.05, max_backoff=0.05)  # type: ignore[arg-type]
+    with running(consumer):
+        wait_for(lambda: consumer.stats()["acked_total"] == 5, what="the whole batch acknowledged")
+    assert store.get_task(good).state == "SUCCESS"  # type: ignore[union-attr]
+    assert consumer.stats()["rejected"] == {"unstorable": 1}
+    assert store.stats().counters.get("rejected.unstorable") == 1
+    assert consumer.stats()["status"] == "stopped"
