@@ -38,8 +38,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "src"))
 
-import celery_flow  # noqa: E402
 from tests.support.canvas_app import make_app  # noqa: E402
+
+import celery_flow  # noqa: E402
 
 DEFAULT_BROKER = "redis://127.0.0.1:6379/0"
 DEFAULT_FLOW = {"redis": "redis://127.0.0.1:6379/0", "amqp": "amqp://guest:guest@127.0.0.1:5672//"}
@@ -47,21 +48,62 @@ DEFAULT_FLOW = {"redis": "redis://127.0.0.1:6379/0", "amqp": "amqp://guest:guest
 
 @dataclass
 class Side:
-    throughput: list[float] = field(default_factory=list)  # tasks/s
-    apply_us: list[float] = field(default_factory=list)  # mean µs per apply_async
+    throughput: list[float] = field(default_factory=list)  # tasks/s (wall clock)
+    worker_cpu_us: list[float] = field(default_factory=list)  # worker CPU µs per task (whole process tree)
+    apply_us: list[float] = field(default_factory=list)  # mean wall µs per apply_async
+    apply_cpu_us: list[float] = field(default_factory=list)  # producer CPU µs per apply_async
 
 
-def publish(app: object, queue: str, n: int) -> float:
-    """Publish n no-op tasks; mean µs per apply_async."""
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _tree(pid: int) -> list[int]:
+    out = [pid]
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as fh:
+            children = [int(c) for c in fh.read().split()]
+    except OSError:
+        return out
+    for child in children:
+        out += _tree(child)
+    return out
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds (user+system) used so far by a process and its live descendants.
+
+    CPU time is what celery-flow adds; wall-clock throughput on a machine shared with other work also
+    measures the neighbours, so both are reported.
+    """
+    total = 0
+    for p in _tree(pid):
+        try:
+            with open(f"/proc/{p}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+        except (OSError, IndexError, ValueError):
+            continue
+    return total / _TICK
+
+
+def publish(app: object, queue: str, n: int) -> tuple[float, float]:
+    """Publish n no-op tasks; (mean wall µs per apply_async, CPU µs per apply_async of this process,
+    including celery-flow's publisher thread up to its final flush)."""
     noop = app.tasks["t.noop"]  # type: ignore[attr-defined]
+    cpu = time.process_time()
     start = time.perf_counter()
     for _ in range(n):
         noop.apply_async(ignore_result=True, queue=queue)
-    return (time.perf_counter() - start) / n * 1e6
+    wall = (time.perf_counter() - start) / n * 1e6
+    celery_flow.shutdown(app, timeout=30)  # flush what the publisher thread still holds (no-op if plain)
+    return wall, (time.process_time() - cpu) / n * 1e6
 
 
-def drain(broker_url: str, flow_url: str | None, prefix: str, queue: str, pool: str, n: int) -> float:
-    """Start a worker on `queue` (already holding n tasks); tasks/s from first take to empty."""
+def drain(
+    broker_url: str, flow_url: str | None, prefix: str, queue: str, pool: str, n: int
+) -> tuple[float, float]:
+    """Start a worker on `queue` (already holding n tasks); (tasks/s, worker CPU µs per task), both from
+    the first task taken to the queue being empty."""
     client = redis.Redis.from_url(broker_url)
     env = {
         **os.environ,
@@ -83,12 +125,14 @@ def drain(broker_url: str, flow_url: str | None, prefix: str, queue: str, pool: 
                 raise RuntimeError("worker did not start consuming")
             time.sleep(0.002)
         started = time.perf_counter()
+        cpu = tree_cpu(proc.pid)
         while client.llen(queue) > 0 or client.hlen("unacked") > 0:
             if time.monotonic() > deadline:
                 raise RuntimeError("worker did not drain the queue")
             time.sleep(0.002)
         elapsed = time.perf_counter() - started
-        return n / elapsed
+        cpu = tree_cpu(proc.pid) - cpu
+        return n / elapsed, cpu / n * 1e6
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -112,31 +156,44 @@ def run(transport: str, flow_url: str, broker_url: str, pools: list[str], n: int
                 app = make_app(broker_url, broker_url, None, None, main=f"bench_{mode}", queue=queue)
                 if mode == "instrumented":
                     celery_flow.init(app, transport_url=flow_url, prefix=prefix)
-                try:
-                    apply_us = publish(app, queue, n)
-                finally:
-                    if mode == "instrumented":
-                        celery_flow.shutdown(app, timeout=10)
-                tps = drain(broker_url, flow_url if mode == "instrumented" else None, prefix, queue, pool, n)
-                sides[mode].throughput.append(tps)
-                sides[mode].apply_us.append(apply_us)
+                apply_us, apply_cpu = publish(app, queue, n)
+                tps, cpu = drain(
+                    broker_url, flow_url if mode == "instrumented" else None, prefix, queue, pool, n
+                )
+                side = sides[mode]
+                side.throughput.append(tps)
+                side.worker_cpu_us.append(cpu)
+                side.apply_us.append(apply_us)
+                side.apply_cpu_us.append(apply_cpu)
                 print(
-                    f"  {transport:5} {pool:8} round {round_ + 1} {mode:12} {tps:8.0f} tasks/s"
-                    f"  apply_async {apply_us:6.0f} µs",
+                    f"  {transport:5} {pool:8} round {round_ + 1} {mode:12} {tps:6.0f} tasks/s"
+                    f" worker CPU {cpu:5.0f} µs/task"
+                    f"  apply_async {apply_us:5.0f} µs (CPU {apply_cpu:4.0f} µs)",
                     flush=True,
                 )
-        plain, inst = sides["plain"], sides["instrumented"]
-        tp_ratio = statistics.median(inst.throughput) / statistics.median(plain.throughput)
-        ap_ratio = statistics.median(inst.apply_us) / statistics.median(plain.apply_us)
-        spread = [round(i / p, 3) for i, p in zip(inst.throughput, plain.throughput, strict=True)]
-        lines.append(
-            f"{transport:5} {pool:8} throughput plain {statistics.median(plain.throughput):6.0f}/s, "
-            f"instrumented {statistics.median(inst.throughput):6.0f}/s, ratio {tp_ratio:.3f} "
-            f"(per round {spread}); apply_async plain {statistics.median(plain.apply_us):.0f} µs, "
-            f"instrumented {statistics.median(inst.apply_us):.0f} µs, ratio {ap_ratio:.3f}"
-        )
+        lines += summarize(transport, pool, sides["plain"], sides["instrumented"])
     _cleanup(transport, flow_url, prefix)
     return lines
+
+
+def summarize(transport: str, pool: str, plain: Side, inst: Side) -> list[str]:
+    def med(side: Side, attr: str) -> float:
+        return float(statistics.median(getattr(side, attr)))
+
+    def ratio(attr: str) -> float:
+        return med(inst, attr) / med(plain, attr)
+
+    spread = [round(i / p, 3) for i, p in zip(inst.throughput, plain.throughput, strict=True)]
+    return [
+        f"{transport:5} {pool:8} throughput ratio {ratio('throughput'):.3f} "
+        f"({med(inst, 'throughput'):.0f} vs {med(plain, 'throughput'):.0f} tasks/s; per round {spread}); "
+        f"worker CPU per task ratio {ratio('worker_cpu_us'):.3f} "
+        f"({med(inst, 'worker_cpu_us'):.0f} vs {med(plain, 'worker_cpu_us'):.0f} µs)",
+        f"{'':5} {'':8} apply_async wall ratio {ratio('apply_us'):.3f} "
+        f"({med(inst, 'apply_us'):.0f} vs {med(plain, 'apply_us'):.0f} µs); "
+        f"producer CPU per apply_async ratio {ratio('apply_cpu_us'):.3f} "
+        f"({med(inst, 'apply_cpu_us'):.0f} vs {med(plain, 'apply_cpu_us'):.0f} µs)",
+    ]
 
 
 def _cleanup(transport: str, flow_url: str, prefix: str) -> None:

@@ -320,6 +320,15 @@ def test_revoked_before_run(tracked: Tracked) -> None:
     assert not [e for e in events if e.task_id == task_id and e.type == "started"]
 
 
+def test_revoke_a_received_eta_task(tracked: Tracked) -> None:
+    r = tracked.task("add").apply_async((1, 1), countdown=1.5)
+    tracked.log.wait_for(lambda ev: any(e.task_id == r.id and e.type == "received" for e in ev))
+    r.revoke()  # the worker holds it in its ETA timer: it is announced revoked instead of run
+    events = tracked.log.wait_for(done(r.id, final="revoked"))
+    assert of(events, r.id, "revoked").reason == "revoked"
+    assert not [e for e in events if e.task_id == r.id and e.type == "started"]
+
+
 def test_expired(tracked: Tracked) -> None:
     already = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(seconds=1)
     r = tracked.task("add").apply_async((1, 1), expires=already)
