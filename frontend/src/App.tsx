@@ -81,6 +81,11 @@ function SearchBox() {
   const [value, setValue] = useState("");
   const [busy, setBusy] = useState(false);
   const [miss, setMiss] = useState<string | null>(null);
+  useEffect(() => {
+    if (!miss) return;
+    const t = window.setTimeout(() => setMiss(null), 5000);
+    return () => window.clearTimeout(t);
+  }, [miss]);
 
   useEffect(() => {
     const onKey = (e: KeyboardEvent) => {
@@ -134,7 +139,10 @@ function SearchBox() {
         placeholder="Task id, trace id or text   ( / )"
         aria-label="Search by task id, trace id or text"
         value={value}
-        onChange={(e) => setValue(e.target.value)}
+        onChange={(e) => {
+          setValue(e.target.value);
+          setMiss(null);
+        }}
         data-testid="search"
         disabled={busy}
       />

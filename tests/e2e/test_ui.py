@@ -248,6 +248,10 @@ def test_deep_links_under_a_mount_prefix(mounted: str, canvas: dict[str, str], p
     expect(node(page, canvas["callback_id"])).to_be_visible()
     expect(page.get_by_test_id("sidepanel")).to_contain_text("t.xsum")
     expect(page.get_by_test_id("conn")).to_have_text("Live")
+    # A non-root task id in a flow link (pasted from a log) opens its flow with the task selected.
+    page.goto(f"{mounted}/flows/{canvas['callback_id']}")
+    expect(page).to_have_url(f"{mounted}/flows/{root_id}?task={canvas['callback_id']}")
+    expect(page.get_by_test_id("sidepanel")).to_contain_text("t.xsum")
     page.get_by_role("link", name="Registry").click()
     expect(page).to_have_url(f"{mounted}/registry")
     expect(page.locator('tr[data-name="t.xsum"]')).to_be_visible()

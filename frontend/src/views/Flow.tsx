@@ -1,12 +1,13 @@
 // /flows/{root_id}: the workflow's graph and timeline, with the selected task's detail beside them.
-import { api, takePrefetchedFlow } from "../api/client";
+import { useEffect } from "react";
+import { api, ApiError, takePrefetchedFlow } from "../api/client";
 import type { GraphNode } from "../api/types";
 import { TERMINAL } from "../api/types";
 import { CountsBar, ErrorBox, Loading, StateChip } from "../components/common";
 import { fmtDuration, fmtIso, fmtTime, shortId, shortName } from "../format";
 import { useAsync, useDocumentTitle, useNow } from "../hooks";
 import { useLiveFilter } from "../live";
-import { Link } from "../router";
+import { Link, useRouter } from "../router";
 import { prewarm } from "../graph/layout";
 import { ModeSwitch, Workspace, type Mode } from "../graph/Workspace";
 
@@ -94,7 +95,21 @@ prewarm();
 
 export default function FlowView({ rootId }: { rootId: string }) {
   useLiveFilter(rootId, null);
+  const { navigate } = useRouter();
   const { data, error, reload } = useAsync((signal) => takePrefetchedFlow(rootId) ?? api.flow(rootId, signal), rootId);
+  // A task id that is not a root (pasted from a log line): open its flow with the task selected.
+  useEffect(() => {
+    if (!(error instanceof ApiError) || error.status !== 404) return;
+    const ctl = new AbortController();
+    api
+      .task(rootId, ctl.signal)
+      .then((t) => {
+        if (t.root_id && t.root_id !== rootId)
+          navigate(`/flows/${encodeURIComponent(t.root_id)}?task=${encodeURIComponent(rootId)}`, { replace: true });
+      })
+      .catch(() => undefined);
+    return () => ctl.abort();
+  }, [error, rootId, navigate]);
   const root = data?.nodes.find((n) => n.task_id === rootId);
   useDocumentTitle(root?.name ? `${shortName(root.name)} flow` : `Flow ${rootId.slice(0, 8)}`);
   if (error && !data)

@@ -69,7 +69,7 @@ function FlowRow({ f, now }: { f: FlowSummary; now: number }) {
       </td>
       <td className="num">
         {running && (duration ?? 0) < 1 ? "<1 s" : fmtDuration(duration)}
-        {running && <span className="sub"> running</span>}
+        {running && <span className="sub"> {f.state === "PENDING" ? "queued" : "running"}</span>}
       </td>
       <td title={fmtIso(f.started_at)}>
         {fmtTime(f.started_at)}
