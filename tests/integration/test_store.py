@@ -445,6 +445,30 @@ def test_sweep_keeps_partial_flows_consistent(store: SqlStore) -> None:
     )
 
 
+def test_extreme_but_valid_values_are_stored(store: SqlStore) -> None:
+    """Whatever `events.decode` accepts, both engines store (a poison batch would block the stream)."""
+    from celery_flow.events import decode
+
+    raws = [
+        b'{"v":1,"id":"x1","type":"sent","ts":1.0,"task_id":"t1","retries":9223372036854775807,"name":"n\\u0000"}',
+        b'{"v":1,"id":"x2","type":"started","ts":2,"task_id":"t1","pid":9223372036854775807,"hostname":"w",'
+        b'"eta":1e300,"runtime":-5,"args":[1e308,"\\u2603",{"k":null}]}',
+        b'{"v":1,"id":"x3","type":"worker.online","ts":3,"hostname":"w","pid":-9223372036854775808,'
+        b'"info":{"heartbeat_interval":1e308}}',
+    ]
+    assert store.apply([decode(raw) for raw in raws]) == ["t1"]
+    task = store.get_task("t1")
+    assert task is not None
+    assert (task.retries, task.pid, task.args) == (
+        9223372036854775807,
+        9223372036854775807,
+        [1e308, "\u2603", {"k": None}],
+    )
+    worker = store.workers()[0]
+    assert worker.pid == -9223372036854775808
+    assert worker.status == "offline"  # a silly heartbeat interval does not keep a silent worker online
+
+
 def test_counters_are_added_in_the_apply_transaction(store: SqlStore) -> None:
     store.apply([], {"rejected.not_json": 2, "publisher.dropped": 5})
     store.apply(run("a", T0), {"rejected.not_json": 1})

@@ -142,6 +142,8 @@ class PostgresStore(SqlStore):
         except psycopg.OperationalError as exc:
             self._discard(conn)
             raise self._error(exc) from None
+        except psycopg.Error as exc:
+            raise self._error(exc) from None
 
     @contextmanager
     def _write(self) -> Iterator[_Session]:
@@ -152,6 +154,8 @@ class PostgresStore(SqlStore):
                 yield _Session(conn)
         except psycopg.OperationalError as exc:
             self._discard(conn)
+            raise self._error(exc) from None
+        except psycopg.Error as exc:
             raise self._error(exc) from None
 
     def _error(self, exc: Exception) -> StoreError:

@@ -66,7 +66,7 @@ CREATE TABLE IF NOT EXISTS tasks (
     trace_id TEXT,
     hostname TEXT,
     queue TEXT,
-    retries INTEGER NOT NULL DEFAULT 0,
+    retries BIGINT NOT NULL DEFAULT 0,
     sent_at FLOAT8,
     received_at FLOAT8,
     started_at FLOAT8,
@@ -119,7 +119,7 @@ CREATE TABLE IF NOT EXISTS workers (
     last_heartbeat FLOAT8,
     offline_at FLOAT8,
     heartbeat_interval FLOAT8,
-    pid INTEGER,
+    pid BIGINT,
     tasks_run BIGINT NOT NULL DEFAULT 0,
     registered TEXT NOT NULL,
     info TEXT NOT NULL

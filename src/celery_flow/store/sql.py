@@ -67,6 +67,8 @@ PERCENTILE_WINDOW = 1000
 # no heartbeat came for 2 intervals plus this margin.
 DEFAULT_HEARTBEAT_INTERVAL = 30.0
 HEARTBEAT_MARGIN = 5.0
+# A worker claiming a longer interval is still declared offline after 2 hours of silence.
+MAX_HEARTBEAT_INTERVAL = 3600.0
 SWEEP_BATCH = 5000
 # Seconds of deleting per sweep() call at most (see sweep()).
 SWEEP_BUDGET = 2.0
@@ -554,7 +556,7 @@ class SqlStore(ABC):
             info = event.info or {}
             interval = info.get("heartbeat_interval", info.get("interval"))
             if isinstance(interval, (int, float)) and interval > 0:
-                w[4] = float(interval)
+                w[4] = min(float(interval), MAX_HEARTBEAT_INTERVAL)
             if event.type == "worker.online" and (w[1] is None or event.ts >= w[1]):
                 w[1] = event.ts
                 if event.tasks is not None:
