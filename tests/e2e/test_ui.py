@@ -154,6 +154,7 @@ def test_live_state_change_without_reload(stack: Stack, page: Page) -> None:
     page.goto(f"{stack.url}/flows/{slow_id}")
     expect(node(page, slow_id)).to_have_attribute("data-state", "STARTED")
     expect(page.locator('[data-testid^="node-"]')).to_have_count(1)
+    expect(page.get_by_test_id("graph")).to_have_attribute("data-layouts", "1")
     expect(page.get_by_test_id("conn")).to_have_text("Live")
     expect(page.get_by_test_id("flow-head").locator(".chip")).to_have_text("RUNNING")
     page.evaluate("window.__sameDocument = true")
@@ -163,6 +164,8 @@ def test_live_state_change_without_reload(stack: Stack, page: Page) -> None:
     expect(page.locator(".react-flow__edge.edge-chain")).to_have_count(1)
     expect(page.get_by_test_id("flow-head").locator(".chip")).to_have_text("SUCCESS")
     assert page.evaluate("window.__sameDocument === true"), "the page was reloaded"
+    # Several state changes arrived, but only the new task caused a layout: states change in place.
+    expect(page.get_by_test_id("graph")).to_have_attribute("data-layouts", "2")
     screenshot(page, "flow-live-done")
 
     # The flows list updates live too: a new flow appears at the top and turns SUCCESS in place.

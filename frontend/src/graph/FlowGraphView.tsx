@@ -223,7 +223,7 @@ type Pos = Record<string, { x: number; y: number; width: number; height: number 
 function Inner({ structure, tasks, critical, selected, running, onOpenTask, onExpand }: GraphViewProps) {
   const rf = useReactFlow();
   const theme = useThemeName();
-  const [positions, setPositions] = useState<{ key: string; pos: Pos; ms: number } | null>(null);
+  const [positions, setPositions] = useState<{ key: string; pos: Pos; ms: number; n: number } | null>(null);
   const [layoutError, setLayoutError] = useState<string | null>(null);
   const [now, setNow] = useState(() => Date.now() / 1000);
   const fitted = useRef<string | null>(null);
@@ -242,7 +242,7 @@ function Inner({ structure, tasks, critical, selected, running, onOpenTask, onEx
     }).then((r) => {
       if (!live) return;
       if (r.error) setLayoutError(r.error);
-      else setPositions({ key: structure.key, pos: r.positions, ms: r.ms });
+      else setPositions((prev) => ({ key: structure.key, pos: r.positions, ms: r.ms, n: (prev?.n ?? 0) + 1 }));
     });
     return () => {
       live = false;
@@ -444,6 +444,7 @@ function Inner({ structure, tasks, critical, selected, running, onOpenTask, onEx
       data-ready={ready ? "true" : "false"}
       data-layout-ms={positions ? Math.round(positions.ms) : undefined}
       data-nodes={structure.nodes.length}
+      data-layouts={positions?.n ?? 0}
     >
       <EdgeLegend />
       <ReactFlow
