@@ -80,6 +80,7 @@ class SQLiteStore(SqlStore):
             conn.execute("PRAGMA temp_store=MEMORY")
             # Checkpoint (and fsync) the WAL every ~40 MB rather than every 4 MB: fewer ingest stalls.
             conn.execute("PRAGMA wal_autocheckpoint=10000")
+            conn.execute("PRAGMA journal_size_limit=67108864")  # ...and truncate it back to 64 MB after
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open {self.path} ({exc}): {FIX_HINT}") from None
         with self._registry_lock:
