@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Annotated, NoReturn, TypeVar
 
 from fastapi import APIRouter, HTTPException, Path, Query
+from fastapi.exceptions import RequestValidationError
 
 from celery_flow.flow.model import (
     FlowGraph,
@@ -73,14 +74,21 @@ def _not_found(what: str, ident: str) -> NoReturn:
     raise HTTPException(status_code=404, detail=f"no {what} with id {ident!r}")
 
 
-def guarded(call: Callable[[], R]) -> R:
+def _invalid(param: str, message: str, value: object) -> NoReturn:
+    """A 422 shaped like FastAPI's own validation errors, so it matches the documented 422 schema."""
+    raise RequestValidationError(
+        [{"type": "value_error", "loc": ("query", param), "msg": message, "input": value}]
+    )
+
+
+def guarded(call: Callable[[], R], cursor: str | None = None) -> R:
     """Run one store call, turning store outages into 503 and bad cursors into 422 (never a 500)."""
     try:
         return call()
     except StoreError as exc:
         raise HTTPException(status_code=503, detail=f"store unavailable: {exc}") from None
     except ValueError as exc:
-        raise HTTPException(status_code=422, detail=f"invalid request: {exc}") from None
+        _invalid("cursor", f"invalid request: {exc}", cursor)
 
 
 def build_api_router(
@@ -102,7 +110,7 @@ def build_api_router(
         until: float | None,
     ) -> TaskFilter:
         if since is not None and until is not None and until < since:
-            raise HTTPException(status_code=422, detail="`until` must not be before `since`")
+            _invalid("until", "`until` must not be before `since`", until)
         return TaskFilter(
             state=state, name=name, root_id=root_id, trace_id=trace_id, worker=worker, q=q,
             since=since, until=until,
@@ -126,7 +134,7 @@ def build_api_router(
         cursor: Cursor = None,
     ) -> TaskPage:
         filt = task_filter(state, name, root_id, trace_id, worker, q, since, until)
-        page = guarded(lambda: store().list_tasks(filt, limit, cursor))
+        page = guarded(lambda: store().list_tasks(filt, limit, cursor), cursor)
         return TaskPage(items=page.items, next_cursor=page.next_cursor)
 
     @router.get("/tasks/{task_id}", response_model=TaskDetail, summary="Everything known about one task")
@@ -150,7 +158,7 @@ def build_api_router(
         cursor: Cursor = None,
     ) -> FlowPage:
         filt = task_filter(state, name, root_id, trace_id, worker, q, since, until)
-        page = guarded(lambda: store().list_flows(filt, limit, cursor))
+        page = guarded(lambda: store().list_flows(filt, limit, cursor), cursor)
         return FlowPage(items=page.items, next_cursor=page.next_cursor)
 
     @router.get("/flows/{root_id}", response_model=FlowGraph, summary="The graph of one root workflow")
