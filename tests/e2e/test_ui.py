@@ -40,10 +40,9 @@ def canvas(stack: Stack) -> dict[str, str]:
     result = workflow.apply_async()
     assert result.get(timeout=60) == 4 + 1 + 9
     callback_id = str(result.id)
-    root_id = str(result.parent.id) if result.parent is not None else callback_id
     done = stack.wait_task(callback_id, "SUCCESS")
     stack.wait_task(done["root_id"], "SUCCESS")
-    return {"root_id": str(done["root_id"]), "callback_id": callback_id, "first_id": root_id}
+    return {"root_id": str(done["root_id"]), "callback_id": callback_id}
 
 
 def test_flows_list_and_chord_graph(stack: Stack, canvas: dict[str, str], page: Page) -> None:
@@ -85,6 +84,15 @@ def test_flows_list_and_chord_graph(stack: Stack, canvas: dict[str, str], page: 
     expect(panel.locator(".json").nth(2)).to_contain_text("14")  # the result
     expect(page).to_have_url(re.compile(rf"\?task={callback_id}$"))
     screenshot(page, "flow-panel")
+
+    # Keyboard: Esc closes the panel; a focused node opens with Enter.
+    page.keyboard.press("Escape")
+    expect(page.get_by_test_id("sidepanel")).to_have_count(0)
+    node(page, root_id).focus()
+    page.keyboard.press("Enter")
+    expect(page.get_by_test_id("sidepanel").get_by_test_id("task-detail")).to_have_attribute(
+        "data-task-id", root_id
+    )
 
     # Timeline-only view, and light theme (persisted across a reload).
     page.get_by_test_id("mode-timeline").click()
