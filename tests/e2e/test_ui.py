@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,6 +21,7 @@ from tests.e2e.conftest import PageWatch, Stack, screenshot
 from tests.support.server_helpers import ServerThread, wait_for
 
 import celery_flow
+from celery_flow.server import create_app
 from celery_flow.server.extension import CeleryFlowExtension
 
 pytestmark = pytest.mark.timeout(180)
@@ -353,3 +355,20 @@ def test_errback_edge_and_system_light_theme(stack: Stack, browser: Browser, bui
         screenshot(page, "flow-errback-light")
     finally:
         context.close()
+
+
+def test_degraded_server_is_said_plainly(tmp_path: Path, page: Page) -> None:
+    """With its broker unreachable, the UI says the server is degraded and why, instead of looking live."""
+    app = create_app(
+        broker_url="redis://127.0.0.1:9/0", store=f"sqlite:///{tmp_path}/flow.db", prefix="cf_e2e_down"
+    )
+    server = ServerThread(app)
+    server.start()
+    try:
+        page.goto(server.url + "/")
+        expect(page.get_by_test_id("conn")).to_have_text("Server degraded", timeout=20_000)
+        expect(page.get_by_test_id("status-banner")).to_contain_text("broker")
+        expect(page.get_by_text("No flows recorded yet")).to_be_visible()
+        screenshot(page, "degraded")
+    finally:
+        server.stop()
