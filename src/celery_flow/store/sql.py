@@ -84,7 +84,7 @@ _cursor_decoder = msgspec.json.Decoder(tuple[float, str])
 _TASK_SELECT = "SELECT " + ", ".join(TASK_COLUMNS) + " FROM tasks"
 _FLOW_SELECT = "SELECT " + ", ".join(FLOW_COLUMNS) + " FROM flows"
 # Columns that appear in secondary indexes (besides seq, which changes on every write anyway).
-_TASK_INDEXED = frozenset({"name", "state", "fnum", "hostname", "ts"})
+_TASK_INDEXED = frozenset({"name", "state", "fnum", "hostname", "ts", "runtime"})
 # Never reassigned: a task keeps its number (the SQLite rowid) for life.
 _TASK_FIXED = frozenset({"num"})
 _FLOW_INDEXED = frozenset({"root_name", "state", "trace_id", "ts"})
