@@ -43,7 +43,8 @@ REJECTED_PREFIX = "rejected."
 # Failed attempts at one batch, with the store answering pings, before looking for a poison event in it.
 POISON_AFTER = 3
 
-#: Called after each commit with the ids of the tasks that changed (e.g. the OTLP exporter).
+#: Called after each commit with the ids of the tasks that changed (e.g. the OTLP exporter); a sink with
+#: a `close()` method is closed when `Consumer.run()` returns.
 Sink = Callable[[list[str]], object]
 
 
@@ -186,7 +187,18 @@ class Consumer:
                 self._housekeeping(stop)
         finally:
             self._disconnect(None)
+            self._close_sinks()
             self._set_status("stopped")
+
+    def _close_sinks(self) -> None:
+        """Sinks with a `close()` (the OTLP exporter flushes its queue there) end with the consumer."""
+        for sink in self.sinks:
+            close = getattr(sink, "close", None)
+            if callable(close):
+                try:
+                    close()
+                except Exception:
+                    log.exception("closing sink %r failed", sink)
 
     def _connect(self) -> Subscription | None:
         if self._subscription is not None:

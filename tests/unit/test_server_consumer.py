@@ -266,3 +266,19 @@ def test_a_poison_event_is_isolated_and_rejected_not_retried_forever(store: Stor
     assert consumer.stats()["rejected"] == {"unstorable": 1}
     assert store.stats().counters.get("rejected.unstorable") == 1
     assert consumer.stats()["status"] == "stopped"
+
+
+def test_sinks_are_closed_when_the_consumer_stops(store: Store, url: str) -> None:
+    class Exporter:
+        closed = False
+
+        def __call__(self, ids: list[str]) -> None: ...
+
+        def close(self) -> None:
+            self.closed = True
+
+    exporter = Exporter()
+    consumer = Consumer(url, store, prefix="p", read_timeout=0.05, sinks=[exporter])
+    with running(consumer):
+        assert not exporter.closed
+    assert exporter.closed
