@@ -1,0 +1,137 @@
+"""Markup in every user-controlled field never becomes HTML in the UI (real Chromium, real server).
+
+tests/e2e/test_ui.py shows an XSS payload in a task's args rendered as text. Here the payloads sit in
+every other field a worker or producer controls and the UI displays: task names (lists, graph nodes,
+timeline, registry), results, exception messages and tracebacks, retry reasons, hostnames (workers view),
+queues, kwargs keys, and the search box. Each view is opened by its deep link; the page must show the
+payload as text, run none of it (no dialog, no `window.__xss`), and contain no element it injected.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.sync_api import Page, expect
+
+from celery_flow.events import Event, TaskInfo
+from celery_flow.server import create_app
+from celery_flow.store import open_store
+from tests.e2e.conftest import (  # noqa: F401 - fixtures shared with the browser tests
+    PageWatch,
+    browser,
+    built_ui,
+    page,
+    page_watch,
+    playwright_instance,
+)
+from tests.support.server_helpers import ServerThread
+
+PAYLOADS = {
+    "name": '<img src=x id="xss-name" onerror="window.__xss=1;alert(1)">',
+    "host": "celery@<svg id=xss-host onload=window.__xss=2>",
+    "exception": "ValueError('<script id=xss-exc>window.__xss=3</script>')",
+    "traceback": 'Traceback:\n  File "<iframe id=xss-tb src=javascript:window.__xss=4>"\nValueError',
+    "result": '"><img src=x id=xss-result onerror=window.__xss=5>',
+    "queue": "q<b id=xss-queue>bold</b>",
+    "reason": "<a id=xss-reason href=javascript:window.__xss=6>retry</a>",
+    "key": "<i id=xss-key>k</i>",
+}
+INJECTED = "#xss-name, #xss-host, #xss-exc, #xss-tb, #xss-result, #xss-queue, #xss-reason, #xss-key"
+
+
+@pytest.fixture(scope="module")
+def hostile_ui(tmp_path_factory: pytest.TempPathFactory, built_ui: Path) -> Iterator[dict[str, str]]:  # noqa: F811
+    root, child, failed, trace = (uuid.uuid4().hex for _ in range(4))
+    t0 = 1_700_000_000.0
+    events: list[Event] = []
+
+    def ev(type_: str, task_id: str, dt: float, **fields: Any) -> None:
+        base: dict[str, Any] = {
+            "task_id": task_id,
+            "name": PAYLOADS["name"],
+            "root_id": root,
+            "trace_id": trace,
+        }
+        if task_id != root:
+            base["parent_id"] = root
+        events.append(Event(v=1, id=uuid.uuid4().hex, type=type_, ts=t0 + dt, **{**base, **fields}))  # type: ignore[arg-type]
+
+    host = {"hostname": PAYLOADS["host"], "pid": 1}
+    for task_id, offset in ((root, 0.0), (child, 1.0)):
+        ev("sent", task_id, offset, queue=PAYLOADS["queue"], args=[PAYLOADS["name"]],
+           kwargs={PAYLOADS["key"]: PAYLOADS["result"]})  # fmt: skip
+        ev("received", task_id, offset + 0.1, **host)
+        ev("started", task_id, offset + 0.2, **host)
+        ev("succeeded", task_id, offset + 0.5, result=PAYLOADS["result"], runtime=0.3, **host)
+    ev("sent", failed, 2.0, queue=PAYLOADS["queue"])
+    ev("started", failed, 2.1, **host)
+    ev("retried", failed, 2.2, reason=PAYLOADS["reason"], exception=PAYLOADS["exception"], **host)
+    ev("started", failed, 3.0, retries=1, **host)
+    ev("failed", failed, 3.5, retries=1, exception=PAYLOADS["exception"], traceback=PAYLOADS["traceback"],
+       runtime=0.5, **host)  # fmt: skip
+    events.append(Event(v=1, id=uuid.uuid4().hex, type="worker.online", ts=t0, hostname=PAYLOADS["host"],
+                        tasks=[TaskInfo(name=PAYLOADS["name"], doc=PAYLOADS["reason"])]))  # fmt: skip
+
+    url = f"sqlite:///{tmp_path_factory.mktemp('xss')}/flow.db"
+    store = open_store(url)
+    store.apply(events)
+    store.close()
+    server = ServerThread(create_app(broker_url=None, store=url, embedded_consumer=False))
+    server.start()
+    try:
+        yield {"url": server.url, "root": root, "child": child, "failed": failed, "trace": trace}
+    finally:
+        server.stop()
+
+
+def _assert_inert(page: Page, watch: PageWatch, view: str) -> None:  # noqa: F811
+    expect(page.locator(INJECTED)).to_have_count(0)
+    assert page.evaluate("window.__xss") is None, view
+    assert not watch.dialogs, (view, watch.dialogs)
+
+
+@pytest.mark.parametrize(
+    ("view", "path", "visible"),
+    [
+        ("flows list", "/", "name"),
+        ("flow graph", "/flows/{root}", "name"),
+        ("task detail: result, kwargs key, queue, host", "/tasks/{child}", "result"),
+        ("task detail: exception, traceback, retry reason", "/tasks/{failed}", "exception"),
+        ("trace", "/traces/{trace}", "short name"),
+        ("registry", "/registry", "name"),
+        ("workers", "/workers", "host"),
+    ],
+)
+def test_payloads_render_as_text_in_every_view(
+    hostile_ui: dict[str, str],
+    page: Page,  # noqa: F811
+    page_watch: PageWatch,  # noqa: F811
+    view: str,
+    path: str,
+    visible: str,
+) -> None:
+    page.goto(hostile_ui["url"] + path.format(**hostile_ui))
+    # The payload is on screen, as the literal text it is (the trace view shows a dotted task name's last
+    # part, which here is `__xss=1;alert(1)">`).
+    text = 'alert(1)">' if visible == "short name" else PAYLOADS[visible]
+    expect(page.get_by_text(text, exact=False).first).to_be_visible()
+    if "failed" in path:
+        expect(page.get_by_test_id("traceback")).to_contain_text("<iframe id=xss-tb")
+    _assert_inert(page, page_watch, view)
+
+
+def test_search_box_treats_markup_as_text(
+    hostile_ui: dict[str, str],
+    page: Page,  # noqa: F811
+    page_watch: PageWatch,  # noqa: F811
+) -> None:
+    page.goto(hostile_ui["url"] + "/")
+    search = page.get_by_test_id("search")
+    search.fill(PAYLOADS["name"])
+    search.press("Enter")
+    page.wait_for_load_state("networkidle")
+    _assert_inert(page, page_watch, "search")
