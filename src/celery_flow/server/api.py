@@ -8,6 +8,7 @@ store that is down 503.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, NoReturn, TypeVar
@@ -30,6 +31,7 @@ from celery_flow.server.health import HealthMonitor, HealthReport
 from celery_flow.store.base import Store, StoreError, TaskFilter
 
 R = TypeVar("R")
+log = logging.getLogger("celery_flow.server")
 
 MAX_LIMIT = 500
 IdPath = Annotated[str, Path(min_length=1, max_length=255)]

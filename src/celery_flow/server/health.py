@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from celery_flow import __version__
-from celery_flow.store.base import Store, StoreError
+from celery_flow.store.base import Store
 from celery_flow.transport import from_url, redact_url
-from celery_flow.transport.base import ConfigError, Subscription, Transport, TransportError
+from celery_flow.transport.base import Subscription, Transport
 
 HealthStatus = Literal["ok", "degraded"]
 REJECTED_PREFIX = "rejected."
@@ -150,7 +150,7 @@ class HealthMonitor:
                 self._transport = from_url(self._broker_url, prefix=self._prefix)
                 safe = self._transport.safe_url
             self._transport.ping()
-        except (TransportError, ConfigError, OSError) as exc:
+        except Exception as exc:  # health must answer whatever the broker client raises
             return TransportHealth(url=safe, reachable=False, detail=str(exc) or type(exc).__name__)
         return TransportHealth(url=safe, reachable=True)
 
@@ -177,7 +177,7 @@ class HealthMonitor:
             store_health = StoreHealth(
                 url=self._store_url, reachable=True, tasks=stats.tasks, events=stats.events
             )
-        except (StoreError, OSError, RuntimeError) as exc:
+        except Exception as exc:  # StoreError, or a driver error the store did not wrap
             store_health = StoreHealth(url=self._store_url, reachable=False, detail=str(exc))
         consumer = self._consumer_status()
         if consumer.lag is None and consumer.mode == "external" and transport.reachable:
