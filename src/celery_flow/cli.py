@@ -239,6 +239,12 @@ def run_server(
 def _announce(host: str, port: int, cfg: ServerConfig) -> None:
     shown = "127.0.0.1" if host in {"0.0.0.0", "::", ""} else host  # noqa: S104 - only for display
     auth = " (basic auth on)" if cfg.basic_auth else ""
+    if not cfg.basic_auth and host not in {"127.0.0.1", "localhost", "::1"}:
+        click.echo(
+            f"warning: listening on {host} without --basic-auth: anyone who can reach port {port} sees "
+            "task arguments, results and tracebacks (set --basic-auth user:pass or CELERY_FLOW_BASIC_AUTH)",
+            err=True,
+        )
     broker = redact_url(cfg.broker_url) if cfg.broker_url else "none (external consumer)"
     click.echo(
         f"celery-flow {__version__}: http://{shown}:{port}/{auth}  broker={broker}  "

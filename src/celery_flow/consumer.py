@@ -189,6 +189,11 @@ class Consumer:
             self._disconnect(None)
             self._close_sinks()
             self._set_status("stopped")
+            st = self.stats()
+            log.info(
+                "consumer stopped: %d events folded in %d batches, %d rejected, %d reconnects",
+                st["events_total"], st["batches_total"], st["rejected_total"], st["reconnects_total"],
+            )  # fmt: skip
 
     def _close_sinks(self) -> None:
         """Sinks with a `close()` (the OTLP exporter flushes its queue there) end with the consumer."""

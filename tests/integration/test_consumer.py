@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import threading
 import time
@@ -199,3 +200,45 @@ def test_consume_cli_stops_cleanly_on_sigterm(redis_url: str, unique_prefix: str
         wait_for(lambda: "consumer running" in log.read_text(), 30, "consume to start")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(15) == 0
+
+
+def test_two_consume_processes_split_one_stream_into_one_store(
+    redis_url: str, redis_client: redis.Redis, unique_prefix: str, tmp_path: Path
+) -> None:
+    store_url = f"sqlite:///{tmp_path / 'flow.db'}"
+    n_tasks = 1500
+    payloads = [encode(e) for _ in range(n_tasks) for e in task_events(uuid.uuid4().hex)]
+    transport = from_url(redis_url, prefix=unique_prefix)
+    common = (
+        "consume",
+        "--broker-url",
+        redis_url,
+        "--store",
+        store_url,
+        "--prefix",
+        unique_prefix,
+        "--batch",
+        "100",
+    )
+    logs = [tmp_path / "a.log", tmp_path / "b.log"]
+    try:
+        with (
+            cli_process(*common, "--name", "a", log=logs[0]),
+            cli_process(*common, "--name", "b", log=logs[1]),
+        ):
+            for log in logs:
+                wait_for(lambda log=log: "consumer running" in log.read_text(), 30, "both consumers")
+            for i in range(0, len(payloads), 500):
+                transport.publish(payloads[i : i + 500])
+            wait_for(lambda: count_tasks(store_url, "SUCCESS") == n_tasks, 60, "every task folded")
+            consumers = {
+                c["name"]: c for c in redis_client.xinfo_consumers(f"{unique_prefix}:events", "celery_flow")
+            }
+            assert set(consumers) == {b"a", b"b"} or set(consumers) == {"a", "b"}
+    finally:
+        transport.close()
+    assert stored_events(store_url) == len(payloads)
+    # both shared the work (the summary each logs when stopped)
+    folded = [int(re.search(r"consumer stopped: (\d+) events", log.read_text()).group(1)) for log in logs]  # type: ignore[union-attr]
+    assert all(n > 0 for n in folded), folded
+    assert sum(folded) == len(payloads)
