@@ -469,6 +469,27 @@ def test_extreme_but_valid_values_are_stored(store: SqlStore) -> None:
     assert worker.status == "offline"  # a silly heartbeat interval does not keep a silent worker online
 
 
+def test_postgresql_reads_survive_a_dropped_connection(store_url: str) -> None:
+    """A server restart drops pooled connections: the next read reconnects instead of failing once."""
+    if not store_url.startswith("postgresql"):
+        pytest.skip("PostgreSQL only")
+    import psycopg
+
+    store = open_store(store_url)
+    try:
+        store.apply(run("t1", T0))
+        assert store.get_task("t1") is not None
+        with psycopg.connect(store_url.split("?")[0], autocommit=True) as admin:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        assert store.list_tasks(TaskFilter(), 5, None).items[0].task_id == "t1"
+        assert store.apply(run("t2", T0 + 1)) == ["t2"]
+    finally:
+        store.close()
+
+
 def test_counters_are_added_in_the_apply_transaction(store: SqlStore) -> None:
     store.apply([], {"rejected.not_json": 2, "publisher.dropped": 5})
     store.apply(run("a", T0), {"rejected.not_json": 1})

@@ -12,9 +12,9 @@ from __future__ import annotations
 import os
 import re
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
-from typing import Any
+from typing import Any, TypeVar
 
 from celery_flow.store.base import StoreError
 from celery_flow.store.sql import Row, SqlStore
@@ -24,6 +24,7 @@ try:
 except ImportError:  # pragma: no cover - depends on the installation
     psycopg = None  # type: ignore[assignment]
 
+R = TypeVar("R")
 CONNECT_TIMEOUT = 5
 FIX_HINT = "check the URL given to --store / CELERY_FLOW_STORE and that PostgreSQL is running"
 _PLACEHOLDER = re.compile(r"\?")
@@ -75,6 +76,10 @@ class _Session:
                         copy.write_row(row)
             else:
                 cur.executemany(_sql(sql), rows)
+
+
+class _StaleConnection(Exception):
+    """A connection that worked before failed: the server restarted or the network dropped it."""
 
 
 class PostgresStore(SqlStore):
@@ -137,13 +142,26 @@ class PostgresStore(SqlStore):
     def _read(self) -> Iterator[_Session]:
         assert psycopg is not None
         conn = self._conn()
+        reused = getattr(conn, "_celery_flow_used", False)
         try:
             yield _Session(conn)
+            conn._celery_flow_used = True
         except psycopg.OperationalError as exc:
             self._discard(conn)
+            if reused:
+                raise _StaleConnection(str(exc)) from None
             raise self._error(exc) from None
         except psycopg.Error as exc:
             raise self._error(exc) from None
+
+    def _reading(self, call: Callable[[_Session], R]) -> R:
+        """Reads are retried once on a fresh connection when a pooled one went stale (server restart)."""
+        try:
+            with self._read() as session:
+                return call(session)
+        except _StaleConnection:
+            with self._read() as session:
+                return call(session)
 
     @contextmanager
     def _write(self) -> Iterator[_Session]:
