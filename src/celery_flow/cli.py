@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Callable
@@ -102,6 +103,21 @@ def open_store_or_fail(store_url: str) -> Any:
         )
 
 
+def check_port(host: str, port: int) -> None:
+    """Fail fast (exit 2) when the address is taken, before any startup work and log lines."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        fail(f"cannot listen on {host}:{port} ({exc.strerror}): check --host")
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            fail(f"cannot listen on {host}:{port} ({exc.strerror}): choose another --port or --host")
+
+
 def check_store(store_url: str) -> None:
     store = open_store_or_fail(store_url)
     store.close()
@@ -145,6 +161,17 @@ def common_options(func: F) -> F:
     return func
 
 
+def exit_cleanly_on_sigterm() -> None:
+    """Make SIGTERM unwind like Ctrl+C: uvicorn re-raises the signal it caught once it has shut down,
+    and with the default handler the process would die before our `finally` blocks (closing the store,
+    removing the demo's temporary directory) run."""
+
+    def on_sigterm(signum: int, frame: FrameType | None) -> None:
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+
+
 def setup_logging(level: str) -> None:
     logging.basicConfig(
         level=getattr(logging, level.upper(), logging.INFO),
@@ -184,7 +211,9 @@ def run_server(
         )
     if cfg.broker_url is not None:
         check_broker(cfg.broker_url, cfg.prefix)
+    check_port(host, port)
     setup_logging(log_level)
+    exit_cleanly_on_sigterm()
     import uvicorn
 
     if reload:
@@ -224,14 +253,7 @@ def run_server(
     )
     _announce(host, port, cfg)
     try:
-        config = uvicorn.Config(app, host=host, port=port, log_level=log_level.lower())
-        server = uvicorn.Server(config)
-        try:
-            server.run()
-        except OSError as exc:  # port in use, permission denied
-            fail(f"cannot listen on {host}:{port} ({_one_line(exc)}): choose another --port/--host")
-        if not server.started and server.should_exit:
-            fail(f"cannot listen on {host}:{port}: is the port in use? choose another --port")
+        uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level.lower())).run()
     finally:
         opened.close()
 
@@ -256,7 +278,7 @@ def _announce(host: str, port: int, cfg: ServerConfig) -> None:
 @main.command("server")
 @common_options
 @click.option("--host", default=DEFAULT_HOST, show_default=True, help="Interface to listen on.")
-@click.option("--port", "-p", type=click.IntRange(0, 65535), default=DEFAULT_PORT, show_default=True)
+@click.option("--port", "-p", type=click.IntRange(1, 65535), default=DEFAULT_PORT, show_default=True)
 @click.option("--reload", is_flag=True, help="Restart on code changes (development).")
 @click.option("--no-consumer", is_flag=True,
               help="Do not fold events in this process (a separate `celery-flow consume` does).")  # fmt: skip
@@ -352,7 +374,7 @@ def consume_command(
 
 @main.command("demo")
 @click.option("--host", default=DEFAULT_HOST, show_default=True)
-@click.option("--port", "-p", type=click.IntRange(0, 65535), default=DEFAULT_PORT, show_default=True)
+@click.option("--port", "-p", type=click.IntRange(1, 65535), default=DEFAULT_PORT, show_default=True)
 @click.option(
     "--store",
     "-s",
@@ -394,7 +416,7 @@ def celery_command() -> None:
 @celery_command.command("server")
 @common_options
 @click.option("--host", default=DEFAULT_HOST, show_default=True)
-@click.option("--port", "-p", type=click.IntRange(0, 65535), default=DEFAULT_PORT, show_default=True)
+@click.option("--port", "-p", type=click.IntRange(1, 65535), default=DEFAULT_PORT, show_default=True)
 @click.option("--no-consumer", is_flag=True)
 @click.option("--basic-auth", default=None, metavar="USER:PASS")
 @click.option("--log-level", default="info", show_default=True,

@@ -259,10 +259,12 @@ def run_demo(host: str, port: int, store_url: str | None = None, rate: float = 1
     """`celery-flow demo`: serve the UI over the demo app's flows until interrupted."""
     import uvicorn
 
-    from celery_flow.cli import fail, open_store_or_fail, setup_logging
+    from celery_flow.cli import check_port, exit_cleanly_on_sigterm, open_store_or_fail, setup_logging
     from celery_flow.server.app import create_app
 
+    check_port(host, port)
     setup_logging("warning")
+    exit_cleanly_on_sigterm()
     # The demo's failures are on purpose: keep their tracebacks in the UI, not on the terminal.
     for noisy, level in (("celery.app.trace", logging.CRITICAL), ("kombu.connection", logging.ERROR)):
         logging.getLogger(noisy).setLevel(level)
@@ -286,8 +288,6 @@ def run_demo(host: str, port: int, store_url: str | None = None, rate: float = 1
                 flush=True,
             )
             server.run()
-        if not server.started:
-            fail(f"cannot listen on {host}:{port}: is the port in use? choose another --port")
     finally:
         store.close()
         if tmpdir is not None:

@@ -138,3 +138,18 @@ def test_celery_subcommand_is_listed() -> None:
     assert proc.returncode == 0, proc.stderr
     assert "server" in proc.stdout
     assert "consume" in proc.stdout
+
+
+@pytest.mark.parametrize("command", [["server", "--no-consumer"], ["demo"]])
+def test_a_port_in_use_is_one_line(command: list[str], tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        line = one_line_error(
+            run(CELERY_FLOW, *command, "--store", f"sqlite:///{tmp_path}/s.db", "--port", port)
+        )
+    assert f"cannot listen on 127.0.0.1:{port}" in line
+    assert "--port" in line

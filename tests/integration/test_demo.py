@@ -7,7 +7,7 @@ from typing import Any
 
 import httpx
 import pytest
-from tests.support.server_helpers import cli_process, free_port, wait_for
+from tests.support.server_helpers import cli_env, cli_process, free_port, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -15,7 +15,11 @@ pytestmark = pytest.mark.slow
 def test_demo_serves_every_kind_of_flow(tmp_path: Path) -> None:
     port = free_port()
     log = tmp_path / "demo.log"
-    with cli_process("demo", "--port", str(port), "--rate", "2", log=log):
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    with cli_process(
+        "demo", "--port", str(port), "--rate", "2", env=cli_env(TMPDIR=str(tmp)), log=log
+    ) as proc:
         base = f"http://127.0.0.1:{port}"
         with httpx.Client(base_url=base, timeout=10) as api:
             wait_for(lambda: api.get("/api/health").status_code == 200, 60, "the demo server")
@@ -52,3 +56,7 @@ def test_demo_serves_every_kind_of_flow(tmp_path: Path) -> None:
             health = api.get("/api/health").json()
             assert health["status"] == "ok"
             assert health["transport"]["url"].startswith("memory://")
+            assert [p.name.startswith("celery-flow-demo-") for p in tmp.iterdir()] == [True]
+        proc.terminate()
+        assert proc.wait(30) == 0
+    assert list(tmp.iterdir()) == []  # the temporary store is gone
