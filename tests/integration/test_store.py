@@ -393,6 +393,29 @@ def test_changes_since_never_skips_a_commit_of_concurrent_writers(store_url: str
     assert len(seen) == 2 * 30 * 20
 
 
+def test_two_writers_folding_the_same_task_see_each_others_events(store_url: str) -> None:
+    """Two `consume` processes may get events of one task: each fold includes what the other stored."""
+    first, second = open_store(store_url), open_store(store_url)
+    try:
+        events = run("t1", T0)
+        first.apply([events[0]])
+        second.apply([events[1]])
+        first.apply([events[3]])  # first's memory of t1 is stale now: it must read second's event
+        second.apply([events[2]])
+        for store in (first, second):
+            task = store.get_task("t1")
+            assert task is not None
+            assert [e.type for e in task.events] == ["sent", "received", "started", "succeeded"]
+            assert task.state == "SUCCESS"
+            assert [s.kind for s in task.segments] == ["queued", "received", "running"]
+        assert first.list_tasks(TaskFilter(), 5, None).items[0].durations == {
+            "PENDING": 1.0, "RECEIVED": 1.0, "STARTED": 0.5,
+        }  # fmt: skip
+    finally:
+        first.close()
+        second.close()
+
+
 def test_sweep_by_age_and_count_removes_tasks_events_and_empty_flows(store: SqlStore) -> None:
     now = time.time()
     for i in range(30):

@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import binascii
 import math
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -73,6 +74,8 @@ SWEEP_BATCH = 5000
 # Seconds of deleting per sweep() call at most (see sweep()).
 SWEEP_BUDGET = 2.0
 TRACE_LIMIT = 5000
+# Tasks whose event sets a store keeps in memory to skip re-reading them on the next fold.
+RECENT_TASKS = 4096
 # Task names free text `q` may match at most (one index range each).
 MAX_Q_NAMES = 50
 
@@ -89,7 +92,7 @@ _TASK_INDEXED = frozenset({"name", "state", "fnum", "hostname", "ts", "runtime"}
 _TASK_FIXED = frozenset({"num"})
 _FLOW_INDEXED = frozenset({"root_name", "state", "trace_id", "ts"})
 _T_STATE, _T_ROOT, _T_HOST, _T_NUM = (TASK_COLUMNS.index(c) for c in ("state", "root_id", "hostname", "num"))
-_T_TS = TASK_COLUMNS.index("ts")
+_T_TS, _T_SEQ = TASK_COLUMNS.index("ts"), TASK_COLUMNS.index("seq")
 _F_FNUM, _F_TS = FLOW_COLUMNS.index("fnum"), FLOW_COLUMNS.index("ts")
 # The flow number of a root id, for filters on tasks (NULL, hence no rows, for an unknown root).
 _FNUM_OF = "(SELECT fnum FROM flows WHERE root_id = ?)"
@@ -306,6 +309,11 @@ class SqlStore(ABC):
         self.heartbeat_interval = float(
             env_value("HEARTBEAT_INTERVAL", None, DEFAULT_HEARTBEAT_INTERVAL, float)
         )
+        # The event sets of recently folded tasks, keyed by task id with the `seq` they were written at.
+        # A task whose stored row still carries that seq has exactly these events (nobody, in this process
+        # or another, changed it since), so its next fold skips reading and decoding them again.
+        self._recent: dict[str, tuple[int, list[Event]]] = {}
+        self._recent_lock = threading.Lock()
 
     # -- engine hooks ---------------------------------------------------------------------------
 
@@ -367,7 +375,13 @@ class SqlStore(ABC):
         counter_rows = sorted((name, int(value)) for name, value in (counters or {}).items() if value)
         if not task_events and not worker_events and not counter_rows:
             return []
-        return self._writing(lambda s: self._apply(s, task_events, worker_events, counter_rows))
+        try:
+            return self._writing(lambda s: self._apply(s, task_events, worker_events, counter_rows))
+        except BaseException:
+            # Entries written by a transaction that rolled back must never match a later row.
+            with self._recent_lock:
+                self._recent.clear()
+            raise
 
     def _apply(
         self,
@@ -406,7 +420,15 @@ class SqlStore(ABC):
         if old_rows:
             # The stored events of known tasks: what the re-fold needs, and which ids are duplicates.
             known: set[str] = set()
-            owner = {row[_T_NUM]: task_id for task_id, row in old_rows.items()}
+            owner: dict[int, str] = {}
+            with self._recent_lock:
+                for task_id, row in old_rows.items():
+                    hit = self._recent.get(task_id)
+                    if hit is not None and hit[0] == row[_T_SEQ]:
+                        by_task[task_id].extend(hit[1])
+                        known.update(e.id for e in hit[1])
+                    else:
+                        owner[row[_T_NUM]] = task_id
             for num, event_id, data in select_in(
                 session, "SELECT num, id, data FROM events WHERE num IN {}", sorted(owner)
             ):
@@ -440,6 +462,7 @@ class SqlStore(ABC):
             for offset, c in enumerate(changes, start=1)
         ]
         write_rows(session, "tasks", TASK_COLUMNS, _TASK_INDEXED, rows, old_rows, fixed=_TASK_FIXED)
+        self._remember(task_ids, by_task, seq)
         self._update_name_stats(session, changes)
         for change in changes:
             old, new = change.old, change.new
@@ -456,6 +479,15 @@ class SqlStore(ABC):
             [(last_num, "task_num"), (last_event + len(fresh), "event_num")],
         )
         return task_ids
+
+    def _remember(self, task_ids: list[str], by_task: dict[str, list[Event]], seq: int) -> None:
+        with self._recent_lock:
+            recent = self._recent
+            for offset, task_id in enumerate(task_ids, start=1):
+                recent.pop(task_id, None)  # re-insert: the dict's order is least recently written first
+                recent[task_id] = (seq + offset, list({e.id: e for e in by_task[task_id]}.values()))
+            while len(recent) > RECENT_TASKS:
+                del recent[next(iter(recent))]
 
     def _update_flows(self, session: Session, changes: list[_TaskChange], seq: int) -> dict[str, _FlowRow]:
         """Apply the tasks' changes to their flow rows (numbering new flows); return the flows by root."""

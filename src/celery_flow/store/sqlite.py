@@ -138,6 +138,11 @@ class SQLiteStore(SqlStore):
 
     def _error(self, exc: sqlite3.Error) -> StoreError:
         message = str(exc)
+        if "full" in message:  # SQLITE_FULL: the path is fine, the disk is not
+            return StoreError(
+                f"cannot write {self.path} ({message}): free space on its disk, or move the store "
+                "with --store / CELERY_FLOW_STORE; ingest resumes by itself once writes succeed"
+            )
         if "readonly" in message or "unable to open" in message or "disk" in message:
             return StoreError(f"cannot write {self.path} ({message}): {FIX_HINT}")
         return StoreError(f"SQLite store {self.path}: {message}")
