@@ -21,7 +21,7 @@ import { TASK_STATES } from "../api/types";
 import { fmtDuration, shortName } from "../format";
 import { useThemeName } from "../hooks";
 import { layout } from "./layout";
-import type { Container, Structure, VisibleNode } from "./structure";
+import { EXPAND_STEP, type Container, type Structure, type VisibleNode } from "./structure";
 
 const NODE_W = 210;
 const NODE_H = 58;
@@ -42,6 +42,7 @@ interface ClusterNodeData extends Record<string, unknown> {
   id: string;
   label: string;
   members: string[];
+  shown: number;
   counts: [string, number][];
   crit: boolean;
   open: { current: Opener };
@@ -129,7 +130,7 @@ const ClusterNode = memo(function ClusterNode({ data }: NodeProps<Node<ClusterNo
     <div
       className={`tnode cluster st-${worst} ${data.crit ? "crit" : ""}`}
       data-testid={`cluster-${data.label}`}
-      title={`${total} tasks collapsed: click to expand`}
+      title={`${total} tasks collapsed: click to draw ${Math.min(total, EXPAND_STEP)} of them`}
       tabIndex={0}
       role="button"
       aria-label={`${total} ${data.label} tasks collapsed: expand`}
@@ -139,7 +140,11 @@ const ClusterNode = memo(function ClusterNode({ data }: NodeProps<Node<ClusterNo
       <span className="bar" aria-hidden="true" />
       <div className="body">
         <div className="name">
-          {data.label} <span className="muted">×{total.toLocaleString()}</span>
+          {data.label}{" "}
+          <span className="muted">
+            ×{total.toLocaleString()}
+            {data.shown > 0 ? " more" : ""}
+          </span>
         </div>
         <div className="counts-mini" aria-hidden="true">
           {data.counts.map(([s, n]) => (
@@ -153,7 +158,7 @@ const ClusterNode = memo(function ClusterNode({ data }: NodeProps<Node<ClusterNo
             </span>
           ))}
           <span className="nb">
-            <span className="b">expand</span>
+            <span className="b">{total > EXPAND_STEP ? `show ${EXPAND_STEP}` : "expand"}</span>
           </span>
         </div>
       </div>
@@ -340,7 +345,7 @@ function Inner({ structure, tasks, critical, selected, running, onOpenTask, onEx
         const sig = ordered.map(([s, c]) => `${s}${c}`).join(",");
         const crit = critDrawn.has(n.id);
         out.push(
-          memo(n.id, [p, sig, crit], () => ({
+          memo(n.id, [p, sig, crit, members.length], () => ({
             id: n.id,
             type: "cluster",
             position: { x: p.x, y: p.y },
@@ -351,6 +356,7 @@ function Inner({ structure, tasks, critical, selected, running, onOpenTask, onEx
               id: n.id,
               label: n.label ?? "tasks",
               members,
+              shown: n.shown ?? 0,
               counts: ordered,
               crit,
               open,
@@ -489,6 +495,11 @@ function Inner({ structure, tasks, critical, selected, running, onOpenTask, onEx
         </div>
       )}
       {layoutError && <div className="canvas-msg">Layout failed: {layoutError}</div>}
+      {positions && !ready && !layoutError && (
+        <div className="relayout" role="status">
+          <span className="spinner" aria-hidden="true" /> Laying out {structure.nodes.length.toLocaleString()} nodes…
+        </div>
+      )}
     </div>
   );
 }

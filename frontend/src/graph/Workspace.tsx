@@ -7,7 +7,7 @@ import { useLiveTasks } from "../live";
 import { useRouter, withQuery } from "../router";
 import { TaskDetailLoader } from "../views/TaskDetail";
 import { FlowGraphView } from "./FlowGraphView";
-import { buildStructure, type FlowLabel, type Structure } from "./structure";
+import { buildStructure, EXPAND_STEP, type FlowLabel, type Structure } from "./structure";
 import { Timeline } from "./Timeline";
 
 export type Mode = "graph" | "split" | "timeline";
@@ -61,7 +61,7 @@ export function Workspace({ graph, flows, header, accept, refetch }: WorkspacePr
   const selected = loc.search.get("task");
   const [mode, setModeState] = useState<Mode>(readMode);
   const [critOn, setCritOn] = useState(true);
-  const [expanded, setExpanded] = useState<Set<string>>(() => new Set());
+  const [expanded, setExpanded] = useState<Map<string, number>>(() => new Map());
   const [tasks, setTasks] = useState<Map<string, GraphNode>>(() => mergeTasks(null, graph.nodes));
 
   const setMode = (m: Mode) => {
@@ -132,7 +132,10 @@ export function Workspace({ graph, flows, header, accept, refetch }: WorkspacePr
     },
     [loc, navigate],
   );
-  const expand = useCallback((clusterId: string) => setExpanded((s) => new Set(s).add(clusterId)), []);
+  const expand = useCallback(
+    (clusterId: string) => setExpanded((m) => new Map(m).set(clusterId, (m.get(clusterId) ?? 0) + EXPAND_STEP)),
+    [],
+  );
 
   useEffect(() => {
     if (!selected) return;

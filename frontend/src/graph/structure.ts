@@ -8,6 +8,8 @@ export const CLUSTER_AT = 24;
 /** In a big flow, smaller fan-outs of leaf tasks collapse too, so the drawing stays a few hundred nodes. */
 export const BIG_FLOW = 300;
 export const LEAF_CLUSTER_AT = 6;
+/** Each click on a collapsed node draws this many more of its tasks (a 2,000-task layout takes ~15 s). */
+export const EXPAND_STEP = 100;
 
 export interface Container {
   id: string;
@@ -24,6 +26,8 @@ export interface VisibleNode {
   /** For a cluster: the task ids it stands for, and a label (task name). */
   members?: string[];
   label?: string;
+  /** For a cluster: how many tasks of its fan-out are already drawn on their own. */
+  shown?: number;
 }
 
 export interface VisibleEdge {
@@ -52,7 +56,11 @@ export interface FlowLabel {
 
 const shortName = (n: string | null | undefined) => (n ? n.slice(n.lastIndexOf(".") + 1) : "task");
 
-export function buildStructure(graph: FlowGraph, expanded: ReadonlySet<string>, flows?: FlowLabel[]): Structure {
+export function buildStructure(
+  graph: FlowGraph,
+  expanded: ReadonlyMap<string, number>,
+  flows?: FlowLabel[],
+): Structure {
   const nodesById = new Map<string, GraphNode>(graph.nodes.map((n) => [n.task_id, n]));
   const containers: Container[] = [];
   const parentOf = new Map<string, string>();
@@ -92,7 +100,13 @@ export function buildStructure(graph: FlowGraph, expanded: ReadonlySet<string>, 
   }
 
   // Fan-outs to collapse: container members, or same-named children of one parent outside containers.
-  const sets = new Map<string, { label: string; members: string[]; parent: string | null }>();
+  const sets = new Map<string, { label: string; members: string[]; parent: string | null; shown: number }>();
+  // Part of a fan-out may be expanded: the first `shown` members are drawn, the rest stay collapsed.
+  const collapse = (id: string, label: string, members: string[], parent: string | null) => {
+    const shown = expanded.get(id) ?? 0;
+    if (shown >= members.length) return;
+    sets.set(id, { label, members: members.slice(shown), parent, shown });
+  };
   const byContainer = new Map<string, string[]>();
   for (const [m, c] of memberOf) {
     const list = byContainer.get(c);
@@ -100,10 +114,10 @@ export function buildStructure(graph: FlowGraph, expanded: ReadonlySet<string>, 
     else byContainer.set(c, [m]);
   }
   for (const [c, members] of byContainer) {
-    if (members.length > CLUSTER_AT && !expanded.has(`cluster:${c}`)) {
+    if (members.length > CLUSTER_AT) {
       const names = new Set(members.map((m) => nodesById.get(m)?.name ?? ""));
       const label = names.size === 1 ? shortName([...names][0]) : "tasks";
-      sets.set(`cluster:${c}`, { label, members, parent: c });
+      collapse(`cluster:${c}`, label, members, c);
     }
   }
   const fan = new Map<string, string[]>();
@@ -120,16 +134,14 @@ export function buildStructure(graph: FlowGraph, expanded: ReadonlySet<string>, 
     const leaves = members.every((m) => !hasOut.has(m));
     if (members.length <= (big && leaves ? LEAF_CLUSTER_AT : CLUSTER_AT)) continue;
     const [parent, name] = k.split("\u0000");
-    const id = `cluster:${parent}:${name}`;
-    if (expanded.has(id)) continue;
-    sets.set(id, { label: shortName(name), members, parent: parentOf.get(members[0]) ?? null });
+    collapse(`cluster:${parent}:${name}`, shortName(name), members, parentOf.get(members[0]) ?? null);
   }
 
   const drawnAs = new Map<string, string>();
   const nodes: VisibleNode[] = [];
   for (const [id, s] of sets) {
     for (const m of s.members) drawnAs.set(m, id);
-    nodes.push({ id, kind: "cluster", parent: s.parent, members: s.members, label: s.label });
+    nodes.push({ id, kind: "cluster", parent: s.parent, members: s.members, label: s.label, shown: s.shown });
   }
   for (const n of graph.nodes) {
     if (drawnAs.has(n.task_id)) continue;
