@@ -123,7 +123,7 @@ def measure(url: str, root: str) -> tuple[float, float, int, float | None]:
             first.click()
             expect(page.get_by_test_id("task-detail")).to_be_visible(timeout=30_000)
             panel = time.perf_counter() - click
-            # Expanding a collapsed node (canvas: the 1,970-task chord header, 100 drawn) re-lays the graph out.
+            # Expanding a collapsed node (canvas: the 1,970-task header, 100 drawn) re-lays the graph out.
             expand = None
             cluster = page.locator('[data-testid^="cluster-"]').first
             if cluster.count():
