@@ -136,6 +136,21 @@ def test_chord_of_chains(tracked: Tracked) -> None:
     assert of(events, r.id, "sent").parent_id in tails
 
 
+def test_chain_into_a_group(tracked: Tracked) -> None:
+    add = tracked.task("add")
+    r = chain(add.s(1, 1), group(add.s(10), add.s(20))).apply_async()
+    assert r.get(timeout=10) == [12, 22]
+    member_ids = [c.id for c in r.results]
+    first = r.parent.id
+    events = tracked.log.wait_for(done(first, *member_ids))
+    assert sorted(of(events, first, "sent").links or []) == sorted(member_ids)
+    for m in member_ids:
+        sent = of(events, m, "sent")
+        assert sent.parent_id == first
+        assert sent.group_id == r.id
+        assert sent.chord_id is None
+
+
 def test_chain_with_group_and_chord(tracked: Tracked) -> None:
     add, mul, xsum = tracked.task("add"), tracked.task("mul"), tracked.task("xsum")
     canvas = chain(

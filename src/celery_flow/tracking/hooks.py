@@ -257,7 +257,8 @@ def _publish_tracker() -> Tracker | None:
 def _task_tracker(task: Any) -> Tracker | None:
     if task is None or not trackers:
         return None
-    return trackers.get(id(task.app))
+    # `_app` is set on tasks bound to an app (@app.task): a plain attribute, cheaper than the `app` property.
+    return trackers.get(id(getattr(task, "_app", None) or task.app))
 
 
 def _guard(kind: str) -> Callable[[F], F]:
@@ -290,18 +291,23 @@ def _task_received(sender: Any = None, request: Any = None, **_: Any) -> None:
         tracker.on_received(request)
 
 
-@_guard("task_prerun")
+# The three handlers every task runs through guard themselves inline: one call layer less than _guard.
 def _task_prerun(sender: Any = None, task: Any = None, **_: Any) -> None:
-    tracker = _task_tracker(task)
-    if tracker is not None:
-        tracker.on_started(task)
+    try:
+        tracker = _task_tracker(task)
+        if tracker is not None:
+            tracker.on_started(task)
+    except Exception as exc:
+        _log.warning("task_prerun", "celery-flow: task_prerun handler failed (ignored): %r", exc)
 
 
-@_guard("task_success")
 def _task_success(sender: Any = None, result: Any = None, runtime: float | None = None, **_: Any) -> None:
-    tracker = _task_tracker(sender)
-    if tracker is not None:
-        tracker.on_succeeded(sender, result, runtime)
+    try:
+        tracker = _task_tracker(sender)
+        if tracker is not None:
+            tracker.on_succeeded(sender, result, runtime)
+    except Exception as exc:
+        _log.warning("task_success", "celery-flow: task_success handler failed (ignored): %r", exc)
 
 
 @_guard("task_failure")
@@ -320,13 +326,15 @@ def _task_retry(sender: Any = None, reason: Any = None, einfo: Any = None, **_: 
         tracker.on_retried(sender, reason, einfo)
 
 
-@_guard("task_postrun")
 def _task_postrun(
     sender: Any = None, task_id: Any = None, retval: Any = None, state: Any = None, **_: Any
 ) -> None:
-    tracker = _task_tracker(sender)
-    if tracker is not None:
-        tracker.on_postrun(sender, task_id, retval, state)
+    try:
+        tracker = _task_tracker(sender)
+        if tracker is not None:
+            tracker.on_postrun(sender, task_id, retval, state)
+    except Exception as exc:
+        _log.warning("task_postrun", "celery-flow: task_postrun handler failed (ignored): %r", exc)
 
 
 @_guard("task_revoked")
