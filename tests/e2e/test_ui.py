@@ -352,7 +352,15 @@ def test_errback_edge_and_system_light_theme(stack: Stack, browser: Browser, bui
         expect(node(page, errback_id)).to_contain_text("errback")
         expect(page.locator(".react-flow__edge.edge-errback")).to_have_count(1)
         expect(page.get_by_test_id("flow-head").locator(".chip")).to_have_text("FAILURE")
+        # Picking "failure" in the header's counts dims the other tasks and filters the timeline.
+        page.get_by_test_id("pick-FAILURE").click()
+        expect(node(page, errback_id)).to_have_class(re.compile(r"\bdim\b"))
+        expect(node(page, failing.id)).not_to_have_class(re.compile(r"\bdim\b"))
+        expect(page.get_by_test_id("timeline").locator('[data-testid^="tl-row-"]')).to_have_count(1)
         screenshot(page, "flow-errback-light")
+        page.get_by_test_id("pick-FAILURE").click()
+        expect(node(page, errback_id)).not_to_have_class(re.compile(r"\bdim\b"))
+        expect(page.get_by_test_id("timeline").locator('[data-testid^="tl-row-"]')).to_have_count(2)
     finally:
         context.close()
 

@@ -11,7 +11,18 @@ export function StateChip({ state, title }: { state: string; title?: string }) {
 }
 
 /** A thin stacked bar of counts by state plus the non-zero counts as text (readable without colour). */
-export function CountsBar({ counts, total }: { counts: Record<string, number>; total?: number }) {
+export function CountsBar({
+  counts,
+  total,
+  picked,
+  onPick,
+}: {
+  counts: Record<string, number>;
+  total?: number;
+  /** With onPick, each count is a toggle button (e.g. to highlight the failed tasks of a flow). */
+  picked?: string | null;
+  onPick?: (state: string | null) => void;
+}) {
   const sum = total ?? Object.values(counts).reduce((a, b) => a + b, 0);
   const order = TASK_STATES.filter((s) => (counts[s] ?? 0) > 0);
   const extra = Object.keys(counts).filter((s) => !TASK_STATES.includes(s as never) && counts[s] > 0);
@@ -25,12 +36,27 @@ export function CountsBar({ counts, total }: { counts: Record<string, number>; t
         {sum === 0 && <span className="seg empty" style={{ flexGrow: 1 }} />}
       </div>
       <div className="countstext">
-        {all.map((s) => (
-          <span key={s} className={`count st-${s}`} title={`${counts[s]} ${s}`}>
-            <span className="dot" />
-            {counts[s]} <span className="countlabel">{s.toLowerCase()}</span>
-          </span>
-        ))}
+        {all.map((s) =>
+          onPick ? (
+            <button
+              key={s}
+              type="button"
+              className={`count countbtn st-${s}`}
+              aria-pressed={picked === s}
+              title={picked === s ? "Show all tasks again" : `Highlight the ${counts[s]} ${s.toLowerCase()} tasks`}
+              onClick={() => onPick(picked === s ? null : s)}
+              data-testid={`pick-${s}`}
+            >
+              <span className="dot" />
+              {counts[s]} <span className="countlabel">{s.toLowerCase()}</span>
+            </button>
+          ) : (
+            <span key={s} className={`count st-${s}`} title={`${counts[s]} ${s}`}>
+              <span className="dot" />
+              {counts[s]} <span className="countlabel">{s.toLowerCase()}</span>
+            </span>
+          ),
+        )}
       </div>
     </div>
   );

@@ -43,6 +43,7 @@ interface ClusterNodeData extends Record<string, unknown> {
   label: string;
   members: string[];
   shown: number;
+  dim: boolean;
   counts: [string, number][];
   crit: boolean;
   open: { current: Opener };
@@ -128,7 +129,7 @@ const ClusterNode = memo(function ClusterNode({ data }: NodeProps<Node<ClusterNo
         : "PENDING";
   return (
     <div
-      className={`tnode cluster st-${worst} ${data.crit ? "crit" : ""}`}
+      className={`tnode cluster st-${worst} ${data.crit ? "crit" : ""} ${data.dim ? "dim" : ""}`}
       data-testid={`cluster-${data.label}`}
       title={`${total} tasks collapsed: click to draw ${Math.min(total, EXPAND_STEP)} of them`}
       tabIndex={0}
@@ -221,11 +222,13 @@ export interface GraphViewProps {
   running: boolean;
   onOpenTask: (id: string) => void;
   onExpand: (clusterId: string) => void;
+  /** Dim every task not in this state (null: none dimmed). */
+  focus: string | null;
 }
 
 type Pos = Record<string, { x: number; y: number; width: number; height: number }>;
 
-function Inner({ structure, tasks, critical, selected, running, onOpenTask, onExpand }: GraphViewProps) {
+function Inner({ structure, tasks, critical, selected, running, onOpenTask, onExpand, focus }: GraphViewProps) {
   const rf = useReactFlow();
   const theme = useThemeName();
   const [positions, setPositions] = useState<{ key: string; pos: Pos; ms: number; n: number } | null>(null);
@@ -319,8 +322,9 @@ function Inner({ structure, tasks, critical, selected, running, onOpenTask, onEx
         const crit = critDrawn.has(n.id);
         const sel = selected === n.id;
         const tick = isRunning ? now : null;
+        const dim = focus !== null && (task?.state ?? "PENDING") !== focus;
         out.push(
-          memo(n.id, [p, task, crit, sel, tick], () => ({
+          memo(n.id, [p, task, crit, sel, tick, dim], () => ({
             id: n.id,
             type: "task",
             position: { x: p.x, y: p.y },
@@ -328,7 +332,7 @@ function Inner({ structure, tasks, critical, selected, running, onOpenTask, onEx
             height: NODE_H,
             parentId: n.parent ?? undefined,
             extent: n.parent ? "parent" : undefined,
-            data: { task, id: n.id, crit, selected: sel, dim: false, now: tick, open } satisfies TaskNodeData,
+            data: { task, id: n.id, crit, selected: sel, dim, now: tick, open } satisfies TaskNodeData,
             draggable: false,
             connectable: false,
             focusable: false,
@@ -344,8 +348,9 @@ function Inner({ structure, tasks, critical, selected, running, onOpenTask, onEx
         const ordered = TASK_STATES.filter((s) => counts.has(s)).map((s) => [s, counts.get(s)!] as [string, number]);
         const sig = ordered.map(([s, c]) => `${s}${c}`).join(",");
         const crit = critDrawn.has(n.id);
+        const dim = focus !== null && !counts.has(focus);
         out.push(
-          memo(n.id, [p, sig, crit, members.length], () => ({
+          memo(n.id, [p, sig, crit, members.length, dim], () => ({
             id: n.id,
             type: "cluster",
             position: { x: p.x, y: p.y },
@@ -357,6 +362,7 @@ function Inner({ structure, tasks, critical, selected, running, onOpenTask, onEx
               label: n.label ?? "tasks",
               members,
               shown: n.shown ?? 0,
+              dim,
               counts: ordered,
               crit,
               open,
@@ -370,7 +376,7 @@ function Inner({ structure, tasks, critical, selected, running, onOpenTask, onEx
     }
     cache.current = next;
     return out;
-  }, [positions, structure, tasks, critDrawn, selected, now]);
+  }, [positions, structure, tasks, critDrawn, selected, now, focus]);
 
   const critEdges = useMemo(() => {
     const s = new Set<string>();

@@ -64,9 +64,11 @@ export interface TimelineProps {
   selected: string | null;
   running: boolean;
   onSelect: (id: string) => void;
+  /** Shown in the header when the rows are filtered (e.g. "failure only"). */
+  note?: string | null;
 }
 
-export function Timeline({ tasks, critical, selected, running, onSelect }: TimelineProps) {
+export function Timeline({ tasks, critical, selected, running, onSelect, note }: TimelineProps) {
   const scroller = useRef<HTMLDivElement>(null);
   const [width, setWidth] = useState(900);
   const [height, setHeight] = useState(300);
@@ -140,7 +142,8 @@ export function Timeline({ tasks, critical, selected, running, onSelect }: Timel
       <div className="tl-head">
         <strong style={{ color: "var(--fg)" }}>Timeline</strong>
         <span>
-          {rows.length.toLocaleString()} {rows.length === 1 ? "task" : "tasks"} · {fmtDuration(t1 - t0)}
+          {rows.length.toLocaleString()} {rows.length === 1 ? "task" : "tasks"}
+          {note ? ` (${note})` : ""} · {fmtDuration(t1 - t0)}
         </span>
         {(["queued", "received", "running", "retry"] as const).map((k) => (
           <span className="lg" key={k}>

@@ -7,7 +7,7 @@ import { useLiveTasks } from "../live";
 import { useRouter, withQuery } from "../router";
 import { TaskDetailLoader } from "../views/TaskDetail";
 import { FlowGraphView } from "./FlowGraphView";
-import { buildStructure, EXPAND_STEP, type FlowLabel, type Structure } from "./structure";
+import { buildStructure, pickToExpand, type FlowLabel, type Structure } from "./structure";
 import { Timeline } from "./Timeline";
 
 export type Mode = "graph" | "split" | "timeline";
@@ -50,6 +50,8 @@ export interface WorkspaceProps {
     setMode: (m: Mode) => void;
     critOn: boolean;
     setCritOn: (v: boolean) => void;
+    focus: string | null;
+    setFocus: (state: string | null) => void;
   }) => ReactNode;
   /** Which pushed tasks belong here (a root id or a trace id). */
   accept: (t: TaskSummary) => boolean;
@@ -61,7 +63,9 @@ export function Workspace({ graph, flows, header, accept, refetch }: WorkspacePr
   const selected = loc.search.get("task");
   const [mode, setModeState] = useState<Mode>(readMode);
   const [critOn, setCritOn] = useState(true);
-  const [expanded, setExpanded] = useState<Map<string, number>>(() => new Map());
+  // A state picked in the header's counts: other tasks are dimmed in the graph and hidden in the timeline.
+  const [focus, setFocus] = useState<string | null>(null);
+  const [expanded, setExpanded] = useState<Map<string, ReadonlySet<string>>>(() => new Map());
   const [tasks, setTasks] = useState<Map<string, GraphNode>>(() => mergeTasks(null, graph.nodes));
 
   const setMode = (m: Mode) => {
@@ -121,7 +125,10 @@ export function Workspace({ graph, flows, header, accept, refetch }: WorkspacePr
 
   const running = useMemo(() => [...tasks.values()].some((t) => !TERMINAL.has(t.state)), [tasks]);
   const critical = useMemo(() => new Set(critOn ? (graph.critical_path ?? []) : []), [graph.critical_path, critOn]);
-  const taskList = useMemo(() => [...tasks.values()], [tasks]);
+  const taskList = useMemo(
+    () => [...tasks.values()].filter((t) => focus === null || t.state === focus),
+    [tasks, focus],
+  );
 
   const select = useCallback(
     (id: string | null) => {
@@ -132,9 +139,15 @@ export function Workspace({ graph, flows, header, accept, refetch }: WorkspacePr
     },
     [loc, navigate],
   );
+  // Draw the next tasks of a collapsed fan-out, the ones worth looking at first (failures, running).
   const expand = useCallback(
-    (clusterId: string) => setExpanded((m) => new Map(m).set(clusterId, (m.get(clusterId) ?? 0) + EXPAND_STEP)),
-    [],
+    (clusterId: string) => {
+      const cluster = structure.nodes.find((n) => n.id === clusterId);
+      if (!cluster?.members) return;
+      const pick = pickToExpand(cluster.members, (id) => tasks.get(id)?.state);
+      setExpanded((m) => new Map(m).set(clusterId, new Set([...(m.get(clusterId) ?? []), ...pick])));
+    },
+    [structure, tasks],
   );
 
   useEffect(() => {
@@ -155,6 +168,7 @@ export function Workspace({ graph, flows, header, accept, refetch }: WorkspacePr
       running={running}
       onOpenTask={(id) => select(id)}
       onExpand={expand}
+      focus={focus}
     />
   );
   const timelineEl = (
@@ -164,12 +178,13 @@ export function Workspace({ graph, flows, header, accept, refetch }: WorkspacePr
       selected={selected}
       running={running}
       onSelect={(id) => select(id)}
+      note={focus ? `${focus.toLowerCase()} only` : null}
     />
   );
 
   return (
     <div className="flowpage">
-      {header({ tasks, running, mode, setMode, critOn, setCritOn })}
+      {header({ tasks, running, mode, setMode, critOn, setCritOn, focus, setFocus })}
       <div className="flowbody">
         <div className="flowmain">
           {mode === "graph" && graphEl}

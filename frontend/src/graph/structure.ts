@@ -11,6 +11,26 @@ export const LEAF_CLUSTER_AT = 6;
 /** Each click on a collapsed node draws this many more of its tasks (a 2,000-task layout takes ~15 s). */
 export const EXPAND_STEP = 100;
 
+/** Which tasks of a collapsed fan-out to draw next: failures first, then running, retrying, waiting. */
+const PRIORITY: Record<string, number> = {
+  FAILURE: 0,
+  REJECTED: 1,
+  REVOKED: 2,
+  RETRY: 3,
+  STARTED: 4,
+  RECEIVED: 5,
+  PENDING: 6,
+};
+
+export function pickToExpand(members: string[], stateOf: (id: string) => string | undefined): string[] {
+  const rank = (id: string) => PRIORITY[stateOf(id) ?? "PENDING"] ?? 9;
+  return members
+    .map((id, i) => ({ id, i, r: rank(id) }))
+    .sort((a, b) => a.r - b.r || a.i - b.i)
+    .slice(0, EXPAND_STEP)
+    .map((x) => x.id);
+}
+
 export interface Container {
   id: string;
   kind: "group" | "chord" | "flow";
@@ -58,7 +78,7 @@ const shortName = (n: string | null | undefined) => (n ? n.slice(n.lastIndexOf("
 
 export function buildStructure(
   graph: FlowGraph,
-  expanded: ReadonlyMap<string, number>,
+  expanded: ReadonlyMap<string, ReadonlySet<string>>,
   flows?: FlowLabel[],
 ): Structure {
   const nodesById = new Map<string, GraphNode>(graph.nodes.map((n) => [n.task_id, n]));
@@ -101,11 +121,12 @@ export function buildStructure(
 
   // Fan-outs to collapse: container members, or same-named children of one parent outside containers.
   const sets = new Map<string, { label: string; members: string[]; parent: string | null; shown: number }>();
-  // Part of a fan-out may be expanded: the first `shown` members are drawn, the rest stay collapsed.
+  // Part of a fan-out may be expanded: the tasks picked on each click are drawn, the rest stay collapsed.
   const collapse = (id: string, label: string, members: string[], parent: string | null) => {
-    const shown = expanded.get(id) ?? 0;
-    if (shown >= members.length) return;
-    sets.set(id, { label, members: members.slice(shown), parent, shown });
+    const picked = expanded.get(id);
+    const rest = picked ? members.filter((m) => !picked.has(m)) : members;
+    if (rest.length === 0) return;
+    sets.set(id, { label, members: rest, parent, shown: members.length - rest.length });
   };
   const byContainer = new Map<string, string[]>();
   for (const [m, c] of memberOf) {

@@ -41,7 +41,17 @@ export function span(tasks: Iterable<GraphNode>): [number | null, number | null]
   return [lo, hi];
 }
 
-export function FlowStats({ tasks, running }: { tasks: Map<string, GraphNode>; running: boolean }) {
+export function FlowStats({
+  tasks,
+  running,
+  focus,
+  setFocus,
+}: {
+  tasks: Map<string, GraphNode>;
+  running: boolean;
+  focus: string | null;
+  setFocus: (state: string | null) => void;
+}) {
   const now = useNow(running ? 1000 : 60_000);
   const [start, end] = span(tasks.values());
   const dur = start === null ? null : (running ? now : (end ?? now)) - start;
@@ -57,7 +67,7 @@ export function FlowStats({ tasks, running }: { tasks: Map<string, GraphNode>; r
         started <b>{fmtTime(start)}</b>
       </span>
       <div style={{ minWidth: 220 }}>
-        <CountsBar counts={countStates(tasks.values())} total={tasks.size} />
+        <CountsBar counts={countStates(tasks.values())} total={tasks.size} picked={focus} onPick={setFocus} />
       </div>
     </>
   );
@@ -124,7 +134,7 @@ export default function FlowView({ rootId }: { rootId: string }) {
       graph={data}
       refetch={reload}
       accept={(t) => t.root_id === rootId || t.task_id === rootId}
-      header={({ tasks, running, mode, setMode, critOn, setCritOn }) => (
+      header={({ tasks, running, mode, setMode, critOn, setCritOn, focus, setFocus }) => (
         <div className="flowhead" data-testid="flow-head">
           <StateChip state={flowState(tasks.values())} />
           <h1 title={root?.name ?? undefined}>{root?.name ?? "(unknown task)"}</h1>
@@ -136,7 +146,7 @@ export default function FlowView({ rootId }: { rootId: string }) {
               trace {shortId(root.trace_id)}
             </Link>
           )}
-          <FlowStats tasks={tasks} running={running} />
+          <FlowStats tasks={tasks} running={running} focus={focus} setFocus={setFocus} />
           <HeaderControls mode={mode} setMode={setMode} critOn={critOn} setCritOn={setCritOn} />
         </div>
       )}

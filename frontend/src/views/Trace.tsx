@@ -73,7 +73,7 @@ export function TraceViewPage({ traceId }: { traceId: string }) {
       flows={labels}
       refetch={reload}
       accept={(t) => t.trace_id === traceId}
-      header={({ tasks, running, mode, setMode, critOn, setCritOn }) => (
+      header={({ tasks, running, mode, setMode, critOn, setCritOn, focus, setFocus }) => (
         <>
           <div className="flowhead" data-testid="trace-head">
             <StateChip state={flowState(tasks.values())} />
@@ -83,7 +83,7 @@ export function TraceViewPage({ traceId }: { traceId: string }) {
             <span className="stat">
               <b>{data.trace.flows.length}</b> {data.trace.flows.length === 1 ? "flow" : "flows"}
             </span>
-            <FlowStats tasks={tasks} running={running} />
+            <FlowStats tasks={tasks} running={running} focus={focus} setFocus={setFocus} />
             <HeaderControls mode={mode} setMode={setMode} critOn={critOn} setCritOn={setCritOn} />
           </div>
           <div className="trace-flows" aria-label="Flows in this trace">

@@ -69,7 +69,9 @@ export function WorkersView() {
                     </td>
                     <td title={fmtIso(w.online_since)}>{w.online_since ? fmtTime(w.online_since) : "–"}</td>
                     <td className="num">
-                      <Link to={withQuery("/", { worker: w.hostname })} title="Flows with tasks run on this worker">{(w.tasks_run ?? 0).toLocaleString()}</Link>
+                      <Link to={withQuery("/", { worker: w.hostname })} title="Flows with tasks run on this worker">
+                        {(w.tasks_run ?? 0).toLocaleString()}
+                      </Link>
                     </td>
                     <td>
                       {(w.registered ?? []).slice(0, 6).map((r) => (
