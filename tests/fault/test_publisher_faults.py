@@ -128,6 +128,9 @@ def test_frozen_redis_never_slows_tasks_and_publisher_recovers(
         )
     dropped = sum(e.dropped or 0 for e in events if e.type == "publisher.dropped")
     assert dropped > 0
+    online = next(e for e in events if e.type == "worker.online")
+    # the report names the worker (its nodename) that lost the events
+    assert {e.hostname for e in events if e.type == "publisher.dropped"} == {online.hostname}
     # 200 tasks x 4 events with a 200-event buffer: what arrived plus what was reported covers them all
     delivered = {(e.task_id, e.type) for e in events if e.task_id in set(ids)}
     assert len(delivered) + dropped >= 200 * 4

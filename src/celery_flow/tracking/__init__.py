@@ -190,6 +190,7 @@ def _child_started(sender: Any = None, **_: Any) -> None:
     if isinstance(sender, str) and sender:
         for tracker in list(trackers.values()):
             tracker.nodename = sender
+            tracker.publisher.hostname = sender
 
 
 def _flush_child(**_: Any) -> None:

@@ -107,6 +107,8 @@ class Publisher:
         self.dropped_unreported = 0
         self.dropped_total = 0
         self.published_total = 0
+        # Reported on publisher.dropped: a worker's nodename once known, else the host name.
+        self.hostname: str | None = None
         self.failures = 0
         _publishers.add(self)
 
@@ -243,7 +245,7 @@ class Publisher:
             count = self.dropped_unreported
             self.dropped_unreported = 0
         hostname, pid = process_identity()
-        report = make_event("publisher.dropped", dropped=count, hostname=hostname, pid=pid)
+        report = make_event("publisher.dropped", dropped=count, hostname=self.hostname or hostname, pid=pid)
         if not self._try_publish([encode(report)]):
             with self._buffer_lock:
                 self.dropped_unreported += count

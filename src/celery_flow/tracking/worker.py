@@ -99,6 +99,7 @@ class FlowWorkerStep(bootsteps.StartStopStep):  # type: ignore[misc]
                 return
             hostname = c.hostname
             tracker.nodename = hostname
+            tracker.publisher.hostname = hostname
             info = _worker_info(c)
             tracker.emit(
                 "worker.online",
