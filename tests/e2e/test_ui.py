@@ -380,3 +380,25 @@ def test_degraded_server_is_said_plainly(tmp_path: Path, page: Page) -> None:
         screenshot(page, "degraded")
     finally:
         server.stop()
+
+
+def test_flows_cursor_paging(stack: Stack, page: Page) -> None:
+    noop = stack.task("t.noop")
+    ids = [noop.delay().id for _ in range(55)]
+    for task_id in ids:
+        stack.wait_task(task_id, "SUCCESS")
+    page.goto(stack.url + "/?name=t.noop")
+    table = page.get_by_test_id("flows-table")
+    rows = table.locator("tbody tr")
+    expect(rows).to_have_count(50)
+    expect(table.locator(f'tr[data-root-id="{ids[-1]}"]')).to_be_visible()  # newest first
+    older = page.get_by_role("button", name="Older →")
+    expect(older).to_be_enabled()
+    older.click()
+    expect(page).to_have_url(re.compile(r"cursor="))
+    expect(rows).to_have_count(5)
+    expect(table.locator(f'tr[data-root-id="{ids[0]}"]')).to_be_visible()
+    expect(older).to_be_disabled()
+    page.get_by_role("button", name="← Newer").click()
+    expect(rows).to_have_count(50)
+    expect(table.locator(f'tr[data-root-id="{ids[-1]}"]')).to_be_visible()
