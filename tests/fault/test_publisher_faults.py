@@ -115,7 +115,8 @@ def test_frozen_redis_never_slows_tasks_and_publisher_recovers(
             private_redis.signal(signal.SIGCONT)
         assert results == [i + 1 for i in range(200)]  # every task succeeded
         print(
-            f"apply_async max: {max(frozen) * 1e3:.1f} ms with Redis frozen, {max(baseline) * 1e3:.1f} ms plain"
+            f"apply_async max: {max(frozen) * 1e3:.1f} ms with Redis frozen, "
+            f"{max(baseline) * 1e3:.1f} ms plain"
         )
         assert max(frozen) <= max(baseline) + EXTRA_LATENCY, (max(frozen), max(baseline))
 
