@@ -183,3 +183,10 @@ def test_any_value_captures_to_encodable_json(value: Any) -> None:
 def test_max_value_size_bounds_output(size: int) -> None:
     out = capturer(size).value({"k": ["v" * 10_000 for _ in range(20)]})
     assert len(msgspec.json.encode(out)) < size * 2 + 200
+
+
+def test_huge_dict_is_capped_without_walking_it() -> None:
+    big = {f"k{i}": i for i in range(1_000_000)}
+    out = capturer().value(big)
+    assert len(out) == 101
+    assert out["…"] == "[truncated 999900 more keys]"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime
 import decimal
 import enum
+import itertools
 import math
 import uuid
 from collections.abc import Mapping
@@ -171,9 +172,9 @@ class Capturer:
         seen.add(marker)
         try:
             out: dict[str, Any] = {}
-            items = list(value.items())
-            total = len(items)
-            for index, (key, item) in enumerate(items):
+            total = len(value)
+            # islice: a dict with a million keys costs as much as one with MAX_ITEMS + 1.
+            for index, (key, item) in enumerate(itertools.islice(value.items(), MAX_ITEMS + 1)):
                 if index >= MAX_ITEMS or budget.left <= 0:
                     out["…"] = f"[truncated {total - index} more keys]"
                     break
@@ -199,7 +200,7 @@ class Capturer:
             out: list[Any] = []
             total = len(value)
             budget.left -= 2
-            for index, item in enumerate(value):
+            for index, item in enumerate(itertools.islice(value, MAX_ITEMS + 1)):
                 if index >= MAX_ITEMS or budget.left <= 0:
                     out.append(f"…[truncated {total - index} more items]")
                     break
