@@ -128,6 +128,8 @@ def test_cursor_paging_walks_everything_once_newest_first(api: httpx.Client, dat
             break
     assert seen == list(reversed(data.paged))
     assert pages == 5
+    big = api.get("/api/tasks", params={"limit": 500})
+    assert big.headers["content-encoding"] == "gzip"  # large pages are compressed
 
 
 def test_flows_list_filters_and_pages(api: httpx.Client, data: Data) -> None:

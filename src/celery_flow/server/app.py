@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from fastapi import FastAPI
+from fastapi.middleware.gzip import GZipMiddleware
 
 from celery_flow import __version__
 from celery_flow.consumer import Sink
@@ -48,6 +49,8 @@ def create_app(
         docs_url=None,
         redoc_url=None,
     )
+    # Flow graphs of thousands of tasks are megabytes of repetitive JSON: compress them (≈10x).
+    app.add_middleware(GZipMiddleware, minimum_size=2048, compresslevel=4)
     app.include_router(ext.router)
     app.state.celery_flow = ext
     return app
