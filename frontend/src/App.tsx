@@ -54,13 +54,15 @@ function ConnectionIndicator() {
 }
 
 /** A thin banner saying plainly when what is on screen may be stale or incomplete. */
+const sentence = (text: string) => (/[.!?]$/.test(text.trim()) ? text.trim() : `${text.trim()}.`);
+
 function StatusBanner() {
   const s = useLiveStatus();
   if (s.state === "degraded")
     return (
       <div className="banner warn" role="alert" data-testid="status-banner">
-        <strong>Server degraded.</strong> {s.detail ?? "The broker, store or consumer is not healthy."} New events may
-        be delayed until it recovers.
+        <strong>Server degraded.</strong> {sentence(s.detail ?? "The broker, store or consumer is not healthy")} New
+        events may be delayed until it recovers.
       </div>
     );
   if (s.state === "reconnecting" && s.detail)
