@@ -24,7 +24,11 @@ import celery_flow
 from celery_flow.server import create_app
 from celery_flow.server.extension import CeleryFlowExtension
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [
+    pytest.mark.timeout(180),
+    # tests/support/canvas_app registers the same task names on its module-level app and on ours.
+    pytest.mark.filterwarnings("ignore::celery.exceptions.DuplicateTaskNameWarning"),
+]
 
 XSS = "<img src=x onerror=alert(1)>"
 
