@@ -406,3 +406,21 @@ def test_flows_cursor_paging(stack: Stack, page: Page) -> None:
     page.get_by_role("button", name="← Newer").click()
     expect(rows).to_have_count(50)
     expect(table.locator(f'tr[data-root-id="{ids[-1]}"]')).to_be_visible()
+
+
+def test_behind_basic_auth(stack: Stack, browser: Browser, canvas: dict[str, str]) -> None:
+    """With CELERY_FLOW_BASIC_AUTH set, the browser's credentials carry the pages, the API and the socket."""
+    app = create_app(
+        store=stack.store_url, embedded_consumer=False, prefix=stack.prefix, basic_auth=("ops", "s3cret")
+    )
+    server = ServerThread(app)
+    server.start(auth=("ops", "s3cret"))
+    context = browser.new_context(http_credentials={"username": "ops", "password": "s3cret"})
+    try:
+        page = context.new_page()
+        page.goto(f"{server.url}/flows/{canvas['root_id']}")
+        expect(node(page, canvas["callback_id"])).to_have_attribute("data-state", "SUCCESS")
+        expect(page.get_by_test_id("conn")).to_have_text("Live")
+    finally:
+        context.close()
+        server.stop()
