@@ -105,6 +105,11 @@ class PostgresStore(SqlStore):
         assert psycopg is not None
         try:
             conn = psycopg.connect(self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT)
+            # A writer stuck mid-transaction (its host froze, its network dropped) holds the write lock:
+            # the server ends such a transaction after a minute, and other writers give up waiting after
+            # 30 s with an error the consumer retries, instead of hanging forever.
+            conn.execute("SET lock_timeout = '30s'")
+            conn.execute("SET idle_in_transaction_session_timeout = '60s'")
         except psycopg.Error as exc:
             detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise StoreError(
