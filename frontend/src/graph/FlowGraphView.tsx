@@ -80,7 +80,7 @@ const TaskNode = memo(function TaskNode({ data }: NodeProps<Node<TaskNodeData>>)
       data-testid={`node-${data.id}`}
       data-task-id={data.id}
       data-state={state}
-      title={`${t?.name ?? "task not sent yet"}\n${data.id}\n${state}`}
+      title={`${t?.name ?? "task not sent yet"}\n${data.id}\n${state}${t?.exception ? `\n${t.exception}` : ""}`}
       tabIndex={0}
       role="button"
       aria-label={`${t?.name ?? "task"} ${state}: open details`}
@@ -95,6 +95,11 @@ const TaskNode = memo(function TaskNode({ data }: NodeProps<Node<TaskNodeData>>)
         </div>
         <div className="meta">
           <span className="st">{state}</span>
+          {t?.exception && (state === "FAILURE" || state === "RETRY") && (
+            <span className="exc-type" title={t.exception}>
+              {t.exception.split(/[:(]/)[0]}
+            </span>
+          )}
           <span className="nb">
             {retries > 0 && (
               <span
