@@ -42,6 +42,8 @@ DROPPED_COUNTER = "publisher.dropped"
 REJECTED_PREFIX = "rejected."
 # Failed attempts at one batch, with the store answering pings, before looking for a poison event in it.
 POISON_AFTER = 3
+# How often a running consumer logs one line of progress (only when something happened).
+REPORT_INTERVAL = 60.0
 
 #: Called after each commit with the ids of the tasks that changed (e.g. the OTLP exporter); a sink with
 #: a `close()` method is closed when `Consumer.run()` returns.
@@ -126,6 +128,8 @@ class Consumer:
         self._subscription: Subscription | None = None
         self._next_sweep = 0.0
         self._next_lag = 0.0
+        self._next_report = time.monotonic() + REPORT_INTERVAL
+        self._reported_events = 0
 
     # ---- reporting -----------------------------------------------------------------------------
 
@@ -416,6 +420,16 @@ class Consumer:
                 lag = None
             with self._lock:
                 self._lag = lag
+        if now >= self._next_report:
+            self._next_report = now + REPORT_INTERVAL
+            st = self.stats()
+            if st["events_total"] != self._reported_events:
+                log.info(
+                    "consumer: %d events folded in the last %.0fs (%d in all), lag %s, %d rejected",
+                    st["events_total"] - self._reported_events, REPORT_INTERVAL, st["events_total"],
+                    st["lag"], st["rejected_total"],
+                )  # fmt: skip
+                self._reported_events = st["events_total"]
         if (self.ttl is not None or self.max_tasks is not None) and now >= self._next_sweep:
             self._next_sweep = now + self.sweep_interval
             self.sweep()

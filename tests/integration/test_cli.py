@@ -6,8 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
-from tests.support.server_helpers import REPO, cli_env
+from tests.support.server_helpers import REPO, cli_env, cli_process, free_port, wait_for
 
 CELERY_FLOW = str(Path(sys.executable).with_name("celery-flow"))
 CELERY = str(Path(sys.executable).with_name("celery"))
@@ -153,3 +154,16 @@ def test_a_port_in_use_is_one_line(command: list[str], tmp_path: Path) -> None:
         )
     assert f"cannot listen on 127.0.0.1:{port}" in line
     assert "--port" in line
+
+
+def test_celery_flow_server_serves_with_the_apps_broker(redis_url: str, tmp_path: Path) -> None:
+
+    port = free_port()
+    env = cli_env(SERVER_TASKS_BROKER=redis_url)
+    log = tmp_path / "server.log"
+    args = ["-A", "tests.support.server_tasks", "flow", "server", "--store", f"sqlite:///{tmp_path}/s.db",
+            "--port", str(port)]  # fmt: skip
+    with cli_process(*args, env=env, log=log, program=CELERY):
+        health = wait_for(lambda: httpx.get(f"http://127.0.0.1:{port}/api/health").json(), 30, "the server")
+    assert health["transport"] == {"url": redis_url, "reachable": True, "detail": None}
+    assert health["consumer"]["mode"] == "embedded"

@@ -91,12 +91,12 @@ def cli_env(**extra: str) -> dict[str, str]:
 
 @contextlib.contextmanager
 def cli_process(
-    *args: str, env: dict[str, str] | None = None, log: Path | None = None
+    *args: str, env: dict[str, str] | None = None, log: Path | None = None, program: str | None = None
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """`python -m celery_flow.cli <args>` in its own process group, killed on exit."""
+    """`celery-flow <args>` (or `program <args>`) in its own process group, stopped on exit."""
     out = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
-        [*CLI, *args],
+        [program, *args] if program else [*CLI, *args],
         env=env or cli_env(),
         stdout=out,
         stderr=subprocess.STDOUT,
