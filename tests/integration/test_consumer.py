@@ -242,3 +242,22 @@ def test_two_consume_processes_split_one_stream_into_one_store(
     folded = [int(re.search(r"consumer stopped: (\d+) events", log.read_text()).group(1)) for log in logs]  # type: ignore[union-attr]
     assert all(n > 0 for n in folded), folded
     assert sum(folded) == len(payloads)
+
+
+def test_a_server_without_consumer_reports_a_backlog_nobody_folds(
+    redis_url: str, redis_client: redis.Redis, unique_prefix: str, tmp_path: Path
+) -> None:
+    app = create_app(broker_url=redis_url, store=f"sqlite:///{tmp_path / 'f.db'}", prefix=unique_prefix,
+                     embedded_consumer=False)  # fmt: skip
+    app.state.celery_flow.health.stall_after = 1.0
+    stream = f"{unique_prefix}:events"
+    redis_client.xgroup_create(stream, "celery_flow", id="0", mkstream=True)  # as a consumer once did
+    with serving(app) as url, httpx.Client(base_url=url, timeout=10) as api:
+        assert api.get("/api/health").json()["status"] == "ok"
+        for event in task_events(uuid.uuid4().hex):
+            redis_client.xadd(stream, {"e": encode(event)})
+        health = wait_for(lambda: (h := api.get("/api/health").json())["status"] == "degraded" and h, 20)
+        assert health["consumer"]["mode"] == "external"
+        assert health["consumer"]["status"] == "stalled"
+        assert health["consumer"]["lag"] == 4
+        assert "celery-flow consume" in health["consumer"]["detail"]

@@ -108,6 +108,10 @@ class HealthMonitor:
     ) -> None:
         self._group = group
         self._lag_sub: Subscription | None = None
+        # External mode: seconds a backlog may go without shrinking before health says `stalled`.
+        self.stall_after = 60.0
+        self._last_lag: int | None = None
+        self._stalled_since: float | None = None
         self._store = store
         self._store_url = redact_url(store_url) if store_url else None
         self._broker_url = broker_url
@@ -154,6 +158,21 @@ class HealthMonitor:
             return TransportHealth(url=safe, reachable=False, detail=str(exc) or type(exc).__name__)
         return TransportHealth(url=safe, reachable=True)
 
+    def _check_stalled(self, consumer: ConsumerHealth) -> None:
+        """An external consumer is invisible to this process; a backlog that never shrinks is not."""
+        lag, now = consumer.lag, time.monotonic()
+        if lag is None or lag == 0 or (self._last_lag is not None and lag < self._last_lag):
+            self._stalled_since = None
+        elif self._stalled_since is None:
+            self._stalled_since = now
+        self._last_lag = lag
+        if self._stalled_since is not None and now - self._stalled_since >= self.stall_after:
+            consumer.status = "stalled"
+            consumer.detail = (
+                f"{lag} events waiting and none folded for {now - self._stalled_since:.0f}s: "
+                "is `celery-flow consume` running (same --broker-url and --prefix)?"
+            )
+
     def _probe_lag(self) -> int | None:
         """The shared group's backlog, read without joining it as a reader (no entries are taken)."""
         if self._transport is None:
@@ -182,6 +201,7 @@ class HealthMonitor:
         consumer = self._consumer_status()
         if consumer.lag is None and consumer.mode == "external" and transport.reachable:
             consumer.lag = self._probe_lag()
+            self._check_stalled(consumer)
         # Counters the embedded consumer holds but has not persisted yet still count.
         for kind, count in consumer.metrics.get("rejected", {}).items():
             rejected[kind] = max(rejected.get(kind, 0), int(count))
