@@ -17,6 +17,8 @@ type Listener = (items: TaskSummary[]) => void;
 class LiveHub {
   private ws: WebSocket | null = null;
   private listeners = new Set<Listener>();
+  private resyncListeners = new Set<() => void>();
+  private connectedBefore = false;
   private statusListeners = new Set<(s: LiveStatus) => void>();
   private attempt = 0;
   private timer: number | null = null;
@@ -55,7 +57,12 @@ class LiveHub {
       } catch {
         return;
       }
-      if (msg.type === "hello") this.setStatus(msg.status === "ok" ? "live" : "degraded", null);
+      if (msg.type === "hello") {
+        this.setStatus(msg.status === "ok" ? "live" : "degraded", null);
+        // Changes made while the socket was down were never pushed: views reload what they show.
+        if (this.connectedBefore) for (const l of this.resyncListeners) l();
+        this.connectedBefore = true;
+      }
       else if (msg.type === "status") this.setStatus(msg.status === "ok" ? "live" : "degraded", msg.detail ?? null);
       else if (msg.type === "tasks" && Array.isArray(msg.items)) {
         for (const l of this.listeners) l(msg.items);
@@ -84,6 +91,12 @@ class LiveHub {
   setFilter(root_id: string | null, trace_id: string | null) {
     this.filter = { root_id, trace_id };
     this.sendFilter();
+  }
+
+  /** Called after a reconnect, when pushes may have been missed. */
+  onResync(l: () => void): () => void {
+    this.resyncListeners.add(l);
+    return () => this.resyncListeners.delete(l);
   }
 
   subscribe(l: Listener): () => void {
@@ -135,6 +148,7 @@ export function useDebouncedLiveRefetch(
     },
     [],
   );
+  useResync(() => fn.current());
   useLiveTasks((items) => {
     if (!accept(items) || timer.current !== null) return;
     timer.current = window.setTimeout(() => {
@@ -151,4 +165,12 @@ export function useLiveFilter(rootId: string | null, traceId: string | null): vo
     h.setFilter(rootId, traceId);
     return () => h.setFilter(null, null);
   }, [h, rootId, traceId]);
+}
+
+/** Call `reload` after the live socket reconnects (whatever changed meanwhile was not pushed). */
+export function useResync(reload: () => void): void {
+  const h = useContext(LiveContext);
+  const ref = useRef(reload);
+  ref.current = reload;
+  useEffect(() => h.onResync(() => ref.current()), [h]);
 }

@@ -3,7 +3,7 @@
 import { useCallback, useEffect, useMemo, useRef, useState, type ReactNode } from "react";
 import type { FlowGraph, GraphNode, TaskSummary } from "../api/types";
 import { TERMINAL } from "../api/types";
-import { useLiveTasks } from "../live";
+import { useLiveTasks, useResync } from "../live";
 import { useRouter, withQuery } from "../router";
 import { TaskDetailLoader } from "../views/TaskDetail";
 import { FlowGraphView } from "./FlowGraphView";
@@ -101,6 +101,7 @@ export function Workspace({ graph, flows, header, accept, refetch }: WorkspacePr
     },
     [],
   );
+  useResync(() => refetchRef.current());
   useLiveTasks((items) => {
     const mine = items.filter(accept);
     if (!mine.length) return;

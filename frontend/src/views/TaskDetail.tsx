@@ -6,7 +6,7 @@ import { CopyButton, ErrorBox, Loading, Mono, StateChip } from "../components/co
 import { JsonTree } from "../components/JsonTree";
 import { fmtDuration, fmtIso, fmtTime, shortId, shortName } from "../format";
 import { useAsync } from "../hooks";
-import { useLiveTasks } from "../live";
+import { useLiveTasks, useResync } from "../live";
 import { Link } from "../router";
 
 const EVENT_LABEL: Record<string, string> = {
@@ -354,6 +354,7 @@ export function TaskDetailLoader({
   useLiveTasks((items) => {
     if (items.some((t) => t.task_id === taskId)) reload();
   });
+  useResync(reload);
   const names = useMemo(() => data?.names ?? new Map<string, TaskSummary>(), [data]);
   if (error) return <ErrorBox error={error} what={`Task ${taskId}`} />;
   if (!data) return <Loading what="Loading task" />;
