@@ -179,7 +179,9 @@ class Consumer:
                     continue
                 try:
                     messages = sub.read(self.batch, self.read_timeout)
-                except TransportError as exc:
+                except Exception as exc:  # TransportError, or a client error the transport did not wrap
+                    if not isinstance(exc, TransportError):
+                        log.warning("unexpected error reading from the broker", exc_info=True)
                     self._disconnect(f"broker unreachable: {exc}")
                     stop.wait(backoff.next())
                     continue
@@ -216,7 +218,9 @@ class Consumer:
             if self._transport is None:
                 self._transport = from_url(self.broker_url, prefix=self.prefix, **self.transport_options)
             self._subscription = self._transport.subscribe(self.group, self.name)
-        except TransportError as exc:
+        except ConfigError:
+            raise  # a bad URL or option never fixes itself: the CLI reports it at startup
+        except Exception as exc:  # TransportError, or a client error the transport did not wrap
             with self._lock:
                 self._reconnects += 1
                 self._detail = f"broker unreachable: {exc}"
@@ -391,7 +395,7 @@ class Consumer:
             return
         try:
             sub.ack(ids)
-        except TransportError as exc:
+        except Exception as exc:
             # Committed but not acknowledged: the entries come back after reconnecting and are
             # applied again, which changes nothing (idempotent per event id).
             self._disconnect(f"broker unreachable while acknowledging: {exc}")
@@ -416,7 +420,7 @@ class Consumer:
             self._next_lag = now + 2.0
             try:
                 lag = self._subscription.lag()
-            except TransportError:
+            except Exception:  # lag is informative only
                 lag = None
             with self._lock:
                 self._lag = lag

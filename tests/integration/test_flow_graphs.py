@@ -64,18 +64,22 @@ class Env:
         return r.id, r.get(timeout=20)
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+# (store, celery-flow transport): both stores over Redis Streams, and SQLite over RabbitMQ. Celery itself
+# always runs on Redis here; the transport is what `init()` publishes to and the server consumes.
+@pytest.fixture(scope="module", params=["sqlite-redis", "postgresql-redis", "sqlite-amqp"])
 def env(
     request: pytest.FixtureRequest, redis_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Env]:
-    if request.param == "sqlite":
+    store, transport = request.param.split("-")
+    if store == "sqlite":
         store_url = f"sqlite:///{Path(tmp_path_factory.mktemp('graphs')) / 'flow.db'}"
     else:
         store_url = str(request.getfixturevalue("pg_url"))
+    flow_url = redis_url if transport == "redis" else str(request.getfixturevalue("amqp_url"))
     prefix = f"cft_{uuid.uuid4().hex[:8]}"
-    app = make_app(redis_url, redis_url, redis_url, prefix, queue=f"q_{prefix}")
+    server = create_app(broker_url=flow_url, store=store_url, prefix=prefix)
+    app = make_app(redis_url, redis_url, flow_url, prefix, queue=f"q_{prefix}")
     register_launcher(app)
-    server = create_app(broker_url=redis_url, store=store_url, prefix=prefix)
     try:
         with (
             serving(server) as url,
