@@ -12,7 +12,6 @@ from celery_flow.consumer import Sink
 from celery_flow.server.auth import require_basic_auth
 from celery_flow.server.config import resolve
 from celery_flow.server.extension import API_DESCRIPTION, API_TITLE, CeleryFlowExtension
-from celery_flow.settings import DEFAULT_PREFIX
 from celery_flow.store.base import Store
 
 
@@ -21,7 +20,7 @@ def create_app(
     store: str | Store | None = None,
     basic_auth: tuple[str, str] | None = None,
     embedded_consumer: bool = True,
-    prefix: str = DEFAULT_PREFIX,
+    prefix: str | None = None,
     ttl: float | None = None,
     max_tasks: int | None = None,
     sinks: Sequence[Sink] = (),

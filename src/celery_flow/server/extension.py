@@ -37,7 +37,7 @@ from celery_flow.server.consumers import ConsumerRunner
 from celery_flow.server.health import ConsumerHealth, HealthMonitor
 from celery_flow.server.live import LiveFilter, LiveHub
 from celery_flow.server.metrics import CONTENT_TYPE, render
-from celery_flow.settings import DEFAULT_PREFIX
+from celery_flow.settings import DEFAULT_PREFIX, env_value
 from celery_flow.store.base import Store, StoreError
 
 log = logging.getLogger("celery_flow.server")
@@ -47,7 +47,12 @@ API_DESCRIPTION = "Celery workflow observability: tasks, flows, graphs, traces, 
 
 
 class CeleryFlowExtension:
-    """The celery-flow server as a router plus a lifespan; see the module docstring for usage."""
+    """The celery-flow server as a router plus a lifespan; see the module docstring for usage.
+
+    `broker_url`, `prefix` and `store` left unset come from CELERY_FLOW_BROKER_URL, CELERY_FLOW_PREFIX
+    and CELERY_FLOW_STORE (then the defaults); without a broker there is no embedded consumer. `ttl` and
+    `max_tasks` are the embedded consumer's retention (None keeps everything).
+    """
 
     def __init__(
         self,
@@ -55,7 +60,7 @@ class CeleryFlowExtension:
         store: str | Store | None = None,
         auth_dependency: Callable[..., Any] | None = None,
         embedded_consumer: bool = True,
-        prefix: str = DEFAULT_PREFIX,
+        prefix: str | None = None,
         group: str = "celery_flow",
         ttl: float | None = None,
         max_tasks: int | None = None,
@@ -66,6 +71,9 @@ class CeleryFlowExtension:
         store_url: str | None = None,
         static_dir: Path | None = None,
     ) -> None:
+        # Unset: CELERY_FLOW_BROKER_URL / CELERY_FLOW_PREFIX, like the CLI (the store: CELERY_FLOW_STORE).
+        broker_url = env_value("BROKER_URL", broker_url, "", str) or None
+        prefix = env_value("PREFIX", prefix, DEFAULT_PREFIX, str)
         self.broker_url = broker_url
         self.prefix = prefix
         self.group = group
