@@ -67,6 +67,9 @@ def test_decorator_gives_each_call_a_scope() -> None:
 
     assert fixed() == "fixed"
 
+    with pytest.raises(TypeError, match=r"@celery_flow.trace\(\)"):
+        celery_flow.trace(fixed)  # type: ignore[arg-type]
+
 
 def test_every_shape_carries_the_trace_id(tracked: Tracked) -> None:
     add, mul, xsum = tracked.task("add"), tracked.task("mul"), tracked.task("xsum")

@@ -111,6 +111,10 @@ class trace:
     """
 
     def __init__(self, trace_id: str | None = None) -> None:
+        if trace_id is not None and not isinstance(trace_id, str):
+            raise TypeError(
+                "celery_flow.trace() takes an optional string id; as a decorator write @celery_flow.trace()"
+            )
         self.trace_id = trace_id
         self._tokens: list[contextvars.Token[str | None]] = []
 
