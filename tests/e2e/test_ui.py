@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -311,6 +312,17 @@ def test_flow_filters(stack: Stack, page: Page) -> None:
     page.get_by_test_id("filter-q").fill(ok.id)
     page.get_by_test_id("filter-q").press("Enter")
     expect(table.locator("tbody tr")).to_have_count(1)
+    expect(table.locator(f'tr[data-root-id="{ok.id}"]')).to_be_visible()
+    # A custom time range: from an hour ahead finds nothing; from ten minutes ago finds the flow again.
+    page.get_by_test_id("filter-range").select_option("custom")
+    ahead = datetime.now() + timedelta(hours=1)
+    page.get_by_test_id("filter-since").fill(ahead.strftime("%Y-%m-%dT%H:%M"))
+    page.get_by_role("button", name="Apply").click()
+    expect(page).to_have_url(re.compile(r"range=custom"))
+    expect(page.get_by_text("No flow matches these filters.")).to_be_visible()
+    earlier = datetime.now() - timedelta(minutes=10)
+    page.get_by_test_id("filter-since").fill(earlier.strftime("%Y-%m-%dT%H:%M"))
+    page.get_by_role("button", name="Apply").click()
     expect(table.locator(f'tr[data-root-id="{ok.id}"]')).to_be_visible()
 
 

@@ -14,7 +14,22 @@ const RANGES: [string, string, number | null][] = [
   ["6h", "Last 6 hours", 6 * 3600],
   ["24h", "Last 24 hours", 86400],
   ["7d", "Last 7 days", 7 * 86400],
+  ["custom", "Between…", null],
 ];
+
+/** `datetime-local` value (local time) <-> epoch seconds, for the custom time range. */
+const pad2 = (n: number) => String(n).padStart(2, "0");
+function toLocalInput(epoch: string): string {
+  if (!epoch) return "";
+  const d = new Date(Number(epoch) * 1000);
+  if (Number.isNaN(d.getTime())) return "";
+  return `${d.getFullYear()}-${pad2(d.getMonth() + 1)}-${pad2(d.getDate())}T${pad2(d.getHours())}:${pad2(d.getMinutes())}`;
+}
+function fromLocalInput(value: string): string {
+  if (!value) return "";
+  const t = new Date(value).getTime();
+  return Number.isNaN(t) ? "" : String(Math.floor(t / 1000));
+}
 const PAGE = 50;
 
 interface Filters {
@@ -24,6 +39,8 @@ interface Filters {
   trace_id: string;
   q: string;
   worker: string;
+  since: string;
+  until: string;
 }
 
 function readFilters(s: URLSearchParams): Filters {
@@ -34,6 +51,8 @@ function readFilters(s: URLSearchParams): Filters {
     trace_id: s.get("trace_id") ?? "",
     worker: s.get("worker") ?? "",
     q: s.get("q") ?? "",
+    since: s.get("since") ?? "",
+    until: s.get("until") ?? "",
   };
 }
 
@@ -110,7 +129,8 @@ export function FlowsView() {
           trace_id: filters.trace_id,
           worker: filters.worker,
           q: filters.q,
-          since: range ? Date.now() / 1000 - range : null,
+          since: filters.range === "custom" ? filters.since : range ? Date.now() / 1000 - range : null,
+          until: filters.range === "custom" ? filters.until : null,
           limit: PAGE,
           cursor,
         },
@@ -168,7 +188,15 @@ export function FlowsView() {
         </label>
         <label>
           <span>Time</span>
-          <select value={draft.range} onChange={(e) => apply({ ...draft, range: e.target.value })}>
+          <select
+            value={draft.range}
+            onChange={(e) =>
+              e.target.value === "custom"
+                ? setDraft({ ...draft, range: "custom" })
+                : apply({ ...draft, range: e.target.value, since: "", until: "" })
+            }
+            data-testid="filter-range"
+          >
             {RANGES.map(([k, label]) => (
               <option key={k} value={k}>
                 {label}
@@ -176,6 +204,28 @@ export function FlowsView() {
             ))}
           </select>
         </label>
+        {draft.range === "custom" && (
+          <>
+            <label>
+              <span>From</span>
+              <input
+                type="datetime-local"
+                value={toLocalInput(draft.since)}
+                onChange={(e) => setDraft({ ...draft, since: fromLocalInput(e.target.value) })}
+                data-testid="filter-since"
+              />
+            </label>
+            <label>
+              <span>To</span>
+              <input
+                type="datetime-local"
+                value={toLocalInput(draft.until)}
+                onChange={(e) => setDraft({ ...draft, until: fromLocalInput(e.target.value) })}
+                data-testid="filter-until"
+              />
+            </label>
+          </>
+        )}
         <label>
           <span>Trace id</span>
           <input value={draft.trace_id} onChange={(e) => setDraft({ ...draft, trace_id: e.target.value })} />
@@ -192,7 +242,9 @@ export function FlowsView() {
             <button
               type="button"
               className="btn"
-              onClick={() => apply({ state: "", name: "", range: "", trace_id: "", q: "", worker: "" })}
+              onClick={() =>
+                apply({ state: "", name: "", range: "", trace_id: "", q: "", worker: "", since: "", until: "" })
+              }
             >
               Clear
             </button>
