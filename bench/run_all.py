@@ -18,6 +18,7 @@ import argparse
 import datetime as dt
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -154,6 +155,17 @@ def _machine() -> str:
     )
 
 
+_PROGRESS = re.compile(r"^\s*[\d,]+ tasks, [\d,]+ events, [\d,]+ events/s$")
+
+
+def _squeeze_progress(output: str) -> str:
+    """Keep only the last of a run of progress lines (bench/api.py prints one per 16,000 tasks stored)."""
+    lines = output.splitlines()
+    kept = [line for i, line in enumerate(lines)
+            if not (_PROGRESS.match(line) and i + 1 < len(lines) and _PROGRESS.match(lines[i + 1]))]  # fmt: skip
+    return "\n".join(kept)
+
+
 def run_one(bench: Bench, quick: bool) -> tuple[str, str, float]:
     """(status, output, seconds) of one benchmark script."""
     path = BENCH / bench.script
@@ -181,7 +193,7 @@ def run_one(bench: Bench, quick: bool) -> tuple[str, str, float]:
         out = exc.stdout.decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
         return "timeout", out + f"\n(stopped after {timeout:.0f} s)", time.monotonic() - start
     elapsed = time.monotonic() - start
-    out = proc.stdout.rstrip()
+    out = _squeeze_progress(proc.stdout.rstrip())
     if proc.returncode != 0:
         tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
         return "failed", f"{out}\n\nexit code {proc.returncode}; stderr (last lines):\n{tail}", elapsed
