@@ -161,8 +161,9 @@ _PROGRESS = re.compile(r"^\s*[\d,]+ tasks, [\d,]+ events, [\d,]+ events/s$")
 def _squeeze_progress(output: str) -> str:
     """Keep only the last of a run of progress lines (bench/api.py prints one per 16,000 tasks stored)."""
     lines = output.splitlines()
+    last = len(lines) - 1
     kept = [line for i, line in enumerate(lines)
-            if not (_PROGRESS.match(line) and i + 1 < len(lines) and _PROGRESS.match(lines[i + 1]))]  # fmt: skip
+            if not (_PROGRESS.match(line) and i < last and _PROGRESS.match(lines[i + 1]))]  # fmt: skip
     return "\n".join(kept)
 
 
