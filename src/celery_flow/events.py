@@ -144,6 +144,21 @@ def decode(data: bytes | bytearray | memoryview | str) -> Event:
         raise EventRejected("missing_field", f"{event.type} event without task_id")
     if b"\\u0000" in (raw if isinstance(raw, bytes) else bytes(raw)):
         _strip_nul(event)
+    # Indexed columns: PostgreSQL refuses index rows over ~2.7 KB, which would fail the whole batch on
+    # every retry. An event or task id that long cannot be real; other texts are clipped (the same way
+    # on every event, so they still group), to the lengths the API accepts as filters.
+    for name in ("id", "task_id"):
+        value = getattr(event, name)
+        if value is not None and len(value) > _ID_MAX:
+            raise EventRejected("invalid_field", f"`{name}` longer than {_ID_MAX} characters ({len(value)})")
+    for name, limit in _TEXT_LIMITS:
+        value = getattr(event, name)
+        if value is not None and len(value) > limit:
+            setattr(event, name, value[:limit])
+    for name in ("links", "link_errors"):
+        values = getattr(event, name)
+        if values and any(len(v) > _ID_MAX for v in values):
+            setattr(event, name, [v[:_ID_MAX] for v in values])
     for name in _INT_FIELDS:
         # JSON integers are unbounded; SQL columns are 64-bit. Out of range here would fail the whole
         # batch's commit in the store on every retry (a poison message), so it is a bad field instead.
@@ -153,6 +168,14 @@ def decode(data: bytes | bytearray | memoryview | str) -> Event:
     return event
 
 
+_ID_MAX: Final = 255
+_ID_FIELDS: Final = ("root_id", "parent_id", "group_id", "chord_id", "trace_id")
+_TEXT_LIMITS: Final = (
+    *((name, _ID_MAX) for name in _ID_FIELDS),
+    ("name", 512),
+    ("hostname", 512),
+    ("queue", 512),
+)
 _INT_FIELDS: Final = ("retries", "pid", "dropped")
 _INT_MIN: Final = -(2**63)
 _INT_MAX: Final = 2**63 - 1

@@ -140,7 +140,8 @@ def test_disk_full_sqlite_store_reports_keeps_serving_and_recovers(
             detail = f"{health['consumer'].get('detail')}"
             assert health["consumer"]["status"] == "store_error", health
             assert "full" in detail, detail  # names the problem...
-            assert "flow.db" in detail, detail  # ...and the file
+            assert "flow.db" in detail, detail  # ...the file...
+            assert "free space" in detail, detail  # ...and the fix
             # Still serving what it has: the UI keeps working on the stored data.
             assert client.get("/api/tasks", params={"limit": 5}).status_code == 200
             assert client.get(f"/api/tasks/{before[0]}").json()["state"] == "SUCCESS"

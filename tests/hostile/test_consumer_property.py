@@ -54,7 +54,8 @@ def task_events(draw: st.DrawFn) -> list[Event]:
     task_id = draw(
         st.sampled_from([uuid.uuid4().hex, "ü-" + uuid.uuid4().hex[:6], "<script>" + uuid.uuid4().hex])
     )
-    name = draw(st.text(min_size=1, max_size=30))
+    name = draw(st.text(min_size=1, max_size=30) | st.just("n" * 600))  # over-long texts get clipped
+    trace = draw(st.none() | st.text(max_size=10) | st.just("t" * 300))
     root = draw(st.none() | st.just(task_id) | st.just("root-" + task_id[:6]))
     out = []
     for _ in range(draw(st.integers(1, 6))):
@@ -69,7 +70,8 @@ def task_events(draw: st.DrawFn) -> list[Event]:
                 name=draw(st.none() | st.just(name)),
                 root_id=root,
                 retries=draw(st.integers(0, 3)),
-                hostname=draw(st.none() | st.sampled_from(["celery@a", "celery@ü", "w"])),
+                hostname=draw(st.none() | st.sampled_from(["celery@a", "celery@ü", "w", "h" * 600])),
+                trace_id=trace,
                 pid=draw(st.none() | st.integers(1, 2**31)),
                 args=draw(st.none() | json_values),
                 result=draw(st.none() | json_values),
@@ -96,7 +98,7 @@ def _valid_dict(draw: st.DrawFn) -> dict[str, Any]:
 def near_valid(draw: st.DrawFn) -> bytes:
     """A valid event with exactly one thing wrong: each variant is invalid by construction."""
     doc = _valid_dict(draw)
-    variant = draw(st.integers(0, 7))
+    variant = draw(st.integers(0, 8))
     if variant == 0:  # a required field missing
         del doc[draw(st.sampled_from(["v", "id", "type", "ts"]))]
     elif variant == 1:  # a field of the wrong type
@@ -129,6 +131,8 @@ def near_valid(draw: st.DrawFn) -> bytes:
         )
     elif variant == 5:  # a task event without its task
         del doc["task_id"]
+    elif variant == 8:  # an id no Celery ever made (and PostgreSQL could not index)
+        doc[draw(st.sampled_from(["id", "task_id"]))] = "x" * 256
     elif variant == 6:  # truncated in transit
         raw = json.dumps(doc).encode()
         return raw[: draw(st.integers(0, len(raw) - 1))]
