@@ -62,13 +62,16 @@ def built_ui() -> Path:
     return STATIC_INDEX
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: sync Playwright keeps an asyncio loop marked as running in this thread for as
+# long as it lives, so every later `asyncio.run()` in the same pytest session (WebSocket tests in
+# tests/integration, tests/hostile, tests/unit) would fail with "cannot be called from a running event loop".
+@pytest.fixture(scope="module")
 def playwright_instance() -> Iterator[Playwright]:
     with sync_playwright() as pw:
         yield pw
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser(playwright_instance: Playwright) -> Iterator[Browser]:
     if not Path(CHROMIUM).exists():
         pytest.fail(f"Chromium not found at {CHROMIUM}: apt-get install chromium")
