@@ -9,25 +9,20 @@ payload as text, run none of it (no dialog, no `window.__xss`), and contain no e
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Page, expect
+from playwright.async_api import Page, async_playwright, expect
 
 from celery_flow.events import Event, TaskInfo
 from celery_flow.server import create_app
 from celery_flow.store import open_store
-from tests.e2e.conftest import (  # noqa: F401 - fixtures shared with the browser tests
-    PageWatch,
-    browser,
-    built_ui,
-    page,
-    page_watch,
-    playwright_instance,
-)
+from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS, built_ui  # noqa: F401 - a fixture, shared
 from tests.support.server_helpers import ServerThread
 
 PAYLOADS = {
@@ -88,50 +83,77 @@ def hostile_ui(tmp_path_factory: pytest.TempPathFactory, built_ui: Path) -> Iter
         server.stop()
 
 
-def _assert_inert(page: Page, watch: PageWatch, view: str) -> None:  # noqa: F811
-    expect(page.locator(INJECTED)).to_have_count(0)
-    assert page.evaluate("window.__xss") is None, view
-    assert not watch.dialogs, (view, watch.dialogs)
+VIEWS = [
+    ("flows list", "/", "name"),
+    ("flow graph", "/flows/{root}", "name"),
+    ("task detail: result, kwargs key, queue, host", "/tasks/{child}", "result"),
+    ("task detail: exception, traceback, retry reason", "/tasks/{failed}", "exception"),
+    ("trace", "/traces/{trace}", "short name"),
+    ("registry", "/registry", "name"),
+    ("workers", "/workers", "host"),
+]
 
 
-@pytest.mark.parametrize(
-    ("view", "path", "visible"),
-    [
-        ("flows list", "/", "name"),
-        ("flow graph", "/flows/{root}", "name"),
-        ("task detail: result, kwargs key, queue, host", "/tasks/{child}", "result"),
-        ("task detail: exception, traceback, retry reason", "/tasks/{failed}", "exception"),
-        ("trace", "/traces/{trace}", "short name"),
-        ("registry", "/registry", "name"),
-        ("workers", "/workers", "host"),
-    ],
-)
-def test_payloads_render_as_text_in_every_view(
-    hostile_ui: dict[str, str],
-    page: Page,  # noqa: F811
-    page_watch: PageWatch,  # noqa: F811
-    view: str,
-    path: str,
-    visible: str,
-) -> None:
-    page.goto(hostile_ui["url"] + path.format(**hostile_ui))
-    # The payload is on screen, as the literal text it is (the trace view shows a dotted task name's last
-    # part, which here is `__xss=1;alert(1)">`).
-    text = 'alert(1)">' if visible == "short name" else PAYLOADS[visible]
-    expect(page.get_by_text(text, exact=False).first).to_be_visible()
-    if "failed" in path:
-        expect(page.get_by_test_id("traceback")).to_contain_text("<iframe id=xss-tb")
-    _assert_inert(page, page_watch, view)
+async def _visit_all(ui: dict[str, str]) -> list[str]:
+    """Open every view (and search) in a fresh context each; return what went wrong, per view."""
+    problems: list[str] = []
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            for view, path, visible in [*VIEWS, ("search box", "/", "search")]:
+                context = await browser.new_context(viewport={"width": 1440, "height": 900})
+                context.set_default_timeout(15_000)
+                page = await context.new_page()
+                dialogs: list[str] = []
+                page.on(
+                    "dialog",
+                    lambda d, seen=dialogs: (seen.append(d.message), asyncio.ensure_future(d.dismiss())),
+                )
+                try:
+                    await page.goto(ui["url"] + path.format(**ui))
+                    if visible == "search":
+                        search = page.get_by_test_id("search")
+                        await search.fill(PAYLOADS["name"])
+                        await search.press("Enter")
+                        await page.wait_for_load_state("networkidle")
+                    else:
+                        # The payload is on screen as the literal text it is (the trace view shows a dotted
+                        # task name's last part, which here is `__xss=1;alert(1)">`).
+                        text = 'alert(1)">' if visible == "short name" else PAYLOADS[visible]
+                        await expect(page.get_by_text(text, exact=False).first).to_be_visible()
+                    if "failed" in path:
+                        await expect(page.get_by_test_id("traceback")).to_contain_text("<iframe id=xss-tb")
+                    await _assert_inert(page, dialogs)
+                except AssertionError as exc:
+                    problems.append(f"{view}: {exc}")
+                finally:
+                    await context.close()
+        finally:
+            await browser.close()
+    return problems
 
 
-def test_search_box_treats_markup_as_text(
-    hostile_ui: dict[str, str],
-    page: Page,  # noqa: F811
-    page_watch: PageWatch,  # noqa: F811
-) -> None:
-    page.goto(hostile_ui["url"] + "/")
-    search = page.get_by_test_id("search")
-    search.fill(PAYLOADS["name"])
-    search.press("Enter")
-    page.wait_for_load_state("networkidle")
-    _assert_inert(page, page_watch, "search")
+async def _assert_inert(page: Page, dialogs: list[str]) -> None:
+    await expect(page.locator(INJECTED)).to_have_count(0)
+    assert await page.evaluate("window.__xss") is None, "a payload ran"
+    assert not dialogs, f"dialogs opened: {dialogs}"
+
+
+def test_payloads_render_as_text_in_every_view(hostile_ui: dict[str, str]) -> None:
+    # The async API in a thread of its own: the browser tests' sync Playwright may be running in this
+    # thread already (one session), and the two cannot share a thread.
+    result: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            result["problems"] = asyncio.run(_visit_all(hostile_ui))
+        except BaseException as exc:  # surfaced below
+            result["error"] = exc
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(180)
+    assert not thread.is_alive(), "the browser run did not finish"
+    if "error" in result:
+        raise result["error"]
+    assert result["problems"] == []
