@@ -95,7 +95,9 @@ class Publisher:
         self.buffer_size = buffer_size
         self._factory = transport_factory or self._default_factory
         self.log = RateLimitedLog()
-        self._buffer: collections.deque[Event] = collections.deque(maxlen=buffer_size)
+        # Encoded events: bytes are not tracked by the garbage collector, so thousands of buffered events
+        # (and the args/results they captured) cost the process no GC work while they wait.
+        self._buffer: collections.deque[bytes] = collections.deque(maxlen=buffer_size)
         self._wake = threading.Event()
         self._lock = threading.Lock()
         self._buffer_lock = threading.Lock()
@@ -118,13 +120,18 @@ class Publisher:
 
     # -- producer side (hot path) -------------------------------------------------------------------
     def put(self, event: Event) -> None:
+        try:
+            payload = encode(event)
+        except Exception as exc:
+            self.log.warning("encode", "celery-flow: could not encode a %s event: %s", event.type, exc)
+            return
         # The lock (≈0.1 µs uncontended) makes the drop count exact when several threads put at once.
         with self._buffer_lock:
             buffer = self._buffer
             if len(buffer) >= self.buffer_size:
                 self.dropped_unreported += 1
                 self.dropped_total += 1
-            buffer.append(event)
+            buffer.append(payload)
         if self._thread is None:
             self._start()
         elif len(buffer) >= BATCH_SIZE and not self._wake.is_set():
@@ -230,16 +237,9 @@ class Publisher:
                 return
 
     def _take(self, limit: int) -> list[bytes]:
-        out: list[bytes] = []
         with self._buffer_lock:
             buffer = self._buffer
-            events = [buffer.popleft() for _ in range(min(limit, len(buffer)))]
-        for event in events:
-            try:
-                out.append(encode(event))
-            except Exception as exc:
-                self.log.warning("encode", "celery-flow: could not encode a %s event: %s", event.type, exc)
-        return out
+            return [buffer.popleft() for _ in range(min(limit, len(buffer)))]
 
     def _report_drops(self) -> None:
         with self._buffer_lock:
