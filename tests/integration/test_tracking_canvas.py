@@ -98,6 +98,20 @@ def test_group(tracked: Tracked) -> None:
         sent = of(events, task_id, "sent")
         assert sent.group_id == r.id
         assert sent.chord_id is None
+        # Celery roots each member at itself; celery-flow makes the group one flow rooted at its id,
+        # on every event of every member
+        assert {e.root_id for e in events if e.task_id == task_id} == {r.id}
+
+
+def test_group_started_outside_a_task_is_one_flow_with_its_descendants(tracked: Tracked) -> None:
+    spawn, add = tracked.task("spawn"), tracked.task("add")
+    r = group(spawn.s(2), add.s(1, 1)).apply_async()
+    children = r.results[0].get(timeout=10)
+    r.get(timeout=10)
+    ids = [c.id for c in r.results]
+    events = tracked.log.wait_for(done(*ids, *children))
+    assert {e.root_id for e in events if e.task_id in {*ids, *children}} == {r.id}
+    assert all(of(events, c, "sent").parent_id == ids[0] for c in children)
 
 
 def test_chord(tracked: Tracked) -> None:
@@ -113,6 +127,7 @@ def test_chord(tracked: Tracked) -> None:
         assert sent.chord_id == r.id  # known from the moment the member is sent
         assert sent.group_id == header.id
     callback = of(events, r.id, "sent")
+    assert {e.root_id for e in events if e.task_id in {r.id, *member_ids}} == {header.id}
     assert callback.name == "t.xsum"
     assert callback.parent_id in member_ids
     assert callback.args == [[2, 4, 6]]

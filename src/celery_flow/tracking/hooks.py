@@ -27,7 +27,7 @@ from celery_flow.tracking.lineage import (
 )
 from celery_flow.tracking.publisher import Publisher, RateLimitedLog
 from celery_flow.tracking.scrub import KeyScrubber
-from celery_flow.tracking.trace import TRACE_HEADER, current_trace_id
+from celery_flow.tracking.trace import ROOT_HEADER, TRACE_HEADER, current_trace_id, executing_task
 
 __all__ = ["Tracker", "connect_signals", "disconnect_signals", "tracker_for_app", "trackers"]
 
@@ -89,6 +89,7 @@ class Tracker:
         trace_id = headers.get(TRACE_HEADER) or current_trace_id()
         if trace_id:
             headers[TRACE_HEADER] = trace_id
+        root_id = flow_root(headers)
         embed = embed_of(body)
         if embed is not None and (embed.get("callbacks") or embed.get("errbacks")):
             freeze_callbacks(embed)
@@ -104,7 +105,7 @@ class Tracker:
             "sent",
             task_id=headers["id"],
             name=headers.get("shadow") or headers.get("task"),
-            root_id=headers.get("root_id"),
+            root_id=root_id,
             parent_id=headers.get("parent_id"),
             group_id=headers.get("group"),
             chord_id=chord_callback_id(embed.get("chord")) if embed else None,
@@ -129,7 +130,7 @@ class Tracker:
             "received",
             task_id=req.id,
             name=req.name,
-            root_id=rd.get("root_id"),
+            root_id=rd.get(ROOT_HEADER) or rd.get("root_id"),
             parent_id=rd.get("parent_id"),
             group_id=rd.get("group"),
             trace_id=rd.get(TRACE_HEADER),
@@ -146,7 +147,7 @@ class Tracker:
             "revoked",
             task_id=request.id,
             name=getattr(request, "shadow", None) or getattr(request, "task", None),
-            root_id=getattr(request, "root_id", None),
+            root_id=getattr(request, ROOT_HEADER, None) or getattr(request, "root_id", None),
             parent_id=getattr(request, "parent_id", None),
             group_id=getattr(request, "group", None),
             trace_id=getattr(request, TRACE_HEADER, None),
@@ -166,7 +167,7 @@ class Tracker:
         return {
             "task_id": req.id,
             "name": task.name,
-            "root_id": req.root_id,
+            "root_id": getattr(req, ROOT_HEADER, None) or req.root_id,
             "parent_id": req.parent_id,
             "group_id": req.group,
             "trace_id": getattr(req, TRACE_HEADER, None),
@@ -246,6 +247,26 @@ class Tracker:
         if not isinstance(text, str):
             return None
         return self.capture.text(text, self.traceback_limit)
+
+
+def flow_root(headers: dict[str, Any]) -> str | None:
+    """The root of the flow this message belongs to, recorded in the ROOT_HEADER when it is not Celery's.
+
+    Celery gives every member of a group or chord applied outside a task its own `root_id` (itself), so
+    one `group(...).apply_async()` from a web view would be N unrelated flows. Such members get the
+    group id as their flow root instead, and everything they cause inherits it through the header (as a
+    trace id does). Celery's own `root_id` header is never changed.
+    """
+    root = headers.get(ROOT_HEADER)
+    if root is None:
+        task = executing_task()
+        if task is not None:
+            root = getattr(task.request, ROOT_HEADER, None)
+        elif headers.get("group") and headers.get("root_id") in (None, headers.get("id")):
+            root = headers["group"]
+        if root:
+            headers[ROOT_HEADER] = root
+    return root or headers.get("root_id")
 
 
 # -- registry of trackers -------------------------------------------------------------------------

@@ -26,6 +26,8 @@ __all__ = [
 
 #: The message header that carries the trace id from a producer to every descendant task.
 TRACE_HEADER: Final = "celery_flow_trace_id"
+#: The message header carrying a flow root that differs from Celery's `root_id` (see hooks.flow_root).
+ROOT_HEADER: Final = "celery_flow_root_id"
 
 _trace_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("celery_flow_trace_id", default=None)
 
@@ -48,14 +50,19 @@ def reset_trace_id(token: contextvars.Token[str | None]) -> None:
 _task_stack: Any = None
 
 
-def _task_trace_id() -> str | None:
-    """The trace id of the task executing in this thread, from its message headers."""
+def executing_task() -> Any:
+    """The Celery task executing in this thread (None outside a task)."""
     global _task_stack
     if _task_stack is None:
         from celery._state import _task_stack as stack
 
         _task_stack = stack
-    task = _task_stack.top
+    return _task_stack.top
+
+
+def _task_trace_id() -> str | None:
+    """The trace id of the task executing in this thread, from its message headers."""
+    task = executing_task()
     if task is None:
         return None
     request = task.request
