@@ -522,8 +522,13 @@ class SqlStore(ABC):
             if task.task_id == root:
                 flow.root_name = task.name or flow.root_name
                 flow.trace_id = task.trace_id or flow.trace_id
-            elif flow.trace_id is None:
-                flow.trace_id = task.trace_id
+            else:
+                if flow.root_name is None and task.group_id == root:
+                    # A group or chord applied outside a task is rooted at its group id (no task has
+                    # that id): name the flow after its members so the list never shows a blank row.
+                    flow.root_name = task.name
+                if flow.trace_id is None:
+                    flow.trace_id = task.trace_id
         self._save_flows(session, flows.values(), seq, old_rows)
         if last_flow != first_flow:
             session.run("UPDATE meta SET value = ? WHERE key = 'flow_num'", (last_flow,))
