@@ -6,6 +6,7 @@ error message for a bad value.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -63,6 +64,23 @@ def parse_positive_int(raw: str) -> int:
 
 
 parse_positive_int.__name__ = "a positive integer"
+
+
+def parse_duration(raw: str) -> float:
+    """Seconds from `3600`, `90s`, `30m`, `24h`, `7d` or `2w`; `0` disables age-based retention."""
+    text = raw.strip().lower()
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+    factor = 1
+    if text and text[-1] in units:
+        factor = units[text[-1]]
+        text = text[:-1]
+    value = float(text) * factor
+    if value < 0 or not math.isfinite(value):
+        raise ValueError(raw)
+    return value
+
+
+parse_duration.__name__ = "a duration such as 3600, 30m, 24h or 7d"
 
 
 def parse_keys(raw: str) -> frozenset[str]:

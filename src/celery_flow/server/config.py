@@ -6,29 +6,18 @@ Every bad value raises ConfigError with one line naming the fix.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
-from celery_flow.settings import DEFAULT_PREFIX, DEFAULT_TTL, env_value, parse_bool, parse_positive_int
+from celery_flow.settings import (
+    DEFAULT_PREFIX,
+    DEFAULT_TTL,
+    env_value,
+    parse_bool,
+    parse_duration,
+    parse_positive_int,
+)
 from celery_flow.store import default_store_url
 from celery_flow.transport.base import ConfigError
-
-
-def parse_duration(raw: str) -> float:
-    """Seconds from `3600`, `90s`, `30m`, `24h`, `7d` or `2w`; `0` disables age-based retention."""
-    text = raw.strip().lower()
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-    factor = 1
-    if text and text[-1] in units:
-        factor = units[text[-1]]
-        text = text[:-1]
-    value = float(text) * factor
-    if value < 0 or not math.isfinite(value):
-        raise ValueError(raw)
-    return value
-
-
-parse_duration.__name__ = "a duration such as 3600, 30m, 24h or 7d"
 
 
 def parse_credentials(raw: str) -> tuple[str, str]:

@@ -15,6 +15,7 @@ from celery_flow.settings import (
     TrackingSettings,
     env_value,
     parse_bool,
+    parse_duration,
     parse_keys,
     parse_positive_int,
 )
@@ -78,7 +79,7 @@ def resolve_settings(
     return TrackingSettings(
         transport_url=url,
         prefix=env_value("PREFIX", prefix, DEFAULT_PREFIX, str),
-        ttl=env_value("TTL", ttl, DEFAULT_TTL, parse_positive_int),
+        ttl=int(env_value("TTL", None if ttl is None else float(ttl), float(DEFAULT_TTL), parse_duration)),
         capture_args=env_value("CAPTURE_ARGS", capture_args, True, parse_bool),
         capture_result=env_value("CAPTURE_RESULT", capture_result, True, parse_bool),
         scrub_sensitive_data=env_value("SCRUB_SENSITIVE_DATA", scrub_sensitive_data, True, parse_bool),

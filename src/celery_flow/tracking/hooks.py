@@ -67,7 +67,8 @@ class Tracker:
         self.publisher = Publisher(
             settings.transport_url,
             prefix=settings.prefix,
-            ttl=settings.ttl,
+            # 0 turns the age bound off, as CELERY_FLOW_TTL=0 does for the server.
+            ttl=settings.ttl or None,
             buffer_size=settings.buffer_size,
         )
         self.producer_hostname = socket.gethostname()
