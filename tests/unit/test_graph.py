@@ -170,6 +170,25 @@ def test_critical_path_follows_the_dependency_that_finished_last() -> None:
     assert graph.critical_path == ["a", "b2", "d"]
 
 
+def test_critical_path_ends_at_the_chord_callback_even_if_its_trigger_is_stamped_later() -> None:
+    # The last header member sends the callback before its own `succeeded` is stamped: a fast
+    # callback can finish "before" its trigger. The flow still ended with the callback.
+    graph = build_graph(
+        "a",
+        tasks_of(
+            sent("a", 0, links=["g"]),
+            done("a", 1),
+            sent("b1", 1, parent_id="a", group_id="g", chord_id="d"),
+            sent("b2", 1, parent_id="a", group_id="g", chord_id="d"),
+            done("b1", 2),
+            sent("d", 5.0, parent_id="b2"),
+            done("d", 5.001),
+            done("b2", 5.002),
+        ),
+    )
+    assert graph.critical_path == ["a", "b2", "d"]
+
+
 def test_flow_state_rules_and_summary() -> None:
     assert flow_state({"SUCCESS": 2, "FAILURE": 1, "STARTED": 1}) == "FAILURE"
     assert flow_state({"SUCCESS": 2, "STARTED": 1}) == "RUNNING"

@@ -132,15 +132,22 @@ def build_graph(root_id: str, tasks: Iterable[TaskSummary]) -> FlowGraph:
 def critical_path(nodes: dict[str, GraphNode], edges: Sequence[GraphEdge]) -> list[str]:
     """Task ids, earliest first, of the chain of dependencies that decided when the flow finished.
 
-    Start at the task that finished last and repeatedly step back to the predecessor (any edge kind)
-    that finished last. Bounded by the node count and a visited set, so cycles cannot loop.
+    Start at the leaf (a task nothing waits on) that finished last and repeatedly step back to the
+    predecessor (any edge kind) that finished last. Starting from a leaf matters: a chord member's
+    `succeeded` is stamped after it has already sent the callback, so a fast callback can "finish" a
+    few microseconds before the member that triggered it. Bounded by the node count and a visited set,
+    so cycles cannot loop.
     """
     if not nodes:
         return []
     predecessors: dict[str, list[str]] = {}
+    sources: set[str] = set()
     for edge in edges:
         predecessors.setdefault(edge.target, []).append(edge.source)
-    current: str | None = max(nodes.values(), key=lambda n: (_end_time(n), n.task_id)).task_id
+        if edge.source != edge.target:
+            sources.add(edge.source)
+    leaves = [n for n in nodes.values() if n.task_id not in sources] or list(nodes.values())
+    current: str | None = max(leaves, key=lambda n: (_end_time(n), n.task_id)).task_id
     path: list[str] = []
     visited: set[str] = set()
     while current is not None and current not in visited and len(path) < len(nodes):
