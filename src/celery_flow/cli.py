@@ -128,12 +128,22 @@ def check_store(store_url: str) -> None:
 
 def sink_options(func: F) -> F:
     """Options that configure consumer sinks, shared by `server` and `consume` (e.g. --otlp-endpoint)."""
-    return func
+    return click.option(
+        "--otlp-endpoint", default=None, metavar="URL",
+        help="Export finished tasks as OpenTelemetry spans over OTLP/HTTP, e.g. http://localhost:4318. "
+        "Env: OTEL_EXPORTER_OTLP_ENDPOINT. Needs `pip install 'celery-flow[otlp]'`.",
+    )(func)  # fmt: skip
 
 
-def build_sinks(store: Any, **options: Any) -> list[Sink]:
+def build_sinks(store: Any, otlp_endpoint: str | None = None, **options: Any) -> list[Sink]:
     """The callables the consumer runs after each commit, from the options `sink_options` adds."""
-    return []
+    from celery_flow.export import otlp_sink
+
+    try:
+        exporter = otlp_sink(store, otlp_endpoint)
+    except ConfigError as exc:
+        fail(str(exc))
+    return [exporter] if exporter is not None else []
 
 
 # ---- shared options -----------------------------------------------------------------------------
