@@ -7,6 +7,8 @@ sends the spans the receiver checks.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -19,15 +21,17 @@ from celery import Task, chord
 from celery.contrib.testing.worker import start_worker
 from tests.otlp_receiver import ReceivedSpan, otlp_receiver
 from tests.support.canvas_app import make_app
+from tests.support.server_helpers import CLI, cli_env, cli_process, free_port
 
 import celery_flow
 from celery_flow.consumer import Consumer
-from celery_flow.events import Event, make_event
+from celery_flow.events import Event, encode, make_event
 from celery_flow.export import resolve_otlp_endpoint
 from celery_flow.export.otlp import OtlpExporter, span_id_for
 from celery_flow.flow.fold import fold_task
 from celery_flow.flow.model import TaskDetail
 from celery_flow.store import open_store
+from celery_flow.transport import from_url
 from celery_flow.transport.base import ConfigError
 
 STATUS_OK, STATUS_ERROR = 1, 2
@@ -445,3 +449,86 @@ def test_real_chord_through_consumer_and_store_exports_linked_spans(
     assert "attempt 0 failed" in retry[2]["celery.retry.reason"]
     assert exporter.stats()["exported"] == 6
     assert exporter.stats()["dropped"] == 0
+
+
+# ---- the CLI: --otlp-endpoint / OTEL_EXPORTER_OTLP_ENDPOINT on `consume` and `server` ----------------
+
+
+def _publish_finished_tasks(redis_url: str, prefix: str, n: int) -> list[str]:
+    """Real wire-format events for n tasks (the last one fails), published through the real transport."""
+    transport = from_url(redis_url, prefix=prefix)
+    ids = [str(uuid.uuid4()) for _ in range(n)]
+    events: list[Event] = []
+    for i, task_id in enumerate(ids):
+        events.extend(
+            _lifecycle(
+                task_id, "cli.task", time.time(), task_id, outcome="failed" if i == n - 1 else "succeeded"
+            )
+        )
+    try:
+        transport.publish([encode(e) for e in events])
+    finally:
+        transport.close()
+    return ids
+
+
+@pytest.mark.parametrize("how", ["consume --otlp-endpoint", "server OTEL_EXPORTER_OTLP_ENDPOINT"])
+def test_cli_exports_spans(how: str, redis_url: str, unique_prefix: str, tmp_path: Path) -> None:
+    command, source = how.split()
+    with otlp_receiver() as receiver:
+        args = [
+            "--broker-url",
+            redis_url,
+            "--store",
+            f"sqlite:///{tmp_path}/flow.db",
+            "--prefix",
+            unique_prefix,
+        ]
+        env = cli_env()
+        if source == "--otlp-endpoint":
+            args += ["--otlp-endpoint", receiver.url]  # a base URL: /v1/traces is appended
+        else:
+            env["OTEL_EXPORTER_OTLP_ENDPOINT"] = receiver.url
+            args += ["--port", str(free_port())]
+        ids = _publish_finished_tasks(redis_url, unique_prefix, 3)
+        log_file = tmp_path / "cli.log"
+        with cli_process(command, *args, env=env, log=log_file):
+            try:
+                receiver.wait_for(lambda spans: len(spans) >= 3, timeout=60)
+            except AssertionError:
+                raise AssertionError(log_file.read_text()) from None
+        spans = {s.attributes["messaging.message.id"]: s for s in receiver.spans}
+    assert sorted(spans) == sorted(ids)
+    assert {s.name for s in spans.values()} == {"cli.task"}
+    assert spans[ids[-1]].status_code == STATUS_ERROR
+    assert spans[ids[0]].status_code == STATUS_OK
+
+
+def test_cli_otlp_endpoint_errors_are_one_line(redis_url: str, tmp_path: Path) -> None:
+    base = ["consume", "--broker-url", redis_url, "--store", f"sqlite:///{tmp_path}/flow.db"]
+    bad = subprocess.run(
+        [*CLI, *base, "--otlp-endpoint", "collector:4317"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=cli_env(),
+    )
+    assert bad.returncode == 2
+    assert "Traceback" not in bad.stderr
+    assert "--otlp-endpoint='collector:4317' is not an OTLP/HTTP URL" in bad.stderr
+
+    # Without the `otlp` extra (the SDK made unimportable): the install command, not a traceback.
+    no_sdk = (
+        "import sys; sys.modules['opentelemetry.sdk'] = None; "
+        "sys.argv[0] = 'celery-flow'; from celery_flow.cli import main; main()"
+    )
+    missing = subprocess.run(
+        [sys.executable, "-c", no_sdk, *base, "--otlp-endpoint", "http://127.0.0.1:4318"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=cli_env(),
+    )
+    assert missing.returncode == 2, missing.stderr
+    assert "Traceback" not in missing.stderr
+    assert "pip install 'celery-flow[otlp]'" in missing.stderr
