@@ -26,7 +26,7 @@ from tests.support.server_helpers import CLI, cli_env, cli_process, free_port
 import celery_flow
 from celery_flow.consumer import Consumer
 from celery_flow.events import Event, encode, make_event
-from celery_flow.export import resolve_otlp_endpoint
+from celery_flow.export import otlp_sink, resolve_otlp_endpoint
 from celery_flow.export.otlp import OtlpExporter, span_id_for
 from celery_flow.flow.fold import fold_task
 from celery_flow.flow.model import TaskDetail
@@ -337,6 +337,23 @@ def test_endpoint_resolution_follows_the_otel_environment_variables() -> None:
     assert resolve_otlp_endpoint(None, env) == "http://collector:4318/custom/traces"
     with pytest.raises(ConfigError, match="not an OTLP/HTTP URL"):
         resolve_otlp_endpoint("collector:4317", {})
+
+
+def test_environment_only_endpoint_never_stops_a_server(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = DictStore()
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"}
+    # A pod-wide variable meant for gRPC: export stays off with a warning.
+    assert otlp_sink(store, None, {**env, "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}) is None  # type: ignore[arg-type]
+    assert "http/protobuf only" in caplog.text
+    # The `otlp` extra missing: off with a warning when only the environment asked for export,
+    # an error when the flag did.
+    monkeypatch.setitem(sys.modules, "celery_flow.export.otlp", None)
+    assert otlp_sink(store, None, env) is None  # type: ignore[arg-type]
+    assert "pip install 'celery-flow[otlp]'" in caplog.text
+    with pytest.raises(ConfigError, match=r"pip install 'celery-flow\[otlp\]'"):
+        otlp_sink(store, "http://collector:4318", {})  # type: ignore[arg-type]
 
 
 # ---- end to end: real worker -> transport -> consumer -> store -> exporter sink -> receiver ----------

@@ -78,13 +78,30 @@ def otlp_sink(
 ) -> OtlpExporter | None:
     """The OTLP exporter sink for `--otlp-endpoint` / OTEL_EXPORTER_OTLP_*, or None when export is off.
 
-    Raises ConfigError (a one-line fix) for a bad URL or a missing `otlp` extra. The exporter is closed
-    at interpreter exit, which sends what is still queued (for a few seconds at most).
+    An explicit `endpoint` that cannot work (bad URL, `otlp` extra missing) raises ConfigError (a one-line
+    fix). One that only comes from the environment logs a warning and leaves export off instead: those
+    variables are often set for a whole host or pod (and may mean gRPC), and must not stop a server that
+    never asked for export. The exporter is closed at exit, sending what is still queued.
     """
-    resolved = resolve_otlp_endpoint(endpoint, environ)
-    if resolved is None:
+    env = os.environ if environ is None else environ
+    explicit = endpoint is not None and bool(endpoint.strip())
+    try:
+        resolved = resolve_otlp_endpoint(endpoint, env)
+        if resolved is None:
+            return None
+        if not explicit:
+            protocol = env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or env.get("OTEL_EXPORTER_OTLP_PROTOCOL")
+            if protocol and protocol.strip().lower() != "http/protobuf":
+                raise ConfigError(
+                    f"OTEL_EXPORTER_OTLP_PROTOCOL={protocol!r}: celery-flow exports OTLP over http/protobuf "
+                    "only; pass --otlp-endpoint http://collector:4318 to export"
+                )
+        exporter = create_otlp_exporter(resolved, store)
+    except ConfigError as exc:
+        if explicit:
+            raise
+        log.warning("OpenTelemetry export is off: %s", exc)
         return None
-    exporter = create_otlp_exporter(resolved, store)
     atexit.register(exporter.close)
     log.info("exporting finished tasks as OpenTelemetry spans to %s", redact_url(resolved))
     return exporter
