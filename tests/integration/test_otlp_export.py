@@ -7,6 +7,7 @@ sends the spans the receiver checks.
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 import threading
@@ -339,21 +340,33 @@ def test_endpoint_resolution_follows_the_otel_environment_variables() -> None:
         resolve_otlp_endpoint("collector:4317", {})
 
 
-def test_environment_only_endpoint_never_stops_a_server(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    store = DictStore()
-    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"}
-    # A pod-wide variable meant for gRPC: export stays off with a warning.
-    assert otlp_sink(store, None, {**env, "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}) is None  # type: ignore[arg-type]
-    assert "http/protobuf only" in caplog.text
-    # The `otlp` extra missing: off with a warning when only the environment asked for export,
-    # an error when the flag did.
-    monkeypatch.setitem(sys.modules, "celery_flow.export.otlp", None)
-    assert otlp_sink(store, None, env) is None  # type: ignore[arg-type]
-    assert "pip install 'celery-flow[otlp]'" in caplog.text
-    with pytest.raises(ConfigError, match=r"pip install 'celery-flow\[otlp\]'"):
-        otlp_sink(store, "http://collector:4318", {})  # type: ignore[arg-type]
+def test_environment_only_endpoint_never_stops_a_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Capture the warnings on the logger itself: a Celery worker or uvicorn started earlier in the session
+    # may have reconfigured logging (disabled loggers, no propagation).
+    logger = logging.getLogger("celery_flow.export")
+    monkeypatch.setattr(logger, "disabled", False)
+    warnings: list[str] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: warnings.append(record.getMessage())  # type: ignore[method-assign]
+    logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        store = DictStore()
+        env = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"}
+        # A pod-wide variable meant for gRPC: export stays off with a warning.
+        assert otlp_sink(store, None, {**env, "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}) is None  # type: ignore[arg-type]
+        assert "http/protobuf only" in warnings[-1]
+        # The `otlp` extra missing: off with a warning when only the environment asked for export,
+        # an error when the flag did.
+        monkeypatch.setitem(sys.modules, "celery_flow.export.otlp", None)
+        assert otlp_sink(store, None, env) is None  # type: ignore[arg-type]
+        assert "pip install 'celery-flow[otlp]'" in warnings[-1]
+        with pytest.raises(ConfigError, match=r"pip install 'celery-flow\[otlp\]'"):
+            otlp_sink(store, "http://collector:4318", {})  # type: ignore[arg-type]
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 # ---- end to end: real worker -> transport -> consumer -> store -> exporter sink -> receiver ----------
