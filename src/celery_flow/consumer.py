@@ -8,7 +8,9 @@ One loop, built so that no input and no outage can stop it:
   only then acknowledged. A crash (even `kill -9`) between apply and ack re-delivers the batch, and
   `apply()` is idempotent per event id, so nothing is lost and nothing counts twice.
 - Malformed entries (not JSON, not UTF-8, missing or mistyped fields, oversize) are counted per kind,
-  logged once per kind, acknowledged and skipped: bad input never blocks the stream behind it.
+  logged once per kind, acknowledged and skipped: bad input never blocks the stream behind it. The
+  events of a batch entry (transport/base.py framing) arrive as separate messages sharing the entry's
+  id and are judged one by one. `lag` and `acked_total` count broker entries, not events.
 - A broker that goes away: reconnect with capped exponential backoff, status `reconnecting`.
 - A store that fails: keep the batch unacknowledged and retry it with backoff, status `store_error`;
   one event the store can never hold is isolated and counted (`rejected.unstorable`), not retried forever.
@@ -130,6 +132,7 @@ class Consumer:
         self._next_lag = 0.0
         self._next_report = time.monotonic() + REPORT_INTERVAL
         self._reported_events = 0
+        self._events_per_entry = 1
 
     # ---- reporting -----------------------------------------------------------------------------
 
@@ -178,7 +181,9 @@ class Consumer:
                     stop.wait(backoff.next())
                     continue
                 try:
-                    messages = sub.read(self.batch, self.read_timeout)
+                    # `batch` counts events, `read()` entries: ask for fewer entries while they are
+                    # batches (transport/base.py framing), keeping one store transaction bounded.
+                    messages = sub.read(max(1, self.batch // self._events_per_entry), self.read_timeout)
                 except Exception as exc:  # TransportError, or a client error the transport did not wrap
                     if not isinstance(exc, TransportError):
                         log.warning("unexpected error reading from the broker", exc_info=True)
@@ -303,7 +308,11 @@ class Consumer:
             )
             self._dropped_total += counters.get(DROPPED_COUNTER, 0)
             self._last_commit = time.time()
-        self._ack([m.id for m in messages])
+        # A batch entry's events share its id, acknowledged once (and never before all were committed:
+        # a subscription returns every event of an entry in the same read).
+        ids = list(dict.fromkeys(m.id for m in messages))
+        self._events_per_entry = max(1, len(messages) // max(1, len(ids)))
+        self._ack(ids)
         if changed:
             self._notify(changed)
         return changed

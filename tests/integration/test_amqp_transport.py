@@ -119,7 +119,7 @@ def close_connections(vhost: str, connection_name: str) -> int:
 
 
 def test_publish_read_ack_and_lag(amqp_url: str, unique_prefix: str, admin: Admin) -> None:
-    t = from_url(amqp_url, prefix=unique_prefix)
+    t = from_url(amqp_url, prefix=unique_prefix, batch=False)
     assert isinstance(t, AmqpTransport)
     # The publisher declares the default queue itself: events published before any server ran are kept.
     t.publish([b"one", b"two", b"three"])
@@ -143,7 +143,7 @@ def test_publish_read_ack_and_lag(amqp_url: str, unique_prefix: str, admin: Admi
 def test_read_returns_what_is_there_without_waiting_for_a_full_batch(
     amqp_url: str, unique_prefix: str, admin: Admin
 ) -> None:
-    t = from_url(amqp_url, prefix=unique_prefix)
+    t = from_url(amqp_url, prefix=unique_prefix, batch=False)
     sub = t.subscribe("celery_flow", "c")
     t.publish([b"a", b"b"])
     got = _read_all(sub, 2, count=500)
@@ -162,7 +162,7 @@ def test_read_returns_what_is_there_without_waiting_for_a_full_batch(
 def test_restart_redelivers_unacked_without_replaying_acked(
     amqp_url: str, unique_prefix: str, admin: Admin
 ) -> None:
-    t = from_url(amqp_url, prefix=unique_prefix)
+    t = from_url(amqp_url, prefix=unique_prefix, batch=False)
     t.publish([f"m{i}".encode() for i in range(6)])
     first = t.subscribe("celery_flow", "worker-a")
     got = _read_all(first, 6)
@@ -197,7 +197,7 @@ CONSUMER_SCRIPT = textwrap.dedent(
 def test_sigkilled_consumers_messages_go_to_another_member(
     amqp_url: str, unique_prefix: str, admin: Admin
 ) -> None:
-    t = from_url(amqp_url, prefix=unique_prefix)
+    t = from_url(amqp_url, prefix=unique_prefix, batch=False)
     t.publish([f"e{i}".encode() for i in range(50)])
     proc = subprocess.Popen(
         [sys.executable, "-c", CONSUMER_SCRIPT, amqp_url, unique_prefix, "50"],
@@ -222,7 +222,7 @@ def test_sigkilled_consumers_messages_go_to_another_member(
 
 
 def test_two_consumers_split_the_load(amqp_url: str, unique_prefix: str, admin: Admin) -> None:
-    t = from_url(amqp_url, prefix=unique_prefix)
+    t = from_url(amqp_url, prefix=unique_prefix, batch=False)
     a, b = t.subscribe("celery_flow", "a"), t.subscribe("celery_flow", "b")
     # Both members consuming (a first read starts basic.consume) before the events arrive.
     assert a.read(count=10, timeout=0.05) == []
@@ -244,7 +244,7 @@ def test_two_consumers_split_the_load(amqp_url: str, unique_prefix: str, admin: 
 
 
 def test_two_groups_each_see_everything(amqp_url: str, unique_prefix: str, admin: Admin) -> None:
-    t = AmqpTransport(amqp_url, prefix=unique_prefix)
+    t = AmqpTransport(amqp_url, prefix=unique_prefix, batch=False)
     g1, g2 = t.subscribe("g1", "c"), t.subscribe("g2", "c")
     assert (g1.queue, g2.queue) == (f"{unique_prefix}.events.g1", f"{unique_prefix}.events.g2")
     t.publish([b"x", b"y"])
@@ -253,7 +253,7 @@ def test_two_groups_each_see_everything(amqp_url: str, unique_prefix: str, admin
 
 
 def test_acks_cover_out_of_order_and_partial_batches(amqp_url: str, unique_prefix: str, admin: Admin) -> None:
-    t = from_url(amqp_url, prefix=unique_prefix)
+    t = from_url(amqp_url, prefix=unique_prefix, batch=False)
     t.publish([f"{i}".encode() for i in range(10)])
     sub = t.subscribe("celery_flow", "c")
     msgs = _read_all(sub, 10)
@@ -271,7 +271,7 @@ def test_acks_cover_out_of_order_and_partial_batches(amqp_url: str, unique_prefi
 def test_queue_is_capped_by_maxlen_dropping_the_oldest(
     amqp_url: str, unique_prefix: str, admin: Admin
 ) -> None:
-    t = AmqpTransport(amqp_url, prefix=unique_prefix, maxlen=100)
+    t = AmqpTransport(amqp_url, prefix=unique_prefix, batch=False, maxlen=100)
     for batch in range(20):
         t.publish([f"{batch}:{i}".encode() for i in range(100)])
     assert admin.ready(f"{unique_prefix}.events") == 100
@@ -281,7 +281,7 @@ def test_queue_is_capped_by_maxlen_dropping_the_oldest(
 
 
 def test_queue_messages_expire_after_ttl(amqp_url: str, unique_prefix: str, admin: Admin) -> None:
-    t = AmqpTransport(amqp_url, prefix=unique_prefix, ttl=0.5)
+    t = AmqpTransport(amqp_url, prefix=unique_prefix, batch=False, ttl=0.5)
     t.publish([b"old"] * 10)
     assert admin.ready(f"{unique_prefix}.events") == 10
     _wait_for(lambda: admin.ready(f"{unique_prefix}.events") == 0, what="messages to expire")
@@ -290,6 +290,7 @@ def test_queue_messages_expire_after_ttl(amqp_url: str, unique_prefix: str, admi
 def test_retention_arguments_default_to_one_day_and_max_length() -> None:
     assert queue_arguments(100_000, None) == {
         "x-max-length": 100_000,
+        "x-max-length-bytes": 100_000 * 1024,
         "x-overflow": "drop-head",
         "x-message-ttl": 86_400_000,
     }
@@ -299,8 +300,10 @@ def test_retention_arguments_default_to_one_day_and_max_length() -> None:
 def test_mismatched_retention_keeps_consuming_and_says_how_to_fix_it(
     amqp_url: str, unique_prefix: str, admin: Admin, caplog: pytest.LogCaptureFixture
 ) -> None:
-    AmqpTransport(amqp_url, prefix=unique_prefix, maxlen=100).subscribe("celery_flow", "a").close()
-    other = AmqpTransport(amqp_url, prefix=unique_prefix, maxlen=200, ttl=60)
+    AmqpTransport(amqp_url, prefix=unique_prefix, batch=False, maxlen=100).subscribe(
+        "celery_flow", "a"
+    ).close()
+    other = AmqpTransport(amqp_url, prefix=unique_prefix, batch=False, maxlen=200, ttl=60)
     # The publisher never fails over retention options: it uses the queue as declared.
     other.publish([b"still delivered"])
     assert admin.ready(f"{unique_prefix}.events") == 1
@@ -324,7 +327,7 @@ def test_mismatched_retention_keeps_consuming_and_says_how_to_fix_it(
 
 
 def test_consumer_reconnects_and_drops_stale_acks(amqp_url: str, unique_prefix: str, admin: Admin) -> None:
-    t = AmqpTransport(amqp_url, prefix=unique_prefix, max_backoff=0.5)
+    t = AmqpTransport(amqp_url, prefix=unique_prefix, batch=False, max_backoff=0.5)
     sub = t.subscribe("celery_flow", f"{unique_prefix}-victim")
     t.publish([b"a", b"b"])
     before = _read_all(sub, 2)
@@ -350,7 +353,7 @@ def test_consumer_reconnects_and_drops_stale_acks(amqp_url: str, unique_prefix: 
 
 
 def test_publisher_reconnects_after_connection_loss(amqp_url: str, unique_prefix: str, admin: Admin) -> None:
-    t = AmqpTransport(amqp_url, prefix=unique_prefix)
+    t = AmqpTransport(amqp_url, prefix=unique_prefix, batch=False)
     t.publish([b"before"])
     name = f"celery-flow publisher {os.uname().nodename}:{os.getpid()}"
     assert close_connections(admin.vhost, name) >= 1
@@ -369,7 +372,7 @@ def test_publisher_reconnects_after_connection_loss(amqp_url: str, unique_prefix
 
 def test_publisher_declares_a_deleted_queue_again(amqp_url: str, unique_prefix: str, admin: Admin) -> None:
     """The README's fix for a retention change deletes the queue while workers keep publishing."""
-    t = AmqpTransport(amqp_url, prefix=unique_prefix)
+    t = AmqpTransport(amqp_url, prefix=unique_prefix, batch=False)
     t.publish([b"before"])
     admin.conn.channel().queue_delete(f"{unique_prefix}.events")
     with pytest.raises(TransportError, match="reached no queue"):
@@ -383,7 +386,7 @@ def test_publisher_declares_a_deleted_queue_again(amqp_url: str, unique_prefix: 
 def test_forked_child_publishes_on_its_own_connection(
     amqp_url: str, unique_prefix: str, admin: Admin
 ) -> None:
-    t = AmqpTransport(amqp_url, prefix=unique_prefix)
+    t = AmqpTransport(amqp_url, prefix=unique_prefix, batch=False)
     t.publish([b"parent-1"])
     pid = os.fork()
     if pid == 0:  # the child: same transport object, inherited socket
@@ -401,7 +404,7 @@ def test_forked_child_publishes_on_its_own_connection(
 
 
 def test_publishing_without_confirms_also_delivers(amqp_url: str, unique_prefix: str, admin: Admin) -> None:
-    t = AmqpTransport(amqp_url, prefix=unique_prefix, confirm=False)
+    t = AmqpTransport(amqp_url, prefix=unique_prefix, batch=False, confirm=False)
     t.publish([b"x"] * 300)
     _wait_for(lambda: admin.ready(f"{unique_prefix}.events") == 300, what="300 queued")
 
@@ -472,7 +475,7 @@ def test_wrong_password_and_missing_vhost_say_what_to_fix(amqp_url: str) -> None
 
 
 def test_ping_answers(amqp_url: str, unique_prefix: str, admin: Admin) -> None:
-    t: Any = from_url(amqp_url, prefix=unique_prefix)
+    t: Any = from_url(amqp_url, prefix=unique_prefix, batch=False)
     t.ping()
     t.close()
     t.ping()  # reconnects after close
@@ -522,7 +525,7 @@ def test_prefork_worker_children_publish_over_amqp(
         "PF_AMQP": amqp_url,
         "PF_PREFIX": unique_prefix,
     }
-    sub = from_url(amqp_url, prefix=unique_prefix).subscribe("celery_flow", "reader")
+    sub = from_url(amqp_url, prefix=unique_prefix, batch=False).subscribe("celery_flow", "reader")
     worker = subprocess.Popen(
         [
             sys.executable,
@@ -660,8 +663,8 @@ def test_amqps_verifies_the_broker_certificate(
         base = f"amqps://guest:guest@localhost:{tls.port}/{p.vhost}"
         # An unknown certificate is refused: a clear error, quickly, no silent downgrade.
         with pytest.raises(TransportError, match="CERTIFICATE_VERIFY_FAILED"):
-            AmqpTransport(base, prefix=unique_prefix).ping()
-        t = from_url(f"{base}?ca_certs={tls.cert}", prefix=unique_prefix)
+            AmqpTransport(base, prefix=unique_prefix, batch=False).ping()
+        t = from_url(f"{base}?ca_certs={tls.cert}", prefix=unique_prefix, batch=False)
         sub = t.subscribe("celery_flow", "tls")
         t.publish([b"over tls"])
         got = _read_all(sub, 1)
@@ -672,3 +675,27 @@ def test_amqps_verifies_the_broker_certificate(
         t.close()
     finally:
         tls.close()
+
+
+# ---- batch framing (transport/base.py `frames`) --------------------------------------------------
+
+
+def test_a_batch_is_one_ndjson_message_read_whole(amqp_url: str, unique_prefix: str, admin: Admin) -> None:
+    t = AmqpTransport(amqp_url, prefix=unique_prefix)
+    payloads = [f'{{"n":{i}}}'.encode() for i in range(300)]
+    t.publish(payloads)
+    t.publish([b"lone"])
+    assert admin.ready(f"{unique_prefix}.events") == 3  # 256 + 44 events, then the lone one
+    sub = t.subscribe("celery_flow", "reader")
+    first: list[Message] = []
+    deadline = time.monotonic() + 10
+    while not first and time.monotonic() < deadline:
+        first = sub.read(1, 0.2)
+    assert [m.data for m in first] == payloads[:256]  # one message read whole, never split
+    assert len({m.id for m in first}) == 1
+    rest = _read_all(sub, 45)
+    assert [m.data for m in first + rest] == [*payloads, b"lone"]
+    sub.ack(list(dict.fromkeys(m.id for m in first + rest)))
+    _wait_for(lambda: sub.lag() == 0, what="the batch messages to be acked")
+    sub.close()
+    t.close()

@@ -273,3 +273,36 @@ def test_a_server_without_consumer_reports_a_backlog_nobody_folds(
         assert health["consumer"]["status"] == "stalled"
         assert health["consumer"]["lag"] == 4
         assert "celery-flow consume" in health["consumer"]["detail"]
+
+
+def test_batch_and_single_entries_mix_and_a_bad_line_costs_only_itself(
+    redis_url: str, redis_client: redis.Redis, unique_prefix: str, tmp_path: Path
+) -> None:
+    """Batch framing (transport/base.py): an entry of newline-delimited events is judged line by line.
+
+    Written raw, the way an older publisher (one event per `e` entry) and a newer one (batches in `b`)
+    share a stream: a malformed line is counted and its neighbours are folded, and a batch entry larger
+    than one event may be (MAX_EVENT_BYTES) still folds, since the limit applies per event.
+    """
+    stream = f"{unique_prefix}:events"
+    single, mixed = uuid.uuid4().hex, uuid.uuid4().hex
+    big = [uuid.uuid4().hex for _ in range(2000)]
+    big_lines = [encode(e) for t in big for e in task_events(t)]
+    assert len(b"\n".join(big_lines)) > MAX_EVENT_BYTES
+    a, b, c, d = (encode(e) for e in task_events(mixed))
+    app = create_app(broker_url=redis_url, store=f"sqlite:///{tmp_path / 'flow.db'}", prefix=unique_prefix)
+    with serving(app) as url, httpx.Client(base_url=url, timeout=10) as api:
+        for event in task_events(single):
+            redis_client.xadd(stream, {"e": encode(event)})
+        redis_client.xadd(stream, {"b": b"\n".join([a, b, b"{nope", c, b"\xff\xfe", d])})
+        redis_client.xadd(stream, {"b": b"\n".join(big_lines)})
+        for task_id in (single, mixed):
+            wait_for(
+                lambda t=task_id: api.get(f"/api/tasks/{t}").json().get("state") == "SUCCESS", 20, task_id
+            )
+        health = wait_for(lambda: (h := api.get("/api/health").json())["rejected_total"] == 2 and h, 10)
+        assert health["rejected"] == {"not_json": 1, "not_utf8": 1}
+        assert api.get(f"/api/tasks/{big[-1]}").json()["state"] == "SUCCESS"
+        assert api.get(f"/api/tasks/{big[0]}").json()["state"] == "SUCCESS"
+        wait_for(lambda: redis_client.xpending(stream, "celery_flow")["pending"] == 0, 10, "all acked")
+        assert health["rejected"].get("oversize") is None

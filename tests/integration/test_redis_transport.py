@@ -20,7 +20,7 @@ def _read_all(sub, want: int, deadline: float = 10.0):  # type: ignore[no-untype
 
 
 def test_publish_read_ack_and_lag(redis_url: str, unique_prefix: str, redis_client: redis.Redis) -> None:
-    t = from_url(redis_url, prefix=unique_prefix)
+    t = from_url(redis_url, prefix=unique_prefix, batch=False)
     assert isinstance(t, RedisTransport)
     t.publish([b"one", b"two", b"three"])
     assert redis_client.xlen(f"{unique_prefix}:events") == 3
@@ -40,7 +40,7 @@ def test_publish_read_ack_and_lag(redis_url: str, unique_prefix: str, redis_clie
 
 
 def test_restart_resumes_pending_without_replaying_acked(redis_url: str, unique_prefix: str) -> None:
-    t = from_url(redis_url, prefix=unique_prefix)
+    t = from_url(redis_url, prefix=unique_prefix, batch=False)
     t.publish([f"m{i}".encode() for i in range(6)])
     first = t.subscribe("g", "worker-a")
     got = _read_all(first, 6)
@@ -57,7 +57,7 @@ def test_restart_resumes_pending_without_replaying_acked(redis_url: str, unique_
 
 
 def test_autoclaim_takes_over_a_dead_consumers_entries(redis_url: str, unique_prefix: str) -> None:
-    t = RedisTransport(redis_url, prefix=unique_prefix, min_idle=0.2, claim_interval=0.0)
+    t = RedisTransport(redis_url, prefix=unique_prefix, batch=False, min_idle=0.2, claim_interval=0.0)
     t.publish([b"a", b"b", b"c"])
     dead = t.subscribe("g", "dead")
     taken = _read_all(dead, 3)
@@ -71,7 +71,7 @@ def test_autoclaim_takes_over_a_dead_consumers_entries(redis_url: str, unique_pr
 
 
 def test_two_consumers_split_the_load(redis_url: str, unique_prefix: str) -> None:
-    t = from_url(redis_url, prefix=unique_prefix)
+    t = from_url(redis_url, prefix=unique_prefix, batch=False)
     a, b = t.subscribe("g", "a"), t.subscribe("g", "b")
     t.publish([f"{i}".encode() for i in range(10)])
     got_a = a.read(count=5, timeout=1)
@@ -83,14 +83,14 @@ def test_two_consumers_split_the_load(redis_url: str, unique_prefix: str) -> Non
 
 
 def test_two_groups_each_see_everything(redis_url: str, unique_prefix: str) -> None:
-    t = from_url(redis_url, prefix=unique_prefix)
+    t = from_url(redis_url, prefix=unique_prefix, batch=False)
     t.publish([b"x", b"y"])
     assert [m.data for m in _read_all(t.subscribe("g1", "c"), 2)] == [b"x", b"y"]
     assert [m.data for m in _read_all(t.subscribe("g2", "c"), 2)] == [b"x", b"y"]
 
 
 def test_stream_is_capped_by_maxlen(redis_url: str, unique_prefix: str, redis_client: redis.Redis) -> None:
-    t = RedisTransport(redis_url, prefix=unique_prefix, maxlen=100)
+    t = RedisTransport(redis_url, prefix=unique_prefix, batch=False, maxlen=100)
     for _ in range(20):
         t.publish([b"x" * 10] * 100)
     # MAXLEN ~ trims whole macro nodes, so it may keep somewhat more than 100, never everything.
@@ -107,3 +107,52 @@ def test_unreachable_server_fails_fast_with_redacted_url() -> None:
     assert "s3cret" not in str(err.value)
     with pytest.raises(TransportError):
         t.ping()
+
+
+# ---- batch framing (transport/base.py `frames`) --------------------------------------------------
+
+
+def test_a_batch_is_one_entry_read_whole_and_acked_once(
+    redis_url: str, unique_prefix: str, redis_client: redis.Redis
+) -> None:
+    t = RedisTransport(redis_url, prefix=unique_prefix)
+    payloads = [f'{{"n":{i}}}'.encode() for i in range(600)]
+    t.publish(payloads)
+    t.publish([b"lone"])  # a single event keeps the original one-event entry (field `e`)
+    # 600 events: batches of at most 256 events, so three entries, plus the lone one.
+    assert redis_client.xlen(f"{unique_prefix}:events") == 4
+    entries = redis_client.xrange(f"{unique_prefix}:events")
+    assert [sorted(fields) for _, fields in entries] == [[b"b"]] * 3 + [[b"e"]]
+    sub = t.subscribe("celery_flow", "c1")
+    first = sub.read(count=1, timeout=1.0)  # one entry: all of its events, one id
+    assert [m.data for m in first] == payloads[:256]
+    assert {m.id for m in first} == {entries[0][0].decode()}
+    rest = _read_all(sub, 345)
+    assert [m.data for m in first + rest] == [*payloads, b"lone"]
+    assert len({m.id for m in first + rest}) == 4
+    sub.ack(list({m.id for m in first + rest}))
+    assert sub.lag() == 0  # lag counts entries
+
+
+def test_payloads_that_cannot_be_framed_travel_alone(
+    redis_url: str, unique_prefix: str, redis_client: redis.Redis
+) -> None:
+    t = RedisTransport(redis_url, prefix=unique_prefix)
+    t.publish([b"a", b"b", b"", b"x\ny", b"c", b"d"])
+    fields = [f for _, f in redis_client.xrange(f"{unique_prefix}:events")]
+    assert fields == [{b"b": b"a\nb"}, {b"e": b""}, {b"e": b"x\ny"}, {b"b": b"c\nd"}]
+    msgs = _read_all(t.subscribe("celery_flow", "c1"), 6)
+    assert [m.data for m in msgs] == [b"a", b"b", b"", b"x\ny", b"c", b"d"]
+
+
+def test_maxlen_counts_events_across_batches(
+    redis_url: str, unique_prefix: str, redis_client: redis.Redis
+) -> None:
+    t = RedisTransport(redis_url, prefix=unique_prefix, maxlen=1000)
+    for batch in range(40):
+        t.publish([f"{batch}:{i}".encode() for i in range(100)])  # 4,000 events in 40 entries
+    kept = sum(len(f[b"b"].split(b"\n")) for _, f in redis_client.xrange(f"{unique_prefix}:events"))
+    # `MAXLEN ~ 1000/100` entries: about 1,000 events kept (approximate trimming keeps a bit more).
+    assert 1000 <= kept < 4000
+    last = redis_client.xrevrange(f"{unique_prefix}:events", count=1)[0][1][b"b"]
+    assert last.split(b"\n")[-1] == b"39:99"  # the newest survive

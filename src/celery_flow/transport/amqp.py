@@ -10,7 +10,9 @@ any server ever ran are kept (within the retention bound) instead of being dropp
 queue; a non-default group only sees events published after it first subscribed.
 
 Retention. The queue is a buffer between the user's processes and the server, never the history: it is
-declared with `x-max-length` (= `maxlen`, oldest dropped first: `x-overflow: drop-head`) and
+declared with `x-max-length` (= `maxlen` messages) and `x-max-length-bytes` (= `maxlen` KiB; a message
+is one event or a batch of up to 256 as newline-delimited JSON, content type `application/x-ndjson`,
+see `base.frames`), oldest dropped first (`x-overflow: drop-head`), and
 `x-message-ttl` (= `ttl`, default one day like CELERY_FLOW_TTL; `ttl=0` turns the age bound off), so an
 absent server can never fill the broker. Queue arguments cannot change once declared (RabbitMQ answers
 PRECONDITION_FAILED): the publisher only declares a queue that does not exist yet, and the consumer,
@@ -62,7 +64,7 @@ from amqp import spec
 from amqp.exceptions import AMQPError, MessageNacked, NotFound, PreconditionFailed
 
 from celery_flow.settings import DEFAULT_TTL
-from celery_flow.transport.base import ConfigError, Message, TransportError
+from celery_flow.transport.base import NDJSON, ConfigError, Message, TransportError, frames, unframe
 
 __all__ = [
     "AmqpParams",
@@ -87,6 +89,7 @@ DEFAULT_HEARTBEAT = 30
 DEFAULT_MAX_BACKOFF = 5.0
 _MIN_BACKOFF = 0.2
 _PUBLISH_ARGSIG = "Bssbb"
+_BYTES_PER_EVENT = 1024
 _ERRORS: tuple[type[BaseException], ...] = (OSError, AMQPError, MessageNacked)
 _NUMERIC_URL_OPTIONS = frozenset({"connect_timeout", "heartbeat"})
 # TLS files for amqps:// with a private CA or client certificates, as URL query parameters.
@@ -108,7 +111,14 @@ def queue_name(prefix: str, group: str = DEFAULT_GROUP) -> str:
 
 def queue_arguments(maxlen: int, ttl: float | None) -> dict[str, Any]:
     """The retention arguments every declaration of an events queue uses (they must match exactly)."""
-    args: dict[str, Any] = {"x-max-length": int(maxlen), "x-overflow": "drop-head"}
+    # A message carries one event or a batch of up to 256 (base.frames), so a count alone no longer
+    # bounds the events kept: the byte bound (maxlen x 1 KiB, about what maxlen single events took)
+    # keeps the queue's footprint where it was; the count still caps a flood of lone events.
+    args: dict[str, Any] = {
+        "x-max-length": int(maxlen),
+        "x-max-length-bytes": int(maxlen) * _BYTES_PER_EVENT,
+        "x-overflow": "drop-head",
+    }
     effective = DEFAULT_TTL if ttl is None else ttl
     if effective > 0:
         args["x-message-ttl"] = int(effective * 1000)
@@ -275,6 +285,7 @@ class AmqpTransport:
         prefetch: int | None = None,
         max_backoff: float = DEFAULT_MAX_BACKOFF,
         ssl: bool | Mapping[str, Any] | None = None,
+        batch: bool = True,
         **_ignored: Any,
     ) -> None:
         if maxlen <= 0:
@@ -290,6 +301,8 @@ class AmqpTransport:
         self.exchange = exchange_name(prefix)
         self.queue = queue_name(prefix)
         self.maxlen = maxlen
+        # False: one entry per event, the format a celery-flow server older than batch framing reads.
+        self.batch = batch
         self.ttl = ttl
         self.arguments = queue_arguments(maxlen, ttl)
         self.confirm = confirm
@@ -433,24 +446,29 @@ class AmqpTransport:
                         "a memory or disk alarm); events are dropped until it clears"
                     )
                 exchange = self.exchange
-                for payload in payloads:
+                sent = 0
+                for data, events in frames(payloads, self.batch):
+                    # A batch of events is one message of newline-delimited JSON (base.frames).
+                    message = (
+                        amqp.Message(data, delivery_mode=2)
+                        if events == 1
+                        else amqp.Message(data, delivery_mode=2, content_type=NDJSON)
+                    )
                     # send_method directly: basic_publish would poll the socket once per message.
                     channel.send_method(
-                        spec.Basic.Publish,
-                        _PUBLISH_ARGSIG,
-                        (0, exchange, "", True, False),
-                        amqp.Message(payload, delivery_mode=2),
+                        spec.Basic.Publish, _PUBLISH_ARGSIG, (0, exchange, "", True, False), message
                     )
+                    sent += 1
                 if self.confirm:
                     first = self._seq + 1
-                    self._seq += len(payloads)
+                    self._seq += sent
                     self._unconfirmed.update(range(first, self._seq + 1))
                     self._wait_confirms(conn)
                 if self._returned:
                     # Someone deleted the queue: reconnecting declares it again; the caller retries.
                     returned, self._returned = self._returned, 0
                     raise TransportError(
-                        f"amqp {self.safe_url}: {returned} event(s) reached no queue (was {self.queue!r} "
+                        f"amqp {self.safe_url}: {returned} message(s) reached no queue (was {self.queue!r} "
                         "deleted?); it is declared again on the next attempt"
                     )
             except TransportError:
@@ -468,7 +486,7 @@ class AmqpTransport:
             if remaining <= 0:
                 state = f"blocked ({self._blocked})" if self._blocked else "no confirm"
                 raise TransportError(
-                    f"amqp {self.safe_url}: {state} for {len(self._unconfirmed)} event(s) within "
+                    f"amqp {self.safe_url}: {state} for {len(self._unconfirmed)} message(s) within "
                     f"{self.confirm_timeout:g}s; treating them as dropped"
                 )
             try:
@@ -477,7 +495,7 @@ class AmqpTransport:
                 continue
         if self._nacked:
             nacked, self._nacked = self._nacked, 0
-            raise TransportError(f"amqp {self.safe_url}: broker rejected {nacked} event(s) (basic.nack)")
+            raise TransportError(f"amqp {self.safe_url}: broker rejected {nacked} message(s) (basic.nack)")
 
     def ping(self) -> None:
         self._check_fork()
@@ -587,7 +605,11 @@ class AmqpSubscription:
         body = msg.body
         data = body.encode("utf-8", "surrogateescape") if isinstance(body, str) else bytes(body)
         self._outstanding.add(tag)
-        self._buffer.append(Message(f"{self._gen}.{tag}", data))
+        mid = f"{self._gen}.{tag}"
+        if msg.properties.get("content_type") == NDJSON:
+            self._buffer.extend(unframe(mid, data))
+        else:
+            self._buffer.append(Message(mid, data))
 
     def _on_cancel(self, consumer_tag: str) -> None:
         # The broker cancelled us (queue deleted): reconnect, which declares the queue again.
@@ -657,8 +679,12 @@ class AmqpSubscription:
                 raise
             except _ERRORS as exc:
                 raise self._failed(exc) from None
-            n = min(count, len(self._buffer))
-            return [self._buffer.popleft() for _ in range(n)]
+            buffer = self._buffer
+            out = [buffer.popleft() for _ in range(min(count, len(buffer)))]
+            # Never split a batch message across reads: its one ack covers all of its events.
+            while out and buffer and buffer[0].id == out[-1].id:
+                out.append(buffer.popleft())
+            return out
 
     def ack(self, ids: Sequence[str]) -> None:
         if not ids:

@@ -1,10 +1,15 @@
-"""Redis Streams transport: stream `{prefix}:events`, one field `e` per entry (DESIGN.md §3).
+"""Redis Streams transport: stream `{prefix}:events` (DESIGN.md §3).
 
-Publishing pipelines one `XADD ... MAXLEN ~ maxlen` per event in a single round trip. The stream is a
+An entry holds either one event in field `e` (the original format, still written for a lone event) or a
+batch of events as newline-delimited JSON in field `b` (see `base.frames`): a publish of many events is
+one `XADD` per batch of up to 256 events / 256 KB, all pipelined in one round trip. The stream is a
 buffer between the user's processes and the server, not the history (the store keeps that), so it is
 bounded by length on every write (`MAXLEN ~`, cheap: whole macro nodes are dropped) and, when `ttl` is
 given, also by age with an `XTRIM MINID ~ <now - ttl>` added to a batch at most once a minute. Only one
-trimming strategy fits in one XADD, hence the split.
+trimming strategy fits in one XADD, hence the split. `maxlen` is in *events*: Redis counts entries, so
+an entry of k events trims the stream to `maxlen / k` entries, which keeps about `maxlen` events while
+entries are of similar size (a burst of full batches after many lone events trims more eagerly).
+Reading splits a batch entry into one Message per event, all with the entry's id (`base.unframe`).
 
 Sockets time out after about a second (connect and read) and redis-py's own retries are off, so the
 publisher's thread gives up quickly on a refused, unreachable or frozen server and drops instead of
@@ -25,7 +30,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from celery_flow.transport.base import ConfigError, Message, TransportError
+from celery_flow.transport.base import ConfigError, Message, TransportError, frames, unframe
 
 __all__ = ["RedisSubscription", "RedisTransport", "stream_key"]
 
@@ -82,6 +87,7 @@ class RedisTransport:
         min_idle: float = DEFAULT_MIN_IDLE,
         claim_interval: float = DEFAULT_CLAIM_INTERVAL,
         read_socket_timeout: float = DEFAULT_READ_SOCKET_TIMEOUT,
+        batch: bool = True,
         **_ignored: Any,
     ) -> None:
         if maxlen <= 0:
@@ -91,6 +97,8 @@ class RedisTransport:
         self.prefix = prefix
         self.stream = stream_key(prefix)
         self.maxlen = maxlen
+        # False: one entry per event, the format a celery-flow server older than batch framing reads.
+        self.batch = batch
         self.ttl = ttl
         self.min_idle = min_idle
         self.claim_interval = claim_interval
@@ -104,8 +112,12 @@ class RedisTransport:
             return
         try:
             pipe = self._client.pipeline(transaction=False)
-            for payload in payloads:
-                pipe.xadd(self.stream, {"e": payload}, maxlen=self.maxlen, approximate=True)
+            stream, maxlen = self.stream, self.maxlen
+            for data, events in frames(payloads, self.batch):
+                if events == 1:
+                    pipe.xadd(stream, {"e": data}, maxlen=maxlen, approximate=True)
+                else:
+                    pipe.xadd(stream, {"b": data}, maxlen=max(1, maxlen // events), approximate=True)
             now = time.time()
             if self.ttl is not None and now >= self._next_ttl_trim:
                 self._next_ttl_trim = now + _TTL_TRIM_INTERVAL
@@ -227,8 +239,11 @@ class RedisSubscription:
             if not fields:
                 gone.append(entry_id)
                 continue
-            data = fields.get(b"e")
             mid = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+            data = fields.get(b"e")
+            if data is None and b"b" in fields:
+                out += unframe(mid, fields[b"b"])
+                continue
             out.append(Message(mid, data if data is not None else b""))
         return out, gone
 
