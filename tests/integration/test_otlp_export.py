@@ -7,11 +7,13 @@ sends the spans the receiver checks.
 
 from __future__ import annotations
 
+import json
 import logging
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -517,9 +519,10 @@ def test_cli_exports_spans(how: str, redis_url: str, unique_prefix: str, tmp_pat
         env = cli_env()
         if source == "--otlp-endpoint":
             args += ["--otlp-endpoint", receiver.url]  # a base URL: /v1/traces is appended
-        else:
+        port = free_port()
+        if source != "--otlp-endpoint":
             env["OTEL_EXPORTER_OTLP_ENDPOINT"] = receiver.url
-            args += ["--port", str(free_port())]
+            args += ["--port", str(port)]
         ids = _publish_finished_tasks(redis_url, unique_prefix, 3)
         log_file = tmp_path / "cli.log"
         with cli_process(command, *args, env=env, log=log_file):
@@ -527,11 +530,32 @@ def test_cli_exports_spans(how: str, redis_url: str, unique_prefix: str, tmp_pat
                 receiver.wait_for(lambda spans: len(spans) >= 3, timeout=60)
             except AssertionError:
                 raise AssertionError(log_file.read_text()) from None
+            if command == "server":
+                # The exporter's counters reach /api/health and /metrics.
+                metrics = _poll_exporter_metrics(port, lambda m: m.get("otlp_exported", 0) >= 3)
+                assert metrics["otlp_dropped"] == 0
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+                    assert "celery_flow_consumer_otlp_exported 3" in resp.read().decode()
         spans = {s.attributes["messaging.message.id"]: s for s in receiver.spans}
     assert sorted(spans) == sorted(ids)
     assert {s.name for s in spans.values()} == {"cli.task"}
     assert spans[ids[-1]].status_code == STATUS_ERROR
     assert spans[ids[0]].status_code == STATUS_OK
+
+
+def _poll_exporter_metrics(port: int, done: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+    deadline = time.monotonic() + 30
+    metrics: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=5) as resp:
+                metrics = json.loads(resp.read())["consumer"]["metrics"]
+        except OSError:
+            metrics = {}
+        if done(metrics):
+            return metrics
+        time.sleep(0.2)
+    raise AssertionError(f"exporter metrics never satisfied the condition: {metrics}")
 
 
 def test_cli_otlp_endpoint_errors_are_one_line(redis_url: str, tmp_path: Path) -> None:

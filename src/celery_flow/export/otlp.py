@@ -290,6 +290,9 @@ class OtlpExporter:
     (remembered in a bounded LRU of `remember` ids, so memory stays flat on a long-running server).
     """
 
+    #: Prefix of this sink's counters in /api/health (consumer metrics) and /metrics.
+    metrics_prefix = "otlp"
+
     def __init__(
         self,
         endpoint: str | None,

@@ -26,6 +26,7 @@ class ConsumerRunner:
         max_tasks: int | None = None,
         sinks: Sequence[Sink] = (),
     ) -> None:
+        self.sinks = list(sinks)
         self.consumer = Consumer(
             broker_url, store, prefix=prefix, group=group, ttl=ttl, max_tasks=max_tasks, sinks=sinks
         )
@@ -48,9 +49,23 @@ class ConsumerRunner:
             self._thread.join(timeout)
 
     def health(self) -> ConsumerHealth:
-        stats = self.consumer.stats()
+        stats = {**self.consumer.stats(), **self._sink_stats()}
         alive = self._thread is not None and self._thread.is_alive()
         status = str(stats["status"]) if alive else "stopped"
         return ConsumerHealth(
             mode="embedded", status=status, lag=stats["lag"], detail=stats["detail"], metrics=stats
         )
+
+    def _sink_stats(self) -> dict[str, object]:
+        """Counters of sinks that keep them (the OTLP exporter: `otlp_exported`, `otlp_dropped`, ...)."""
+        out: dict[str, object] = {}
+        for sink in self.sinks:
+            stats = getattr(sink, "stats", None)
+            if not callable(stats):
+                continue
+            prefix = str(getattr(sink, "metrics_prefix", "sink"))
+            try:
+                out.update({f"{prefix}_{key}": value for key, value in dict(stats()).items()})
+            except Exception:  # a sink's bookkeeping must never break health
+                log.debug("sink stats failed", exc_info=True)
+        return out
