@@ -32,7 +32,14 @@ from typing import Any
 from celery_flow.events import Event, EventRejected, decode
 from celery_flow.store.base import Store
 from celery_flow.transport import from_url, redact_url
-from celery_flow.transport.base import ConfigError, Message, Subscription, Transport, TransportError
+from celery_flow.transport.base import (
+    MAX_FRAME_EVENTS,
+    ConfigError,
+    Message,
+    Subscription,
+    Transport,
+    TransportError,
+)
 
 __all__ = ["DEFAULT_GROUP", "Consumer", "Sink", "default_consumer_name"]
 
@@ -132,7 +139,9 @@ class Consumer:
         self._next_lag = 0.0
         self._next_report = time.monotonic() + REPORT_INTERVAL
         self._reported_events = 0
-        self._events_per_entry = 1
+        # The largest entry of the last read, in events; a fresh consumer assumes full batches so its
+        # first read after a restart stays small (a backlog of batches must not be folded in one go).
+        self._events_per_entry = MAX_FRAME_EVENTS
 
     # ---- reporting -----------------------------------------------------------------------------
 
@@ -310,9 +319,9 @@ class Consumer:
             self._last_commit = time.time()
         # A batch entry's events share its id, acknowledged once (and never before all were committed:
         # a subscription returns every event of an entry in the same read).
-        ids = list(dict.fromkeys(m.id for m in messages))
-        self._events_per_entry = max(1, len(messages) // max(1, len(ids)))
-        self._ack(ids)
+        per_entry = Counter(m.id for m in messages)
+        self._events_per_entry = max(per_entry.values(), default=1)
+        self._ack(list(per_entry))
         if changed:
             self._notify(changed)
         return changed
