@@ -32,14 +32,7 @@ from typing import Any
 from celery_flow.events import Event, EventRejected, decode
 from celery_flow.store.base import Store
 from celery_flow.transport import from_url, redact_url
-from celery_flow.transport.base import (
-    MAX_FRAME_EVENTS,
-    ConfigError,
-    Message,
-    Subscription,
-    Transport,
-    TransportError,
-)
+from celery_flow.transport.base import ConfigError, Message, Subscription, Transport, TransportError
 
 __all__ = ["DEFAULT_GROUP", "Consumer", "Sink", "default_consumer_name"]
 
@@ -139,9 +132,8 @@ class Consumer:
         self._next_lag = 0.0
         self._next_report = time.monotonic() + REPORT_INTERVAL
         self._reported_events = 0
-        # The largest entry of the last read, in events; a fresh consumer assumes full batches so its
-        # first read after a restart stays small (a backlog of batches must not be folded in one go).
-        self._events_per_entry = MAX_FRAME_EVENTS
+        # The largest entry of the last read, in events (batch framing: transport/base.py).
+        self._events_per_entry = 1
 
     # ---- reporting -----------------------------------------------------------------------------
 
@@ -202,8 +194,8 @@ class Consumer:
                 backoff.reset()
                 if self._status != "running":
                     self._set_status("running")
-                if messages:
-                    self.process(messages, stop)
+                for chunk in self._chunks(messages):
+                    self.process(chunk, stop)
                 self._housekeeping(stop)
         finally:
             self._disconnect(None)
@@ -264,6 +256,26 @@ class Consumer:
                 log.debug("closing transport failed", exc_info=True)
 
     # ---- one batch -----------------------------------------------------------------------------
+
+    def _chunks(self, messages: list[Message]) -> list[list[Message]]:
+        """Cut a read into transactions of about `batch` events, never splitting an entry's events.
+
+        A read of batch entries may hold far more events than `batch` (the first read after a restart
+        cannot know the entries' size): committing and acknowledging it piecewise keeps transactions
+        small and lets progress survive a kill halfway through.
+        """
+        size, n = self.batch, len(messages)
+        if n <= size:
+            return [messages] if messages else []
+        out: list[list[Message]] = []
+        i = 0
+        while i < n:
+            j = min(i + size, n)
+            while j < n and messages[j].id == messages[j - 1].id:
+                j += 1
+            out.append(messages[i:j])
+            i = j
+        return out
 
     def decode_batch(self, messages: Sequence[Message]) -> tuple[list[Event], Counter[str]]:
         """Valid events, plus counters (`rejected.<kind>`, `publisher.dropped`) for everything else."""
