@@ -523,9 +523,10 @@ class SqlStore(ABC):
                 flow.root_name = task.name or flow.root_name
                 flow.trace_id = task.trace_id or flow.trace_id
             else:
-                if flow.root_name is None and task.group_id == root:
+                if flow.root_name is None and task.group_id == root and task.parent_id is None:
                     # A group or chord applied outside a task is rooted at its group id (no task has
-                    # that id): name the flow after its members so the list never shows a blank row.
+                    # that id): name the flow after its top-level members (not the chord callback,
+                    # whose parent is a member) so the list never shows a blank row.
                     flow.root_name = task.name
                 if flow.trace_id is None:
                     flow.trace_id = task.trace_id
