@@ -41,7 +41,10 @@ def redis_db() -> Iterator[int]:
         if admin.set(f"celery_flow_test_lock:{db}", RUN_ID, nx=True, ex=3600):
             break
     else:
-        pytest.fail("every Redis database 1..15 is claimed by another test run (keys celery_flow_test_lock:*)")
+        pytest.fail(
+            "every Redis database 1..15 is claimed by another test run: wait for it, or delete stale "
+            "celery_flow_test_lock:* keys in Redis DB 0"
+        )
     client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=db)
     client.flushdb()
     try:
