@@ -24,9 +24,11 @@ from celery import Celery
 from celery.contrib.testing.worker import start_worker
 
 import celery_flow
-from celery_flow.events import decode
+from celery_flow.events import Event, decode, encode
+from celery_flow.store import open_store
 from celery_flow.transport import Message, Subscription, TransportError, from_url
 from celery_flow.transport.amqp import AmqpTransport, exchange_name, parse_amqp_url, queue_name
+from tests.support.server_helpers import CLI, REPO, TcpProxy, cli_env, stop_process, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -93,63 +95,6 @@ class SilentBroker:
         self._thread.join(5)
 
 
-class FreezableProxy:
-    """A TCP proxy to the real RabbitMQ that can stop forwarding mid-session (the broker freezes)."""
-
-    def __init__(self, target: tuple[str, int]) -> None:
-        self.target = target
-        self.frozen = threading.Event()
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.port = self.sock.getsockname()[1]
-        self.sockets: list[socket.socket] = []
-        self._threads = [threading.Thread(target=self._accept, daemon=True)]
-        self._threads[0].start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.sock.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(self.target, timeout=5)
-            upstream.settimeout(None)
-            self.sockets += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                t = threading.Thread(target=self._pump, args=(a, b), daemon=True)
-                t.start()
-                self._threads.append(t)
-
-    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while True:
-                data = src.recv(65536)
-                if not data:
-                    return
-                while self.frozen.is_set():  # hold the bytes: nothing gets through while frozen
-                    time.sleep(0.02)
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            # Pass a close on to the other side, as a real network path does.
-            for s in (src, dst):
-                with contextlib.suppress(OSError):
-                    s.shutdown(socket.SHUT_RDWR)
-
-    def close(self) -> None:
-        self.frozen.clear()
-        _stop_listening(self.sock)
-        for s in self.sockets:
-            with contextlib.suppress(OSError):
-                s.shutdown(socket.SHUT_RDWR)
-            s.close()
-        for t in self._threads:
-            t.join(5)
-
-
 @pytest.fixture
 def silent_broker() -> Iterator[SilentBroker]:
     broker = SilentBroker()
@@ -158,11 +103,11 @@ def silent_broker() -> Iterator[SilentBroker]:
 
 
 @pytest.fixture
-def proxy(amqp_url: str) -> Iterator[FreezableProxy]:
+def proxy(amqp_url: str) -> Iterator[TcpProxy]:
     p = parse_amqp_url(amqp_url)
-    prox = FreezableProxy((p.host, p.port))
+    prox = TcpProxy((p.host, p.port)).start()
     yield prox
-    prox.close()
+    prox.stop()
 
 
 # ---- the consumer is away --------------------------------------------------------------------------
@@ -250,7 +195,7 @@ def test_silent_listener_fails_fast_instead_of_hanging(silent_broker: SilentBrok
 
 
 def test_broker_freezing_mid_session_fails_fast_and_recovers(
-    amqp_url: str, unique_prefix: str, proxy: FreezableProxy, cleanup_amqp: None
+    amqp_url: str, unique_prefix: str, proxy: TcpProxy, cleanup_amqp: None
 ) -> None:
     p = parse_amqp_url(amqp_url)
     url = f"amqp://guest:guest@127.0.0.1:{proxy.port}/{p.vhost}"
@@ -277,7 +222,7 @@ def test_broker_freezing_mid_session_fails_fast_and_recovers(
 
 
 def test_consumer_on_a_frozen_broker_reports_instead_of_hanging(
-    amqp_url: str, unique_prefix: str, proxy: FreezableProxy, cleanup_amqp: None
+    amqp_url: str, unique_prefix: str, proxy: TcpProxy, cleanup_amqp: None
 ) -> None:
     p = parse_amqp_url(amqp_url)
     t = AmqpTransport(f"amqp://guest:guest@127.0.0.1:{proxy.port}/{p.vhost}", prefix=unique_prefix)
@@ -389,10 +334,6 @@ def test_consume_sigkilled_mid_batch_twice_loses_and_doubles_nothing(
     amqp_url: str, unique_prefix: str, tmp_path: Path, cleanup_amqp: None
 ) -> None:
     """`celery-flow consume` on RabbitMQ, killed -9 while holding unacknowledged messages, twice."""
-    from celery_flow.events import Event, encode
-    from celery_flow.store import open_store
-    from tests.support.server_helpers import CLI, REPO, cli_env, wait_for
-
     tasks = 3000
     task_ids = [uuid.uuid4().hex for _ in range(tasks)]
     events = [
@@ -453,11 +394,5 @@ def test_consume_sigkilled_mid_batch_twice_loses_and_doubles_nothing(
         assert final.poll() is None, "the consumer died after recovery"
     finally:
         for proc in procs:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait(5)
+            stop_process(proc)
         store.close()

@@ -26,7 +26,7 @@ from celery_flow.events import Event, encode
 from celery_flow.store import open_store
 from celery_flow.store.base import Store, TaskFilter
 from celery_flow.transport import from_url
-from tests.support.server_helpers import CLI, REPO, cli_env, wait_for
+from tests.support.server_helpers import CLI, REPO, cli_env, stop_process, wait_for
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -169,13 +169,7 @@ def test_consumer_sigkilled_twice_mid_batch_loses_and_doubles_nothing(
         assert final.poll() is None, "the consumer died after recovery"
     finally:
         for proc in procs:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait(5)
+            stop_process(proc)
         transport.close()
         store.close()
         redis_client.delete(stream)

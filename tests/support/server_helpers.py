@@ -106,25 +106,34 @@ def cli_process(
     try:
         yield proc
     finally:
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(5)
+        stop_process(proc)
         if log:
             out.close()  # type: ignore[union-attr]
 
 
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM a subprocess started with `start_new_session=True` and its group; SIGKILL after 10 s."""
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(5)
+
+
 class TcpProxy:
     """A TCP forwarder to a real service that a test can cut (`stop`) and restore (`start`), like a
-    broker restarting: every connection through it drops at once and new ones are refused."""
+    broker restarting: every connection through it drops at once and new ones are refused. Setting
+    `frozen` holds every byte in flight instead, like a broker that hangs with its sockets open."""
 
     def __init__(self, target: tuple[str, int], port: int | None = None) -> None:
         self.target = target
         self.port = port or free_port()
+        self.frozen = threading.Event()
         self._listener: socket.socket | None = None
         self._conns: list[socket.socket] = []
         self._lock = threading.Lock()
@@ -154,10 +163,11 @@ class TcpProxy:
             for src, dst in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pipe, args=(src, dst), daemon=True).start()
 
-    @staticmethod
-    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
         try:
             while data := src.recv(65536):
+                while self.frozen.is_set():  # hold the bytes: nothing gets through while frozen
+                    time.sleep(0.02)
                 dst.sendall(data)
         except OSError:
             pass
@@ -167,6 +177,7 @@ class TcpProxy:
                     sock.shutdown(socket.SHUT_RDWR)
 
     def stop(self) -> None:
+        self.frozen.clear()
         if self._listener is not None:
             # shutdown() wakes the accept() blocked in the other thread (close() alone would not)
             with contextlib.suppress(OSError):
