@@ -126,6 +126,9 @@ def test_chord(tracked: Tracked) -> None:
         sent = of(events, task_id, "sent")
         assert sent.chord_id == r.id  # known from the moment the member is sent
         assert sent.group_id == header.id
+        # and from the worker's side, without the producer's events (an untracked producer)
+        assert of(events, task_id, "started").chord_id == r.id
+        assert of(events, task_id, "succeeded").group_id == header.id
     callback = of(events, r.id, "sent")
     assert {e.root_id for e in events if e.task_id in {r.id, *member_ids}} == {header.id}
     assert callback.name == "t.xsum"
@@ -357,6 +360,36 @@ def test_revoke_a_received_eta_task(tracked: Tracked) -> None:
     events = tracked.log.wait_for(done(r.id, final="revoked"))
     assert of(events, r.id, "revoked").reason == "revoked"
     assert not [e for e in events if e.task_id == r.id and e.type == "started"]
+
+
+def test_a_message_celery_refuses_is_received_then_rejected(tracked: Tracked) -> None:
+    """A message the worker takes but Celery cannot run (here an ETA that is not a date) does not vanish:
+    it is reported received, then rejected with Celery's reason, and the worker carries on."""
+    from celery import signals
+
+    task_id = "bad-eta-" + str(time.monotonic_ns())
+
+    def spoil(headers: dict[str, object] | None = None, **_: object) -> None:
+        if headers and headers.get("id") == task_id:
+            headers["eta"] = "not-a-date"
+
+    signals.before_task_publish.connect(spoil, weak=False)
+    try:
+        tracked.task("add").apply_async((1, 1), task_id=task_id)
+    finally:
+        signals.before_task_publish.disconnect(spoil)
+    events = tracked.log.wait_for(done(task_id, final="rejected"))
+    assert "received" in [e.type for e in events if e.task_id == task_id]
+    rejected = of(events, task_id, "rejected")
+    assert rejected.reason and "not-a-date" in rejected.reason
+    assert rejected.name == "t.add"
+    assert tracked.task("add").delay(2, 3).get(timeout=10) == 5
+
+
+def test_shadow_name_on_every_event(tracked: Tracked) -> None:
+    r = tracked.task("add").apply_async((1, 2), shadow="add for invoice 7")
+    events = tracked.log.wait_for(done(r.id))
+    assert {e.name for e in events if e.task_id == r.id} == {"add for invoice 7"}
 
 
 def test_expired(tracked: Tracked) -> None:

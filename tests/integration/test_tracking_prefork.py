@@ -91,12 +91,14 @@ def test_prefork_worker_end_to_end(
             r_chord = chord([add.s(i, i) for i in range(4)], xsum.s()).apply_async()
             r_group = group(add.s(1, i) for i in range(4)).apply_async()
             r_fail = app.tasks["t.fail"].delay("password=hunter2")
+            r_shadow = add.apply_async((5, 5), shadow="add, shadowed")
         assert r_chord.get(timeout=20) == 12
+        assert r_shadow.get(timeout=20) == 10
         assert r_group.get(timeout=20) == [1, 2, 3, 4]
         with pytest.raises(ValueError):
             r_fail.get(timeout=20)
         member_ids = [c.id for c in r_chord.parent.results]
-        finals = [r_chord.id, *member_ids, *(c.id for c in r_group.results)]
+        finals = [r_chord.id, *member_ids, *(c.id for c in r_group.results), r_shadow.id]
         events = log.wait_for(
             lambda ev: (
                 all(any(e.task_id == t and e.type == "succeeded" for e in ev) for t in finals)
@@ -117,6 +119,8 @@ def test_prefork_worker_end_to_end(
             assert {received.trace_id, started.trace_id, ok.trace_id} == {"prefork-trace"}
         for m in member_ids:
             assert of(events, m, "sent").chord_id == r_chord.id
+            assert of(events, m, "started").chord_id == r_chord.id  # read in the child
+        assert {e.name for e in events if e.task_id == r_shadow.id} == {"add, shadowed"}
         assert of(events, r_chord.id, "sent").trace_id == "prefork-trace"  # published by a child
         failed = of(events, r_fail.id, "failed")
         assert failed.exception == "ValueError: password=[Filtered]"

@@ -160,6 +160,7 @@ def shutdown(app: Any = None, timeout: float = 2.0) -> None:
     targets = list(trackers.values()) if app is None else [t for t in trackers.values() if t.app is app]
     for tracker in targets:
         trackers.pop(id(tracker.app), None)
+        tracker.stopped = True
         while tracker in _last:
             _last.remove(tracker)
         from celery_flow.tracking.worker import FlowWorkerStep

@@ -2,20 +2,20 @@
 
 Every handler is wrapped so that nothing (a bad value, a bug here, a broker outage) can raise into the
 user's task or `apply_async()`; failures are logged, rate limited. The hot path does only cheap work:
-read a few attributes, capture (scrub + cap) the arguments, build an Event, append it to a deque.
+read a few attributes, capture (scrub + cap) the arguments and result, append the fields to a deque;
+the publisher's thread builds and encodes the events.
 """
 
 from __future__ import annotations
 
 import functools
 import os
-import random
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
-from celery_flow.events import SCHEMA_VERSION, Event, EventType
+from celery_flow.events import EventType
 from celery_flow.settings import TrackingSettings
 from celery_flow.tracking.capture import Capturer
 from celery_flow.tracking.lineage import (
@@ -32,12 +32,12 @@ from celery_flow.tracking.trace import ROOT_HEADER, TRACE_HEADER, current_trace_
 __all__ = ["Tracker", "connect_signals", "disconnect_signals", "tracker_for_app", "trackers"]
 
 TRACEBACK_LIMIT = 32_768
+# Most tasks received and not yet started that a worker remembers the fields of (ETA tasks wait there).
+RECEIVED_LIMIT = 10_000
 _log = RateLimitedLog()
 
-# getpid() and os.urandom() are system calls; these run several times per task. The pid is refreshed
-# in forked children; event ids need uniqueness, not secrecy, and `random` is reseeded after fork.
+# getpid() is a system call and runs several times per task; the pid is refreshed in forked children.
 _pid = os.getpid()
-_getrandbits = random.getrandbits
 
 
 def _refresh_pid() -> None:
@@ -74,14 +74,20 @@ class Tracker:
         self.producer_hostname = socket.gethostname()
         # Set by the worker bootstep: this process is (the main process of) a worker with this nodename.
         self.nodename: str | None = None
-        # task id -> monotonic start, for the runtime of failed/retried tasks (task_success has its own).
-        self._started: dict[str, float] = {}
+        # Set by the worker bootstep when the pool runs tasks in this process (solo, threads, gevent,
+        # eventlet): `received` then keeps the task's identity fields for its `started` event.
+        self.runs_tasks_here = False
+        # Set by shutdown(): the consumer's wrapped strategies stop reporting.
+        self.stopped = False
+        # task id -> identity fields, from `received` until `started` (runs_tasks_here only).
+        self._received: dict[str, dict[str, Any]] = {}
+        # task id -> (the task's identity fields, monotonic start) from `started` until the task ends:
+        # `succeeded`/`failed`/`retried` reuse the fields instead of reading the request again, and
+        # take their runtime from it.
+        self._running: dict[str, tuple[dict[str, Any], float]] = {}
 
     def emit(self, type_: EventType, **fields: Any) -> None:
-        # make_event() with a cheaper random 128-bit id (uuid4 costs ≈1.6 µs and a system call).
-        self.publisher.put(
-            Event(v=SCHEMA_VERSION, id=f"{_getrandbits(128):032x}", type=type_, ts=time.time(), **fields)
-        )
+        self.publisher.record(type_, time.time(), fields)
 
     # -- producer -----------------------------------------------------------------------------------
     def on_publish(self, body: Any, headers: dict[str, Any], routing_key: Any) -> None:
@@ -123,26 +129,53 @@ class Tracker:
         )
 
     # -- worker main process ------------------------------------------------------------------------
-    def on_received(self, req: Any) -> None:
-        rd: Mapping[str, Any] = req.request_dict
-        delivery = req.delivery_info or {}
+    def on_message(self, message: Any, body: Any, hostname: str | None) -> dict[str, Any] | None:
+        """A task message the worker's consumer just took (see worker.receiving): `received`, and the
+        task's identity fields, or None when the message is not one we can describe."""
+        rd = message.headers
+        if not rd or "id" not in rd:
+            if not isinstance(body, dict) or "id" not in body:
+                return None
+            rd = body  # protocol 1: everything is in the body
+        task_id = rd["id"]
         eta = rd.get("eta")
-        self.emit(
-            "received",
-            task_id=req.id,
-            name=req.name,
-            root_id=rd.get(ROOT_HEADER) or rd.get("root_id"),
-            parent_id=rd.get("parent_id"),
-            group_id=rd.get("group"),
-            trace_id=rd.get(TRACE_HEADER),
-            retries=rd.get("retries") or 0,
-            eta=iso_to_epoch(eta) if eta else None,
-            queue=delivery.get("routing_key"),
-            hostname=self.nodename or req.hostname,
-            pid=_pid,
-        )
+        fields = {
+            "task_id": task_id,
+            "name": rd.get("shadow") or rd.get("task"),
+            "root_id": rd.get(ROOT_HEADER) or rd.get("root_id"),
+            "parent_id": rd.get("parent_id"),
+            "group_id": rd.get("group") or rd.get("taskset"),
+            "trace_id": rd.get(TRACE_HEADER),
+            "retries": rd.get("retries") or 0,
+            "eta": iso_to_epoch(eta) if eta else None,
+            "queue": (message.delivery_info or {}).get("routing_key"),
+            "hostname": self.nodename or hostname,
+            "pid": _pid,
+        }
+        if self.runs_tasks_here:
+            # The task will start in this process: its `started` event reuses these fields rather than
+            # reading the request again (in a busy worker that is a measurable share of the cost).
+            # Decoding the body here costs nothing extra: kombu caches it for Celery's Request.
+            payload = body if body is not None else message.payload
+            embed = payload[2] if isinstance(payload, (tuple, list)) and len(payload) > 2 else payload
+            chord = embed.get("chord") if isinstance(embed, dict) else None
+            if chord:
+                fields["chord_id"] = chord_callback_id(chord)
+            received = self._received
+            if len(received) >= RECEIVED_LIMIT:
+                received.clear()  # tasks received but never started here (lost connection): forget them
+            received[task_id] = fields
+        self.publisher.record("received", time.time(), fields)
+        return fields
+
+    def on_invalid_message(self, fields: dict[str, Any], exc: BaseException) -> None:
+        """Celery refused a message we reported as received (bad ETA, undecodable body): it is rejected."""
+        self._received.pop(fields["task_id"], None)
+        reason = f"rejected: {self.capture.exception(exc)}"
+        self.publisher.record("rejected", time.time(), fields, {"reason": reason})
 
     def on_revoked(self, request: Any, terminated: bool, expired: bool) -> None:
+        self._received.pop(request.id, None)
         reason = "expired" if expired else ("terminated" if terminated else "revoked")
         self.emit(
             "revoked",
@@ -159,89 +192,100 @@ class Tracker:
         )
 
     # -- pool process (where the task body runs) ----------------------------------------------------
-    def _task_fields(self, task: Any, task_id: str | None = None) -> dict[str, Any]:
-        req = task.request
-        if task_id is not None and req.id != task_id:
-            # Sent from the worker's main process with no task context (hard time limit, Reject):
+    def _task_fields(self, task: Any, task_id: str) -> dict[str, Any]:
+        """The identity of the task `task` is running, read from its request (a Context, whose
+        `__dict__` holds the message's headers: `.get` avoids an AttributeError per absent header)."""
+        ctx = task.request
+        req: dict[str, Any] = ctx.__dict__
+        if req.get("id") != task_id:
+            # Sent from the worker's main process with no task context (hard time limit, worker lost):
             # only the id and name are known here; the earlier events carry the rest.
             return {"task_id": task_id, "name": task.name, "hostname": self.nodename, "pid": _pid}
-        return {
-            "task_id": req.id,
-            "name": task.name,
-            "root_id": getattr(req, ROOT_HEADER, None) or req.root_id,
-            "parent_id": req.parent_id,
-            "group_id": req.group,
-            "trace_id": getattr(req, TRACE_HEADER, None),
-            "retries": req.retries or 0,
+        fields = {
+            "task_id": task_id,
+            "name": req.get("shadow") or task.name,
+            "root_id": req.get(ROOT_HEADER) or req.get("root_id"),
+            "parent_id": req.get("parent_id"),
+            "group_id": req.get("group"),
+            "trace_id": req.get(TRACE_HEADER),
+            "retries": req.get("retries") or 0,
             # The nodename (celery@host): set by the bootstep / worker_process_init; a start_worker test
             # worker's request only knows the bare host name.
-            "hostname": self.nodename or req.hostname,
+            "hostname": self.nodename or req.get("hostname"),
             "pid": _pid,
         }
-
-    def on_started(self, task: Any) -> None:
-        fields = self._task_fields(task)
-        self._started[fields["task_id"]] = time.monotonic()
-        chord = task.request.chord
+        chord = req.get("chord")
         if chord:
             fields["chord_id"] = chord_callback_id(chord)
-        self.emit("started", **fields)
+        return fields
 
-    def _runtime(self, task_id: str | None) -> float | None:
-        start = self._started.pop(task_id, None) if task_id else None
-        return None if start is None else time.monotonic() - start
+    def _running_fields(self, task: Any, task_id: str | None) -> tuple[dict[str, Any], float | None]:
+        """(identity fields, runtime so far) of a task this process started, else read afresh."""
+        running = self._running.get(task_id) if task_id else None
+        if running is not None:
+            return running[0], time.monotonic() - running[1]
+        return self._task_fields(task, task_id or task.request.id), None
 
-    def on_succeeded(self, task: Any, result: Any, runtime: float | None) -> None:
-        fields = self._task_fields(task)
-        measured = self._runtime(fields["task_id"])
-        self.emit(
-            "succeeded",
-            result=self.capture.value(result) if self.settings.capture_result else None,
-            runtime=runtime if runtime is not None else measured,
-            **fields,
-        )
+    def on_started(self, task: Any, task_id: str) -> None:
+        fields = self._received.pop(task_id, None) if self._received else None
+        if fields is None:
+            fields = self._task_fields(task, task_id)
+        self._running[task_id] = (fields, time.monotonic())
+        self.publisher.record("started", time.time(), fields)
+
+    def on_finished(self, task: Any, task_id: str, retval: Any, state: str | None) -> None:
+        """task_postrun: `succeeded` (one signal instead of task_success + task_postrun), `rejected`,
+        and the end of the task's `_running` entry whatever its outcome."""
+        running = self._running.pop(task_id, None)
+        if state == "SUCCESS":
+            if running is None:
+                fields, runtime = self._task_fields(task, task_id), None
+            else:
+                fields, runtime = running[0], time.monotonic() - running[1]
+            result = (
+                self.capture.value(retval) if retval is not None and self.settings.capture_result else None
+            )
+            self.publisher.record("succeeded", time.time(), fields, {"result": result, "runtime": runtime})
+        elif state == "REJECTED":
+            fields = running[0] if running is not None else self._task_fields(task, task_id)
+            requeue = bool(getattr(retval, "requeue", False))
+            why = getattr(retval, "reason", None)
+            reason = "requeue" if requeue else "rejected"
+            if why is not None:
+                reason = f"{reason}: {self.capture.text(str(why), 500)}"
+            runtime = None if running is None else time.monotonic() - running[1]
+            self.publisher.record("rejected", time.time(), fields, {"reason": reason, "runtime": runtime})
 
     def on_failed(self, task: Any, task_id: str | None, exception: Any, einfo: Any) -> None:
         from celery.exceptions import Reject
 
         if isinstance(exception, Reject):
             return  # reported as `rejected` by the pool process (task_postrun state REJECTED)
-        fields = self._task_fields(task, task_id)
-        self.emit(
+        fields, runtime = self._running_fields(task, task_id)
+        self.publisher.record(
             "failed",
-            exception=self.capture.exception(exception),
-            traceback=self._traceback(einfo),
-            runtime=self._runtime(fields["task_id"]),
-            **fields,
+            time.time(),
+            fields,
+            {
+                "exception": self.capture.exception(exception),
+                "traceback": self._traceback(einfo),
+                "runtime": runtime,
+            },
         )
 
-    def on_retried(self, task: Any, reason: Any, einfo: Any) -> None:
-        fields = self._task_fields(task)
+    def on_retried(self, task: Any, request: Any, reason: Any, einfo: Any) -> None:
+        fields, runtime = self._running_fields(task, getattr(request, "id", None))
         text = (
             self.capture.exception(reason)
             if isinstance(reason, BaseException)
             else self.capture.text(str(reason))
         )
-        self.emit(
+        self.publisher.record(
             "retried",
-            reason=text,
-            exception=text,
-            traceback=self._traceback(einfo),
-            runtime=self._runtime(fields["task_id"]),
-            **fields,
+            time.time(),
+            fields,
+            {"reason": text, "exception": text, "traceback": self._traceback(einfo), "runtime": runtime},
         )
-
-    def on_postrun(self, task: Any, task_id: str, retval: Any, state: str | None) -> None:
-        if state == "REJECTED":
-            fields = self._task_fields(task)
-            requeue = bool(getattr(retval, "requeue", False))
-            why = getattr(retval, "reason", None)
-            reason = "requeue" if requeue else "rejected"
-            if why is not None:
-                reason = f"{reason}: {self.capture.text(str(why), 500)}"
-            self.emit("rejected", reason=reason, runtime=self._runtime(task_id), **fields)
-        else:
-            self._started.pop(task_id, None)
 
     def _traceback(self, einfo: Any) -> str | None:
         text = getattr(einfo, "traceback", None)
@@ -320,30 +364,26 @@ def _before_task_publish(
         tracker.on_publish(body, headers, routing_key)
 
 
-@_guard("task_received")
-def _task_received(sender: Any = None, request: Any = None, **_: Any) -> None:
-    tracker = _task_tracker(request.task)
-    if tracker is not None:
-        tracker.on_received(request)
-
-
-# The three handlers every task runs through guard themselves inline: one call layer less than _guard.
-def _task_prerun(sender: Any = None, task: Any = None, **_: Any) -> None:
+# The two handlers every task runs through guard themselves inline (one call layer less than _guard)
+# and find their tracker inline: in a busy worker this code runs cache-cold, where each call counts.
+def _task_prerun(sender: Any = None, task_id: Any = None, task: Any = None, **_: Any) -> None:
     try:
-        tracker = _task_tracker(task)
+        tracker = trackers.get(id(getattr(task, "_app", None) or task.app)) if trackers else None
         if tracker is not None:
-            tracker.on_started(task)
+            tracker.on_started(task, task_id)
     except Exception as exc:
         _log.warning("task_prerun", "celery-flow: task_prerun handler failed (ignored): %r", exc)
 
 
-def _task_success(sender: Any = None, result: Any = None, runtime: float | None = None, **_: Any) -> None:
+def _task_postrun(
+    sender: Any = None, task_id: Any = None, retval: Any = None, state: Any = None, **_: Any
+) -> None:
     try:
-        tracker = _task_tracker(sender)
+        tracker = trackers.get(id(getattr(sender, "_app", None) or sender.app)) if trackers else None
         if tracker is not None:
-            tracker.on_succeeded(sender, result, runtime)
+            tracker.on_finished(sender, task_id, retval, state)
     except Exception as exc:
-        _log.warning("task_success", "celery-flow: task_success handler failed (ignored): %r", exc)
+        _log.warning("task_postrun", "celery-flow: task_postrun handler failed (ignored): %r", exc)
 
 
 @_guard("task_failure")
@@ -356,21 +396,12 @@ def _task_failure(
 
 
 @_guard("task_retry")
-def _task_retry(sender: Any = None, reason: Any = None, einfo: Any = None, **_: Any) -> None:
+def _task_retry(
+    sender: Any = None, request: Any = None, reason: Any = None, einfo: Any = None, **_: Any
+) -> None:
     tracker = _task_tracker(sender)
     if tracker is not None:
-        tracker.on_retried(sender, reason, einfo)
-
-
-def _task_postrun(
-    sender: Any = None, task_id: Any = None, retval: Any = None, state: Any = None, **_: Any
-) -> None:
-    try:
-        tracker = _task_tracker(sender)
-        if tracker is not None:
-            tracker.on_postrun(sender, task_id, retval, state)
-    except Exception as exc:
-        _log.warning("task_postrun", "celery-flow: task_postrun handler failed (ignored): %r", exc)
+        tracker.on_retried(sender, request, reason, einfo)
 
 
 @_guard("task_revoked")
@@ -385,9 +416,7 @@ def _task_revoked(
 def _handlers() -> list[tuple[str, Callable[..., None]]]:
     return [
         ("before_task_publish", _before_task_publish),
-        ("task_received", _task_received),
         ("task_prerun", _task_prerun),
-        ("task_success", _task_success),
         ("task_failure", _task_failure),
         ("task_retry", _task_retry),
         ("task_postrun", _task_postrun),

@@ -1,10 +1,12 @@
 """Fire-and-forget event publishing: a bounded buffer and one daemon thread per process.
 
-Signal handlers only `put()` an Event into a `collections.deque(maxlen=...)` (O(1), drops the oldest
-when full, thread-safe under the GIL) and, if the thread sleeps, wake it. The thread encodes and hands
-batches to `transport.publish()`; the transport has ~1 s socket timeouts, so a down, refusing or frozen
-broker stalls only this thread while tasks run on. Drops are counted, logged (rate limited) and reported
-as a `publisher.dropped` event once the broker answers again.
+Signal handlers only `record()` an event's fields into a `collections.deque(maxlen=...)` (O(1), drops
+the oldest when full) and, if the thread sleeps, wake it. The thread builds, encodes and hands batches to
+`transport.publish()`: in a busy worker the handlers run cache-cold between Celery's own code, where
+building and encoding an event costs several times what it costs in the thread's tight loop, and the
+thread does it while the worker waits on its broker. The transport has ~1 s socket timeouts, so a down,
+refusing or frozen broker stalls only this thread while tasks run on. Drops are counted, logged (rate
+limited) and reported as a `publisher.dropped` event once the broker answers again.
 
 After `fork()` (prefork pool children) the buffer, lock and thread of the parent are useless: the child
 gets a fresh buffer and transport and starts its own thread lazily on the first event.
@@ -17,12 +19,14 @@ import collections
 import contextlib
 import logging
 import os
+import random
 import threading
 import time
 import weakref
 from collections.abc import Callable
+from typing import Any, TypeAlias
 
-from celery_flow.events import Event, encode, make_event, process_identity
+from celery_flow.events import SCHEMA_VERSION, Event, EventType, encode, make_event, process_identity
 from celery_flow.transport import Transport, from_url
 
 __all__ = ["Publisher", "RateLimitedLog"]
@@ -61,6 +65,13 @@ class RateLimitedLog:
             logger.warning(message, *args)
 
 
+# A buffered event: a built Event, or (type, ts, fields, extra fields) to be built by the thread. The
+# fields dicts belong to the event once recorded (a task's `started` and `succeeded` share one).
+Item: TypeAlias = "Event | tuple[EventType, float, dict[str, Any], dict[str, Any] | None]"
+
+# Event ids need uniqueness, not secrecy: a random 128-bit number (uuid4 costs a system call).
+_getrandbits = random.getrandbits
+
 _publishers: weakref.WeakSet[Publisher] = weakref.WeakSet()
 
 
@@ -95,9 +106,7 @@ class Publisher:
         self.buffer_size = buffer_size
         self._factory = transport_factory or self._default_factory
         self.log = RateLimitedLog()
-        # Encoded events: bytes are not tracked by the garbage collector, so thousands of buffered events
-        # (and the args/results they captured) cost the process no GC work while they wait.
-        self._buffer: collections.deque[bytes] = collections.deque(maxlen=buffer_size)
+        self._buffer: collections.deque[Item] = collections.deque(maxlen=buffer_size)
         self._wake = threading.Event()
         self._lock = threading.Lock()
         self._buffer_lock = threading.Lock()
@@ -119,19 +128,25 @@ class Publisher:
         return from_url(self.transport_url, prefix=self.prefix, ttl=self.ttl)
 
     # -- producer side (hot path) -------------------------------------------------------------------
+    def record(
+        self, type_: EventType, ts: float, fields: dict[str, Any], extra: dict[str, Any] | None = None
+    ) -> None:
+        """Queue an event of `type_` at `ts` with `fields` (and `extra`, kept apart so that the events
+        of one task can share its identity fields): the hot path, which builds nothing."""
+        self._add((type_, ts, fields, extra))
+
     def put(self, event: Event) -> None:
-        try:
-            payload = encode(event)
-        except Exception as exc:
-            self.log.warning("encode", "celery-flow: could not encode a %s event: %s", event.type, exc)
-            return
-        # The lock (≈0.1 µs uncontended) makes the drop count exact when several threads put at once.
+        """Queue an already built event (tests, benchmarks, tools replaying events)."""
+        self._add(event)
+
+    def _add(self, item: Item) -> None:
+        # The lock (≈0.1 µs uncontended) makes the drop count exact when several threads add at once.
         with self._buffer_lock:
             buffer = self._buffer
             if len(buffer) >= self.buffer_size:
                 self.dropped_unreported += 1
                 self.dropped_total += 1
-            buffer.append(payload)
+            buffer.append(item)
         if self._thread is None:
             self._start()
         elif len(buffer) >= BATCH_SIZE and not self._wake.is_set():
@@ -239,7 +254,25 @@ class Publisher:
     def _take(self, limit: int) -> list[bytes]:
         with self._buffer_lock:
             buffer = self._buffer
-            return [buffer.popleft() for _ in range(min(limit, len(buffer)))]
+            items = [buffer.popleft() for _ in range(min(limit, len(buffer)))]
+        out: list[bytes] = []
+        for item in items:
+            try:
+                if isinstance(item, Event):
+                    event = item
+                else:
+                    type_, ts, fields, extra = item
+                    id_ = f"{_getrandbits(128):032x}"
+                    event = (
+                        Event(v=SCHEMA_VERSION, id=id_, type=type_, ts=ts, **fields)
+                        if extra is None
+                        else Event(v=SCHEMA_VERSION, id=id_, type=type_, ts=ts, **fields, **extra)
+                    )
+                out.append(encode(event))
+            except Exception as exc:  # a bug or an unencodable value: lose this event, not the batch
+                kind = item.type if isinstance(item, Event) else item[0]
+                self.log.warning("encode", "celery-flow: could not encode a %s event: %s", kind, exc)
+        return out
 
     def _report_drops(self) -> None:
         with self._buffer_lock:
