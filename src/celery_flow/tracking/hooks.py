@@ -72,6 +72,9 @@ class Tracker:
             buffer_size=settings.buffer_size,
         )
         self.producer_hostname = socket.gethostname()
+        # The `info` of `sent` events, shared by all of them (rebuilt in a forked child, for its pid).
+        self._info: dict[str, Any] = {}
+        self._info_pid = 0
         # Set by the worker bootstep: this process is (the main process of) a worker with this nodename.
         self.nodename: str | None = None
         # Set by the worker bootstep when the pool runs tasks in this process (solo, threads, gevent,
@@ -96,37 +99,37 @@ class Tracker:
         trace_id = headers.get(TRACE_HEADER) or current_trace_id()
         if trace_id:
             headers[TRACE_HEADER] = trace_id
-        root_id = flow_root(headers)
-        embed = embed_of(body)
-        if embed is not None and (embed.get("callbacks") or embed.get("errbacks")):
-            freeze_callbacks(embed)
-        links, link_errors = links_of(embed)
-        settings = self.settings
-        args = kwargs = None
-        if settings.capture_args and embed is not None:
-            args = self.capture.args(body[0])
-            kwargs = self.capture.kwargs(body[1])
+        if self._info_pid != _pid:  # first publish in this process (or in a forked child)
+            self._info = {"producer": self.producer_hostname, "pid": _pid}
+            self._info_pid = _pid
+        fields: dict[str, Any] = {
+            "task_id": headers["id"],
+            "name": headers.get("shadow") or headers.get("task"),
+            "root_id": flow_root(headers),
+            "parent_id": headers.get("parent_id"),
+            "group_id": headers.get("group"),
+            "trace_id": trace_id,
+            "queue": routing_key if isinstance(routing_key, str) and routing_key else None,
+            "retries": headers.get("retries") or 0,
+            "info": self._info,
+        }
         eta = headers.get("eta")
+        if eta:
+            fields["eta"] = iso_to_epoch(eta)
         expires = headers.get("expires")
-        self.emit(
-            "sent",
-            task_id=headers["id"],
-            name=headers.get("shadow") or headers.get("task"),
-            root_id=root_id,
-            parent_id=headers.get("parent_id"),
-            group_id=headers.get("group"),
-            chord_id=chord_callback_id(embed.get("chord")) if embed else None,
-            links=links,
-            link_errors=link_errors,
-            trace_id=trace_id,
-            queue=routing_key if isinstance(routing_key, str) and routing_key else None,
-            retries=headers.get("retries") or 0,
-            eta=iso_to_epoch(eta) if eta else None,
-            expires=iso_to_epoch(expires) if expires else None,
-            args=args,
-            kwargs=kwargs,
-            info={"producer": self.producer_hostname, "pid": _pid},
-        )
+        if expires:
+            fields["expires"] = iso_to_epoch(expires)
+        embed = embed_of(body)
+        if embed is not None:
+            if embed.get("callbacks") or embed.get("errbacks"):
+                freeze_callbacks(embed)
+            if embed.get("callbacks") or embed.get("errbacks") or embed.get("chain") or embed.get("chord"):
+                fields["links"], fields["link_errors"] = links_of(embed)
+                fields["chord_id"] = chord_callback_id(embed.get("chord"))
+            if self.settings.capture_args:
+                fields["args"] = self.capture.args(body[0])
+                fields["kwargs"] = self.capture.kwargs(body[1])
+        self.publisher.record("sent", time.time(), fields)
 
     # -- worker main process ------------------------------------------------------------------------
     def on_message(self, message: Any, body: Any, hostname: str | None) -> dict[str, Any] | None:
@@ -304,7 +307,9 @@ def flow_root(headers: dict[str, Any]) -> str | None:
     """
     root = headers.get(ROOT_HEADER)
     if root is None:
-        task = executing_task()
+        # Celery sets parent_id whenever a worker task publishes: without it there is no task to inherit
+        # from, and the (cache-cold, several calls deep) task stack lookup is skipped.
+        task = executing_task() if headers.get("parent_id") else None
         if task is not None:
             root = getattr(task.request, ROOT_HEADER, None)
         elif headers.get("group") and headers.get("root_id") in (None, headers.get("id")):
