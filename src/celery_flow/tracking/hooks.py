@@ -27,7 +27,7 @@ from celery_flow.tracking.lineage import (
 )
 from celery_flow.tracking.publisher import Publisher, RateLimitedLog
 from celery_flow.tracking.scrub import KeyScrubber
-from celery_flow.tracking.trace import ROOT_HEADER, TRACE_HEADER, current_trace_id, executing_task
+from celery_flow.tracking.trace import ROOT_HEADER, TRACE_HEADER, executing_task, publish_trace_id
 
 __all__ = ["Tracker", "connect_signals", "disconnect_signals", "tracker_for_app", "trackers"]
 
@@ -96,7 +96,7 @@ class Tracker:
     def on_publish(self, body: Any, headers: dict[str, Any], routing_key: Any) -> None:
         if not isinstance(headers, dict) or "id" not in headers:
             return  # protocol 1 or not a task message: nothing we can describe precisely
-        trace_id = headers.get(TRACE_HEADER) or current_trace_id()
+        trace_id = publish_trace_id(headers)
         if trace_id:
             headers[TRACE_HEADER] = trace_id
         if self._info_pid != _pid:  # first publish in this process (or in a forked child)

@@ -109,6 +109,15 @@ def current_trace_id() -> str | None:
     return _task_trace_id() or _otel_trace_id()
 
 
+def publish_trace_id(headers: dict[str, Any]) -> str | None:
+    """current_trace_id() for a message being published, with its headers: the task lookup only when
+    Celery says a worker task is publishing (it sets `parent_id` then), as this runs on every publish."""
+    value = headers.get(TRACE_HEADER) or _trace_id.get()
+    if value is not None:
+        return value
+    return (_task_trace_id() if headers.get("parent_id") else None) or _otel_trace_id()
+
+
 class trace:
     """Context manager and decorator: everything published inside carries one trace id.
 
