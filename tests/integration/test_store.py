@@ -416,6 +416,46 @@ def test_two_writers_folding_the_same_task_see_each_others_events(store_url: str
         second.close()
 
 
+def test_processes_opening_a_new_sqlite_store_at_once_all_succeed(tmp_path: Path) -> None:
+    """`server` and `consume` (or two `consume`s) started together on a new SQLite file: SQLite answers
+    the switch to WAL with "database is locked" at once rather than waiting; every process must open."""
+    script = textwrap.dedent(
+        """
+        import sys, threading, time
+        from celery_flow.store import TaskFilter, open_store
+        time.sleep(max(0.0, float(sys.argv[2]) - time.time()))  # all open at the same moment
+        store = open_store(sys.argv[1])
+        errors = []
+        def read():  # each thread opens its own connection, as the server's and consumer's threads do
+            try:
+                for _ in range(20):
+                    store.list_tasks(TaskFilter(), 10, None)
+            except Exception as exc:
+                errors.append(exc)
+        threads = [threading.Thread(target=read) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        store.close()
+        if errors:
+            sys.exit(repr(errors[0]))
+        """
+    )
+    for attempt in range(5):
+        url = f"sqlite:///{tmp_path / f'race{attempt}.db'}"
+        start = f"{time.time() + 1.0:.3f}"
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", script, url, start], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            )
+            for _ in range(4)
+        ]
+        results = [p.communicate(timeout=120) for p in procs]
+        failures = [err.decode() for p, (_, err) in zip(procs, results, strict=True) if p.returncode != 0]
+        assert not failures, failures
+
+
 def test_sweep_by_age_and_count_removes_tasks_events_and_empty_flows(store: SqlStore) -> None:
     now = time.time()
     for i in range(30):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from typing import Any
@@ -71,7 +72,7 @@ class SQLiteStore(SqlStore):
                 self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
             )
             if not self.memory:
-                conn.execute("PRAGMA journal_mode=WAL")
+                _enable_wal(conn)
             conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             # WAL + NORMAL: a commit survives a process crash; only an OS crash may lose the last commits,
             # which the broker re-delivers (acks happen after commit).
@@ -154,3 +155,17 @@ class SQLiteStore(SqlStore):
         for conn in connections:
             with suppress(sqlite3.Error):
                 conn.close()
+
+
+def _enable_wal(conn: sqlite3.Connection) -> None:
+    """Switch to WAL, waiting while another process holds the file (two processes opening a new store at
+    once): SQLite answers "database is locked" here at once instead of using the busy timeout."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.02)
