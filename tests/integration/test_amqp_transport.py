@@ -96,20 +96,27 @@ def close_connections(vhost: str, connection_name: str) -> int:
         ).stdout
 
     # JSON shows client properties but prints pids in a form close_connection rejects; the table
-    # form prints usable pids. Join the two on the connection's name ("ip:port -> ip:port").
-    names = [
-        c["name"]
-        for c in json.loads(
-            ctl("list_connections", "name", "vhost", "client_properties", "--formatter", "json")
-        )
-        if c["vhost"] == vhost
-        and {p[0]: p[2] for p in c["client_properties"]}.get("connection_name") == connection_name
-    ]
-    pids: dict[str, str] = {}
-    for line in ctl("list_connections", "--no-table-headers", "pid", "name").splitlines():
-        if "\t" in line:
-            pid, name = line.split("\t", 1)
-            pids[name] = pid
+    # form prints usable pids. Join the two on the connection's name ("ip:port -> ip:port"); the two
+    # listings are separate snapshots, so a connection still being registered may be in one only:
+    # list again until they agree.
+    deadline = time.monotonic() + 20
+    while True:
+        names = [
+            c["name"]
+            for c in json.loads(
+                ctl("list_connections", "name", "vhost", "client_properties", "--formatter", "json")
+            )
+            if c["vhost"] == vhost
+            and {p[0]: p[2] for p in c["client_properties"]}.get("connection_name") == connection_name
+        ]
+        pids: dict[str, str] = {}
+        for line in ctl("list_connections", "--no-table-headers", "pid", "name").splitlines():
+            if "\t" in line:
+                pid, name = line.split("\t", 1)
+                pids[name] = pid
+        if all(name in pids for name in names) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     for name in names:
         ctl("close_connection", pids[name], "test: simulated connection loss")
     return len(names)

@@ -24,6 +24,7 @@ from celery.utils import uuid as celery_uuid
 from tests.support.canvas_app import make_app
 from tests.support.server_helpers import serving, wait_for
 from tests.support.server_tasks import register_launcher
+from tests.support.worker import revoke_confirmed
 
 import celery_flow
 from celery_flow.server import create_app
@@ -335,7 +336,7 @@ def test_eta(env: Env) -> None:
 
 def test_revoked(env: Env) -> None:
     task_id = celery_uuid()
-    env.app.control.revoke(task_id, reply=True, limit=1, timeout=5)
+    revoke_confirmed(env.app, task_id)
     r = env.task("add").apply_async((1, 1), task_id=task_id)
     with pytest.raises(TaskRevokedError):
         r.get(timeout=15)

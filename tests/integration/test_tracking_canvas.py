@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 from celery import chain, chord, group
 from celery.result import AsyncResult, GroupResult
-from tests.support.worker import Tracked, tracked_worker
+from tests.support.worker import Tracked, revoke_confirmed, tracked_worker
 
 from celery_flow.events import Event
 
@@ -344,9 +344,7 @@ def test_revoked_before_run(tracked: Tracked) -> None:
     from celery.utils import uuid
 
     task_id = uuid()
-    tracked.app.control.revoke(
-        task_id, reply=True, limit=1, timeout=5
-    )  # the worker has the revoke when this returns
+    revoke_confirmed(tracked.app, task_id)  # the worker has the revoke when this returns
     tracked.task("add").apply_async((1, 1), task_id=task_id)
     events = tracked.log.wait_for(done(task_id, final="revoked"))
     assert of(events, task_id, "revoked").reason == "revoked"

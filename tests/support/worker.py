@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,7 +16,7 @@ import celery_flow
 from tests.support.canvas_app import make_app
 from tests.support.events import EventLog
 
-__all__ = ["Tracked", "tracked_worker"]
+__all__ = ["Tracked", "revoke_confirmed", "tracked_worker"]
 
 
 @dataclass
@@ -53,3 +54,13 @@ def tracked_worker(
     finally:
         celery_flow.shutdown(app)
         log.close()
+
+
+def revoke_confirmed(app: Celery, task_id: str, timeout: float = 15.0) -> None:
+    """Revoke `task_id` and return once a worker has confirmed it. A worker that has only just started
+    may not listen to broadcasts yet (the message is then lost, and a lone revoke times out with no
+    reply); revoking again is harmless, so ask until one answers."""
+    deadline = time.monotonic() + timeout
+    while not app.control.revoke(task_id, reply=True, limit=1, timeout=1):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no worker confirmed the revoke of {task_id} within {timeout}s")
