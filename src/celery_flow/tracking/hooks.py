@@ -121,9 +121,10 @@ class Tracker:
             fields["expires"] = iso_to_epoch(expires)
         embed = embed_of(body)
         if embed is not None:
-            if embed.get("callbacks") or embed.get("errbacks"):
+            has_callbacks = embed.get("callbacks") or embed.get("errbacks")
+            if has_callbacks:
                 freeze_callbacks(embed)
-            if embed.get("callbacks") or embed.get("errbacks") or embed.get("chain") or embed.get("chord"):
+            if has_callbacks or embed.get("chain") or embed.get("chord"):
                 fields["links"], fields["link_errors"] = links_of(embed)
                 fields["chord_id"] = chord_callback_id(embed.get("chord"))
             if self.settings.capture_args:
@@ -198,8 +199,7 @@ class Tracker:
     def _task_fields(self, task: Any, task_id: str) -> dict[str, Any]:
         """The identity of the task `task` is running, read from its request (a Context, whose
         `__dict__` holds the message's headers: `.get` avoids an AttributeError per absent header)."""
-        ctx = task.request
-        req: dict[str, Any] = ctx.__dict__
+        req: dict[str, Any] = task.request.__dict__
         if req.get("id") != task_id:
             # Sent from the worker's main process with no task context (hard time limit, worker lost):
             # only the id and name are known here; the earlier events carry the rest.
@@ -222,9 +222,10 @@ class Tracker:
             fields["chord_id"] = chord_callback_id(chord)
         return fields
 
-    def _running_fields(self, task: Any, task_id: str | None) -> tuple[dict[str, Any], float | None]:
-        """(identity fields, runtime so far) of a task this process started, else read afresh."""
-        running = self._running.get(task_id) if task_id else None
+    def _identity(
+        self, task: Any, task_id: str | None, running: tuple[dict[str, Any], float] | None
+    ) -> tuple[dict[str, Any], float | None]:
+        """(identity fields, runtime so far) from the task's `_running` entry, else read afresh."""
         if running is not None:
             return running[0], time.monotonic() - running[1]
         return self._task_fields(task, task_id or task.request.id), None
@@ -240,31 +241,28 @@ class Tracker:
         """task_postrun: `succeeded` (one signal instead of task_success + task_postrun), `rejected`,
         and the end of the task's `_running` entry whatever its outcome."""
         running = self._running.pop(task_id, None)
+        if state != "SUCCESS" and state != "REJECTED":
+            return  # failed/retried were reported by their own signals; ignored tasks end silently
+        fields, runtime = self._identity(task, task_id, running)
         if state == "SUCCESS":
-            if running is None:
-                fields, runtime = self._task_fields(task, task_id), None
-            else:
-                fields, runtime = running[0], time.monotonic() - running[1]
             result = (
                 self.capture.value(retval) if retval is not None and self.settings.capture_result else None
             )
             self.publisher.record("succeeded", time.time(), fields, {"result": result, "runtime": runtime})
-        elif state == "REJECTED":
-            fields = running[0] if running is not None else self._task_fields(task, task_id)
-            requeue = bool(getattr(retval, "requeue", False))
-            why = getattr(retval, "reason", None)
-            reason = "requeue" if requeue else "rejected"
-            if why is not None:
-                reason = f"{reason}: {self.capture.text(str(why), 500)}"
-            runtime = None if running is None else time.monotonic() - running[1]
-            self.publisher.record("rejected", time.time(), fields, {"reason": reason, "runtime": runtime})
+            return
+        requeue = bool(getattr(retval, "requeue", False))
+        why = getattr(retval, "reason", None)
+        reason = "requeue" if requeue else "rejected"
+        if why is not None:
+            reason = f"{reason}: {self.capture.text(str(why), 500)}"
+        self.publisher.record("rejected", time.time(), fields, {"reason": reason, "runtime": runtime})
 
     def on_failed(self, task: Any, task_id: str | None, exception: Any, einfo: Any) -> None:
         from celery.exceptions import Reject
 
         if isinstance(exception, Reject):
             return  # reported as `rejected` by the pool process (task_postrun state REJECTED)
-        fields, runtime = self._running_fields(task, task_id)
+        fields, runtime = self._identity(task, task_id, self._running.get(task_id) if task_id else None)
         self.publisher.record(
             "failed",
             time.time(),
@@ -277,7 +275,8 @@ class Tracker:
         )
 
     def on_retried(self, task: Any, request: Any, reason: Any, einfo: Any) -> None:
-        fields, runtime = self._running_fields(task, getattr(request, "id", None))
+        task_id = getattr(request, "id", None)
+        fields, runtime = self._identity(task, task_id, self._running.get(task_id) if task_id else None)
         text = (
             self.capture.exception(reason)
             if isinstance(reason, BaseException)

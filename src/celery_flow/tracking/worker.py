@@ -155,8 +155,11 @@ def receive_through(strategies: dict[str, Any], tracker: Tracker, hostname: str 
     """Wrap each task strategy of a consumer so that every message it handles is reported as `received`
     first. A strategy already wrapped (by an earlier start) is left as it is."""
     for name, strategy in list(strategies.items()):
-        if getattr(strategy, "celery_flow_tracker", None) is not tracker:
-            strategies[name] = _receiving(getattr(strategy, "__wrapped__", strategy), tracker, hostname)
+        ours = getattr(strategy, "celery_flow_tracker", None)
+        if ours is not tracker:
+            # Unwrap only our own wrapper (an earlier tracker's), never someone else's.
+            inner = strategy.__wrapped__ if ours is not None else strategy
+            strategies[name] = _receiving(inner, tracker, hostname)
 
 
 def _receiving(strategy: Any, tracker: Tracker, hostname: str | None) -> Any:
