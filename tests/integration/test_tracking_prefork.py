@@ -117,6 +117,9 @@ def test_prefork_worker_end_to_end(
             assert started.pid != proc.pid  # a forked child runs it
             assert {received.hostname, started.hostname, ok.hostname} == {nodename}
             assert {received.trace_id, started.trace_id, ok.trace_id} == {"prefork-trace"}
+            # Each step exactly once: the child's tracer wrapper replaces the run signals, never adds to them.
+            steps = sorted(e.type for e in events if e.task_id == task_id)
+            assert steps == ["received", "sent", "started", "succeeded"]
         for m in member_ids:
             assert of(events, m, "sent").chord_id == r_chord.id
             assert of(events, m, "started").chord_id == r_chord.id  # read in the child

@@ -1,5 +1,6 @@
 """The consumer bootstep's strategy wrapper: every task message is reported `received` exactly once, a
-consumer restart (which rebuilds the strategies) is wrapped again, and nobody else's wrapper is lost."""
+consumer restart (which rebuilds the strategies) is wrapped again, nobody else's wrapper is lost, and
+the app's tracker of the moment gets the event (none after shutdown, the new one after a re-init)."""
 
 from __future__ import annotations
 
@@ -51,15 +52,15 @@ def test_each_message_is_received_once_even_after_repeated_starts(
         handled.append(message.headers["id"])
 
     strategies: dict[str, Any] = {"t.add": strategy}
-    receive_through(strategies, tracker, "celery@w1")
-    receive_through(strategies, tracker, "celery@w1")  # the same consumer started again
+    receive_through(strategies, tracker.app, "celery@w1")
+    receive_through(strategies, tracker.app, "celery@w1")  # the same consumer started again
     strategies["t.add"](message("a"), None, None, None, [])
     assert handled == ["a"]
     events = received(tracker, transport)
     assert [(e.task_id, e.hostname, e.queue) for e in events] == [("a", "celery@w1", "q")]
 
     strategies["t.add"] = strategy  # a consumer restart rebuilds the strategies: wrapped again
-    receive_through(strategies, tracker, "celery@w1")
+    receive_through(strategies, tracker.app, "celery@w1")
     strategies["t.add"](message("b"), None, None, None, [])
     assert handled == ["a", "b"]
     assert [e.task_id for e in received(tracker, transport)] == ["a", "b"]
@@ -78,7 +79,27 @@ def test_a_foreign_wrapper_around_the_strategy_is_kept(tracked: tuple[Tracker, M
         strategy(*args)
 
     strategies: dict[str, Any] = {"t.add": theirs}
-    receive_through(strategies, tracker, "celery@w1")
+    receive_through(strategies, tracker.app, "celery@w1")
     strategies["t.add"](message("c"), None, None, None, [])
     assert calls == ["theirs", "strategy"]
     assert [e.task_id for e in received(tracker, transport)] == ["c"]
+
+
+def test_the_wrapper_follows_the_apps_tracker_across_shutdown_and_init(
+    tracked: tuple[Tracker, MemoryTransport],
+) -> None:
+    tracker, transport = tracked
+    app = tracker.app
+    handled: list[str] = []
+
+    def strategy(message: Any, body: Any, ack: Any, reject: Any, callbacks: Any) -> None:
+        handled.append(message.headers["id"])
+
+    strategies: dict[str, Any] = {"t.add": strategy}
+    receive_through(strategies, app, "celery@w1")
+    celery_flow.shutdown(app)
+    strategies["t.add"](message("untracked"), None, None, None, [])  # still handled, not reported
+    again = celery_flow.init(app, transport_url=tracker.settings.transport_url, prefix="p")
+    strategies["t.add"](message("tracked"), None, None, None, [])
+    assert handled == ["untracked", "tracked"]
+    assert [e.task_id for e in received(again, transport)] == ["tracked"]

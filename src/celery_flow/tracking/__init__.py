@@ -19,8 +19,15 @@ from celery_flow.settings import (
     parse_keys,
     parse_positive_int,
 )
-from celery_flow.tracking.hooks import Tracker, _last, connect_signals, disconnect_signals, trackers
+from celery_flow.tracking.hooks import (
+    Tracker,
+    _last,
+    connect_signals,
+    disconnect_signals,
+    trackers,
+)
 from celery_flow.tracking.trace import current_trace_id, reset_trace_id, set_trace_id, trace
+from celery_flow.tracking.tracer import trace_through
 from celery_flow.transport import ConfigError, from_url, redact_url
 from celery_flow.transport import scheme_of as _scheme_of
 
@@ -120,7 +127,8 @@ def init(
     Unset options fall back to CELERY_FLOW_* environment variables, then to defaults; with no
     `transport_url` and no CELERY_FLOW_BROKER_URL, events go to the app's own broker. Calling it again for
     the same app with the same options changes nothing; with different options it replaces them.
-    Raises ConfigError only for an unusable configuration (never later, never inside tasks).
+    Raises ConfigError only for an unusable configuration (never later, never inside tasks), and then
+    leaves any earlier tracking of `app` as it was.
     """
     settings = resolve_settings(
         app,
@@ -137,13 +145,18 @@ def init(
     )
     interval = env_value("HEARTBEAT_INTERVAL", heartbeat_interval, DEFAULT_HEARTBEAT_INTERVAL, _parse_seconds)
     existing = trackers.get(id(app))
-    if existing is not None:
-        if existing.settings == settings and existing.heartbeat_interval == interval:
-            return existing
-        shutdown(app)
-    # Validate the URL (scheme and options) now, where a mistake is visible, not in the background thread.
+    if existing is not None and existing.settings == settings and existing.heartbeat_interval == interval:
+        return existing
+    # Validate the URL (scheme and options) now, where a mistake is visible, not in the background thread,
+    # and before an earlier tracker is replaced: a bad new URL leaves the tracking that works alone.
     from_url(settings.transport_url, prefix=settings.prefix).close()
     tracker = Tracker(app, settings, interval)
+    if existing is not None:
+        shutdown(app)
+        # The same process with new options: what its worker bootstep told the earlier tracker still holds.
+        tracker.nodename = existing.nodename
+        tracker.publisher.hostname = existing.publisher.hostname
+        tracker.runs_tasks_here = existing.runs_tasks_here
     trackers[id(app)] = tracker
     _last.append(tracker)
     connect_signals()
@@ -160,7 +173,6 @@ def shutdown(app: Any = None, timeout: float = 2.0) -> None:
     targets = list(trackers.values()) if app is None else [t for t in trackers.values() if t.app is app]
     for tracker in targets:
         trackers.pop(id(tracker.app), None)
-        tracker.stopped = True
         while tracker in _last:
             _last.remove(tracker)
         from celery_flow.tracking.worker import FlowWorkerStep
@@ -188,11 +200,14 @@ def _connect_process_signals() -> None:
 
 
 def _child_started(sender: Any = None, **_: Any) -> None:
-    """A prefork child learns the worker's nodename (celery@host) for its events."""
-    if isinstance(sender, str) and sender:
-        for tracker in list(trackers.values()):
+    """A prefork child learns the worker's nodename (celery@host) for its events, and runs its tasks
+    through wrapped tracers (it has just built its own)."""
+    for tracker in list(trackers.values()):
+        if isinstance(sender, str) and sender:
             tracker.nodename = sender
             tracker.publisher.hostname = sender
+        with contextlib.suppress(Exception):  # never break the child's start: the signals still report
+            trace_through(tracker.app)
 
 
 def _flush_child(**_: Any) -> None:

@@ -1,4 +1,5 @@
-"""Celery signal handlers: turn each lifecycle step into one small event and hand it to the publisher.
+"""Turn each lifecycle step into one small event and hand it to the publisher: the Tracker (called by the
+Celery signal handlers below and by the worker's wrappers, tracking.worker and tracking.tracer).
 
 Every handler is wrapped so that nothing (a bad value, a bug here, a broker outage) can raise into the
 user's task or `apply_async()`; failures are logged, rate limited. The hot path does only cheap work:
@@ -29,7 +30,14 @@ from celery_flow.tracking.publisher import Publisher, RateLimitedLog
 from celery_flow.tracking.scrub import KeyScrubber
 from celery_flow.tracking.trace import ROOT_HEADER, TRACE_HEADER, executing_task, publish_trace_id
 
-__all__ = ["Tracker", "connect_signals", "disconnect_signals", "tracker_for_app", "trackers"]
+__all__ = [
+    "Tracker",
+    "connect_signals",
+    "disconnect_signals",
+    "set_traced",
+    "tracker_for_app",
+    "trackers",
+]
 
 TRACEBACK_LIMIT = 32_768
 # Most tasks received and not yet started that a worker remembers the fields of (ETA tasks wait there).
@@ -80,8 +88,6 @@ class Tracker:
         # Set by the worker bootstep when the pool runs tasks in this process (solo, threads, gevent,
         # eventlet): `received` then keeps the task's identity fields for its `started` event.
         self.runs_tasks_here = False
-        # Set by shutdown(): the consumer's wrapped strategies stop reporting.
-        self.stopped = False
         # task id -> identity fields, from `received` until `started` (runs_tasks_here only).
         self._received: dict[str, dict[str, Any]] = {}
         # task id -> (the task's identity fields, monotonic start) from `started` until the task ends:
@@ -196,10 +202,12 @@ class Tracker:
         )
 
     # -- pool process (where the task body runs) ----------------------------------------------------
-    def _task_fields(self, task: Any, task_id: str) -> dict[str, Any]:
-        """The identity of the task `task` is running, read from its request (a Context, whose
-        `__dict__` holds the message's headers: `.get` avoids an AttributeError per absent header)."""
-        req: dict[str, Any] = task.request.__dict__
+    def _task_fields(self, task: Any, task_id: str, req: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The identity of a run of `task`, read from its request dict: the one Celery's tracer gets, or
+        else the running task's request (a Context, whose `__dict__` holds the message's headers: `.get`
+        avoids an AttributeError per absent header)."""
+        if req is None:
+            req = task.request.__dict__
         if req.get("id") != task_id:
             # Sent from the worker's main process with no task context (hard time limit, worker lost):
             # only the id and name are known here; the earlier events carry the rest.
@@ -230,16 +238,16 @@ class Tracker:
             return running[0], time.monotonic() - running[1]
         return self._task_fields(task, task_id or task.request.id), None
 
-    def on_started(self, task: Any, task_id: str) -> None:
+    def on_started(self, task: Any, task_id: str, request: dict[str, Any] | None = None) -> None:
         fields = self._received.pop(task_id, None) if self._received else None
         if fields is None:
-            fields = self._task_fields(task, task_id)
+            fields = self._task_fields(task, task_id, request)
         self._running[task_id] = (fields, time.monotonic())
         self.publisher.record("started", time.time(), fields)
 
     def on_finished(self, task: Any, task_id: str, retval: Any, state: str | None) -> None:
-        """task_postrun: `succeeded` (one signal instead of task_success + task_postrun), `rejected`,
-        and the end of the task's `_running` entry whatever its outcome."""
+        """The end of a run (task_postrun, or the tracer wrapper through on_traced): `succeeded`,
+        `rejected`, and the end of the task's `_running` entry whatever its outcome."""
         running = self._running.pop(task_id, None)
         if state != "SUCCESS" and state != "REJECTED":
             return  # failed/retried were reported by their own signals; ignored tasks end silently
@@ -257,11 +265,28 @@ class Tracker:
             reason = f"{reason}: {self.capture.text(str(why), 500)}"
         self.publisher.record("rejected", time.time(), fields, {"reason": reason, "runtime": runtime})
 
+    def on_traced(self, task: Any, task_id: str, traced: Any) -> None:
+        """The end of a run through Celery's tracer (see tracking.tracer), from what the tracer returned:
+        `(retval, info, runtime, retval repr)`, with `info` None when the task succeeded."""
+        retval, info, runtime = traced[0], traced[1], traced[2]
+        if info is not None:
+            self.on_finished(task, task_id, info.retval, info.state)
+        elif runtime is not None:
+            self.on_finished(task, task_id, retval, "SUCCESS")
+        elif retval is not None:
+            # An error outside the task body before its request existed (kwargs that are not a mapping):
+            # Celery sends no task_failure for it, only returns its ExceptionInfo.
+            self.on_failed(task, task_id, getattr(retval, "exception", retval), retval)
+            self.on_finished(task, task_id, None, None)
+        else:
+            # Skipped: a redelivered task that already succeeded (worker_deduplicate_successful_tasks).
+            self.on_finished(task, task_id, None, None)
+
     def on_failed(self, task: Any, task_id: str | None, exception: Any, einfo: Any) -> None:
         from celery.exceptions import Reject
 
         if isinstance(exception, Reject):
-            return  # reported as `rejected` by the pool process (task_postrun state REJECTED)
+            return  # reported as `rejected` by on_finished (the run ended in state REJECTED)
         fields, runtime = self._identity(task, task_id, self._running.get(task_id) if task_id else None)
         self.publisher.record(
             "failed",
@@ -417,6 +442,11 @@ def _task_revoked(
         tracker.on_revoked(request, bool(terminated), bool(expired))
 
 
+# Apps whose tasks this process runs through wrapped tracers (tracking.tracer): while there are any,
+# task_prerun and task_postrun stay unconnected, so Celery's tracer skips them altogether.
+_traced_apps: set[int] = set()
+
+
 def _handlers() -> list[tuple[str, Callable[..., None]]]:
     return [
         ("before_task_publish", _before_task_publish),
@@ -429,10 +459,17 @@ def _handlers() -> list[tuple[str, Callable[..., None]]]:
 
 
 def connect_signals() -> None:
+    """Connect the handlers every tracked process needs; task_prerun/task_postrun only while no task
+    runs through a wrapped tracer here (they still report eager runs and pools we do not know)."""
     from celery import signals
 
+    runs = not _traced_apps
     for name, handler in _handlers():
-        getattr(signals, name).connect(handler, weak=False, dispatch_uid=f"celery_flow.{name}")
+        signal = getattr(signals, name)
+        if runs or handler not in (_task_prerun, _task_postrun):
+            signal.connect(handler, weak=False, dispatch_uid=f"celery_flow.{name}")
+        else:
+            signal.disconnect(handler, dispatch_uid=f"celery_flow.{name}")
 
 
 def disconnect_signals() -> None:
@@ -440,3 +477,14 @@ def disconnect_signals() -> None:
 
     for name, handler in _handlers():
         getattr(signals, name).disconnect(handler, dispatch_uid=f"celery_flow.{name}")
+
+
+def set_traced(app: Any, traced: bool) -> None:
+    """Record whether `app`'s tasks run through wrapped tracers in this process, and (re)connect the
+    signals to match while anything is tracked."""
+    if traced:
+        _traced_apps.add(id(app))
+    else:
+        _traced_apps.discard(id(app))
+    if trackers:
+        connect_signals()

@@ -38,6 +38,8 @@ BATCH_SIZE = 1000
 # round trip carries many events and put() never pays for waking the thread. Measured in a process
 # publishing ~2,000 tasks/s: the thread spends ≈16 µs of CPU per event flushing every 50 ms, ≈5 µs every
 # 200 ms (fewer, larger pipelines; fewer GIL hand-offs). 200 ms is still immediate for a person watching.
+# Waking sooner, at 256 waiting events, measured no better with Redis and cost 3% of a solo worker's
+# no-op throughput with RabbitMQ (a publisher confirm per batch).
 FLUSH_INTERVAL = 0.2
 BACKOFF_MIN = 0.25
 BACKOFF_MAX = 5.0

@@ -1,7 +1,8 @@
 """Worker side of the main process: a consumer bootstep announcing `worker.online` (with the task
 registry), a `worker.heartbeat` every CELERY_FLOW_HEARTBEAT_INTERVAL seconds and `worker.offline`,
-reporting `received` for every task message the consumer takes, plus the flushes that keep a worker's
-last events from dying with its processes.
+reporting `received` for every task message the consumer takes (and, for pools that run tasks in this
+process, wrapping their tracers: tracking.tracer), plus the flushes that keep a worker's last events from
+dying with its processes.
 
 Why RECEIVED comes from the bootstep and not Celery's `task_received` signal: the bootstep wraps the
 consumer's per-task strategies (the functions Celery calls with each task message), so the event is
@@ -28,7 +29,8 @@ from celery.exceptions import InvalidTaskError
 from kombu.exceptions import ContentDisallowed, DecodeError
 
 from celery_flow.events import TaskInfo
-from celery_flow.tracking.hooks import Tracker, _log, tracker_for_app
+from celery_flow.tracking.hooks import Tracker, _log, tracker_for_app, trackers
+from celery_flow.tracking.tracer import trace_through, untrace
 
 __all__ = ["FlowWorkerStep", "registry_of"]
 
@@ -76,17 +78,24 @@ def _signature(func: Any) -> str | None:
 
 
 class _Heartbeat(threading.Thread):
-    def __init__(self, tracker: Tracker, hostname: str, info: dict[str, Any]) -> None:
+    """Beats through whichever tracker the app has at each beat (an `init()` again replaces it)."""
+
+    def __init__(self, app: Any, interval: float, hostname: str, info: dict[str, Any]) -> None:
         super().__init__(name="celery-flow-heartbeat", daemon=True)
-        self.tracker = tracker
+        self.app = app
+        self.interval = interval
         self.hostname = hostname
         self.info = info
         self.stopped = threading.Event()
 
     def run(self) -> None:
-        while not self.stopped.wait(self.tracker.heartbeat_interval):
+        while not self.stopped.wait(self.interval):
+            tracker = tracker_for_app(self.app)
+            if tracker is None:
+                continue  # between a shutdown() and an init()
+            self.interval = tracker.heartbeat_interval
             with contextlib.suppress(Exception):  # never let the heartbeat thread die noisily
-                self.tracker.emit("worker.heartbeat", hostname=self.hostname, pid=os.getpid(), info=self.info)
+                tracker.emit("worker.heartbeat", hostname=self.hostname, pid=os.getpid(), info=self.info)
 
 
 class FlowWorkerStep(bootsteps.StartStopStep):  # type: ignore[misc]
@@ -110,8 +119,10 @@ class FlowWorkerStep(bootsteps.StartStopStep):  # type: ignore[misc]
             hostname = c.hostname
             info = _worker_info(c)
             tracker.runs_tasks_here = info.get("pool") in _IN_PROCESS_POOLS
-            # Every start: a consumer restart (lost connection) rebuilds the strategies.
-            receive_through(c.strategies, tracker, hostname)
+            # Every start: a consumer restart (lost connection) rebuilds the strategies and tracers.
+            receive_through(c.strategies, c.app, hostname)
+            if tracker.runs_tasks_here:
+                trace_through(c.app)
             if self._online:
                 return
             tracker.nodename = hostname
@@ -124,7 +135,7 @@ class FlowWorkerStep(bootsteps.StartStopStep):  # type: ignore[misc]
                 info=info,
             )
             self._online = True
-            self._heartbeat = _Heartbeat(tracker, hostname, info)
+            self._heartbeat = _Heartbeat(c.app, tracker.heartbeat_interval, hostname, info)
             self._heartbeat.start()
         except Exception as exc:  # never break the worker's startup
             _log.warning("bootstep", "celery-flow: worker bootstep failed to start (ignored): %r", exc)
@@ -135,6 +146,7 @@ class FlowWorkerStep(bootsteps.StartStopStep):  # type: ignore[misc]
 
     def shutdown(self, c: Any) -> None:
         try:
+            untrace(c.app)
             if self._heartbeat is not None:
                 self._heartbeat.stopped.set()
                 self._heartbeat = None
@@ -151,37 +163,34 @@ class FlowWorkerStep(bootsteps.StartStopStep):  # type: ignore[misc]
 _INVALID_MESSAGE_ERRORS: tuple[type[BaseException], ...] = (InvalidTaskError, ContentDisallowed, DecodeError)
 
 
-def receive_through(strategies: dict[str, Any], tracker: Tracker, hostname: str | None) -> None:
-    """Wrap each task strategy of a consumer so that every message it handles is reported as `received`
-    first. A strategy already wrapped (by an earlier start) is left as it is."""
+def receive_through(strategies: dict[str, Any], app: Any, hostname: str | None) -> None:
+    """Wrap each task strategy of `app`'s consumer so that every message it handles is reported as
+    `received` first, to whichever tracker `app` has at that moment (none: the message just passes, and
+    an `init()` again in a running worker takes over). A strategy already wrapped is left as it is."""
     for name, strategy in list(strategies.items()):
-        ours = getattr(strategy, "celery_flow_tracker", None)
-        if ours is not tracker:
-            # Unwrap only our own wrapper (an earlier tracker's), never someone else's.
-            inner = strategy.__wrapped__ if ours is not None else strategy
-            strategies[name] = _receiving(inner, tracker, hostname)
+        if getattr(strategy, "celery_flow_app", None) != id(app):
+            strategies[name] = _receiving(strategy, id(app), hostname)
 
 
-def _receiving(strategy: Any, tracker: Tracker, hostname: str | None) -> Any:
-    on_message = tracker.on_message
-
+def _receiving(strategy: Any, app_key: int, hostname: str | None) -> Any:
     @functools.wraps(strategy)
     def receive(message: Any, body: Any, ack: Any, reject: Any, callbacks: Any, **kwargs: Any) -> Any:
+        tracker = trackers.get(app_key)
         fields = None
-        if not tracker.stopped:
+        if tracker is not None:
             try:
-                fields = on_message(message, body, hostname)
+                fields = tracker.on_message(message, body, hostname)
             except Exception as exc:
                 _log.warning("received", "celery-flow: received handler failed (ignored): %r", exc)
         try:
             return strategy(message, body, ack, reject, callbacks, **kwargs)
         except _INVALID_MESSAGE_ERRORS as exc:
-            if fields is not None:
+            if fields is not None and tracker is not None:
                 with contextlib.suppress(Exception):
                     tracker.on_invalid_message(fields, exc)
             raise
 
-    receive.celery_flow_tracker = tracker  # type: ignore[attr-defined]
+    receive.celery_flow_app = app_key  # type: ignore[attr-defined]
     return receive
 
 
