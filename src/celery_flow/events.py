@@ -8,9 +8,12 @@ event without a second validation pass. Unknown fields are ignored, for forward 
 from __future__ import annotations
 
 import os
+import random
+import re
 import time
 import uuid
-from typing import Any, Final, Literal
+from collections.abc import Callable, Sequence
+from typing import Any, Final, Literal, TypeAlias
 
 import msgspec
 
@@ -93,6 +96,8 @@ class Event(msgspec.Struct, kw_only=True, omit_defaults=True):
 
 
 _encoder = msgspec.json.Encoder()
+_randbytes = random.randbytes
+_split_ids = re.compile(".{32}").findall  # 32 hex digits each, one C loop per batch
 _decoder = msgspec.json.Decoder(Event)
 
 
@@ -108,6 +113,72 @@ def make_event(type_: EventType, **fields: Any) -> Event:
 
 def encode(event: Event) -> bytes:
     return _encoder.encode(event)
+
+
+class _Head(msgspec.Struct):
+    """The members every event has, encoded ahead of a recorded event's fields (encode_records)."""
+
+    v: int
+    id: str
+    type: str
+    ts: float
+
+
+# Fields a recorded event may carry besides the head: anything else is a bug, refused as Event() would.
+_BODY_FIELDS: Final[frozenset[str]] = frozenset(Event.__struct_fields__) - set(_Head.__struct_fields__)
+
+# An event recorded by the tracking library's hooks: (type, time, fields, extra fields or None).
+Record: TypeAlias = "tuple[EventType, float, dict[str, Any], dict[str, Any] | None]"
+
+
+def _members(fields: dict[str, Any]) -> bytes:
+    """`fields` as the members of a JSON object without its opening brace (`"k":v,...}` or `}`), None
+    values left out as `encode()` leaves them out. TypeError for a key that is not an event field."""
+    if not fields.keys() <= _BODY_FIELDS:
+        raise TypeError(f"not event fields: {sorted(set(fields) - _BODY_FIELDS)}")
+    if None in fields.values():
+        fields = {k: v for k, v in fields.items() if v is not None}
+    return _encoder.encode(fields)[1:]
+
+
+def encode_records(
+    records: Sequence[Record | Event], on_error: Callable[[str, Exception], None]
+) -> list[bytes]:
+    """Encode a batch: each record as the JSON of `Event(v, id, type, ts, **fields, **extra)` with a fresh
+    random id, each built Event as `encode()` does. A record that cannot be encoded (a key that is no
+    event field or is given twice, a value msgspec cannot encode) is passed to `on_error` with its type
+    and left out; the rest of the batch goes on.
+
+    Why not build the Events: the events of one task share one fields dict, encoded here once per batch,
+    and building a 30-field Struct from keywords costs more than encoding it. This way the publisher
+    thread spends less than half the CPU per event (callgrind). Ids: random 128-bit numbers from the
+    process's Mersenne Twister (reseeded in forked children), drawn for the whole batch; uuid4 would
+    cost a system call each.
+    """
+    ids = _split_ids(_randbytes(16 * len(records)).hex())
+    bodies: dict[int, bytes] = {}  # id(fields) -> its members; `records` keeps every fields dict alive
+    out: list[bytes] = []
+    append = out.append
+    for record, event_id in zip(records, ids, strict=True):
+        try:
+            if type(record) is not tuple:
+                append(_encoder.encode(record))
+                continue
+            type_, ts, fields, extra = record
+            body = bodies.get(id(fields))
+            if body is None:
+                body = bodies[id(fields)] = _members(fields)
+            head = _encoder.encode(_Head(SCHEMA_VERSION, event_id, type_, ts))[:-1]
+            if extra:
+                if not fields.keys().isdisjoint(extra):  # iterates `extra`, the short one
+                    raise TypeError(f"fields given twice: {sorted(extra.keys() & fields.keys())}")
+                more = _members(extra)
+                if len(more) > 1:
+                    head = b"".join((head, b",", more[:-1]))
+            append(head + b"," + body if len(body) > 1 else head + b"}")
+        except Exception as exc:
+            on_error(record.type if isinstance(record, Event) else record[0], exc)
+    return out
 
 
 class EventRejected(ValueError):

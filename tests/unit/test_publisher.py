@@ -10,8 +10,10 @@ import uuid
 from collections.abc import Sequence
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from celery_flow.events import Event, decode, make_event
+from celery_flow.events import Event, decode, encode, make_event
 from celery_flow.tracking.publisher import Publisher
 from celery_flow.transport import TransportError
 from celery_flow.transport.memory import MemoryTransport
@@ -162,3 +164,85 @@ def test_publisher_restarts_in_a_forked_child(tmp_path: object) -> None:
         assert sorted(ids) == sorted(["task-0", "from-child", "task-1"])
     finally:
         publisher.stop()
+
+
+# -- recorded events: encoded from shared fields, decoded as if built as Events ---------------------------
+_json = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**53), 2**53)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=5), children, max_size=3)
+    ),
+    max_leaves=8,
+)
+_text = st.none() | st.text(max_size=20)
+_fields = st.fixed_dictionaries(
+    {"task_id": st.text(min_size=1, max_size=36)},
+    optional={
+        "name": _text,
+        "root_id": _text,
+        "parent_id": _text,
+        "group_id": _text,
+        "chord_id": _text,
+        "links": st.none() | st.lists(st.text(max_size=8), max_size=3),
+        "trace_id": _text,
+        "hostname": _text,
+        "pid": st.none() | st.integers(0, 2**31),
+        "queue": _text,
+        "retries": st.none() | st.integers(0, 100),
+        "eta": st.none() | st.floats(0, 4e9),
+        "args": _json,
+        "kwargs": _json,
+    },
+)
+_extra = st.none() | st.fixed_dictionaries(
+    {}, optional={"result": _json, "runtime": st.none() | st.floats(0, 1e6), "reason": _text}
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(fields=_fields, extras=st.lists(_extra, min_size=1, max_size=3), ts=st.floats(0, 4e9))
+def test_recorded_events_decode_to_the_events_they_describe(
+    fields: dict[str, object], extras: list[dict[str, object] | None], ts: float
+) -> None:
+    """The events of one task share one fields dict (encoded once per batch): each still decodes to the
+    Event built from its own type, time, fields and extra fields, with its own id."""
+    memory = MemoryTransport(f"memory://{uuid.uuid4().hex}", prefix="p")
+    publisher = Publisher(memory.url, "p", transport_factory=lambda: memory)
+    try:
+        types = ["received", "started", "succeeded"]
+        for n, extra in enumerate(extras):
+            publisher.record(types[n], ts + n, fields, extra)  # type: ignore[arg-type]
+        assert publisher.flush(5.0)
+        got = published(memory)
+    finally:
+        publisher.stop()
+    assert len(got) == len(extras)
+    assert len({e.id for e in got}) == len(got)
+    assert all(len(e.id) == 32 for e in got)
+    for n, (event, extra) in enumerate(zip(got, extras, strict=True)):
+        expected = Event(v=1, id=event.id, type=types[n], ts=ts + n, **fields, **(extra or {}))  # type: ignore[arg-type]
+        assert event == decode(encode(expected))
+
+
+def test_a_recorded_event_with_a_bad_field_is_lost_alone(memory: MemoryTransport) -> None:
+    """A bug in a hook (a key that is no event field, or a key given twice) loses that event, logged,
+    never its batch neighbours: as building the Event would have refused it."""
+    publisher = Publisher(memory.url, "p", transport_factory=lambda: memory)
+    try:
+        shared = {"task_id": "a", "name": "t.x"}
+        publisher.record("received", 1.0, shared)
+        publisher.record("started", 2.0, {"task_id": "b", "no_such_field": 1})
+        publisher.record("succeeded", 3.0, shared, {"name": "again"})
+        publisher.record("succeeded", 4.0, shared, {"result": [1, 2], "runtime": 0.5})
+        assert publisher.flush(5.0)
+        got = published(memory)
+    finally:
+        publisher.stop()
+    assert [(e.type, e.task_id, e.ts) for e in got] == [("received", "a", 1.0), ("succeeded", "a", 4.0)]
+    assert got[1].result == [1, 2]
+    assert got[1].runtime == 0.5
+    assert got[1].name == "t.x"

@@ -1,12 +1,13 @@
 """Fire-and-forget event publishing: a bounded buffer and one daemon thread per process.
 
 Signal handlers only `record()` an event's fields into a `collections.deque(maxlen=...)` (O(1), drops
-the oldest when full) and, if the thread sleeps, wake it. The thread builds, encodes and hands batches to
+the oldest when full) and, if the thread sleeps, wake it. The thread encodes batches
+(events.encode_records: a task's events share one fields dict, encoded once) and hands them to
 `transport.publish()`: in a busy worker the handlers run cache-cold between Celery's own code, where
-building and encoding an event costs several times what it costs in the thread's tight loop, and the
-thread does it while the worker waits on its broker. The transport has ~1 s socket timeouts, so a down,
-refusing or frozen broker stalls only this thread while tasks run on. Drops are counted, logged (rate
-limited) and reported as a `publisher.dropped` event once the broker answers again.
+encoding an event costs several times what it costs in the thread's tight loop, and the thread does it
+while the worker waits on its broker. The transport has ~1 s socket timeouts, so a down, refusing or
+frozen broker stalls only this thread while tasks run on. Drops are counted, logged (rate limited) and
+reported as a `publisher.dropped` event once the broker answers again.
 
 After `fork()` (prefork pool children) the buffer, lock and thread of the parent are useless: the child
 gets a fresh buffer and transport and starts its own thread lazily on the first event.
@@ -19,14 +20,21 @@ import collections
 import contextlib
 import logging
 import os
-import random
 import threading
 import time
 import weakref
 from collections.abc import Callable
 from typing import Any, TypeAlias
 
-from celery_flow.events import SCHEMA_VERSION, Event, EventType, encode, make_event, process_identity
+from celery_flow.events import (
+    Event,
+    EventType,
+    Record,
+    encode,
+    encode_records,
+    make_event,
+    process_identity,
+)
 from celery_flow.transport import Transport, from_url
 
 __all__ = ["Publisher", "RateLimitedLog"]
@@ -67,12 +75,9 @@ class RateLimitedLog:
             logger.warning(message, *args)
 
 
-# A buffered event: a built Event, or (type, ts, fields, extra fields) to be built by the thread. The
+# A buffered event: a built Event, or a Record (type, ts, fields, extra fields) the thread encodes. The
 # fields dicts belong to the event once recorded (a task's `started` and `succeeded` share one).
-Item: TypeAlias = "Event | tuple[EventType, float, dict[str, Any], dict[str, Any] | None]"
-
-# Event ids need uniqueness, not secrecy: a random 128-bit number (uuid4 costs a system call).
-_getrandbits = random.getrandbits
+Item: TypeAlias = "Event | Record"
 
 _publishers: weakref.WeakSet[Publisher] = weakref.WeakSet()
 
@@ -257,24 +262,11 @@ class Publisher:
         with self._buffer_lock:
             buffer = self._buffer
             items = [buffer.popleft() for _ in range(min(limit, len(buffer)))]
-        out: list[bytes] = []
-        for item in items:
-            try:
-                if isinstance(item, Event):
-                    event = item
-                else:
-                    type_, ts, fields, extra = item
-                    id_ = f"{_getrandbits(128):032x}"
-                    event = (
-                        Event(v=SCHEMA_VERSION, id=id_, type=type_, ts=ts, **fields)
-                        if extra is None
-                        else Event(v=SCHEMA_VERSION, id=id_, type=type_, ts=ts, **fields, **extra)
-                    )
-                out.append(encode(event))
-            except Exception as exc:  # a bug or an unencodable value: lose this event, not the batch
-                kind = item.type if isinstance(item, Event) else item[0]
-                self.log.warning("encode", "celery-flow: could not encode a %s event: %s", kind, exc)
-        return out
+        return encode_records(items, self._encode_failed)
+
+    def _encode_failed(self, kind: str, exc: Exception) -> None:
+        # A bug or an unencodable value: this event is lost, not its batch.
+        self.log.warning("encode", "celery-flow: could not encode a %s event: %s", kind, exc)
 
     def _report_drops(self) -> None:
         with self._buffer_lock:

@@ -60,16 +60,33 @@ def frames(payloads: Sequence[bytes], batch: bool = True) -> Iterator[tuple[byte
         for payload in payloads:
             yield payload, 1
         return
+    for start in range(0, len(payloads), MAX_FRAME_EVENTS):
+        part = payloads[start : start + MAX_FRAME_EVENTS]
+        if len(part) == 1:
+            yield part[0], 1
+            continue
+        # The common case in C, without a Python step per event: no payload is empty or holds a newline
+        # (the publisher's are compact JSON), and the part fits the size bound.
+        data = b"\n".join(part)
+        if len(data) <= MAX_FRAME_BYTES and all(part) and data.count(b"\n") == len(part) - 1:
+            yield data, len(part)
+        else:
+            yield from _frames_one_by_one(part)
+
+
+def _frames_one_by_one(payloads: Sequence[bytes]) -> Iterator[tuple[bytes, int]]:
     chunk: list[bytes] = []
     size = 0
     for payload in payloads:
-        if not payload or b"\n" in payload:  # cannot be framed unambiguously: ship it alone
+        # `find`, not `in`: bytes.__contains__ first tries its operand as an int, raising (and clearing)
+        # a TypeError for every payload.
+        if not payload or payload.find(b"\n") >= 0:  # cannot be framed unambiguously: ship it alone
             if chunk:
                 yield (b"\n".join(chunk), len(chunk)) if len(chunk) > 1 else (chunk[0], 1)
                 chunk, size = [], 0
             yield payload, 1
             continue
-        if chunk and (len(chunk) >= MAX_FRAME_EVENTS or size + len(payload) > MAX_FRAME_BYTES):
+        if chunk and size + len(payload) > MAX_FRAME_BYTES:
             yield (b"\n".join(chunk), len(chunk)) if len(chunk) > 1 else (chunk[0], 1)
             chunk, size = [], 0
         chunk.append(payload)
