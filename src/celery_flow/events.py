@@ -124,21 +124,23 @@ class _Head(msgspec.Struct):
     ts: float
 
 
-# Fields a recorded event may carry besides the head: anything else is a bug, refused as Event() would.
-_BODY_FIELDS: Final[frozenset[str]] = frozenset(Event.__struct_fields__) - set(_Head.__struct_fields__)
+# Every event field but the head's, all optional: encoding one leaves the None ones out (as `encode()`
+# does), and building one refuses a key that is not an event field (TypeError), as Event() does. Cheaper
+# than filtering a dict in Python: a quarter of the cost of an event whose fields no other event shares.
+_Body = msgspec.defstruct(
+    "_Body",
+    [(name, Any, None) for name in Event.__struct_fields__ if name not in _Head.__struct_fields__],
+    kw_only=True,
+    omit_defaults=True,
+)
 
 # An event recorded by the tracking library's hooks: (type, time, fields, extra fields or None).
 Record: TypeAlias = "tuple[EventType, float, dict[str, Any], dict[str, Any] | None]"
 
 
 def _members(fields: dict[str, Any]) -> bytes:
-    """`fields` as the members of a JSON object without its opening brace (`"k":v,...}` or `}`), None
-    values left out as `encode()` leaves them out. TypeError for a key that is not an event field."""
-    if not fields.keys() <= _BODY_FIELDS:
-        raise TypeError(f"not event fields: {sorted(set(fields) - _BODY_FIELDS)}")
-    if None in fields.values():
-        fields = {k: v for k, v in fields.items() if v is not None}
-    return _encoder.encode(fields)[1:]
+    """`fields` as the members of a JSON object without its opening brace: `"k":v,...}`, or `}`."""
+    return _encoder.encode(_Body(**fields))[1:]
 
 
 def encode_records(
