@@ -8,7 +8,7 @@ into RESULTS.md together with the machine it ran on. A script that is missing or
 such in RESULTS.md; the others still run.
 
     python bench/run_all.py            # the full run (aim: under 20 minutes on 2 cores)
-    python bench/run_all.py --quick    # a smoke run with small sizes (~3-4 minutes)
+    python bench/run_all.py --quick    # a smoke run with small sizes (~7 minutes)
     python bench/run_all.py --only live_latency,ingest
 """
 
@@ -51,6 +51,17 @@ BENCHES = [
         quick=["--tasks", "1000", "--rounds", "2"],
         timeout=900,
         quick_timeout=420,
+    ),
+    Bench(
+        "instructions",
+        "instructions.py",
+        "Overhead in CPU instructions per task (callgrind)",
+        "Plain vs instrumented `celery worker` under valgrind's callgrind, solo and prefork: instructions "
+        "per no-op task for the main thread, the main process's other threads and the pool children. "
+        "Exact from run to run where throughput moves by a few percent; needs valgrind.",
+        quick=["--tasks", "300", "--pools", "solo"],
+        timeout=1800,
+        quick_timeout=600,
     ),
     Bench(
         "ingest",
