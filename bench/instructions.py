@@ -23,7 +23,6 @@ import glob
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -32,6 +31,8 @@ import uuid
 from pathlib import Path
 
 import redis
+
+from overhead import children, stop
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_BROKER = "redis://127.0.0.1:6379/0"
@@ -91,32 +92,19 @@ def measure(
         time.sleep(1.0)  # the last acks and the publisher's batch of the warm-up
         subprocess.run(["callgrind_control", "-z", str(proc.pid)], check=True, capture_output=True)
         if pool == "prefork":
-            for child in _children(proc.pid):
+            for child in children(proc.pid):
                 subprocess.run(["callgrind_control", "-z", str(child)], check=True, capture_output=True)
         _publish(broker_url, queue, n)
         _drained(client, queue, proc, 60 + n)
         time.sleep(flush + 1.0)  # the publisher's last batch of these tasks
-        pids = [proc.pid, *(_children(proc.pid) if pool == "prefork" else [])]
+        pids = [proc.pid, *(children(proc.pid) if pool == "prefork" else [])]
         for pid in pids:
             subprocess.run(["callgrind_control", "-d", str(pid)], check=True, capture_output=True)
         return _totals(out, proc.pid, n)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(120)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc, 120)
         client.delete(queue)
         client.close()
-
-
-def _children(pid: int) -> list[int]:
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as fh:
-            return [int(c) for c in fh.read().split()]
-    except OSError:
-        return []
 
 
 def _totals(out: Path, main_pid: int, n: int) -> dict[str, int]:

@@ -57,16 +57,30 @@ class Side:
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
-def _tree(pid: int) -> list[int]:
-    out = [pid]
+def children(pid: int) -> list[int]:
+    """The live child processes of `pid` (a prefork worker's pool)."""
     try:
         with open(f"/proc/{pid}/task/{pid}/children") as fh:
-            children = [int(c) for c in fh.read().split()]
+            return [int(c) for c in fh.read().split()]
     except OSError:
-        return out
-    for child in children:
+        return []
+
+
+def _tree(pid: int) -> list[int]:
+    out = [pid]
+    for child in children(pid):
         out += _tree(child)
     return out
+
+
+def stop(proc: subprocess.Popen[bytes], timeout: float) -> None:
+    """SIGTERM a worker (a warm shutdown), SIGKILL it if it has not exited after `timeout` seconds."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def tree_cpu(pid: int) -> float:
@@ -134,12 +148,7 @@ def drain(
         cpu = tree_cpu(proc.pid) - cpu
         return n / elapsed, cpu / n * 1e6
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc, 30)
         client.delete(queue)
         client.close()
 
