@@ -47,9 +47,17 @@ def canvas(stack: Stack) -> dict[str, str]:
     result = workflow.apply_async()
     assert result.get(timeout=60) == 4 + 1 + 9
     callback_id = str(result.id)
-    done = stack.wait_task(callback_id, "SUCCESS")
-    stack.wait_task(done["root_id"], "SUCCESS")
-    return {"root_id": str(done["root_id"]), "callback_id": callback_id}
+    root_id = str(stack.wait_task(callback_id, "SUCCESS")["root_id"])
+
+    # Every task stored as finished, not just the callback: Celery sends the callback from inside the
+    # last header task's run, so on a busy machine the callback's `succeeded` can reach the server
+    # before that header task's own.
+    def finished() -> bool:
+        nodes = stack.http.get(f"/api/flows/{root_id}").json()["nodes"]
+        return len(nodes) == 5 and all(n["state"] == "SUCCESS" for n in nodes)
+
+    wait_for(finished, 30, f"every task of flow {root_id} to succeed")
+    return {"root_id": root_id, "callback_id": callback_id}
 
 
 def test_flows_list_and_chord_graph(stack: Stack, canvas: dict[str, str], page: Page) -> None:
