@@ -214,7 +214,9 @@ def test_read_only_postgresql_store_reports_keeps_serving_and_recovers(
             health = wait_for(lambda: (h := _health(client))["status"] == "degraded" and h, 60,
                               "health to report the read-only store")  # fmt: skip
             assert health["consumer"]["status"] == "store_error", health
-            assert "read-only" in f"{health['consumer'].get('detail')}", health
+            detail = f"{health['consumer'].get('detail')}"
+            assert "read-only" in detail, health
+            assert "at a writable primary" in detail, health  # the fix, not "check the URL"
             # Reads still work on a read-only database (the first request may meet a terminated session).
             wait_for(lambda: client.get("/api/tasks", params={"limit": 5}).status_code == 200, 30, "reads")
             assert _count_done(client) == len(before)

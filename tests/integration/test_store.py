@@ -609,3 +609,14 @@ def test_open_store_errors_name_the_fix(tmp_path: Path) -> None:
         StoreError, match=r"cannot connect to PostgreSQL at postgresql://u:\*\*\*@127.0.0.1:1/db"
     ):
         open_store("postgresql://u:secret@127.0.0.1:1/db")
+
+
+def test_postgresql_errors_name_the_fix_for_what_failed(pg_url: str) -> None:
+    """A read-only standby answers: the message must point at it, not at the URL or a stopped server."""
+    read_only = f"{pg_url}?options=-cdefault_transaction_read_only%3Don"
+    with pytest.raises(StoreError) as raised:
+        open_store(read_only)
+    message = str(raised.value)
+    assert "read-only transaction" in message  # the server's own words
+    assert "point --store / CELERY_FLOW_STORE at a writable primary" in message
+    assert "PostgreSQL is running" not in message

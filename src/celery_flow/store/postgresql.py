@@ -27,6 +27,20 @@ except ImportError:  # pragma: no cover - depends on the installation
 R = TypeVar("R")
 CONNECT_TIMEOUT = 5
 FIX_HINT = "check the URL given to --store / CELERY_FLOW_STORE and that PostgreSQL is running"
+# What to do about a failed statement, by SQLSTATE (or its class): only a lost or refused connection is
+# about the URL; a lock held too long, a read-only standby or a full disk each need something else done.
+_HINTS = {
+    "08": FIX_HINT,  # connection exception
+    "57": FIX_HINT,  # operator intervention: the server is shutting down or restarting
+    "53": "PostgreSQL is out of disk space, memory or connections: free some",
+    "25006": "the database is read-only (a standby, or default_transaction_read_only): point --store / "
+    "CELERY_FLOW_STORE at a writable primary",
+    "42501": "the store's user lacks privileges on its tables: grant them, or give celery-flow a "
+    "database of its own",
+    "55P03": "another session held a lock on the store's tables for over 30 s (a long manual query or "
+    "migration?): end it",
+    "40": "a concurrent transaction conflicted with this one (transient: the next try should pass)",
+}
 _PLACEHOLDER = re.compile(r"\?")
 _translated: dict[str, str] = {}
 _PLAIN_INSERT = re.compile(r"INSERT INTO (\w+) \(([\w, ]+)\) VALUES \([?, ]+\)$")
@@ -80,6 +94,13 @@ class _Session:
 
 class _StaleConnection(Exception):
     """A connection that worked before failed: the server restarted or the network dropped it."""
+
+
+def error_hint(sqlstate: str | None) -> str:
+    """The fix to name for an error with this SQLSTATE (None: no server answer, the connection failed)."""
+    if sqlstate is None:
+        return FIX_HINT
+    return _HINTS.get(sqlstate) or _HINTS.get(sqlstate[:2]) or f"SQLSTATE {sqlstate}"
 
 
 class PostgresStore(SqlStore):
@@ -183,7 +204,9 @@ class PostgresStore(SqlStore):
 
     def _error(self, exc: Exception) -> StoreError:
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return StoreError(f"PostgreSQL at {redact(self.url)}: {detail}: {FIX_HINT}")
+        return StoreError(
+            f"PostgreSQL at {redact(self.url)}: {detail}: {error_hint(getattr(exc, 'sqlstate', None))}"
+        )
 
     def close(self) -> None:
         self._closed = True
