@@ -146,6 +146,27 @@ def build_sinks(store: Any, otlp_endpoint: str | None = None, **options: Any) ->
     return [exporter] if exporter is not None else []
 
 
+def reload_sink_env(otlp_endpoint: str | None = None, **options: Any) -> dict[str, str]:
+    """The sink options as the environment of the process `--reload` serves from, which builds its sinks
+    from the environment alone (server.app.create_app_from_env). Checked here, so that a bad value is a
+    one-line error before the reloader starts: an explicit endpoint becomes the standard
+    OTEL_EXPORTER_OTLP_TRACES_ENDPOINT (a full URL), over any endpoint already in the environment."""
+    if otlp_endpoint is None or not otlp_endpoint.strip():
+        return {}
+    from celery_flow.export import require_otlp_sdk, resolve_otlp_endpoint
+
+    try:
+        resolved = resolve_otlp_endpoint(otlp_endpoint)
+        require_otlp_sdk()
+    except ConfigError as exc:
+        fail(str(exc))
+    assert resolved is not None
+    return {
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": resolved,
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/protobuf",
+    }
+
+
 # ---- shared options -----------------------------------------------------------------------------
 
 
@@ -240,11 +261,14 @@ def run_server(
             env["CELERY_FLOW_MAX_TASKS"] = str(cfg.max_tasks)
         if cfg.basic_auth:
             env["CELERY_FLOW_BASIC_AUTH"] = ":".join(cfg.basic_auth)
+        env.update(reload_sink_env(**sink_kwargs))
         check_store(cfg.store_url)
         os.environ.update(env)
         _announce(host, port, cfg)
+        # Watch celery-flow's own code, the code --reload is for, not the (possibly huge) working directory.
+        package = os.path.dirname(os.path.abspath(__file__))
         uvicorn.run("celery_flow.server.app:create_app_from_env", factory=True, host=host, port=port,
-                    reload=True, log_level=log_level.lower())  # fmt: skip
+                    reload=True, reload_dirs=[package], log_level=log_level.lower())  # fmt: skip
         return
 
     from celery_flow.server.app import create_app

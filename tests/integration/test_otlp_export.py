@@ -504,9 +504,17 @@ def _publish_finished_tasks(redis_url: str, prefix: str, n: int) -> list[str]:
     return ids
 
 
-@pytest.mark.parametrize("how", ["consume --otlp-endpoint", "server OTEL_EXPORTER_OTLP_ENDPOINT"])
+@pytest.mark.parametrize(
+    "how",
+    [
+        "consume --otlp-endpoint",
+        "server OTEL_EXPORTER_OTLP_ENDPOINT",
+        # --reload serves from a fresh process built from the environment alone: the flag must reach it.
+        "server --otlp-endpoint --reload",
+    ],
+)
 def test_cli_exports_spans(how: str, redis_url: str, unique_prefix: str, tmp_path: Path) -> None:
-    command, source = how.split()
+    command, source, *extra = how.split()
     with otlp_receiver() as receiver:
         args = [
             "--broker-url",
@@ -522,7 +530,8 @@ def test_cli_exports_spans(how: str, redis_url: str, unique_prefix: str, tmp_pat
         port = free_port()
         if source != "--otlp-endpoint":
             env["OTEL_EXPORTER_OTLP_ENDPOINT"] = receiver.url
-            args += ["--port", str(port)]
+        if command == "server":
+            args += ["--port", str(port), *extra]
         ids = _publish_finished_tasks(redis_url, unique_prefix, 3)
         log_file = tmp_path / "cli.log"
         with cli_process(command, *args, env=env, log=log_file):
@@ -570,6 +579,19 @@ def test_cli_otlp_endpoint_errors_are_one_line(redis_url: str, tmp_path: Path) -
     assert bad.returncode == 2
     assert "Traceback" not in bad.stderr
     assert "--otlp-endpoint='collector:4317' is not an OTLP/HTTP URL" in bad.stderr
+
+    # With --reload too, before the reloader starts (the served process could only log it).
+    reload = [*CLI, "server", "--reload", "--port", str(free_port()), *base[1:]]
+    bad_reload = subprocess.run(
+        [*reload, "--otlp-endpoint", "collector:4317"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=cli_env(),
+    )
+    assert bad_reload.returncode == 2, bad_reload.stderr
+    assert "Traceback" not in bad_reload.stderr
+    assert "--otlp-endpoint='collector:4317' is not an OTLP/HTTP URL" in bad_reload.stderr
 
     # Without the `otlp` extra (the SDK made unimportable): the install command, not a traceback.
     no_sdk = (

@@ -21,7 +21,13 @@ if TYPE_CHECKING:
     from celery_flow.export.otlp import OtlpExporter
     from celery_flow.store.base import Store
 
-__all__ = ["OTLP_INSTALL_HINT", "create_otlp_exporter", "otlp_sink", "resolve_otlp_endpoint"]
+__all__ = [
+    "OTLP_INSTALL_HINT",
+    "create_otlp_exporter",
+    "otlp_sink",
+    "require_otlp_sdk",
+    "resolve_otlp_endpoint",
+]
 
 log = logging.getLogger("celery_flow.export")
 
@@ -61,15 +67,22 @@ def _checked(url: str, source: str, append_path: bool) -> str:
     return url
 
 
-def create_otlp_exporter(endpoint: str | None, store: Store, **options: Any) -> OtlpExporter:
-    """An `OtlpExporter` sink (endpoint None: the SDK default, http://localhost:4318/v1/traces), or
-    ConfigError naming the extra to install when the SDK is missing."""
+def require_otlp_sdk() -> None:
+    """Raise ConfigError naming the extra to install when the OpenTelemetry SDK cannot be imported."""
     try:
-        from celery_flow.export.otlp import OtlpExporter
+        import celery_flow.export.otlp  # noqa: F401
     except ImportError as exc:
         raise ConfigError(
             f"OTLP export needs the OpenTelemetry SDK ({exc.name or exc} is missing): {OTLP_INSTALL_HINT}"
         ) from None
+
+
+def create_otlp_exporter(endpoint: str | None, store: Store, **options: Any) -> OtlpExporter:
+    """An `OtlpExporter` sink (endpoint None: the SDK default, http://localhost:4318/v1/traces), or
+    ConfigError naming the extra to install when the SDK is missing."""
+    require_otlp_sdk()
+    from celery_flow.export.otlp import OtlpExporter
+
     return OtlpExporter(endpoint, store, **options)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 from collections.abc import Sequence
 
 from fastapi import FastAPI
@@ -9,10 +10,13 @@ from fastapi.middleware.gzip import GZipMiddleware
 
 from celery_flow import __version__
 from celery_flow.consumer import Sink
+from celery_flow.export import otlp_sink, resolve_otlp_endpoint
 from celery_flow.server.auth import require_basic_auth
 from celery_flow.server.config import resolve
 from celery_flow.server.extension import API_DESCRIPTION, API_TITLE, CeleryFlowExtension
+from celery_flow.store import open_store
 from celery_flow.store.base import Store
+from celery_flow.transport.base import ConfigError
 
 
 def create_app(
@@ -56,11 +60,32 @@ def create_app(
 
 
 def create_app_from_env() -> FastAPI:
-    """Factory for `uvicorn --factory` (the CLI's `--reload`): everything from CELERY_FLOW_* variables."""
+    """Factory for `uvicorn --factory` (the CLI's `--reload`): everything from CELERY_FLOW_* variables,
+    and OpenTelemetry export from the standard OTEL_EXPORTER_OTLP_* ones, as `celery-flow server` does."""
     cfg = resolve()
+    store: str | Store = cfg.store_url
+    sinks: list[Sink] = []
+    try:
+        export = resolve_otlp_endpoint(None) is not None
+    except ConfigError:
+        export = True  # otlp_sink logs why export stays off
+    if export:
+        # The exporter reads finished tasks back from a store object: open it here, closed at exit after
+        # the exporter (atexit runs the last registered first, and otlp_sink registers the exporter's).
+        opened = open_store(cfg.store_url)
+        exporter = otlp_sink(opened, None)
+        if exporter is None:
+            opened.close()
+        else:
+            atexit.register(opened.close)
+            atexit.unregister(exporter.close)
+            atexit.register(exporter.close)
+            store, sinks = opened, [exporter]
     return create_app(
         broker_url=cfg.broker_url,
-        store=cfg.store_url,
+        store=store,
+        store_url=cfg.store_url,
+        sinks=sinks,
         basic_auth=cfg.basic_auth,
         embedded_consumer=cfg.embedded_consumer,
         prefix=cfg.prefix,
