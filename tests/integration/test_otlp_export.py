@@ -567,44 +567,26 @@ def _poll_exporter_metrics(port: int, done: Callable[[dict[str, Any]], bool]) ->
     raise AssertionError(f"exporter metrics never satisfied the condition: {metrics}")
 
 
+def _refused(argv: list[str]) -> str:
+    """Run a CLI command that must stop at a usage error: exit 2, no traceback; its stderr."""
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=cli_env())
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    return done.stderr
+
+
 def test_cli_otlp_endpoint_errors_are_one_line(redis_url: str, tmp_path: Path) -> None:
     base = ["consume", "--broker-url", redis_url, "--store", f"sqlite:///{tmp_path}/flow.db"]
-    bad = subprocess.run(
-        [*CLI, *base, "--otlp-endpoint", "collector:4317"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=cli_env(),
-    )
-    assert bad.returncode == 2
-    assert "Traceback" not in bad.stderr
-    assert "--otlp-endpoint='collector:4317' is not an OTLP/HTTP URL" in bad.stderr
-
+    bad_url = "--otlp-endpoint='collector:4317' is not an OTLP/HTTP URL"
+    assert bad_url in _refused([*CLI, *base, "--otlp-endpoint", "collector:4317"])
     # With --reload too, before the reloader starts (the served process could only log it).
     reload = [*CLI, "server", "--reload", "--port", str(free_port()), *base[1:]]
-    bad_reload = subprocess.run(
-        [*reload, "--otlp-endpoint", "collector:4317"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=cli_env(),
-    )
-    assert bad_reload.returncode == 2, bad_reload.stderr
-    assert "Traceback" not in bad_reload.stderr
-    assert "--otlp-endpoint='collector:4317' is not an OTLP/HTTP URL" in bad_reload.stderr
+    assert bad_url in _refused([*reload, "--otlp-endpoint", "collector:4317"])
 
     # Without the `otlp` extra (the SDK made unimportable): the install command, not a traceback.
     no_sdk = (
         "import sys; sys.modules['opentelemetry.sdk'] = None; "
         "sys.argv[0] = 'celery-flow'; from celery_flow.cli import main; main()"
     )
-    missing = subprocess.run(
-        [sys.executable, "-c", no_sdk, *base, "--otlp-endpoint", "http://127.0.0.1:4318"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=cli_env(),
-    )
-    assert missing.returncode == 2, missing.stderr
-    assert "Traceback" not in missing.stderr
-    assert "pip install 'celery-flow[otlp]'" in missing.stderr
+    missing = _refused([sys.executable, "-c", no_sdk, *base, "--otlp-endpoint", "http://127.0.0.1:4318"])
+    assert "pip install 'celery-flow[otlp]'" in missing
