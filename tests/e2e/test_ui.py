@@ -240,6 +240,16 @@ def test_registry_and_workers(stack: Stack, canvas: dict[str, str], page: Page) 
     expect(row).to_contain_text("Add two numbers.")
     expect(page.locator('tr[data-name="t.flaky"]')).to_be_visible()
     screenshot(page, "registry")
+    # Figures never break across lines ("255" over "ms"), even on a laptop-width window.
+    page.set_viewport_size({"width": 1024, "height": 800})
+    lines = row.locator("td.num").evaluate_all(
+        """tds => tds.map(td => {
+            const range = document.createRange();
+            range.selectNodeContents(td);
+            return new Set([...range.getClientRects()].map(r => Math.round(r.top))).size;
+        })"""
+    )
+    assert lines == [1] * 4, lines  # runs, failure rate, p50, p95
 
     page.get_by_role("link", name="Workers").click()
     online = page.locator('tr[data-status="online"]')
