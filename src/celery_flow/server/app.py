@@ -70,17 +70,12 @@ def create_app_from_env() -> FastAPI:
     except ConfigError:
         export = True  # otlp_sink logs why export stays off
     if export:
-        # The exporter reads finished tasks back from a store object: open it here, closed at exit after
-        # the exporter (atexit runs the last registered first, and otlp_sink registers the exporter's).
+        # The exporter reads finished tasks back from a store object: open it here, for the server too.
+        # Closed at exit after the exporter, whose close otlp_sink registers later (atexit runs LIFO).
         opened = open_store(cfg.store_url)
+        atexit.register(opened.close)
         exporter = otlp_sink(opened, None)
-        if exporter is None:
-            opened.close()
-        else:
-            atexit.register(opened.close)
-            atexit.unregister(exporter.close)
-            atexit.register(exporter.close)
-            store, sinks = opened, [exporter]
+        store, sinks = opened, [exporter] if exporter is not None else []
     return create_app(
         broker_url=cfg.broker_url,
         store=store,

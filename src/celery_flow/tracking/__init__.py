@@ -19,13 +19,7 @@ from celery_flow.settings import (
     parse_keys,
     parse_positive_int,
 )
-from celery_flow.tracking.hooks import (
-    Tracker,
-    _last,
-    connect_signals,
-    disconnect_signals,
-    trackers,
-)
+from celery_flow.tracking.hooks import Tracker, _last, connect_signals, disconnect_signals, trackers
 from celery_flow.tracking.trace import current_trace_id, reset_trace_id, set_trace_id, trace
 from celery_flow.tracking.tracer import trace_through
 from celery_flow.transport import ConfigError, from_url, redact_url
