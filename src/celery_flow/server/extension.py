@@ -9,20 +9,23 @@ way to do each thing:
     app.include_router(flow.router, prefix="/flow")
 
 `.lifespan` opens the store, starts the embedded consumer thread and the live poller, and undoes all of
-it on shutdown. The auth dependency guards every route, the WebSocket included: it should accept an
-`HTTPConnection` (like `require_basic_auth`'s) rather than a `Request`, so it also runs on the handshake.
+it on shutdown. `auth_dependency` guards every route, the live WebSocket's handshake included, and takes
+what FastAPI's `dependencies=` takes: `require_admin`, `Depends(require_admin)`, or a list of them. The
+dependency may be typed on `Request`, async or not, with sub-dependencies (`Depends`, `Header`, `Cookie`):
+on the handshake it sees the handshake's headers, cookies and query string, and a connection it does not
+admit is refused with its 401/403 (any other failure: 403) before the socket opens.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
 import anyio
-from fastapi import APIRouter, Depends, FastAPI, Query, Request, WebSocket
+from fastapi import APIRouter, FastAPI, Query, Request, WebSocket
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
@@ -32,6 +35,7 @@ from celery_flow.consumer import Sink
 from celery_flow.flow.graph import build_graph
 from celery_flow.server import spa
 from celery_flow.server.api import build_api_router
+from celery_flow.server.auth import AuthDependencies, HandshakeGuard, as_dependencies
 from celery_flow.server.config import resolve
 from celery_flow.server.consumers import ConsumerRunner
 from celery_flow.server.health import ConsumerHealth, HealthMonitor
@@ -58,7 +62,7 @@ class CeleryFlowExtension:
         self,
         broker_url: str | None = None,
         store: str | Store | None = None,
-        auth_dependency: Callable[..., Any] | None = None,
+        auth_dependency: AuthDependencies | None = None,
         embedded_consumer: bool = True,
         prefix: str | None = None,
         group: str = "celery_flow",
@@ -99,7 +103,7 @@ class CeleryFlowExtension:
             live_clients=lambda: len(self.hub.clients),
             group=group,
         )
-        self.auth_dependency = auth_dependency
+        self.auth_dependencies = as_dependencies(auth_dependency)
         self.router = self._build_router(serve_ui)
 
     # ---- state the routes read -----------------------------------------------------------------
@@ -170,8 +174,11 @@ class CeleryFlowExtension:
     # ---- routes --------------------------------------------------------------------------------
 
     def _build_router(self, serve_ui: bool) -> APIRouter:
-        deps = [Depends(self.auth_dependency)] if self.auth_dependency is not None else []
-        router = APIRouter(dependencies=deps)
+        router = APIRouter(dependencies=self.auth_dependencies)
+        # The WebSocket is not under `router`: FastAPI would call the dependencies with the WebSocket,
+        # which one typed on Request cannot take. The guard runs them on its handshake instead.
+        sockets = APIRouter()
+        guard = HandshakeGuard(self.auth_dependencies)
         api = build_api_router(self._get_store, lambda: self.health, build_graph)
         router.include_router(api)
         api_routes = list(api.routes)
@@ -197,12 +204,14 @@ class CeleryFlowExtension:
             body = render(report, self.hub.pushed, self.hub.slow_disconnects)
             return PlainTextResponse(body, media_type=CONTENT_TYPE)
 
-        @router.websocket("/api/live")
+        @sockets.websocket("/api/live")
         async def live(
             websocket: WebSocket,
             root_id: Annotated[str | None, Query(max_length=255)] = None,
             trace_id: Annotated[str | None, Query(max_length=255)] = None,
         ) -> None:
+            if not await guard.admit(websocket):
+                return
             await self.hub.serve(websocket, LiveFilter(root_id=root_id, trace_id=trace_id))
 
         if serve_ui:
@@ -215,4 +224,7 @@ class CeleryFlowExtension:
             def ui(request: Request, path: str) -> Response:
                 return spa.serve(request, path, self.static_dir)
 
-        return router
+        whole = APIRouter()
+        whole.include_router(router)
+        whole.include_router(sockets)
+        return whole
