@@ -126,14 +126,12 @@ def prometheus_scraping(target: str, tmp_path: Path) -> Iterator[httpx.Client]:
             raise AssertionError(f"{exc}\n--- prometheus log ---\n{log.read_text()}") from None
 
 
-def query(api: httpx.Client, promql: str) -> list[dict[str, Any]]:
-    body = api.get("/api/v1/query", params={"query": promql}).json()
+def value_of(api: httpx.Client, promql: str, at: float | None = None) -> float | None:
+    """The value of a one-series PromQL result (evaluated `at` an epoch time, else now); None if none."""
+    params: dict[str, Any] = {"query": promql} if at is None else {"query": promql, "time": at}
+    body = api.get("/api/v1/query", params=params).json()
     assert body["status"] == "success", body
-    return list(body["data"]["result"])
-
-
-def value_of(api: httpx.Client, promql: str) -> float | None:
-    result = query(api, promql)
+    result = body["data"]["result"]
     return float(result[0]["value"][1]) if len(result) == 1 else None
 
 
@@ -150,9 +148,10 @@ def test_prometheus_scrapes_every_sample_the_server_exposes(
             wait_for(lambda: value_of(prom, f"up{job}") == 1, 60, "prometheus to scrape celery-flow (up 1)")
             wait_for(lambda: value_of(prom, f"celery_flow_tasks_stored{job}") == 2, 30, "tasks_stored 2")
             assert value_of(prom, f"celery_flow_consumer_lag{job}") == 0
-            # Every sample of a scrape became a series: none was dropped as a duplicate.
-            scraped = value_of(prom, f"scrape_samples_scraped{job}")
-            stored = value_of(prom, 'count({job="celery-flow", __name__=~"celery_flow_.+"})')
+            # Every sample of the last scrape became a series: none was dropped as a duplicate.
+            now = time.time()
+            scraped = value_of(prom, f"scrape_samples_scraped{job}", at=now)
+            stored = value_of(prom, 'count({job="celery-flow", __name__=~"celery_flow_.+"})', at=now)
             assert scraped is not None
             assert stored == scraped, (prom.get("/api/v1/targets").json(), client.get("/metrics").text)
 
