@@ -29,6 +29,23 @@ if ! command -v chromium >/dev/null 2>&1 && [ ! -x /usr/bin/chromium ]; then
   apt-get update -qq && apt-get install -y -qq chromium >/dev/null || log "chromium install failed"
 fi
 
+# Prometheus' binaries only: the metrics tests start their own server on a free port with temp storage.
+if [ ! -x /usr/bin/prometheus ] || [ ! -x /usr/bin/promtool ]; then
+  log "installing prometheus (apt)"
+  export DEBIAN_FRONTEND=noninteractive
+  if apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null; then
+    # Where init scripts run, the package starts a daemon on :9090 at boot and now: stop and disable it.
+    if [ -d /run/systemd/system ]; then
+      systemctl disable --now prometheus >/dev/null 2>&1 || true
+    else
+      /etc/init.d/prometheus stop >/dev/null 2>&1 || true
+      update-rc.d prometheus disable >/dev/null 2>&1 || true
+    fi
+  else
+    log "prometheus install failed"
+  fi
+fi
+
 # Wait (bounded) for every service to answer.
 deadline=$((SECONDS + 90))
 until redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 \

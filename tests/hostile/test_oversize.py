@@ -66,7 +66,7 @@ def test_huge_args_and_result_are_truncated_visibly_and_oversize_entries_refused
             health = wait_for(lambda: (h := api.get("/api/health").json())["rejected"].get("oversize") and h,
                               15, "the oversize entry to be counted")  # fmt: skip
             assert health["rejected"] == {"oversize": 1}
-            assert 'celery_flow_events_rejected_total{kind="oversize"} 1' in api.get("/metrics").text
+            assert 'celery_flow_events_rejected_total{kind="oversize"} 1.0' in api.get("/metrics").text
 
         # Everything the library itself wrote stayed small.
         # (Library batches arrive as one entry in field `b`, one event a line; single events in `e`.)

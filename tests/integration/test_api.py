@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import prometheus_client
 import pytest
 from tests.support.server_helpers import serving, wait_for
 
@@ -265,10 +266,10 @@ def test_openapi_documents_every_endpoint(api: httpx.Client) -> None:
 
 def test_metrics_in_prometheus_format(api: httpx.Client) -> None:
     resp = api.get("/metrics")
-    assert resp.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
+    assert resp.headers["content-type"] == prometheus_client.CONTENT_TYPE_LATEST
     lines = resp.text.splitlines()
-    assert "celery_flow_up 1" in lines
-    assert f"celery_flow_tasks_stored {3 + N_PAGED}" in lines
+    assert "celery_flow_up 1.0" in lines
+    assert f"celery_flow_tasks_stored {3 + N_PAGED}.0" in lines
     assert "# TYPE celery_flow_events_rejected_total counter" in lines
     assert any(line.startswith("celery_flow_consumer_events_total ") for line in lines)
 

@@ -147,7 +147,7 @@ def test_malformed_entries_never_stop_the_consumer_and_show_in_health(
             assert health["status"] == "ok"
             assert health["consumer"]["status"] == "running"
             metrics = api.get("/metrics").text
-            assert 'celery_flow_events_rejected_total{kind="not_json"} 2' in metrics
+            assert 'celery_flow_events_rejected_total{kind="not_json"} 2.0' in metrics
             wait_for(lambda: backlog(transport_url, unique_prefix) == 0, 10, "every entry acknowledged")
     finally:
         transport.close()

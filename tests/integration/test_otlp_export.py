@@ -544,7 +544,7 @@ def test_cli_exports_spans(how: str, redis_url: str, unique_prefix: str, tmp_pat
                 metrics = _poll_exporter_metrics(port, lambda m: m.get("otlp_exported", 0) >= 3)
                 assert metrics["otlp_dropped"] == 0
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
-                    assert "celery_flow_consumer_otlp_exported 3" in resp.read().decode()
+                    assert "celery_flow_consumer_otlp_exported 3.0" in resp.read().decode()
         spans = {s.attributes["messaging.message.id"]: s for s in receiver.spans}
     assert sorted(spans) == sorted(ids)
     assert {s.name for s in spans.values()} == {"cli.task"}

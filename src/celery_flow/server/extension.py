@@ -28,7 +28,7 @@ import anyio
 from fastapi import APIRouter, FastAPI, Query, Request, WebSocket
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from celery_flow import __version__
 from celery_flow.consumer import Sink
@@ -40,7 +40,7 @@ from celery_flow.server.config import resolve
 from celery_flow.server.consumers import ConsumerRunner
 from celery_flow.server.health import ConsumerHealth, HealthMonitor
 from celery_flow.server.live import LiveFilter, LiveHub
-from celery_flow.server.metrics import CONTENT_TYPE, render
+from celery_flow.server.metrics import CONTENT_TYPE, metrics_registry, render
 from celery_flow.settings import DEFAULT_PREFIX, env_value
 from celery_flow.store.base import Store, StoreError
 
@@ -198,11 +198,12 @@ class CeleryFlowExtension:
             # Relative URL: works at any mount point.
             return get_swagger_ui_html(openapi_url="openapi.json", title=f"{API_TITLE} API")
 
+        # This server's own registry, not prometheus_client's global one (see server/metrics.py).
+        registry = metrics_registry(self.health.report, lambda: (self.hub.pushed, self.hub.slow_disconnects))
+
         @router.get("/metrics", include_in_schema=False)
         def metrics() -> Response:
-            report = self.health.report()
-            body = render(report, self.hub.pushed, self.hub.slow_disconnects)
-            return PlainTextResponse(body, media_type=CONTENT_TYPE)
+            return Response(render(registry), media_type=CONTENT_TYPE)
 
         @sockets.websocket("/api/live")
         async def live(
