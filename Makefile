@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STATIC  := src/celery_flow/web/static/index.html
 FRONT_SRC := $(shell find frontend/src frontend/index.html frontend/package.json frontend/package-lock.json frontend/vite.config.ts frontend/tsconfig.json -type f 2>/dev/null)
 
-.PHONY: install ui demo test test-unit test-integration test-e2e lint bench clean
+.PHONY: install ui demo test test-unit test-integration test-e2e lint docs bench clean
 
 install: $(VENV)/.stamp-install $(STATIC)
 
@@ -42,6 +42,10 @@ lint: install
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
+
+# The documentation site (mkdocs.yml, docs/) into site/; --strict fails on a broken link or anchor.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 bench: install
 	$(BIN)/python bench/run_all.py
