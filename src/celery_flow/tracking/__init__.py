@@ -1,5 +1,5 @@
 """Tracking inside the user's Celery processes: `init(app)` hooks signals and a worker bootstep,
-`shutdown(app)` removes them. See README "Tracking your Celery app" for every option."""
+`shutdown(app)` removes them. Every option: docs/tracking.md."""
 
 from __future__ import annotations
 
