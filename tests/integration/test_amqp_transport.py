@@ -378,7 +378,7 @@ def test_publisher_reconnects_after_connection_loss(amqp_url: str, unique_prefix
 
 
 def test_publisher_declares_a_deleted_queue_again(amqp_url: str, unique_prefix: str, admin: Admin) -> None:
-    """The documented fix (docs/transports.md) for a retention change deletes the queue while workers keep publishing."""
+    """docs/transports.md's fix for a retention change deletes the queue while workers keep publishing."""
     t = AmqpTransport(amqp_url, prefix=unique_prefix, batch=False)
     t.publish([b"before"])
     admin.conn.channel().queue_delete(f"{unique_prefix}.events")
