@@ -29,10 +29,11 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+from celery_flow.errors import ConfigError
 from celery_flow.events import Event, EventRejected, decode
 from celery_flow.store.base import Store
 from celery_flow.transport import from_url, redact_url
-from celery_flow.transport.base import ConfigError, Message, Subscription, Transport, TransportError
+from celery_flow.transport.base import Message, Subscription, Transport, TransportError
 
 __all__ = ["DEFAULT_GROUP", "Consumer", "Sink", "default_consumer_name"]
 

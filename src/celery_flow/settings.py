@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from celery_flow.transport.base import ConfigError
+from celery_flow.errors import ConfigError
 
 ENV_PREFIX = "CELERY_FLOW_"
 DEFAULT_PREFIX = "celery_flow"

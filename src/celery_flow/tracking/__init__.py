@@ -8,6 +8,7 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
+from celery_flow.errors import ConfigError
 from celery_flow.settings import (
     DEFAULT_MAX_VALUE_SIZE,
     DEFAULT_PREFIX,
@@ -22,7 +23,7 @@ from celery_flow.settings import (
 from celery_flow.tracking.hooks import Tracker, _last, connect_signals, disconnect_signals, trackers
 from celery_flow.tracking.trace import current_trace_id, reset_trace_id, set_trace_id, trace
 from celery_flow.tracking.tracer import trace_through
-from celery_flow.transport import ConfigError, from_url, redact_url
+from celery_flow.transport import from_url, redact_url
 from celery_flow.transport import scheme_of as _scheme_of
 
 __all__ = [

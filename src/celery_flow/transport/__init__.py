@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from celery_flow.transport.base import ConfigError, Message, Subscription, Transport, TransportError
+from celery_flow.errors import ConfigError
+from celery_flow.transport.base import Message, Subscription, Transport, TransportError
 
 __all__ = [
     "ConfigError",

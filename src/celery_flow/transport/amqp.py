@@ -63,8 +63,9 @@ import amqp
 from amqp import spec
 from amqp.exceptions import AMQPError, MessageNacked, NotFound, PreconditionFailed
 
+from celery_flow.errors import ConfigError
 from celery_flow.settings import DEFAULT_TTL
-from celery_flow.transport.base import NDJSON, ConfigError, Message, TransportError, frames, unframe
+from celery_flow.transport.base import NDJSON, Message, TransportError, frames, unframe
 
 __all__ = [
     "AmqpParams",

@@ -25,6 +25,22 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import NamedTuple, Protocol
 
+from celery_flow.errors import ConfigError
+
+__all__ = [
+    "MAX_ENTRY_BYTES",
+    "MAX_FRAME_BYTES",
+    "MAX_FRAME_EVENTS",
+    "NDJSON",
+    "ConfigError",
+    "Message",
+    "Subscription",
+    "Transport",
+    "TransportError",
+    "frames",
+    "unframe",
+]
+
 #: AMQP content type of a batch message (Redis marks a batch entry by its field name instead).
 NDJSON = "application/x-ndjson"
 #: A batch entry carries at most this many events / bytes, so entries stay small for the broker and
@@ -37,10 +53,6 @@ MAX_ENTRY_BYTES = 16 * 1024 * 1024
 
 class TransportError(Exception):
     """The broker could not be reached or refused the operation."""
-
-
-class ConfigError(ValueError):
-    """A bad transport URL or option; the message is one line that names the fix."""
 
 
 class Message(NamedTuple):

@@ -30,7 +30,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from celery_flow.transport.base import ConfigError, Message, TransportError, frames, unframe
+from celery_flow.errors import ConfigError
+from celery_flow.transport.base import Message, TransportError, frames, unframe
 
 __all__ = ["RedisSubscription", "RedisTransport", "stream_key"]
 
