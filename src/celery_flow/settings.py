@@ -16,6 +16,8 @@ from celery_flow.errors import ConfigError
 
 ENV_PREFIX = "CELERY_FLOW_"
 DEFAULT_PREFIX = "celery_flow"
+#: The consumer group the server reads with; every group gets every event.
+DEFAULT_GROUP = "celery_flow"
 DEFAULT_TTL = 86_400
 DEFAULT_MAX_VALUE_SIZE = 4096
 

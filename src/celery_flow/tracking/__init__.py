@@ -23,8 +23,8 @@ from celery_flow.settings import (
 from celery_flow.tracking.hooks import Tracker, _last, connect_signals, disconnect_signals, trackers
 from celery_flow.tracking.trace import current_trace_id, reset_trace_id, set_trace_id, trace
 from celery_flow.tracking.tracer import trace_through
-from celery_flow.transport import from_url, redact_url
-from celery_flow.transport import scheme_of as _scheme_of
+from celery_flow.transport import from_url
+from celery_flow.transport.urls import kind_of, redact_url
 
 __all__ = [
     "Tracker",
@@ -39,7 +39,6 @@ __all__ = [
 logger = logging.getLogger("celery_flow.tracking")
 
 DEFAULT_HEARTBEAT_INTERVAL = 15.0
-_SUPPORTED_SCHEMES = frozenset({"redis", "rediss", "unix", "amqp", "amqps", "pyamqp", "memory"})
 
 
 def _parse_seconds(raw: str) -> float:
@@ -73,7 +72,7 @@ def resolve_settings(
         raise ConfigError(
             "celery-flow has no broker URL: pass init(app, transport_url=...) or set CELERY_FLOW_BROKER_URL"
         )
-    if _scheme_of(url) not in _SUPPORTED_SCHEMES:
+    if kind_of(url) is None:
         raise ConfigError(
             f"celery-flow cannot publish to {redact_url(url)!r}: pass init(app, transport_url='redis://...') "
             "or set CELERY_FLOW_BROKER_URL to a Redis or RabbitMQ URL"

@@ -36,6 +36,7 @@ from celery_flow.events import (
     process_identity,
 )
 from celery_flow.transport import Transport, from_url
+from celery_flow.transport.urls import redact_url
 
 __all__ = ["Publisher", "RateLimitedLog"]
 
@@ -287,8 +288,6 @@ class Publisher:
         )
 
     def _safe_url(self) -> str:
-        from celery_flow.transport import redact_url
-
         return redact_url(self.transport_url)
 
     def _try_publish(self, payloads: list[bytes]) -> bool:

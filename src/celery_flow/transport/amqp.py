@@ -64,8 +64,9 @@ from amqp import spec
 from amqp.exceptions import AMQPError, MessageNacked, NotFound, PreconditionFailed
 
 from celery_flow.errors import ConfigError
-from celery_flow.settings import DEFAULT_TTL
+from celery_flow.settings import DEFAULT_GROUP, DEFAULT_PREFIX, DEFAULT_TTL
 from celery_flow.transport.base import NDJSON, Message, TransportError, frames, unframe
+from celery_flow.transport.urls import SCHEMES, redact_url
 
 __all__ = [
     "AmqpParams",
@@ -79,7 +80,6 @@ __all__ = [
 
 log = logging.getLogger("celery_flow.transport.amqp")
 
-DEFAULT_GROUP = "celery_flow"
 DEFAULT_MAXLEN = 100_000
 DEFAULT_CONNECT_TIMEOUT = 1.0
 DEFAULT_SOCKET_TIMEOUT = 1.0
@@ -144,15 +144,9 @@ class AmqpParams:
         return f"{host}:{self.port}"
 
 
-def _redact(url: str) -> str:
-    from celery_flow.transport import redact_url
-
-    return redact_url(url)
-
-
 def parse_amqp_url(url: str) -> AmqpParams:
     """Parse like Celery/kombu do: `amqp://user:pass@host:port/vhost`; `/` or `//` is the vhost `/`."""
-    safe = _redact(url)
+    safe = redact_url(url)
     fix = "use amqp://user:password@host:5672/vhost (amqps:// for TLS)"
     try:
         parts = urlsplit(url)
@@ -161,7 +155,7 @@ def parse_amqp_url(url: str) -> AmqpParams:
         raise ConfigError(f"bad RabbitMQ URL {safe!r} ({exc}): {fix}") from None
     scheme = parts.scheme.lower().split("+", 1)
     tls = scheme[0] == "amqps" or (len(scheme) > 1 and scheme[1] == "ssl")
-    if scheme[0] not in {"amqp", "amqps", "pyamqp"}:
+    if SCHEMES.get(scheme[0]) != "amqp":
         raise ConfigError(f"bad RabbitMQ URL {safe!r}: unsupported scheme {parts.scheme!r}: {fix}")
     path = parts.path
     vhost = unquote(path[1:]) if len(path) > 1 else "/"
@@ -275,7 +269,7 @@ class AmqpTransport:
     def __init__(
         self,
         url: str,
-        prefix: str = "celery_flow",
+        prefix: str = DEFAULT_PREFIX,
         maxlen: int = DEFAULT_MAXLEN,
         ttl: float | None = None,
         confirm: bool = True,
@@ -296,7 +290,7 @@ class AmqpTransport:
         if prefetch is not None and prefetch <= 0:
             raise ConfigError(f"prefetch must be positive, got {prefetch}")
         self.url = url
-        self.safe_url = _redact(url)
+        self.safe_url = redact_url(url)
         self.params = parse_amqp_url(url)
         self.prefix = prefix
         self.exchange = exchange_name(prefix)

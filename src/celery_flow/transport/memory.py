@@ -16,6 +16,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from celery_flow.settings import DEFAULT_PREFIX
 from celery_flow.transport.base import Message, TransportError
 
 __all__ = ["MemorySubscription", "MemoryTransport", "reset_memory_transports"]
@@ -94,7 +95,7 @@ class MemoryTransport:
     def __init__(
         self,
         url: str = "memory://",
-        prefix: str = "celery_flow",
+        prefix: str = DEFAULT_PREFIX,
         maxlen: int = DEFAULT_MAXLEN,
         min_idle: float = DEFAULT_MIN_IDLE,
         **_ignored: object,

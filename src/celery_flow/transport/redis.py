@@ -31,7 +31,9 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from celery_flow.errors import ConfigError
+from celery_flow.settings import DEFAULT_PREFIX
 from celery_flow.transport.base import Message, TransportError, frames, unframe
+from celery_flow.transport.urls import redact_url
 
 __all__ = ["RedisSubscription", "RedisTransport", "stream_key"]
 
@@ -50,12 +52,6 @@ def stream_key(prefix: str) -> str:
     return f"{prefix}:events"
 
 
-def _redact(url: str) -> str:
-    from celery_flow.transport import redact_url
-
-    return redact_url(url)
-
-
 def _client(url: str, socket_timeout: float | None, connect_timeout: float) -> redis.Redis:
     try:
         return redis.Redis.from_url(
@@ -67,7 +63,7 @@ def _client(url: str, socket_timeout: float | None, connect_timeout: float) -> r
             decode_responses=False,
         )
     except ValueError as exc:
-        raise ConfigError(f"bad Redis URL {_redact(url)!r}: {exc}") from None
+        raise ConfigError(f"bad Redis URL {redact_url(url)!r}: {exc}") from None
 
 
 def _wrap(exc: Exception, safe_url: str) -> TransportError:
@@ -80,7 +76,7 @@ class RedisTransport:
     def __init__(
         self,
         url: str,
-        prefix: str = "celery_flow",
+        prefix: str = DEFAULT_PREFIX,
         maxlen: int = DEFAULT_MAXLEN,
         ttl: float | None = None,
         socket_timeout: float = DEFAULT_SOCKET_TIMEOUT,
@@ -94,7 +90,7 @@ class RedisTransport:
         if maxlen <= 0:
             raise ConfigError(f"maxlen must be positive, got {maxlen}")
         self.url = url
-        self.safe_url = _redact(url)
+        self.safe_url = redact_url(url)
         self.prefix = prefix
         self.stream = stream_key(prefix)
         self.maxlen = maxlen
