@@ -34,6 +34,7 @@ from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, Trace
 
 from celery_flow import __version__
 from celery_flow.flow.model import TERMINAL_STATES, TaskDetail
+from celery_flow.ratelimit import RateLimit, RateLimitedLog
 from celery_flow.store.base import Store
 
 __all__ = ["OtlpExporter", "span_id_for", "task_span", "trace_id_for"]
@@ -221,46 +222,15 @@ def task_span(
     )
 
 
-class _RateLimitedLog:
-    """Logs the first failure at once, then at most one line per `interval` with a count of the rest."""
-
-    def __init__(self, logger: logging.Logger, interval: float = 60.0) -> None:
-        self.logger = logger
-        self.interval = interval
-        self._next = 0.0
-        self._suppressed = 0
-        self._lock = threading.Lock()
-
-    def warning(self, message: str, *args: object) -> None:
-        with self._lock:
-            now = time.monotonic()
-            if now < self._next:
-                self._suppressed += 1
-                return
-            suppressed, self._suppressed = self._suppressed, 0
-            self._next = now + self.interval
-        suffix = f" ({suppressed} similar messages suppressed)" if suppressed else ""
-        self.logger.warning(message + suffix, *args)
-
-
 class _RateLimitFilter(logging.Filter):
     """Keeps the SDK's own per-attempt export warnings from flooding the log while a collector is down."""
 
     def __init__(self, interval: float = 60.0) -> None:
         super().__init__()
-        self.interval = interval
-        self._next = 0.0
-        self._lock = threading.Lock()
+        self._limit = RateLimit(interval)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno < logging.WARNING:
-            return True
-        with self._lock:
-            now = time.monotonic()
-            if now < self._next:
-                return False
-            self._next = now + self.interval
-            return True
+        return record.levelno < logging.WARNING or self._limit.admit() is not None
 
 
 def _resource(service_name: str | None) -> Resource:
@@ -279,6 +249,8 @@ _SDK_LOGGERS = (
     "opentelemetry.exporter.otlp.common.http",
 )
 _sdk_filter = _RateLimitFilter()
+# Every exporter problem shares one budget: one line a minute, however many kinds go wrong.
+_LOG_KEY = "otlp"
 
 
 class OtlpExporter:
@@ -345,7 +317,7 @@ class OtlpExporter:
             "read_errors": 0,
             "batches": 0,
         }
-        self._errors = _RateLimitedLog(log)
+        self._errors = RateLimitedLog(log)
         for name in _SDK_LOGGERS:
             logger = logging.getLogger(name)
             if _sdk_filter not in logger.filters:
@@ -377,7 +349,7 @@ class OtlpExporter:
             self._cond.notify()
         if dropped:
             self._errors.warning(
-                "OTLP export queue full (%d ids): dropped %d task ids", self.queue_size, dropped
+                _LOG_KEY, "OTLP export queue full (%d ids): dropped %d task ids", self.queue_size, dropped
             )
 
     def stats(self) -> dict[str, int]:
@@ -484,7 +456,9 @@ class OtlpExporter:
             except Exception as exc:
                 with self._lock:
                     self._counts["read_errors"] += 1
-                self._errors.warning("OTLP export could not read task %s from the store: %s", task_id, exc)
+                self._errors.warning(
+                    _LOG_KEY, "OTLP export could not read task %s from the store: %s", task_id, exc
+                )
                 continue
             if task is None or task.state not in TERMINAL_STATES:
                 continue
@@ -499,10 +473,12 @@ class OtlpExporter:
             result = self._exporter.export(spans)
         except Exception as exc:
             result = SpanExportResult.FAILURE
-            self._errors.warning("OTLP export to %s raised: %s", self.endpoint, exc)
+            self._errors.warning(_LOG_KEY, "OTLP export to %s raised: %s", self.endpoint, exc)
         else:
             if result is not SpanExportResult.SUCCESS:
-                self._errors.warning("OTLP export of %d spans to %s failed", len(spans), self.endpoint)
+                self._errors.warning(
+                    _LOG_KEY, "OTLP export of %d spans to %s failed", len(spans), self.endpoint
+                )
         with self._lock:
             self._counts["batches"] += 1
             if result is SpanExportResult.SUCCESS:

@@ -35,10 +35,11 @@ from celery_flow.events import (
     make_event,
     process_identity,
 )
+from celery_flow.ratelimit import RateLimitedLog
 from celery_flow.transport import Transport, from_url
 from celery_flow.transport.urls import redact_url
 
-__all__ = ["Publisher", "RateLimitedLog"]
+__all__ = ["Publisher"]
 
 logger = logging.getLogger("celery_flow.tracking")
 
@@ -52,28 +53,6 @@ BATCH_SIZE = 1000
 FLUSH_INTERVAL = 0.2
 BACKOFF_MIN = 0.25
 BACKOFF_MAX = 5.0
-
-
-class RateLimitedLog:
-    """Log a given kind of problem at most once per `interval` seconds, with how often it happened."""
-
-    def __init__(self, interval: float = 60.0) -> None:
-        self.interval = interval
-        self._last: dict[str, float] = {}
-        self._suppressed: dict[str, int] = {}
-
-    def warning(self, key: str, message: str, *args: object) -> None:
-        now = time.monotonic()
-        last = self._last.get(key)
-        if last is not None and now - last < self.interval:
-            self._suppressed[key] = self._suppressed.get(key, 0) + 1
-            return
-        self._last[key] = now
-        suppressed = self._suppressed.pop(key, 0)
-        if suppressed:
-            message += f" ({suppressed} similar messages suppressed)"
-        with contextlib.suppress(Exception):  # logging must never break the caller
-            logger.warning(message, *args)
 
 
 # A buffered event: a built Event, or a Record (type, ts, fields, extra fields) the thread encodes. The
@@ -113,7 +92,7 @@ class Publisher:
         self.ttl = ttl
         self.buffer_size = buffer_size
         self._factory = transport_factory or self._default_factory
-        self.log = RateLimitedLog()
+        self.log = RateLimitedLog(logger)
         self._buffer: collections.deque[Item] = collections.deque(maxlen=buffer_size)
         self._wake = threading.Event()
         self._lock = threading.Lock()
