@@ -280,8 +280,6 @@ class AmqpTransport:
         prefetch: int | None = None,
         max_backoff: float = DEFAULT_MAX_BACKOFF,
         ssl: bool | Mapping[str, Any] | None = None,
-        batch: bool = True,
-        **_ignored: Any,
     ) -> None:
         if maxlen <= 0:
             raise ConfigError(f"maxlen must be positive, got {maxlen}")
@@ -296,8 +294,6 @@ class AmqpTransport:
         self.exchange = exchange_name(prefix)
         self.queue = queue_name(prefix)
         self.maxlen = maxlen
-        # False: one entry per event, the format a celery-flow server older than batch framing reads.
-        self.batch = batch
         self.ttl = ttl
         self.arguments = queue_arguments(maxlen, ttl)
         self.confirm = confirm
@@ -442,7 +438,7 @@ class AmqpTransport:
                     )
                 exchange = self.exchange
                 sent = 0
-                for data, events in frames(payloads, self.batch):
+                for data, events in frames(payloads):
                     # A batch of events is one message of newline-delimited JSON (base.frames).
                     message = (
                         amqp.Message(data, delivery_mode=2)

@@ -62,16 +62,11 @@ class Message(NamedTuple):
     data: bytes
 
 
-def frames(payloads: Sequence[bytes], batch: bool = True) -> Iterator[tuple[bytes, int]]:
+def frames(payloads: Sequence[bytes]) -> Iterator[tuple[bytes, int]]:
     """Group encoded events into wire entries `(data, events)`; `events == 1` means a single-event entry.
 
-    Order is kept. A batch holds at most MAX_FRAME_EVENTS events and about MAX_FRAME_BYTES bytes;
-    `batch=False` yields every event as its own entry.
+    Order is kept. A batch holds at most MAX_FRAME_EVENTS events and about MAX_FRAME_BYTES bytes.
     """
-    if not batch:
-        for payload in payloads:
-            yield payload, 1
-        return
     for start in range(0, len(payloads), MAX_FRAME_EVENTS):
         part = payloads[start : start + MAX_FRAME_EVENTS]
         if len(part) == 1:

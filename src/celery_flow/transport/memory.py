@@ -98,8 +98,9 @@ class MemoryTransport:
         prefix: str = DEFAULT_PREFIX,
         maxlen: int = DEFAULT_MAXLEN,
         min_idle: float = DEFAULT_MIN_IDLE,
-        **_ignored: object,
+        ttl: float | None = None,
     ) -> None:
+        """`ttl` is accepted like the other transports' and unused: the log is bounded by `maxlen` alone."""
         self.url = url
         self.prefix = prefix
         self.safe_url = url

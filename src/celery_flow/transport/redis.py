@@ -84,8 +84,6 @@ class RedisTransport:
         min_idle: float = DEFAULT_MIN_IDLE,
         claim_interval: float = DEFAULT_CLAIM_INTERVAL,
         read_socket_timeout: float = DEFAULT_READ_SOCKET_TIMEOUT,
-        batch: bool = True,
-        **_ignored: Any,
     ) -> None:
         if maxlen <= 0:
             raise ConfigError(f"maxlen must be positive, got {maxlen}")
@@ -94,8 +92,6 @@ class RedisTransport:
         self.prefix = prefix
         self.stream = stream_key(prefix)
         self.maxlen = maxlen
-        # False: one entry per event, the format a celery-flow server older than batch framing reads.
-        self.batch = batch
         self.ttl = ttl
         self.min_idle = min_idle
         self.claim_interval = claim_interval
@@ -110,7 +106,7 @@ class RedisTransport:
         try:
             pipe = self._client.pipeline(transaction=False)
             stream, maxlen = self.stream, self.maxlen
-            for data, events in frames(payloads, self.batch):
+            for data, events in frames(payloads):
                 if events == 1:
                     pipe.xadd(stream, {"e": data}, maxlen=maxlen, approximate=True)
                 else:
