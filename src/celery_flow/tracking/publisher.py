@@ -44,12 +44,8 @@ __all__ = ["Publisher"]
 logger = logging.getLogger("celery_flow.tracking")
 
 BATCH_SIZE = 1000
-# The thread publishes every FLUSH_INTERVAL seconds (sooner when BATCH_SIZE events are waiting), so one
-# round trip carries many events and put() never pays for waking the thread. Measured in a process
-# publishing ~2,000 tasks/s: the thread spends ≈16 µs of CPU per event flushing every 50 ms, ≈5 µs every
-# 200 ms (fewer, larger pipelines; fewer GIL hand-offs). 200 ms is still immediate for a person watching.
-# Waking sooner, at 256 waiting events, measured no better with Redis and cost 3% of a solo worker's
-# no-op throughput with RabbitMQ (a publisher confirm per batch).
+# Flush every 200 ms or at BATCH_SIZE waiting events: one round trip carries many events, and put() never
+# wakes the thread (measurements: bench/RESULTS.md, "Design measurements moved from the code").
 FLUSH_INTERVAL = 0.2
 BACKOFF_MIN = 0.25
 BACKOFF_MAX = 5.0
@@ -127,7 +123,7 @@ class Publisher:
         self._add(event)
 
     def _add(self, item: Item) -> None:
-        # The lock (≈0.1 µs uncontended) makes the drop count exact when several threads add at once.
+        # The lock makes the drop count exact when several threads add at once; uncontended it costs little.
         with self._buffer_lock:
             buffer = self._buffer
             if len(buffer) >= self.buffer_size:

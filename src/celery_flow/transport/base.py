@@ -8,16 +8,15 @@ Consuming side (the server): a `Subscription` is one member of a shared consumer
 new entries plus entries that other, dead consumers left unacknowledged; `ack()` is called only after the
 store has committed them. Entries are opaque bytes here: decoding and validation belong to the consumer.
 
-Framing. Transports ship a batch of events as few entries as possible: consecutive events are joined
-into one *batch entry* of newline-delimited JSON, since msgspec's compact JSON never contains a raw
-newline. One broker entry per event cost the publisher thread (which shares the GIL with the user's
-tasks) about 5 µs per event in redis-py and 11-22 µs in py-amqp; one per batch makes that negligible.
-A lone event, and any payload that is empty or contains a newline (never produced by `events.encode`,
-but a foreign writer might), travels as a single-event entry, the format every version reads.
-On reading, a subscription splits a batch entry back into one `Message` per event, all carrying the
-entry's id (`unframe`), so readers see events as before. The id is acknowledged once for the whole
-entry, so a subscription never splits one entry across `read()` calls, and a consumer that acks only
-what it committed never acks an event it has not committed.
+Framing. Transports ship a batch of events as few entries as possible, because each broker entry costs the
+publisher thread CPU, and that thread shares the GIL with the user's tasks: consecutive events are joined into
+one *batch entry* of newline-delimited JSON, since msgspec's compact JSON never contains a raw newline. A lone
+event, and any payload that is empty or contains a newline (never produced by `events.encode`, but a foreign
+writer might), travels as a single-event entry, the format every version reads. On reading, a subscription
+splits a batch entry back into one `Message` per event, all carrying the entry's id (`unframe`), so readers
+see events as before. The id is acknowledged once for the whole entry, so a subscription never splits one
+entry across `read()` calls, and a consumer that acks only what it committed never acks an event it has not
+committed.
 """
 
 from __future__ import annotations

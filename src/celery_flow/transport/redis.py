@@ -1,6 +1,6 @@
 """Redis Streams transport: stream `{prefix}:events` (DESIGN.md §3).
 
-An entry holds either one event in field `e` (the original format, still written for a lone event) or a
+An entry holds either one event in field `e` (a lone event, the format every version reads) or a
 batch of events as newline-delimited JSON in field `b` (see `base.frames`): a publish of many events is
 one `XADD` per batch of up to 256 events / 256 KB, all pipelined in one round trip. The stream is a
 buffer between the user's processes and the server, not the history (the store keeps that), so it is

@@ -45,9 +45,9 @@ def queue_name(prefix: str, group: str = DEFAULT_GROUP) -> str:
 
 def queue_arguments(maxlen: int, ttl: float | None) -> dict[str, Any]:
     """The retention arguments every declaration of an events queue uses (they must match exactly)."""
-    # A message carries one event or a batch of up to 256 (base.frames), so a count alone no longer
-    # bounds the events kept: the byte bound (maxlen x 1 KiB, about what maxlen single events took)
-    # keeps the queue's footprint where it was; the count still caps a flood of lone events.
+    # A message carries one event or a batch of up to 256 (base.frames), so a count alone cannot bound
+    # the events kept: the byte bound (maxlen x 1 KiB, about maxlen single events) does; the count
+    # caps a flood of lone events.
     args: dict[str, Any] = {
         "x-max-length": int(maxlen),
         "x-max-length-bytes": int(maxlen) * _BYTES_PER_EVENT,
