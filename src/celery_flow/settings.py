@@ -68,6 +68,16 @@ def parse_positive_int(raw: str) -> int:
 parse_positive_int.__name__ = "a positive integer"
 
 
+def parse_positive_seconds(raw: str) -> float:
+    value = float(raw)
+    if value <= 0:
+        raise ValueError(raw)
+    return value
+
+
+parse_positive_seconds.__name__ = "a positive number of seconds"
+
+
 def parse_duration(raw: str) -> float:
     """Seconds from `3600`, `90s`, `30m`, `24h`, `7d` or `2w`; `0` disables age-based retention."""
     text = raw.strip().lower()

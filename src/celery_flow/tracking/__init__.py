@@ -19,6 +19,7 @@ from celery_flow.settings import (
     parse_duration,
     parse_keys,
     parse_positive_int,
+    parse_positive_seconds,
 )
 from celery_flow.tracking.hooks import Tracker, _last, connect_signals, disconnect_signals, trackers
 from celery_flow.tracking.trace import current_trace_id, reset_trace_id, set_trace_id, trace
@@ -39,16 +40,6 @@ __all__ = [
 logger = logging.getLogger("celery_flow.tracking")
 
 DEFAULT_HEARTBEAT_INTERVAL = 15.0
-
-
-def _parse_seconds(raw: str) -> float:
-    value = float(raw)
-    if value <= 0:
-        raise ValueError(raw)
-    return value
-
-
-_parse_seconds.__name__ = "a positive number of seconds"
 
 
 def resolve_settings(
@@ -137,7 +128,9 @@ def init(
         max_value_size,
         buffer_size,
     )
-    interval = env_value("HEARTBEAT_INTERVAL", heartbeat_interval, DEFAULT_HEARTBEAT_INTERVAL, _parse_seconds)
+    interval = env_value(
+        "HEARTBEAT_INTERVAL", heartbeat_interval, DEFAULT_HEARTBEAT_INTERVAL, parse_positive_seconds
+    )
     existing = trackers.get(id(app))
     if existing is not None and existing.settings == settings and existing.heartbeat_interval == interval:
         return existing

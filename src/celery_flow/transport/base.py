@@ -27,6 +27,9 @@ from typing import NamedTuple, Protocol
 from celery_flow.errors import ConfigError
 
 __all__ = [
+    "DEFAULT_CONNECT_TIMEOUT",
+    "DEFAULT_MAXLEN",
+    "DEFAULT_SOCKET_TIMEOUT",
     "MAX_ENTRY_BYTES",
     "MAX_FRAME_BYTES",
     "MAX_FRAME_EVENTS",
@@ -48,6 +51,12 @@ MAX_FRAME_EVENTS = 256
 MAX_FRAME_BYTES = 256 * 1024
 #: A consumer rejects a batch entry larger than this as a whole (`oversize`) without splitting it.
 MAX_ENTRY_BYTES = 16 * 1024 * 1024
+#: Events a transport keeps for the server by default: the broker is a buffer, never the history.
+DEFAULT_MAXLEN = 100_000
+#: Connect and socket timeouts: a refused, unreachable or frozen broker stalls the publisher's thread
+#: about a second, never longer.
+DEFAULT_CONNECT_TIMEOUT = 1.0
+DEFAULT_SOCKET_TIMEOUT = 1.0
 
 
 class TransportError(Exception):

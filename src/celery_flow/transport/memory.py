@@ -17,11 +17,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from celery_flow.settings import DEFAULT_PREFIX
-from celery_flow.transport.base import Message, TransportError
+from celery_flow.transport.base import DEFAULT_MAXLEN, Message, TransportError
 
 __all__ = ["MemorySubscription", "MemoryTransport", "reset_memory_transports"]
 
-DEFAULT_MAXLEN = 100_000
 DEFAULT_MIN_IDLE = 60.0
 
 

@@ -32,14 +32,19 @@ from redis.retry import Retry
 
 from celery_flow.errors import ConfigError
 from celery_flow.settings import DEFAULT_PREFIX
-from celery_flow.transport.base import Message, TransportError, frames, unframe
+from celery_flow.transport.base import (
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_MAXLEN,
+    DEFAULT_SOCKET_TIMEOUT,
+    Message,
+    TransportError,
+    frames,
+    unframe,
+)
 from celery_flow.transport.urls import redact_url
 
 __all__ = ["RedisSubscription", "RedisTransport", "stream_key"]
 
-DEFAULT_MAXLEN = 100_000
-DEFAULT_SOCKET_TIMEOUT = 1.0
-DEFAULT_CONNECT_TIMEOUT = 1.0
 DEFAULT_MIN_IDLE = 60.0
 DEFAULT_CLAIM_INTERVAL = 15.0
 # The consumer's socket must outlive its longest XREADGROUP BLOCK; reads block at most this long.

@@ -1,6 +1,5 @@
 """Connecting to RabbitMQ: what an amqp:// URL says, opening and dropping a py-amqp connection, and a failure
-told in one line that says what to check. Connect and socket timeouts are about a second each and nothing is
-retried here: the caller decides."""
+told in one line that says what to check. Nothing is retried here: the caller decides."""
 
 from __future__ import annotations
 
@@ -32,8 +31,6 @@ __all__ = [
 #: The RabbitMQ transport's one logger, for every module of the package.
 log = logging.getLogger("celery_flow.transport.amqp")
 
-DEFAULT_CONNECT_TIMEOUT = 1.0
-DEFAULT_SOCKET_TIMEOUT = 1.0
 # Consumers negotiate heartbeats so a dead broker or a half-open TCP connection is noticed; the
 # publisher does not (it may sit idle for hours, and a dead connection shows up as a failed confirm).
 DEFAULT_HEARTBEAT = 30

@@ -28,9 +28,7 @@ from celery_flow.errors import ConfigError
 from celery_flow.settings import DEFAULT_PREFIX
 from celery_flow.transport.amqp.connection import (
     AMQP_ERRORS,
-    DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_HEARTBEAT,
-    DEFAULT_SOCKET_TIMEOUT,
     close_politely,
     connect,
     describe,
@@ -40,8 +38,15 @@ from celery_flow.transport.amqp.connection import (
     parse_amqp_url,
 )
 from celery_flow.transport.amqp.consume import DEFAULT_MAX_BACKOFF, AmqpSubscription
-from celery_flow.transport.amqp.topology import DEFAULT_MAXLEN, exchange_name, queue_arguments, queue_name
-from celery_flow.transport.base import NDJSON, TransportError, frames
+from celery_flow.transport.amqp.topology import exchange_name, queue_arguments, queue_name
+from celery_flow.transport.base import (
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_MAXLEN,
+    DEFAULT_SOCKET_TIMEOUT,
+    NDJSON,
+    TransportError,
+    frames,
+)
 from celery_flow.transport.urls import redact_url
 
 __all__ = ["AmqpTransport"]

@@ -29,9 +29,8 @@ from typing import Any
 
 from celery_flow.settings import DEFAULT_GROUP, DEFAULT_TTL
 
-__all__ = ["DEFAULT_MAXLEN", "exchange_name", "queue_arguments", "queue_name"]
+__all__ = ["exchange_name", "queue_arguments", "queue_name"]
 
-DEFAULT_MAXLEN = 100_000
 _BYTES_PER_EVENT = 1024
 
 
