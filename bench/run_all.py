@@ -249,6 +249,20 @@ def render(results: list[tuple[Bench, str, str, float]], quick: bool, total: flo
     return "\n".join(lines) + "\n"
 
 
+#: The hand-written section that starts here and runs to the end of RESULTS.md survives a rewrite.
+KEPT_ANCHOR = '<a id="design"></a>'
+
+
+def kept_section(path: Path) -> str:
+    """The current file's hand-written section (KEPT_ANCHOR to the end), or "" when it has none."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError:
+        return ""
+    at = text.find(KEPT_ANCHOR)
+    return "\n" + text[at:] if at >= 0 else ""
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -273,7 +287,8 @@ def main() -> int:
         print(f"<== {bench.name}: {status} in {elapsed:.0f} s\n", flush=True)
         results.append((bench, status, output, elapsed))
     total = time.monotonic() - start
-    Path(args.output).write_text(render(results, args.quick, total), encoding="utf-8")
+    output = Path(args.output)
+    output.write_text(render(results, args.quick, total) + kept_section(output), encoding="utf-8")
     print(f"wrote {args.output} ({total / 60:.1f} min)")
     return 0 if all(status in {"ok", "missing"} for _, status, _, _ in results) else 1
 

@@ -29,17 +29,27 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+from celery_flow.errors import ConfigError
 from celery_flow.events import Event, EventRejected, decode
+from celery_flow.settings import DEFAULT_GROUP, DEFAULT_PREFIX
 from celery_flow.store.base import Store
 from celery_flow.transport import from_url, redact_url
-from celery_flow.transport.base import ConfigError, Message, Subscription, Transport, TransportError
+from celery_flow.transport.base import Message, Subscription, Transport, TransportError
 
-__all__ = ["DEFAULT_GROUP", "Consumer", "Sink", "default_consumer_name"]
+__all__ = [
+    "DEFAULT_GROUP",
+    "DROPPED_COUNTER",
+    "REJECTED_PREFIX",
+    "Consumer",
+    "Sink",
+    "default_consumer_name",
+    "rejected_by_kind",
+]
 
 log = logging.getLogger("celery_flow.consumer")
 
-DEFAULT_GROUP = "celery_flow"
 DEFAULT_BATCH = 500
+# Counters the consumer persists with each commit: events dropped by publishers, and rejected events by kind.
 DROPPED_COUNTER = "publisher.dropped"
 REJECTED_PREFIX = "rejected."
 # Failed attempts at one batch, with the store answering pings, before looking for a poison event in it.
@@ -50,6 +60,11 @@ REPORT_INTERVAL = 60.0
 #: Called after each commit with the ids of the tasks that changed (e.g. the OTLP exporter); a sink with
 #: a `close()` method is closed when `Consumer.run()` returns.
 Sink = Callable[[list[str]], object]
+
+
+def rejected_by_kind(counters: Mapping[str, int]) -> dict[str, int]:
+    """Rejected counts by kind: `{"rejected.not_json": 2, "publisher.dropped": 5}` → `{"not_json": 2}`."""
+    return {k[len(REJECTED_PREFIX) :]: int(v) for k, v in counters.items() if k.startswith(REJECTED_PREFIX)}
 
 
 def default_consumer_name() -> str:
@@ -81,7 +96,7 @@ class Consumer:
         self,
         broker_url: str,
         store: Store,
-        prefix: str = "celery_flow",
+        prefix: str = DEFAULT_PREFIX,
         group: str = DEFAULT_GROUP,
         name: str | None = None,
         batch: int = DEFAULT_BATCH,
@@ -324,9 +339,7 @@ class Consumer:
         with self._lock:
             self._events_total += len(events)
             self._batches_total += 1
-            self._rejected.update(
-                {k[len(REJECTED_PREFIX) :]: v for k, v in counters.items() if k.startswith(REJECTED_PREFIX)}
-            )
+            self._rejected.update(rejected_by_kind(counters))
             self._dropped_total += counters.get(DROPPED_COUNTER, 0)
             self._last_commit = time.time()
         # A batch entry's events share its id, acknowledged once (and never before all were committed:

@@ -1,8 +1,8 @@
 """The typed event model: the one contract between the tracking library and the server.
 
 Events travel as compact JSON (wire format v1, DESIGN.md §2). Encoding and decoding go through msgspec,
-which validates types while it parses (≈0.3 µs an event), so the consumer can reject bad input per
-event without a second validation pass. Unknown fields are ignored, for forward compatibility.
+which validates types while it parses, so the consumer can reject bad input per event without a second
+validation pass. Unknown fields are ignored, for forward compatibility.
 """
 
 from __future__ import annotations
@@ -125,8 +125,8 @@ class _Head(msgspec.Struct):
 
 
 # Every event field but the head's, all optional: encoding one leaves the None ones out (as `encode()`
-# does), and building one refuses a key that is not an event field (TypeError), as Event() does. Cheaper
-# than filtering a dict in Python: a quarter of the cost of an event whose fields no other event shares.
+# does), and building one refuses a key that is not an event field (TypeError), as Event() does, for
+# less than filtering a dict in Python would cost.
 _Body = msgspec.defstruct(
     "_Body",
     [(name, Any, None) for name in Event.__struct_fields__ if name not in _Head.__struct_fields__],
@@ -152,10 +152,9 @@ def encode_records(
     and left out; the rest of the batch goes on.
 
     Why not build the Events: the events of one task share one fields dict, encoded here once per batch,
-    and building a 30-field Struct from keywords costs more than encoding it. This way the publisher
-    thread spends less than half the CPU per event (callgrind). Ids: random 128-bit numbers from the
-    process's Mersenne Twister (reseeded in forked children), drawn for the whole batch; uuid4 would
-    cost a system call each.
+    and building a 30-field Struct from keywords costs more than encoding it. Ids: random 128-bit numbers
+    from the process's Mersenne Twister (reseeded in forked children), drawn for the whole batch; uuid4
+    would cost a system call each.
     """
     ids = _split_ids(_randbytes(16 * len(records)).hex())
     bodies: dict[int, bytes] = {}  # id(fields) -> its members; `records` keeps every fields dict alive

@@ -12,10 +12,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from celery_flow.transport.base import ConfigError
+from celery_flow.errors import ConfigError
 
 ENV_PREFIX = "CELERY_FLOW_"
 DEFAULT_PREFIX = "celery_flow"
+#: The consumer group the server reads with; every group gets every event.
+DEFAULT_GROUP = "celery_flow"
 DEFAULT_TTL = 86_400
 DEFAULT_MAX_VALUE_SIZE = 4096
 
@@ -64,6 +66,16 @@ def parse_positive_int(raw: str) -> int:
 
 
 parse_positive_int.__name__ = "a positive integer"
+
+
+def parse_positive_seconds(raw: str) -> float:
+    value = float(raw)
+    if value <= 0:
+        raise ValueError(raw)
+    return value
+
+
+parse_positive_seconds.__name__ = "a positive number of seconds"
 
 
 def parse_duration(raw: str) -> float:

@@ -23,7 +23,7 @@ import amqp
 import pytest
 from amqp.exceptions import NotFound
 
-from celery_flow.transport import ConfigError, Message, Subscription, TransportError, from_url
+from celery_flow.transport import ConfigError, Message, Subscription, Transport, TransportError, from_url
 from celery_flow.transport.amqp import (
     AmqpTransport,
     exchange_name,
@@ -31,6 +31,12 @@ from celery_flow.transport.amqp import (
     queue_arguments,
     queue_name,
 )
+
+
+def _publish_each(t: Transport, payloads: list[bytes]) -> None:
+    """One publish per event, so each is a message of its own (a lone event's format)."""
+    for payload in payloads:
+        t.publish([payload])
 
 
 def _read_all(sub: Subscription, want: int, deadline: float = 10.0, count: int = 100) -> list[Message]:
@@ -126,10 +132,10 @@ def close_connections(vhost: str, connection_name: str) -> int:
 
 
 def test_publish_read_ack_and_lag(amqp_url: str, unique_prefix: str, admin: Admin) -> None:
-    t = from_url(amqp_url, prefix=unique_prefix, batch=False)
+    t = from_url(amqp_url, prefix=unique_prefix)
     assert isinstance(t, AmqpTransport)
     # The publisher declares the default queue itself: events published before any server ran are kept.
-    t.publish([b"one", b"two", b"three"])
+    _publish_each(t, [b"one", b"two", b"three"])
     assert admin.ready(f"{unique_prefix}.events") == 3
     sub = t.subscribe("celery_flow", "c1")
     msgs = _read_all(sub, 3)
@@ -150,13 +156,13 @@ def test_publish_read_ack_and_lag(amqp_url: str, unique_prefix: str, admin: Admi
 def test_read_returns_what_is_there_without_waiting_for_a_full_batch(
     amqp_url: str, unique_prefix: str, admin: Admin
 ) -> None:
-    t = from_url(amqp_url, prefix=unique_prefix, batch=False)
+    t = from_url(amqp_url, prefix=unique_prefix)
     sub = t.subscribe("celery_flow", "c")
-    t.publish([b"a", b"b"])
+    _publish_each(t, [b"a", b"b"])
     got = _read_all(sub, 2, count=500)
     assert [m.data for m in got] == [b"a", b"b"]
-    # A batch bigger than `count` is split over reads, in order.
-    t.publish([f"{i}".encode() for i in range(25)])
+    # More messages than `count` are split over reads, in order.
+    _publish_each(t, [f"{i}".encode() for i in range(25)])
     first = _read_all(sub, 10, count=10)
     assert [m.data for m in first] == [f"{i}".encode() for i in range(10)]
     rest = _read_all(sub, 15, count=10)
@@ -169,8 +175,8 @@ def test_read_returns_what_is_there_without_waiting_for_a_full_batch(
 def test_restart_redelivers_unacked_without_replaying_acked(
     amqp_url: str, unique_prefix: str, admin: Admin
 ) -> None:
-    t = from_url(amqp_url, prefix=unique_prefix, batch=False)
-    t.publish([f"m{i}".encode() for i in range(6)])
+    t = from_url(amqp_url, prefix=unique_prefix)
+    _publish_each(t, [f"m{i}".encode() for i in range(6)])
     first = t.subscribe("celery_flow", "worker-a")
     got = _read_all(first, 6)
     assert len(got) == 6
@@ -204,7 +210,7 @@ CONSUMER_SCRIPT = textwrap.dedent(
 def test_sigkilled_consumers_messages_go_to_another_member(
     amqp_url: str, unique_prefix: str, admin: Admin
 ) -> None:
-    t = from_url(amqp_url, prefix=unique_prefix, batch=False)
+    t = from_url(amqp_url, prefix=unique_prefix)
     t.publish([f"e{i}".encode() for i in range(50)])
     proc = subprocess.Popen(
         [sys.executable, "-c", CONSUMER_SCRIPT, amqp_url, unique_prefix, "50"],
@@ -229,12 +235,12 @@ def test_sigkilled_consumers_messages_go_to_another_member(
 
 
 def test_two_consumers_split_the_load(amqp_url: str, unique_prefix: str, admin: Admin) -> None:
-    t = from_url(amqp_url, prefix=unique_prefix, batch=False)
+    t = from_url(amqp_url, prefix=unique_prefix)
     a, b = t.subscribe("celery_flow", "a"), t.subscribe("celery_flow", "b")
     # Both members consuming (a first read starts basic.consume) before the events arrive.
     assert a.read(count=10, timeout=0.05) == []
     assert b.read(count=10, timeout=0.05) == []
-    t.publish([f"{i}".encode() for i in range(40)])
+    _publish_each(t, [f"{i}".encode() for i in range(40)])
     got_a: list[Message] = []
     got_b: list[Message] = []
     end = time.monotonic() + 10
@@ -251,7 +257,7 @@ def test_two_consumers_split_the_load(amqp_url: str, unique_prefix: str, admin: 
 
 
 def test_two_groups_each_see_everything(amqp_url: str, unique_prefix: str, admin: Admin) -> None:
-    t = AmqpTransport(amqp_url, prefix=unique_prefix, batch=False)
+    t = AmqpTransport(amqp_url, prefix=unique_prefix)
     g1, g2 = t.subscribe("g1", "c"), t.subscribe("g2", "c")
     assert (g1.queue, g2.queue) == (f"{unique_prefix}.events.g1", f"{unique_prefix}.events.g2")
     t.publish([b"x", b"y"])
@@ -260,8 +266,8 @@ def test_two_groups_each_see_everything(amqp_url: str, unique_prefix: str, admin
 
 
 def test_acks_cover_out_of_order_and_partial_batches(amqp_url: str, unique_prefix: str, admin: Admin) -> None:
-    t = from_url(amqp_url, prefix=unique_prefix, batch=False)
-    t.publish([f"{i}".encode() for i in range(10)])
+    t = from_url(amqp_url, prefix=unique_prefix)
+    _publish_each(t, [f"{i}".encode() for i in range(10)])
     sub = t.subscribe("celery_flow", "c")
     msgs = _read_all(sub, 10)
     sub.ack([msgs[i].id for i in (0, 1, 2, 5, 7)])  # a cumulative ack for 0-2, single acks for 5 and 7
@@ -278,18 +284,17 @@ def test_acks_cover_out_of_order_and_partial_batches(amqp_url: str, unique_prefi
 def test_queue_is_capped_by_maxlen_dropping_the_oldest(
     amqp_url: str, unique_prefix: str, admin: Admin
 ) -> None:
-    t = AmqpTransport(amqp_url, prefix=unique_prefix, batch=False, maxlen=100)
-    for batch in range(20):
-        t.publish([f"{batch}:{i}".encode() for i in range(100)])
+    t = AmqpTransport(amqp_url, prefix=unique_prefix, maxlen=100)
+    _publish_each(t, [f"{i}".encode() for i in range(300)])
     assert admin.ready(f"{unique_prefix}.events") == 100
     sub = t.subscribe("celery_flow", "c")
     kept = _read_all(sub, 100, count=200)
-    assert [m.data for m in kept] == [f"19:{i}".encode() for i in range(100)]  # the newest survive
+    assert [m.data for m in kept] == [f"{i}".encode() for i in range(200, 300)]  # the newest survive
 
 
 def test_queue_messages_expire_after_ttl(amqp_url: str, unique_prefix: str, admin: Admin) -> None:
-    t = AmqpTransport(amqp_url, prefix=unique_prefix, batch=False, ttl=0.5)
-    t.publish([b"old"] * 10)
+    t = AmqpTransport(amqp_url, prefix=unique_prefix, ttl=0.5)
+    _publish_each(t, [b"old"] * 10)
     assert admin.ready(f"{unique_prefix}.events") == 10
     _wait_for(lambda: admin.ready(f"{unique_prefix}.events") == 0, what="messages to expire")
 
@@ -307,10 +312,8 @@ def test_retention_arguments_default_to_one_day_and_max_length() -> None:
 def test_mismatched_retention_keeps_consuming_and_says_how_to_fix_it(
     amqp_url: str, unique_prefix: str, admin: Admin, caplog: pytest.LogCaptureFixture
 ) -> None:
-    AmqpTransport(amqp_url, prefix=unique_prefix, batch=False, maxlen=100).subscribe(
-        "celery_flow", "a"
-    ).close()
-    other = AmqpTransport(amqp_url, prefix=unique_prefix, batch=False, maxlen=200, ttl=60)
+    AmqpTransport(amqp_url, prefix=unique_prefix, maxlen=100).subscribe("celery_flow", "a").close()
+    other = AmqpTransport(amqp_url, prefix=unique_prefix, maxlen=200, ttl=60)
     # The publisher never fails over retention options: it uses the queue as declared.
     other.publish([b"still delivered"])
     assert admin.ready(f"{unique_prefix}.events") == 1
@@ -325,8 +328,7 @@ def test_mismatched_retention_keeps_consuming_and_says_how_to_fix_it(
     assert "guest:guest" not in message
     # The queue kept its bound: 100, not 200.
     sub.close()
-    for _ in range(3):
-        other.publish([b"x"] * 100)
+    _publish_each(other, [b"x"] * 150)
     assert admin.ready(f"{unique_prefix}.events") == 100
 
 
@@ -334,9 +336,9 @@ def test_mismatched_retention_keeps_consuming_and_says_how_to_fix_it(
 
 
 def test_consumer_reconnects_and_drops_stale_acks(amqp_url: str, unique_prefix: str, admin: Admin) -> None:
-    t = AmqpTransport(amqp_url, prefix=unique_prefix, batch=False, max_backoff=0.5)
+    t = AmqpTransport(amqp_url, prefix=unique_prefix, max_backoff=0.5)
     sub = t.subscribe("celery_flow", f"{unique_prefix}-victim")
-    t.publish([b"a", b"b"])
+    _publish_each(t, [b"a", b"b"])
     before = _read_all(sub, 2)
     assert [m.data for m in before] == [b"a", b"b"]
 
@@ -360,7 +362,7 @@ def test_consumer_reconnects_and_drops_stale_acks(amqp_url: str, unique_prefix: 
 
 
 def test_publisher_reconnects_after_connection_loss(amqp_url: str, unique_prefix: str, admin: Admin) -> None:
-    t = AmqpTransport(amqp_url, prefix=unique_prefix, batch=False)
+    t = AmqpTransport(amqp_url, prefix=unique_prefix)
     t.publish([b"before"])
     name = f"celery-flow publisher {os.uname().nodename}:{os.getpid()}"
     assert close_connections(admin.vhost, name) >= 1
@@ -379,7 +381,7 @@ def test_publisher_reconnects_after_connection_loss(amqp_url: str, unique_prefix
 
 def test_publisher_declares_a_deleted_queue_again(amqp_url: str, unique_prefix: str, admin: Admin) -> None:
     """docs/transports.md's fix for a retention change deletes the queue while workers keep publishing."""
-    t = AmqpTransport(amqp_url, prefix=unique_prefix, batch=False)
+    t = AmqpTransport(amqp_url, prefix=unique_prefix)
     t.publish([b"before"])
     admin.conn.channel().queue_delete(f"{unique_prefix}.events")
     with pytest.raises(TransportError, match="reached no queue"):
@@ -393,7 +395,7 @@ def test_publisher_declares_a_deleted_queue_again(amqp_url: str, unique_prefix: 
 def test_forked_child_publishes_on_its_own_connection(
     amqp_url: str, unique_prefix: str, admin: Admin
 ) -> None:
-    t = AmqpTransport(amqp_url, prefix=unique_prefix, batch=False)
+    t = AmqpTransport(amqp_url, prefix=unique_prefix)
     t.publish([b"parent-1"])
     pid = os.fork()
     if pid == 0:  # the child: same transport object, inherited socket
@@ -411,9 +413,9 @@ def test_forked_child_publishes_on_its_own_connection(
 
 
 def test_publishing_without_confirms_also_delivers(amqp_url: str, unique_prefix: str, admin: Admin) -> None:
-    t = AmqpTransport(amqp_url, prefix=unique_prefix, batch=False, confirm=False)
+    t = AmqpTransport(amqp_url, prefix=unique_prefix, confirm=False)
     t.publish([b"x"] * 300)
-    _wait_for(lambda: admin.ready(f"{unique_prefix}.events") == 300, what="300 queued")
+    _wait_for(lambda: admin.ready(f"{unique_prefix}.events") == 2, what="300 events queued as 256 + 44")
 
 
 # ---- URLs and errors -----------------------------------------------------------------------------
@@ -482,7 +484,7 @@ def test_wrong_password_and_missing_vhost_say_what_to_fix(amqp_url: str) -> None
 
 
 def test_ping_answers(amqp_url: str, unique_prefix: str, admin: Admin) -> None:
-    t: Any = from_url(amqp_url, prefix=unique_prefix, batch=False)
+    t: Any = from_url(amqp_url, prefix=unique_prefix)
     t.ping()
     t.close()
     t.ping()  # reconnects after close
@@ -532,7 +534,7 @@ def test_prefork_worker_children_publish_over_amqp(
         "PF_AMQP": amqp_url,
         "PF_PREFIX": unique_prefix,
     }
-    sub = from_url(amqp_url, prefix=unique_prefix, batch=False).subscribe("celery_flow", "reader")
+    sub = from_url(amqp_url, prefix=unique_prefix).subscribe("celery_flow", "reader")
     worker = subprocess.Popen(
         [
             sys.executable,
@@ -564,7 +566,8 @@ def test_prefork_worker_children_publish_over_amqp(
             batch = sub.read(500, 0.3)
             events += [decode(m.data) for m in batch]
             sub.ack([m.id for m in batch])
-            if ids <= {e.task_id for e in events if e.type == "succeeded"}:
+            # `received` comes from the worker's main process, the rest from the children: wait for all.
+            if all(ids <= {e.task_id for e in events if e.type == t} for t in ("received", "succeeded")):
                 break
         for task_id in ids:
             mine = [e for e in events if e.task_id == task_id]
@@ -670,8 +673,8 @@ def test_amqps_verifies_the_broker_certificate(
         base = f"amqps://guest:guest@localhost:{tls.port}/{p.vhost}"
         # An unknown certificate is refused: a clear error, quickly, no silent downgrade.
         with pytest.raises(TransportError, match="CERTIFICATE_VERIFY_FAILED"):
-            AmqpTransport(base, prefix=unique_prefix, batch=False).ping()
-        t = from_url(f"{base}?ca_certs={tls.cert}", prefix=unique_prefix, batch=False)
+            AmqpTransport(base, prefix=unique_prefix).ping()
+        t = from_url(f"{base}?ca_certs={tls.cert}", prefix=unique_prefix)
         sub = t.subscribe("celery_flow", "tls")
         t.publish([b"over tls"])
         got = _read_all(sub, 1)

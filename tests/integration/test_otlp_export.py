@@ -30,7 +30,8 @@ import celery_flow
 from celery_flow.consumer import Consumer
 from celery_flow.events import Event, encode, make_event
 from celery_flow.export import otlp_sink, resolve_otlp_endpoint
-from celery_flow.export.otlp import OtlpExporter, span_id_for
+from celery_flow.export.otlp import OtlpExporter
+from celery_flow.export.spans import span_id_for
 from celery_flow.flow.fold import fold_task
 from celery_flow.flow.model import TaskDetail
 from celery_flow.store import open_store

@@ -7,8 +7,14 @@ import time
 import pytest
 import redis
 
-from celery_flow.transport import TransportError, from_url
+from celery_flow.transport import Transport, TransportError, from_url
 from celery_flow.transport.redis import RedisTransport
+
+
+def _publish_each(t: Transport, payloads: list[bytes]) -> None:
+    """One publish per event, so each is an entry of its own (a lone event's format)."""
+    for payload in payloads:
+        t.publish([payload])
 
 
 def _read_all(sub, want: int, deadline: float = 10.0):  # type: ignore[no-untyped-def]
@@ -20,9 +26,9 @@ def _read_all(sub, want: int, deadline: float = 10.0):  # type: ignore[no-untype
 
 
 def test_publish_read_ack_and_lag(redis_url: str, unique_prefix: str, redis_client: redis.Redis) -> None:
-    t = from_url(redis_url, prefix=unique_prefix, batch=False)
+    t = from_url(redis_url, prefix=unique_prefix)
     assert isinstance(t, RedisTransport)
-    t.publish([b"one", b"two", b"three"])
+    _publish_each(t, [b"one", b"two", b"three"])
     assert redis_client.xlen(f"{unique_prefix}:events") == 3
     sub = t.subscribe("g", "c1")
     msgs = _read_all(sub, 3)
@@ -40,8 +46,8 @@ def test_publish_read_ack_and_lag(redis_url: str, unique_prefix: str, redis_clie
 
 
 def test_restart_resumes_pending_without_replaying_acked(redis_url: str, unique_prefix: str) -> None:
-    t = from_url(redis_url, prefix=unique_prefix, batch=False)
-    t.publish([f"m{i}".encode() for i in range(6)])
+    t = from_url(redis_url, prefix=unique_prefix)
+    _publish_each(t, [f"m{i}".encode() for i in range(6)])
     first = t.subscribe("g", "worker-a")
     got = _read_all(first, 6)
     first.ack([m.id for m in got[:4]])  # crash before acknowledging m4, m5
@@ -57,7 +63,7 @@ def test_restart_resumes_pending_without_replaying_acked(redis_url: str, unique_
 
 
 def test_autoclaim_takes_over_a_dead_consumers_entries(redis_url: str, unique_prefix: str) -> None:
-    t = RedisTransport(redis_url, prefix=unique_prefix, batch=False, min_idle=0.2, claim_interval=0.0)
+    t = RedisTransport(redis_url, prefix=unique_prefix, min_idle=0.2, claim_interval=0.0)
     t.publish([b"a", b"b", b"c"])
     dead = t.subscribe("g", "dead")
     taken = _read_all(dead, 3)
@@ -71,9 +77,9 @@ def test_autoclaim_takes_over_a_dead_consumers_entries(redis_url: str, unique_pr
 
 
 def test_two_consumers_split_the_load(redis_url: str, unique_prefix: str) -> None:
-    t = from_url(redis_url, prefix=unique_prefix, batch=False)
+    t = from_url(redis_url, prefix=unique_prefix)
     a, b = t.subscribe("g", "a"), t.subscribe("g", "b")
-    t.publish([f"{i}".encode() for i in range(10)])
+    _publish_each(t, [f"{i}".encode() for i in range(10)])
     got_a = a.read(count=5, timeout=1)
     got_b = _read_all(b, 5)
     assert len(got_a) == 5
@@ -83,16 +89,15 @@ def test_two_consumers_split_the_load(redis_url: str, unique_prefix: str) -> Non
 
 
 def test_two_groups_each_see_everything(redis_url: str, unique_prefix: str) -> None:
-    t = from_url(redis_url, prefix=unique_prefix, batch=False)
+    t = from_url(redis_url, prefix=unique_prefix)
     t.publish([b"x", b"y"])
     assert [m.data for m in _read_all(t.subscribe("g1", "c"), 2)] == [b"x", b"y"]
     assert [m.data for m in _read_all(t.subscribe("g2", "c"), 2)] == [b"x", b"y"]
 
 
 def test_stream_is_capped_by_maxlen(redis_url: str, unique_prefix: str, redis_client: redis.Redis) -> None:
-    t = RedisTransport(redis_url, prefix=unique_prefix, batch=False, maxlen=100)
-    for _ in range(20):
-        t.publish([b"x" * 10] * 100)
+    t = RedisTransport(redis_url, prefix=unique_prefix, maxlen=100)
+    _publish_each(t, [b"x" * 10] * 2000)
     # MAXLEN ~ trims whole macro nodes, so it may keep somewhat more than 100, never everything.
     assert redis_client.xlen(f"{unique_prefix}:events") < 1000
 

@@ -34,4 +34,3 @@ def test_frames_keep_every_payload_in_order_within_the_bounds(payloads: list[byt
 def test_frames_batch_compact_events_in_full_frames() -> None:
     payloads = [b'{"n":%d}' % i for i in range(600)]
     assert [n for _, n in frames(payloads)] == [256, 256, 88]
-    assert [n for _, n in frames(payloads, batch=False)] == [1] * 600

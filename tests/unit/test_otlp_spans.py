@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from opentelemetry.trace import SpanKind, StatusCode
 
-from celery_flow.export.otlp import span_id_for, task_span, trace_id_for
+from celery_flow.export.spans import span_id_for, task_span, trace_id_for
 from celery_flow.flow.model import EventRecord, TaskDetail
 
 

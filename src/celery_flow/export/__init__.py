@@ -14,8 +14,8 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from celery_flow.errors import ConfigError
 from celery_flow.transport import redact_url
-from celery_flow.transport.base import ConfigError
 
 if TYPE_CHECKING:
     from celery_flow.export.otlp import OtlpExporter

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from celery_flow.errors import ConfigError
 from celery_flow.settings import (
     DEFAULT_PREFIX,
     DEFAULT_TTL,
@@ -17,7 +18,6 @@ from celery_flow.settings import (
     parse_positive_int,
 )
 from celery_flow.store import default_store_url
-from celery_flow.transport.base import ConfigError
 
 
 def parse_credentials(raw: str) -> tuple[str, str]:

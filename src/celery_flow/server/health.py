@@ -15,13 +15,13 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from celery_flow import __version__
+from celery_flow.consumer import DROPPED_COUNTER, rejected_by_kind
+from celery_flow.settings import DEFAULT_GROUP
 from celery_flow.store.base import Store
 from celery_flow.transport import from_url, redact_url
 from celery_flow.transport.base import Subscription, Transport
 
 HealthStatus = Literal["ok", "degraded"]
-REJECTED_PREFIX = "rejected."
-DROPPED_KEYS = ("publisher.dropped", "publisher_dropped", "dropped")
 
 
 @dataclass
@@ -83,13 +83,7 @@ CONSUMER_OK = frozenset({"starting", "running", "ok", "idle", "external"})
 
 def split_counters(counters: Mapping[str, int]) -> tuple[dict[str, int], int]:
     """Rejected-by-kind and publisher-dropped totals from the store's persisted consumer counters."""
-    rejected = {
-        key[len(REJECTED_PREFIX) :]: int(value)
-        for key, value in counters.items()
-        if key.startswith(REJECTED_PREFIX)
-    }
-    dropped = sum(int(counters.get(key, 0)) for key in DROPPED_KEYS)
-    return rejected, dropped
+    return rejected_by_kind(counters), int(counters.get(DROPPED_COUNTER, 0))
 
 
 class HealthMonitor:
@@ -104,7 +98,7 @@ class HealthMonitor:
         consumer_status: Callable[[], ConsumerHealth],
         live_clients: Callable[[], int],
         max_age: float = 2.0,
-        group: str = "celery_flow",
+        group: str = DEFAULT_GROUP,
     ) -> None:
         self._group = group
         self._lag_sub: Subscription | None = None

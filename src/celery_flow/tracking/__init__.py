@@ -8,6 +8,7 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
+from celery_flow.errors import ConfigError
 from celery_flow.settings import (
     DEFAULT_MAX_VALUE_SIZE,
     DEFAULT_PREFIX,
@@ -18,12 +19,13 @@ from celery_flow.settings import (
     parse_duration,
     parse_keys,
     parse_positive_int,
+    parse_positive_seconds,
 )
 from celery_flow.tracking.hooks import Tracker, _last, connect_signals, disconnect_signals, trackers
 from celery_flow.tracking.trace import current_trace_id, reset_trace_id, set_trace_id, trace
 from celery_flow.tracking.tracer import trace_through
-from celery_flow.transport import ConfigError, from_url, redact_url
-from celery_flow.transport import scheme_of as _scheme_of
+from celery_flow.transport import from_url
+from celery_flow.transport.urls import kind_of, redact_url
 
 __all__ = [
     "Tracker",
@@ -38,17 +40,6 @@ __all__ = [
 logger = logging.getLogger("celery_flow.tracking")
 
 DEFAULT_HEARTBEAT_INTERVAL = 15.0
-_SUPPORTED_SCHEMES = frozenset({"redis", "rediss", "unix", "amqp", "amqps", "pyamqp", "memory"})
-
-
-def _parse_seconds(raw: str) -> float:
-    value = float(raw)
-    if value <= 0:
-        raise ValueError(raw)
-    return value
-
-
-_parse_seconds.__name__ = "a positive number of seconds"
 
 
 def resolve_settings(
@@ -72,7 +63,7 @@ def resolve_settings(
         raise ConfigError(
             "celery-flow has no broker URL: pass init(app, transport_url=...) or set CELERY_FLOW_BROKER_URL"
         )
-    if _scheme_of(url) not in _SUPPORTED_SCHEMES:
+    if kind_of(url) is None:
         raise ConfigError(
             f"celery-flow cannot publish to {redact_url(url)!r}: pass init(app, transport_url='redis://...') "
             "or set CELERY_FLOW_BROKER_URL to a Redis or RabbitMQ URL"
@@ -137,7 +128,9 @@ def init(
         max_value_size,
         buffer_size,
     )
-    interval = env_value("HEARTBEAT_INTERVAL", heartbeat_interval, DEFAULT_HEARTBEAT_INTERVAL, _parse_seconds)
+    interval = env_value(
+        "HEARTBEAT_INTERVAL", heartbeat_interval, DEFAULT_HEARTBEAT_INTERVAL, parse_positive_seconds
+    )
     existing = trackers.get(id(app))
     if existing is not None and existing.settings == settings and existing.heartbeat_interval == interval:
         return existing

@@ -10,6 +10,7 @@ the publisher's thread builds and encodes the events.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import socket
 import time
@@ -17,6 +18,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
 from celery_flow.events import EventType
+from celery_flow.ratelimit import RateLimitedLog
 from celery_flow.settings import TrackingSettings
 from celery_flow.tracking.capture import Capturer
 from celery_flow.tracking.lineage import (
@@ -26,7 +28,7 @@ from celery_flow.tracking.lineage import (
     iso_to_epoch,
     links_of,
 )
-from celery_flow.tracking.publisher import Publisher, RateLimitedLog
+from celery_flow.tracking.publisher import Publisher
 from celery_flow.tracking.scrub import KeyScrubber
 from celery_flow.tracking.trace import ROOT_HEADER, TRACE_HEADER, executing_task, publish_trace_id
 
@@ -42,7 +44,7 @@ __all__ = [
 TRACEBACK_LIMIT = 32_768
 # Most tasks received and not yet started that a worker remembers the fields of (ETA tasks wait there).
 RECEIVED_LIMIT = 10_000
-_log = RateLimitedLog()
+_log = RateLimitedLog(logging.getLogger("celery_flow.tracking"))
 
 # getpid() is a system call and runs several times per task; the pid is refreshed in forked children.
 _pid = os.getpid()

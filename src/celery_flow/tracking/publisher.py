@@ -35,44 +35,20 @@ from celery_flow.events import (
     make_event,
     process_identity,
 )
+from celery_flow.ratelimit import RateLimitedLog
 from celery_flow.transport import Transport, from_url
+from celery_flow.transport.urls import redact_url
 
-__all__ = ["Publisher", "RateLimitedLog"]
+__all__ = ["Publisher"]
 
 logger = logging.getLogger("celery_flow.tracking")
 
 BATCH_SIZE = 1000
-# The thread publishes every FLUSH_INTERVAL seconds (sooner when BATCH_SIZE events are waiting), so one
-# round trip carries many events and put() never pays for waking the thread. Measured in a process
-# publishing ~2,000 tasks/s: the thread spends ≈16 µs of CPU per event flushing every 50 ms, ≈5 µs every
-# 200 ms (fewer, larger pipelines; fewer GIL hand-offs). 200 ms is still immediate for a person watching.
-# Waking sooner, at 256 waiting events, measured no better with Redis and cost 3% of a solo worker's
-# no-op throughput with RabbitMQ (a publisher confirm per batch).
+# Flush every 200 ms or at BATCH_SIZE waiting events: one round trip carries many events, and put() never
+# wakes the thread (measurements: bench/RESULTS.md, "Design measurements moved from the code").
 FLUSH_INTERVAL = 0.2
 BACKOFF_MIN = 0.25
 BACKOFF_MAX = 5.0
-
-
-class RateLimitedLog:
-    """Log a given kind of problem at most once per `interval` seconds, with how often it happened."""
-
-    def __init__(self, interval: float = 60.0) -> None:
-        self.interval = interval
-        self._last: dict[str, float] = {}
-        self._suppressed: dict[str, int] = {}
-
-    def warning(self, key: str, message: str, *args: object) -> None:
-        now = time.monotonic()
-        last = self._last.get(key)
-        if last is not None and now - last < self.interval:
-            self._suppressed[key] = self._suppressed.get(key, 0) + 1
-            return
-        self._last[key] = now
-        suppressed = self._suppressed.pop(key, 0)
-        if suppressed:
-            message += f" ({suppressed} similar messages suppressed)"
-        with contextlib.suppress(Exception):  # logging must never break the caller
-            logger.warning(message, *args)
 
 
 # A buffered event: a built Event, or a Record (type, ts, fields, extra fields) the thread encodes. The
@@ -112,7 +88,7 @@ class Publisher:
         self.ttl = ttl
         self.buffer_size = buffer_size
         self._factory = transport_factory or self._default_factory
-        self.log = RateLimitedLog()
+        self.log = RateLimitedLog(logger)
         self._buffer: collections.deque[Item] = collections.deque(maxlen=buffer_size)
         self._wake = threading.Event()
         self._lock = threading.Lock()
@@ -147,7 +123,7 @@ class Publisher:
         self._add(event)
 
     def _add(self, item: Item) -> None:
-        # The lock (≈0.1 µs uncontended) makes the drop count exact when several threads add at once.
+        # The lock makes the drop count exact when several threads add at once; uncontended it costs little.
         with self._buffer_lock:
             buffer = self._buffer
             if len(buffer) >= self.buffer_size:
@@ -287,8 +263,6 @@ class Publisher:
         )
 
     def _safe_url(self) -> str:
-        from celery_flow.transport import redact_url
-
         return redact_url(self.transport_url)
 
     def _try_publish(self, payloads: list[bytes]) -> bool:

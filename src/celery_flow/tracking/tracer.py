@@ -1,14 +1,13 @@
 """Task runs in the process that executes them: `started`, `succeeded` and `rejected` from a wrapper
 around Celery's per-task tracer.
 
-Celery runs every task through `task.__trace__`, a function it builds per task in the process that runs
-tasks: the consumer builds it for the pools that run tasks in the worker's main process (solo, threads,
-gevent, eventlet), and each prefork child builds its own before `worker_process_init`. Wrapping it costs
-one call per run. Dispatching the task_prerun/task_postrun signals it replaces (Celery looks the receivers
-up under a lock on every send) measured 2 to 3% of a no-op solo worker's throughput, and the tracer skips a
-signal without receivers altogether, so while a process's tasks run through wrapped tracers those two
-handlers stay unconnected (hooks.set_traced). They remain the way for runs this does not see: eager
-`apply()` calls and pools that build no tracer up front.
+Celery runs every task through `task.__trace__`, a function it builds per task in the process that runs tasks:
+the consumer builds it for the pools that run tasks in the worker's main process (solo, threads, gevent,
+eventlet), and each prefork child builds its own before `worker_process_init`. Wrapping it costs one call per
+run, less than dispatching the task_prerun/task_postrun signals it replaces (Celery looks the receivers up
+under a lock on every send), and the tracer skips a signal without receivers altogether, so while a process's
+tasks run through wrapped tracers those two handlers stay unconnected (hooks.set_traced). They remain the way
+for runs this does not see: eager `apply()` calls and pools that build no tracer up front.
 
 `failed` and `retried` still come from their signals: they carry the exception and traceback, and a
 signal dispatched only when a task fails costs nothing on the common path.

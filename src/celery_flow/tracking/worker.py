@@ -5,14 +5,13 @@ process, wrapping their tracers: tracking.tracer), plus the flushes that keep a 
 dying with its processes.
 
 Why RECEIVED comes from the bootstep and not Celery's `task_received` signal: the bootstep wraps the
-consumer's per-task strategies (the functions Celery calls with each task message), so the event is
-built straight from the message headers at the moment the worker takes the message. Dispatching a
-connected signal costs a busy solo worker about 1% of its throughput on its own (Celery's dispatch
-looks its receivers up under a lock on every send); the wrapper is one call. It also sees what the
-signal cannot: a message Celery then refuses (bad ETA, undecodable body) is reported as `rejected`
-instead of vanishing. The bootstep starts and stops with the consumer in the worker's main process (in
-`celery worker` and in `start_worker` alike), and wraps the strategies again after each consumer
-restart, when Celery rebuilds them.
+consumer's per-task strategies (the functions Celery calls with each task message), so the event is built
+straight from the message headers at the moment the worker takes the message, for one call instead of a signal
+dispatch (Celery looks a signal's receivers up under a lock on every send). It also sees what the signal
+cannot: a message Celery then refuses (bad ETA, undecodable body) is reported as `rejected` instead of
+vanishing. The bootstep starts and stops with the consumer in the worker's main process (in `celery worker`
+and in `start_worker` alike), and wraps the strategies again after each consumer restart, when Celery rebuilds
+them.
 """
 
 from __future__ import annotations

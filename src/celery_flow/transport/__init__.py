@@ -1,11 +1,13 @@
-"""Broker transports behind one protocol; `from_url()` picks one by URL scheme."""
+"""Broker transports behind one protocol; `from_url()` picks one by URL scheme (transport.urls)."""
 
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
-from celery_flow.transport.base import ConfigError, Message, Subscription, Transport, TransportError
+from celery_flow.errors import ConfigError
+from celery_flow.settings import DEFAULT_PREFIX
+from celery_flow.transport.base import Message, Subscription, Transport, TransportError
+from celery_flow.transport.urls import SUPPORTED, kind_of, redact_url, scheme_of
 
 __all__ = [
     "ConfigError",
@@ -15,45 +17,22 @@ __all__ = [
     "TransportError",
     "from_url",
     "redact_url",
+    "scheme_of",
 ]
 
-REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
-AMQP_SCHEMES = frozenset({"amqp", "amqps", "pyamqp"})
-MEMORY_SCHEMES = frozenset({"memory"})
-SUPPORTED = "redis://, rediss://, unix://, amqp://, amqps://, pyamqp:// or memory://"
 
-
-def redact_url(url: str) -> str:
-    """The URL with its password replaced by `***`, for logs, errors and the health endpoint."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable url>"
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
-
-
-def scheme_of(url: str) -> str:
-    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
-    # Celery accepts `redis+socket://` and `amqp+ssl://`-style variants less often; normalise the base.
-    return scheme.split("+", 1)[0]
-
-
-def from_url(url: str, prefix: str = "celery_flow", **options: Any) -> Transport:
+def from_url(url: str, prefix: str = DEFAULT_PREFIX, **options: Any) -> Transport:
     """The transport for `url`. Raises ConfigError with a one-line fix for an unknown scheme."""
-    scheme = scheme_of(url)
-    if scheme in REDIS_SCHEMES:
+    kind = kind_of(url)
+    if kind == "redis":
         from celery_flow.transport.redis import RedisTransport
 
         return RedisTransport(url, prefix=prefix, **options)
-    if scheme in AMQP_SCHEMES:
+    if kind == "amqp":
         from celery_flow.transport.amqp import AmqpTransport
 
         return AmqpTransport(url, prefix=prefix, **options)
-    if scheme in MEMORY_SCHEMES:
+    if kind == "memory":
         from celery_flow.transport.memory import MemoryTransport
 
         return MemoryTransport(url, prefix=prefix, **options)

@@ -8,22 +8,40 @@ Consuming side (the server): a `Subscription` is one member of a shared consumer
 new entries plus entries that other, dead consumers left unacknowledged; `ack()` is called only after the
 store has committed them. Entries are opaque bytes here: decoding and validation belong to the consumer.
 
-Framing. Transports ship a batch of events as few entries as possible: consecutive events are joined
-into one *batch entry* of newline-delimited JSON, since msgspec's compact JSON never contains a raw
-newline. One broker entry per event cost the publisher thread (which shares the GIL with the user's
-tasks) about 5 µs per event in redis-py and 11-22 µs in py-amqp; one per batch makes that negligible.
-A lone event, and any payload that is empty or contains a newline (never produced by `events.encode`,
-but a foreign writer might), travels as a single-event entry, the format every version reads.
-On reading, a subscription splits a batch entry back into one `Message` per event, all carrying the
-entry's id (`unframe`), so readers see events as before. The id is acknowledged once for the whole
-entry, so a subscription never splits one entry across `read()` calls, and a consumer that acks only
-what it committed never acks an event it has not committed.
+Framing. Transports ship a batch of events as few entries as possible, because each broker entry costs the
+publisher thread CPU, and that thread shares the GIL with the user's tasks: consecutive events are joined into
+one *batch entry* of newline-delimited JSON, since msgspec's compact JSON never contains a raw newline. A lone
+event, and any payload that is empty or contains a newline (never produced by `events.encode`, but a foreign
+writer might), travels as a single-event entry, the format every version reads. On reading, a subscription
+splits a batch entry back into one `Message` per event, all carrying the entry's id (`unframe`), so readers
+see events as before. The id is acknowledged once for the whole entry, so a subscription never splits one
+entry across `read()` calls, and a consumer that acks only what it committed never acks an event it has not
+committed.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from typing import NamedTuple, Protocol
+
+from celery_flow.errors import ConfigError
+
+__all__ = [
+    "DEFAULT_CONNECT_TIMEOUT",
+    "DEFAULT_MAXLEN",
+    "DEFAULT_SOCKET_TIMEOUT",
+    "MAX_ENTRY_BYTES",
+    "MAX_FRAME_BYTES",
+    "MAX_FRAME_EVENTS",
+    "NDJSON",
+    "ConfigError",
+    "Message",
+    "Subscription",
+    "Transport",
+    "TransportError",
+    "frames",
+    "unframe",
+]
 
 #: AMQP content type of a batch message (Redis marks a batch entry by its field name instead).
 NDJSON = "application/x-ndjson"
@@ -33,14 +51,16 @@ MAX_FRAME_EVENTS = 256
 MAX_FRAME_BYTES = 256 * 1024
 #: A consumer rejects a batch entry larger than this as a whole (`oversize`) without splitting it.
 MAX_ENTRY_BYTES = 16 * 1024 * 1024
+#: Events a transport keeps for the server by default: the broker is a buffer, never the history.
+DEFAULT_MAXLEN = 100_000
+#: Connect and socket timeouts: a refused, unreachable or frozen broker stalls the publisher's thread
+#: about a second, never longer.
+DEFAULT_CONNECT_TIMEOUT = 1.0
+DEFAULT_SOCKET_TIMEOUT = 1.0
 
 
 class TransportError(Exception):
     """The broker could not be reached or refused the operation."""
-
-
-class ConfigError(ValueError):
-    """A bad transport URL or option; the message is one line that names the fix."""
 
 
 class Message(NamedTuple):
@@ -50,16 +70,11 @@ class Message(NamedTuple):
     data: bytes
 
 
-def frames(payloads: Sequence[bytes], batch: bool = True) -> Iterator[tuple[bytes, int]]:
+def frames(payloads: Sequence[bytes]) -> Iterator[tuple[bytes, int]]:
     """Group encoded events into wire entries `(data, events)`; `events == 1` means a single-event entry.
 
-    Order is kept. A batch holds at most MAX_FRAME_EVENTS events and about MAX_FRAME_BYTES bytes;
-    `batch=False` yields every event as its own entry.
+    Order is kept. A batch holds at most MAX_FRAME_EVENTS events and about MAX_FRAME_BYTES bytes.
     """
-    if not batch:
-        for payload in payloads:
-            yield payload, 1
-        return
     for start in range(0, len(payloads), MAX_FRAME_EVENTS):
         part = payloads[start : start + MAX_FRAME_EVENTS]
         if len(part) == 1:

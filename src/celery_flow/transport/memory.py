@@ -16,11 +16,11 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from celery_flow.transport.base import Message, TransportError
+from celery_flow.settings import DEFAULT_PREFIX
+from celery_flow.transport.base import DEFAULT_MAXLEN, Message, TransportError
 
 __all__ = ["MemorySubscription", "MemoryTransport", "reset_memory_transports"]
 
-DEFAULT_MAXLEN = 100_000
 DEFAULT_MIN_IDLE = 60.0
 
 
@@ -94,11 +94,12 @@ class MemoryTransport:
     def __init__(
         self,
         url: str = "memory://",
-        prefix: str = "celery_flow",
+        prefix: str = DEFAULT_PREFIX,
         maxlen: int = DEFAULT_MAXLEN,
         min_idle: float = DEFAULT_MIN_IDLE,
-        **_ignored: object,
+        ttl: float | None = None,
     ) -> None:
+        """`ttl` is accepted like the other transports' and unused: the log is bounded by `maxlen` alone."""
         self.url = url
         self.prefix = prefix
         self.safe_url = url

@@ -1,6 +1,6 @@
 """Redis Streams transport: stream `{prefix}:events` (DESIGN.md §3).
 
-An entry holds either one event in field `e` (the original format, still written for a lone event) or a
+An entry holds either one event in field `e` (a lone event, the format every version reads) or a
 batch of events as newline-delimited JSON in field `b` (see `base.frames`): a publish of many events is
 one `XADD` per batch of up to 256 events / 256 KB, all pipelined in one round trip. The stream is a
 buffer between the user's processes and the server, not the history (the store keeps that), so it is
@@ -30,13 +30,21 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from celery_flow.transport.base import ConfigError, Message, TransportError, frames, unframe
+from celery_flow.errors import ConfigError
+from celery_flow.settings import DEFAULT_PREFIX
+from celery_flow.transport.base import (
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_MAXLEN,
+    DEFAULT_SOCKET_TIMEOUT,
+    Message,
+    TransportError,
+    frames,
+    unframe,
+)
+from celery_flow.transport.urls import redact_url
 
 __all__ = ["RedisSubscription", "RedisTransport", "stream_key"]
 
-DEFAULT_MAXLEN = 100_000
-DEFAULT_SOCKET_TIMEOUT = 1.0
-DEFAULT_CONNECT_TIMEOUT = 1.0
 DEFAULT_MIN_IDLE = 60.0
 DEFAULT_CLAIM_INTERVAL = 15.0
 # The consumer's socket must outlive its longest XREADGROUP BLOCK; reads block at most this long.
@@ -47,12 +55,6 @@ _ACK_CHUNK = 1000
 
 def stream_key(prefix: str) -> str:
     return f"{prefix}:events"
-
-
-def _redact(url: str) -> str:
-    from celery_flow.transport import redact_url
-
-    return redact_url(url)
 
 
 def _client(url: str, socket_timeout: float | None, connect_timeout: float) -> redis.Redis:
@@ -66,7 +68,7 @@ def _client(url: str, socket_timeout: float | None, connect_timeout: float) -> r
             decode_responses=False,
         )
     except ValueError as exc:
-        raise ConfigError(f"bad Redis URL {_redact(url)!r}: {exc}") from None
+        raise ConfigError(f"bad Redis URL {redact_url(url)!r}: {exc}") from None
 
 
 def _wrap(exc: Exception, safe_url: str) -> TransportError:
@@ -79,7 +81,7 @@ class RedisTransport:
     def __init__(
         self,
         url: str,
-        prefix: str = "celery_flow",
+        prefix: str = DEFAULT_PREFIX,
         maxlen: int = DEFAULT_MAXLEN,
         ttl: float | None = None,
         socket_timeout: float = DEFAULT_SOCKET_TIMEOUT,
@@ -87,18 +89,14 @@ class RedisTransport:
         min_idle: float = DEFAULT_MIN_IDLE,
         claim_interval: float = DEFAULT_CLAIM_INTERVAL,
         read_socket_timeout: float = DEFAULT_READ_SOCKET_TIMEOUT,
-        batch: bool = True,
-        **_ignored: Any,
     ) -> None:
         if maxlen <= 0:
             raise ConfigError(f"maxlen must be positive, got {maxlen}")
         self.url = url
-        self.safe_url = _redact(url)
+        self.safe_url = redact_url(url)
         self.prefix = prefix
         self.stream = stream_key(prefix)
         self.maxlen = maxlen
-        # False: one entry per event, the format a celery-flow server older than batch framing reads.
-        self.batch = batch
         self.ttl = ttl
         self.min_idle = min_idle
         self.claim_interval = claim_interval
@@ -113,7 +111,7 @@ class RedisTransport:
         try:
             pipe = self._client.pipeline(transaction=False)
             stream, maxlen = self.stream, self.maxlen
-            for data, events in frames(payloads, self.batch):
+            for data, events in frames(payloads):
                 if events == 1:
                     pipe.xadd(stream, {"e": data}, maxlen=maxlen, approximate=True)
                 else:

@@ -1,0 +1,46 @@
+"""Broker URLs: which schemes name which transport, and how a URL is shown without its password."""
+
+from __future__ import annotations
+
+from typing import Literal
+from urllib.parse import urlsplit, urlunsplit
+
+__all__ = ["SUPPORTED", "TransportKind", "kind_of", "redact_url", "scheme_of"]
+
+TransportKind = Literal["redis", "amqp", "memory"]
+
+SCHEMES: dict[str, TransportKind] = {
+    "redis": "redis",
+    "rediss": "redis",
+    "unix": "redis",
+    "amqp": "amqp",
+    "amqps": "amqp",
+    "pyamqp": "amqp",
+    "memory": "memory",
+}
+#: The schemes as a user reads them in an error message.
+SUPPORTED = ", ".join(f"{scheme}://" for scheme in list(SCHEMES)[:-1]) + f" or {list(SCHEMES)[-1]}://"
+
+
+def scheme_of(url: str) -> str:
+    """The URL's base scheme, lowercase: `amqp+ssl://h` → `amqp`, `host:6379` → `` (none)."""
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    return scheme.split("+", 1)[0]
+
+
+def kind_of(url: str) -> TransportKind | None:
+    """Which transport serves `url`, or None when no transport does."""
+    return SCHEMES.get(scheme_of(url))
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password replaced by `***`, for logs, errors and the health endpoint."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable url>"
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
