@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from celery import chain, chord
+from celery import chain, chord, group
 from fastapi import FastAPI
 from playwright.sync_api import Browser, Locator, Page, expect
 from tests.e2e.conftest import PageWatch, Stack, screenshot
@@ -199,6 +199,54 @@ def test_live_state_change_without_reload(stack: Stack, page: Page) -> None:
     expect(row).to_be_visible(timeout=20_000)
     expect(row).to_have_attribute("data-state", "SUCCESS", timeout=20_000)
     assert page.evaluate("window.__sameDocument === true"), "the page was reloaded"
+
+
+def test_flow_page_says_failure_as_the_list_does_while_a_branch_still_runs(stack: Stack, page: Page) -> None:
+    """One branch of a group fails while the other still runs: the list calls the flow FAILURE, and so
+    do its page and its trace's page, live and after a reload."""
+    hold = stack.task("t.hold")
+    run, trace_id = uuid.uuid4().hex, uuid.uuid4().hex
+    keep, breaks = f"cf-e2e-keep-{run}", f"cf-e2e-fail-{run}"
+    with celery_flow.trace(trace_id):
+        result = group(hold.si(keep), hold.si(breaks, fail=True)).apply_async()
+    root_id = str(result.id)  # a group applied outside a task is its own flow, rooted at the group id
+    running_id, failing_id = (str(r.id) for r in result.results)
+    release = stack.app.backend.client.set
+    try:
+        stack.wait_task(running_id, "STARTED")
+        stack.wait_task(failing_id, "STARTED")
+        page.goto(f"{stack.url}/flows/{root_id}")
+        head = page.get_by_test_id("flow-head")
+        # A deadline, not a threshold: on a loaded machine the first layout takes a while.
+        expect(page.get_by_test_id("graph")).to_have_attribute("data-ready", "true", timeout=60_000)
+        expect(node(page, failing_id)).to_have_attribute("data-state", "STARTED")
+        expect(head.locator(".chip")).to_have_text("RUNNING")
+        expect(page.get_by_test_id("conn")).to_have_text("Live")
+        page.evaluate("window.__sameDocument = true")
+
+        release(breaks, 1, ex=600)
+        expect(node(page, failing_id)).to_have_attribute("data-state", "FAILURE", timeout=30_000)
+        expect(head.locator(".chip")).to_have_text("FAILURE", timeout=30_000)
+        expect(node(page, running_id)).to_have_attribute("data-state", "STARTED")
+        expect(head).to_contain_text("so far")
+        assert page.evaluate("window.__sameDocument === true"), "the page was reloaded"
+        screenshot(page, "flow-failed-while-running")
+
+        page.get_by_role("link", name="Flows").click()
+        row = page.locator(f'tr[data-root-id="{root_id}"]')
+        expect(row.locator(".chip")).to_have_text("FAILURE", timeout=30_000)
+        page.goto(f"{stack.url}/flows/{root_id}")
+        expect(head.locator(".chip")).to_have_text("FAILURE", timeout=30_000)
+        expect(head).to_contain_text("1 failure")
+        page.goto(f"{stack.url}/traces/{trace_id}")
+        expect(page.get_by_test_id("trace-head").locator(".chip")).to_have_text("FAILURE", timeout=30_000)
+        expect(page.get_by_test_id("graph")).to_have_attribute("data-ready", "true", timeout=60_000)
+        screenshot(page, "trace-failed-while-running")
+        assert stack.api(f"/tasks/{running_id}")["state"] == "STARTED"  # the other branch never stopped
+    finally:
+        release(keep, 1, ex=600)
+        release(breaks, 1, ex=600)
+    stack.wait_task(running_id, "SUCCESS")
 
 
 def test_search_jumps_to_task_and_trace(stack: Stack, page: Page) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -166,6 +167,78 @@ def test_flow_graph_and_trace(api: httpx.Client, data: Data) -> None:
     trace = api.get("/api/traces/trace-1").json()
     assert [f["root_id"] for f in trace["flows"]] == [data.a]
     assert {t["task_id"] for t in trace["tasks"]} == {data.a, data.b}
+
+
+# ---- the flow page and the flow list tell the same state ------------------------------------------
+
+
+@dataclass
+class Mixed:
+    """A flow with a failed branch while another still runs, one whose last step was rejected, and a
+    group applied outside a task (rooted at its group id, which no task has)."""
+
+    running: str = field(default_factory=lambda: f"mixed-{uuid.uuid4().hex}")
+    rejected: str = field(default_factory=lambda: f"rejected-{uuid.uuid4().hex}")
+    group: str = field(default_factory=lambda: f"group-{uuid.uuid4().hex}")
+
+    def events(self) -> list[Event]:
+        lineage = {"root_id": self.running, "parent_id": self.running, "trace_id": "trace-mixed"}
+        rejected = {"root_id": self.rejected, "parent_id": self.rejected}
+        return [
+            *lifecycle(self.running, "t.fan_out", T0, root_id=self.running, trace_id="trace-mixed"),
+            *lifecycle(f"{self.running}-a", "t.charge", T0 + 1, "failed", **lineage),
+            *lifecycle(f"{self.running}-b", "t.resize", T0 + 1, "started", **lineage),
+            *lifecycle(self.rejected, "t.order", T0 + 10, root_id=self.rejected),
+            *lifecycle(f"{self.rejected}-a", "t.ship", T0 + 11, "rejected", **rejected),
+            *lifecycle(f"{self.group}-a", "t.resize", T0 + 20, root_id=self.group, group_id=self.group),
+            *lifecycle(f"{self.group}-b", "t.thumb", T0 + 21, root_id=self.group, group_id=self.group),
+        ]
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[httpx.Client, Mixed]]:
+    flows = Mixed()
+    url = f"memory://{uuid.uuid4().hex}"
+    MemoryTransport(url).publish([encode(e) for e in flows.events()])
+    app = create_app(broker_url=url, store=f"sqlite:///{tmp_path_factory.mktemp('mixed') / 'f.db'}")
+    with serving(app) as base, httpx.Client(base_url=base, timeout=10) as client:
+        wait_for(lambda: client.get("/api/health").json()["store"]["tasks"] == 7, 20, "events folded")
+        yield client, flows
+
+
+@pytest.mark.parametrize(
+    ("flow", "state"), [("running", "FAILURE"), ("rejected", "REJECTED"), ("group", "SUCCESS")]
+)
+def test_flow_page_summary_is_the_flow_list_row(
+    mixed: tuple[httpx.Client, Mixed], flow: str, state: str
+) -> None:
+    client, flows = mixed
+    root_id = getattr(flows, flow)
+    (row,) = client.get("/api/flows", params={"root_id": root_id}).json()["items"]
+    graph = client.get(f"/api/flows/{root_id}").json()
+    assert row["state"] == state
+    assert graph["summary"] == row
+
+
+def test_trace_gives_each_flow_and_the_whole_trace_the_server_state(
+    mixed: tuple[httpx.Client, Mixed],
+) -> None:
+    client, flows = mixed
+    trace = client.get("/api/traces/trace-mixed").json()
+    assert [(f["root_id"], f["state"]) for f in trace["flows"]] == [(flows.running, "FAILURE")]
+    summary = trace["summary"]
+    assert summary["state"] == "FAILURE"
+    assert summary["counts"] == {"SUCCESS": 1, "FAILURE": 1, "STARTED": 1}
+    assert summary["task_count"] == 3
+    assert summary["finished_at"] is None  # a branch still runs
+
+
+def test_openapi_names_the_state_enums_and_the_terminal_states(api: httpx.Client) -> None:
+    schemas = api.get("/api/openapi.json").json()["components"]["schemas"]
+    assert schemas["TerminalState"]["enum"] == ["SUCCESS", "FAILURE", "REVOKED", "REJECTED"]
+    assert schemas["UnfinishedState"]["enum"] == ["PENDING", "RECEIVED", "STARTED", "RETRY"]
+    assert schemas["FlowState"]["enum"] == ["PENDING", "RUNNING", "SUCCESS", "FAILURE", "REVOKED", "REJECTED"]
+    assert schemas["FlowGraph"]["properties"]["summary"] == {"$ref": "#/components/schemas/FlowSummary"}
 
 
 def test_registry_and_workers(api: httpx.Client) -> None:

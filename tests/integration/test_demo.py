@@ -28,14 +28,26 @@ def test_demo_serves_every_kind_of_flow(tmp_path: Path) -> None:
             def flows_named(name: str, state: str) -> list[dict[str, Any]]:
                 return list(api.get("/api/flows", params={"name": name, "state": state}).json()["items"])
 
-            def graph_of(name: str, state: str) -> dict[str, Any] | None:
+            def graph_of(name: str, state: str, having: str | None = None) -> dict[str, Any] | None:
+                """The newest finished flow rooted at `name` in `state` (with a task named `having`)."""
                 for flow in flows_named(name, state):
                     graph: dict[str, Any] = api.get(f"/api/flows/{flow['root_id']}").json()
-                    if all(n["state"] in {"SUCCESS", "FAILURE"} for n in graph["nodes"]):
+                    names = {n["name"] for n in graph["nodes"]}
+                    finished = all(n["state"] in {"SUCCESS", "FAILURE"} for n in graph["nodes"])
+                    if finished and (having is None or having in names):
                         return graph
                 return None
 
-            checkout = wait_for(lambda: graph_of("shop.fetch_order", "SUCCESS"), 90, "a finished checkout")
+            # The pipeline starts with shop.fetch_order too: a checkout is the one that charges a card.
+            checkout = wait_for(
+                lambda: graph_of("shop.fetch_order", "SUCCESS", having="shop.charge_card"), 90, "a checkout"
+            )
+            steps = {n["task_id"]: n["name"] for n in checkout["nodes"]}
+            chained = [(steps[e["source"]], steps[e["target"]]) for e in checkout["edges"]]
+            assert chained == [
+                ("shop.fetch_order", "shop.charge_card"),
+                ("shop.charge_card", "shop.send_receipt"),
+            ]
             assert {e["kind"] for e in checkout["edges"]} == {"chain"}
             charge = next(n for n in checkout["nodes"] if n["name"] == "shop.charge_card")
             detail = api.get(f"/api/tasks/{charge['task_id']}").json()

@@ -97,6 +97,17 @@ def _register(a: Celery) -> None:
         time.sleep(seconds)
         return seconds
 
+    @a.task(shared=False, name="t.hold")
+    def hold(key: str, fail: bool = False, timeout: float = 120.0) -> str:
+        """Run until the test sets `key` in the result backend's Redis (at most `timeout` s), then
+        succeed, or fail when `fail`: a branch that ends when the test says so."""
+        deadline = time.monotonic() + timeout
+        while not a.backend.client.exists(key) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if fail:
+            raise ValueError(f"{key} released to fail")
+        return key
+
     @a.task(shared=False, name="t.echo")
     def echo(*args: Any, **kwargs: Any) -> dict[str, Any]:
         return {"args": list(args), "kwargs": kwargs}

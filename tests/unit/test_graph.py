@@ -6,7 +6,7 @@ import itertools
 from typing import Any
 
 from celery_flow.events import Event
-from celery_flow.flow.flows import flow_state, summarize_flow
+from celery_flow.flow.flows import flow_state, summarize_flow, summarize_trace
 from celery_flow.flow.fold import fold_task
 from celery_flow.flow.graph import build_graph
 from celery_flow.flow.model import FlowGraph, TaskDetail
@@ -206,3 +206,42 @@ def test_flow_state_rules_and_summary() -> None:
     running = summarize_flow("a", tasks_of(sent("a", 10), done("a", 11, "failed"), sent("b", 12)))
     assert running.state == "FAILURE"
     assert running.finished_at is None
+
+
+def test_graph_summary_counts_tasks_not_the_callback_drawn_ahead_of_its_chord() -> None:
+    graph = build_graph(
+        "a",
+        tasks_of(
+            sent("a", 1),
+            done("a", 2),
+            sent("h1", 3, parent_id="a", group_id="g", chord_id="cb"),
+            done("h1", 4, "failed"),
+            sent("h2", 3, parent_id="a", group_id="g", chord_id="cb"),
+        ),
+    )
+    assert {n.task_id for n in graph.nodes} == {"a", "h1", "h2", "cb"}
+    assert graph.summary.state == "FAILURE"
+    assert graph.summary.counts == {"SUCCESS": 1, "FAILURE": 1, "PENDING": 1}
+    assert graph.summary.task_count == 3
+    assert graph.summary.finished_at is None
+
+
+def test_trace_summary_adds_up_its_flows_by_the_flow_rule() -> None:
+    finished = summarize_flow(
+        "a", tasks_of(sent("a", 10), done("a", 12), sent("b", 11, parent_id="a"), done("b", 15))
+    )
+    failed = summarize_flow("c", tasks_of(sent("c", 5, root_id="c"), done("c", 6, "failed")))
+    rejected = summarize_flow("d", tasks_of(sent("d", 20, root_id="d"), done("d", 21, "rejected")))
+    running = summarize_flow("e", tasks_of(sent("e", 30, root_id="e")))
+
+    together = summarize_trace([finished, failed])
+    assert (together.state, together.counts, together.task_count) == (
+        "FAILURE",
+        {"SUCCESS": 2, "FAILURE": 1},
+        3,
+    )
+    assert (together.started_at, together.finished_at, together.duration) == (5, 15, 10)
+    assert summarize_trace([finished, rejected]).state == "REJECTED"
+    still = summarize_trace([failed, running])
+    assert (still.state, still.finished_at, still.duration) == ("FAILURE", None, None)
+    assert summarize_trace([]).state == "PENDING"

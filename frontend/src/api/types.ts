@@ -1,23 +1,33 @@
-// The JSON shapes of the API, generated from the server's OpenAPI schema (schema.d.ts, `npm run
+// The JSON shapes of the API, generated from the server's OpenAPI schema (schema.ts, `npm run
 // gen-types`): the names here are what the views use, so a model change breaks the build, not the page.
 import type { components } from "./schema";
+import { flowStateValues, terminalStateValues, unfinishedStateValues } from "./schema";
 
 type S = components["schemas"];
 
 export type TaskSummary = S["TaskSummary"];
 export type TaskDetail = S["TaskDetail"];
-export type TaskState = TaskSummary["state"];
+export type TaskState = S["TaskState"];
+export type TerminalState = S["TerminalState"];
 export type EventRecord = S["EventRecord"];
 export type Segment = S["Segment"];
 export type SegmentKind = Segment["kind"];
 export type FlowSummary = S["FlowSummary"];
-export type FlowState = FlowSummary["state"];
+export type FlowState = S["FlowState"];
 export type GraphNode = S["GraphNode"];
 export type GraphEdge = S["GraphEdge"];
 export type EdgeKind = GraphEdge["kind"];
 export type GraphGroup = S["GraphGroup"];
 export type FlowGraph = S["FlowGraph"];
+/** What the graph view draws: a flow's graph, or the graphs of a trace's flows put together. */
+export type GraphShape = Omit<FlowGraph, "summary">;
 export type TraceView = S["TraceView"];
+export type TraceSummary = S["TraceSummary"];
+/** The state, counts and times the server gives a flow (its list row) or a whole trace. */
+export type StateSummary = Pick<
+  FlowSummary,
+  "state" | "counts" | "task_count" | "started_at" | "finished_at" | "duration"
+>;
 export type RegisteredTask = S["RegisteredTask"];
 export type WorkerInfo = S["WorkerInfo"];
 export type Health = S["HealthReport"];
@@ -35,16 +45,7 @@ export type LiveMessage =
   | { type: "tasks"; items: TaskSummary[] }
   | { type: "status"; status: "ok" | "degraded"; detail: string | null };
 
-export const TASK_STATES: TaskState[] = [
-  "PENDING",
-  "RECEIVED",
-  "STARTED",
-  "RETRY",
-  "SUCCESS",
-  "FAILURE",
-  "REVOKED",
-  "REJECTED",
-];
-export const FLOW_STATES: FlowState[] = ["PENDING", "RUNNING", "SUCCESS", "FAILURE", "REVOKED", "REJECTED"];
-
-export const TERMINAL: ReadonlySet<string> = new Set(["SUCCESS", "FAILURE", "REVOKED", "REJECTED"]);
+// From the server's schema (TaskState = UnfinishedState | TerminalState), in lifecycle order.
+export const TASK_STATES: readonly TaskState[] = [...unfinishedStateValues, ...terminalStateValues];
+export const FLOW_STATES: readonly FlowState[] = flowStateValues;
+export const TERMINAL: ReadonlySet<string> = new Set<string>(terminalStateValues);

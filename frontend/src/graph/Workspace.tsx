@@ -1,7 +1,8 @@
 // The graph + timeline + task panel workspace shared by a flow page and a trace page. Live pushes update
-// task states in place at once; a debounced refetch then brings segments, new tasks and the critical path.
+// task states in place at once; a debounced refetch then brings segments, new tasks, the critical path
+// and the server's summary (state, counts, duration) the header shows.
 import { useCallback, useEffect, useMemo, useRef, useState, type ReactNode } from "react";
-import type { FlowGraph, GraphNode, TaskSummary } from "../api/types";
+import type { GraphNode, GraphShape, TaskSummary } from "../api/types";
 import { TERMINAL } from "../api/types";
 import { useLiveTasks, useResync } from "../live";
 import { useRouter, withQuery } from "../router";
@@ -41,11 +42,10 @@ function mergeTasks(prev: Map<string, GraphNode> | null, nodes: GraphNode[]): Ma
 }
 
 export interface WorkspaceProps {
-  graph: FlowGraph;
+  graph: GraphShape;
   flows?: FlowLabel[];
+  /** The page's header; its state and figures come from the server (refetched after live changes). */
   header: (info: {
-    tasks: Map<string, GraphNode>;
-    running: boolean;
     mode: Mode;
     setMode: (m: Mode) => void;
     critOn: boolean;
@@ -185,7 +185,7 @@ export function Workspace({ graph, flows, header, accept, refetch }: WorkspacePr
 
   return (
     <div className="flowpage">
-      {header({ tasks, running, mode, setMode, critOn, setCritOn, focus, setFocus })}
+      {header({ mode, setMode, critOn, setCritOn, focus, setFocus })}
       <div className="flowbody">
         <div className="flowmain">
           {mode === "graph" && graphEl}

@@ -1,7 +1,7 @@
 // From the API's graph to what is drawn: group/chord containers, and huge fan-outs collapsed into one
 // "×N" node (expanded on click), so a 2,000-task flow stays a readable, fast graph. The structure depends
 // only on ids and edges, never on task states: live state changes re-render nodes without a re-layout.
-import type { EdgeKind, FlowGraph, GraphNode } from "../api/types";
+import type { EdgeKind, GraphNode, GraphShape } from "../api/types";
 
 /** A fan-out bigger than this is collapsed into one node until expanded. */
 export const CLUSTER_AT = 24;
@@ -77,7 +77,7 @@ export interface FlowLabel {
 const shortName = (n: string | null | undefined) => (n ? n.slice(n.lastIndexOf(".") + 1) : "task");
 
 export function buildStructure(
-  graph: FlowGraph,
+  graph: GraphShape,
   expanded: ReadonlyMap<string, ReadonlySet<string>>,
   flows?: FlowLabel[],
 ): Structure {

@@ -1,8 +1,7 @@
 // /flows/{root_id}: the workflow's graph and timeline, with the selected task's detail beside them.
 import { useEffect } from "react";
 import { api, ApiError, takePrefetchedFlow } from "../api/client";
-import type { GraphNode } from "../api/types";
-import { TERMINAL } from "../api/types";
+import type { StateSummary } from "../api/types";
 import { CountsBar, ErrorBox, Loading, StateChip } from "../components/common";
 import { fmtDuration, fmtIso, fmtTime, shortId, shortName } from "../format";
 import { useAsync, useDocumentTitle, useNow } from "../hooks";
@@ -11,54 +10,24 @@ import { Link, useRouter } from "../router";
 import { prewarm } from "../graph/layout";
 import { ModeSwitch, Workspace, type Mode } from "../graph/Workspace";
 
-/** A flow's state from its tasks: failed if any failed, running while any is not finished. */
-export function flowState(tasks: Iterable<GraphNode>): string {
-  let running = false;
-  let failed = false;
-  let revoked = false;
-  for (const t of tasks) {
-    if (t.state === "FAILURE" || t.state === "REJECTED") failed = true;
-    else if (t.state === "REVOKED") revoked = true;
-    else if (!TERMINAL.has(t.state)) running = true;
-  }
-  return running ? "RUNNING" : failed ? "FAILURE" : revoked ? "REVOKED" : "SUCCESS";
-}
-
-export function countStates(tasks: Iterable<GraphNode>): Record<string, number> {
-  const c: Record<string, number> = {};
-  for (const t of tasks) c[t.state] = (c[t.state] ?? 0) + 1;
-  return c;
-}
-
-export function span(tasks: Iterable<GraphNode>): [number | null, number | null] {
-  let lo: number | null = null;
-  let hi: number | null = null;
-  for (const t of tasks) {
-    const s = t.sent_at ?? t.received_at ?? t.started_at;
-    if (s && (lo === null || s < lo)) lo = s;
-    if (t.finished_at && (hi === null || t.finished_at > hi)) hi = t.finished_at;
-  }
-  return [lo, hi];
-}
-
+/** The server's figures for a flow or a trace: tasks, duration ("so far" while it runs), start, counts. */
 export function FlowStats({
-  tasks,
-  running,
+  summary,
   focus,
   setFocus,
 }: {
-  tasks: Map<string, GraphNode>;
-  running: boolean;
+  summary: StateSummary;
   focus: string | null;
   setFocus: (state: string | null) => void;
 }) {
+  const { task_count: count, started_at: start, duration } = summary;
+  const running = summary.finished_at == null;
   const now = useNow(running ? 1000 : 60_000);
-  const [start, end] = span(tasks.values());
-  const dur = start === null ? null : (running ? now : (end ?? now)) - start;
+  const dur = running ? (start == null ? null : Math.max(now - start, 0)) : duration;
   return (
     <>
       <span className="stat">
-        <b>{tasks.size.toLocaleString()}</b> {tasks.size === 1 ? "task" : "tasks"}
+        <b>{count.toLocaleString()}</b> {count === 1 ? "task" : "tasks"}
       </span>
       <span className="stat">
         <b>{fmtDuration(dur)}</b> {running ? "so far" : "total"}
@@ -67,7 +36,7 @@ export function FlowStats({
         started <b>{fmtTime(start)}</b>
       </span>
       <div style={{ minWidth: 220 }}>
-        <CountsBar counts={countStates(tasks.values())} total={tasks.size} picked={focus} onPick={setFocus} />
+        <CountsBar counts={summary.counts} total={count} picked={focus} onPick={setFocus} />
       </div>
     </>
   );
@@ -121,7 +90,9 @@ export default function FlowView({ rootId }: { rootId: string }) {
     return () => ctl.abort();
   }, [error, rootId, navigate]);
   const root = data?.nodes.find((n) => n.task_id === rootId);
-  useDocumentTitle(root?.name ? `${shortName(root.name)} flow` : `Flow ${rootId.slice(0, 8)}`);
+  // The list's name for the flow: the root task's, or a group's first member when no task is the root.
+  const name = data?.summary.root_name ?? root?.name;
+  useDocumentTitle(name ? `${shortName(name)} flow` : `Flow ${rootId.slice(0, 8)}`);
   if (error && !data)
     return (
       <div className="page">
@@ -134,10 +105,11 @@ export default function FlowView({ rootId }: { rootId: string }) {
       graph={data}
       refetch={reload}
       accept={(t) => t.root_id === rootId || t.task_id === rootId}
-      header={({ tasks, running, mode, setMode, critOn, setCritOn, focus, setFocus }) => (
+      header={({ mode, setMode, critOn, setCritOn, focus, setFocus }) => (
         <div className="flowhead" data-testid="flow-head">
-          <StateChip state={flowState(tasks.values())} />
-          <h1 title={root?.name ?? undefined}>{root?.name ?? "(unknown task)"}</h1>
+          {/* The server's state, refetched with the graph after every live change (Workspace). */}
+          <StateChip state={data.summary.state} />
+          <h1 title={name ?? undefined}>{name ?? "(unknown task)"}</h1>
           <Link to={`/tasks/${encodeURIComponent(rootId)}`} className="mono sub" title={rootId}>
             {shortId(rootId)}
           </Link>
@@ -146,7 +118,7 @@ export default function FlowView({ rootId }: { rootId: string }) {
               trace {shortId(root.trace_id)}
             </Link>
           )}
-          <FlowStats tasks={tasks} running={running} focus={focus} setFocus={setFocus} />
+          <FlowStats summary={data.summary} focus={focus} setFocus={setFocus} />
           <HeaderControls mode={mode} setMode={setMode} critOn={critOn} setCritOn={setCritOn} />
         </div>
       )}

@@ -1,20 +1,20 @@
 // /traces/{trace_id}: every flow carrying the trace id, as one combined graph and timeline.
 import { api } from "../api/client";
-import type { FlowGraph, GraphNode, TraceView } from "../api/types";
+import type { GraphNode, GraphShape, TraceView } from "../api/types";
 import { ErrorBox, Loading, StateChip } from "../components/common";
 import { shortId, shortName } from "../format";
 import { useAsync, useDocumentTitle } from "../hooks";
 import { useLiveFilter } from "../live";
 import { Link } from "../router";
 import { Workspace } from "../graph/Workspace";
-import { FlowStats, HeaderControls, flowState } from "./Flow";
+import { FlowStats, HeaderControls } from "./Flow";
 
 /** Flows drawn in full; a trace with more shows the newest this many and lists the rest as links. */
 const MAX_FLOWS = 30;
 
 interface Combined {
   trace: TraceView;
-  graph: FlowGraph;
+  graph: GraphShape;
   drawn: number;
 }
 
@@ -23,8 +23,8 @@ async function loadTrace(traceId: string, signal: AbortSignal): Promise<Combined
   const flows = trace.flows.slice(0, MAX_FLOWS);
   const graphs = await Promise.all(flows.map((f) => api.flow(f.root_id, signal).catch(() => null)));
   const nodes = new Map<string, GraphNode>();
-  const edges: FlowGraph["edges"] = [];
-  const groups: FlowGraph["groups"] = [];
+  const edges: GraphShape["edges"] = [];
+  const groups: GraphShape["groups"] = [];
   let critical: string[] = [];
   let lastEnd = -Infinity;
   for (const g of graphs) {
@@ -64,6 +64,8 @@ export function TraceViewPage({ traceId }: { traceId: string }) {
       </div>
     );
   if (!data) return <Loading what="Loading trace" />;
+  // The server's state of the trace's flows taken together, refetched after every live change.
+  const summary = data.trace.summary;
   const labels = data.trace.flows
     .slice(0, MAX_FLOWS)
     .map((f) => ({ root_id: f.root_id, label: `flow · ${shortName(f.root_name)}` }));
@@ -73,17 +75,17 @@ export function TraceViewPage({ traceId }: { traceId: string }) {
       flows={labels}
       refetch={reload}
       accept={(t) => t.trace_id === traceId}
-      header={({ tasks, running, mode, setMode, critOn, setCritOn, focus, setFocus }) => (
+      header={({ mode, setMode, critOn, setCritOn, focus, setFocus }) => (
         <>
           <div className="flowhead" data-testid="trace-head">
-            <StateChip state={flowState(tasks.values())} />
+            {summary && <StateChip state={summary.state} />}
             <h1 className="ellipsis" title={traceId}>
               trace {traceId}
             </h1>
             <span className="stat">
               <b>{data.trace.flows.length}</b> {data.trace.flows.length === 1 ? "flow" : "flows"}
             </span>
-            <FlowStats tasks={tasks} running={running} focus={focus} setFocus={setFocus} />
+            {summary && <FlowStats summary={summary} focus={focus} setFocus={setFocus} />}
             <HeaderControls mode={mode} setMode={setMode} critOn={critOn} setCritOn={setCritOn} />
           </div>
           <div className="trace-flows" aria-label="Flows in this trace">

@@ -1,4 +1,5 @@
-"""The tasks of one root workflow as a graph: nodes, typed edges, group/chord containers, critical path.
+"""The tasks of one root workflow as a graph: nodes, typed edges, group/chord containers, critical path,
+and the flow's summary row (state, counts, duration: flow/flows.py).
 
 Everything is derived from fields known at publish time (`parent_id`, `links`, `link_errors`,
 `group_id`, `chord_id`), so a canvas has its final shape as soon as its tasks are *sent*; a chord whose
@@ -13,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import fields
 
+from celery_flow.flow.flows import summarize_flow
 from celery_flow.flow.model import (
     EdgeKind,
     FlowGraph,
@@ -39,6 +41,8 @@ def build_graph(root_id: str, tasks: Iterable[TaskSummary]) -> FlowGraph:
     nodes: dict[str, GraphNode] = {}
     for task in tasks:
         nodes[task.task_id] = to_node(task)
+    # Before the placeholders below: a chord callback not sent yet is drawn, but is not a task yet.
+    summary = summarize_flow(root_id, nodes.values())
 
     # A chord callback is the `chord_id` target of its header members. It is *not* a member of any
     # group it carries the group_id of (Celery gives it the enclosing group's id, DESIGN.md §7).
@@ -125,6 +129,7 @@ def build_graph(root_id: str, tasks: Iterable[TaskSummary]) -> FlowGraph:
         nodes=ordered,
         edges=edges,
         groups=groups,
+        summary=summary,
         critical_path=critical_path(nodes, edges),
     )
 

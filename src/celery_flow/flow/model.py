@@ -7,10 +7,16 @@ FastAPI can derive the OpenAPI schema (and the UI its TypeScript types) from it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, TypeVar, get_args
 
-TaskState = Literal["PENDING", "RECEIVED", "STARTED", "RETRY", "SUCCESS", "FAILURE", "REVOKED", "REJECTED"]
-TERMINAL_STATES: frozenset[str] = frozenset({"SUCCESS", "FAILURE", "REVOKED", "REJECTED"})
+from typing_extensions import TypeAliasType
+
+# Named aliases become named enums in the OpenAPI schema (`components.schemas.TaskState`, ...), so the
+# UI's generated types carry the states and which of them are terminal, in this order.
+UnfinishedState = TypeAliasType("UnfinishedState", Literal["PENDING", "RECEIVED", "STARTED", "RETRY"])
+TerminalState = TypeAliasType("TerminalState", Literal["SUCCESS", "FAILURE", "REVOKED", "REJECTED"])
+TaskState = TypeAliasType("TaskState", UnfinishedState | TerminalState)
+TERMINAL_STATES: frozenset[str] = frozenset(get_args(TerminalState.__value__))
 # The order a task normally moves through; a later event never moves a task back (out-of-order safe).
 STATE_RANK: dict[str, int] = {
     "PENDING": 0,
@@ -22,7 +28,9 @@ STATE_RANK: dict[str, int] = {
     "REVOKED": 4,
     "REJECTED": 4,
 }
-FlowState = Literal["PENDING", "RUNNING", "SUCCESS", "FAILURE", "REVOKED", "REJECTED"]
+FlowState = TypeAliasType(
+    "FlowState", Literal["PENDING", "RUNNING", "SUCCESS", "FAILURE", "REVOKED", "REJECTED"]
+)
 EdgeKind = Literal["spawn", "chain", "chord", "errback"]
 SegmentKind = Literal["queued", "received", "running", "retry"]
 
@@ -148,8 +156,22 @@ class FlowGraph:
     nodes: list[GraphNode]
     edges: list[GraphEdge]
     groups: list[GraphGroup]
+    # The flow's row as `GET /api/flows` lists it: state, counts, start, duration (flow/flows.py).
+    summary: FlowSummary
     # Task ids, root first, of the chain of tasks that decided when the flow finished.
     critical_path: list[str] = field(default_factory=list)
+
+
+@dataclass
+class TraceSummary:
+    """The flows of one trace taken together, by the same rule as one flow (flow/flows.py)."""
+
+    state: FlowState
+    counts: dict[str, int]
+    task_count: int
+    started_at: float | None
+    finished_at: float | None
+    duration: float | None
 
 
 @dataclass
@@ -157,6 +179,8 @@ class TraceView:
     trace_id: str
     flows: list[FlowSummary]
     tasks: list[TaskSummary]
+    # Computed by the API from `flows`; a store leaves it unset.
+    summary: TraceSummary | None = None
 
 
 @dataclass

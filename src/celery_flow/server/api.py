@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Annotated, NoReturn, TypeVar
 
 from fastapi import APIRouter, HTTPException, Path, Query
 from fastapi.exceptions import RequestValidationError
 
+from celery_flow.flow.flows import summarize_trace
 from celery_flow.flow.model import (
     FlowGraph,
     FlowState,
@@ -163,19 +164,31 @@ def build_api_router(
         page = guarded(lambda: store().list_flows(filt, limit, cursor), cursor)
         return FlowPage(items=page.items, next_cursor=page.next_cursor)
 
-    @router.get("/flows/{root_id}", response_model=FlowGraph, summary="The graph of one root workflow")
+    @router.get(
+        "/flows/{root_id}",
+        response_model=FlowGraph,
+        summary="The graph of one root workflow",
+        description="Nodes, edges and groups, and `summary`: the flow's row exactly as `GET /api/flows` "
+        "lists it (state, counts by state, start, duration).",
+    )
     def get_flow(root_id: IdPath) -> FlowGraph:
         tasks = guarded(lambda: store().flow_tasks(root_id))
         if not tasks:
             _not_found("flow", root_id)
         return build_graph(root_id, tasks)
 
-    @router.get("/traces/{trace_id}", response_model=TraceView, summary="Flows and tasks of one trace id")
+    @router.get(
+        "/traces/{trace_id}",
+        response_model=TraceView,
+        summary="Flows and tasks of one trace id",
+        description="Each flow's row as `GET /api/flows` lists it, its tasks, and `summary`: the flows "
+        "taken together, judged by the same rule as one flow.",
+    )
     def get_trace(trace_id: IdPath) -> TraceView:
         view = guarded(lambda: store().trace(trace_id))
         if view is None or (not view.flows and not view.tasks):
             _not_found("trace", trace_id)
-        return view
+        return replace(view, summary=summarize_trace(view.flows))
 
     @router.get("/registry", response_model=list[RegisteredTask], summary="Every task name seen")
     def get_registry() -> list[RegisteredTask]:

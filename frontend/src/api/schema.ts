@@ -28,7 +28,10 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** The graph of one root workflow */
+        /**
+         * The graph of one root workflow
+         * @description Nodes, edges and groups, and `summary`: the flow's row exactly as `GET /api/flows` lists it (state, counts by state, start, duration).
+         */
         get: operations["get_flow_api_flows__root_id__get"];
         put?: never;
         post?: never;
@@ -113,7 +116,10 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** Flows and tasks of one trace id */
+        /**
+         * Flows and tasks of one trace id
+         * @description Each flow's row as `GET /api/flows` lists it, its tasks, and `summary`: the flows taken together, judged by the same rule as one flow.
+         */
         get: operations["get_trace_api_traces__trace_id__get"];
         put?: never;
         post?: never;
@@ -208,6 +214,7 @@ export interface components {
             nodes: components["schemas"]["GraphNode"][];
             /** Root Id */
             root_id: string;
+            summary: components["schemas"]["FlowSummary"];
         };
         /**
          * FlowPage
@@ -219,6 +226,8 @@ export interface components {
             /** Next Cursor */
             next_cursor?: string | null;
         };
+        /** @enum {string} */
+        FlowState: "PENDING" | "RUNNING" | "SUCCESS" | "FAILURE" | "REVOKED" | "REJECTED";
         /**
          * FlowSummary
          * @description One root workflow: the root task and how its descendants are doing.
@@ -238,11 +247,7 @@ export interface components {
             root_name: string | null;
             /** Started At */
             started_at: number | null;
-            /**
-             * State
-             * @enum {string}
-             */
-            state: "PENDING" | "RUNNING" | "SUCCESS" | "FAILURE" | "REVOKED" | "REJECTED";
+            state: components["schemas"]["FlowState"];
             /** Task Count */
             task_count: number;
             /** Trace Id */
@@ -322,11 +327,7 @@ export interface components {
             sent_at?: number | null;
             /** Started At */
             started_at?: number | null;
-            /**
-             * State
-             * @enum {string}
-             */
-            state: "PENDING" | "RECEIVED" | "STARTED" | "RETRY" | "SUCCESS" | "FAILURE" | "REVOKED" | "REJECTED";
+            state: components["schemas"]["TaskState"];
             /** Task Id */
             task_id: string;
             /** Trace Id */
@@ -480,11 +481,7 @@ export interface components {
             sent_at?: number | null;
             /** Started At */
             started_at?: number | null;
-            /**
-             * State
-             * @enum {string}
-             */
-            state: "PENDING" | "RECEIVED" | "STARTED" | "RETRY" | "SUCCESS" | "FAILURE" | "REVOKED" | "REJECTED";
+            state: components["schemas"]["TaskState"];
             /** Task Id */
             task_id: string;
             /** Trace Id */
@@ -504,6 +501,7 @@ export interface components {
             /** Next Cursor */
             next_cursor?: string | null;
         };
+        TaskState: components["schemas"]["UnfinishedState"] | components["schemas"]["TerminalState"];
         /**
          * TaskSummary
          * @description A task as it appears in lists and graph nodes.
@@ -548,11 +546,7 @@ export interface components {
             sent_at?: number | null;
             /** Started At */
             started_at?: number | null;
-            /**
-             * State
-             * @enum {string}
-             */
-            state: "PENDING" | "RECEIVED" | "STARTED" | "RETRY" | "SUCCESS" | "FAILURE" | "REVOKED" | "REJECTED";
+            state: components["schemas"]["TaskState"];
             /** Task Id */
             task_id: string;
             /** Trace Id */
@@ -560,10 +554,32 @@ export interface components {
             /** Updated At */
             updated_at?: number | null;
         };
+        /** @enum {string} */
+        TerminalState: "SUCCESS" | "FAILURE" | "REVOKED" | "REJECTED";
+        /**
+         * TraceSummary
+         * @description The flows of one trace taken together, by the same rule as one flow (flow/flows.py).
+         */
+        TraceSummary: {
+            /** Counts */
+            counts: {
+                [key: string]: number;
+            };
+            /** Duration */
+            duration: number | null;
+            /** Finished At */
+            finished_at: number | null;
+            /** Started At */
+            started_at: number | null;
+            state: components["schemas"]["FlowState"];
+            /** Task Count */
+            task_count: number;
+        };
         /** TraceView */
         TraceView: {
             /** Flows */
             flows: components["schemas"]["FlowSummary"][];
+            summary?: components["schemas"]["TraceSummary"] | null;
             /** Tasks */
             tasks: components["schemas"]["TaskSummary"][];
             /** Trace Id */
@@ -578,6 +594,8 @@ export interface components {
             /** Url */
             url: string | null;
         };
+        /** @enum {string} */
+        UnfinishedState: "PENDING" | "RECEIVED" | "STARTED" | "RETRY";
         /** ValidationError */
         ValidationError: {
             /** Context */
@@ -630,7 +648,7 @@ export interface operations {
     list_flows_api_flows_get: {
         parameters: {
             query?: {
-                state?: ("PENDING" | "RUNNING" | "SUCCESS" | "FAILURE" | "REVOKED" | "REJECTED") | null;
+                state?: components["schemas"]["FlowState"] | null;
                 /** @description Exact task name */
                 name?: string | null;
                 root_id?: string | null;
@@ -820,7 +838,7 @@ export interface operations {
     list_tasks_api_tasks_get: {
         parameters: {
             query?: {
-                state?: ("PENDING" | "RECEIVED" | "STARTED" | "RETRY" | "SUCCESS" | "FAILURE" | "REVOKED" | "REJECTED") | null;
+                state?: components["schemas"]["TaskState"] | null;
                 /** @description Exact task name */
                 name?: string | null;
                 root_id?: string | null;
@@ -1019,3 +1037,20 @@ export interface operations {
         };
     };
 }
+type FlattenedDeepRequired<T> = {
+    [K in keyof T]-?: FlattenedDeepRequired<T[K] extends unknown[] | undefined | null ? Extract<T[K], unknown[]>[number] : T[K]>;
+};
+type ReadonlyArray<T> = [
+    Exclude<T, undefined>
+] extends [
+    unknown[]
+] ? Readonly<Exclude<T, undefined>> : Readonly<Exclude<T, undefined>[]>;
+export const consumerHealthModeValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["ConsumerHealth"]["mode"]> = ["embedded", "external"];
+export const flowStateValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["FlowState"]> = ["PENDING", "RUNNING", "SUCCESS", "FAILURE", "REVOKED", "REJECTED"];
+export const graphEdgeKindValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["GraphEdge"]["kind"]> = ["spawn", "chain", "chord", "errback"];
+export const graphGroupKindValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["GraphGroup"]["kind"]> = ["group", "chord"];
+export const healthReportStatusValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["HealthReport"]["status"]> = ["ok", "degraded"];
+export const segmentKindValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["Segment"]["kind"]> = ["queued", "received", "running", "retry"];
+export const terminalStateValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["TerminalState"]> = ["SUCCESS", "FAILURE", "REVOKED", "REJECTED"];
+export const unfinishedStateValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["UnfinishedState"]> = ["PENDING", "RECEIVED", "STARTED", "RETRY"];
+export const workerInfoStatusValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["WorkerInfo"]["status"]> = ["online", "offline"];
