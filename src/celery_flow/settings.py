@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from celery_flow.events import DEFAULT_HEARTBEAT_INTERVAL
 from celery_flow.transport.base import ConfigError
 
 ENV_PREFIX = "CELERY_FLOW_"
@@ -66,6 +67,16 @@ def parse_positive_int(raw: str) -> int:
 parse_positive_int.__name__ = "a positive integer"
 
 
+def parse_seconds(raw: str) -> float:
+    value = float(raw)
+    if value <= 0 or not math.isfinite(value):
+        raise ValueError(raw)
+    return value
+
+
+parse_seconds.__name__ = "a positive number of seconds"
+
+
 def parse_duration(raw: str) -> float:
     """Seconds from `3600`, `90s`, `30m`, `24h`, `7d` or `2w`; `0` disables age-based retention."""
     text = raw.strip().lower()
@@ -105,3 +116,5 @@ class TrackingSettings:
     max_value_size: int = DEFAULT_MAX_VALUE_SIZE
     # Publisher buffer: events kept while the broker is slow or down before the oldest are dropped.
     buffer_size: int = 10_000
+    # Seconds between a worker's heartbeats; announced to the server, which judges the worker by it.
+    heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL

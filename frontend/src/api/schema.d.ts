@@ -593,6 +593,8 @@ export interface components {
         };
         /** WorkerInfo */
         WorkerInfo: {
+            /** Heartbeat Interval */
+            heartbeat_interval?: number | null;
             /** Hostname */
             hostname: string;
             /** Info */
