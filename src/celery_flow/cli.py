@@ -8,24 +8,32 @@ traceback. Problems that appear later (the broker restarts) leave the server up:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from types import FrameType
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
 from celery_flow import __version__
-from celery_flow.consumer import DEFAULT_GROUP, Sink
-from celery_flow.server.config import ServerConfig
-from celery_flow.server.config import resolve as resolve_config
+from celery_flow.consumer import DEFAULT_GROUP
+from celery_flow.errors import ConfigError
 from celery_flow.transport import from_url, redact_url
-from celery_flow.transport.base import ConfigError, TransportError
+from celery_flow.transport.base import TransportError
+
+if TYPE_CHECKING:
+    from celery_flow.server.config import ServerConfig
+    from celery_flow.server.runtime import Runtime
+    from celery_flow.store.base import Store
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -46,22 +54,98 @@ def fail(message: str) -> NoReturn:
     raise FatalError(message)
 
 
-# ---- resolving settings -------------------------------------------------------------------------
+# ---- options: declared once, composed per command ------------------------------------------------
+
+LOG_LEVELS = click.Choice(["debug", "info", "warning", "error"], case_sensitive=False)
+
+# Every option of every command: (flags, click.option settings). Commands pick theirs with `options()`.
+OPTIONS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
+    "broker_url": (("--broker-url", "-b"), {
+        "metavar": "URL", "help": "Broker the events travel through (redis://, amqp://...). "
+                                  "Env: CELERY_FLOW_BROKER_URL."}),
+    "store": (("--store", "-s"), {
+        "metavar": "URL", "help": "sqlite:///path.db or postgresql://... Env: CELERY_FLOW_STORE. "
+                                  "Default: a SQLite file in the user data directory."}),
+    "prefix": (("--prefix",), {
+        "help": "Stream/exchange prefix (must match init()). Env: CELERY_FLOW_PREFIX. "
+                "Default: celery_flow."}),
+    "ttl": (("--ttl",), {
+        "metavar": "DURATION", "help": "Delete tasks older than this (3600, 30m, 24h, 7d; 0 keeps "
+                                       "everything). Env: CELERY_FLOW_TTL. Default: 1 day."}),
+    "max_tasks": (("--max-tasks",), {
+        "type": click.IntRange(min=1),
+        "help": "Keep at most this many tasks (oldest deleted first). Env: CELERY_FLOW_MAX_TASKS."}),
+    "host": (("--host",), {"default": DEFAULT_HOST, "show_default": True, "help": "Interface to listen on."}),
+    "port": (("--port", "-p"), {
+        "type": click.IntRange(1, 65535), "default": DEFAULT_PORT, "show_default": True}),
+    "reload": (("--reload",), {"is_flag": True, "help": "Restart on code changes (development)."}),
+    "no_consumer": (("--no-consumer",), {
+        "is_flag": True, "help": "Do not fold events in this process (a separate "
+        "`celery-flow consume` does). Env: CELERY_FLOW_EMBEDDED_CONSUMER=0."}),
+    "basic_auth": (("--basic-auth",), {
+        "metavar": "USER:PASS",
+        "help": "Require HTTP basic auth on every route. Env: CELERY_FLOW_BASIC_AUTH."}),
+    "log_level": (("--log-level",), {"default": "info", "show_default": True, "type": LOG_LEVELS}),
+    "otlp_endpoint": (("--otlp-endpoint",), {
+        "metavar": "URL", "help": "Export finished tasks as OpenTelemetry spans over OTLP/HTTP, e.g. "
+        "http://localhost:4318. Env: OTEL_EXPORTER_OTLP_ENDPOINT. Needs `pip install 'celery-flow[otlp]'`."}),
+    "name": (("--name",), {"help": "Consumer name in the group. Default: {hostname}:{pid}."}),
+    "group": (("--group",), {
+        "default": DEFAULT_GROUP, "show_default": True, "help": "Consumer group shared by consumers."}),
+    "batch": (("--batch",), {"type": click.IntRange(1, 10_000), "default": 500, "show_default": True}),
+    "rate": (("--rate",), {
+        "type": click.FloatRange(min=0.05), "default": 1.0, "show_default": True,
+        "help": "Workflows started per second."}),
+}  # fmt: skip
+
+# The settings `server_config()` resolves, and the options of each kind of command.
+SETTINGS = ("broker_url", "store", "prefix", "ttl", "max_tasks")
+SERVER = (*SETTINGS, "host", "port", "no_consumer", "basic_auth", "log_level", "otlp_endpoint")
+CONSUME = (*SETTINGS, "name", "group", "batch", "log_level", "otlp_endpoint")
 
 
-def resolve(
-    broker_url: str | None,
-    store: str | None,
-    prefix: str | None,
+def options(*names: str, **overrides: dict[str, Any]) -> Callable[[F], F]:
+    """Decorate a command with the named OPTIONS, listed in that order in its --help; `overrides` change
+    some settings of one option, e.g. `store={"help": ...}`."""
+
+    def decorate(func: F) -> F:
+        for name in reversed(names):
+            flags, settings = OPTIONS[name]
+            func = click.option(*flags, name, **{**settings, **overrides.get(name, {})})(func)
+        return func
+
+    return decorate
+
+
+# --broker-url, --store, --prefix, --ttl, --max-tasks: for a command that resolves a ServerConfig.
+common_options = options(*SETTINGS)
+
+
+def server_config(
+    broker_url: str | None = None,
+    store: str | None = None,
+    prefix: str | None = None,
     ttl: str | None = None,
     max_tasks: int | None = None,
     basic_auth: str | None = None,
+    no_consumer: bool | None = None,
+    otlp_endpoint: str | None = None,
+    default_broker_url: str | None = None,
 ) -> ServerConfig:
-    """Arguments first, then CELERY_FLOW_* variables, then defaults; exit 2 on a bad value."""
+    """The options (as click passes them) resolved into the one ServerConfig; exit 2 on a bad value."""
+    from celery_flow.server.config import resolve
+
     try:
-        return resolve_config(broker_url, store, prefix, ttl, max_tasks, basic_auth)
+        return resolve(
+            broker_url, store, prefix, ttl, max_tasks, basic_auth,
+            embedded_consumer=False if no_consumer else None, otlp_endpoint=otlp_endpoint,
+            default_broker_url=default_broker_url,
+        )  # fmt: skip
     except ValueError as exc:  # ConfigError is a ValueError
         fail(_one_line(exc))
+
+
+# ---- checks: every fixable startup problem is one line and exit 2 ---------------------------------
 
 
 def _one_line(exc: BaseException) -> str:
@@ -85,22 +169,38 @@ def check_broker(broker_url: str, prefix: str) -> None:
         transport.close()
 
 
-def open_store_or_fail(store_url: str) -> Any:
+def open_store_or_fail(store_url: str) -> Store:
     """Open (creating if needed) the store, or exit 2 with the store's one-line reason and fix."""
     from celery_flow.store import open_store
-    from celery_flow.store.base import StoreError
 
     try:
         return open_store(store_url)
-    except StoreError as exc:
+    except Exception as exc:
+        store_failed(store_url, exc)
+
+
+def open_or_fail(runtime: Runtime) -> Runtime:
+    """`runtime` opened (the store, then the sinks), or exit 2 with the one-line reason and fix."""
+    try:
+        runtime.open()
+    except Exception as exc:
+        store_failed(runtime.config.store_url, exc)
+    return runtime
+
+
+def store_failed(store_url: str, exc: Exception) -> NoReturn:
+    """Exit 2 with one line naming the fix for a store that could not be opened."""
+    from celery_flow.store.base import StoreError
+
+    if isinstance(exc, StoreError):
         fail(f"cannot open the store {redact_url(store_url)}: {_one_line(exc)}")
-    except ConfigError as exc:
+    if isinstance(exc, ConfigError):
         fail(_one_line(exc))
-    except Exception as exc:  # a driver error we did not anticipate: still one line, still the fix
-        fail(
-            f"cannot open the store {redact_url(store_url)} ({type(exc).__name__}: {_one_line(exc)}): "
-            "check --store / CELERY_FLOW_STORE (sqlite:///path.db or postgresql://...)"
-        )
+    # A driver error we did not anticipate: still one line, still the fix.
+    fail(
+        f"cannot open the store {redact_url(store_url)} ({type(exc).__name__}: {_one_line(exc)}): "
+        "check --store / CELERY_FLOW_STORE (sqlite:///path.db or postgresql://...)"
+    )
 
 
 def check_port(host: str, port: int) -> None:
@@ -121,75 +221,6 @@ def check_port(host: str, port: int) -> None:
 def check_store(store_url: str) -> None:
     store = open_store_or_fail(store_url)
     store.close()
-
-
-# ---- sinks (OTLP export plugs in here) ----------------------------------------------------------
-
-
-def sink_options(func: F) -> F:
-    """Options that configure consumer sinks, shared by `server` and `consume` (e.g. --otlp-endpoint)."""
-    return click.option(
-        "--otlp-endpoint", default=None, metavar="URL",
-        help="Export finished tasks as OpenTelemetry spans over OTLP/HTTP, e.g. http://localhost:4318. "
-        "Env: OTEL_EXPORTER_OTLP_ENDPOINT. Needs `pip install 'celery-flow[otlp]'`.",
-    )(func)  # fmt: skip
-
-
-def build_sinks(store: Any, otlp_endpoint: str | None = None, **options: Any) -> list[Sink]:
-    """The callables the consumer runs after each commit, from the options `sink_options` adds."""
-    from celery_flow.export import otlp_sink
-
-    try:
-        exporter = otlp_sink(store, otlp_endpoint)
-    except ConfigError as exc:
-        fail(str(exc))
-    return [exporter] if exporter is not None else []
-
-
-def reload_sink_env(otlp_endpoint: str | None = None, **options: Any) -> dict[str, str]:
-    """The sink options as the environment of the process `--reload` serves from, which builds its sinks
-    from the environment alone (server.app.create_app_from_env). Checked here, so that a bad value is a
-    one-line error before the reloader starts: an explicit endpoint becomes the standard
-    OTEL_EXPORTER_OTLP_TRACES_ENDPOINT (a full URL), over any endpoint already in the environment."""
-    if otlp_endpoint is None or not otlp_endpoint.strip():
-        return {}
-    from celery_flow.export import require_otlp_sdk, resolve_otlp_endpoint
-
-    try:
-        resolved = resolve_otlp_endpoint(otlp_endpoint)
-        require_otlp_sdk()
-    except ConfigError as exc:
-        fail(str(exc))
-    assert resolved is not None
-    return {
-        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": resolved,
-        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/protobuf",
-    }
-
-
-# ---- shared options -----------------------------------------------------------------------------
-
-
-def common_options(func: F) -> F:
-    """--broker-url, --store, --prefix, --ttl, --max-tasks, for both `server` and `consume`."""
-    decorators = [
-        click.option("--broker-url", "-b", envvar=None, default=None, metavar="URL",
-                     help="Broker the events travel through (redis://, amqp://...). "
-                          "Env: CELERY_FLOW_BROKER_URL."),
-        click.option("--store", "-s", default=None, metavar="URL",
-                     help="sqlite:///path.db or postgresql://... Env: CELERY_FLOW_STORE. "
-                          "Default: a SQLite file in the user data directory."),
-        click.option("--prefix", default=None, help="Stream/exchange prefix (must match init()). "
-                                                    "Env: CELERY_FLOW_PREFIX. Default: celery_flow."),
-        click.option("--ttl", default=None, metavar="DURATION",
-                     help="Delete tasks older than this (3600, 30m, 24h, 7d; 0 keeps everything). "
-                          "Env: CELERY_FLOW_TTL. Default: 1 day."),
-        click.option("--max-tasks", type=click.IntRange(min=1), default=None,
-                     help="Keep at most this many tasks (oldest deleted first). Env: CELERY_FLOW_MAX_TASKS."),
-    ]  # fmt: skip
-    for decorator in reversed(decorators):
-        func = decorator(func)
-    return func
 
 
 def exit_cleanly_on_sigterm() -> None:
@@ -220,22 +251,32 @@ def main() -> None:
     """celery-flow: see what happened in your Celery workflows."""
 
 
-def run_server(
-    broker_url: str | None,
-    store: str | None,
-    prefix: str | None,
-    ttl: str | None,
-    max_tasks: int | None,
-    host: str,
-    port: int,
-    reload: bool,
-    no_consumer: bool,
-    basic_auth: str | None,
-    log_level: str,
-    sink_kwargs: dict[str, Any],
-) -> None:
-    cfg = resolve(broker_url, store, prefix, ttl, max_tasks, basic_auth)
-    if cfg.broker_url is None and not no_consumer:
+@main.command("server")
+@options(*SERVER, "reload")
+def server_command(host: str, port: int, reload: bool, log_level: str, **settings: Any) -> None:
+    """Serve the UI and API; by default also fold the broker's events into the store."""
+    run_server(server_config(**settings), host, port, log_level, reload)
+
+
+@main.command("consume")
+@options(*CONSUME)
+def consume_command(name: str | None, group: str, batch: int, log_level: str, **settings: Any) -> None:
+    """Fold the broker's events into the store, without serving HTTP (scale these out)."""
+    run_consume(server_config(**settings), name, group, batch, log_level)
+
+
+DEMO_STORE_HELP = "Where to keep the demo's data. Default: a fresh SQLite file in a temporary directory."
+
+
+@main.command("demo")
+@options("host", "port", "store", "rate", store={"help": DEMO_STORE_HELP})
+def demo_command(host: str, port: int, store: str | None, rate: float) -> None:
+    """Run an in-process Celery app producing realistic workflows and serve the UI (no broker needed)."""
+    run_demo(host, port, store, rate)
+
+
+def run_server(cfg: ServerConfig, host: str, port: int, log_level: str, reload: bool = False) -> None:
+    if cfg.broker_url is None and cfg.embedded_consumer:
         fail(
             "no broker given: pass --broker-url redis://host:6379/0 (or set CELERY_FLOW_BROKER_URL), "
             "or --no-consumer when a separate `celery-flow consume` folds the events"
@@ -248,22 +289,9 @@ def run_server(
     import uvicorn
 
     if reload:
-        # The reloader re-imports the app in a fresh process: hand it the settings through the env.
-        env = {
-            "CELERY_FLOW_STORE": cfg.store_url,
-            "CELERY_FLOW_PREFIX": cfg.prefix,
-            "CELERY_FLOW_TTL": str(int(cfg.ttl or 0)),
-            "CELERY_FLOW_EMBEDDED_CONSUMER": "0" if no_consumer else "1",
-        }
-        if cfg.broker_url:
-            env["CELERY_FLOW_BROKER_URL"] = cfg.broker_url
-        if cfg.max_tasks:
-            env["CELERY_FLOW_MAX_TASKS"] = str(cfg.max_tasks)
-        if cfg.basic_auth:
-            env["CELERY_FLOW_BASIC_AUTH"] = ":".join(cfg.basic_auth)
-        env.update(reload_sink_env(**sink_kwargs))
         check_store(cfg.store_url)
-        os.environ.update(env)
+        # The reloader serves from a fresh process that re-imports the app: hand it this config.
+        os.environ.update(cfg.to_env())
         _announce(host, port, cfg)
         # Watch celery-flow's own code, the code --reload is for, not the (possibly huge) working directory.
         package = os.path.dirname(os.path.abspath(__file__))
@@ -273,27 +301,14 @@ def run_server(
 
     from celery_flow.server.app import create_app
 
-    opened = open_store_or_fail(cfg.store_url)
-    app = create_app(
-        broker_url=cfg.broker_url,
-        store=opened,
-        store_url=cfg.store_url,
-        basic_auth=cfg.basic_auth,
-        embedded_consumer=not no_consumer,
-        prefix=cfg.prefix,
-        ttl=cfg.ttl,
-        max_tasks=cfg.max_tasks,
-        sinks=build_sinks(opened, **sink_kwargs),
-    )
-    _announce(host, port, cfg)
-    try:
+    app = create_app(config=cfg)
+    with open_or_fail(app.state.celery_flow.runtime):
+        _announce(host, port, cfg)
         uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level.lower())).run()
-    finally:
-        opened.close()
 
 
 def _announce(host: str, port: int, cfg: ServerConfig) -> None:
-    shown = "127.0.0.1" if host in {"0.0.0.0", "::", ""} else host  # noqa: S104 - only for display
+    shown = _shown(host)
     auth = " (basic auth on)" if cfg.basic_auth else ""
     if not cfg.basic_auth and host not in {"127.0.0.1", "localhost", "::1"}:
         click.echo(
@@ -309,120 +324,68 @@ def _announce(host: str, port: int, cfg: ServerConfig) -> None:
     )
 
 
-@main.command("server")
-@common_options
-@click.option("--host", default=DEFAULT_HOST, show_default=True, help="Interface to listen on.")
-@click.option("--port", "-p", type=click.IntRange(1, 65535), default=DEFAULT_PORT, show_default=True)
-@click.option("--reload", is_flag=True, help="Restart on code changes (development).")
-@click.option("--no-consumer", is_flag=True,
-              help="Do not fold events in this process (a separate `celery-flow consume` does).")  # fmt: skip
-@click.option("--basic-auth", default=None, metavar="USER:PASS",
-              help="Require HTTP basic auth on every route. Env: CELERY_FLOW_BASIC_AUTH.")  # fmt: skip
-@click.option("--log-level", default="info", show_default=True,
-              type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False))  # fmt: skip
-@sink_options
-def server_command(
-    broker_url: str | None,
-    store: str | None,
-    prefix: str | None,
-    ttl: str | None,
-    max_tasks: int | None,
-    host: str,
-    port: int,
-    reload: bool,
-    no_consumer: bool,
-    basic_auth: str | None,
-    log_level: str,
-    **sink_kwargs: Any,
-) -> None:
-    """Serve the UI and API; by default also fold the broker's events into the store."""
-    run_server(broker_url, store, prefix, ttl, max_tasks, host, port, reload, no_consumer, basic_auth,
-               log_level, sink_kwargs)  # fmt: skip
+def _shown(host: str) -> str:
+    return "127.0.0.1" if host in {"0.0.0.0", "::", ""} else host  # noqa: S104 - only for display
 
 
-def run_consume(
-    broker_url: str | None,
-    store: str | None,
-    prefix: str | None,
-    ttl: str | None,
-    max_tasks: int | None,
-    name: str | None,
-    group: str,
-    batch: int,
-    log_level: str,
-    sink_kwargs: dict[str, Any],
-) -> None:
-    from celery_flow.consumer import Consumer
-
-    cfg = resolve(broker_url, store, prefix, ttl, max_tasks)
+def run_consume(cfg: ServerConfig, name: str | None, group: str, batch: int, log_level: str) -> None:
     if cfg.broker_url is None:
         fail("no broker given: pass --broker-url redis://host:6379/0 or set CELERY_FLOW_BROKER_URL")
     check_broker(cfg.broker_url, cfg.prefix)
-    opened = open_store_or_fail(cfg.store_url)
     setup_logging(log_level)
-    stop = threading.Event()
+    from celery_flow.server.runtime import Runtime
 
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
+    with open_or_fail(Runtime(cfg, group=group)) as runtime:
+        stop = threading.Event()
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    consumer = Consumer(
-        cfg.broker_url, opened, prefix=cfg.prefix, group=group, name=name, batch=batch, ttl=cfg.ttl,
-        max_tasks=cfg.max_tasks, sinks=build_sinks(opened, **sink_kwargs),
-    )  # fmt: skip
-    click.echo(
-        f"celery-flow consume: broker={redact_url(cfg.broker_url)} store={redact_url(cfg.store_url)} "
-        f"prefix={cfg.prefix} group={group} name={consumer.name}",
-        err=True,
-    )
-    try:
+        def on_signal(signum: int, frame: FrameType | None) -> None:
+            stop.set()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        consumer = runtime.consumer_for(name, batch)
+        click.echo(
+            f"celery-flow consume: broker={redact_url(cfg.broker_url)} store={redact_url(cfg.store_url)} "
+            f"prefix={cfg.prefix} group={group} name={consumer.name}",
+            err=True,
+        )
         consumer.run(stop)
-    finally:
-        opened.close()
 
 
-@main.command("consume")
-@common_options
-@click.option("--name", default=None, help="Consumer name in the group. Default: {hostname}:{pid}.")
-@click.option("--group", default=DEFAULT_GROUP, show_default=True, help="Consumer group shared by consumers.")
-@click.option("--batch", type=click.IntRange(1, 10_000), default=500, show_default=True)
-@click.option("--log-level", default="info", show_default=True,
-              type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False))  # fmt: skip
-@sink_options
-def consume_command(
-    broker_url: str | None,
-    store: str | None,
-    prefix: str | None,
-    ttl: str | None,
-    max_tasks: int | None,
-    name: str | None,
-    group: str,
-    batch: int,
-    log_level: str,
-    **sink_kwargs: Any,
-) -> None:
-    """Fold the broker's events into the store, without serving HTTP (scale these out)."""
-    run_consume(broker_url, store, prefix, ttl, max_tasks, name, group, batch, log_level, sink_kwargs)
+def run_demo(host: str, port: int, store_url: str | None, rate: float) -> None:
+    """Serve the UI over the demo app's flows (demo.py) until interrupted; a temporary store by default."""
+    import uvicorn
 
+    from celery_flow import demo
+    from celery_flow.server.app import create_app
+    from celery_flow.server.config import ServerConfig
 
-@main.command("demo")
-@click.option("--host", default=DEFAULT_HOST, show_default=True)
-@click.option("--port", "-p", type=click.IntRange(1, 65535), default=DEFAULT_PORT, show_default=True)
-@click.option(
-    "--store",
-    "-s",
-    default=None,
-    metavar="URL",
-    help="Where to keep the demo's data. Default: a fresh SQLite file in a temporary directory.",
-)
-@click.option("--rate", type=click.FloatRange(min=0.05), default=1.0, show_default=True,
-              help="Workflows started per second.")  # fmt: skip
-def demo_command(host: str, port: int, store: str | None, rate: float) -> None:
-    """Run an in-process Celery app producing realistic workflows and serve the UI (no broker needed)."""
-    from celery_flow.demo import run_demo
-
-    run_demo(host=host, port=port, store_url=store, rate=rate)
+    check_port(host, port)
+    setup_logging("warning")
+    exit_cleanly_on_sigterm()
+    demo.quiet_expected_failures()
+    with contextlib.ExitStack() as stack:
+        where = store_url
+        if store_url is None:
+            tmpdir = Path(tempfile.mkdtemp(prefix="celery-flow-demo-"))
+            stack.callback(shutil.rmtree, tmpdir, ignore_errors=True)
+            store_url = f"sqlite:///{tmpdir / 'demo.db'}"
+            where = "a temporary SQLite file, deleted on exit"
+        # The demo's own settings, not the environment's: its in-process broker, kept bounded.
+        cfg = ServerConfig(
+            broker_url=demo.DEMO_TRANSPORT, store_url=store_url, prefix=demo.DEMO_PREFIX, ttl=None,
+            max_tasks=demo.DEMO_MAX_TASKS, basic_auth=None, embedded_consumer=True,
+        )  # fmt: skip
+        app = create_app(config=cfg)
+        stack.enter_context(open_or_fail(app.state.celery_flow.runtime))
+        server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+        stack.enter_context(demo.running_demo(rate=rate))
+        click.echo(
+            f"celery-flow demo: open http://{_shown(host)}:{port}/  (an in-process Celery app starts "
+            f"{rate:g} workflow/s; data in {where}; Ctrl+C to stop)",
+            err=True,
+        )
+        server.run()
 
 
 # ---- `celery -A proj flow ...` --------------------------------------------------------------------
@@ -448,62 +411,21 @@ def celery_command() -> None:
 
 
 @celery_command.command("server")
-@common_options
-@click.option("--host", default=DEFAULT_HOST, show_default=True)
-@click.option("--port", "-p", type=click.IntRange(1, 65535), default=DEFAULT_PORT, show_default=True)
-@click.option("--no-consumer", is_flag=True)
-@click.option("--basic-auth", default=None, metavar="USER:PASS")
-@click.option("--log-level", default="info", show_default=True,
-              type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False))  # fmt: skip
-@sink_options
+@options(*SERVER)
 @click.pass_context
-def celery_server(
-    ctx: click.Context,
-    /,
-    broker_url: str | None,
-    store: str | None,
-    prefix: str | None,
-    ttl: str | None,
-    max_tasks: int | None,
-    host: str,
-    port: int,
-    no_consumer: bool,
-    basic_auth: str | None,
-    log_level: str,
-    **sink_kwargs: Any,
-) -> None:
+def celery_server(ctx: click.Context, /, host: str, port: int, log_level: str, **settings: Any) -> None:
     """Serve the UI and API for this Celery app."""
-    broker = broker_url or os.environ.get("CELERY_FLOW_BROKER_URL") or _app_broker(ctx)
-    run_server(broker, store, prefix, ttl, max_tasks, host, port, False, no_consumer, basic_auth,
-               log_level, sink_kwargs)  # fmt: skip
+    run_server(server_config(**settings, default_broker_url=_app_broker(ctx)), host, port, log_level)
 
 
 @celery_command.command("consume")
-@common_options
-@click.option("--name", default=None)
-@click.option("--group", default=DEFAULT_GROUP, show_default=True)
-@click.option("--batch", type=click.IntRange(1, 10_000), default=500, show_default=True)
-@click.option("--log-level", default="info", show_default=True,
-              type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False))  # fmt: skip
-@sink_options
+@options(*CONSUME)
 @click.pass_context
 def celery_consume(
-    ctx: click.Context,
-    /,
-    broker_url: str | None,
-    store: str | None,
-    prefix: str | None,
-    ttl: str | None,
-    max_tasks: int | None,
-    name: str | None,
-    group: str,
-    batch: int,
-    log_level: str,
-    **sink_kwargs: Any,
+    ctx: click.Context, /, name: str | None, group: str, batch: int, log_level: str, **settings: Any
 ) -> None:
     """Fold this Celery app's celery-flow events into the store."""
-    broker = broker_url or os.environ.get("CELERY_FLOW_BROKER_URL") or _app_broker(ctx)
-    run_consume(broker, store, prefix, ttl, max_tasks, name, group, batch, log_level, sink_kwargs)
+    run_consume(server_config(**settings, default_broker_url=_app_broker(ctx)), name, group, batch, log_level)
 
 
 if __name__ == "__main__":  # pragma: no cover

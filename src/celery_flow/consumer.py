@@ -57,8 +57,8 @@ POISON_AFTER = 3
 # How often a running consumer logs one line of progress (only when something happened).
 REPORT_INTERVAL = 60.0
 
-#: Called after each commit with the ids of the tasks that changed (e.g. the OTLP exporter); a sink with
-#: a `close()` method is closed when `Consumer.run()` returns.
+#: Called after each commit with the ids of the tasks that changed (e.g. the OTLP exporter). Whoever
+#: made the sink closes it (server.runtime closes those with a `close()` after the consumer stops).
 Sink = Callable[[list[str]], object]
 
 
@@ -214,23 +214,12 @@ class Consumer:
                 self._housekeeping(stop)
         finally:
             self._disconnect(None)
-            self._close_sinks()
             self._set_status("stopped")
             st = self.stats()
             log.info(
                 "consumer stopped: %d events folded in %d batches, %d rejected, %d reconnects",
                 st["events_total"], st["batches_total"], st["rejected_total"], st["reconnects_total"],
             )  # fmt: skip
-
-    def _close_sinks(self) -> None:
-        """Sinks with a `close()` (the OTLP exporter flushes its queue there) end with the consumer."""
-        for sink in self.sinks:
-            close = getattr(sink, "close", None)
-            if callable(close):
-                try:
-                    close()
-                except Exception:
-                    log.exception("closing sink %r failed", sink)
 
     def _connect(self) -> Subscription | None:
         if self._subscription is not None:

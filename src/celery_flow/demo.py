@@ -19,13 +19,9 @@ import contextlib
 import itertools
 import logging
 import random
-import shutil
-import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 from celery import Celery, chain, chord, group
@@ -34,6 +30,8 @@ log = logging.getLogger("celery_flow.demo")
 
 DEMO_PREFIX = "celery_flow_demo"
 DEMO_TRANSPORT = "memory://celery-flow-demo"
+# Tasks the demo's server keeps at most: it runs for hours in a demo without filling a disk.
+DEMO_MAX_TASKS = 20_000
 
 
 def _pause(low: float = 0.05, high: float = 0.6) -> None:
@@ -233,6 +231,12 @@ def produce(app: Celery, stop: threading.Event, rate: float) -> None:
         stop.wait(1.0 / rate)
 
 
+def quiet_expected_failures() -> None:
+    """The demo's failures are on purpose: keep their tracebacks in the UI, not on the terminal."""
+    for noisy, level in (("celery.app.trace", logging.CRITICAL), ("kombu.connection", logging.ERROR)):
+        logging.getLogger(noisy).setLevel(level)
+
+
 @contextlib.contextmanager
 def running_demo(rate: float = 1.0, prefix: str = DEMO_PREFIX) -> Iterator[Celery]:
     """The demo app with its worker thread and producer thread running (stopped on exit)."""
@@ -254,42 +258,3 @@ def running_demo(rate: float = 1.0, prefix: str = DEMO_PREFIX) -> Iterator[Celer
         import celery_flow
 
         celery_flow.shutdown(app)
-
-
-def run_demo(host: str, port: int, store_url: str | None = None, rate: float = 1.0) -> None:
-    """`celery-flow demo`: serve the UI over the demo app's flows until interrupted."""
-    import uvicorn
-
-    from celery_flow.cli import check_port, exit_cleanly_on_sigterm, open_store_or_fail, setup_logging
-    from celery_flow.server.app import create_app
-
-    check_port(host, port)
-    setup_logging("warning")
-    exit_cleanly_on_sigterm()
-    # The demo's failures are on purpose: keep their tracebacks in the UI, not on the terminal.
-    for noisy, level in (("celery.app.trace", logging.CRITICAL), ("kombu.connection", logging.ERROR)):
-        logging.getLogger(noisy).setLevel(level)
-    tmpdir: Path | None = None
-    if store_url is None:
-        tmpdir = Path(tempfile.mkdtemp(prefix="celery-flow-demo-"))
-        store_url = f"sqlite:///{tmpdir / 'demo.db'}"
-    store = open_store_or_fail(store_url)
-    try:
-        app = create_app(
-            broker_url=DEMO_TRANSPORT, store=store, store_url=store_url, prefix=DEMO_PREFIX, max_tasks=20_000
-        )
-        server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
-        with running_demo(rate=rate):
-            shown = "127.0.0.1" if host in {"0.0.0.0", "::", ""} else host  # noqa: S104 - display only
-            where = "a temporary SQLite file, deleted on exit" if tmpdir else store_url
-            print(
-                f"celery-flow demo: open http://{shown}:{port}/  (an in-process Celery app starts "
-                f"{rate:g} workflow/s; data in {where}; Ctrl+C to stop)",
-                file=sys.stderr,
-                flush=True,
-            )
-            server.run()
-    finally:
-        store.close()
-        if tmpdir is not None:
-            shutil.rmtree(tmpdir, ignore_errors=True)

@@ -33,6 +33,10 @@ TASK_EVENT_TYPES: Final[frozenset[str]] = frozenset(
 )
 WORKER_EVENT_TYPES: Final[frozenset[str]] = frozenset(("worker.online", "worker.heartbeat", "worker.offline"))
 
+# Seconds between a worker's heartbeats unless configured (init(heartbeat_interval=...)); the server
+# assumes it for a worker that does not announce its own.
+DEFAULT_HEARTBEAT_INTERVAL: Final = 15.0
+
 # Largest encoded event the consumer accepts. The library caps every captured value far below this
 # (max_value_size), so anything larger was not written by a well-behaved client.
 MAX_EVENT_BYTES: Final = 1_048_576
@@ -87,9 +91,11 @@ class Event(msgspec.Struct, kw_only=True, omit_defaults=True):
     reason: str | None = None
     runtime: float | None = None
 
-    # Worker events: registered tasks (on online) and pool facts.
+    # Worker events: registered tasks (on online), pool facts, and seconds between its heartbeats (on
+    # online and heartbeat; workers before it sent none).
     tasks: list[TaskInfo] | None = None
     info: dict[str, Any] | None = None
+    heartbeat_interval: float | None = None
 
     # publisher.dropped: events dropped by this process since its last report.
     dropped: int | None = None

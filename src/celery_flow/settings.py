@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from celery_flow.errors import ConfigError
+from celery_flow.events import DEFAULT_HEARTBEAT_INTERVAL
 
 ENV_PREFIX = "CELERY_FLOW_"
 DEFAULT_PREFIX = "celery_flow"
@@ -68,14 +69,14 @@ def parse_positive_int(raw: str) -> int:
 parse_positive_int.__name__ = "a positive integer"
 
 
-def parse_positive_seconds(raw: str) -> float:
+def parse_seconds(raw: str) -> float:
     value = float(raw)
-    if value <= 0:
+    if value <= 0 or not math.isfinite(value):
         raise ValueError(raw)
     return value
 
 
-parse_positive_seconds.__name__ = "a positive number of seconds"
+parse_seconds.__name__ = "a positive number of seconds"
 
 
 def parse_duration(raw: str) -> float:
@@ -117,3 +118,5 @@ class TrackingSettings:
     max_value_size: int = DEFAULT_MAX_VALUE_SIZE
     # Publisher buffer: events kept while the broker is slow or down before the oldest are dropped.
     buffer_size: int = 10_000
+    # Seconds between a worker's heartbeats; announced to the server, which judges the worker by it.
+    heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL

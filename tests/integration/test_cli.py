@@ -117,6 +117,27 @@ def test_server_without_broker_explains_both_ways() -> None:
     assert "--no-consumer" in line
 
 
+def test_the_environment_turns_the_embedded_consumer_off_as_no_consumer_does(tmp_path: Path) -> None:
+    port = free_port()
+    env = cli_env(CELERY_FLOW_EMBEDDED_CONSUMER="0", CELERY_FLOW_STORE=f"sqlite:///{tmp_path}/s.db")
+    with cli_process("server", "--port", str(port), env=env, log=tmp_path / "server.log"):
+        health = wait_for(lambda: httpx.get(f"http://127.0.0.1:{port}/api/health").json(), 30, "the server")
+    assert health["consumer"]["mode"] == "external"
+
+
+def test_reload_serves_with_the_options_given(tmp_path: Path) -> None:
+    port = free_port()
+    store = f"sqlite:///{tmp_path}/s.db"
+    args = ["server", "--reload", "--no-consumer", "--basic-auth", "ops:s3:cret", "--store", store,
+            "--port", str(port)]  # fmt: skip
+    with cli_process(*args, env=cli_env(), log=tmp_path / "server.log"):
+        url = f"http://127.0.0.1:{port}/api/health"
+        health = wait_for(lambda: httpx.get(url, auth=("ops", "s3:cret")).json(), 30, "the reloaded server")
+        assert httpx.get(url).status_code == 401
+    assert health["consumer"]["mode"] == "external"
+    assert health["store"]["url"] == store
+
+
 def test_celery_subcommand_takes_the_broker_from_the_app(tmp_path: Path) -> None:
     env = cli_env(SERVER_TASKS_BROKER=UNREACHABLE)
     line = one_line_error(

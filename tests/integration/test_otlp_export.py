@@ -29,7 +29,7 @@ from tests.support.server_helpers import CLI, cli_env, cli_process, free_port
 import celery_flow
 from celery_flow.consumer import Consumer
 from celery_flow.events import Event, encode, make_event
-from celery_flow.export import otlp_sink, resolve_otlp_endpoint
+from celery_flow.export import otlp_export_endpoint, resolve_otlp_endpoint
 from celery_flow.export.otlp import OtlpExporter
 from celery_flow.export.spans import span_id_for
 from celery_flow.flow.fold import fold_task
@@ -355,18 +355,18 @@ def test_environment_only_endpoint_never_stops_a_server(monkeypatch: pytest.Monk
     level = logger.level
     logger.setLevel(logging.WARNING)
     try:
-        store = DictStore()
         env = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"}
+        assert otlp_export_endpoint(None, env) == "http://collector:4318/v1/traces"
         # A pod-wide variable meant for gRPC: export stays off with a warning.
-        assert otlp_sink(store, None, {**env, "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}) is None  # type: ignore[arg-type]
+        assert otlp_export_endpoint(None, {**env, "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}) is None
         assert "http/protobuf only" in warnings[-1]
         # The `otlp` extra missing: off with a warning when only the environment asked for export,
         # an error when the flag did.
         monkeypatch.setitem(sys.modules, "celery_flow.export.otlp", None)
-        assert otlp_sink(store, None, env) is None  # type: ignore[arg-type]
+        assert otlp_export_endpoint(None, env) is None
         assert "pip install 'celery-flow[otlp]'" in warnings[-1]
         with pytest.raises(ConfigError, match=r"pip install 'celery-flow\[otlp\]'"):
-            otlp_sink(store, "http://collector:4318", {})  # type: ignore[arg-type]
+            otlp_export_endpoint("http://collector:4318", {})
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from celery_flow.events import Event, TaskInfo
+from celery_flow.events import DEFAULT_HEARTBEAT_INTERVAL, Event, TaskInfo
 from celery_flow.store import StoreError, TaskFilter, open_store
 from celery_flow.store.sql import SqlStore
 
@@ -350,6 +350,23 @@ def test_workers_online_offline_and_tasks_run(store: SqlStore) -> None:
     assert workers["celery@silent"].status == "offline"
     store.apply([ev("worker.online", None, now, hostname="celery@gone")])
     assert {w.hostname: w.status for w in store.workers()}["celery@gone"] == "online"
+
+
+def test_each_worker_is_judged_by_the_heartbeat_interval_it_announces(store: SqlStore) -> None:
+    now = time.time()
+    store.apply(
+        [
+            ev("worker.online", None, now - 60, hostname="celery@slow", heartbeat_interval=60.0),
+            ev("worker.online", None, now - 10, hostname="celery@fast", heartbeat_interval=2.0),
+            ev("worker.online", None, now - 60, hostname="celery@old"),  # announces none: the default
+        ]
+    )
+    workers = {w.hostname: (w.status, w.heartbeat_interval) for w in store.workers()}
+    assert workers == {
+        "celery@slow": ("online", 60.0),
+        "celery@fast": ("offline", 2.0),
+        "celery@old": ("offline", DEFAULT_HEARTBEAT_INTERVAL),
+    }
 
 
 def test_changes_since_never_skips_a_commit_of_concurrent_writers(store_url: str) -> None:

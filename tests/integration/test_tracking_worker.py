@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
+import httpx
 import pytest
 from tests.support.events import EventLog
+from tests.support.server_helpers import serving, wait_for
 from tests.support.worker import tracked_worker
 
 import celery_flow
+from celery_flow.server import create_app
 
 
 def test_worker_online_heartbeat_offline_with_registry(
@@ -37,6 +43,21 @@ def test_worker_online_heartbeat_offline_with_registry(
     offline = next(e for e in events if e.type == "worker.offline")
     assert offline.hostname == online.hostname
     assert offline.ts >= heartbeat.ts
+
+
+def test_a_workers_own_heartbeat_interval_reaches_api_workers(redis_url: str, tmp_path: Path) -> None:
+    # Not the default (15 s): the server must learn it from the worker, not assume it.
+    with tracked_worker(redis_url, redis_url, heartbeat_interval=42.5) as t:
+        app = create_app(broker_url=redis_url, store=f"sqlite:///{tmp_path / 'f.db'}", prefix=t.prefix)
+        with serving(app) as base:
+
+            def worker() -> dict[str, Any] | None:
+                workers = httpx.get(base + "/api/workers", timeout=5).json()
+                return next((w for w in workers if w["status"] == "online"), None)
+
+            seen = wait_for(worker, 20, "the worker online in /api/workers")
+    assert seen["heartbeat_interval"] == 42.5
+    assert seen["info"]["pool"] == "solo"
 
 
 def test_init_is_idempotent_and_shutdown_stops_publishing(redis_url: str) -> None:

@@ -16,6 +16,8 @@ from tests.support.server_helpers import wait_for
 
 from celery_flow.consumer import Consumer
 from celery_flow.events import MAX_EVENT_BYTES, Event, encode, make_event
+from celery_flow.server.config import ServerConfig
+from celery_flow.server.runtime import Runtime
 from celery_flow.store import open_store
 from celery_flow.store.base import Store, StoreError
 from celery_flow.transport.memory import MemoryTransport
@@ -268,17 +270,35 @@ def test_a_poison_event_is_isolated_and_rejected_not_retried_forever(store: Stor
     assert consumer.stats()["status"] == "stopped"
 
 
-def test_sinks_are_closed_when_the_consumer_stops(store: Store, url: str) -> None:
+def test_the_runtime_stops_the_consumer_then_closes_sinks_then_the_store(tmp_path: Path, url: str) -> None:
     class Exporter:
-        closed = False
+        """Reads back what changed, as the OTLP exporter does, still when it is closed."""
 
-        def __call__(self, ids: list[str]) -> None: ...
+        def __init__(self) -> None:
+            self.ids: list[str] = []
+            self.at_close: tuple[bool, str | None] | None = None
+
+        def __call__(self, ids: list[str]) -> None:
+            self.ids.extend(ids)
 
         def close(self) -> None:
-            self.closed = True
+            task = store.get_task(self.ids[0])
+            self.at_close = (thread.is_alive(), task.state if task else None)
 
     exporter = Exporter()
-    consumer = Consumer(url, store, prefix="p", read_timeout=0.05, sinks=[exporter])
-    with running(consumer):
-        assert not exporter.closed
-    assert exporter.closed
+    config = ServerConfig(broker_url=url, store_url=f"sqlite:///{tmp_path / 'flow.db'}", prefix="p",
+                          ttl=None, max_tasks=None, basic_auth=None, embedded_consumer=True)  # fmt: skip
+    runtime = Runtime(config, sinks=[exporter])
+    store = runtime.open()
+    runtime.start_consumer()
+    assert runtime.consumer is not None
+    thread = runtime.consumer._thread
+    assert thread is not None
+    task_id = uuid.uuid4().hex
+    MemoryTransport(url, prefix="p").publish([encode(e) for e in task_events(task_id)])
+    wait_for(lambda: exporter.ids, what="the sink told of the folded task")
+    runtime.close()
+    assert exporter.at_close == (False, "SUCCESS")  # the consumer had stopped; the store still answered
+    with pytest.raises(StoreError):
+        store.get_task(task_id)  # closed last
+    runtime.close()  # closing again does nothing

@@ -611,6 +611,8 @@ export interface components {
         };
         /** WorkerInfo */
         WorkerInfo: {
+            /** Heartbeat Interval */
+            heartbeat_interval?: number | null;
             /** Hostname */
             hostname: string;
             /** Info */

@@ -7,7 +7,6 @@ resolve `--otlp-endpoint` and give a one-line error when the extra is missing.
 
 from __future__ import annotations
 
-import atexit
 import logging
 import os
 from collections.abc import Mapping
@@ -24,6 +23,7 @@ if TYPE_CHECKING:
 __all__ = [
     "OTLP_INSTALL_HINT",
     "create_otlp_exporter",
+    "otlp_export_endpoint",
     "otlp_sink",
     "require_otlp_sdk",
     "resolve_otlp_endpoint",
@@ -86,15 +86,13 @@ def create_otlp_exporter(endpoint: str | None, store: Store, **options: Any) -> 
     return OtlpExporter(endpoint, store, **options)
 
 
-def otlp_sink(
-    store: Store, endpoint: str | None, environ: Mapping[str, str] | None = None
-) -> OtlpExporter | None:
-    """The OTLP exporter sink for `--otlp-endpoint` / OTEL_EXPORTER_OTLP_*, or None when export is off.
+def otlp_export_endpoint(endpoint: str | None, environ: Mapping[str, str] | None = None) -> str | None:
+    """The traces URL to export to for `--otlp-endpoint` / OTEL_EXPORTER_OTLP_*, or None when export is off.
 
     An explicit `endpoint` that cannot work (bad URL, `otlp` extra missing) raises ConfigError (a one-line
     fix). One that only comes from the environment logs a warning and leaves export off instead: those
     variables are often set for a whole host or pod (and may mean gRPC), and must not stop a server that
-    never asked for export. The exporter is closed at exit, sending what is still queued.
+    never asked for export.
     """
     env = os.environ if environ is None else environ
     explicit = endpoint is not None and bool(endpoint.strip())
@@ -109,12 +107,17 @@ def otlp_sink(
                     f"OTEL_EXPORTER_OTLP_PROTOCOL={protocol!r}: celery-flow exports OTLP over http/protobuf "
                     "only; pass --otlp-endpoint http://collector:4318 to export"
                 )
-        exporter = create_otlp_exporter(resolved, store)
+        require_otlp_sdk()
     except ConfigError as exc:
         if explicit:
             raise
         log.warning("OpenTelemetry export is off: %s", exc)
         return None
-    atexit.register(exporter.close)
-    log.info("exporting finished tasks as OpenTelemetry spans to %s", redact_url(resolved))
+    return resolved
+
+
+def otlp_sink(store: Store, endpoint: str) -> OtlpExporter:
+    """The OTLP exporter sink for a resolved `endpoint` (otlp_export_endpoint); its caller closes it."""
+    exporter = create_otlp_exporter(endpoint, store)
+    log.info("exporting finished tasks as OpenTelemetry spans to %s", redact_url(endpoint))
     return exporter

@@ -203,6 +203,8 @@ class WorkerInfo:
     hostname: str
     status: Literal["online", "offline"]
     last_heartbeat: float | None
+    # Seconds between its heartbeats: its own, or the server's default when it announces none.
+    heartbeat_interval: float | None = None
     online_since: float | None = None
     pid: int | None = None
     tasks_run: int = 0

@@ -6,7 +6,8 @@ import logging
 import threading
 from collections.abc import Sequence
 
-from celery_flow.consumer import Consumer, Sink
+from celery_flow.consumer import DEFAULT_GROUP, Consumer, Sink
+from celery_flow.server.config import ServerConfig
 from celery_flow.server.health import ConsumerHealth
 from celery_flow.store.base import Store
 
@@ -17,19 +18,15 @@ class ConsumerRunner:
     """The embedded consumer: a daemon thread folding the broker's events into the store."""
 
     def __init__(
-        self,
-        broker_url: str,
-        store: Store,
-        prefix: str,
-        group: str,
-        ttl: float | None = None,
-        max_tasks: int | None = None,
-        sinks: Sequence[Sink] = (),
+        self, config: ServerConfig, store: Store, sinks: Sequence[Sink] = (), group: str = DEFAULT_GROUP
     ) -> None:
+        if config.broker_url is None:
+            raise ValueError("the embedded consumer needs a broker URL")
         self.sinks = list(sinks)
         self.consumer = Consumer(
-            broker_url, store, prefix=prefix, group=group, ttl=ttl, max_tasks=max_tasks, sinks=sinks
-        )
+            config.broker_url, store, prefix=config.prefix, group=group, ttl=config.ttl,
+            max_tasks=config.max_tasks, sinks=sinks,
+        )  # fmt: skip
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 

@@ -9,11 +9,12 @@ way to do each thing:
     app.include_router(flow.router, prefix="/flow")
 
 `.lifespan` opens the store, starts the embedded consumer thread and the live poller, and undoes all of
-it on shutdown. `auth_dependency` guards every route, the live WebSocket's handshake included, and takes
-what FastAPI's `dependencies=` takes: `require_admin`, `Depends(require_admin)`, or a list of them. The
-dependency may be typed on `Request`, async or not, with sub-dependencies (`Depends`, `Header`, `Cookie`):
-on the handshake it sees the handshake's headers, cookies and query string, and a connection it does not
-admit is refused with its 401/403 (any other failure: 403) before the socket opens.
+it on shutdown, in the order server/runtime.py owns. `auth_dependency` guards every route, the live
+WebSocket's handshake included, and takes what FastAPI's `dependencies=` takes: `require_admin`,
+`Depends(require_admin)`, or a list of them. The dependency may be typed on `Request`, async or not, with
+sub-dependencies (`Depends`, `Header`, `Cookie`): on the handshake it sees the handshake's headers,
+cookies and query string, and a connection it does not admit is refused with its 401/403 (any other
+failure: 403) before the socket opens.
 """
 
 from __future__ import annotations
@@ -36,12 +37,11 @@ from celery_flow.flow.graph import build_graph
 from celery_flow.server import spa
 from celery_flow.server.api import build_api_router
 from celery_flow.server.auth import AuthDependencies, HandshakeGuard, as_dependencies
-from celery_flow.server.config import resolve
-from celery_flow.server.consumers import ConsumerRunner
+from celery_flow.server.config import ServerConfig, embedded
 from celery_flow.server.health import ConsumerHealth, HealthMonitor
 from celery_flow.server.live import LiveFilter, LiveHub
 from celery_flow.server.metrics import CONTENT_TYPE, metrics_registry, render
-from celery_flow.settings import DEFAULT_PREFIX, env_value
+from celery_flow.server.runtime import Runtime
 from celery_flow.store.base import Store, StoreError
 
 log = logging.getLogger("celery_flow.server")
@@ -55,7 +55,8 @@ class CeleryFlowExtension:
 
     `broker_url`, `prefix` and `store` left unset come from CELERY_FLOW_BROKER_URL, CELERY_FLOW_PREFIX
     and CELERY_FLOW_STORE (then the defaults); without a broker there is no embedded consumer. `ttl` and
-    `max_tasks` are the embedded consumer's retention (None keeps everything).
+    `max_tasks` are the embedded consumer's retention (None keeps everything). A resolved `config`
+    (server.config) replaces all of these.
     """
 
     def __init__(
@@ -74,31 +75,28 @@ class CeleryFlowExtension:
         sinks: Sequence[Sink] = (),
         store_url: str | None = None,
         static_dir: Path | None = None,
+        config: ServerConfig | None = None,
     ) -> None:
-        # Unset: CELERY_FLOW_BROKER_URL / CELERY_FLOW_PREFIX, like the CLI (the store: CELERY_FLOW_STORE).
-        broker_url = env_value("BROKER_URL", broker_url, "", str) or None
-        prefix = env_value("PREFIX", prefix, DEFAULT_PREFIX, str)
-        self.broker_url = broker_url
-        self.prefix = prefix
+        store_object = store if store is not None and not isinstance(store, str) else None
+        if config is None:
+            url = store if isinstance(store, str) else store_url
+            config = embedded(broker_url, url, prefix, ttl, max_tasks, embedded_consumer)
+        self.config = config
+        self.broker_url = config.broker_url
+        self.prefix = config.prefix
         self.group = group
-        self.ttl = ttl
-        self.max_tasks = max_tasks
-        self.embedded_consumer = embedded_consumer and broker_url is not None
-        self.sinks = list(sinks)
+        # A store object handed over is known by the URL given with it, if any.
+        self.store_url = store_url if store_object is not None else config.store_url
         # Where the built UI lives (default: the copy shipped in the package, web/static/).
         self.static_dir = static_dir
-        self._store_arg = store
-        self.store_url = store if isinstance(store, str) else store_url
-        self._store: Store | None = store if store is not None and not isinstance(store, str) else None
-        self._owns_store = False
-        self._consumer: ConsumerRunner | None = None
+        self.runtime = Runtime(config, store=store_object, sinks=sinks, group=group)
         self.hub = LiveHub(self._get_store, self._live_status, interval=live_interval,
                            queue_size=live_queue_size)  # fmt: skip
         self.health = HealthMonitor(
             store=self._get_store,
             store_url=self.store_url,
-            broker_url=broker_url,
-            prefix=prefix,
+            broker_url=config.broker_url,
+            prefix=config.prefix,
             consumer_status=self._consumer_health,
             live_clients=lambda: len(self.hub.clients),
             group=group,
@@ -113,18 +111,20 @@ class CeleryFlowExtension:
         return self._get_store()
 
     def _get_store(self) -> Store:
-        if self._store is None:
+        store = self.runtime.store
+        if store is None:
             raise StoreError(
                 "celery-flow is not started: pass lifespan=extension.lifespan to FastAPI() "
                 "(or enter it from your own lifespan)"
             )
-        return self._store
+        return store
 
     def _consumer_health(self) -> ConsumerHealth:
-        if self._consumer is None:
+        runner = self.runtime.consumer
+        if runner is None:
             return ConsumerHealth(mode="external", status="external",
                                   detail="events are folded by a separate `celery-flow consume`")  # fmt: skip
-        return self._consumer.health()
+        return runner.health()
 
     async def _live_status(self) -> tuple[str, str | None]:
         report = await anyio.to_thread.run_sync(self.health.report)
@@ -132,44 +132,11 @@ class CeleryFlowExtension:
 
     # ---- lifespan ------------------------------------------------------------------------------
 
-    def open(self) -> None:
-        """Open the store and start the consumer thread (blocking; the lifespan runs it in a thread)."""
-        if self._store is None:
-            from celery_flow.store import open_store
-
-            if self.store_url is None:
-                self.store_url = resolve().store_url
-                self.health.set_store_url(self.store_url)
-            self._store = open_store(self.store_url)
-            self._owns_store = True
-        if self.embedded_consumer and self._consumer is None and self.broker_url is not None:
-            self._consumer = ConsumerRunner(
-                broker_url=self.broker_url, store=self._store, prefix=self.prefix, group=self.group,
-                ttl=self.ttl, max_tasks=self.max_tasks, sinks=self.sinks,
-            )  # fmt: skip
-            self._consumer.start()
-
-    def close(self) -> None:
-        """Stop the consumer (it finishes its batch and acknowledges) and close what was opened here."""
-        consumer, self._consumer = self._consumer, None
-        if consumer is not None:
-            consumer.stop()
-        self.health.close()
-        if self._owns_store and self._store is not None:
-            self._store.close()
-            self._store = None
-            self._owns_store = False
-
     @contextlib.asynccontextmanager
     async def lifespan(self, app: FastAPI | None = None) -> AsyncIterator[None]:
         """Use as `FastAPI(lifespan=ext.lifespan)` or `async with ext.lifespan(app):` in your own."""
-        await anyio.to_thread.run_sync(self.open)
-        await self.hub.start()
-        try:
+        async with self.runtime.serving(self.hub, closing=[self.health.close]):
             yield
-        finally:
-            await self.hub.stop()
-            await anyio.to_thread.run_sync(self.close)
 
     # ---- routes --------------------------------------------------------------------------------
 

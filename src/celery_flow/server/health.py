@@ -126,9 +126,6 @@ class HealthMonitor:
             self._cached = report
             return report
 
-    def set_store_url(self, url: str) -> None:
-        self._store_url = redact_url(url)
-
     def close(self) -> None:
         with self._lock:
             if self._lag_sub is not None:

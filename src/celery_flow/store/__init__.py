@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+from celery_flow.events import DEFAULT_HEARTBEAT_INTERVAL
 from celery_flow.store.base import Store, StoreError, StoreStats, TaskFilter
 
 __all__ = ["Store", "StoreError", "StoreStats", "TaskFilter", "default_store_url", "open_store"]
@@ -30,8 +31,9 @@ def sqlite_path(url: str) -> str:
     return rest
 
 
-def open_store(url: str | None = None) -> Store:
-    """The store at `url` (None: the default SQLite file), schema created if missing.
+def open_store(url: str | None = None, heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL) -> Store:
+    """The store at `url` (None: the default SQLite file), schema created if missing. `heartbeat_interval`
+    is assumed for workers that do not announce theirs.
 
     Raises StoreError with a one-line message naming the fix when it cannot be opened.
     """
@@ -42,11 +44,11 @@ def open_store(url: str | None = None) -> Store:
     if scheme == "sqlite":
         from celery_flow.store.sqlite import SQLiteStore
 
-        return SQLiteStore(sqlite_path(url))
+        return SQLiteStore(sqlite_path(url), heartbeat_interval)
     if scheme in ("postgresql", "postgres"):
         from celery_flow.store.postgresql import PostgresStore
 
-        return PostgresStore(url)
+        return PostgresStore(url, heartbeat_interval)
     raise StoreError(
         f"unknown store URL {url!r}: use sqlite:///path/to/flow.db or postgresql://user@host/db "
         "(--store or CELERY_FLOW_STORE)"

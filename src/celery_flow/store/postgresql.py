@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from typing import Any, TypeVar
 
+from celery_flow.events import DEFAULT_HEARTBEAT_INTERVAL
 from celery_flow.store.base import StoreError
 from celery_flow.store.sql import Row, SqlStore
 
@@ -107,8 +108,8 @@ class PostgresStore(SqlStore):
     dialect = "postgresql"
     lock_suffix = " FOR UPDATE"
 
-    def __init__(self, url: str) -> None:
-        super().__init__()
+    def __init__(self, url: str, heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL) -> None:
+        super().__init__(heartbeat_interval)
         if psycopg is None:
             raise StoreError("PostgreSQL support needs psycopg: pip install 'celery-flow[postgres]'")
         self.url = url

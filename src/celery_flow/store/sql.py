@@ -29,7 +29,7 @@ from typing import Any, Protocol, TypeVar
 
 import msgspec
 
-from celery_flow.events import TASK_EVENT_TYPES, WORKER_EVENT_TYPES, Event, encode
+from celery_flow.events import DEFAULT_HEARTBEAT_INTERVAL, TASK_EVENT_TYPES, WORKER_EVENT_TYPES, Event, encode
 from celery_flow.flow.flows import first_seen, flow_state
 from celery_flow.flow.fold import fold_task
 from celery_flow.flow.model import (
@@ -43,7 +43,6 @@ from celery_flow.flow.model import (
     TraceView,
     WorkerInfo,
 )
-from celery_flow.settings import env_value
 from celery_flow.store.base import StoreError, StoreStats, TaskFilter
 from celery_flow.store.schema import (
     FLOW_COLUMNS,
@@ -64,9 +63,7 @@ Row = tuple[Any, ...]
 CHUNK = 900
 # Runtimes per task name the registry's p50/p95 are computed over (the most recent ones).
 PERCENTILE_WINDOW = 1000
-# Default worker heartbeat interval when a worker does not announce its own; a worker is offline once
-# no heartbeat came for 2 intervals plus this margin.
-DEFAULT_HEARTBEAT_INTERVAL = 30.0
+# A worker is offline once no heartbeat came for 2 of its intervals plus this margin.
 HEARTBEAT_MARGIN = 5.0
 # A worker claiming a longer interval is still declared offline after 2 hours of silence.
 MAX_HEARTBEAT_INTERVAL = 3600.0
@@ -305,10 +302,9 @@ class SqlStore(ABC):
     # Appended to the first statement of a write transaction: locks the change counter row (PostgreSQL).
     lock_suffix: str = ""
 
-    def __init__(self) -> None:
-        self.heartbeat_interval = float(
-            env_value("HEARTBEAT_INTERVAL", None, DEFAULT_HEARTBEAT_INTERVAL, float)
-        )
+    def __init__(self, heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL) -> None:
+        # Assumed for a worker that does not announce its own interval.
+        self.heartbeat_interval = heartbeat_interval
         # The event sets of recently folded tasks, keyed by task id with the `seq` they were written at.
         # A task whose stored row still carries that seq has exactly these events (nobody, in this process
         # or another, changed it since), so its next fold skips reading and decoding them again.
@@ -592,7 +588,7 @@ class SqlStore(ABC):
             if event.pid is not None:
                 w[5] = event.pid
             info = event.info or {}
-            interval = info.get("heartbeat_interval", info.get("interval"))
+            interval = event.heartbeat_interval or info.get("heartbeat_interval", info.get("interval"))
             if isinstance(interval, (int, float)) and interval > 0:
                 w[4] = min(float(interval), MAX_HEARTBEAT_INTERVAL)
             if event.type == "worker.online" and (w[1] is None or event.ts >= w[1]):
@@ -937,13 +933,14 @@ class SqlStore(ABC):
         out = []
         for host, online_since, heartbeat, offline_at, interval, pid, runs, registered, info in rows:
             alive = max((t for t in (online_since, heartbeat) if t is not None), default=None)
-            window = 2 * (interval or self.heartbeat_interval) + HEARTBEAT_MARGIN
+            interval = interval or self.heartbeat_interval
+            window = 2 * interval + HEARTBEAT_MARGIN
             gone = offline_at is not None and (alive is None or offline_at >= alive)
             online = not gone and alive is not None and now - alive <= window
             out.append(
                 WorkerInfo(
                     hostname=host, status="online" if online else "offline", last_heartbeat=heartbeat,
-                    online_since=online_since, pid=pid, tasks_run=int(runs),
+                    heartbeat_interval=interval, online_since=online_since, pid=pid, tasks_run=int(runs),
                     registered=list(_json_decoder.decode(registered)), info=dict(_json_decoder.decode(info)),
                 )
             )  # fmt: skip

@@ -17,6 +17,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from typing import Any
 
+from celery_flow.events import DEFAULT_HEARTBEAT_INTERVAL
 from celery_flow.store.base import StoreError
 from celery_flow.store.sql import Row, SqlStore
 
@@ -43,8 +44,8 @@ class _Session:
 class SQLiteStore(SqlStore):
     dialect = "sqlite"
 
-    def __init__(self, path: str) -> None:
-        super().__init__()
+    def __init__(self, path: str, heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL) -> None:
+        super().__init__(heartbeat_interval)
         self.path = path
         self.memory = path == ":memory:"
         self._local = threading.local()

@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from celery_flow.errors import ConfigError
+from celery_flow.events import DEFAULT_HEARTBEAT_INTERVAL
 from celery_flow.settings import (
     DEFAULT_MAX_VALUE_SIZE,
     DEFAULT_PREFIX,
@@ -19,7 +20,7 @@ from celery_flow.settings import (
     parse_duration,
     parse_keys,
     parse_positive_int,
-    parse_positive_seconds,
+    parse_seconds,
 )
 from celery_flow.tracking.hooks import Tracker, _last, connect_signals, disconnect_signals, trackers
 from celery_flow.tracking.trace import current_trace_id, reset_trace_id, set_trace_id, trace
@@ -39,8 +40,6 @@ __all__ = [
 
 logger = logging.getLogger("celery_flow.tracking")
 
-DEFAULT_HEARTBEAT_INTERVAL = 15.0
-
 
 def resolve_settings(
     app: Any,
@@ -54,6 +53,7 @@ def resolve_settings(
     safe_keys: Iterable[str] | None = None,
     max_value_size: int | None = None,
     buffer_size: int | None = None,
+    heartbeat_interval: float | None = None,
 ) -> TrackingSettings:
     """Arguments first, then CELERY_FLOW_* environment variables, then the app's broker URL / defaults."""
     url = env_value("BROKER_URL", transport_url, "", str)
@@ -83,6 +83,9 @@ def resolve_settings(
             "MAX_VALUE_SIZE", max_value_size, DEFAULT_MAX_VALUE_SIZE, parse_positive_int
         ),
         buffer_size=env_value("BUFFER_SIZE", buffer_size, 10_000, parse_positive_int),
+        heartbeat_interval=env_value(
+            "HEARTBEAT_INTERVAL", heartbeat_interval, DEFAULT_HEARTBEAT_INTERVAL, parse_seconds
+        ),
     )
 
 
@@ -127,17 +130,15 @@ def init(
         safe_keys,
         max_value_size,
         buffer_size,
-    )
-    interval = env_value(
-        "HEARTBEAT_INTERVAL", heartbeat_interval, DEFAULT_HEARTBEAT_INTERVAL, parse_positive_seconds
+        heartbeat_interval,
     )
     existing = trackers.get(id(app))
-    if existing is not None and existing.settings == settings and existing.heartbeat_interval == interval:
+    if existing is not None and existing.settings == settings:
         return existing
     # Validate the URL (scheme and options) now, where a mistake is visible, not in the background thread,
     # and before an earlier tracker is replaced: a bad new URL leaves the tracking that works alone.
     from_url(settings.transport_url, prefix=settings.prefix).close()
-    tracker = Tracker(app, settings, interval)
+    tracker = Tracker(app, settings)
     if existing is not None:
         shutdown(app)
         # The same process with new options: what its worker bootstep told the earlier tracker still holds.

@@ -63,10 +63,10 @@ F = TypeVar("F", bound=Callable[..., Any])
 class Tracker:
     """Everything one `init(app)` set up: configuration, capture rules and the publisher."""
 
-    def __init__(self, app: Any, settings: TrackingSettings, heartbeat_interval: float) -> None:
+    def __init__(self, app: Any, settings: TrackingSettings) -> None:
         self.app = app
         self.settings = settings
-        self.heartbeat_interval = heartbeat_interval
+        self.heartbeat_interval = settings.heartbeat_interval
         scrubber = (
             KeyScrubber(settings.additional_sensitive_keys, settings.safe_keys)
             if settings.scrub_sensitive_data

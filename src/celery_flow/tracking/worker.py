@@ -94,7 +94,8 @@ class _Heartbeat(threading.Thread):
                 continue  # between a shutdown() and an init()
             self.interval = tracker.heartbeat_interval
             with contextlib.suppress(Exception):  # never let the heartbeat thread die noisily
-                tracker.emit("worker.heartbeat", hostname=self.hostname, pid=os.getpid(), info=self.info)
+                tracker.emit("worker.heartbeat", hostname=self.hostname, pid=os.getpid(), info=self.info,
+                             heartbeat_interval=self.interval)  # fmt: skip
 
 
 class FlowWorkerStep(bootsteps.StartStopStep):  # type: ignore[misc]
@@ -132,6 +133,7 @@ class FlowWorkerStep(bootsteps.StartStopStep):  # type: ignore[misc]
                 pid=os.getpid(),
                 tasks=registry_of(c.app),
                 info=info,
+                heartbeat_interval=tracker.heartbeat_interval,
             )
             self._online = True
             self._heartbeat = _Heartbeat(c.app, tracker.heartbeat_interval, hostname, info)
