@@ -24,10 +24,11 @@ from celery import Celery
 from celery.contrib.testing.worker import start_worker
 
 import celery_flow
-from celery_flow.events import Event, decode, encode
+from celery_flow.events import decode, encode
 from celery_flow.store import open_store
 from celery_flow.transport import Message, Subscription, TransportError, from_url
 from celery_flow.transport.amqp import AmqpTransport, exchange_name, parse_amqp_url, queue_name
+from tests.support.events import finished_task
 from tests.support.server_helpers import CLI, REPO, TcpProxy, cli_env, stop_process, wait_for
 
 pytestmark = pytest.mark.timeout(120)
@@ -337,11 +338,10 @@ def test_consume_sigkilled_mid_batch_twice_loses_and_doubles_nothing(
     tasks = 3000
     task_ids = [uuid.uuid4().hex for _ in range(tasks)]
     events = [
-        Event(v=1, id=uuid.uuid4().hex, type=type_, ts=1_700_000_000.0 + i + n / 1000, task_id=task_id,
-              name="app.tasks.t", root_id=task_id, hostname="celery@a", pid=7, retries=0)
+        e
         for i, task_id in enumerate(task_ids)
-        for n, type_ in enumerate(("sent", "received", "started", "succeeded"))
-    ]  # fmt: skip
+        for e in finished_task(task_id, 1_700_000_000.0 + i, name="app.tasks.t", hostname="celery@a", pid=7)
+    ]
     vhost = parse_amqp_url(amqp_url).vhost
     queue = queue_name(unique_prefix)
     store_url = f"sqlite:///{tmp_path}/kill.db"

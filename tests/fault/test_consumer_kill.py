@@ -26,6 +26,7 @@ from celery_flow.events import Event, encode
 from celery_flow.store import open_store
 from celery_flow.store.base import Store, TaskFilter
 from celery_flow.transport import from_url
+from tests.support.events import event
 from tests.support.server_helpers import CLI, REPO, cli_env, stop_process, wait_for
 
 pytestmark = pytest.mark.timeout(180)
@@ -37,17 +38,14 @@ NAME = "consumer-under-test"
 
 def _task_events(task_id: str, i: int) -> list[Event]:
     base = 1_700_000_000.0 + i * 0.001
-    common: dict[str, Any] = {"task_id": task_id, "name": f"app.tasks.t{i % 7}", "root_id": task_id}
+    common: dict[str, Any] = {"name": f"app.tasks.t{i % 7}", "root_id": task_id}
     worker: dict[str, Any] = {"hostname": "celery@a", "pid": 7}
 
-    def ev(type_: str, dt: float, **extra: Any) -> Event:
-        return Event(v=1, id=uuid.uuid4().hex, type=type_, ts=base + dt, **common, **extra)  # type: ignore[arg-type]
-
     return [
-        ev("sent", 0, args=[i], queue="celery"),
-        ev("received", 0.001, hostname="celery@a"),
-        ev("started", 0.002, **worker),
-        ev("succeeded", 0.003, runtime=0.001, result=i, **worker),
+        event("sent", task_id, base, args=[i], queue="celery", **common),
+        event("received", task_id, base + 0.001, hostname="celery@a", **common),
+        event("started", task_id, base + 0.002, **common, **worker),
+        event("succeeded", task_id, base + 0.003, runtime=0.001, result=i, **common, **worker),
     ]
 
 

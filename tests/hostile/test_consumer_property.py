@@ -31,6 +31,7 @@ from celery_flow.flow.fold import fold_task
 from celery_flow.store import open_store
 from celery_flow.store.base import Store
 from celery_flow.transport.base import Message
+from tests.support.events import event
 from tests.support.server_helpers import wait_for
 
 SLOW_OK = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture]
@@ -61,12 +62,10 @@ def task_events(draw: st.DrawFn) -> list[Event]:
     for _ in range(draw(st.integers(1, 6))):
         type_ = draw(st.sampled_from(TASK_TYPES))
         out.append(
-            Event(
-                v=1,
-                id=uuid.uuid4().hex,
-                type=type_,  # type: ignore[arg-type]
-                ts=draw(st.floats(1_600_000_000, 1_900_000_000)),
-                task_id=task_id,
+            event(
+                type_,
+                task_id,
+                draw(st.floats(1_600_000_000, 1_900_000_000)),
                 name=draw(st.none() | st.just(name)),
                 root_id=root,
                 retries=draw(st.integers(0, 3)),

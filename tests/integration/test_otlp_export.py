@@ -24,11 +24,12 @@ from celery import Task, chord
 from celery.contrib.testing.worker import start_worker
 from tests.otlp_receiver import ReceivedSpan, otlp_receiver
 from tests.support.canvas_app import make_app
+from tests.support.events import event
 from tests.support.server_helpers import CLI, cli_env, cli_process, free_port
 
 import celery_flow
 from celery_flow.consumer import Consumer
-from celery_flow.events import Event, encode, make_event
+from celery_flow.events import Event, encode
 from celery_flow.export import otlp_sink, resolve_otlp_endpoint
 from celery_flow.export.otlp import OtlpExporter, span_id_for
 from celery_flow.flow.fold import fold_task
@@ -56,12 +57,6 @@ class DictStore:
         return self.tasks.get(task_id)
 
 
-def _ev(type_: str, task_id: str, ts: float, **fields: Any) -> Event:
-    event = make_event(type_, task_id=task_id, **fields)  # type: ignore[arg-type]
-    event.ts = ts
-    return event
-
-
 def _lifecycle(
     task_id: str,
     name: str,
@@ -74,15 +69,15 @@ def _lifecycle(
     common = {"name": name, "root_id": root_id, "parent_id": parent_id, **lineage}
     worker = {"hostname": "celery@box", "pid": 42}
     events = [
-        _ev("sent", task_id, t0, queue="celery", retries=0, **common),
-        _ev("received", task_id, t0 + 0.1, retries=0, **common, **worker),
-        _ev("started", task_id, t0 + 0.2, retries=0, **common, **worker),
+        event("sent", task_id, t0, queue="celery", retries=0, **common),
+        event("received", task_id, t0 + 0.1, retries=0, **common, **worker),
+        event("started", task_id, t0 + 0.2, retries=0, **common, **worker),
     ]
     if outcome == "succeeded":
-        events.append(_ev("succeeded", task_id, t0 + 1.2, retries=0, runtime=1.0, **common, **worker))
+        events.append(event("succeeded", task_id, t0 + 1.2, retries=0, runtime=1.0, **common, **worker))
     else:
         events.append(
-            _ev(
+            event(
                 "failed",
                 task_id,
                 t0 + 1.2,
@@ -132,13 +127,15 @@ def _chord_store(trace_id: str | None) -> tuple[DictStore, dict[str, str], float
     store.add(
         h2,
         [
-            _ev("sent", h2, t0 + 2, queue="parts", retries=0, chord_id=ids["cb"], **common),
-            _ev("received", h2, t0 + 2.5, retries=0, **common, **worker),
-            _ev("started", h2, t0 + 3, retries=0, **common, **worker),
-            _ev("retried", h2, t0 + 3.5, retries=0, reason="ConnectionError('db down')", **common, **worker),
-            _ev("sent", h2, t0 + 3.6, retries=1, **{**common, "parent_id": h2}),
-            _ev("started", h2, t0 + 4, retries=1, **common, **worker),
-            _ev(
+            event("sent", h2, t0 + 2, queue="parts", retries=0, chord_id=ids["cb"], **common),
+            event("received", h2, t0 + 2.5, retries=0, **common, **worker),
+            event("started", h2, t0 + 3, retries=0, **common, **worker),
+            event(
+                "retried", h2, t0 + 3.5, retries=0, reason="ConnectionError('db down')", **common, **worker
+            ),
+            event("sent", h2, t0 + 3.6, retries=1, **{**common, "parent_id": h2}),
+            event("started", h2, t0 + 4, retries=1, **common, **worker),
+            event(
                 "failed",
                 h2,
                 t0 + 5,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -12,23 +13,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.support.events import event, finished_task
 from tests.support.server_helpers import wait_for
 
 from celery_flow.consumer import Consumer
-from celery_flow.events import MAX_EVENT_BYTES, Event, encode, make_event
+from celery_flow.events import MAX_EVENT_BYTES, Event, encode
 from celery_flow.store import open_store
 from celery_flow.store.base import Store, StoreError
 from celery_flow.transport.memory import MemoryTransport
 
-
-def task_events(task_id: str, name: str = "t.add", ts: float | None = None) -> list[Event]:
-    base = time.time() if ts is None else ts
-    out = []
-    for i, type_ in enumerate(("sent", "received", "started", "succeeded")):
-        event = make_event(type_, task_id=task_id, name=name, root_id=task_id, retries=0)  # type: ignore[arg-type]
-        event.ts = base + i * 0.01
-        out.append(event)
-    return out
+task_events = functools.partial(finished_task, step=0.01, name="t.add")
 
 
 @pytest.fixture
@@ -81,7 +75,7 @@ def test_malformed_entries_are_counted_logged_once_and_acked(
 ) -> None:
     transport = MemoryTransport(url, prefix="p")
     good = uuid.uuid4().hex
-    valid = encode(make_event("sent", task_id=good, name="t.ok", root_id=good))
+    valid = encode(event("sent", good, name="t.ok", root_id=good))
     bad = {
         "not_json": [b"{nope", b"", b'{"v": 1,'],
         "not_utf8": [b"\xff\xfe\x00garbage"],
@@ -114,7 +108,7 @@ def test_malformed_entries_are_counted_logged_once_and_acked(
 
 def test_publisher_dropped_reports_are_summed(store: Store, url: str) -> None:
     transport = MemoryTransport(url, prefix="p")
-    transport.publish([encode(make_event("publisher.dropped", dropped=n, hostname="w1")) for n in (5, 7)])
+    transport.publish([encode(event("publisher.dropped", dropped=n, hostname="w1")) for n in (5, 7)])
     consumer = Consumer(url, store, prefix="p", read_timeout=0.05)
     with running(consumer):
         wait_for(lambda: consumer.stats()["acked_total"] == 2)
@@ -253,7 +247,7 @@ class PoisonStore(FlakyStore):
 def test_a_poison_event_is_isolated_and_rejected_not_retried_forever(store: Store, url: str) -> None:
     transport = MemoryTransport(url, prefix="p")
     good = uuid.uuid4().hex
-    poison = make_event("sent", task_id=uuid.uuid4().hex, name="poison")
+    poison = event("sent", uuid.uuid4().hex, name="poison")
     transport.publish(
         [encode(e) for e in task_events(good)[:2]]
         + [encode(poison)]
