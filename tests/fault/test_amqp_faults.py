@@ -24,12 +24,13 @@ from celery import Celery
 from celery.contrib.testing.worker import start_worker
 
 import celery_flow
-from celery_flow.events import decode, encode
+from celery_flow.events import Event, decode, encode
 from celery_flow.store import open_store
 from celery_flow.transport import Message, Subscription, TransportError, from_url
 from celery_flow.transport.amqp import AmqpTransport, exchange_name, parse_amqp_url, queue_name
 from tests.support.events import finished_task
-from tests.support.server_helpers import CLI, REPO, TcpProxy, cli_env, stop_process, wait_for
+from tests.support.server_helpers import CLI, REPO, TcpProxy, cli_env, stop_process
+from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -156,16 +157,17 @@ def test_tracked_tasks_run_with_no_server_and_every_event_arrives_when_it_starts
         celery_flow.shutdown(app)
 
     sub = from_url(amqp_url, prefix=unique_prefix).subscribe("celery_flow", "late-server")
-    events = []
+    events: list[Event] = []
     ids = {r.id for r in results}
-    end = time.monotonic() + 20
-    while time.monotonic() < end:
+
+    def all_read() -> bool:
         batch = sub.read(500, 0.3)
-        events += [decode(m.data) for m in batch]
+        events.extend(decode(m.data) for m in batch)
         sub.ack([m.id for m in batch])
         done = {e.task_id for e in events if e.type == "succeeded"}
-        if ids <= done and not batch:
-            break
+        return ids <= done and not batch
+
+    wait_for(all_read, 20, "every task's events, then an empty read", interval=0, retry_on=())
     for task_id in ids:
         types = {e.type for e in events if e.task_id == task_id}
         assert {"sent", "received", "started", "succeeded"} <= types, (task_id, types)
@@ -211,9 +213,12 @@ def test_broker_freezing_mid_session_fails_fast_and_recovers(
     t.publish([b"after"])  # a fresh connection
     sub = from_url(amqp_url, prefix=unique_prefix).subscribe("celery_flow", "c")
     got: list[bytes] = []
-    deadline = time.monotonic() + 20
-    while b"after" not in got and time.monotonic() < deadline:
+
+    def after_read() -> bool:
         got.extend(m.data for m in _read_all(sub, 1, deadline=1.0))
+        return b"after" in got
+
+    wait_for(after_read, 20, 'the message "after"', interval=0, retry_on=())
     # The frozen batch may or may not reach the queue (the publisher counted it as dropped), and when
     # the proxy releases it, it may land after the fresh connection's message: only what was confirmed
     # is certain to be there, in its own order.
@@ -238,13 +243,10 @@ def test_consumer_on_a_frozen_broker_reports_instead_of_hanging(
     assert time.monotonic() - start < FAIL_FAST + 0.3
     proxy.frozen.clear()
     from_url(amqp_url, prefix=unique_prefix).publish([b"after thaw"])
-    got: list[Message] = []
-    end = time.monotonic() + 15
-    while not got and time.monotonic() < end:
-        try:
-            got = sub.read(10, 0.3)
-        except TransportError:
-            continue  # reconnecting with backoff
+    # read() raises TransportError while the subscription reconnects, with backoff
+    got = wait_for(
+        lambda: sub.read(10, 0.3), 15, "a message after the thaw", interval=0, retry_on=(TransportError,)
+    )
     assert [m.data for m in got] == [b"after thaw"]
 
 
@@ -306,10 +308,7 @@ def test_tasks_are_not_slowed_by_an_unreachable_rabbitmq(
             # Generous bound from issue 5: publishing a task never waits for celery-flow's broker.
             assert slowest < 0.1, f"apply_async took {slowest * 1000:.0f} ms"
             # It did try, and gave up without blocking anyone.
-            end = time.monotonic() + 10
-            while tracker.publisher.failures < 1 and time.monotonic() < end:
-                time.sleep(0.05)
-            assert tracker.publisher.failures >= 1
+            wait_for(lambda: tracker.publisher.failures >= 1, 10, "a failed publish attempt", retry_on=())
     finally:
         celery_flow.shutdown(app, timeout=0.5)
 

@@ -27,7 +27,8 @@ from celery_flow.store import open_store
 from celery_flow.store.base import Store, TaskFilter
 from celery_flow.transport import from_url
 from tests.support.events import event
-from tests.support.server_helpers import CLI, REPO, cli_env, stop_process, wait_for
+from tests.support.server_helpers import CLI, REPO, cli_env, stop_process
+from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -18,6 +18,7 @@ import celery_flow
 from celery_flow.tracking.hooks import tracker_for_app
 from tests.support.canvas_app import make_app
 from tests.support.events import EventLog
+from tests.support.wait import wait_for
 from tests.support.worker import tracked_worker
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
@@ -55,15 +56,7 @@ class PrivateRedis:
             stderr=subprocess.DEVNULL,
         )
         client = redis.Redis(port=self.port, socket_timeout=1)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.RedisError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
+        wait_for(client.ping, 10, "the private redis-server to answer", retry_on=(redis.RedisError,))
         client.close()
 
     def signal(self, sig: int) -> None:

@@ -32,7 +32,7 @@ from celery_flow.consumer import Consumer
 from celery_flow.store import open_store
 from celery_flow.store.base import Store
 from celery_flow.tracking.hooks import trackers
-from tests.support.server_helpers import wait_for
+from tests.support.wait import wait_for
 from tests.support.worker import tracked_worker
 
 pytestmark = pytest.mark.timeout(150)

@@ -21,7 +21,8 @@ import pytest
 
 from celery_flow.tracking.publisher import Publisher
 from tests.support.events import event
-from tests.support.server_helpers import cli_process, free_port, wait_for
+from tests.support.server_helpers import cli_process, free_port
+from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.timeout(150)
 

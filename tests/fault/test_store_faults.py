@@ -31,7 +31,8 @@ import pytest
 from celery_flow.events import encode
 from celery_flow.transport import from_url
 from tests.support.events import event
-from tests.support.server_helpers import cli_process, free_port, wait_for
+from tests.support.server_helpers import cli_process, free_port
+from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.timeout(150)
 

@@ -32,7 +32,7 @@ from celery_flow.store import open_store
 from celery_flow.store.base import Store
 from celery_flow.transport.base import Message
 from tests.support.events import event
-from tests.support.server_helpers import wait_for
+from tests.support.wait import wait_for
 
 SLOW_OK = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture]
 KNOWN_KINDS = {"not_json", "not_utf8", "missing_field", "invalid_field", "unsupported_version", "oversize"}

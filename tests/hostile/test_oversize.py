@@ -21,7 +21,8 @@ from celery_flow.events import MAX_EVENT_BYTES, encode
 from celery_flow.server import create_app
 from celery_flow.settings import DEFAULT_MAX_VALUE_SIZE
 from tests.support.events import event
-from tests.support.server_helpers import serving, wait_for
+from tests.support.server_helpers import serving
+from tests.support.wait import wait_for
 from tests.support.worker import tracked_worker
 
 BIG = 3_000_000  # characters: ~700x the cap

@@ -16,12 +16,13 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import amqp
 import pytest
 from amqp.exceptions import NotFound
+from tests.support.wait import wait_for
 
 from celery_flow.transport import ConfigError, Message, Subscription, TransportError, from_url
 from celery_flow.transport.amqp import (
@@ -39,15 +40,6 @@ def _read_all(sub: Subscription, want: int, deadline: float = 10.0, count: int =
     while len(out) < want and time.monotonic() < end:
         out.extend(sub.read(count=count, timeout=0.2))
     return out
-
-
-def _wait_for(check: Callable[[], bool], deadline: float = 10.0, what: str = "condition") -> None:
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        if check():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class Admin:
@@ -99,8 +91,7 @@ def close_connections(vhost: str, connection_name: str) -> int:
     # form prints usable pids. Join the two on the connection's name ("ip:port -> ip:port"); the two
     # listings are separate snapshots, so a connection still being registered may be in one only:
     # list again until they agree.
-    deadline = time.monotonic() + 20
-    while True:
+    def listings() -> tuple[list[str], dict[str, str]]:
         names = [
             c["name"]
             for c in json.loads(
@@ -114,9 +105,16 @@ def close_connections(vhost: str, connection_name: str) -> int:
             if "\t" in line:
                 pid, name = line.split("\t", 1)
                 pids[name] = pid
-        if all(name in pids for name in names) or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
+        return names, pids
+
+    names, pids = wait_for(
+        listings,
+        20,
+        f"both listings to agree on the connections named {connection_name!r}",
+        until=lambda listed: all(name in listed[1] for name in listed[0]),
+        interval=0.2,
+        retry_on=(),
+    )
     for name in names:
         ctl("close_connection", pids[name], "test: simulated connection loss")
     return len(names)
@@ -139,7 +137,7 @@ def test_publish_read_ack_and_lag(amqp_url: str, unique_prefix: str, admin: Admi
     sub.ack([m.id for m in msgs])
     assert sub.lag() == 0
     t.publish([b"four"])
-    _wait_for(lambda: sub.lag() == 1, what="lag 1")
+    wait_for(lambda: sub.lag() == 1, 10, "lag 1", retry_on=())
     assert [m.data for m in _read_all(sub, 1)] == [b"four"]
     # Nothing left: read returns empty after its timeout.
     assert sub.read(count=10, timeout=0.1) == []
@@ -237,10 +235,13 @@ def test_two_consumers_split_the_load(amqp_url: str, unique_prefix: str, admin: 
     t.publish([f"{i}".encode() for i in range(40)])
     got_a: list[Message] = []
     got_b: list[Message] = []
-    end = time.monotonic() + 10
-    while len(got_a) + len(got_b) < 40 and time.monotonic() < end:
-        got_a += a.read(count=10, timeout=0.1)
-        got_b += b.read(count=10, timeout=0.1)
+
+    def all_40_read() -> bool:
+        got_a.extend(a.read(count=10, timeout=0.1))
+        got_b.extend(b.read(count=10, timeout=0.1))
+        return len(got_a) + len(got_b) >= 40
+
+    wait_for(all_40_read, 10, "the 40 messages read by a and b", interval=0, retry_on=())
     assert got_a
     assert got_b
     assert {m.data for m in got_a}.isdisjoint({m.data for m in got_b})
@@ -291,7 +292,7 @@ def test_queue_messages_expire_after_ttl(amqp_url: str, unique_prefix: str, admi
     t = AmqpTransport(amqp_url, prefix=unique_prefix, batch=False, ttl=0.5)
     t.publish([b"old"] * 10)
     assert admin.ready(f"{unique_prefix}.events") == 10
-    _wait_for(lambda: admin.ready(f"{unique_prefix}.events") == 0, what="messages to expire")
+    wait_for(lambda: admin.ready(f"{unique_prefix}.events") == 0, 10, "messages to expire", retry_on=())
 
 
 def test_retention_arguments_default_to_one_day_and_max_length() -> None:
@@ -342,15 +343,18 @@ def test_consumer_reconnects_and_drops_stale_acks(amqp_url: str, unique_prefix: 
 
     assert close_connections(admin.vhost, f"celery-flow consumer {unique_prefix}-victim") == 1
     after: list[Message] = []
-    errors = 0
-    end = time.monotonic() + 15
-    while len(after) < 2 and time.monotonic() < end:
+    errors: list[TransportError] = []
+
+    def both_redelivered() -> bool:
         try:
-            after += sub.read(count=10, timeout=0.2)
-        except TransportError:
-            errors += 1  # the loss is reported once, then the same subscription reconnects
+            after.extend(sub.read(count=10, timeout=0.2))
+        except TransportError as exc:
+            errors.append(exc)  # the loss is reported once, then the same subscription reconnects
+        return len(after) >= 2
+
+    wait_for(both_redelivered, 15, "a and b redelivered", interval=0, retry_on=())
     assert sorted(m.data for m in after) == [b"a", b"b"]  # redelivered, nothing lost
-    assert errors >= 1
+    assert errors
     assert {m.id for m in after}.isdisjoint({m.id for m in before})
     # Acks from the dead connection must not acknowledge whatever now has the same delivery tags.
     sub.ack([m.id for m in before])
@@ -364,17 +368,14 @@ def test_publisher_reconnects_after_connection_loss(amqp_url: str, unique_prefix
     t.publish([b"before"])
     name = f"celery-flow publisher {os.uname().nodename}:{os.getpid()}"
     assert close_connections(admin.vhost, name) >= 1
-    delivered: list[bytes] = []
-    end = time.monotonic() + 10
-    while time.monotonic() < end:
-        try:
-            t.publish([b"after"])
-        except TransportError:
-            continue  # the first attempt notices the closed connection; the publisher drops that batch
-        delivered.append(b"after")
-        break
-    assert delivered == [b"after"]
-    _wait_for(lambda: admin.ready(f"{unique_prefix}.events") == 2, what="both events queued")
+
+    def publish_after() -> bool:
+        # The first attempt notices the closed connection (TransportError): that batch is dropped.
+        t.publish([b"after"])
+        return True
+
+    wait_for(publish_after, 10, "a publish to succeed", interval=0, retry_on=(TransportError,))
+    wait_for(lambda: admin.ready(f"{unique_prefix}.events") == 2, 10, "both events queued", retry_on=())
 
 
 def test_publisher_declares_a_deleted_queue_again(amqp_url: str, unique_prefix: str, admin: Admin) -> None:
@@ -413,7 +414,7 @@ def test_forked_child_publishes_on_its_own_connection(
 def test_publishing_without_confirms_also_delivers(amqp_url: str, unique_prefix: str, admin: Admin) -> None:
     t = AmqpTransport(amqp_url, prefix=unique_prefix, batch=False, confirm=False)
     t.publish([b"x"] * 300)
-    _wait_for(lambda: admin.ready(f"{unique_prefix}.events") == 300, what="300 queued")
+    wait_for(lambda: admin.ready(f"{unique_prefix}.events") == 300, 10, "300 queued", retry_on=())
 
 
 # ---- URLs and errors -----------------------------------------------------------------------------
@@ -520,7 +521,7 @@ def test_prefork_worker_children_publish_over_amqp(
     """Every pool child publishes on its own connection (the parent's socket is never shared)."""
     from celery import Celery
 
-    from celery_flow.events import decode
+    from celery_flow.events import Event, decode
 
     (tmp_path / "pf_app.py").write_text(PREFORK_APP)
     queue = f"pf_{unique_prefix}"
@@ -558,14 +559,15 @@ def test_prefork_worker_children_publish_over_amqp(
         results = [producer.send_task("pf.mul", (i, 3), queue=queue) for i in range(20)]
         assert [r.get(timeout=60) for r in results] == [3 * i for i in range(20)]
         ids = {r.id for r in results}
-        events = []
-        end = time.monotonic() + 20
-        while time.monotonic() < end:
+        events: list[Event] = []
+
+        def all_succeeded() -> bool:
             batch = sub.read(500, 0.3)
-            events += [decode(m.data) for m in batch]
+            events.extend(decode(m.data) for m in batch)
             sub.ack([m.id for m in batch])
-            if ids <= {e.task_id for e in events if e.type == "succeeded"}:
-                break
+            return ids <= {e.task_id for e in events if e.type == "succeeded"}
+
+        wait_for(all_succeeded, 20, "every task's succeeded event", interval=0, retry_on=())
         for task_id in ids:
             mine = [e for e in events if e.task_id == task_id]
             assert {"received", "started", "succeeded"} <= {e.type for e in mine}, task_id
@@ -694,15 +696,12 @@ def test_a_batch_is_one_ndjson_message_read_whole(amqp_url: str, unique_prefix: 
     t.publish([b"lone"])
     assert admin.ready(f"{unique_prefix}.events") == 3  # 256 + 44 events, then the lone one
     sub = t.subscribe("celery_flow", "reader")
-    first: list[Message] = []
-    deadline = time.monotonic() + 10
-    while not first and time.monotonic() < deadline:
-        first = sub.read(1, 0.2)
+    first = wait_for(lambda: sub.read(1, 0.2), 10, "the first message", interval=0, retry_on=())
     assert [m.data for m in first] == payloads[:256]  # one message read whole, never split
     assert len({m.id for m in first}) == 1
     rest = _read_all(sub, 45)
     assert [m.data for m in first + rest] == [*payloads, b"lone"]
     sub.ack(list(dict.fromkeys(m.id for m in first + rest)))
-    _wait_for(lambda: sub.lag() == 0, what="the batch messages to be acked")
+    wait_for(lambda: sub.lag() == 0, 10, "the batch messages to be acked", retry_on=())
     sub.close()
     t.close()

@@ -13,7 +13,8 @@ import httpx
 import prometheus_client
 import pytest
 from tests.support.events import event
-from tests.support.server_helpers import serving, wait_for
+from tests.support.server_helpers import serving
+from tests.support.wait import wait_for
 
 from celery_flow.events import Event, TaskInfo, encode
 from celery_flow.server import CeleryFlowExtension, create_app

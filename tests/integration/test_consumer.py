@@ -14,7 +14,8 @@ import httpx
 import pytest
 import redis
 from tests.support.events import finished_task
-from tests.support.server_helpers import TcpProxy, cli_env, cli_process, serving, wait_for
+from tests.support.server_helpers import TcpProxy, cli_env, cli_process, serving
+from tests.support.wait import wait_for
 
 from celery_flow.events import MAX_EVENT_BYTES, encode
 from celery_flow.server import create_app

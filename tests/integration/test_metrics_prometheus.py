@@ -18,7 +18,8 @@ from fastapi import FastAPI
 from fastapi.responses import Response
 from prometheus_client.parser import text_string_to_metric_families
 from tests.support.events import finished_task
-from tests.support.server_helpers import cli_process, free_port, serving, wait_for
+from tests.support.server_helpers import cli_process, free_port, serving
+from tests.support.wait import wait_for
 
 from celery_flow.events import encode
 from celery_flow.server import CeleryFlowExtension, create_app

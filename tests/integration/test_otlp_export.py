@@ -15,7 +15,6 @@ import threading
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ from tests.otlp_receiver import ReceivedSpan, otlp_receiver
 from tests.support.canvas_app import make_app
 from tests.support.events import event
 from tests.support.server_helpers import CLI, cli_env, cli_process, free_port
+from tests.support.wait import wait_for
 
 import celery_flow
 from celery_flow.consumer import Consumer
@@ -371,14 +371,6 @@ def test_environment_only_endpoint_never_stops_a_server(monkeypatch: pytest.Monk
 # ---- end to end: real worker -> transport -> consumer -> store -> exporter sink -> receiver ----------
 
 
-def _wait(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} within {timeout}s")
-        time.sleep(0.05)
-
-
 @pytest.mark.timeout(150)
 def test_real_chord_through_consumer_and_store_exports_linked_spans(
     transport_url: str, redis_url: str, unique_prefix: str, tmp_path: Path
@@ -404,16 +396,19 @@ def test_real_chord_through_consumer_and_store_exports_linked_spans(
             consuming = threading.Thread(target=consumer.run, args=(stop,), daemon=True)
             consuming.start()
             try:
-                _wait(lambda: consumer.stats()["status"] == "running", 20, "consumer did not start")
+                wait_for(
+                    lambda: consumer.stats()["status"] == "running", 20, "the consumer to run", retry_on=()
+                )
                 with start_worker(app, pool="solo", perform_ping_check=False, shutdown_timeout=10):
                     with celery_flow.trace(w3c_trace):
                         root_id = checkout.delay().id
                     failing_id = app.tasks["t.fail"].delay("card declined").id
                     flaky_id = app.tasks["t.flaky"].delay(succeed_on=1, countdown=0.1).id
-                    _wait(
+                    wait_for(
                         lambda: len(receiver.spans) >= 6,
                         60,
-                        "six spans (root, 2 members, callback, 2) not exported",
+                        "six spans exported (root, 2 members, callback, 2)",
+                        retry_on=(),
                     )
             finally:
                 stop.set()
@@ -538,7 +533,14 @@ def test_cli_exports_spans(how: str, redis_url: str, unique_prefix: str, tmp_pat
                 raise AssertionError(log_file.read_text()) from None
             if command == "server":
                 # The exporter's counters reach /api/health and /metrics.
-                metrics = _poll_exporter_metrics(port, lambda m: m.get("otlp_exported", 0) >= 3)
+                metrics = wait_for(
+                    lambda: _exporter_metrics(port),
+                    30,
+                    "3 spans exported",
+                    until=lambda m: m.get("otlp_exported", 0) >= 3,
+                    interval=0.2,
+                    retry_on=(),
+                )
                 assert metrics["otlp_dropped"] == 0
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
                     assert "celery_flow_consumer_otlp_exported 3.0" in resp.read().decode()
@@ -549,19 +551,14 @@ def test_cli_exports_spans(how: str, redis_url: str, unique_prefix: str, tmp_pat
     assert spans[ids[0]].status_code == STATUS_OK
 
 
-def _poll_exporter_metrics(port: int, done: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
-    deadline = time.monotonic() + 30
-    metrics: dict[str, Any] = {}
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=5) as resp:
-                metrics = json.loads(resp.read())["consumer"]["metrics"]
-        except OSError:
-            metrics = {}
-        if done(metrics):
-            return metrics
-        time.sleep(0.2)
-    raise AssertionError(f"exporter metrics never satisfied the condition: {metrics}")
+def _exporter_metrics(port: int) -> dict[str, Any]:
+    """The consumer's metrics from the server's health report; empty while the server does not answer."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=5) as resp:
+            metrics: dict[str, Any] = json.loads(resp.read())["consumer"]["metrics"]
+    except OSError:
+        return {}
+    return metrics
 
 
 def _refused(argv: list[str]) -> str:

@@ -10,6 +10,7 @@ from typing import Any, cast
 
 from celery_flow.events import SCHEMA_VERSION, Event, EventType, decode
 from celery_flow.transport import from_url
+from tests.support.wait import wait_for
 
 __all__ = ["EventLog", "collect_events", "event", "events_for", "finished_task", "has"]
 
@@ -51,18 +52,19 @@ class EventLog:
         return new
 
     def wait_for(self, until: Callable[[list[Event]], bool], timeout: float = 15.0) -> list[Event]:
-        deadline = time.monotonic() + timeout
-        while True:
+        """Every event read, once `until(events)` holds; on timeout the error lists the last 40."""
+
+        def check() -> list[Event] | None:
             if until(self.events):
                 return self.events
-            if time.monotonic() > deadline:
-                raise AssertionError(
-                    f"condition not met within {timeout}s; {len(self.events)} events: "
-                    + ", ".join(
-                        f"{e.type}:{(e.name or '')}:{(e.task_id or '')[:8]}" for e in self.events[-40:]
-                    )
-                )
-            self.poll(0.2)
+            self.poll(0.2)  # blocks up to 0.2 s while nothing arrives: the poll needs no other pause
+            return None
+
+        try:
+            return wait_for(check, timeout, "the events", interval=0, retry_on=())
+        except AssertionError as exc:
+            shown = ", ".join(f"{e.type}:{e.name or ''}:{(e.task_id or '')[:8]}" for e in self.events[-40:])
+            raise AssertionError(f"{exc}; {len(self.events)} events: {shown}") from None
 
     def close(self) -> None:
         self.sub.close()

@@ -1,4 +1,4 @@
-"""Helpers for server tests: a real uvicorn server on a free port, subprocess servers, polling."""
+"""Helpers for server tests: a real uvicorn server on a free port, subprocess servers, a TCP proxy."""
 
 from __future__ import annotations
 
@@ -10,14 +10,14 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import uvicorn
 
-T = TypeVar("T")
+from tests.support.wait import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 CLI = [str(Path(sys.executable).with_name("celery-flow"))]
@@ -27,22 +27,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def wait_for(check: Callable[[], T | None], timeout: float = 20.0, what: str = "condition") -> T:
-    """Poll `check` until it returns something truthy (returned), or fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    last_exc: BaseException | None = None
-    while time.monotonic() < deadline:
-        try:
-            value = check()
-        except (httpx.HTTPError, OSError, AssertionError, KeyError) as exc:
-            last_exc = exc
-            value = None
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last error: {last_exc!r})")
 
 
 class ServerThread:

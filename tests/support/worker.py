@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,6 +14,7 @@ from celery.contrib.testing.worker import start_worker
 import celery_flow
 from tests.support.canvas_app import make_app
 from tests.support.events import EventLog
+from tests.support.wait import wait_for
 
 __all__ = ["Tracked", "revoke_confirmed", "tracked_worker"]
 
@@ -60,7 +60,10 @@ def revoke_confirmed(app: Celery, task_id: str, timeout: float = 15.0) -> None:
     """Revoke `task_id` and return once a worker has confirmed it. A worker that has only just started
     may not listen to broadcasts yet (the message is then lost, and a lone revoke times out with no
     reply); revoking again is harmless, so ask until one answers."""
-    deadline = time.monotonic() + timeout
-    while not app.control.revoke(task_id, reply=True, limit=1, timeout=1):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no worker confirmed the revoke of {task_id} within {timeout}s")
+    wait_for(
+        lambda: app.control.revoke(task_id, reply=True, limit=1, timeout=1),
+        timeout,
+        f"a worker to confirm the revoke of {task_id}",
+        interval=0,
+        retry_on=(),
+    )

@@ -13,19 +13,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from tests.support.events import event
+from tests.support.wait import wait_for
 
 from celery_flow.events import Event, decode, encode
 from celery_flow.tracking.publisher import Publisher
 from celery_flow.transport import TransportError
 from celery_flow.transport.memory import MemoryTransport
-
-
-def wait_until(predicate: object, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.01)
 
 
 def task_event(n: int) -> Event:
@@ -60,9 +53,14 @@ def test_broker_down_drops_oldest_then_reports_drop_count(memory: MemoryTranspor
     try:
         for n in range(1000):
             publisher.put(task_event(n))  # never raises, never waits
-        wait_until(lambda: publisher.failures > 0)
+        wait_for(lambda: publisher.failures > 0, 10, "a failed publish attempt", retry_on=())
         memory.set_available(True)
-        wait_until(lambda: any(e.type == "publisher.dropped" for e in published(memory)))
+        wait_for(
+            lambda: any(e.type == "publisher.dropped" for e in published(memory)),
+            10,
+            "a publisher.dropped report",
+            retry_on=(),
+        )
         assert publisher.flush(5.0)
         events = published(memory)
         task_ids = [e.task_id for e in events if e.type == "sent"]
@@ -119,7 +117,7 @@ def test_a_transport_that_cannot_be_created_is_survived() -> None:
     try:
         for n in range(100):
             publisher.put(task_event(n))
-        wait_until(lambda: publisher.failures > 0)
+        wait_for(lambda: publisher.failures > 0, 10, "a failed publish attempt", retry_on=())
         assert publisher.dropped_total >= 90
     finally:
         publisher.stop(timeout=0.2)

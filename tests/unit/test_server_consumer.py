@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from tests.support.events import event, finished_task
-from tests.support.server_helpers import wait_for
+from tests.support.wait import wait_for
 
 from celery_flow.consumer import Consumer
 from celery_flow.events import MAX_EVENT_BYTES, Event, encode
