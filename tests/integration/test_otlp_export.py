@@ -315,12 +315,14 @@ def test_close_does_not_wait_out_the_retries_of_a_collector_that_keeps_failing()
     store, ids, _ = _chord_store(None)
     with otlp_receiver() as receiver:
         receiver.status = 503  # retryable: the OTLP client backs off and retries for up to its timeout
+        before = set(threading.enumerate())
         exporter = OtlpExporter(receiver.url + "/v1/traces", store, timeout=120, coalesce=0)  # type: ignore[arg-type]
+        (thread,) = (t for t in set(threading.enumerate()) - before if t.name == "celery-flow-otlp")
         exporter(list(ids.values()))
         receiver.wait_for(lambda _: receiver.requests >= 1)
         exporter.close(timeout=1)
         # Shutting the HTTP exporter down aborted the 120 s retry loop: the thread is gone, spans counted.
-        assert not exporter._thread.is_alive()
+        assert not thread.is_alive()
         assert exporter.stats()["failed"] == 4
         exporter.close()  # idempotent
 
