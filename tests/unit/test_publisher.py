@@ -223,7 +223,7 @@ def test_recorded_events_decode_to_the_events_they_describe(
     assert len({e.id for e in got}) == len(got)
     assert all(len(e.id) == 32 for e in got)
     for n, (e, extra) in enumerate(zip(got, extras, strict=True)):
-        expected = event(types[n], ts=ts + n, id=e.id, **fields, **(extra or {}))
+        expected = event(types[n], ts=ts + n, id=e.id, **fields, **(extra or {}))  # type: ignore[arg-type]
         assert e == decode(encode(expected))
 
 
