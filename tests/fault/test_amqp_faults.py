@@ -7,6 +7,7 @@ down or failed because RabbitMQ is down, frozen or under a resource alarm.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 import socket
@@ -26,10 +27,11 @@ from celery.contrib.testing.worker import start_worker
 import celery_flow
 from celery_flow.events import Event, decode, encode
 from celery_flow.store import open_store
-from celery_flow.transport import Message, Subscription, TransportError, from_url
+from celery_flow.transport import TransportError, from_url
 from celery_flow.transport.amqp import AmqpTransport, exchange_name, parse_amqp_url, queue_name
 from tests.support.events import finished_task
-from tests.support.server_helpers import CLI, REPO, TcpProxy, cli_env, stop_process
+from tests.support.server_helpers import TcpProxy, free_port, start_cli, stop_process
+from tests.support.transport import read_all
 from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.timeout(120)
@@ -37,15 +39,8 @@ pytestmark = pytest.mark.timeout(120)
 # The publisher gives up within about a second per step; this is the generous bound users rely on.
 FAIL_FAST = 2.5
 
-
-def _read_all(sub: Subscription, want: int, deadline: float = 20.0) -> list[Message]:
-    out: list[Message] = []
-    end = time.monotonic() + deadline
-    while len(out) < want and time.monotonic() < end:
-        batch = sub.read(count=500, timeout=0.2)
-        out.extend(batch)
-        sub.ack([m.id for m in batch])
-    return out
+# Every read here acknowledges what it got, 500 messages at a time, for up to 20 s.
+read_acked = functools.partial(read_all, timeout=20.0, count=500, ack=True)
 
 
 @pytest.fixture
@@ -122,7 +117,7 @@ def test_events_published_while_nobody_consumes_all_arrive_later(
     first = t.subscribe("celery_flow", "server-1")
     sent = [f"early-{i}".encode() for i in range(10)]
     t.publish(sent)
-    got = _read_all(first, 10)
+    got = read_acked(first, 10)
     first.close()  # the server stops
 
     later = [f"e{i}".encode() for i in range(3000)]
@@ -130,7 +125,7 @@ def test_events_published_while_nobody_consumes_all_arrive_later(
         t.publish(later[i : i + 100])
 
     again = t.subscribe("celery_flow", "server-2")  # the server comes back
-    got += _read_all(again, 3000)
+    got += read_acked(again, 3000)
     assert sorted(m.data for m in got) == sorted(sent + later)
     assert again.read(100, 0.2) == []
     assert again.lag() == 0
@@ -177,9 +172,7 @@ def test_tracked_tasks_run_with_no_server_and_every_event_arrives_when_it_starts
 
 
 def test_closed_port_fails_fast() -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # nothing listens here once closed
+    port = free_port()  # nothing listens there
     t = AmqpTransport(f"amqp://guest:guest@127.0.0.1:{port}/v", prefix="x")
     for call in (lambda: t.publish([b"x"]), t.ping, lambda: t.subscribe("celery_flow", "c")):
         start = time.monotonic()
@@ -215,7 +208,7 @@ def test_broker_freezing_mid_session_fails_fast_and_recovers(
     got: list[bytes] = []
 
     def after_read() -> bool:
-        got.extend(m.data for m in _read_all(sub, 1, deadline=1.0))
+        got.extend(m.data for m in read_acked(sub, 1, timeout=1.0))
         return b"after" in got
 
     wait_for(after_read, 20, 'the message "after"', interval=0, retry_on=())
@@ -271,19 +264,14 @@ def test_blocked_connection_drops_fast_and_resumes_when_unblocked(
     assert t.blocked is None
     t.publish([b"ok-2"])
     sub = t.subscribe("celery_flow", "c")
-    assert [m.data for m in _read_all(sub, 2)] == [b"ok-1", b"ok-2"]
+    assert [m.data for m in read_acked(sub, 2)] == [b"ok-1", b"ok-2"]
 
 
 @pytest.mark.parametrize("fault", ["closed_port", "silent"])
 def test_tasks_are_not_slowed_by_an_unreachable_rabbitmq(
     fault: str, redis_url: str, silent_broker: SilentBroker
 ) -> None:
-    if fault == "silent":
-        port = silent_broker.port
-    else:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+    port = silent_broker.port if fault == "silent" else free_port()
     run = uuid.uuid4().hex[:8]
     app = Celery(f"down_{run}", broker=redis_url, backend=redis_url, set_as_current=False)
     app.conf.update(task_default_queue=f"down_{run}", broker_connection_retry_on_startup=True)
@@ -352,11 +340,9 @@ def test_consume_sigkilled_mid_batch_twice_loses_and_doubles_nothing(
     transport.close()
 
     def start() -> subprocess.Popen[bytes]:
-        cmd = [*CLI, "consume", "--broker-url", amqp_url, "--store", store_url, "--prefix", unique_prefix,
-               "--name", "amqp-kill", "--batch", "200", "--ttl", "0", "--log-level", "warning"]  # fmt: skip
-        with open(log, "ab") as out:
-            return subprocess.Popen(cmd, env=cli_env(), stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
-                                    start_new_session=True)  # fmt: skip
+        return start_cli("consume", "--broker-url", amqp_url, "--store", store_url, "--prefix", unique_prefix,
+                         "--name", "amqp-kill", "--batch", "200", "--ttl", "0", "--log-level", "warning",
+                         log=log, append=True)  # fmt: skip
 
     procs: list[subprocess.Popen[bytes]] = []
     try:

@@ -31,6 +31,7 @@ import pytest
 from celery_flow.events import encode
 from celery_flow.transport import from_url
 from tests.support.events import event
+from tests.support.postgres import own_database
 from tests.support.server_helpers import cli_process, free_port
 from tests.support.wait import wait_for
 
@@ -168,18 +169,10 @@ def test_disk_full_sqlite_store_reports_keeps_serving_and_recovers(
 @pytest.fixture
 def pg_store_url(pg_url: str) -> Iterator[tuple[str, str, str]]:
     """(store url, admin url, database name): a database of its own, since the test makes it read-only."""
-    import psycopg
-
-    admin_base, _, _ = pg_url.rpartition("/")
+    server, _, _ = pg_url.rpartition("/")
     name = f"cf_ro_{uuid.uuid4().hex[:8]}"
-    admin = f"{admin_base}/postgres"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"{admin_base}/{name}", admin, name
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with own_database(server, name) as url:
+        yield url, f"{server}/postgres", name
 
 
 def _failover(admin: str, name: str, read_only: bool) -> None:

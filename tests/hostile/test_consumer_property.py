@@ -32,6 +32,7 @@ from celery_flow.store import open_store
 from celery_flow.store.base import Store
 from celery_flow.transport.base import Message
 from tests.support.events import event
+from tests.support.postgres import own_database
 from tests.support.wait import wait_for
 
 SLOW_OK = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture]
@@ -191,20 +192,13 @@ def store_maker(request: pytest.FixtureRequest) -> Iterator[Callable[[], tuple[S
     if request.param == "sqlite":
         yield lambda: (open_store("sqlite:///:memory:"), True)
         return
-    import psycopg
-
     pg_url: str = request.getfixturevalue("pg_url")
-    admin_base, _, _ = pg_url.rpartition("/")
-    name = f"cf_prop_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(f"{admin_base}/postgres", autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    shared = open_store(f"{admin_base}/{name}")
-    try:
-        yield lambda: (shared, False)
-    finally:
-        shared.close()
-        with psycopg.connect(f"{admin_base}/postgres", autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with own_database(pg_url.rpartition("/")[0], f"cf_prop_{uuid.uuid4().hex[:8]}") as url:
+        shared = open_store(url)
+        try:
+            yield lambda: (shared, False)
+        finally:
+            shared.close()
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=SLOW_OK)

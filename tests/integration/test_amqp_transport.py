@@ -4,27 +4,28 @@ its own exchange and queues (`unique_prefix`), deleted afterwards."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import signal
-import socket
 import ssl
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import amqp
 import pytest
 from amqp.exceptions import NotFound
+from tests.support.server_helpers import TcpProxy
+from tests.support.transport import read_all
 from tests.support.wait import wait_for
+from tests.support.worker import prefork_worker
 
-from celery_flow.transport import ConfigError, Message, Subscription, TransportError, from_url
+from celery_flow.transport import ConfigError, Message, TransportError, from_url
 from celery_flow.transport.amqp import (
     AmqpTransport,
     exchange_name,
@@ -32,14 +33,6 @@ from celery_flow.transport.amqp import (
     queue_arguments,
     queue_name,
 )
-
-
-def _read_all(sub: Subscription, want: int, deadline: float = 10.0, count: int = 100) -> list[Message]:
-    out: list[Message] = []
-    end = time.monotonic() + deadline
-    while len(out) < want and time.monotonic() < end:
-        out.extend(sub.read(count=count, timeout=0.2))
-    return out
 
 
 class Admin:
@@ -130,7 +123,7 @@ def test_publish_read_ack_and_lag(amqp_url: str, unique_prefix: str, admin: Admi
     t.publish([b"one", b"two", b"three"])
     assert admin.ready(f"{unique_prefix}.events") == 3
     sub = t.subscribe("celery_flow", "c1")
-    msgs = _read_all(sub, 3)
+    msgs = read_all(sub, 3)
     assert [m.data for m in msgs] == [b"one", b"two", b"three"]
     assert len({m.id for m in msgs}) == 3
     assert sub.lag() == 3  # delivered but not acknowledged yet
@@ -138,7 +131,7 @@ def test_publish_read_ack_and_lag(amqp_url: str, unique_prefix: str, admin: Admi
     assert sub.lag() == 0
     t.publish([b"four"])
     wait_for(lambda: sub.lag() == 1, 10, "lag 1", retry_on=())
-    assert [m.data for m in _read_all(sub, 1)] == [b"four"]
+    assert [m.data for m in read_all(sub, 1)] == [b"four"]
     # Nothing left: read returns empty after its timeout.
     assert sub.read(count=10, timeout=0.1) == []
     sub.close()
@@ -151,13 +144,13 @@ def test_read_returns_what_is_there_without_waiting_for_a_full_batch(
     t = from_url(amqp_url, prefix=unique_prefix, batch=False)
     sub = t.subscribe("celery_flow", "c")
     t.publish([b"a", b"b"])
-    got = _read_all(sub, 2, count=500)
+    got = read_all(sub, 2, count=500)
     assert [m.data for m in got] == [b"a", b"b"]
     # A batch bigger than `count` is split over reads, in order.
     t.publish([f"{i}".encode() for i in range(25)])
-    first = _read_all(sub, 10, count=10)
+    first = read_all(sub, 10, count=10)
     assert [m.data for m in first] == [f"{i}".encode() for i in range(10)]
-    rest = _read_all(sub, 15, count=10)
+    rest = read_all(sub, 15, count=10)
     assert [m.data for m in rest] == [f"{i}".encode() for i in range(10, 25)]
     sub.ack([m.id for m in got + first + rest])
     assert sub.lag() == 0
@@ -170,14 +163,14 @@ def test_restart_redelivers_unacked_without_replaying_acked(
     t = from_url(amqp_url, prefix=unique_prefix, batch=False)
     t.publish([f"m{i}".encode() for i in range(6)])
     first = t.subscribe("celery_flow", "worker-a")
-    got = _read_all(first, 6)
+    got = read_all(first, 6)
     assert len(got) == 6
     first.ack([m.id for m in got[:4]])  # "crash" before acknowledging m4, m5
     first.close()
 
     t.publish([b"m6"])
     again = t.subscribe("celery_flow", "worker-a")
-    resumed = _read_all(again, 3)
+    resumed = read_all(again, 3)
     assert sorted(m.data for m in resumed) == [b"m4", b"m5", b"m6"]
     again.ack([m.id for m in resumed])
     assert again.read(count=10, timeout=0.2) == []
@@ -216,7 +209,7 @@ def test_sigkilled_consumers_messages_go_to_another_member(
         assert survivor.read(count=100, timeout=0.3) == []  # nothing while the other member lives
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
-        got = _read_all(survivor, 50)
+        got = read_all(survivor, 50)
         assert sorted(m.data for m in got) == sorted(f"e{i}".encode() for i in range(50))
         survivor.ack([m.id for m in got])
         assert survivor.lag() == 0
@@ -256,21 +249,21 @@ def test_two_groups_each_see_everything(amqp_url: str, unique_prefix: str, admin
     g1, g2 = t.subscribe("g1", "c"), t.subscribe("g2", "c")
     assert (g1.queue, g2.queue) == (f"{unique_prefix}.events.g1", f"{unique_prefix}.events.g2")
     t.publish([b"x", b"y"])
-    assert [m.data for m in _read_all(g1, 2)] == [b"x", b"y"]
-    assert [m.data for m in _read_all(g2, 2)] == [b"x", b"y"]
+    assert [m.data for m in read_all(g1, 2)] == [b"x", b"y"]
+    assert [m.data for m in read_all(g2, 2)] == [b"x", b"y"]
 
 
 def test_acks_cover_out_of_order_and_partial_batches(amqp_url: str, unique_prefix: str, admin: Admin) -> None:
     t = from_url(amqp_url, prefix=unique_prefix, batch=False)
     t.publish([f"{i}".encode() for i in range(10)])
     sub = t.subscribe("celery_flow", "c")
-    msgs = _read_all(sub, 10)
+    msgs = read_all(sub, 10)
     sub.ack([msgs[i].id for i in (0, 1, 2, 5, 7)])  # a cumulative ack for 0-2, single acks for 5 and 7
     sub.ack([msgs[1].id])  # acking twice is harmless (it would close the channel if sent)
     assert sub.lag() == 5
     sub.close()
     again = t.subscribe("celery_flow", "c")
-    assert sorted(m.data for m in _read_all(again, 5)) == [b"3", b"4", b"6", b"8", b"9"]
+    assert sorted(m.data for m in read_all(again, 5)) == [b"3", b"4", b"6", b"8", b"9"]
 
 
 # ---- retention -----------------------------------------------------------------------------------
@@ -284,7 +277,7 @@ def test_queue_is_capped_by_maxlen_dropping_the_oldest(
         t.publish([f"{batch}:{i}".encode() for i in range(100)])
     assert admin.ready(f"{unique_prefix}.events") == 100
     sub = t.subscribe("celery_flow", "c")
-    kept = _read_all(sub, 100, count=200)
+    kept = read_all(sub, 100, count=200)
     assert [m.data for m in kept] == [f"19:{i}".encode() for i in range(100)]  # the newest survive
 
 
@@ -317,7 +310,7 @@ def test_mismatched_retention_keeps_consuming_and_says_how_to_fix_it(
     assert admin.ready(f"{unique_prefix}.events") == 1
     with caplog.at_level(logging.WARNING, logger="celery_flow.transport.amqp"):
         sub = other.subscribe("celery_flow", "b")
-    assert [m.data for m in _read_all(sub, 1)] == [b"still delivered"]
+    assert [m.data for m in read_all(sub, 1)] == [b"still delivered"]
     message = sub.retention_mismatch
     assert message is not None
     assert [r.getMessage() for r in caplog.records] == [message]
@@ -338,7 +331,7 @@ def test_consumer_reconnects_and_drops_stale_acks(amqp_url: str, unique_prefix: 
     t = AmqpTransport(amqp_url, prefix=unique_prefix, batch=False, max_backoff=0.5)
     sub = t.subscribe("celery_flow", f"{unique_prefix}-victim")
     t.publish([b"a", b"b"])
-    before = _read_all(sub, 2)
+    before = read_all(sub, 2)
     assert [m.data for m in before] == [b"a", b"b"]
 
     assert close_connections(admin.vhost, f"celery-flow consumer {unique_prefix}-victim") == 1
@@ -388,7 +381,7 @@ def test_publisher_declares_a_deleted_queue_again(amqp_url: str, unique_prefix: 
     t.publish([b"retried"])
     assert admin.ready(f"{unique_prefix}.events") == 1
     sub = t.subscribe("celery_flow", "c")
-    assert [m.data for m in _read_all(sub, 1)] == [b"retried"]
+    assert [m.data for m in read_all(sub, 1)] == [b"retried"]
 
 
 def test_forked_child_publishes_on_its_own_connection(
@@ -408,7 +401,7 @@ def test_forked_child_publishes_on_its_own_connection(
     assert os.waitstatus_to_exitcode(status) == 0
     t.publish([b"parent-2"])  # the parent's connection was not disturbed by the child
     sub = t.subscribe("celery_flow", "c")
-    assert sorted(m.data for m in _read_all(sub, 3)) == [b"child", b"parent-1", b"parent-2"]
+    assert sorted(m.data for m in read_all(sub, 3)) == [b"child", b"parent-1", b"parent-2"]
 
 
 def test_publishing_without_confirms_also_delivers(amqp_url: str, unique_prefix: str, admin: Admin) -> None:
@@ -534,52 +527,27 @@ def test_prefork_worker_children_publish_over_amqp(
         "PF_PREFIX": unique_prefix,
     }
     sub = from_url(amqp_url, prefix=unique_prefix, batch=False).subscribe("celery_flow", "reader")
-    worker = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "pf_app",
-            "worker",
-            "--pool",
-            "prefork",
-            "-c",
-            "2",
-            "--loglevel",
-            "WARNING",
-            "-n",
-            f"pf_{unique_prefix}@%h",
-        ],
-        env=env,
-        cwd=tmp_path,
-    )
     producer = Celery("pf-producer", broker=redis_url, backend=redis_url, set_as_current=False)
     try:
-        results = [producer.send_task("pf.mul", (i, 3), queue=queue) for i in range(20)]
-        assert [r.get(timeout=60) for r in results] == [3 * i for i in range(20)]
-        ids = {r.id for r in results}
-        events: list[Event] = []
+        with prefork_worker("pf_app", f"pf_{unique_prefix}@%h", env, tmp_path) as worker:
+            results = [producer.send_task("pf.mul", (i, 3), queue=queue) for i in range(20)]
+            assert [r.get(timeout=60) for r in results] == [3 * i for i in range(20)]
+            ids = {r.id for r in results}
+            events: list[Event] = []
 
-        def all_succeeded() -> bool:
-            batch = sub.read(500, 0.3)
-            events.extend(decode(m.data) for m in batch)
-            sub.ack([m.id for m in batch])
-            return ids <= {e.task_id for e in events if e.type == "succeeded"}
+            def all_succeeded() -> bool:
+                batch = sub.read(500, 0.3)
+                events.extend(decode(m.data) for m in batch)
+                sub.ack([m.id for m in batch])
+                return ids <= {e.task_id for e in events if e.type == "succeeded"}
 
-        wait_for(all_succeeded, 20, "every task's succeeded event", interval=0, retry_on=())
-        for task_id in ids:
-            mine = [e for e in events if e.task_id == task_id]
-            assert {"received", "started", "succeeded"} <= {e.type for e in mine}, task_id
-        child_pids = {e.pid for e in events if e.type == "succeeded"}
-        assert worker.pid not in child_pids  # published from the forked pool children
+            wait_for(all_succeeded, 20, "every task's succeeded event", interval=0, retry_on=())
+            for task_id in ids:
+                mine = [e for e in events if e.task_id == task_id]
+                assert {"received", "started", "succeeded"} <= {e.type for e in mine}, task_id
+            child_pids = {e.pid for e in events if e.type == "succeeded"}
+            assert worker.pid not in child_pids  # published from the forked pool children
     finally:
-        worker.terminate()
-        try:
-            worker.wait(20)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait(10)
         producer.close()
         sub.close()
 
@@ -587,103 +555,41 @@ def test_prefork_worker_children_publish_over_amqp(
 # ---- TLS -----------------------------------------------------------------------------------------
 
 
-class TlsTerminator:
-    """A TLS endpoint in front of the real (plain) RabbitMQ port, with a throwaway self-signed cert."""
-
-    def __init__(self, directory: Any, target: tuple[str, int]) -> None:
-        self.cert, self.key = str(directory / "cert.pem"), str(directory / "key.pem")
-        subprocess.run(
-            [
-                "openssl",
-                "req",
-                "-x509",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-days",
-                "1",
-                "-subj",
-                "/CN=localhost",
-                "-addext",
-                "subjectAltName=DNS:localhost",
-                "-keyout",
-                self.key,
-                "-out",
-                self.cert,
-            ],
-            capture_output=True,
-            check=True,
-            timeout=60,
-        )
-        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self.ctx.load_cert_chain(self.cert, self.key)
-        self.target = target
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.sockets: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                raw, _ = self.listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(raw,), daemon=True).start()
-
-    def _serve(self, raw: socket.socket) -> None:
-        try:
-            client = self.ctx.wrap_socket(raw, server_side=True)
-        except (OSError, ssl.SSLError):
-            raw.close()  # the client refused our certificate
-            return
-        upstream = socket.create_connection(self.target, timeout=5)
-        upstream.settimeout(None)
-        self.sockets += [client, upstream]
-        threading.Thread(target=self._pump, args=(upstream, client), daemon=True).start()
-        self._pump(client, upstream)
-
-    @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                with contextlib.suppress(OSError):
-                    s.shutdown(socket.SHUT_RDWR)
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self.listener.shutdown(socket.SHUT_RDWR)
-        self.listener.close()
-        for s in self.sockets:
-            s.close()
+def _self_signed_tls(directory: Path) -> tuple[str, ssl.SSLContext]:
+    """(certificate file, server context): a throwaway self-signed certificate for localhost."""
+    cert, key = str(directory / "cert.pem"), str(directory / "key.pem")
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=DNS:localhost", "-keyout", key, "-out", cert],
+        capture_output=True, check=True, timeout=60,
+    )  # fmt: skip
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    return cert, ctx
 
 
 def test_amqps_verifies_the_broker_certificate(
-    amqp_url: str, unique_prefix: str, admin: Admin, tmp_path: Any
+    amqp_url: str, unique_prefix: str, admin: Admin, tmp_path: Path
 ) -> None:
     p = parse_amqp_url(amqp_url)
-    tls = TlsTerminator(tmp_path, (p.host, p.port))
+    cert, ctx = _self_signed_tls(tmp_path)
+    tls = TcpProxy((p.host, p.port), tls=ctx).start()  # a TLS endpoint in front of the plain port
     try:
         base = f"amqps://guest:guest@localhost:{tls.port}/{p.vhost}"
         # An unknown certificate is refused: a clear error, quickly, no silent downgrade.
         with pytest.raises(TransportError, match="CERTIFICATE_VERIFY_FAILED"):
             AmqpTransport(base, prefix=unique_prefix, batch=False).ping()
-        t = from_url(f"{base}?ca_certs={tls.cert}", prefix=unique_prefix, batch=False)
+        t = from_url(f"{base}?ca_certs={cert}", prefix=unique_prefix, batch=False)
         sub = t.subscribe("celery_flow", "tls")
         t.publish([b"over tls"])
-        got = _read_all(sub, 1)
+        got = read_all(sub, 1)
         assert [m.data for m in got] == [b"over tls"]
         sub.ack([m.id for m in got])
         assert sub.lag() == 0
         sub.close()
         t.close()
     finally:
-        tls.close()
+        tls.stop()
 
 
 # ---- batch framing (transport/base.py `frames`) --------------------------------------------------
@@ -699,7 +605,7 @@ def test_a_batch_is_one_ndjson_message_read_whole(amqp_url: str, unique_prefix: 
     first = wait_for(lambda: sub.read(1, 0.2), 10, "the first message", interval=0, retry_on=())
     assert [m.data for m in first] == payloads[:256]  # one message read whole, never split
     assert len({m.id for m in first}) == 1
-    rest = _read_all(sub, 45)
+    rest = read_all(sub, 45)
     assert [m.data for m in first + rest] == [*payloads, b"lone"]
     sub.ack(list(dict.fromkeys(m.id for m in first + rest)))
     wait_for(lambda: sub.lag() == 0, 10, "the batch messages to be acked", retry_on=())

@@ -17,7 +17,6 @@ from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 import httpx
 import pytest
-import uvicorn
 from celery import Celery
 from celery.contrib.testing.worker import start_worker
 from fastapi import FastAPI
@@ -149,23 +148,8 @@ def asgi_url(env: Env) -> Iterator[str]:
     async def create_order_async() -> dict[str, Any]:
         return {"task_id": env.publish(), "trace_id": current_trace_id()}
 
-    server = uvicorn.Server(
-        uvicorn.Config(api, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-
-    def started() -> bool:
-        assert thread.is_alive(), "uvicorn stopped before it started"
-        return server.started
-
-    wait_for(started, 20, "uvicorn to start", interval=0.02, retry_on=())
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
+    with serving(api) as url:
+        yield url
 
 
 @pytest.mark.parametrize("path", ["/orders", "/orders-async"])

@@ -6,6 +6,7 @@ import contextlib
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -73,26 +74,40 @@ def cli_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def start_cli(
+    *args: str,
+    env: dict[str, str] | None = None,
+    log: Path | None = None,
+    program: str | None = None,
+    append: bool = False,
+) -> subprocess.Popen[bytes]:
+    """`celery-flow <args>` (or `program <args>`) in its own process group, its output written to `log`
+    (appended to it with `append`, as for a process restarted after a kill). Stop it with stop_process."""
+    out: Any = open(log, "ab" if append else "wb") if log else subprocess.DEVNULL  # noqa: SIM115
+    try:
+        return subprocess.Popen(
+            [program, *args] if program else [*CLI, *args],
+            env=env or cli_env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+            start_new_session=True,
+        )
+    finally:
+        if log:
+            out.close()  # the child has its own copy of the file
+
+
 @contextlib.contextmanager
 def cli_process(
     *args: str, env: dict[str, str] | None = None, log: Path | None = None, program: str | None = None
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """`celery-flow <args>` (or `program <args>`) in its own process group, stopped on exit."""
-    out = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        [program, *args] if program else [*CLI, *args],
-        env=env or cli_env(),
-        stdout=out,
-        stderr=subprocess.STDOUT,
-        cwd=REPO,
-        start_new_session=True,
-    )
+    """`celery-flow <args>` (or `program <args>`) as start_cli starts it, stopped on exit."""
+    proc = start_cli(*args, env=env, log=log, program=program)
     try:
         yield proc
     finally:
         stop_process(proc)
-        if log:
-            out.close()  # type: ignore[union-attr]
 
 
 def stop_process(proc: subprocess.Popen[bytes]) -> None:
@@ -112,11 +127,15 @@ def stop_process(proc: subprocess.Popen[bytes]) -> None:
 class TcpProxy:
     """A TCP forwarder to a real service that a test can cut (`stop`) and restore (`start`), like a
     broker restarting: every connection through it drops at once and new ones are refused. Setting
-    `frozen` holds every byte in flight instead, like a broker that hangs with its sockets open."""
+    `frozen` holds every byte in flight instead, like a broker that hangs with its sockets open.
+    Given `tls`, it is a TLS endpoint in front of the (plain) service."""
 
-    def __init__(self, target: tuple[str, int], port: int | None = None) -> None:
+    def __init__(
+        self, target: tuple[str, int], port: int | None = None, tls: ssl.SSLContext | None = None
+    ) -> None:
         self.target = target
         self.port = port or free_port()
+        self.tls = tls
         self.frozen = threading.Event()
         self._listener: socket.socket | None = None
         self._conns: list[socket.socket] = []
@@ -137,15 +156,24 @@ class TcpProxy:
                 client, _ = listener.accept()
             except OSError:
                 return
+            threading.Thread(target=self._connect, args=(client,), daemon=True).start()
+
+    def _connect(self, client: socket.socket) -> None:
+        if self.tls is not None:
             try:
-                upstream = socket.create_connection(self.target, timeout=5)
-            except OSError:
+                client = self.tls.wrap_socket(client, server_side=True)
+            except OSError:  # ssl.SSLError included: the client refused our certificate
                 client.close()
-                continue
-            with self._lock:
-                self._conns += [client, upstream]
-            for src, dst in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(src, dst), daemon=True).start()
+                return
+        try:
+            upstream = socket.create_connection(self.target, timeout=5)
+        except OSError:
+            client.close()
+            return
+        with self._lock:
+            self._conns += [client, upstream]
+        for src, dst in ((client, upstream), (upstream, client)):
+            threading.Thread(target=self._pipe, args=(src, dst), daemon=True).start()
 
     def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
         try:
