@@ -19,7 +19,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
-from tests.support.wait import wait_for
+from tests.support.wait import WaitTimeout, wait_for
 
 
 def _value(value: AnyValue) -> Any:
@@ -67,7 +67,7 @@ class Receiver:
 
         try:
             wait_for(check, timeout, "the expected spans at the receiver", retry_on=())
-        except AssertionError as exc:
+        except WaitTimeout as exc:
             with self.lock:
                 names = [span.name for span in self.spans]
             raise AssertionError(f"{exc}; got {names}") from None

@@ -21,7 +21,7 @@ from celery import Celery
 from celery.contrib.testing.worker import start_worker
 from fastapi import FastAPI
 from tests.support.server_helpers import serving
-from tests.support.wait import wait_for
+from tests.support.wait import WaitTimeout, wait_for
 
 import celery_flow
 from celery_flow.events import Event, decode
@@ -119,7 +119,7 @@ def _family_events(env: Env, task_id: str, timeout: float = 30.0) -> dict[str, l
 
     try:
         return wait_for(family_done, timeout, f"task {task_id} and its child to succeed", retry_on=())
-    except AssertionError as exc:
+    except WaitTimeout as exc:
         raise AssertionError(f"{exc}; events: {env.seen}") from None
 
 

@@ -10,7 +10,7 @@ from typing import Any, cast
 
 from celery_flow.events import SCHEMA_VERSION, Event, EventType, decode
 from celery_flow.transport import from_url
-from tests.support.wait import wait_for
+from tests.support.wait import WaitTimeout, wait_for
 
 __all__ = ["EventLog", "collect_events", "event", "events_for", "finished_task", "has"]
 
@@ -62,7 +62,7 @@ class EventLog:
 
         try:
             return wait_for(check, timeout, "the events", interval=0, retry_on=())
-        except AssertionError as exc:
+        except WaitTimeout as exc:
             shown = ", ".join(f"{e.type}:{e.name or ''}:{(e.task_id or '')[:8]}" for e in self.events[-40:])
             raise AssertionError(f"{exc}; {len(self.events)} events: {shown}") from None
 

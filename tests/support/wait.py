@@ -8,13 +8,17 @@ from typing import TypeVar, overload
 
 import httpx
 
-__all__ = ["NOT_UP_YET", "wait_for"]
+__all__ = ["NOT_UP_YET", "WaitTimeout", "wait_for"]
 
 T = TypeVar("T")
 
 # What a check may raise while the thing it polls is not up yet (a server still starting, a body without
 # the key yet): by default the poll goes on, and the error is reported if the deadline passes.
 NOT_UP_YET: tuple[type[BaseException], ...] = (httpx.HTTPError, OSError, AssertionError, KeyError)
+
+
+class WaitTimeout(AssertionError):
+    """What `wait_for` raises at its deadline: a test failure, which a caller may catch to add context."""
 
 
 @overload
@@ -51,7 +55,7 @@ def wait_for(
     retry_on: tuple[type[BaseException], ...] = NOT_UP_YET,
 ) -> T:
     """Call `check` every `interval` seconds and return its value once it is truthy (or, given
-    `until`, once it is not None and `until(value)` holds). After `timeout` seconds raise AssertionError
+    `until`, once it is not None and `until(value)` holds). After `timeout` seconds raise WaitTimeout
     naming `what` and the last value seen. An exception in `retry_on` counts as "not yet"; any other
     propagates at once."""
     deadline = time.monotonic() + timeout
@@ -68,5 +72,5 @@ def wait_for(
         if time.monotonic() >= deadline:
             seen = repr(last)
             seen = seen if len(seen) <= 1000 else seen[:1000] + "..."
-            raise AssertionError(f"timed out after {timeout}s waiting for {what} (last seen: {seen})")
+            raise WaitTimeout(f"timed out after {timeout}s waiting for {what} (last seen: {seen})")
         time.sleep(interval)
