@@ -19,6 +19,8 @@ from collections.abc import Iterator
 import pytest
 import redis
 
+from tests.support.postgres import own_database
+
 REDIS_HOST = os.environ.get("CELERY_FLOW_TEST_REDIS_HOST", "127.0.0.1")
 REDIS_PORT = int(os.environ.get("CELERY_FLOW_TEST_REDIS_PORT", "6379"))
 PG_DSN = os.environ.get("CELERY_FLOW_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
@@ -81,16 +83,11 @@ def pg_url() -> Iterator[str]:
     psycopg = pytest.importorskip("psycopg")
     name = f"celery_flow_test_{RUN_ID}"
     try:
-        admin = psycopg.connect(f"{PG_DSN}/postgres", autocommit=True, connect_timeout=5)
+        psycopg.connect(f"{PG_DSN}/postgres", connect_timeout=5).close()
     except psycopg.Error as exc:
         pytest.fail(f"PostgreSQL at {PG_DSN} is not reachable ({exc}): {START_HINT}")
-    with admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"{PG_DSN}/{name}"
-    finally:
-        with psycopg.connect(f"{PG_DSN}/postgres", autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with own_database(PG_DSN, name) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

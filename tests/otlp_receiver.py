@@ -7,7 +7,6 @@ and keeps the spans as plain dicts, so tests assert on what a backend would actu
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -19,6 +18,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+
+from tests.support.wait import WaitTimeout, wait_for
 
 
 def _value(value: AnyValue) -> Any:
@@ -60,15 +61,16 @@ class Receiver:
             return out
 
     def wait_for(self, predicate: Callable[[list[ReceivedSpan]], bool], timeout: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def check() -> bool:
             with self.lock:
-                if predicate(list(self.spans)):
-                    return
-            time.sleep(0.05)
-        with self.lock:
-            names = [span.name for span in self.spans]
-        raise AssertionError(f"receiver did not get the expected spans within {timeout}s; got {names}")
+                return predicate(list(self.spans))
+
+        try:
+            wait_for(check, timeout, "the expected spans at the receiver", retry_on=())
+        except WaitTimeout as exc:
+            with self.lock:
+                names = [span.name for span in self.spans]
+            raise AssertionError(f"{exc}; got {names}") from None
 
 
 def _decode(body: bytes) -> list[ReceivedSpan]:

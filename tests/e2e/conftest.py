@@ -23,9 +23,9 @@ from celery import Celery
 from celery.contrib.testing.worker import start_worker
 from playwright.sync_api import Browser, ConsoleMessage, Dialog, Page, Playwright, sync_playwright
 from tests.support.canvas_app import make_app
-from tests.support.server_helpers import ServerThread, wait_for
+from tests.support.server_helpers import REPO, ServerThread
+from tests.support.wait import wait_for
 
-REPO = Path(__file__).resolve().parents[2]
 FRONTEND = REPO / "frontend"
 STATIC_INDEX = REPO / "src" / "celery_flow" / "web" / "static" / "index.html"
 ARTIFACTS = REPO / "test-artifacts"

@@ -19,7 +19,8 @@ from celery import chain, chord, group
 from fastapi import FastAPI
 from playwright.sync_api import Browser, Locator, Page, expect
 from tests.e2e.conftest import PageWatch, Stack, screenshot
-from tests.support.server_helpers import ServerThread, wait_for
+from tests.support.server_helpers import ServerThread
+from tests.support.wait import wait_for
 
 import celery_flow
 from celery_flow.server import create_app

@@ -7,6 +7,7 @@ down or failed because RabbitMQ is down, frozen or under a resource alarm.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 import socket
@@ -26,24 +27,20 @@ from celery.contrib.testing.worker import start_worker
 import celery_flow
 from celery_flow.events import Event, decode, encode
 from celery_flow.store import open_store
-from celery_flow.transport import Message, Subscription, TransportError, from_url
+from celery_flow.transport import TransportError, from_url
 from celery_flow.transport.amqp import AmqpTransport, exchange_name, parse_amqp_url, queue_name
-from tests.support.server_helpers import CLI, REPO, TcpProxy, cli_env, stop_process, wait_for
+from tests.support.events import finished_task
+from tests.support.server_helpers import TcpProxy, free_port, start_cli, stop_process
+from tests.support.transport import read_all
+from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
 # The publisher gives up within about a second per step; this is the generous bound users rely on.
 FAIL_FAST = 2.5
 
-
-def _read_all(sub: Subscription, want: int, deadline: float = 20.0) -> list[Message]:
-    out: list[Message] = []
-    end = time.monotonic() + deadline
-    while len(out) < want and time.monotonic() < end:
-        batch = sub.read(count=500, timeout=0.2)
-        out.extend(batch)
-        sub.ack([m.id for m in batch])
-    return out
+# Every read here acknowledges what it got, 500 messages at a time, for up to 20 s.
+read_acked = functools.partial(read_all, timeout=20.0, count=500, ack=True)
 
 
 @pytest.fixture
@@ -120,7 +117,7 @@ def test_events_published_while_nobody_consumes_all_arrive_later(
     first = t.subscribe("celery_flow", "server-1")
     sent = [f"early-{i}".encode() for i in range(10)]
     t.publish(sent)
-    got = _read_all(first, 10)
+    got = read_acked(first, 10)
     first.close()  # the server stops
 
     later = [f"e{i}".encode() for i in range(3000)]
@@ -128,7 +125,7 @@ def test_events_published_while_nobody_consumes_all_arrive_later(
         t.publish(later[i : i + 100])
 
     again = t.subscribe("celery_flow", "server-2")  # the server comes back
-    got += _read_all(again, 3000)
+    got += read_acked(again, 3000)
     assert sorted(m.data for m in got) == sorted(sent + later)
     assert again.read(100, 0.2) == []
     assert again.lag() == 0
@@ -155,16 +152,17 @@ def test_tracked_tasks_run_with_no_server_and_every_event_arrives_when_it_starts
         celery_flow.shutdown(app)
 
     sub = from_url(amqp_url, prefix=unique_prefix).subscribe("celery_flow", "late-server")
-    events = []
+    events: list[Event] = []
     ids = {r.id for r in results}
-    end = time.monotonic() + 20
-    while time.monotonic() < end:
+
+    def all_read() -> bool:
         batch = sub.read(500, 0.3)
-        events += [decode(m.data) for m in batch]
+        events.extend(decode(m.data) for m in batch)
         sub.ack([m.id for m in batch])
         done = {e.task_id for e in events if e.type == "succeeded"}
-        if ids <= done and not batch:
-            break
+        return ids <= done and not batch
+
+    wait_for(all_read, 20, "every task's events, then an empty read", interval=0, retry_on=())
     for task_id in ids:
         types = {e.type for e in events if e.task_id == task_id}
         assert {"sent", "received", "started", "succeeded"} <= types, (task_id, types)
@@ -174,9 +172,7 @@ def test_tracked_tasks_run_with_no_server_and_every_event_arrives_when_it_starts
 
 
 def test_closed_port_fails_fast() -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # nothing listens here once closed
+    port = free_port()  # nothing listens there
     t = AmqpTransport(f"amqp://guest:guest@127.0.0.1:{port}/v", prefix="x")
     for call in (lambda: t.publish([b"x"]), t.ping, lambda: t.subscribe("celery_flow", "c")):
         start = time.monotonic()
@@ -210,9 +206,12 @@ def test_broker_freezing_mid_session_fails_fast_and_recovers(
     t.publish([b"after"])  # a fresh connection
     sub = from_url(amqp_url, prefix=unique_prefix).subscribe("celery_flow", "c")
     got: list[bytes] = []
-    deadline = time.monotonic() + 20
-    while b"after" not in got and time.monotonic() < deadline:
-        got.extend(m.data for m in _read_all(sub, 1, deadline=1.0))
+
+    def after_read() -> bool:
+        got.extend(m.data for m in read_acked(sub, 1, timeout=1.0))
+        return b"after" in got
+
+    wait_for(after_read, 20, 'the message "after"', interval=0, retry_on=())
     # The frozen batch may or may not reach the queue (the publisher counted it as dropped), and when
     # the proxy releases it, it may land after the fresh connection's message: only what was confirmed
     # is certain to be there, in its own order.
@@ -237,13 +236,10 @@ def test_consumer_on_a_frozen_broker_reports_instead_of_hanging(
     assert time.monotonic() - start < FAIL_FAST + 0.3
     proxy.frozen.clear()
     from_url(amqp_url, prefix=unique_prefix).publish([b"after thaw"])
-    got: list[Message] = []
-    end = time.monotonic() + 15
-    while not got and time.monotonic() < end:
-        try:
-            got = sub.read(10, 0.3)
-        except TransportError:
-            continue  # reconnecting with backoff
+    # read() raises TransportError while the subscription reconnects, with backoff
+    got = wait_for(
+        lambda: sub.read(10, 0.3), 15, "a message after the thaw", interval=0, retry_on=(TransportError,)
+    )
     assert [m.data for m in got] == [b"after thaw"]
 
 
@@ -268,19 +264,14 @@ def test_blocked_connection_drops_fast_and_resumes_when_unblocked(
     assert t.blocked is None
     t.publish([b"ok-2"])
     sub = t.subscribe("celery_flow", "c")
-    assert [m.data for m in _read_all(sub, 2)] == [b"ok-1", b"ok-2"]
+    assert [m.data for m in read_acked(sub, 2)] == [b"ok-1", b"ok-2"]
 
 
 @pytest.mark.parametrize("fault", ["closed_port", "silent"])
 def test_tasks_are_not_slowed_by_an_unreachable_rabbitmq(
     fault: str, redis_url: str, silent_broker: SilentBroker
 ) -> None:
-    if fault == "silent":
-        port = silent_broker.port
-    else:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+    port = silent_broker.port if fault == "silent" else free_port()
     run = uuid.uuid4().hex[:8]
     app = Celery(f"down_{run}", broker=redis_url, backend=redis_url, set_as_current=False)
     app.conf.update(task_default_queue=f"down_{run}", broker_connection_retry_on_startup=True)
@@ -305,10 +296,7 @@ def test_tasks_are_not_slowed_by_an_unreachable_rabbitmq(
             # Generous bound from issue 5: publishing a task never waits for celery-flow's broker.
             assert slowest < 0.1, f"apply_async took {slowest * 1000:.0f} ms"
             # It did try, and gave up without blocking anyone.
-            end = time.monotonic() + 10
-            while tracker.publisher.failures < 1 and time.monotonic() < end:
-                time.sleep(0.05)
-            assert tracker.publisher.failures >= 1
+            wait_for(lambda: tracker.publisher.failures >= 1, 10, "a failed publish attempt", retry_on=())
     finally:
         celery_flow.shutdown(app, timeout=0.5)
 
@@ -337,11 +325,10 @@ def test_consume_sigkilled_mid_batch_twice_loses_and_doubles_nothing(
     tasks = 3000
     task_ids = [uuid.uuid4().hex for _ in range(tasks)]
     events = [
-        Event(v=1, id=uuid.uuid4().hex, type=type_, ts=1_700_000_000.0 + i + n / 1000, task_id=task_id,
-              name="app.tasks.t", root_id=task_id, hostname="celery@a", pid=7, retries=0)
+        e
         for i, task_id in enumerate(task_ids)
-        for n, type_ in enumerate(("sent", "received", "started", "succeeded"))
-    ]  # fmt: skip
+        for e in finished_task(task_id, 1_700_000_000.0 + i, name="app.tasks.t", hostname="celery@a", pid=7)
+    ]
     vhost = parse_amqp_url(amqp_url).vhost
     queue = queue_name(unique_prefix)
     store_url = f"sqlite:///{tmp_path}/kill.db"
@@ -353,11 +340,9 @@ def test_consume_sigkilled_mid_batch_twice_loses_and_doubles_nothing(
     transport.close()
 
     def start() -> subprocess.Popen[bytes]:
-        cmd = [*CLI, "consume", "--broker-url", amqp_url, "--store", store_url, "--prefix", unique_prefix,
-               "--name", "amqp-kill", "--batch", "200", "--ttl", "0", "--log-level", "warning"]  # fmt: skip
-        with open(log, "ab") as out:
-            return subprocess.Popen(cmd, env=cli_env(), stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
-                                    start_new_session=True)  # fmt: skip
+        return start_cli("consume", "--broker-url", amqp_url, "--store", store_url, "--prefix", unique_prefix,
+                         "--name", "amqp-kill", "--batch", "200", "--ttl", "0", "--log-level", "warning",
+                         log=log, append=True)  # fmt: skip
 
     procs: list[subprocess.Popen[bytes]] = []
     try:

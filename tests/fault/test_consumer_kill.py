@@ -26,7 +26,10 @@ from celery_flow.events import Event, encode
 from celery_flow.store import open_store
 from celery_flow.store.base import Store, TaskFilter
 from celery_flow.transport import from_url
-from tests.support.server_helpers import CLI, REPO, cli_env, stop_process, wait_for
+from tests.support.events import event
+from tests.support.postgres import own_database
+from tests.support.server_helpers import start_cli, stop_process
+from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -37,17 +40,14 @@ NAME = "consumer-under-test"
 
 def _task_events(task_id: str, i: int) -> list[Event]:
     base = 1_700_000_000.0 + i * 0.001
-    common: dict[str, Any] = {"task_id": task_id, "name": f"app.tasks.t{i % 7}", "root_id": task_id}
+    common: dict[str, Any] = {"name": f"app.tasks.t{i % 7}", "root_id": task_id}
     worker: dict[str, Any] = {"hostname": "celery@a", "pid": 7}
 
-    def ev(type_: str, dt: float, **extra: Any) -> Event:
-        return Event(v=1, id=uuid.uuid4().hex, type=type_, ts=base + dt, **common, **extra)  # type: ignore[arg-type]
-
     return [
-        ev("sent", 0, args=[i], queue="celery"),
-        ev("received", 0.001, hostname="celery@a"),
-        ev("started", 0.002, **worker),
-        ev("succeeded", 0.003, runtime=0.001, result=i, **worker),
+        event("sent", task_id, base, args=[i], queue="celery", **common),
+        event("received", task_id, base + 0.001, hostname="celery@a", **common),
+        event("started", task_id, base + 0.002, **common, **worker),
+        event("succeeded", task_id, base + 0.003, runtime=0.001, result=i, **common, **worker),
     ]
 
 
@@ -58,25 +58,14 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         return
     pg_url: str = request.getfixturevalue("pg_url")
     # A schema of its own inside the run's database would need search_path games: a database is simpler.
-    import psycopg
-
-    admin_url, _, _ = pg_url.rpartition("/")
-    name = f"cf_kill_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(f"{admin_url}/postgres", autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"{admin_url}/{name}"
-    finally:
-        with psycopg.connect(f"{admin_url}/postgres", autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with own_database(pg_url.rpartition("/")[0], f"cf_kill_{uuid.uuid4().hex[:8]}") as url:
+        yield url
 
 
 def _start_consumer(redis_url: str, store_url: str, prefix: str, log: Path) -> subprocess.Popen[bytes]:
-    cmd = [*CLI, "consume", "--broker-url", redis_url, "--store", store_url, "--prefix", prefix,
-           "--name", NAME, "--batch", "200", "--ttl", "0", "--log-level", "warning"]  # fmt: skip
-    with open(log, "ab") as out:
-        return subprocess.Popen(cmd, env=cli_env(), stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
-                                start_new_session=True)  # fmt: skip
+    return start_cli("consume", "--broker-url", redis_url, "--store", store_url, "--prefix", prefix,
+                     "--name", NAME, "--batch", "200", "--ttl", "0", "--log-level", "warning",
+                     log=log, append=True)  # fmt: skip
 
 
 def _pending(client: redis.Redis, stream: str) -> int:

@@ -3,21 +3,19 @@ drops oldest-first, then recovers and reports what it dropped once Redis is back
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
-import subprocess
 import time
 from collections.abc import Iterator
 
 import pytest
-import redis
 from celery import Celery
 
 import celery_flow
 from celery_flow.tracking.hooks import tracker_for_app
 from tests.support.canvas_app import make_app
 from tests.support.events import EventLog
+from tests.support.redis_server import PrivateRedis
+from tests.support.server_helpers import free_port
 from tests.support.worker import tracked_worker
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
@@ -26,66 +24,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 EXTRA_LATENCY = 0.100
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class PrivateRedis:
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        client = redis.Redis(port=self.port, socket_timeout=1)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.RedisError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-        client.close()
-
-    def signal(self, sig: int) -> None:
-        assert self.proc is not None
-        os.kill(self.proc.pid, sig)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGCONT)
-            self.proc.kill()
-            self.proc.wait(10)
-        self.proc = None
-
-
 @pytest.fixture
 def private_redis() -> Iterator[PrivateRedis]:
-    server = PrivateRedis()
-    server.start()
-    try:
+    with PrivateRedis() as server:
         yield server
-    finally:
-        server.stop()
 
 
 def timed_publishes(app: Celery, n: int) -> tuple[list[float], list[str]]:

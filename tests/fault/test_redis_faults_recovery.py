@@ -16,23 +16,20 @@ what is measured is the publisher, not Redis durability).
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
-import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 
 from celery_flow.consumer import Consumer
 from celery_flow.store import open_store
 from celery_flow.store.base import Store
 from celery_flow.tracking.hooks import trackers
-from tests.support.server_helpers import wait_for
+from tests.support.redis_server import PrivateRedis
+from tests.support.wait import wait_for
 from tests.support.worker import tracked_worker
 
 pytestmark = pytest.mark.timeout(150)
@@ -42,57 +39,10 @@ BUFFER = 100
 EVENTS_PER_TASK = 4  # sent, received, started, succeeded
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class PrivateRedis:
-    """A redis-server of our own that can be frozen, killed and restarted on the same port."""
-
-    def __init__(self, directory: Path) -> None:
-        self.port = _free_port()
-        self.dir = directory
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        cmd = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
-               "--save", "", "--appendonly", "yes", "--appendfsync", "always"]  # fmt: skip
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis(port=self.port, socket_timeout=1)
-        try:
-            wait_for(lambda: client.ping(), 15, "the private redis-server to answer")
-        finally:
-            client.close()
-
-    def signal(self, sig: int) -> None:
-        assert self.proc is not None
-        os.kill(self.proc.pid, sig)
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.kill()
-        self.proc.wait(10)
-        self.proc = None
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGCONT)
-            self.proc.kill()
-            self.proc.wait(10)
-        self.proc = None
-
-
 @pytest.fixture
 def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
-    server = PrivateRedis(tmp_path)
-    server.start()
-    try:
+    with PrivateRedis(tmp_path) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def _stored_events(store: Store, task_ids: list[str]) -> int:

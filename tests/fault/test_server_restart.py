@@ -19,9 +19,10 @@ from typing import Any
 import httpx
 import pytest
 
-from celery_flow.events import Event
 from celery_flow.tracking.publisher import Publisher
-from tests.support.server_helpers import cli_process, free_port, wait_for
+from tests.support.events import event
+from tests.support.server_helpers import cli_process, free_port
+from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -38,14 +39,14 @@ def _emit(publisher: Publisher, task_ids: list[str], started: threading.Event, d
         if i == len(task_ids) // 5:
             started.set()
         now = time.time()
-        common: dict[str, Any] = {"task_id": task_id, "name": "app.burst", "root_id": task_id, "retries": 0}
+        common: dict[str, Any] = {"name": "app.burst", "root_id": task_id, "retries": 0}
         for offset, type_, extra in (
             (-0.003, "sent", {"args": [i], "queue": "celery"}),
             (-0.002, "received", {"hostname": "celery@w1"}),
             (-0.001, "started", {"hostname": "celery@w1", "pid": 11}),
             (0.0, "succeeded", {"hostname": "celery@w1", "pid": 11, "runtime": 0.001, "result": i}),
         ):
-            publisher.put(Event(v=1, id=uuid.uuid4().hex, type=type_, ts=now + offset, **common, **extra))  # type: ignore[arg-type]
+            publisher.put(event(type_, task_id, now + offset, **common, **extra))
     done.set()
 
 

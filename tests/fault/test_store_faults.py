@@ -28,9 +28,12 @@ from typing import Any
 import httpx
 import pytest
 
-from celery_flow.events import Event, encode
+from celery_flow.events import encode
 from celery_flow.transport import from_url
-from tests.support.server_helpers import cli_process, free_port, wait_for
+from tests.support.events import event
+from tests.support.postgres import own_database
+from tests.support.server_helpers import cli_process, free_port
+from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -44,15 +47,14 @@ def _publish_tasks(redis_url: str, prefix: str, count: int, payload: int = 0) ->
         batch: list[bytes] = []
         for i, task_id in enumerate(ids):
             now = time.time()
-            common: dict[str, Any] = {"task_id": task_id, "name": "app.faulty", "root_id": task_id}
+            common: dict[str, Any] = {"name": "app.faulty", "root_id": task_id}
             for dt, type_, extra in (
                 (0.0, "sent", {"args": [i, blob]}),
                 (0.001, "received", {"hostname": "celery@w"}),
                 (0.002, "started", {"hostname": "celery@w", "pid": 3}),
                 (0.003, "succeeded", {"hostname": "celery@w", "pid": 3, "runtime": 0.001, "result": blob}),
             ):
-                event = Event(v=1, id=uuid.uuid4().hex, type=type_, ts=now + dt, **common, **extra)  # type: ignore[arg-type]
-                batch.append(encode(event))
+                batch.append(encode(event(type_, task_id, now + dt, **common, **extra)))
             if len(batch) >= 400:
                 transport.publish(batch)
                 batch = []
@@ -167,18 +169,10 @@ def test_disk_full_sqlite_store_reports_keeps_serving_and_recovers(
 @pytest.fixture
 def pg_store_url(pg_url: str) -> Iterator[tuple[str, str, str]]:
     """(store url, admin url, database name): a database of its own, since the test makes it read-only."""
-    import psycopg
-
-    admin_base, _, _ = pg_url.rpartition("/")
+    server, _, _ = pg_url.rpartition("/")
     name = f"cf_ro_{uuid.uuid4().hex[:8]}"
-    admin = f"{admin_base}/postgres"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"{admin_base}/{name}", admin, name
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with own_database(server, name) as url:
+        yield url, f"{server}/postgres", name
 
 
 def _failover(admin: str, name: str, read_only: bool) -> None:

@@ -22,10 +22,10 @@ import pytest
 import websockets
 from fastapi.routing import APIRoute, APIWebSocketRoute
 
-from celery_flow.events import Event
 from celery_flow.server import create_app
 from celery_flow.store import open_store
 from celery_flow.web import static_dir
+from tests.support.events import event
 from tests.support.server_helpers import serving
 
 USER, PASSWORD = "ops", "pa:ss word"
@@ -53,15 +53,13 @@ def secured(tmp_path: Path) -> Iterator[tuple[str, dict[str, str], list[Any]]]:
     ids = {"task": uuid.uuid4().hex, "trace": uuid.uuid4().hex}
     ids["root"] = ids["task"]
     store = open_store(url)
-    secret: dict[str, Any] = {"task_id": ids["task"], "name": "app.secret", "trace_id": ids["trace"],
+    secret: dict[str, Any] = {"name": "app.secret", "trace_id": ids["trace"],
                               "hostname": "celery@h", "args": ["SECRET-A"], "result": "SECRET-R"}  # fmt: skip
     events = [
-        Event(v=1, id=uuid.uuid4().hex, type=t, ts=1_700_000_000.0 + i, **secret)  # type: ignore[arg-type]
+        event(t, ids["task"], 1_700_000_000.0 + i, **secret)
         for i, t in enumerate(("sent", "received", "started", "succeeded"))
     ]
-    events.append(
-        Event(v=1, id=uuid.uuid4().hex, type="worker.online", ts=1_700_000_000.0, hostname="celery@h")
-    )
+    events.append(event("worker.online", ts=1_700_000_000.0, hostname="celery@h"))
     store.apply(events)
     store.close()
     app = create_app(broker_url=None, store=url, basic_auth=(USER, PASSWORD), embedded_consumer=False)

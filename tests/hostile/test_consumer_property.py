@@ -31,7 +31,9 @@ from celery_flow.flow.fold import fold_task
 from celery_flow.store import open_store
 from celery_flow.store.base import Store
 from celery_flow.transport.base import Message
-from tests.support.server_helpers import wait_for
+from tests.support.events import event
+from tests.support.postgres import own_database
+from tests.support.wait import wait_for
 
 SLOW_OK = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture]
 KNOWN_KINDS = {"not_json", "not_utf8", "missing_field", "invalid_field", "unsupported_version", "oversize"}
@@ -61,12 +63,10 @@ def task_events(draw: st.DrawFn) -> list[Event]:
     for _ in range(draw(st.integers(1, 6))):
         type_ = draw(st.sampled_from(TASK_TYPES))
         out.append(
-            Event(
-                v=1,
-                id=uuid.uuid4().hex,
-                type=type_,  # type: ignore[arg-type]
-                ts=draw(st.floats(1_600_000_000, 1_900_000_000)),
-                task_id=task_id,
+            event(
+                type_,
+                task_id,
+                draw(st.floats(1_600_000_000, 1_900_000_000)),
                 name=draw(st.none() | st.just(name)),
                 root_id=root,
                 retries=draw(st.integers(0, 3)),
@@ -192,20 +192,13 @@ def store_maker(request: pytest.FixtureRequest) -> Iterator[Callable[[], tuple[S
     if request.param == "sqlite":
         yield lambda: (open_store("sqlite:///:memory:"), True)
         return
-    import psycopg
-
     pg_url: str = request.getfixturevalue("pg_url")
-    admin_base, _, _ = pg_url.rpartition("/")
-    name = f"cf_prop_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(f"{admin_base}/postgres", autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    shared = open_store(f"{admin_base}/{name}")
-    try:
-        yield lambda: (shared, False)
-    finally:
-        shared.close()
-        with psycopg.connect(f"{admin_base}/postgres", autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with own_database(pg_url.rpartition("/")[0], f"cf_prop_{uuid.uuid4().hex[:8]}") as url:
+        shared = open_store(url)
+        try:
+            yield lambda: (shared, False)
+        finally:
+            shared.close()
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=SLOW_OK)

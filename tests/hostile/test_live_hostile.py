@@ -26,6 +26,7 @@ from fastapi import FastAPI
 from celery_flow.events import Event
 from celery_flow.server import CeleryFlowExtension
 from celery_flow.store import open_store
+from tests.support.events import event
 from tests.support.server_helpers import serving
 
 GARBAGE: list[str | bytes] = [
@@ -47,11 +48,11 @@ def _tasks(count: int, tag: str) -> list[Event]:
     for i in range(count):
         task_id = f"{tag}-{i}-{uuid.uuid4().hex[:6]}"
         for dt, type_ in ((0.0, "sent"), (0.01, "started")):
-            out.append(Event(v=1, id=uuid.uuid4().hex, type=type_, ts=1_700_000_000.0 + i + dt,  # type: ignore[arg-type]
-                             task_id=task_id, name="app.live", hostname="celery@h"))  # fmt: skip
+            out.append(event(type_, task_id, 1_700_000_000.0 + i + dt, name="app.live", hostname="celery@h"))
         # A long exception message makes every live frame big: socket buffers fill within a few batches.
-        out.append(Event(v=1, id=uuid.uuid4().hex, type="failed", ts=1_700_000_000.0 + i + 0.02,
-                         task_id=task_id, name="app.live", exception="E" * 20_000))  # fmt: skip
+        out.append(
+            event("failed", task_id, 1_700_000_000.0 + i + 0.02, name="app.live", exception="E" * 20_000)
+        )
     return out
 
 

@@ -17,10 +17,12 @@ from pathlib import Path
 import httpx
 import redis
 
-from celery_flow.events import MAX_EVENT_BYTES, Event, encode
+from celery_flow.events import MAX_EVENT_BYTES, encode
 from celery_flow.server import create_app
 from celery_flow.settings import DEFAULT_MAX_VALUE_SIZE
-from tests.support.server_helpers import serving, wait_for
+from tests.support.events import event
+from tests.support.server_helpers import serving
+from tests.support.wait import wait_for
 from tests.support.worker import tracked_worker
 
 BIG = 3_000_000  # characters: ~700x the cap
@@ -43,8 +45,7 @@ def test_huge_args_and_result_are_truncated_visibly_and_oversize_entries_refused
             assert many_keys.get(timeout=60) == 200_000
 
             # Something else writes an entry far over the limit into our stream, then a normal task runs.
-            fat = Event(v=1, id=uuid.uuid4().hex, type="sent", ts=1.0, task_id="fat-" + uuid.uuid4().hex,
-                        args=["z" * (MAX_EVENT_BYTES + 10)])  # fmt: skip
+            fat = event("sent", "fat-" + uuid.uuid4().hex, 1.0, args=["z" * (MAX_EVENT_BYTES + 10)])
             redis_client.xadd(stream, {"e": encode(fat)})
             after = t.task("add").delay(2, 3)
             assert after.get(timeout=30) == 5

@@ -21,6 +21,7 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 from celery_flow.events import Event
 from celery_flow.server import create_app
 from celery_flow.store import open_store
+from tests.support.events import event
 from tests.support.server_helpers import serving
 
 ROOT = uuid.uuid4().hex
@@ -35,7 +36,7 @@ def _flow() -> list[Event]:
     def task(
         task_id: str, name: str, parent: str | None, t: float, end: str = "succeeded", **extra: Any
     ) -> None:
-        common: dict[str, Any] = {"task_id": task_id, "name": name, "root_id": ROOT, "trace_id": TRACE}
+        common: dict[str, Any] = {"name": name, "root_id": ROOT, "trace_id": TRACE}
         if parent:
             common["parent_id"] = parent
         for i, type_ in enumerate(("sent", "received", "started", end)):
@@ -50,17 +51,16 @@ def _flow() -> list[Event]:
                 )
             if type_ == "succeeded":
                 fields.update(result={"ok": True}, runtime=0.1)
-            out.append(Event(v=1, id=uuid.uuid4().hex, type=type_, ts=t + i * 0.01, **fields))  # type: ignore[arg-type]
+            out.append(event(type_, task_id, t + i * 0.01, **fields))
 
     task(ROOT, "app.root", None, 1_700_000_000.0)
     task(ids["a"], "app.a", ROOT, 1_700_000_001.0, links=[ids["b"]])
-    out.append(Event(v=1, id=uuid.uuid4().hex, type="retried", ts=1_700_000_001.02, task_id=ids["a"],
-                     name="app.a", exception="Retry in 1s", retries=0))  # fmt: skip
+    out.append(event("retried", ids["a"], 1_700_000_001.02, name="app.a", exception="Retry in 1s", retries=0))
     task(ids["b"], "app.b", ids["a"], 1_700_000_002.0)
     task(ids["c1"], "app.c", ids["b"], 1_700_000_003.0, group_id=ids["g"], chord_id=ids["d"])
     task(ids["c2"], "app.c", ids["b"], 1_700_000_003.0, end="failed", group_id=ids["g"], chord_id=ids["d"])
     task(ids["d"], "app.d", ids["b"], 1_700_000_004.0)
-    out.append(Event(v=1, id=uuid.uuid4().hex, type="worker.online", ts=1_700_000_000.0, hostname="celery@h"))
+    out.append(event("worker.online", ts=1_700_000_000.0, hostname="celery@h"))
     return out
 
 

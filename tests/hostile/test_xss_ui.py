@@ -23,6 +23,7 @@ from celery_flow.events import Event, TaskInfo
 from celery_flow.server import create_app
 from celery_flow.store import open_store
 from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS, built_ui  # noqa: F401 - a fixture, shared
+from tests.support.events import event
 from tests.support.server_helpers import ServerThread
 
 PAYLOADS = {
@@ -44,7 +45,7 @@ def hostile_ui(tmp_path_factory: pytest.TempPathFactory, built_ui: Path) -> Iter
     t0 = 1_700_000_000.0
     events: list[Event] = []
 
-    def ev(type_: str, task_id: str, dt: float, **fields: Any) -> None:
+    def add(type_: str, task_id: str, dt: float, **fields: Any) -> None:
         base: dict[str, Any] = {
             "task_id": task_id,
             "name": PAYLOADS["name"],
@@ -53,22 +54,22 @@ def hostile_ui(tmp_path_factory: pytest.TempPathFactory, built_ui: Path) -> Iter
         }
         if task_id != root:
             base["parent_id"] = root
-        events.append(Event(v=1, id=uuid.uuid4().hex, type=type_, ts=t0 + dt, **{**base, **fields}))  # type: ignore[arg-type]
+        events.append(event(type_, ts=t0 + dt, **{**base, **fields}))
 
     host = {"hostname": PAYLOADS["host"], "pid": 1}
     for task_id, offset in ((root, 0.0), (child, 1.0)):
-        ev("sent", task_id, offset, queue=PAYLOADS["queue"], args=[PAYLOADS["name"]],
-           kwargs={PAYLOADS["key"]: PAYLOADS["result"]})  # fmt: skip
-        ev("received", task_id, offset + 0.1, **host)
-        ev("started", task_id, offset + 0.2, **host)
-        ev("succeeded", task_id, offset + 0.5, result=PAYLOADS["result"], runtime=0.3, **host)
-    ev("sent", failed, 2.0, queue=PAYLOADS["queue"])
-    ev("started", failed, 2.1, **host)
-    ev("retried", failed, 2.2, reason=PAYLOADS["reason"], exception=PAYLOADS["exception"], **host)
-    ev("started", failed, 3.0, retries=1, **host)
-    ev("failed", failed, 3.5, retries=1, exception=PAYLOADS["exception"], traceback=PAYLOADS["traceback"],
-       runtime=0.5, **host)  # fmt: skip
-    events.append(Event(v=1, id=uuid.uuid4().hex, type="worker.online", ts=t0, hostname=PAYLOADS["host"],
+        add("sent", task_id, offset, queue=PAYLOADS["queue"], args=[PAYLOADS["name"]],
+            kwargs={PAYLOADS["key"]: PAYLOADS["result"]})  # fmt: skip
+        add("received", task_id, offset + 0.1, **host)
+        add("started", task_id, offset + 0.2, **host)
+        add("succeeded", task_id, offset + 0.5, result=PAYLOADS["result"], runtime=0.3, **host)
+    add("sent", failed, 2.0, queue=PAYLOADS["queue"])
+    add("started", failed, 2.1, **host)
+    add("retried", failed, 2.2, reason=PAYLOADS["reason"], exception=PAYLOADS["exception"], **host)
+    add("started", failed, 3.0, retries=1, **host)
+    add("failed", failed, 3.5, retries=1, exception=PAYLOADS["exception"], traceback=PAYLOADS["traceback"],
+        runtime=0.5, **host)  # fmt: skip
+    events.append(event("worker.online", ts=t0, hostname=PAYLOADS["host"],
                         tasks=[TaskInfo(name=PAYLOADS["name"], doc=PAYLOADS["reason"])]))  # fmt: skip
 
     url = f"sqlite:///{tmp_path_factory.mktemp('xss')}/flow.db"

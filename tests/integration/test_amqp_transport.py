@@ -4,26 +4,28 @@ its own exchange and queues (`unique_prefix`), deleted afterwards."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import signal
-import socket
 import ssl
 import subprocess
 import sys
 import textwrap
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import amqp
 import pytest
 from amqp.exceptions import NotFound
+from tests.support.server_helpers import TcpProxy
+from tests.support.transport import read_all
+from tests.support.wait import wait_for
+from tests.support.worker import prefork_worker
 
-from celery_flow.transport import ConfigError, Message, Subscription, Transport, TransportError, from_url
+from celery_flow.transport import ConfigError, Message, Transport, TransportError, from_url
 from celery_flow.transport.amqp import (
     AmqpTransport,
     exchange_name,
@@ -37,23 +39,6 @@ def _publish_each(t: Transport, payloads: list[bytes]) -> None:
     """One publish per event, so each is a message of its own (a lone event's format)."""
     for payload in payloads:
         t.publish([payload])
-
-
-def _read_all(sub: Subscription, want: int, deadline: float = 10.0, count: int = 100) -> list[Message]:
-    out: list[Message] = []
-    end = time.monotonic() + deadline
-    while len(out) < want and time.monotonic() < end:
-        out.extend(sub.read(count=count, timeout=0.2))
-    return out
-
-
-def _wait_for(check: Callable[[], bool], deadline: float = 10.0, what: str = "condition") -> None:
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        if check():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class Admin:
@@ -105,8 +90,7 @@ def close_connections(vhost: str, connection_name: str) -> int:
     # form prints usable pids. Join the two on the connection's name ("ip:port -> ip:port"); the two
     # listings are separate snapshots, so a connection still being registered may be in one only:
     # list again until they agree.
-    deadline = time.monotonic() + 20
-    while True:
+    def listings() -> tuple[list[str], dict[str, str]]:
         names = [
             c["name"]
             for c in json.loads(
@@ -120,9 +104,16 @@ def close_connections(vhost: str, connection_name: str) -> int:
             if "\t" in line:
                 pid, name = line.split("\t", 1)
                 pids[name] = pid
-        if all(name in pids for name in names) or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
+        return names, pids
+
+    names, pids = wait_for(
+        listings,
+        20,
+        f"both listings to agree on the connections named {connection_name!r}",
+        until=lambda listed: all(name in listed[1] for name in listed[0]),
+        interval=0.2,
+        retry_on=(),
+    )
     for name in names:
         ctl("close_connection", pids[name], "test: simulated connection loss")
     return len(names)
@@ -138,15 +129,15 @@ def test_publish_read_ack_and_lag(amqp_url: str, unique_prefix: str, admin: Admi
     _publish_each(t, [b"one", b"two", b"three"])
     assert admin.ready(f"{unique_prefix}.events") == 3
     sub = t.subscribe("celery_flow", "c1")
-    msgs = _read_all(sub, 3)
+    msgs = read_all(sub, 3)
     assert [m.data for m in msgs] == [b"one", b"two", b"three"]
     assert len({m.id for m in msgs}) == 3
     assert sub.lag() == 3  # delivered but not acknowledged yet
     sub.ack([m.id for m in msgs])
     assert sub.lag() == 0
     t.publish([b"four"])
-    _wait_for(lambda: sub.lag() == 1, what="lag 1")
-    assert [m.data for m in _read_all(sub, 1)] == [b"four"]
+    wait_for(lambda: sub.lag() == 1, 10, "lag 1", retry_on=())
+    assert [m.data for m in read_all(sub, 1)] == [b"four"]
     # Nothing left: read returns empty after its timeout.
     assert sub.read(count=10, timeout=0.1) == []
     sub.close()
@@ -159,13 +150,13 @@ def test_read_returns_what_is_there_without_waiting_for_a_full_batch(
     t = from_url(amqp_url, prefix=unique_prefix)
     sub = t.subscribe("celery_flow", "c")
     _publish_each(t, [b"a", b"b"])
-    got = _read_all(sub, 2, count=500)
+    got = read_all(sub, 2, count=500)
     assert [m.data for m in got] == [b"a", b"b"]
     # More messages than `count` are split over reads, in order.
     _publish_each(t, [f"{i}".encode() for i in range(25)])
-    first = _read_all(sub, 10, count=10)
+    first = read_all(sub, 10, count=10)
     assert [m.data for m in first] == [f"{i}".encode() for i in range(10)]
-    rest = _read_all(sub, 15, count=10)
+    rest = read_all(sub, 15, count=10)
     assert [m.data for m in rest] == [f"{i}".encode() for i in range(10, 25)]
     sub.ack([m.id for m in got + first + rest])
     assert sub.lag() == 0
@@ -178,14 +169,14 @@ def test_restart_redelivers_unacked_without_replaying_acked(
     t = from_url(amqp_url, prefix=unique_prefix)
     _publish_each(t, [f"m{i}".encode() for i in range(6)])
     first = t.subscribe("celery_flow", "worker-a")
-    got = _read_all(first, 6)
+    got = read_all(first, 6)
     assert len(got) == 6
     first.ack([m.id for m in got[:4]])  # "crash" before acknowledging m4, m5
     first.close()
 
     t.publish([b"m6"])
     again = t.subscribe("celery_flow", "worker-a")
-    resumed = _read_all(again, 3)
+    resumed = read_all(again, 3)
     assert sorted(m.data for m in resumed) == [b"m4", b"m5", b"m6"]
     again.ack([m.id for m in resumed])
     assert again.read(count=10, timeout=0.2) == []
@@ -224,7 +215,7 @@ def test_sigkilled_consumers_messages_go_to_another_member(
         assert survivor.read(count=100, timeout=0.3) == []  # nothing while the other member lives
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
-        got = _read_all(survivor, 50)
+        got = read_all(survivor, 50)
         assert sorted(m.data for m in got) == sorted(f"e{i}".encode() for i in range(50))
         survivor.ack([m.id for m in got])
         assert survivor.lag() == 0
@@ -243,10 +234,13 @@ def test_two_consumers_split_the_load(amqp_url: str, unique_prefix: str, admin: 
     _publish_each(t, [f"{i}".encode() for i in range(40)])
     got_a: list[Message] = []
     got_b: list[Message] = []
-    end = time.monotonic() + 10
-    while len(got_a) + len(got_b) < 40 and time.monotonic() < end:
-        got_a += a.read(count=10, timeout=0.1)
-        got_b += b.read(count=10, timeout=0.1)
+
+    def all_40_read() -> bool:
+        got_a.extend(a.read(count=10, timeout=0.1))
+        got_b.extend(b.read(count=10, timeout=0.1))
+        return len(got_a) + len(got_b) >= 40
+
+    wait_for(all_40_read, 10, "the 40 messages read by a and b", interval=0, retry_on=())
     assert got_a
     assert got_b
     assert {m.data for m in got_a}.isdisjoint({m.data for m in got_b})
@@ -261,21 +255,21 @@ def test_two_groups_each_see_everything(amqp_url: str, unique_prefix: str, admin
     g1, g2 = t.subscribe("g1", "c"), t.subscribe("g2", "c")
     assert (g1.queue, g2.queue) == (f"{unique_prefix}.events.g1", f"{unique_prefix}.events.g2")
     t.publish([b"x", b"y"])
-    assert [m.data for m in _read_all(g1, 2)] == [b"x", b"y"]
-    assert [m.data for m in _read_all(g2, 2)] == [b"x", b"y"]
+    assert [m.data for m in read_all(g1, 2)] == [b"x", b"y"]
+    assert [m.data for m in read_all(g2, 2)] == [b"x", b"y"]
 
 
 def test_acks_cover_out_of_order_and_partial_batches(amqp_url: str, unique_prefix: str, admin: Admin) -> None:
     t = from_url(amqp_url, prefix=unique_prefix)
     _publish_each(t, [f"{i}".encode() for i in range(10)])
     sub = t.subscribe("celery_flow", "c")
-    msgs = _read_all(sub, 10)
+    msgs = read_all(sub, 10)
     sub.ack([msgs[i].id for i in (0, 1, 2, 5, 7)])  # a cumulative ack for 0-2, single acks for 5 and 7
     sub.ack([msgs[1].id])  # acking twice is harmless (it would close the channel if sent)
     assert sub.lag() == 5
     sub.close()
     again = t.subscribe("celery_flow", "c")
-    assert sorted(m.data for m in _read_all(again, 5)) == [b"3", b"4", b"6", b"8", b"9"]
+    assert sorted(m.data for m in read_all(again, 5)) == [b"3", b"4", b"6", b"8", b"9"]
 
 
 # ---- retention -----------------------------------------------------------------------------------
@@ -288,7 +282,7 @@ def test_queue_is_capped_by_maxlen_dropping_the_oldest(
     _publish_each(t, [f"{i}".encode() for i in range(300)])
     assert admin.ready(f"{unique_prefix}.events") == 100
     sub = t.subscribe("celery_flow", "c")
-    kept = _read_all(sub, 100, count=200)
+    kept = read_all(sub, 100, count=200)
     assert [m.data for m in kept] == [f"{i}".encode() for i in range(200, 300)]  # the newest survive
 
 
@@ -296,7 +290,7 @@ def test_queue_messages_expire_after_ttl(amqp_url: str, unique_prefix: str, admi
     t = AmqpTransport(amqp_url, prefix=unique_prefix, ttl=0.5)
     _publish_each(t, [b"old"] * 10)
     assert admin.ready(f"{unique_prefix}.events") == 10
-    _wait_for(lambda: admin.ready(f"{unique_prefix}.events") == 0, what="messages to expire")
+    wait_for(lambda: admin.ready(f"{unique_prefix}.events") == 0, 10, "messages to expire", retry_on=())
 
 
 def test_retention_arguments_default_to_one_day_and_max_length() -> None:
@@ -319,7 +313,7 @@ def test_mismatched_retention_keeps_consuming_and_says_how_to_fix_it(
     assert admin.ready(f"{unique_prefix}.events") == 1
     with caplog.at_level(logging.WARNING, logger="celery_flow.transport.amqp"):
         sub = other.subscribe("celery_flow", "b")
-    assert [m.data for m in _read_all(sub, 1)] == [b"still delivered"]
+    assert [m.data for m in read_all(sub, 1)] == [b"still delivered"]
     message = sub.retention_mismatch
     assert message is not None
     assert [r.getMessage() for r in caplog.records] == [message]
@@ -339,20 +333,23 @@ def test_consumer_reconnects_and_drops_stale_acks(amqp_url: str, unique_prefix: 
     t = AmqpTransport(amqp_url, prefix=unique_prefix, max_backoff=0.5)
     sub = t.subscribe("celery_flow", f"{unique_prefix}-victim")
     _publish_each(t, [b"a", b"b"])
-    before = _read_all(sub, 2)
+    before = read_all(sub, 2)
     assert [m.data for m in before] == [b"a", b"b"]
 
     assert close_connections(admin.vhost, f"celery-flow consumer {unique_prefix}-victim") == 1
     after: list[Message] = []
-    errors = 0
-    end = time.monotonic() + 15
-    while len(after) < 2 and time.monotonic() < end:
+    errors: list[TransportError] = []
+
+    def both_redelivered() -> bool:
         try:
-            after += sub.read(count=10, timeout=0.2)
-        except TransportError:
-            errors += 1  # the loss is reported once, then the same subscription reconnects
+            after.extend(sub.read(count=10, timeout=0.2))
+        except TransportError as exc:
+            errors.append(exc)  # the loss is reported once, then the same subscription reconnects
+        return len(after) >= 2
+
+    wait_for(both_redelivered, 15, "a and b redelivered", interval=0, retry_on=())
     assert sorted(m.data for m in after) == [b"a", b"b"]  # redelivered, nothing lost
-    assert errors >= 1
+    assert errors
     assert {m.id for m in after}.isdisjoint({m.id for m in before})
     # Acks from the dead connection must not acknowledge whatever now has the same delivery tags.
     sub.ack([m.id for m in before])
@@ -366,17 +363,14 @@ def test_publisher_reconnects_after_connection_loss(amqp_url: str, unique_prefix
     t.publish([b"before"])
     name = f"celery-flow publisher {os.uname().nodename}:{os.getpid()}"
     assert close_connections(admin.vhost, name) >= 1
-    delivered: list[bytes] = []
-    end = time.monotonic() + 10
-    while time.monotonic() < end:
-        try:
-            t.publish([b"after"])
-        except TransportError:
-            continue  # the first attempt notices the closed connection; the publisher drops that batch
-        delivered.append(b"after")
-        break
-    assert delivered == [b"after"]
-    _wait_for(lambda: admin.ready(f"{unique_prefix}.events") == 2, what="both events queued")
+
+    def publish_after() -> bool:
+        # The first attempt notices the closed connection (TransportError): that batch is dropped.
+        t.publish([b"after"])
+        return True
+
+    wait_for(publish_after, 10, "a publish to succeed", interval=0, retry_on=(TransportError,))
+    wait_for(lambda: admin.ready(f"{unique_prefix}.events") == 2, 10, "both events queued", retry_on=())
 
 
 def test_publisher_declares_a_deleted_queue_again(amqp_url: str, unique_prefix: str, admin: Admin) -> None:
@@ -389,7 +383,7 @@ def test_publisher_declares_a_deleted_queue_again(amqp_url: str, unique_prefix: 
     t.publish([b"retried"])
     assert admin.ready(f"{unique_prefix}.events") == 1
     sub = t.subscribe("celery_flow", "c")
-    assert [m.data for m in _read_all(sub, 1)] == [b"retried"]
+    assert [m.data for m in read_all(sub, 1)] == [b"retried"]
 
 
 def test_forked_child_publishes_on_its_own_connection(
@@ -409,13 +403,15 @@ def test_forked_child_publishes_on_its_own_connection(
     assert os.waitstatus_to_exitcode(status) == 0
     t.publish([b"parent-2"])  # the parent's connection was not disturbed by the child
     sub = t.subscribe("celery_flow", "c")
-    assert sorted(m.data for m in _read_all(sub, 3)) == [b"child", b"parent-1", b"parent-2"]
+    assert sorted(m.data for m in read_all(sub, 3)) == [b"child", b"parent-1", b"parent-2"]
 
 
 def test_publishing_without_confirms_also_delivers(amqp_url: str, unique_prefix: str, admin: Admin) -> None:
     t = AmqpTransport(amqp_url, prefix=unique_prefix, confirm=False)
     t.publish([b"x"] * 300)
-    _wait_for(lambda: admin.ready(f"{unique_prefix}.events") == 2, what="300 events queued as 256 + 44")
+    wait_for(
+        lambda: admin.ready(f"{unique_prefix}.events") == 2, 10, "300 events queued as 256 + 44", retry_on=()
+    )
 
 
 # ---- URLs and errors -----------------------------------------------------------------------------
@@ -522,7 +518,7 @@ def test_prefork_worker_children_publish_over_amqp(
     """Every pool child publishes on its own connection (the parent's socket is never shared)."""
     from celery import Celery
 
-    from celery_flow.events import decode
+    from celery_flow.events import Event, decode
 
     (tmp_path / "pf_app.py").write_text(PREFORK_APP)
     queue = f"pf_{unique_prefix}"
@@ -535,52 +531,30 @@ def test_prefork_worker_children_publish_over_amqp(
         "PF_PREFIX": unique_prefix,
     }
     sub = from_url(amqp_url, prefix=unique_prefix).subscribe("celery_flow", "reader")
-    worker = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "pf_app",
-            "worker",
-            "--pool",
-            "prefork",
-            "-c",
-            "2",
-            "--loglevel",
-            "WARNING",
-            "-n",
-            f"pf_{unique_prefix}@%h",
-        ],
-        env=env,
-        cwd=tmp_path,
-    )
     producer = Celery("pf-producer", broker=redis_url, backend=redis_url, set_as_current=False)
     try:
-        results = [producer.send_task("pf.mul", (i, 3), queue=queue) for i in range(20)]
-        assert [r.get(timeout=60) for r in results] == [3 * i for i in range(20)]
-        ids = {r.id for r in results}
-        events = []
-        end = time.monotonic() + 20
-        while time.monotonic() < end:
-            batch = sub.read(500, 0.3)
-            events += [decode(m.data) for m in batch]
-            sub.ack([m.id for m in batch])
-            # `received` comes from the worker's main process, the rest from the children: wait for all.
-            if all(ids <= {e.task_id for e in events if e.type == t} for t in ("received", "succeeded")):
-                break
-        for task_id in ids:
-            mine = [e for e in events if e.task_id == task_id]
-            assert {"received", "started", "succeeded"} <= {e.type for e in mine}, task_id
-        child_pids = {e.pid for e in events if e.type == "succeeded"}
-        assert worker.pid not in child_pids  # published from the forked pool children
+        with prefork_worker("pf_app", f"pf_{unique_prefix}@%h", env, tmp_path) as worker:
+            results = [producer.send_task("pf.mul", (i, 3), queue=queue) for i in range(20)]
+            assert [r.get(timeout=60) for r in results] == [3 * i for i in range(20)]
+            ids = {r.id for r in results}
+            events: list[Event] = []
+
+            def all_succeeded() -> bool:
+                batch = sub.read(500, 0.3)
+                events.extend(decode(m.data) for m in batch)
+                sub.ack([m.id for m in batch])
+                # `received` comes from the worker's main process, the rest from the children: wait for all.
+                return all(
+                    ids <= {e.task_id for e in events if e.type == t} for t in ("received", "succeeded")
+                )
+
+            wait_for(all_succeeded, 20, "every task's received and succeeded events", interval=0, retry_on=())
+            for task_id in ids:
+                mine = [e for e in events if e.task_id == task_id]
+                assert {"received", "started", "succeeded"} <= {e.type for e in mine}, task_id
+            child_pids = {e.pid for e in events if e.type == "succeeded"}
+            assert worker.pid not in child_pids  # published from the forked pool children
     finally:
-        worker.terminate()
-        try:
-            worker.wait(20)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait(10)
         producer.close()
         sub.close()
 
@@ -588,103 +562,41 @@ def test_prefork_worker_children_publish_over_amqp(
 # ---- TLS -----------------------------------------------------------------------------------------
 
 
-class TlsTerminator:
-    """A TLS endpoint in front of the real (plain) RabbitMQ port, with a throwaway self-signed cert."""
-
-    def __init__(self, directory: Any, target: tuple[str, int]) -> None:
-        self.cert, self.key = str(directory / "cert.pem"), str(directory / "key.pem")
-        subprocess.run(
-            [
-                "openssl",
-                "req",
-                "-x509",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-days",
-                "1",
-                "-subj",
-                "/CN=localhost",
-                "-addext",
-                "subjectAltName=DNS:localhost",
-                "-keyout",
-                self.key,
-                "-out",
-                self.cert,
-            ],
-            capture_output=True,
-            check=True,
-            timeout=60,
-        )
-        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self.ctx.load_cert_chain(self.cert, self.key)
-        self.target = target
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.sockets: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                raw, _ = self.listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(raw,), daemon=True).start()
-
-    def _serve(self, raw: socket.socket) -> None:
-        try:
-            client = self.ctx.wrap_socket(raw, server_side=True)
-        except (OSError, ssl.SSLError):
-            raw.close()  # the client refused our certificate
-            return
-        upstream = socket.create_connection(self.target, timeout=5)
-        upstream.settimeout(None)
-        self.sockets += [client, upstream]
-        threading.Thread(target=self._pump, args=(upstream, client), daemon=True).start()
-        self._pump(client, upstream)
-
-    @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                with contextlib.suppress(OSError):
-                    s.shutdown(socket.SHUT_RDWR)
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self.listener.shutdown(socket.SHUT_RDWR)
-        self.listener.close()
-        for s in self.sockets:
-            s.close()
+def _self_signed_tls(directory: Path) -> tuple[str, ssl.SSLContext]:
+    """(certificate file, server context): a throwaway self-signed certificate for localhost."""
+    cert, key = str(directory / "cert.pem"), str(directory / "key.pem")
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=DNS:localhost", "-keyout", key, "-out", cert],
+        capture_output=True, check=True, timeout=60,
+    )  # fmt: skip
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    return cert, ctx
 
 
 def test_amqps_verifies_the_broker_certificate(
-    amqp_url: str, unique_prefix: str, admin: Admin, tmp_path: Any
+    amqp_url: str, unique_prefix: str, admin: Admin, tmp_path: Path
 ) -> None:
     p = parse_amqp_url(amqp_url)
-    tls = TlsTerminator(tmp_path, (p.host, p.port))
+    cert, ctx = _self_signed_tls(tmp_path)
+    tls = TcpProxy((p.host, p.port), tls=ctx).start()  # a TLS endpoint in front of the plain port
     try:
         base = f"amqps://guest:guest@localhost:{tls.port}/{p.vhost}"
         # An unknown certificate is refused: a clear error, quickly, no silent downgrade.
         with pytest.raises(TransportError, match="CERTIFICATE_VERIFY_FAILED"):
             AmqpTransport(base, prefix=unique_prefix).ping()
-        t = from_url(f"{base}?ca_certs={tls.cert}", prefix=unique_prefix)
+        t = from_url(f"{base}?ca_certs={cert}", prefix=unique_prefix)
         sub = t.subscribe("celery_flow", "tls")
         t.publish([b"over tls"])
-        got = _read_all(sub, 1)
+        got = read_all(sub, 1)
         assert [m.data for m in got] == [b"over tls"]
         sub.ack([m.id for m in got])
         assert sub.lag() == 0
         sub.close()
         t.close()
     finally:
-        tls.close()
+        tls.stop()
 
 
 # ---- batch framing (transport/base.py `frames`) --------------------------------------------------
@@ -697,15 +609,12 @@ def test_a_batch_is_one_ndjson_message_read_whole(amqp_url: str, unique_prefix: 
     t.publish([b"lone"])
     assert admin.ready(f"{unique_prefix}.events") == 3  # 256 + 44 events, then the lone one
     sub = t.subscribe("celery_flow", "reader")
-    first: list[Message] = []
-    deadline = time.monotonic() + 10
-    while not first and time.monotonic() < deadline:
-        first = sub.read(1, 0.2)
+    first = wait_for(lambda: sub.read(1, 0.2), 10, "the first message", interval=0, retry_on=())
     assert [m.data for m in first] == payloads[:256]  # one message read whole, never split
     assert len({m.id for m in first}) == 1
-    rest = _read_all(sub, 45)
+    rest = read_all(sub, 45)
     assert [m.data for m in first + rest] == [*payloads, b"lone"]
     sub.ack(list(dict.fromkeys(m.id for m in first + rest)))
-    _wait_for(lambda: sub.lag() == 0, what="the batch messages to be acked")
+    wait_for(lambda: sub.lag() == 0, 10, "the batch messages to be acked", retry_on=())
     sub.close()
     t.close()

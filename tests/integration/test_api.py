@@ -13,9 +13,11 @@ from typing import Any
 import httpx
 import prometheus_client
 import pytest
-from tests.support.server_helpers import serving, wait_for
+from tests.support.events import event
+from tests.support.server_helpers import serving
+from tests.support.wait import wait_for
 
-from celery_flow.events import Event, TaskInfo, encode, make_event
+from celery_flow.events import Event, TaskInfo, encode
 from celery_flow.server import CeleryFlowExtension, create_app
 from celery_flow.transport.memory import MemoryTransport
 
@@ -23,21 +25,15 @@ T0 = time.time() - 600
 N_PAGED = 23
 
 
-def ev(type_: str, task_id: str, ts: float, **fields: Any) -> Event:
-    event = make_event(type_, task_id=task_id, **fields)  # type: ignore[arg-type]
-    event.ts = ts
-    return event
-
-
 def lifecycle(task_id: str, name: str, ts: float, final: str = "succeeded", **fields: Any) -> list[Event]:
     host = fields.pop("hostname", "celery@w1")
     common = {"name": name, "retries": 0, **fields}
-    out = [ev("sent", task_id, ts, **common, args=[1, 2], kwargs={"k": "v"})]
+    out = [event("sent", task_id, ts, **common, args=[1, 2], kwargs={"k": "v"})]
     if final == "sent":
         return out
     out += [
-        ev("received", task_id, ts + 0.1, hostname=host, **common),
-        ev("started", task_id, ts + 0.2, hostname=host, pid=42, **common),
+        event("received", task_id, ts + 0.1, hostname=host, **common),
+        event("started", task_id, ts + 0.2, hostname=host, pid=42, **common),
     ]
     if final == "started":
         return out
@@ -46,7 +42,7 @@ def lifecycle(task_id: str, name: str, ts: float, final: str = "succeeded", **fi
         if final == "succeeded"
         else {"exception": "ValueError: bad", "traceback": "Traceback...\nValueError: bad", "runtime": 0.5}
     )
-    return [*out, ev(final, task_id, ts + 0.7, hostname=host, **common, **extra)]
+    return [*out, event(final, task_id, ts + 0.7, hostname=host, **common, **extra)]
 
 
 class Data:
@@ -66,15 +62,15 @@ class Data:
                 hostname="celery@w2",
             ),
             *lifecycle(self.c, "t.slow", T0 + 100, "started", root_id=self.c, trace_id="trace-2"),
-            make_event(
+            event(
                 "worker.online",
                 hostname="celery@w1",
                 pid=7,
                 info={"pool": "prefork", "concurrency": 4},
                 tasks=[TaskInfo(name="t.add", signature="(x, y)", doc="Add."), TaskInfo(name="t.never_run")],
             ),
-            make_event("worker.online", hostname="celery@w2", pid=8),
-            make_event("worker.offline", hostname="celery@w2", pid=8),
+            event("worker.online", hostname="celery@w2", pid=8),
+            event("worker.offline", hostname="celery@w2", pid=8),
         ]
         for i, task_id in enumerate(self.paged):
             self.events += lifecycle(task_id, "t.page", T0 + 200 + i, root_id=task_id)

@@ -15,7 +15,8 @@ import pytest
 import websockets
 from fastapi import Depends, FastAPI, Header, HTTPException, Request, WebSocket, status
 from fastapi.responses import HTMLResponse
-from tests.support.server_helpers import cli_env, cli_process, free_port, serving, wait_for
+from tests.support.server_helpers import cli_env, cli_process, free_port, serving
+from tests.support.wait import wait_for
 
 from celery_flow.server import CeleryFlowExtension, create_app, require_basic_auth
 

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from tests.support.server_helpers import REPO, cli_env, cli_process, free_port, wait_for
+from tests.support.server_helpers import REPO, cli_env, cli_process, free_port
+from tests.support.wait import wait_for
 
 CELERY_FLOW = str(Path(sys.executable).with_name("celery-flow"))
 CELERY = str(Path(sys.executable).with_name("celery"))

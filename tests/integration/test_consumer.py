@@ -13,25 +13,17 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
-from tests.support.server_helpers import TcpProxy, cli_env, cli_process, serving, wait_for
+from tests.support.events import finished_task
+from tests.support.server_helpers import TcpProxy, cli_env, cli_process, serving
+from tests.support.wait import wait_for
 
-from celery_flow.events import MAX_EVENT_BYTES, Event, encode, make_event
+from celery_flow.events import MAX_EVENT_BYTES, encode
 from celery_flow.server import create_app
 from celery_flow.store import open_store
 from celery_flow.store.base import TaskFilter
 from celery_flow.transport import from_url
 
 pytestmark = pytest.mark.slow
-
-
-def task_events(task_id: str) -> list[Event]:
-    now = time.time()
-    out = []
-    for i, type_ in enumerate(("sent", "received", "started", "succeeded")):
-        event = make_event(type_, task_id=task_id, name="t.work", root_id=task_id, retries=0)  # type: ignore[arg-type]
-        event.ts = now + i * 0.001
-        out.append(event)
-    return out
 
 
 def count_tasks(store_url: str, state: str) -> int:
@@ -74,7 +66,7 @@ def test_kill_9_mid_stream_then_restart_loses_nothing_and_doubles_nothing(
 ) -> None:
     store_url = f"sqlite:///{tmp_path / 'flow.db'}"
     n_tasks = 2500
-    payloads = [encode(e) for _ in range(n_tasks) for e in task_events(uuid.uuid4().hex)]
+    payloads = [encode(e) for _ in range(n_tasks) for e in finished_task(uuid.uuid4().hex)]
     transport = from_url(transport_url, prefix=unique_prefix)
     args = ("consume", "--broker-url", transport_url, "--store", store_url, "--prefix", unique_prefix,
             "--name", "worker-a", "--batch", "200")  # fmt: skip
@@ -129,8 +121,8 @@ def test_malformed_entries_never_stop_the_consumer_and_show_in_health(
     try:
         with serving(app) as url, httpx.Client(base_url=url, timeout=10) as api:
             # (the server's consumer has joined the group: on RabbitMQ its queue now exists)
-            transport.publish([encode(task_events(before)[0]), *malformed])
-            transport.publish([encode(e) for e in task_events(after)])
+            transport.publish([encode(finished_task(before)[0]), *malformed])
+            transport.publish([encode(e) for e in finished_task(after)])
             wait_for(
                 lambda: api.get(f"/api/tasks/{after}").json().get("state") == "SUCCESS", 20, "later task"
             )
@@ -174,7 +166,7 @@ def test_broker_outage_degrades_health_then_recovers_without_losing_events(
     first, during = uuid.uuid4().hex, uuid.uuid4().hex
     try:
         with serving(app) as url, httpx.Client(base_url=url, timeout=10) as api:
-            for event in task_events(first):
+            for event in finished_task(first):
                 redis_client.xadd(stream, {"e": encode(event)})
             stored = lambda: api.get(f"/api/tasks/{first}").json().get("state") == "SUCCESS"  # noqa: E731
             wait_for(stored, 20, "first task stored in full")
@@ -187,7 +179,7 @@ def test_broker_outage_degrades_health_then_recovers_without_losing_events(
             wait_for(lambda: api.get("/api/health").json()["consumer"]["status"] == "reconnecting", 20)
             # the server keeps answering from the store meanwhile
             assert api.get(f"/api/tasks/{first}").json()["state"] == "SUCCESS"
-            for event in task_events(during):  # events keep arriving at the real broker
+            for event in finished_task(during):  # events keep arriving at the real broker
                 redis_client.xadd(stream, {"e": encode(event)})
 
             proxy.start()  # the broker is back
@@ -220,7 +212,7 @@ def test_two_consume_processes_split_one_stream_into_one_store(
 ) -> None:
     store_url = f"sqlite:///{tmp_path / 'flow.db'}"
     n_tasks = 1500
-    payloads = [encode(e) for _ in range(n_tasks) for e in task_events(uuid.uuid4().hex)]
+    payloads = [encode(e) for _ in range(n_tasks) for e in finished_task(uuid.uuid4().hex)]
     transport = from_url(redis_url, prefix=unique_prefix)
     common = (
         "consume",
@@ -267,7 +259,7 @@ def test_a_server_without_consumer_reports_a_backlog_nobody_folds(
     redis_client.xgroup_create(stream, "celery_flow", id="0", mkstream=True)  # as a consumer once did
     with serving(app) as url, httpx.Client(base_url=url, timeout=10) as api:
         assert api.get("/api/health").json()["status"] == "ok"
-        for event in task_events(uuid.uuid4().hex):
+        for event in finished_task(uuid.uuid4().hex):
             redis_client.xadd(stream, {"e": encode(event)})
         health = wait_for(lambda: (h := api.get("/api/health").json())["status"] == "degraded" and h, 20)
         assert health["consumer"]["mode"] == "external"
@@ -288,12 +280,12 @@ def test_batch_and_single_entries_mix_and_a_bad_line_costs_only_itself(
     stream = f"{unique_prefix}:events"
     single, mixed = uuid.uuid4().hex, uuid.uuid4().hex
     big = [uuid.uuid4().hex for _ in range(2000)]
-    big_lines = [encode(e) for t in big for e in task_events(t)]
+    big_lines = [encode(e) for t in big for e in finished_task(t)]
     assert len(b"\n".join(big_lines)) > MAX_EVENT_BYTES
-    a, b, c, d = (encode(e) for e in task_events(mixed))
+    a, b, c, d = (encode(e) for e in finished_task(mixed))
     app = create_app(broker_url=redis_url, store=f"sqlite:///{tmp_path / 'flow.db'}", prefix=unique_prefix)
     with serving(app) as url, httpx.Client(base_url=url, timeout=10) as api:
-        for event in task_events(single):
+        for event in finished_task(single):
             redis_client.xadd(stream, {"e": encode(event)})
         redis_client.xadd(stream, {"b": b"\n".join([a, b, b"{nope", c, b"\xff\xfe", d])})
         redis_client.xadd(stream, {"b": b"\n".join(big_lines)})

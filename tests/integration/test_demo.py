@@ -7,7 +7,8 @@ from typing import Any
 
 import httpx
 import pytest
-from tests.support.server_helpers import cli_env, cli_process, free_port, wait_for
+from tests.support.server_helpers import cli_env, cli_process, free_port
+from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -13,7 +13,8 @@ import pytest
 import websockets
 from celery import chain
 from fastapi import FastAPI
-from tests.support.server_helpers import serving, wait_for
+from tests.support.server_helpers import serving
+from tests.support.wait import wait_for
 from tests.support.worker import Tracked, tracked_worker
 
 from celery_flow.server import CeleryFlowExtension

@@ -22,8 +22,9 @@ from celery.contrib.testing.worker import start_worker
 from celery.exceptions import TaskRevokedError
 from celery.utils import uuid as celery_uuid
 from tests.support.canvas_app import make_app
-from tests.support.server_helpers import serving, wait_for
+from tests.support.server_helpers import serving
 from tests.support.server_tasks import register_launcher
+from tests.support.wait import wait_for
 from tests.support.worker import revoke_confirmed
 
 import celery_flow

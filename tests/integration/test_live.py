@@ -13,7 +13,8 @@ from typing import Any
 import httpx
 import pytest
 import websockets
-from tests.support.server_helpers import TcpProxy, cli_process, free_port, serving, wait_for
+from tests.support.server_helpers import TcpProxy, cli_process, free_port, serving
+from tests.support.wait import wait_for
 from tests.support.worker import Tracked, tracked_worker
 
 from celery_flow.server import create_app

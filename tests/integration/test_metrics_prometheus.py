@@ -17,9 +17,11 @@ import pytest
 from fastapi import FastAPI
 from fastapi.responses import Response
 from prometheus_client.parser import text_string_to_metric_families
-from tests.support.server_helpers import cli_process, free_port, serving, wait_for
+from tests.support.events import finished_task
+from tests.support.server_helpers import cli_process, free_port, serving
+from tests.support.wait import wait_for
 
-from celery_flow.events import Event, encode, make_event
+from celery_flow.events import encode
 from celery_flow.server import CeleryFlowExtension, create_app
 from celery_flow.transport import from_url
 
@@ -34,20 +36,10 @@ def needs(binary: str) -> pytest.MarkDecorator:
     return pytest.mark.skipif(not Path(binary).exists(), reason=reason)
 
 
-def task_events(task_id: str) -> list[Event]:
-    now = time.time()
-    out = []
-    for i, type_ in enumerate(("sent", "received", "started", "succeeded")):
-        event = make_event(type_, task_id=task_id, name="t.work", root_id=task_id, retries=0)  # type: ignore[arg-type]
-        event.ts = now + i * 0.001
-        out.append(event)
-    return out
-
-
 def publish_tasks(broker_url: str, prefix: str, n: int, malformed: int = 0) -> None:
     transport = from_url(broker_url, prefix=prefix)
     try:
-        entries = [encode(e) for i in range(n) for e in task_events(f"{prefix}-task-{i}")]
+        entries = [encode(e) for i in range(n) for e in finished_task(f"{prefix}-task-{i}")]
         transport.publish([*entries, *[b"not json"] * malformed])
     finally:
         transport.close()

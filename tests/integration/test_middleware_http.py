@@ -8,7 +8,6 @@ RabbitMQ), must carry the trace id the request brought (or the one the middlewar
 from __future__ import annotations
 
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -18,11 +17,11 @@ from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 import httpx
 import pytest
-import uvicorn
 from celery import Celery
 from celery.contrib.testing.worker import start_worker
 from fastapi import FastAPI
-from tests.support.server_helpers import serving, wait_for
+from tests.support.server_helpers import serving
+from tests.support.wait import WaitTimeout, wait_for
 
 import celery_flow
 from celery_flow.events import Event, decode
@@ -108,17 +107,20 @@ def _events(env: Env) -> list[Event]:
 
 def _family_events(env: Env, task_id: str, timeout: float = 30.0) -> dict[str, list[Event]]:
     """Events of the task and of the child it spawned, once both have succeeded."""
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def family_done() -> dict[str, list[Event]] | None:
         events = _events(env)
         child_ids = {e.task_id for e in events if e.parent_id == task_id and e.task_id != task_id}
         family = {task_id, *child_ids}
         done = {e.task_id for e in events if e.type == "succeeded" and e.task_id in family}
         if child_ids and done == family:
             return {tid: [e for e in events if e.task_id == tid] for tid in family}
-        if time.monotonic() > deadline:
-            raise AssertionError(f"task {task_id} and its child did not finish; events: {events}")
-        time.sleep(0.05)
+        return None
+
+    try:
+        return wait_for(family_done, timeout, f"task {task_id} and its child to succeed", retry_on=())
+    except WaitTimeout as exc:
+        raise AssertionError(f"{exc}; events: {env.seen}") from None
 
 
 def _assert_traced(env: Env, task_id: str, trace_id: str) -> None:
@@ -146,22 +148,8 @@ def asgi_url(env: Env) -> Iterator[str]:
     async def create_order_async() -> dict[str, Any]:
         return {"task_id": env.publish(), "trace_id": current_trace_id()}
 
-    server = uvicorn.Server(
-        uvicorn.Config(api, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert thread.is_alive(), "uvicorn stopped before it started"
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
+    with serving(api) as url:
+        yield url
 
 
 @pytest.mark.parametrize("path", ["/orders", "/orders-async"])

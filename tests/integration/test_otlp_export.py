@@ -15,7 +15,6 @@ import threading
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +23,13 @@ from celery import Task, chord
 from celery.contrib.testing.worker import start_worker
 from tests.otlp_receiver import ReceivedSpan, otlp_receiver
 from tests.support.canvas_app import make_app
+from tests.support.events import event
 from tests.support.server_helpers import CLI, cli_env, cli_process, free_port
+from tests.support.wait import wait_for
 
 import celery_flow
 from celery_flow.consumer import Consumer
-from celery_flow.events import Event, encode, make_event
+from celery_flow.events import Event, encode
 from celery_flow.export import otlp_export_endpoint, resolve_otlp_endpoint
 from celery_flow.export.otlp import OtlpExporter
 from celery_flow.export.spans import span_id_for
@@ -57,12 +58,6 @@ class DictStore:
         return self.tasks.get(task_id)
 
 
-def _ev(type_: str, task_id: str, ts: float, **fields: Any) -> Event:
-    event = make_event(type_, task_id=task_id, **fields)  # type: ignore[arg-type]
-    event.ts = ts
-    return event
-
-
 def _lifecycle(
     task_id: str,
     name: str,
@@ -75,15 +70,15 @@ def _lifecycle(
     common = {"name": name, "root_id": root_id, "parent_id": parent_id, **lineage}
     worker = {"hostname": "celery@box", "pid": 42}
     events = [
-        _ev("sent", task_id, t0, queue="celery", retries=0, **common),
-        _ev("received", task_id, t0 + 0.1, retries=0, **common, **worker),
-        _ev("started", task_id, t0 + 0.2, retries=0, **common, **worker),
+        event("sent", task_id, t0, queue="celery", retries=0, **common),
+        event("received", task_id, t0 + 0.1, retries=0, **common, **worker),
+        event("started", task_id, t0 + 0.2, retries=0, **common, **worker),
     ]
     if outcome == "succeeded":
-        events.append(_ev("succeeded", task_id, t0 + 1.2, retries=0, runtime=1.0, **common, **worker))
+        events.append(event("succeeded", task_id, t0 + 1.2, retries=0, runtime=1.0, **common, **worker))
     else:
         events.append(
-            _ev(
+            event(
                 "failed",
                 task_id,
                 t0 + 1.2,
@@ -133,13 +128,15 @@ def _chord_store(trace_id: str | None) -> tuple[DictStore, dict[str, str], float
     store.add(
         h2,
         [
-            _ev("sent", h2, t0 + 2, queue="parts", retries=0, chord_id=ids["cb"], **common),
-            _ev("received", h2, t0 + 2.5, retries=0, **common, **worker),
-            _ev("started", h2, t0 + 3, retries=0, **common, **worker),
-            _ev("retried", h2, t0 + 3.5, retries=0, reason="ConnectionError('db down')", **common, **worker),
-            _ev("sent", h2, t0 + 3.6, retries=1, **{**common, "parent_id": h2}),
-            _ev("started", h2, t0 + 4, retries=1, **common, **worker),
-            _ev(
+            event("sent", h2, t0 + 2, queue="parts", retries=0, chord_id=ids["cb"], **common),
+            event("received", h2, t0 + 2.5, retries=0, **common, **worker),
+            event("started", h2, t0 + 3, retries=0, **common, **worker),
+            event(
+                "retried", h2, t0 + 3.5, retries=0, reason="ConnectionError('db down')", **common, **worker
+            ),
+            event("sent", h2, t0 + 3.6, retries=1, **{**common, "parent_id": h2}),
+            event("started", h2, t0 + 4, retries=1, **common, **worker),
+            event(
                 "failed",
                 h2,
                 t0 + 5,
@@ -319,12 +316,14 @@ def test_close_does_not_wait_out_the_retries_of_a_collector_that_keeps_failing()
     store, ids, _ = _chord_store(None)
     with otlp_receiver() as receiver:
         receiver.status = 503  # retryable: the OTLP client backs off and retries for up to its timeout
+        before = set(threading.enumerate())
         exporter = OtlpExporter(receiver.url + "/v1/traces", store, timeout=120, coalesce=0)  # type: ignore[arg-type]
+        (thread,) = (t for t in set(threading.enumerate()) - before if t.name == "celery-flow-otlp")
         exporter(list(ids.values()))
         receiver.wait_for(lambda _: receiver.requests >= 1)
         exporter.close(timeout=1)
         # Shutting the HTTP exporter down aborted the 120 s retry loop: the thread is gone, spans counted.
-        assert not exporter._thread.is_alive()
+        assert not thread.is_alive()
         assert exporter.stats()["failed"] == 4
         exporter.close()  # idempotent
 
@@ -375,14 +374,6 @@ def test_environment_only_endpoint_never_stops_a_server(monkeypatch: pytest.Monk
 # ---- end to end: real worker -> transport -> consumer -> store -> exporter sink -> receiver ----------
 
 
-def _wait(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} within {timeout}s")
-        time.sleep(0.05)
-
-
 @pytest.mark.timeout(150)
 def test_real_chord_through_consumer_and_store_exports_linked_spans(
     transport_url: str, redis_url: str, unique_prefix: str, tmp_path: Path
@@ -408,16 +399,19 @@ def test_real_chord_through_consumer_and_store_exports_linked_spans(
             consuming = threading.Thread(target=consumer.run, args=(stop,), daemon=True)
             consuming.start()
             try:
-                _wait(lambda: consumer.stats()["status"] == "running", 20, "consumer did not start")
+                wait_for(
+                    lambda: consumer.stats()["status"] == "running", 20, "the consumer to run", retry_on=()
+                )
                 with start_worker(app, pool="solo", perform_ping_check=False, shutdown_timeout=10):
                     with celery_flow.trace(w3c_trace):
                         root_id = checkout.delay().id
                     failing_id = app.tasks["t.fail"].delay("card declined").id
                     flaky_id = app.tasks["t.flaky"].delay(succeed_on=1, countdown=0.1).id
-                    _wait(
+                    wait_for(
                         lambda: len(receiver.spans) >= 6,
                         60,
-                        "six spans (root, 2 members, callback, 2) not exported",
+                        "six spans exported (root, 2 members, callback, 2)",
+                        retry_on=(),
                     )
             finally:
                 stop.set()
@@ -542,7 +536,14 @@ def test_cli_exports_spans(how: str, redis_url: str, unique_prefix: str, tmp_pat
                 raise AssertionError(log_file.read_text()) from None
             if command == "server":
                 # The exporter's counters reach /api/health and /metrics.
-                metrics = _poll_exporter_metrics(port, lambda m: m.get("otlp_exported", 0) >= 3)
+                metrics = wait_for(
+                    lambda: _exporter_metrics(port),
+                    30,
+                    "3 spans exported",
+                    until=lambda m: m.get("otlp_exported", 0) >= 3,
+                    interval=0.2,
+                    retry_on=(),
+                )
                 assert metrics["otlp_dropped"] == 0
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
                     assert "celery_flow_consumer_otlp_exported 3.0" in resp.read().decode()
@@ -553,19 +554,14 @@ def test_cli_exports_spans(how: str, redis_url: str, unique_prefix: str, tmp_pat
     assert spans[ids[0]].status_code == STATUS_OK
 
 
-def _poll_exporter_metrics(port: int, done: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
-    deadline = time.monotonic() + 30
-    metrics: dict[str, Any] = {}
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=5) as resp:
-                metrics = json.loads(resp.read())["consumer"]["metrics"]
-        except OSError:
-            metrics = {}
-        if done(metrics):
-            return metrics
-        time.sleep(0.2)
-    raise AssertionError(f"exporter metrics never satisfied the condition: {metrics}")
+def _exporter_metrics(port: int) -> dict[str, Any]:
+    """The consumer's metrics from the server's health report; empty while the server does not answer."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=5) as resp:
+            metrics: dict[str, Any] = json.loads(resp.read())["consumer"]["metrics"]
+    except OSError:
+        return {}
+    return metrics
 
 
 def _refused(argv: list[str]) -> str:

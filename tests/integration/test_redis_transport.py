@@ -6,6 +6,7 @@ import time
 
 import pytest
 import redis
+from tests.support.transport import read_all
 
 from celery_flow.transport import Transport, TransportError, from_url
 from celery_flow.transport.redis import RedisTransport
@@ -17,28 +18,20 @@ def _publish_each(t: Transport, payloads: list[bytes]) -> None:
         t.publish([payload])
 
 
-def _read_all(sub, want: int, deadline: float = 10.0):  # type: ignore[no-untyped-def]
-    out = []
-    end = time.monotonic() + deadline
-    while len(out) < want and time.monotonic() < end:
-        out.extend(sub.read(count=100, timeout=0.2))
-    return out
-
-
 def test_publish_read_ack_and_lag(redis_url: str, unique_prefix: str, redis_client: redis.Redis) -> None:
     t = from_url(redis_url, prefix=unique_prefix)
     assert isinstance(t, RedisTransport)
     _publish_each(t, [b"one", b"two", b"three"])
     assert redis_client.xlen(f"{unique_prefix}:events") == 3
     sub = t.subscribe("g", "c1")
-    msgs = _read_all(sub, 3)
+    msgs = read_all(sub, 3)
     assert [m.data for m in msgs] == [b"one", b"two", b"three"]
     assert sub.lag() == 3  # delivered but not acknowledged yet
     sub.ack([m.id for m in msgs])
     assert sub.lag() == 0
     t.publish([b"four"])
     assert sub.lag() == 1
-    assert [m.data for m in _read_all(sub, 1)] == [b"four"]
+    assert [m.data for m in read_all(sub, 1)] == [b"four"]
     # Nothing left: read returns empty after its timeout.
     assert sub.read(count=10, timeout=0.1) == []
     sub.close()
@@ -49,13 +42,13 @@ def test_restart_resumes_pending_without_replaying_acked(redis_url: str, unique_
     t = from_url(redis_url, prefix=unique_prefix)
     _publish_each(t, [f"m{i}".encode() for i in range(6)])
     first = t.subscribe("g", "worker-a")
-    got = _read_all(first, 6)
+    got = read_all(first, 6)
     first.ack([m.id for m in got[:4]])  # crash before acknowledging m4, m5
     first.close()
 
     t.publish([b"m6"])
     again = t.subscribe("g", "worker-a")
-    resumed = _read_all(again, 3)
+    resumed = read_all(again, 3)
     assert [m.data for m in resumed] == [b"m4", b"m5", b"m6"]
     again.ack([m.id for m in resumed])
     assert again.read(count=10, timeout=0.1) == []
@@ -66,11 +59,11 @@ def test_autoclaim_takes_over_a_dead_consumers_entries(redis_url: str, unique_pr
     t = RedisTransport(redis_url, prefix=unique_prefix, min_idle=0.2, claim_interval=0.0)
     t.publish([b"a", b"b", b"c"])
     dead = t.subscribe("g", "dead")
-    taken = _read_all(dead, 3)
+    taken = read_all(dead, 3)
     assert len(taken) == 3  # and then it dies without acking
     time.sleep(0.3)  # let them go idle past min_idle
     alive = t.subscribe("g", "alive")
-    claimed = _read_all(alive, 3)
+    claimed = read_all(alive, 3)
     assert sorted(m.data for m in claimed) == [b"a", b"b", b"c"]
     alive.ack([m.id for m in claimed])
     assert alive.lag() == 0
@@ -81,7 +74,7 @@ def test_two_consumers_split_the_load(redis_url: str, unique_prefix: str) -> Non
     a, b = t.subscribe("g", "a"), t.subscribe("g", "b")
     _publish_each(t, [f"{i}".encode() for i in range(10)])
     got_a = a.read(count=5, timeout=1)
-    got_b = _read_all(b, 5)
+    got_b = read_all(b, 5)
     assert len(got_a) == 5
     assert len(got_b) == 5
     assert {m.data for m in got_a}.isdisjoint({m.data for m in got_b})
@@ -91,8 +84,8 @@ def test_two_consumers_split_the_load(redis_url: str, unique_prefix: str) -> Non
 def test_two_groups_each_see_everything(redis_url: str, unique_prefix: str) -> None:
     t = from_url(redis_url, prefix=unique_prefix)
     t.publish([b"x", b"y"])
-    assert [m.data for m in _read_all(t.subscribe("g1", "c"), 2)] == [b"x", b"y"]
-    assert [m.data for m in _read_all(t.subscribe("g2", "c"), 2)] == [b"x", b"y"]
+    assert [m.data for m in read_all(t.subscribe("g1", "c"), 2)] == [b"x", b"y"]
+    assert [m.data for m in read_all(t.subscribe("g2", "c"), 2)] == [b"x", b"y"]
 
 
 def test_stream_is_capped_by_maxlen(redis_url: str, unique_prefix: str, redis_client: redis.Redis) -> None:
@@ -132,7 +125,7 @@ def test_a_batch_is_one_entry_read_whole_and_acked_once(
     first = sub.read(count=1, timeout=1.0)  # one entry: all of its events, one id
     assert [m.data for m in first] == payloads[:256]
     assert {m.id for m in first} == {entries[0][0].decode()}
-    rest = _read_all(sub, 345)
+    rest = read_all(sub, 345)
     assert [m.data for m in first + rest] == [*payloads, b"lone"]
     assert len({m.id for m in first + rest}) == 4
     sub.ack(list({m.id for m in first + rest}))
@@ -146,7 +139,7 @@ def test_payloads_that_cannot_be_framed_travel_alone(
     t.publish([b"a", b"b", b"", b"x\ny", b"c", b"d"])
     fields = [f for _, f in redis_client.xrange(f"{unique_prefix}:events")]
     assert fields == [{b"b": b"a\nb"}, {b"e": b""}, {b"e": b"x\ny"}, {b"b": b"c\nd"}]
-    msgs = _read_all(t.subscribe("celery_flow", "c1"), 6)
+    msgs = read_all(t.subscribe("celery_flow", "c1"), 6)
     assert [m.data for m in msgs] == [b"a", b"b", b"", b"x\ny", b"c", b"d"]
 
 

@@ -15,16 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.support.events import event
 
 from celery_flow.events import DEFAULT_HEARTBEAT_INTERVAL, Event, TaskInfo
 from celery_flow.store import StoreError, TaskFilter, open_store
 from celery_flow.store.sql import SqlStore
 
 T0 = 1_700_000_000.0
-
-
-def ev(type_: str, task_id: str | None, ts: float, **fields: Any) -> Event:
-    return Event(v=1, id=uuid.uuid4().hex, type=type_, ts=ts, task_id=task_id, **fields)  # type: ignore[arg-type]
 
 
 def run(
@@ -52,10 +49,10 @@ def run(
     else:
         end["result"] = {"ok": True}
     return [
-        ev("sent", task_id, t, args=[1, 2], kwargs={"k": "v"}, queue="celery", **common, **lineage),
-        ev("received", task_id, t + 1, hostname=host, **common),
-        ev("started", task_id, t + 2, hostname=host, pid=42, **common),
-        ev(outcome, task_id, t + 2 + runtime, hostname=host, **common, **end),
+        event("sent", task_id, t, args=[1, 2], kwargs={"k": "v"}, queue="celery", **common, **lineage),
+        event("received", task_id, t + 1, hostname=host, **common),
+        event("started", task_id, t + 2, hostname=host, pid=42, **common),
+        event(outcome, task_id, t + 2 + runtime, hostname=host, **common, **end),
     ]
 
 
@@ -149,14 +146,14 @@ def test_out_of_order_arrival_gives_the_same_task_in_every_order(store: SqlStore
 def test_retries_fold_by_attempt(store: SqlStore) -> None:
     common = {"name": "app.flaky", "root_id": "r"}
     events = [
-        ev("sent", "r", T0, retries=0, **common),
-        ev("received", "r", T0 + 1, retries=0, hostname="celery@w1", **common),
-        ev("started", "r", T0 + 2, retries=0, hostname="celery@w1", **common),
-        ev("retried", "r", T0 + 3, retries=0, hostname="celery@w1", reason="ConnectionError()", **common),
-        ev("sent", "r", T0 + 3.1, retries=1, parent_id="r", **common),
-        ev("received", "r", T0 + 4, retries=1, hostname="celery@w2", **common),
-        ev("started", "r", T0 + 5, retries=1, hostname="celery@w2", **common),
-        ev("succeeded", "r", T0 + 6, retries=1, hostname="celery@w2", runtime=1.0, result=7, **common),
+        event("sent", "r", T0, retries=0, **common),
+        event("received", "r", T0 + 1, retries=0, hostname="celery@w1", **common),
+        event("started", "r", T0 + 2, retries=0, hostname="celery@w1", **common),
+        event("retried", "r", T0 + 3, retries=0, hostname="celery@w1", reason="ConnectionError()", **common),
+        event("sent", "r", T0 + 3.1, retries=1, parent_id="r", **common),
+        event("received", "r", T0 + 4, retries=1, hostname="celery@w2", **common),
+        event("started", "r", T0 + 5, retries=1, hostname="celery@w2", **common),
+        event("succeeded", "r", T0 + 6, retries=1, hostname="celery@w2", runtime=1.0, result=7, **common),
     ]
     store.apply(list(reversed(events[4:])))
     store.apply(list(reversed(events[:4])))
@@ -311,8 +308,9 @@ def test_registry_counts_failure_rate_and_percentiles(store: SqlStore) -> None:
         outcome = "failed" if i < 5 else "succeeded"
         events += run(f"r{i}", T0 + i, name="app.work", outcome=outcome, runtime=float(i + 1))
     events.append(
-        ev("worker.online", None, time.time(), hostname="celery@w1",
-           tasks=[TaskInfo(name="app.work", signature="(x, y)", doc="Does work."), TaskInfo(name="app.idle")])
+        event("worker.online", ts=time.time(), hostname="celery@w1",
+              tasks=[TaskInfo(name="app.work", signature="(x, y)", doc="Does work."),
+                     TaskInfo(name="app.idle")])
     )  # fmt: skip
     store.apply(events)
     registry = {r.name: r for r in store.registry()}
@@ -328,19 +326,19 @@ def test_workers_online_offline_and_tasks_run(store: SqlStore) -> None:
     now = time.time()
     store.apply(
         [
-            ev("worker.online", None, now - 5, hostname="celery@up", pid=10, info={"heartbeat_interval": 2.0},
-               tasks=[TaskInfo(name="app.a")]),
-            ev("worker.heartbeat", None, now - 1, hostname="celery@up"),
-            ev("worker.online", None, now - 100, hostname="celery@gone"),
-            ev("worker.offline", None, now - 50, hostname="celery@gone"),
-            ev("worker.online", None, now - 600, hostname="celery@silent", info={"heartbeat_interval": 2.0}),
-            ev("worker.heartbeat", None, now - 500, hostname="celery@silent"),
+            event("worker.online", ts=now - 5, hostname="celery@up", pid=10, info={"heartbeat_interval": 2.0},
+                  tasks=[TaskInfo(name="app.a")]),
+            event("worker.heartbeat", ts=now - 1, hostname="celery@up"),
+            event("worker.online", ts=now - 100, hostname="celery@gone"),
+            event("worker.offline", ts=now - 50, hostname="celery@gone"),
+            event("worker.online", ts=now - 600, hostname="celery@silent", info={"heartbeat_interval": 2.0}),
+            event("worker.heartbeat", ts=now - 500, hostname="celery@silent"),
             *run("t1", now - 3, host="celery@up"),
             *run("t2", now - 3, host="celery@up"),
         ]
     )  # fmt: skip
     # An offline event that arrives late (before the online event it follows) still wins by time.
-    store.apply([ev("worker.offline", None, now - 400, hostname="celery@silent")])
+    store.apply([event("worker.offline", ts=now - 400, hostname="celery@silent")])
     workers = {w.hostname: w for w in store.workers()}
     assert workers["celery@up"].status == "online"
     assert (workers["celery@up"].tasks_run, workers["celery@up"].pid) == (2, 10)
@@ -348,7 +346,7 @@ def test_workers_online_offline_and_tasks_run(store: SqlStore) -> None:
     assert workers["celery@up"].registered == ["app.a"]
     assert workers["celery@gone"].status == "offline"
     assert workers["celery@silent"].status == "offline"
-    store.apply([ev("worker.online", None, now, hostname="celery@gone")])
+    store.apply([event("worker.online", ts=now, hostname="celery@gone")])
     assert {w.hostname: w.status for w in store.workers()}["celery@gone"] == "online"
 
 
@@ -356,9 +354,9 @@ def test_each_worker_is_judged_by_the_heartbeat_interval_it_announces(store: Sql
     now = time.time()
     store.apply(
         [
-            ev("worker.online", None, now - 60, hostname="celery@slow", heartbeat_interval=60.0),
-            ev("worker.online", None, now - 10, hostname="celery@fast", heartbeat_interval=2.0),
-            ev("worker.online", None, now - 60, hostname="celery@old"),  # announces none: the default
+            event("worker.online", None, now - 60, hostname="celery@slow", heartbeat_interval=60.0),
+            event("worker.online", None, now - 10, hostname="celery@fast", heartbeat_interval=2.0),
+            event("worker.online", None, now - 60, hostname="celery@old"),  # announces none: the default
         ]
     )
     workers = {w.hostname: (w.status, w.heartbeat_interval) for w in store.workers()}
@@ -379,7 +377,7 @@ def test_changes_since_never_skips_a_commit_of_concurrent_writers(store_url: str
     def write(k: int) -> None:
         try:
             for b in range(30):
-                writers[k].apply([ev("sent", f"w{k}-{b}-{i}", T0 + i, name="app.x") for i in range(20)])
+                writers[k].apply([event("sent", f"w{k}-{b}-{i}", T0 + i, name="app.x") for i in range(20)])
         except BaseException as exc:  # pragma: no cover - reported below
             errors.append(exc)
 
@@ -584,13 +582,11 @@ def test_two_processes_share_one_sqlite_file(tmp_path: Path) -> None:
     reader = open_store(url)
     script = textwrap.dedent(
         f"""
-        import uuid
-        from celery_flow.events import Event
         from celery_flow.store import open_store
+        from tests.support.events import event
         s = open_store({url!r})
         for b in range(40):
-            s.apply([Event(v=1, id=uuid.uuid4().hex, type="sent", ts=1.0 + b, task_id=f"p{{b}}-{{i}}",
-                           name="app.p") for i in range(25)])
+            s.apply([event("sent", f"p{{b}}-{{i}}", 1.0 + b, name="app.p") for i in range(25)])
         s.close()
         """
     )

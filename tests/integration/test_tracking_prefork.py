@@ -6,21 +6,19 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from celery import chord, group
 from tests.support.canvas_app import make_app
 from tests.support.events import EventLog
+from tests.support.server_helpers import REPO
+from tests.support.worker import prefork_worker
 
 import celery_flow
 from celery_flow.events import Event
 
 pytestmark = pytest.mark.slow
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -30,7 +28,7 @@ def prefork(
     log = EventLog(transport_url, unique_prefix)
     env = {
         **os.environ,
-        "PYTHONPATH": str(ROOT),
+        "PYTHONPATH": str(REPO),
         "CFT_BROKER_URL": redis_url,
         "CFT_BACKEND_URL": redis_url,
         "CFT_FLOW_URL": transport_url,
@@ -38,41 +36,18 @@ def prefork(
         "CFT_QUEUE": f"q_{unique_prefix}",
         "CELERY_FLOW_HEARTBEAT_INTERVAL": "0.5",
     }
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
+    try:
+        with prefork_worker(
             "tests.support.canvas_app",
-            "worker",
-            "--pool",
-            "prefork",
-            "-c",
-            "2",
-            "-n",
             f"pf-{unique_prefix}@%h",
-            "--loglevel",
-            "WARNING",
+            env,
+            REPO,
             "--without-mingle",
             "--without-gossip",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        log.wait_for(lambda ev: any(e.type == "worker.online" for e in ev), timeout=30)
-        yield proc, log
+        ) as proc:
+            log.wait_for(lambda ev: any(e.type == "worker.online" for e in ev), timeout=30)
+            yield proc, log
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
         log.close()
 
 

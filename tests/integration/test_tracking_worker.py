@@ -8,7 +8,8 @@ from typing import Any
 import httpx
 import pytest
 from tests.support.events import EventLog
-from tests.support.server_helpers import serving, wait_for
+from tests.support.server_helpers import serving
+from tests.support.wait import wait_for
 from tests.support.worker import tracked_worker
 
 import celery_flow

@@ -1,15 +1,38 @@
-"""Read celery-flow events straight from the transport, for tests (any transport from `from_url`)."""
+"""Events for tests: build them (`event`, `finished_task`) and read them straight from the transport
+(`EventLog`, `collect_events`; any transport from `from_url`)."""
 
 from __future__ import annotations
 
 import time
 import uuid
 from collections.abc import Callable, Iterable
+from typing import Any, cast
 
-from celery_flow.events import Event, decode
+from celery_flow.events import SCHEMA_VERSION, Event, EventType, decode
 from celery_flow.transport import from_url
+from tests.support.wait import WaitTimeout, wait_for
 
-__all__ = ["EventLog", "collect_events", "events_for"]
+__all__ = ["EventLog", "collect_events", "event", "events_for", "finished_task", "has"]
+
+FINISHED = ("sent", "received", "started", "succeeded")
+
+
+def event(type_: str, task_id: str | None = None, ts: float | None = None, **fields: Any) -> Event:
+    """An event of `type_` for `task_id` at `ts` (now if None), with a fresh id unless `id=` is given;
+    `fields` are Event's own (another key raises TypeError, as Event does)."""
+    fields.setdefault("id", uuid.uuid4().hex)
+    kind = cast("EventType", type_)  # callers loop over plain strings; Event() does not check it
+    return Event(v=SCHEMA_VERSION, type=kind, ts=time.time() if ts is None else ts, task_id=task_id, **fields)
+
+
+def finished_task(
+    task_id: str, ts: float | None = None, step: float = 0.001, name: str = "t.work", **fields: Any
+) -> list[Event]:
+    """The sent, received, started and succeeded events of one run of `task_id`, `step` seconds apart
+    from `ts` (now if None); each carries `name`, root_id `task_id`, retries 0 and `fields`."""
+    base = time.time() if ts is None else ts
+    common = {"name": name, "root_id": task_id, "retries": 0, **fields}
+    return [event(type_, task_id, base + i * step, **common) for i, type_ in enumerate(FINISHED)]
 
 
 class EventLog:
@@ -29,18 +52,19 @@ class EventLog:
         return new
 
     def wait_for(self, until: Callable[[list[Event]], bool], timeout: float = 15.0) -> list[Event]:
-        deadline = time.monotonic() + timeout
-        while True:
+        """Every event read, once `until(events)` holds; on timeout the error lists the last 40."""
+
+        def check() -> list[Event] | None:
             if until(self.events):
                 return self.events
-            if time.monotonic() > deadline:
-                raise AssertionError(
-                    f"condition not met within {timeout}s; {len(self.events)} events: "
-                    + ", ".join(
-                        f"{e.type}:{(e.name or '')}:{(e.task_id or '')[:8]}" for e in self.events[-40:]
-                    )
-                )
-            self.poll(0.2)
+            self.poll(0.2)  # blocks up to 0.2 s while nothing arrives: the poll needs no other pause
+            return None
+
+        try:
+            return wait_for(check, timeout, "the events", interval=0, retry_on=())
+        except WaitTimeout as exc:
+            shown = ", ".join(f"{e.type}:{e.name or ''}:{(e.task_id or '')[:8]}" for e in self.events[-40:])
+            raise AssertionError(f"{exc}; {len(self.events)} events: {shown}") from None
 
     def close(self) -> None:
         self.sub.close()

@@ -1,4 +1,4 @@
-"""Helpers for server tests: a real uvicorn server on a free port, subprocess servers, polling."""
+"""Helpers for server tests: a real uvicorn server on a free port, subprocess servers, a TCP proxy."""
 
 from __future__ import annotations
 
@@ -6,18 +6,19 @@ import contextlib
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import uvicorn
 
-T = TypeVar("T")
+from tests.support.wait import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 CLI = [str(Path(sys.executable).with_name("celery-flow"))]
@@ -27,22 +28,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def wait_for(check: Callable[[], T | None], timeout: float = 20.0, what: str = "condition") -> T:
-    """Poll `check` until it returns something truthy (returned), or fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    last_exc: BaseException | None = None
-    while time.monotonic() < deadline:
-        try:
-            value = check()
-        except (httpx.HTTPError, OSError, AssertionError, KeyError) as exc:
-            last_exc = exc
-            value = None
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last error: {last_exc!r})")
 
 
 class ServerThread:
@@ -89,26 +74,40 @@ def cli_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def start_cli(
+    *args: str,
+    env: dict[str, str] | None = None,
+    log: Path | None = None,
+    program: str | None = None,
+    append: bool = False,
+) -> subprocess.Popen[bytes]:
+    """`celery-flow <args>` (or `program <args>`) in its own process group, its output written to `log`
+    (appended to it with `append`, as for a process restarted after a kill). Stop it with stop_process."""
+    out: Any = open(log, "ab" if append else "wb") if log else subprocess.DEVNULL  # noqa: SIM115
+    try:
+        return subprocess.Popen(
+            [program, *args] if program else [*CLI, *args],
+            env=env or cli_env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+            start_new_session=True,
+        )
+    finally:
+        if log:
+            out.close()  # the child has its own copy of the file
+
+
 @contextlib.contextmanager
 def cli_process(
     *args: str, env: dict[str, str] | None = None, log: Path | None = None, program: str | None = None
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """`celery-flow <args>` (or `program <args>`) in its own process group, stopped on exit."""
-    out = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        [program, *args] if program else [*CLI, *args],
-        env=env or cli_env(),
-        stdout=out,
-        stderr=subprocess.STDOUT,
-        cwd=REPO,
-        start_new_session=True,
-    )
+    """`celery-flow <args>` (or `program <args>`) as start_cli starts it, stopped on exit."""
+    proc = start_cli(*args, env=env, log=log, program=program)
     try:
         yield proc
     finally:
         stop_process(proc)
-        if log:
-            out.close()  # type: ignore[union-attr]
 
 
 def stop_process(proc: subprocess.Popen[bytes]) -> None:
@@ -128,11 +127,15 @@ def stop_process(proc: subprocess.Popen[bytes]) -> None:
 class TcpProxy:
     """A TCP forwarder to a real service that a test can cut (`stop`) and restore (`start`), like a
     broker restarting: every connection through it drops at once and new ones are refused. Setting
-    `frozen` holds every byte in flight instead, like a broker that hangs with its sockets open."""
+    `frozen` holds every byte in flight instead, like a broker that hangs with its sockets open.
+    Given `tls`, it is a TLS endpoint in front of the (plain) service."""
 
-    def __init__(self, target: tuple[str, int], port: int | None = None) -> None:
+    def __init__(
+        self, target: tuple[str, int], port: int | None = None, tls: ssl.SSLContext | None = None
+    ) -> None:
         self.target = target
         self.port = port or free_port()
+        self.tls = tls
         self.frozen = threading.Event()
         self._listener: socket.socket | None = None
         self._conns: list[socket.socket] = []
@@ -153,15 +156,24 @@ class TcpProxy:
                 client, _ = listener.accept()
             except OSError:
                 return
+            threading.Thread(target=self._connect, args=(client,), daemon=True).start()
+
+    def _connect(self, client: socket.socket) -> None:
+        if self.tls is not None:
             try:
-                upstream = socket.create_connection(self.target, timeout=5)
-            except OSError:
+                client = self.tls.wrap_socket(client, server_side=True)
+            except OSError:  # ssl.SSLError included: the client refused our certificate
                 client.close()
-                continue
-            with self._lock:
-                self._conns += [client, upstream]
-            for src, dst in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(src, dst), daemon=True).start()
+                return
+        try:
+            upstream = socket.create_connection(self.target, timeout=5)
+        except OSError:
+            client.close()
+            return
+        with self._lock:
+            self._conns += [client, upstream]
+        for src, dst in ((client, upstream), (upstream, client)):
+            threading.Thread(target=self._pipe, args=(src, dst), daemon=True).start()
 
     def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
         try:

@@ -1,12 +1,15 @@
-"""Run a tracked canvas app with a real in-process worker, and read its events back."""
+"""Run tracked Celery workers for tests (in-process, or a prefork subprocess) and read their events back."""
 
 from __future__ import annotations
 
-import time
+import signal
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from celery import Celery
@@ -15,8 +18,9 @@ from celery.contrib.testing.worker import start_worker
 import celery_flow
 from tests.support.canvas_app import make_app
 from tests.support.events import EventLog
+from tests.support.wait import wait_for
 
-__all__ = ["Tracked", "revoke_confirmed", "tracked_worker"]
+__all__ = ["Tracked", "prefork_worker", "revoke_confirmed", "tracked_worker"]
 
 
 @dataclass
@@ -56,11 +60,38 @@ def tracked_worker(
         log.close()
 
 
+@contextmanager
+def prefork_worker(
+    app: str, nodename: str, env: dict[str, str], cwd: Path, *options: str
+) -> Iterator[subprocess.Popen[bytes]]:
+    """`celery -A <app> worker --pool prefork -c 2 -n <nodename>` (and `options`) in a subprocess
+    started in `cwd` with `env`, its warnings on stderr; afterwards SIGTERM (a warm shutdown), then
+    SIGKILL if it still runs 20 s later."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", app, "worker", "--pool", "prefork", "-c", "2",
+         "-n", nodename, "--loglevel", "WARNING", *options],
+        cwd=cwd, env=env, stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+
+
 def revoke_confirmed(app: Celery, task_id: str, timeout: float = 15.0) -> None:
     """Revoke `task_id` and return once a worker has confirmed it. A worker that has only just started
     may not listen to broadcasts yet (the message is then lost, and a lone revoke times out with no
     reply); revoking again is harmless, so ask until one answers."""
-    deadline = time.monotonic() + timeout
-    while not app.control.revoke(task_id, reply=True, limit=1, timeout=1):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no worker confirmed the revoke of {task_id} within {timeout}s")
+    wait_for(
+        lambda: app.control.revoke(task_id, reply=True, limit=1, timeout=1),
+        timeout,
+        f"a worker to confirm the revoke of {task_id}",
+        interval=0,
+        retry_on=(),
+    )

@@ -11,8 +11,9 @@ import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tests.support.events import event
 
-from celery_flow.events import MAX_EVENT_BYTES, encode, make_event
+from celery_flow.events import MAX_EVENT_BYTES, encode
 from celery_flow.tracking.capture import Capturer
 from celery_flow.tracking.scrub import FILTERED, KeyScrubber
 
@@ -147,15 +148,15 @@ def test_exception_text_is_scrubbed() -> None:
 def test_encoded_event_stays_far_below_the_limit() -> None:
     c = capturer()
     hostile = {"blob": b"z" * 10_000_000, "items": [["q" * 100_000] * 1000], "s": "s" * 5_000_000}
-    event = make_event(
+    failed = event(
         "failed",
-        task_id="t",
+        "t",
         args=c.args((hostile, hostile)),
         kwargs=c.kwargs({"k": hostile}),
         result=c.value(hostile),
         traceback=c.text("T" * 10_000_000, 32_768),
     )
-    assert len(encode(event)) < MAX_EVENT_BYTES / 10
+    assert len(encode(failed)) < MAX_EVENT_BYTES / 10
 
 
 json_like = st.recursive(

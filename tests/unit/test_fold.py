@@ -2,29 +2,25 @@
 
 from __future__ import annotations
 
-import itertools
+import functools
 import random
-from typing import Any
 
 import pytest
+from tests.support.events import event
 
 from celery_flow.events import Event
 from celery_flow.flow.fold import fold_task
 
-_ids = itertools.count()
-
-
-def ev(type_: str, ts: float, task_id: str = "t1", **fields: Any) -> Event:
-    fields.setdefault("name", "proj.add")
-    return Event(v=1, id=f"e{next(_ids)}", type=type_, ts=ts, task_id=task_id, **fields)  # type: ignore[arg-type]
+# Every event here is one of task t1 (proj.add).
+t1 = functools.partial(event, task_id="t1", name="proj.add")
 
 
 def happy() -> list[Event]:
     return [
-        ev("sent", 100.0, queue="celery", args=[1, 2], kwargs={"x": 1}, root_id="r", parent_id="p"),
-        ev("received", 101.0, hostname="celery@w1", pid=7),
-        ev("started", 103.0, hostname="celery@w1", pid=7),
-        ev("succeeded", 106.0, hostname="celery@w1", pid=7, result=3, runtime=2.9),
+        t1("sent", ts=100.0, queue="celery", args=[1, 2], kwargs={"x": 1}, root_id="r", parent_id="p"),
+        t1("received", ts=101.0, hostname="celery@w1", pid=7),
+        t1("started", ts=103.0, hostname="celery@w1", pid=7),
+        t1("succeeded", ts=106.0, hostname="celery@w1", pid=7, result=3, runtime=2.9),
     ]
 
 
@@ -68,15 +64,15 @@ def test_succeeded_before_started_still_ends_in_success() -> None:
 
 def retry_events() -> list[Event]:
     return [
-        ev("sent", 10.0, retries=0, root_id="t1"),
-        ev("received", 11.0, retries=0, hostname="celery@w1"),
-        ev("started", 12.0, retries=0, hostname="celery@w1"),
-        ev("retried", 13.0, retries=0, hostname="celery@w1", exception="IOError('boom')"),
+        t1("sent", ts=10.0, retries=0, root_id="t1"),
+        t1("received", ts=11.0, retries=0, hostname="celery@w1"),
+        t1("started", ts=12.0, retries=0, hostname="celery@w1"),
+        t1("retried", ts=13.0, retries=0, hostname="celery@w1", exception="IOError('boom')"),
         # The retry is re-published from inside the task: parent_id is the task itself.
-        ev("sent", 13.1, retries=1, parent_id="t1", root_id="t1", eta=15.0),
-        ev("received", 13.2, retries=1, hostname="celery@w2"),
-        ev("started", 15.0, retries=1, hostname="celery@w2"),
-        ev("succeeded", 16.0, retries=1, hostname="celery@w2", runtime=1.0),
+        t1("sent", ts=13.1, retries=1, parent_id="t1", root_id="t1", eta=15.0),
+        t1("received", ts=13.2, retries=1, hostname="celery@w2"),
+        t1("started", ts=15.0, retries=1, hostname="celery@w2"),
+        t1("succeeded", ts=16.0, retries=1, hostname="celery@w2", runtime=1.0),
     ]
 
 
@@ -109,9 +105,9 @@ def test_failure_keeps_exception_and_traceback() -> None:
     task = fold_task(
         "t1",
         [
-            ev("started", 2.0, hostname="h"),
-            ev("failed", 3.0, exception="ValueError('x')", traceback="Traceback ...", runtime=1.0),
-            ev("sent", 1.0),
+            t1("started", ts=2.0, hostname="h"),
+            t1("failed", ts=3.0, exception="ValueError('x')", traceback="Traceback ...", runtime=1.0),
+            t1("sent", ts=1.0),
         ],
     )
     assert task.state == "FAILURE"
@@ -121,14 +117,14 @@ def test_failure_keeps_exception_and_traceback() -> None:
 
 
 def test_revoked_while_queued() -> None:
-    task = fold_task("t1", [ev("revoked", 5.0, reason="terminated"), ev("sent", 1.0)])
+    task = fold_task("t1", [t1("revoked", ts=5.0, reason="terminated"), t1("sent", ts=1.0)])
     assert task.state == "REVOKED"
     assert task.finished_at == 5.0
     assert task.durations == {"PENDING": 4.0}
 
 
 def test_task_without_root_is_its_own_root_and_open_segment_has_no_duration() -> None:
-    task = fold_task("t1", [ev("sent", 1.0), ev("received", 2.0)])
+    task = fold_task("t1", [t1("sent", ts=1.0), t1("received", ts=2.0)])
     assert task.root_id == "t1"
     assert task.state == "RECEIVED"
     assert task.segments[-1].end is None
@@ -136,7 +132,9 @@ def test_task_without_root_is_its_own_root_and_open_segment_has_no_duration() ->
 
 
 def test_clock_skew_never_gives_negative_durations() -> None:
-    task = fold_task("t1", [ev("sent", 10.0), ev("received", 9.0), ev("started", 9.5), ev("succeeded", 9.7)])
+    task = fold_task(
+        "t1", [t1("sent", ts=10.0), t1("received", ts=9.0), t1("started", ts=9.5), t1("succeeded", ts=9.7)]
+    )
     assert task.state == "SUCCESS"
     assert all(d >= 0 for d in task.durations.values())
 
@@ -144,7 +142,10 @@ def test_clock_skew_never_gives_negative_durations() -> None:
 def test_links_are_merged_without_duplicates_or_self() -> None:
     task = fold_task(
         "t1",
-        [ev("sent", 1.0, links=["b", "t1"], link_errors=["err"]), ev("received", 2.0, links=["b", "c"])],
+        [
+            t1("sent", ts=1.0, links=["b", "t1"], link_errors=["err"]),
+            t1("received", ts=2.0, links=["b", "c"]),
+        ],
     )
     assert task.links == ["b", "c"]
     assert task.link_errors == ["err"]

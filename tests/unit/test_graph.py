@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import itertools
 from typing import Any
+
+from tests.support.events import event
 
 from celery_flow.events import Event
 from celery_flow.flow.flows import flow_state, summarize_flow, summarize_trace
@@ -11,24 +12,17 @@ from celery_flow.flow.fold import fold_task
 from celery_flow.flow.graph import build_graph
 from celery_flow.flow.model import FlowGraph, TaskDetail
 
-_ids = itertools.count()
-
 
 def sent(task_id: str, ts: float, **fields: Any) -> Event:
-    fields.setdefault("root_id", "a")
-    fields.setdefault("name", f"proj.{task_id}")
-    return Event(v=1, id=f"e{next(_ids)}", type="sent", ts=ts, task_id=task_id, **fields)
-
-
-def done(task_id: str, ts: float, type_: str = "succeeded", **fields: Any) -> Event:
-    return Event(v=1, id=f"e{next(_ids)}", type=type_, ts=ts, task_id=task_id, **fields)  # type: ignore[arg-type]
+    """The sent event of `task_id` named proj.<task_id>, in flow "a" unless `root_id` says otherwise."""
+    return event("sent", task_id, ts, **{"root_id": "a", "name": f"proj.{task_id}", **fields})
 
 
 def tasks_of(*events: Event) -> list[TaskDetail]:
     by_task: dict[str, list[Event]] = {}
-    for event in events:
-        assert event.task_id
-        by_task.setdefault(event.task_id, []).append(event)
+    for e in events:
+        assert e.task_id
+        by_task.setdefault(e.task_id, []).append(e)
     return [fold_task(task_id, evs) for task_id, evs in by_task.items()]
 
 
@@ -116,7 +110,7 @@ def test_errback_edge_replaces_spawn() -> None:
         "a",
         tasks_of(
             sent("a", 1, link_errors=["on_err"]),
-            done("a", 2, "failed", exception="boom"),
+            event("failed", "a", 2, exception="boom"),
             sent("on_err", 3, parent_id="a"),
         ),
     )
@@ -128,7 +122,7 @@ def test_retry_self_parent_draws_no_self_edge() -> None:
         "a",
         tasks_of(
             sent("a", 1, retries=0),
-            done("a", 2, "retried", retries=0),
+            event("retried", "a", 2, retries=0),
             sent("a", 3, retries=1, parent_id="a"),
         ),
     )
@@ -143,8 +137,8 @@ def test_cycles_and_missing_parents_neither_hang_nor_crash() -> None:
             sent("x", 1, root_id="x", parent_id="y", links=["y"]),
             sent("y", 2, root_id="x", parent_id="x", links=["x"], chord_id="x"),
             sent("z", 3, root_id="x", parent_id="missing", chord_id="z", links=["nowhere"]),
-            done("x", 5),
-            done("y", 6),
+            event("succeeded", "x", 5),
+            event("succeeded", "y", 6),
         ),
     )
     assert {n.task_id for n in graph.nodes} == {"x", "y", "z"}
@@ -158,13 +152,13 @@ def test_critical_path_follows_the_dependency_that_finished_last() -> None:
         "a",
         tasks_of(
             sent("a", 0, links=["g"]),
-            done("a", 1),
+            event("succeeded", "a", 1),
             sent("b1", 1, parent_id="a", group_id="g", chord_id="d"),
             sent("b2", 1, parent_id="a", group_id="g", chord_id="d"),
-            done("b1", 2),
-            done("b2", 5),
+            event("succeeded", "b1", 2),
+            event("succeeded", "b2", 5),
             sent("d", 5, parent_id="b2"),
-            done("d", 6),
+            event("succeeded", "d", 6),
         ),
     )
     assert graph.critical_path == ["a", "b2", "d"]
@@ -177,13 +171,13 @@ def test_critical_path_ends_at_the_chord_callback_even_if_its_trigger_is_stamped
         "a",
         tasks_of(
             sent("a", 0, links=["g"]),
-            done("a", 1),
+            event("succeeded", "a", 1),
             sent("b1", 1, parent_id="a", group_id="g", chord_id="d"),
             sent("b2", 1, parent_id="a", group_id="g", chord_id="d"),
-            done("b1", 2),
+            event("succeeded", "b1", 2),
             sent("d", 5.0, parent_id="b2"),
-            done("d", 5.001),
-            done("b2", 5.002),
+            event("succeeded", "d", 5.001),
+            event("succeeded", "b2", 5.002),
         ),
     )
     assert graph.critical_path == ["a", "b2", "d"]
@@ -196,14 +190,16 @@ def test_flow_state_rules_and_summary() -> None:
     assert flow_state({"PENDING": 1, "SUCCESS": 1}) == "RUNNING"
     assert flow_state({"SUCCESS": 1, "REVOKED": 1}) == "REVOKED"
     assert flow_state({"SUCCESS": 3}) == "SUCCESS"
-    tasks = tasks_of(sent("a", 10), done("a", 11), sent("b", 12, parent_id="a"), done("b", 15))
+    tasks = tasks_of(
+        sent("a", 10), event("succeeded", "a", 11), sent("b", 12, parent_id="a"), event("succeeded", "b", 15)
+    )
     summary = summarize_flow("a", tasks)
     assert summary.state == "SUCCESS"
     assert summary.counts == {"SUCCESS": 2}
     assert summary.task_count == 2
     assert summary.root_name == "proj.a"
     assert (summary.started_at, summary.finished_at, summary.duration) == (10, 15, 5)
-    running = summarize_flow("a", tasks_of(sent("a", 10), done("a", 11, "failed"), sent("b", 12)))
+    running = summarize_flow("a", tasks_of(sent("a", 10), event("failed", "a", 11), sent("b", 12)))
     assert running.state == "FAILURE"
     assert running.finished_at is None
 
@@ -213,9 +209,9 @@ def test_graph_summary_counts_tasks_not_the_callback_drawn_ahead_of_its_chord() 
         "a",
         tasks_of(
             sent("a", 1),
-            done("a", 2),
+            event("succeeded", "a", 2),
             sent("h1", 3, parent_id="a", group_id="g", chord_id="cb"),
-            done("h1", 4, "failed"),
+            event("failed", "h1", 4),
             sent("h2", 3, parent_id="a", group_id="g", chord_id="cb"),
         ),
     )
@@ -228,10 +224,16 @@ def test_graph_summary_counts_tasks_not_the_callback_drawn_ahead_of_its_chord() 
 
 def test_trace_summary_adds_up_its_flows_by_the_flow_rule() -> None:
     finished = summarize_flow(
-        "a", tasks_of(sent("a", 10), done("a", 12), sent("b", 11, parent_id="a"), done("b", 15))
+        "a",
+        tasks_of(
+            sent("a", 10),
+            event("succeeded", "a", 12),
+            sent("b", 11, parent_id="a"),
+            event("succeeded", "b", 15),
+        ),
     )
-    failed = summarize_flow("c", tasks_of(sent("c", 5, root_id="c"), done("c", 6, "failed")))
-    rejected = summarize_flow("d", tasks_of(sent("d", 20, root_id="d"), done("d", 21, "rejected")))
+    failed = summarize_flow("c", tasks_of(sent("c", 5, root_id="c"), event("failed", "c", 6)))
+    rejected = summarize_flow("d", tasks_of(sent("d", 20, root_id="d"), event("rejected", "d", 21)))
     running = summarize_flow("e", tasks_of(sent("e", 30, root_id="e")))
 
     together = summarize_trace([finished, failed])

@@ -12,23 +12,17 @@ from collections.abc import Sequence
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tests.support.events import event
+from tests.support.wait import wait_for
 
-from celery_flow.events import Event, decode, encode, make_event
+from celery_flow.events import Event, decode, encode
 from celery_flow.tracking.publisher import Publisher
 from celery_flow.transport import TransportError
 from celery_flow.transport.memory import MemoryTransport
 
 
-def wait_until(predicate: object, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.01)
-
-
 def task_event(n: int) -> Event:
-    return make_event("sent", task_id=f"task-{n}", name="t.noop")
+    return event("sent", f"task-{n}", name="t.noop")
 
 
 @pytest.fixture
@@ -59,9 +53,14 @@ def test_broker_down_drops_oldest_then_reports_drop_count(memory: MemoryTranspor
     try:
         for n in range(1000):
             publisher.put(task_event(n))  # never raises, never waits
-        wait_until(lambda: publisher.failures > 0)
+        wait_for(lambda: publisher.failures > 0, 10, "a failed publish attempt", retry_on=())
         memory.set_available(True)
-        wait_until(lambda: any(e.type == "publisher.dropped" for e in published(memory)))
+        wait_for(
+            lambda: any(e.type == "publisher.dropped" for e in published(memory)),
+            10,
+            "a publisher.dropped report",
+            retry_on=(),
+        )
         assert publisher.flush(5.0)
         events = published(memory)
         task_ids = [e.task_id for e in events if e.type == "sent"]
@@ -118,7 +117,7 @@ def test_a_transport_that_cannot_be_created_is_survived() -> None:
     try:
         for n in range(100):
             publisher.put(task_event(n))
-        wait_until(lambda: publisher.failures > 0)
+        wait_for(lambda: publisher.failures > 0, 10, "a failed publish attempt", retry_on=())
         assert publisher.dropped_total >= 90
     finally:
         publisher.stop(timeout=0.2)
@@ -151,7 +150,7 @@ def test_publisher_restarts_in_a_forked_child(tmp_path: object) -> None:
         if pid == 0:  # child: the parent's thread does not exist here; a new one must start
             code = 1
             try:
-                publisher.put(make_event("sent", task_id="from-child", name="t"))
+                publisher.put(event("sent", "from-child", name="t"))
                 code = 0 if publisher.flush(5.0) else 2
             finally:
                 os._exit(code)
@@ -223,9 +222,9 @@ def test_recorded_events_decode_to_the_events_they_describe(
     assert len(got) == len(extras)
     assert len({e.id for e in got}) == len(got)
     assert all(len(e.id) == 32 for e in got)
-    for n, (event, extra) in enumerate(zip(got, extras, strict=True)):
-        expected = Event(v=1, id=event.id, type=types[n], ts=ts + n, **fields, **(extra or {}))  # type: ignore[arg-type]
-        assert event == decode(encode(expected))
+    for n, (e, extra) in enumerate(zip(got, extras, strict=True)):
+        expected = event(types[n], ts=ts + n, id=e.id, **fields, **(extra or {}))  # type: ignore[arg-type]
+        assert e == decode(encode(expected))
 
 
 def test_a_recorded_event_with_a_bad_field_is_lost_alone(memory: MemoryTransport) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -12,25 +13,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.support.server_helpers import wait_for
+from tests.support.events import event, finished_task
+from tests.support.wait import wait_for
 
 from celery_flow.consumer import Consumer
-from celery_flow.events import MAX_EVENT_BYTES, Event, encode, make_event
+from celery_flow.events import MAX_EVENT_BYTES, Event, encode
 from celery_flow.server.config import ServerConfig
 from celery_flow.server.runtime import Runtime
 from celery_flow.store import open_store
 from celery_flow.store.base import Store, StoreError
 from celery_flow.transport.memory import MemoryTransport
 
-
-def task_events(task_id: str, name: str = "t.add", ts: float | None = None) -> list[Event]:
-    base = time.time() if ts is None else ts
-    out = []
-    for i, type_ in enumerate(("sent", "received", "started", "succeeded")):
-        event = make_event(type_, task_id=task_id, name=name, root_id=task_id, retries=0)  # type: ignore[arg-type]
-        event.ts = base + i * 0.01
-        out.append(event)
-    return out
+task_events = functools.partial(finished_task, step=0.01, name="t.add")
 
 
 @pytest.fixture
@@ -58,8 +52,9 @@ def running(consumer: Consumer) -> Iterator[threading.Thread]:
         assert not thread.is_alive()
 
 
-def pending(transport: MemoryTransport, group: str = "celery_flow") -> int:
-    return len(transport._log.groups[group].pending)
+def unacked(transport: MemoryTransport, group: str = "celery_flow") -> int | None:
+    """The group's entries not acknowledged yet (its lag, as the consumer reports it)."""
+    return transport.subscribe(group, "probe").lag()
 
 
 def test_folds_batches_and_acks_after_commit(store: Store, url: str) -> None:
@@ -71,7 +66,7 @@ def test_folds_batches_and_acks_after_commit(store: Store, url: str) -> None:
         wait_for(lambda: consumer.stats()["acked_total"] == 120, what="120 entries acked")
     assert store.stats().events == 120
     assert {store.get_task(t).state for t in ids} == {"SUCCESS"}  # type: ignore[union-attr]
-    assert pending(transport) == 0
+    assert unacked(transport) == 0
     stats = consumer.stats()
     assert stats["status"] == "stopped"
     assert stats["events_total"] == 120
@@ -83,7 +78,7 @@ def test_malformed_entries_are_counted_logged_once_and_acked(
 ) -> None:
     transport = MemoryTransport(url, prefix="p")
     good = uuid.uuid4().hex
-    valid = encode(make_event("sent", task_id=good, name="t.ok", root_id=good))
+    valid = encode(event("sent", good, name="t.ok", root_id=good))
     bad = {
         "not_json": [b"{nope", b"", b'{"v": 1,'],
         "not_utf8": [b"\xff\xfe\x00garbage"],
@@ -109,14 +104,14 @@ def test_malformed_entries_are_counted_logged_once_and_acked(
         f"rejected.{k}": v for k, v in expected.items()
     }
     assert store.get_task(good) is not None
-    assert pending(transport) == 0
+    assert unacked(transport) == 0
     for kind in expected:
         assert sum(f"({kind})" in r.getMessage() for r in caplog.records) == 1, kind
 
 
 def test_publisher_dropped_reports_are_summed(store: Store, url: str) -> None:
     transport = MemoryTransport(url, prefix="p")
-    transport.publish([encode(make_event("publisher.dropped", dropped=n, hostname="w1")) for n in (5, 7)])
+    transport.publish([encode(event("publisher.dropped", dropped=n, hostname="w1")) for n in (5, 7)])
     consumer = Consumer(url, store, prefix="p", read_timeout=0.05)
     with running(consumer):
         wait_for(lambda: consumer.stats()["acked_total"] == 2)
@@ -156,7 +151,7 @@ def test_store_errors_keep_the_batch_unacked_and_retry(store: Store, url: str) -
     assert consumer.stats()["store_errors_total"] == 2
     assert flaky.calls == 3  # one batch, retried until it committed: never re-read, never skipped
     assert store.get_task(task_id).state == "SUCCESS"  # type: ignore[union-attr]
-    assert pending(transport) == 0
+    assert unacked(transport) == 0
 
 
 def test_a_store_refusing_everything_for_a_while_loses_nothing(store: Store, url: str) -> None:
@@ -180,14 +175,14 @@ def test_stop_during_store_outage_leaves_entries_pending_for_the_next_run(store:
     consumer = Consumer(url, down, prefix="p", name="c1", read_timeout=0.05, max_backoff=0.1)  # type: ignore[arg-type]
     with running(consumer):
         wait_for(lambda: consumer.stats()["status"] == "store_error")
-    assert pending(transport) == 4
+    assert unacked(transport) == 4
     assert store.get_task(task_id) is None
     # the same member restarted with a working store re-reads its own pending entries
     again = Consumer(url, store, prefix="p", name="c1", read_timeout=0.05)
     with running(again):
         wait_for(lambda: again.stats()["acked_total"] == 4)
     assert store.get_task(task_id).state == "SUCCESS"  # type: ignore[union-attr]
-    assert pending(transport) == 0
+    assert unacked(transport) == 0
 
 
 def test_redelivery_changes_nothing(store: Store, url: str) -> None:
@@ -255,7 +250,7 @@ class PoisonStore(FlakyStore):
 def test_a_poison_event_is_isolated_and_rejected_not_retried_forever(store: Store, url: str) -> None:
     transport = MemoryTransport(url, prefix="p")
     good = uuid.uuid4().hex
-    poison = make_event("sent", task_id=uuid.uuid4().hex, name="poison")
+    poison = event("sent", uuid.uuid4().hex, name="poison")
     transport.publish(
         [encode(e) for e in task_events(good)[:2]]
         + [encode(poison)]

@@ -7,12 +7,12 @@ crash); the store must give the same tasks, flow row, registry and changes as in
 from __future__ import annotations
 
 import itertools
-import uuid
 from dataclasses import asdict
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tests.support.events import event
 
 from celery_flow.events import Event
 from celery_flow.store import TaskFilter, open_store
@@ -26,7 +26,7 @@ def _flow() -> list[Event]:
     events: list[Event] = []
 
     def add(type_: str, task_id: str, ts: float, **fields: Any) -> None:
-        events.append(Event(v=1, id=uuid.uuid4().hex, type=type_, ts=ts, task_id=task_id, **fields))  # type: ignore[arg-type]
+        events.append(event(type_, task_id, ts, **fields))
 
     lineage = {"root_id": "root", "trace_id": "tr"}
     for task_id, name, parent, t in (("root", "app.a", None, 0.0), ("b", "app.b", "root", 3.0)):

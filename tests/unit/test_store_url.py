@@ -6,6 +6,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from tests.support.events import event
 
 from celery_flow.store import StoreError, default_store_url, open_store, sqlite_path
 from celery_flow.store.schema import ddl
@@ -66,9 +67,7 @@ def test_store_of_another_schema_version_is_refused(tmp_path: Path) -> None:
 
 def test_memory_store_is_usable_from_several_threads() -> None:
     import threading
-    import uuid
 
-    from celery_flow.events import Event
     from celery_flow.store import TaskFilter
 
     store = open_store("sqlite:///:memory:")
@@ -77,7 +76,7 @@ def test_memory_store_is_usable_from_several_threads() -> None:
     def work(k: int) -> None:
         try:
             for i in range(20):
-                store.apply([Event(v=1, id=uuid.uuid4().hex, type="sent", ts=float(i), task_id=f"{k}-{i}")])
+                store.apply([event("sent", f"{k}-{i}", float(i))])
                 store.list_tasks(TaskFilter(), 5, None)
         except BaseException as exc:  # pragma: no cover - reported below
             errors.append(exc)

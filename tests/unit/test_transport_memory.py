@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from tests.support.wait import wait_for
 
 from celery_flow.transport import TransportError, from_url
 from celery_flow.transport.memory import MemoryTransport, reset_memory_transports
@@ -70,10 +71,13 @@ def test_idle_entries_of_a_dead_member_are_claimed() -> None:
     dead = t.subscribe("g", "dead")
     assert len(dead.read(10, 0.1)) == 2
     alive = t.subscribe("g", "alive")
-    deadline = time.monotonic() + 5
     got: list[bytes] = []
-    while len(got) < 2 and time.monotonic() < deadline:
-        got += [m.data for m in alive.read(10, 0.1)]
+
+    def both_claimed() -> bool:
+        got.extend(m.data for m in alive.read(10, 0.1))
+        return len(got) >= 2
+
+    wait_for(both_claimed, 5, "x and y claimed", interval=0, retry_on=())
     assert sorted(got) == [b"x", b"y"]
 
 

@@ -1,0 +1,69 @@
+"""A redis-server of a test's own on a free port, which the test may freeze, kill and restart."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+from types import TracebackType
+
+import redis
+
+from tests.support.server_helpers import free_port
+from tests.support.wait import wait_for
+
+__all__ = ["PrivateRedis"]
+
+
+class PrivateRedis:
+    """A redis-server on 127.0.0.1:<free port>, started on `with` and stopped after. Given `directory`,
+    it writes every command to an append-only file there, so a restart on the same port finds its data;
+    without, it keeps nothing on disk."""
+
+    def __init__(self, directory: Path | None = None) -> None:
+        self.port = free_port()
+        self.dir = directory
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        cmd = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
+        if self.dir is None:
+            cmd += ["--appendonly", "no"]
+        else:
+            cmd += ["--dir", str(self.dir), "--appendonly", "yes", "--appendfsync", "always"]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = redis.Redis(port=self.port, socket_timeout=1)
+        try:
+            wait_for(
+                client.ping, 15, "the private redis-server to answer", retry_on=(redis.RedisError, OSError)
+            )
+        finally:
+            client.close()
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, sig)
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(10)
+        self.proc = None
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGCONT)
+            self.proc.kill()
+            self.proc.wait(10)
+        self.proc = None
+
+    def __enter__(self) -> PrivateRedis:
+        self.start()
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()

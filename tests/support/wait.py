@@ -1,0 +1,76 @@
+"""The one way tests wait: poll a check until it holds, or fail at a deadline naming what never came."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TypeVar, overload
+
+import httpx
+
+__all__ = ["NOT_UP_YET", "WaitTimeout", "wait_for"]
+
+T = TypeVar("T")
+
+# What a check may raise while the thing it polls is not up yet (a server still starting, a body without
+# the key yet): by default the poll goes on, and the error is reported if the deadline passes.
+NOT_UP_YET: tuple[type[BaseException], ...] = (httpx.HTTPError, OSError, AssertionError, KeyError)
+
+
+class WaitTimeout(AssertionError):
+    """What `wait_for` raises at its deadline: a test failure, which a caller may catch to add context."""
+
+
+@overload
+def wait_for(
+    check: Callable[[], T | None],
+    timeout: float = ...,
+    what: str = ...,
+    *,
+    until: None = None,
+    interval: float = ...,
+    retry_on: tuple[type[BaseException], ...] = ...,
+) -> T: ...
+
+
+@overload
+def wait_for(
+    check: Callable[[], T],
+    timeout: float = ...,
+    what: str = ...,
+    *,
+    until: Callable[[T], object],
+    interval: float = ...,
+    retry_on: tuple[type[BaseException], ...] = ...,
+) -> T: ...
+
+
+def wait_for(
+    check: Callable[[], T | None],
+    timeout: float = 20.0,
+    what: str = "condition",
+    *,
+    until: Callable[[T], object] | None = None,
+    interval: float = 0.05,
+    retry_on: tuple[type[BaseException], ...] = NOT_UP_YET,
+) -> T:
+    """Call `check` every `interval` seconds and return its value once it is truthy (or, given
+    `until`, once it is not None and `until(value)` holds). After `timeout` seconds raise WaitTimeout
+    naming `what` and the last value seen. An exception in `retry_on` counts as "not yet"; any other
+    propagates at once."""
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while True:
+        try:
+            value = check()
+        except retry_on as exc:
+            last = exc
+        else:
+            last = value
+            if value is not None and (until(value) if until is not None else value):
+                return value
+        if time.monotonic() >= deadline:
+            seen = repr(last)
+            seen = seen if len(seen) <= 1000 else seen[:1000] + "..."
+            raise WaitTimeout(f"timed out after {timeout}s waiting for {what} (last seen: {seen})")
+        time.sleep(interval)
