@@ -18,16 +18,6 @@ TerminalState = TypeAliasType("TerminalState", Literal["SUCCESS", "FAILURE", "RE
 TaskState = TypeAliasType("TaskState", UnfinishedState | TerminalState)
 TERMINAL_STATES: frozenset[str] = frozenset(get_args(TerminalState.__value__))
 # The order a task normally moves through; a later event never moves a task back (out-of-order safe).
-STATE_RANK: dict[str, int] = {
-    "PENDING": 0,
-    "RECEIVED": 1,
-    "STARTED": 2,
-    "RETRY": 3,
-    "SUCCESS": 4,
-    "FAILURE": 4,
-    "REVOKED": 4,
-    "REJECTED": 4,
-}
 FlowState = TypeAliasType(
     "FlowState", Literal["PENDING", "RUNNING", "SUCCESS", "FAILURE", "REVOKED", "REJECTED"]
 )

@@ -42,6 +42,7 @@ from celery_flow.server.health import ConsumerHealth, HealthMonitor
 from celery_flow.server.live import LiveFilter, LiveHub
 from celery_flow.server.metrics import CONTENT_TYPE, metrics_registry, render
 from celery_flow.server.runtime import Runtime
+from celery_flow.settings import DEFAULT_GROUP
 from celery_flow.store.base import Store, StoreError
 
 log = logging.getLogger("celery_flow.server")
@@ -66,7 +67,7 @@ class CeleryFlowExtension:
         auth_dependency: AuthDependencies | None = None,
         embedded_consumer: bool = True,
         prefix: str | None = None,
-        group: str = "celery_flow",
+        group: str = DEFAULT_GROUP,
         ttl: float | None = None,
         max_tasks: int | None = None,
         live_interval: float = 0.25,
