@@ -5,10 +5,18 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from celery_flow.transport.base import ConfigError, Message, Subscription, Transport, TransportError
+from celery_flow.transport.base import (
+    ConfigError,
+    DeliveryUnknown,
+    Message,
+    Subscription,
+    Transport,
+    TransportError,
+)
 
 __all__ = [
     "ConfigError",
+    "DeliveryUnknown",
     "Message",
     "Subscription",
     "Transport",
