@@ -23,11 +23,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from celery_flow.consumer import Consumer
 from celery_flow.store import open_store
 from celery_flow.store.base import Store
 from celery_flow.tracking.hooks import trackers
+from celery_flow.transport import DeliveryUnknown, TransportError
+from celery_flow.transport.redis import RedisTransport, stream_key
 from tests.support.redis_server import PrivateRedis
 from tests.support.wait import wait_for
 from tests.support.worker import tracked_worker
@@ -102,10 +105,14 @@ def _run_outage(redis_url: str, private: PrivateRedis, prefix: str, tmp_path: Pa
                 "stored": stored,
                 "consumer_counted_dropped": dropped_counted,
                 "publisher_dropped_total": publisher.dropped_total,
+                "publisher_dropped_unconfirmed": publisher.dropped_unconfirmed,
             }
             assert stored > 0, details  # what the buffer kept did arrive
-            assert dropped_counted == publisher.dropped_total, details  # every drop was reported
-            assert stored + dropped_counted == fired, details  # and the books balance exactly
+            assert stored + publisher.dropped_total == fired, details  # the books balance exactly
+            # Every drop was reported. A report written but never answered (Redis slower than the
+            # socket timeout) may or may not have been counted: the publisher says which drops those are.
+            reported = {publisher.dropped_total, publisher.dropped_total - publisher.dropped_unconfirmed}
+            assert dropped_counted in reported, details
     finally:
         stop.set()
         thread.join(15)
@@ -122,3 +129,32 @@ def test_killed_redis_kept_events_arrive_and_drop_count_is_exact(
     redis_url: str, private_redis: PrivateRedis, unique_prefix: str, tmp_path: Path
 ) -> None:
     _run_outage(redis_url, private_redis, unique_prefix, tmp_path, "killed")
+
+
+def test_a_publish_to_a_frozen_redis_may_have_been_stored_one_to_a_dead_redis_was_not(
+    private_redis: PrivateRedis, unique_prefix: str
+) -> None:
+    """A frozen server keeps what was written to it in its socket and runs it when it resumes, so the
+    transport must not call that write failed (the publisher would count its events as dropped); a
+    server that is gone got nothing, and the publisher may drop and count."""
+    transport = RedisTransport(private_redis.url, prefix=unique_prefix)
+    client = redis.Redis(port=private_redis.port, socket_timeout=5)
+    try:
+        transport.publish([b'{"n":0}'])
+        private_redis.signal(signal.SIGSTOP)
+        try:
+            with pytest.raises(DeliveryUnknown):
+                transport.publish([b'{"n":1}', b'{"n":2}'])
+        finally:
+            private_redis.signal(signal.SIGCONT)
+        entries = wait_for(lambda: (e := client.xrange(stream_key(unique_prefix))) and len(e) == 2 and e, 10)
+        assert entries[1][1] == {b"b": b'{"n":1}\n{"n":2}'}  # stored after all
+
+        client.close()
+        private_redis.kill()
+        with pytest.raises(TransportError) as failed:
+            transport.publish([b'{"n":3}'])
+        assert not isinstance(failed.value, DeliveryUnknown)
+    finally:
+        transport.close()
+        client.close()

@@ -283,19 +283,23 @@ def test_batch_and_single_entries_mix_and_a_bad_line_costs_only_itself(
     big_lines = [encode(e) for t in big for e in finished_task(t)]
     assert len(b"\n".join(big_lines)) > MAX_EVENT_BYTES
     a, b, c, d = (encode(e) for e in finished_task(mixed))
-    app = create_app(broker_url=redis_url, store=f"sqlite:///{tmp_path / 'flow.db'}", prefix=unique_prefix)
+    store_url = f"sqlite:///{tmp_path / 'flow.db'}"
+    app = create_app(broker_url=redis_url, store=store_url, prefix=unique_prefix)
     with serving(app) as url, httpx.Client(base_url=url, timeout=10) as api:
         for event in finished_task(single):
             redis_client.xadd(stream, {"e": encode(event)})
         redis_client.xadd(stream, {"b": b"\n".join([a, b, b"{nope", c, b"\xff\xfe", d])})
         redis_client.xadd(stream, {"b": b"\n".join(big_lines)})
-        for task_id in (single, mixed):
+        # The consumer may read and fold the big entry after the other two (it takes longest): wait for it.
+        for task_id in (single, mixed, big[-1]):
             wait_for(
-                lambda t=task_id: api.get(f"/api/tasks/{t}").json().get("state") == "SUCCESS", 20, task_id
+                lambda t=task_id: api.get(f"/api/tasks/{t}").json().get("state") == "SUCCESS", 60, task_id
             )
         health = wait_for(lambda: (h := api.get("/api/health").json())["rejected_total"] == 2 and h, 10)
         assert health["rejected"] == {"not_json": 1, "not_utf8": 1}
-        assert api.get(f"/api/tasks/{big[-1]}").json()["state"] == "SUCCESS"
         assert api.get(f"/api/tasks/{big[0]}").json()["state"] == "SUCCESS"
+        # Every valid line folded once: every task finished, with its 4 events.
+        tasks = 2 + len(big)
+        assert (count_tasks(store_url, "SUCCESS"), stored_events(store_url)) == (tasks, 4 * tasks)
         wait_for(lambda: redis_client.xpending(stream, "celery_flow")["pending"] == 0, 10, "all acked")
         assert health["rejected"].get("oversize") is None

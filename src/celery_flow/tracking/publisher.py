@@ -24,7 +24,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
-from typing import Any, TypeAlias
+from typing import Any, Literal, TypeAlias
 
 from celery_flow.events import (
     Event,
@@ -36,7 +36,7 @@ from celery_flow.events import (
     process_identity,
 )
 from celery_flow.ratelimit import RateLimitedLog
-from celery_flow.transport import Transport, from_url
+from celery_flow.transport import DeliveryUnknown, Transport, from_url
 from celery_flow.transport.urls import redact_url
 
 __all__ = ["Publisher"]
@@ -54,6 +54,8 @@ BACKOFF_MAX = 5.0
 # A buffered event: a built Event, or a Record (type, ts, fields, extra fields) the thread encodes. The
 # fields dicts belong to the event once recorded (a task's `started` and `succeeded` share one).
 Item: TypeAlias = "Event | Record"
+# What became of a publish: stored, not stored, or written with no answer (it may have been stored).
+Outcome: TypeAlias = Literal["sent", "failed", "unknown"]
 
 _publishers: weakref.WeakSet[Publisher] = weakref.WeakSet()
 
@@ -101,6 +103,8 @@ class Publisher:
         # Drops not yet reported in a publisher.dropped event, and totals for tests/metrics.
         self.dropped_unreported = 0
         self.dropped_total = 0
+        # Drops whose report was sent but never confirmed: the server may or may not have counted them.
+        self.dropped_unconfirmed = 0
         self.published_total = 0
         # Reported on publisher.dropped: a worker's nodename once known, else the host name.
         self.hostname: str | None = None
@@ -194,6 +198,7 @@ class Publisher:
         pending: list[bytes] = []
         backoff = BACKOFF_MIN
         dropped_mark = 0
+        maybe_sent = False  # `pending` was written once and may have been stored
         while True:
             if not pending:
                 if len(self._buffer) < BATCH_SIZE:
@@ -206,7 +211,9 @@ class Publisher:
                 self._inflight = True
                 pending = self._take(BATCH_SIZE)
                 dropped_mark = self.dropped_total
-            if self._try_publish(pending):
+                maybe_sent = False
+            outcome = self._try_publish(pending)
+            if outcome == "sent":
                 self.published_total += len(pending)
                 pending = []
                 if self.dropped_unreported:
@@ -215,9 +222,12 @@ class Publisher:
                 self._inflight = bool(self._buffer)
                 continue
             # Broker unavailable: keep this batch (the oldest events) and retry after a pause, unless the
-            # buffer overflowed meanwhile: then this batch is the oldest and is dropped first.
+            # buffer overflowed meanwhile: then this batch is the oldest and is dropped first. Not if it
+            # may have been stored, though: counted as dropped, its events could arrive anyway. It is sent
+            # again until the broker answers instead (the store keeps an event delivered twice once).
             self.failures += 1
-            if self.dropped_total > dropped_mark:
+            maybe_sent = maybe_sent or outcome == "unknown"
+            if self.dropped_total > dropped_mark and not maybe_sent:
                 with self._buffer_lock:
                     self.dropped_unreported += len(pending)
                     self.dropped_total += len(pending)
@@ -250,9 +260,22 @@ class Publisher:
             self.dropped_unreported = 0
         hostname, pid = process_identity()
         report = make_event("publisher.dropped", dropped=count, hostname=self.hostname or hostname, pid=pid)
-        if not self._try_publish([encode(report)]):
+        outcome = self._try_publish([encode(report)])
+        if outcome == "failed":
             with self._buffer_lock:
                 self.dropped_unreported += count
+            return
+        if outcome == "unknown":
+            # Written, answer lost: sending it again could count these drops twice (the server adds
+            # reports up), so the uncertainty is kept here and said in the log instead.
+            self.dropped_unconfirmed += count
+            self.log.warning(
+                "dropped-unconfirmed",
+                "celery-flow: dropped %d events; their report to %s got no answer and may be missing "
+                "from the server's count",
+                count,
+                self._safe_url(),
+            )
             return
         self.log.warning(
             "dropped",
@@ -265,14 +288,14 @@ class Publisher:
     def _safe_url(self) -> str:
         return redact_url(self.transport_url)
 
-    def _try_publish(self, payloads: list[bytes]) -> bool:
+    def _try_publish(self, payloads: list[bytes]) -> Outcome:
         if not payloads:
-            return True
+            return "sent"
         try:
             if self._transport is None:
                 self._transport = self._factory()
             self._transport.publish(payloads)
-            return True
+            return "sent"
         except Exception as exc:
             self.log.warning("publish", "celery-flow: cannot publish events to %s: %s", self._safe_url(), exc)
-            return False
+            return "unknown" if isinstance(exc, DeliveryUnknown) else "failed"

@@ -6,11 +6,12 @@ from typing import Any
 
 from celery_flow.errors import ConfigError
 from celery_flow.settings import DEFAULT_PREFIX
-from celery_flow.transport.base import Message, Subscription, Transport, TransportError
+from celery_flow.transport.base import DeliveryUnknown, Message, Subscription, Transport, TransportError
 from celery_flow.transport.urls import SUPPORTED, kind_of, redact_url, scheme_of
 
 __all__ = [
     "ConfigError",
+    "DeliveryUnknown",
     "Message",
     "Subscription",
     "Transport",

@@ -2,7 +2,8 @@
 
 Publishing side (the user's process): `publish()` is only ever called from the publisher's background
 thread, with a batch of already-encoded events; it may block up to the transport's own socket timeout and
-raises TransportError on any failure (the caller drops and counts, it never retries into the task).
+raises TransportError on any failure (the caller drops and counts, it never retries into the task),
+DeliveryUnknown when the batch may have been stored anyway.
 
 Consuming side (the server): a `Subscription` is one member of a shared consumer group. `read()` returns
 new entries plus entries that other, dead consumers left unacknowledged; `ack()` is called only after the
@@ -61,6 +62,12 @@ DEFAULT_SOCKET_TIMEOUT = 1.0
 
 class TransportError(Exception):
     """The broker could not be reached or refused the operation."""
+
+
+class DeliveryUnknown(TransportError):
+    """A publish failed after writing: the broker may have stored all, some or none of the batch (its
+    answer was lost, or it refused part). Sending the batch again is safe, since the store keeps an event
+    once by its id; counting it as dropped is not, since it may arrive."""
 
 
 class Message(NamedTuple):

@@ -13,7 +13,8 @@ Reading splits a batch entry into one Message per event, all with the entry's id
 
 Sockets time out after about a second (connect and read) and redis-py's own retries are off, so the
 publisher's thread gives up quickly on a refused, unreachable or frozen server and drops instead of
-hanging.
+hanging. A publish connects before it writes, so that a failure after writing (a frozen server keeps
+what was written in its socket and runs it when it resumes) raises DeliveryUnknown, not TransportError.
 
 Consuming uses a consumer group: after a (re)start a member first reads back its own pending entries
 (`XREADGROUP ... 0`), then new ones (`>`), and every `claim_interval` it takes over entries idle longer
@@ -36,6 +37,7 @@ from celery_flow.transport.base import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_MAXLEN,
     DEFAULT_SOCKET_TIMEOUT,
+    DeliveryUnknown,
     Message,
     TransportError,
     frames,
@@ -69,6 +71,16 @@ def _client(url: str, socket_timeout: float | None, connect_timeout: float) -> r
         )
     except ValueError as exc:
         raise ConfigError(f"bad Redis URL {redact_url(url)!r}: {exc}") from None
+
+
+def _connect(pool: redis.ConnectionPool) -> None:
+    """Connect the pool's idle connection (or check it still is) and put it back, so that a pipeline
+    run next takes it ready: one thread publishes, and the pool hands out its last released first."""
+    try:
+        connection = pool.get_connection()
+    except TypeError:  # redis-py < 5.3 requires a command name
+        connection = pool.get_connection("XADD")
+    pool.release(connection)
 
 
 def _wrap(exc: Exception, safe_url: str) -> TransportError:
@@ -116,13 +128,22 @@ class RedisTransport:
                     pipe.xadd(stream, {"e": data}, maxlen=maxlen, approximate=True)
                 else:
                     pipe.xadd(stream, {"b": data}, maxlen=max(1, maxlen // events), approximate=True)
+            adds = len(pipe)
             now = time.time()
             if self.ttl is not None and now >= self._next_ttl_trim:
                 self._next_ttl_trim = now + _TTL_TRIM_INTERVAL
                 pipe.xtrim(self.stream, minid=f"{int((now - self.ttl) * 1000)}-0", approximate=True)
-            pipe.execute()
+            _connect(self._client.connection_pool)  # a failure up to here wrote nothing
         except redis.RedisError as exc:
             raise _wrap(exc, self.safe_url) from None
+        try:
+            results = pipe.execute(raise_on_error=False)
+        except redis.RedisError as exc:  # written, but the answer was lost (a frozen or slow server)
+            raise DeliveryUnknown(str(_wrap(exc, self.safe_url))) from None
+        refused = [r for r in results[:adds] if isinstance(r, Exception)]  # the XTRIM's answer aside
+        if refused:
+            error = TransportError if len(refused) == adds else DeliveryUnknown
+            raise error(f"redis {self.safe_url}: {len(refused)} of {adds} XADD refused: {refused[0]}")
 
     def subscribe(self, group: str, consumer: str) -> RedisSubscription:
         client = _client(self.url, self.read_socket_timeout, self.connect_timeout)
