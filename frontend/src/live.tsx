@@ -37,9 +37,10 @@ class LiveHub {
 
   constructor(private readonly url: string) {}
 
+  /** Connect on the next tick: a stop() right after (React's development double mount) opens nothing. */
   start() {
     if (this.ws || this.timer !== null) return;
-    this.connect();
+    this.timer = window.setTimeout(() => this.connect(), 0);
   }
 
   stop() {
