@@ -38,10 +38,19 @@ test-integration: install
 test-e2e: install
 	$(BIN)/python -m pytest tests/e2e -q
 
-lint: install
+# The UI's packages (the UI build installs them too; a checkout whose UI is already built may lack them).
+NODE_MODULES := frontend/node_modules/.package-lock.json
+
+$(NODE_MODULES): frontend/package.json frontend/package-lock.json
+	cd frontend && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+# The UI half: ESLint, tsc, and generated API types matching the server's OpenAPI schema.
+lint: install $(NODE_MODULES)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
+	cd frontend && npm run lint && npm run typecheck && npm run check-types
 
 # The documentation site (mkdocs.yml, docs/) into site/; --strict fails on a broken link or anchor.
 docs: install

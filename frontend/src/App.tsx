@@ -1,33 +1,21 @@
+import { useQueryClient } from "@tanstack/react-query";
 import { lazy, Suspense, useEffect, useRef, useState, type FormEvent } from "react";
-import { api, ApiError, clearPrefetchedFlow, prefetchFlow } from "./api/client";
-import { prewarm } from "./graph/layout";
+import { api, ApiError } from "./api/client";
+import { flowQuery } from "./api/queries";
 import { Loading } from "./components/common";
+import { useLayoutClient } from "./graph/layout";
 import { useLiveStatus } from "./live";
-import { Link, useRouter, withQuery } from "./router";
+import { Link, param, Route, Switch, useLocation, useNavigate, withQuery } from "./router";
+import { setTheme, useTheme } from "./theme";
 import { FlowsView } from "./views/Flows";
 import { NotFoundView } from "./views/NotFound";
 import { RegistryView } from "./views/Registry";
 import { TaskView } from "./views/Task";
 import { WorkersView } from "./views/Workers";
 
-// The graph view pulls in React Flow; load it only when a flow is opened.
+// The graph views pull in React Flow; load them only when a flow or a trace is opened.
 const FlowView = lazy(() => import("./views/Flow"));
-const TraceViewPage = lazy(() => import("./views/Trace"));
-
-function useTheme(): [string, () => void] {
-  const [theme, setTheme] = useState(() => document.documentElement.dataset.theme ?? "dark");
-  const toggle = () => {
-    const next = theme === "dark" ? "light" : "dark";
-    document.documentElement.dataset.theme = next;
-    try {
-      localStorage.setItem("celery-flow-theme", next);
-    } catch {
-      /* private mode: the choice lasts for this page only */
-    }
-    setTheme(next);
-  };
-  return [theme, toggle];
-}
+const TraceView = lazy(() => import("./views/Trace"));
 
 function ConnectionIndicator() {
   const s = useLiveStatus();
@@ -78,7 +66,7 @@ const UUIDISH = /^[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{1
 
 /** Jump straight to a task id, trace id or root id; anything else becomes a free-text flow search. */
 function SearchBox() {
-  const { navigate } = useRouter();
+  const navigate = useNavigate();
   const ref = useRef<HTMLInputElement>(null);
   const [value, setValue] = useState("");
   const [busy, setBusy] = useState(false);
@@ -134,7 +122,7 @@ function SearchBox() {
   };
 
   return (
-    <form className="search" role="search" onSubmit={submit}>
+    <form className="search" role="search" onSubmit={(e) => void submit(e)}>
       <input
         ref={ref}
         type="search"
@@ -158,12 +146,12 @@ function SearchBox() {
 }
 
 function Nav() {
-  const { loc } = useRouter();
+  const [path] = useLocation();
   const item = (to: string, label: string, match: (p: string) => boolean) => (
     <Link
       to={to}
-      className={match(loc.path) ? "navlink active" : "navlink"}
-      aria-current={match(loc.path) ? "page" : undefined}
+      className={match(path) ? "navlink active" : "navlink"}
+      aria-current={match(path) ? "page" : undefined}
     >
       {label}
     </Link>
@@ -181,28 +169,47 @@ function Nav() {
   );
 }
 
-function route(path: string) {
-  const seg = path.split("/").filter(Boolean).map(decodeURIComponent);
-  if (seg.length === 0) return <FlowsView />;
-  if (seg[0] === "flows" && seg.length === 1) return <FlowsView />;
-  if (seg[0] === "flows" && seg.length === 2) {
-    prefetchFlow(seg[1]);
-    prewarm();
-    return <FlowView rootId={seg[1]} />;
-  }
-  clearPrefetchedFlow();
-  if (seg[0] === "tasks" && seg.length === 2) return <TaskView taskId={seg[1]} />;
-  if (seg[0] === "traces" && seg.length === 2) prewarm();
-  if (seg[0] === "traces" && seg.length === 2) return <TraceViewPage traceId={seg[1]} />;
-  if (seg[0] === "registry" && seg.length === 1) return <RegistryView />;
-  if (seg[0] === "workers" && seg.length === 1) return <WorkersView />;
-  return <NotFoundView path={path} />;
+/**
+ * The flow and trace pages: their graph view's code loads lazily, and meanwhile the layout worker starts
+ * and (for a flow) its graph is fetched. The inner Suspense lets this effect run while the code loads.
+ */
+function GraphRoute({ kind, id }: { kind: "flow" | "trace"; id: string }) {
+  const queryClient = useQueryClient();
+  const layout = useLayoutClient();
+  useEffect(() => {
+    layout.prewarm();
+    if (kind !== "flow") return;
+    void queryClient.prefetchQuery(flowQuery(id));
+    // Coming back to this flow later refetches it, even within the few seconds its data counts as fresh.
+    return () => void queryClient.invalidateQueries({ queryKey: flowQuery(id).queryKey, refetchType: "none" });
+  }, [kind, id, layout, queryClient]);
+  return (
+    <Suspense fallback={<Loading what="Loading view" />}>
+      {kind === "flow" ? <FlowView key={id} rootId={id} /> : <TraceView key={id} traceId={id} />}
+    </Suspense>
+  );
+}
+
+function Routes() {
+  return (
+    <Switch>
+      <Route path="/" component={FlowsView} />
+      <Route path="/flows" component={FlowsView} />
+      <Route path="/flows/:id">{({ id }) => <GraphRoute kind="flow" id={param(id)} />}</Route>
+      <Route path="/traces/:id">{({ id }) => <GraphRoute kind="trace" id={param(id)} />}</Route>
+      <Route path="/tasks/:id">{({ id }) => <TaskView taskId={param(id)} />}</Route>
+      <Route path="/registry" component={RegistryView} />
+      <Route path="/workers" component={WorkersView} />
+      <Route component={NotFoundView} />
+    </Switch>
+  );
 }
 
 export function App() {
-  const { loc } = useRouter();
-  const [theme, toggleTheme] = useTheme();
-  const full = loc.path.startsWith("/flows/");
+  const [path] = useLocation();
+  const theme = useTheme();
+  const full = path.startsWith("/flows/");
+  const next = theme === "dark" ? "light" : "dark";
   return (
     <div className={`app ${full ? "app-full" : ""}`}>
       <a className="skip" href="#main">
@@ -225,9 +232,9 @@ export function App() {
           <button
             type="button"
             className="btn icon"
-            onClick={toggleTheme}
-            aria-label={`Switch to ${theme === "dark" ? "light" : "dark"} theme`}
-            title={`Switch to ${theme === "dark" ? "light" : "dark"} theme`}
+            onClick={() => setTheme(next)}
+            aria-label={`Switch to ${next} theme`}
+            title={`Switch to ${next} theme`}
             data-testid="theme-toggle"
           >
             {theme === "dark" ? "☀" : "☾"}
@@ -236,7 +243,9 @@ export function App() {
       </header>
       <StatusBanner />
       <main id="main" className="main" tabIndex={-1}>
-        <Suspense fallback={<Loading what="Loading view" />}>{route(loc.path)}</Suspense>
+        <Suspense fallback={<Loading what="Loading view" />}>
+          <Routes />
+        </Suspense>
       </main>
     </div>
   );

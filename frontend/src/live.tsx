@@ -1,6 +1,15 @@
 // One WebSocket to /api/live for the whole app, reconnecting with backoff. Views subscribe to task
 // batches; the header shows the honest connection state (live / reconnecting / server degraded).
-import { createContext, useContext, useEffect, useRef, useState, type ReactNode } from "react";
+import { useQueryClient, type QueryKey } from "@tanstack/react-query";
+import {
+  createContext,
+  useContext,
+  useEffect,
+  useEffectEvent,
+  useState,
+  useSyncExternalStore,
+  type ReactNode,
+} from "react";
 import { wsUrl } from "./api/base";
 import type { LiveMessage, TaskSummary } from "./api/types";
 
@@ -14,33 +23,45 @@ export interface LiveStatus {
 
 type Listener = (items: TaskSummary[]) => void;
 
+/** The socket and its listeners; owned by LiveProvider, which starts and stops it. */
 class LiveHub {
   private ws: WebSocket | null = null;
   private listeners = new Set<Listener>();
   private resyncListeners = new Set<() => void>();
+  private statusListeners = new Set<() => void>();
   private connectedBefore = false;
-  private statusListeners = new Set<(s: LiveStatus) => void>();
   private attempt = 0;
   private timer: number | null = null;
   private filter: { root_id: string | null; trace_id: string | null } = { root_id: null, trace_id: null };
   status: LiveStatus = { state: "connecting", detail: null, since: Date.now() };
 
+  constructor(private readonly url: string) {}
+
+  /** Connect on the next tick: a stop() right after (React's development double mount) opens nothing. */
   start() {
     if (this.ws || this.timer !== null) return;
-    this.connect();
+    this.timer = window.setTimeout(() => this.connect(), 0);
+  }
+
+  stop() {
+    if (this.timer !== null) window.clearTimeout(this.timer);
+    this.timer = null;
+    const ws = this.ws;
+    this.ws = null; // first, so its close event does not schedule a reconnect
+    ws?.close();
   }
 
   private setStatus(state: ConnState, detail: string | null) {
     if (state === this.status.state && detail === this.status.detail) return;
     this.status = { state, detail, since: Date.now() };
-    for (const l of this.statusListeners) l(this.status);
+    for (const l of this.statusListeners) l();
   }
 
   private connect() {
     this.timer = null;
     let ws: WebSocket;
     try {
-      ws = new WebSocket(wsUrl("/live"));
+      ws = new WebSocket(this.url);
     } catch {
       this.scheduleReconnect();
       return;
@@ -59,11 +80,10 @@ class LiveHub {
       }
       if (msg.type === "hello") {
         this.setStatus(msg.status === "ok" ? "live" : "degraded", null);
-        // Changes made while the socket was down were never pushed: views reload what they show.
+        // Changes made while the socket was down were never pushed: what is shown is reloaded.
         if (this.connectedBefore) for (const l of this.resyncListeners) l();
         this.connectedBefore = true;
-      }
-      else if (msg.type === "status") this.setStatus(msg.status === "ok" ? "live" : "degraded", msg.detail ?? null);
+      } else if (msg.type === "status") this.setStatus(msg.status === "ok" ? "live" : "degraded", msg.detail ?? null);
       else if (msg.type === "tasks" && Array.isArray(msg.items)) {
         for (const l of this.listeners) l(msg.items);
       }
@@ -104,73 +124,89 @@ class LiveHub {
     return () => this.listeners.delete(l);
   }
 
-  onStatus(l: (s: LiveStatus) => void): () => void {
+  onStatus = (l: () => void): (() => void) => {
     this.statusListeners.add(l);
     return () => this.statusListeners.delete(l);
-  }
+  };
+
+  getStatus = (): LiveStatus => this.status;
 }
 
-const hub = new LiveHub();
-const LiveContext = createContext<LiveHub>(hub);
+const LiveContext = createContext<LiveHub | null>(null);
 
+function useHub(): LiveHub {
+  const hub = useContext(LiveContext);
+  if (!hub) throw new Error("live hooks need a LiveProvider");
+  return hub;
+}
+
+/** Opens the socket while mounted; after a reconnect, every query on screen is refetched. */
 export function LiveProvider({ children }: { children: ReactNode }) {
-  useEffect(() => hub.start(), []);
+  const [hub] = useState(() => new LiveHub(wsUrl("/live")));
+  const queryClient = useQueryClient();
+  useEffect(() => {
+    const off = hub.onResync(() => void queryClient.invalidateQueries());
+    hub.start();
+    return () => {
+      off();
+      hub.stop();
+    };
+  }, [hub, queryClient]);
   return <LiveContext.Provider value={hub}>{children}</LiveContext.Provider>;
 }
 
 export function useLiveStatus(): LiveStatus {
-  const h = useContext(LiveContext);
-  const [s, setS] = useState(h.status);
-  useEffect(() => h.onStatus(setS), [h]);
-  return s;
+  const hub = useHub();
+  return useSyncExternalStore(hub.onStatus, hub.getStatus);
 }
 
 /** Call `onItems` with every pushed batch; the latest callback is used without resubscribing. */
 export function useLiveTasks(onItems: Listener): void {
-  const h = useContext(LiveContext);
-  const ref = useRef(onItems);
-  ref.current = onItems;
-  useEffect(() => h.subscribe((items) => ref.current(items)), [h]);
+  const hub = useHub();
+  const onBatch = useEffectEvent(onItems);
+  useEffect(() => hub.subscribe((items) => onBatch(items)), [hub]);
 }
 
 /** Calls `refetch` at most once per `ms` after live changes that pass `accept`. */
-export function useDebouncedLiveRefetch(
+export function useLiveRefetch(
   refetch: () => void,
   accept: (items: TaskSummary[]) => boolean = () => true,
   ms = 700,
 ): void {
-  const timer = useRef<number | null>(null);
-  const fn = useRef(refetch);
-  fn.current = refetch;
-  useEffect(
-    () => () => {
-      if (timer.current !== null) window.clearTimeout(timer.current);
-    },
-    [],
-  );
-  useResync(() => fn.current());
-  useLiveTasks((items) => {
-    if (!accept(items) || timer.current !== null) return;
-    timer.current = window.setTimeout(() => {
-      timer.current = null;
-      fn.current();
-    }, ms);
-  });
+  const hub = useHub();
+  const wanted = useEffectEvent(accept);
+  const fire = useEffectEvent(refetch);
+  useEffect(() => {
+    let timer: number | null = null;
+    const off = hub.subscribe((items) => {
+      if (timer !== null || !wanted(items)) return;
+      timer = window.setTimeout(() => {
+        timer = null;
+        fire();
+      }, ms);
+    });
+    return () => {
+      off();
+      if (timer !== null) window.clearTimeout(timer);
+    };
+  }, [hub, ms]);
+}
+
+/** Refetch the queries under `queryKey` (debounced by `ms`) after live changes that pass `accept`. */
+export function useLiveInvalidate(
+  queryKey: QueryKey,
+  accept?: (items: TaskSummary[]) => boolean,
+  ms?: number,
+): void {
+  const queryClient = useQueryClient();
+  useLiveRefetch(() => void queryClient.invalidateQueries({ queryKey }), accept, ms);
 }
 
 /** While mounted, ask the server only for one flow's (root_id) or one trace's changes. */
 export function useLiveFilter(rootId: string | null, traceId: string | null): void {
-  const h = useContext(LiveContext);
+  const hub = useHub();
   useEffect(() => {
-    h.setFilter(rootId, traceId);
-    return () => h.setFilter(null, null);
-  }, [h, rootId, traceId]);
-}
-
-/** Call `reload` after the live socket reconnects (whatever changed meanwhile was not pushed). */
-export function useResync(reload: () => void): void {
-  const h = useContext(LiveContext);
-  const ref = useRef(reload);
-  ref.current = reload;
-  useEffect(() => h.onResync(() => ref.current()), [h]);
+    hub.setFilter(rootId, traceId);
+    return () => hub.setFilter(null, null);
+  }, [hub, rootId, traceId]);
 }

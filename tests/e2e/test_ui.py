@@ -171,35 +171,46 @@ def test_retry_reason_and_relations(stack: Stack, canvas: dict[str, str], page: 
 
 
 def test_live_state_change_without_reload(stack: Stack, page: Page) -> None:
-    """A running flow changes in place: the slow task turns SUCCESS, then its chain successor appears."""
-    workflow = chain(stack.task("t.slow").si(3.0), stack.task("t.add").si(40, 2)).apply_async()
-    slow_id = str(workflow.parent.id)  # type: ignore[union-attr]
-    stack.wait_task(slow_id, "STARTED")
-    page.goto(f"{stack.url}/flows/{slow_id}")
-    expect(node(page, slow_id)).to_have_attribute("data-state", "STARTED")
-    expect(page.locator('[data-testid^="node-"]')).to_have_count(1)
-    expect(page.get_by_test_id("graph")).to_have_attribute("data-layouts", "1")
-    expect(page.get_by_test_id("conn")).to_have_text("Live")
-    expect(page.get_by_test_id("flow-head").locator(".chip")).to_have_text("RUNNING")
-    page.evaluate("window.__sameDocument = true")
-    screenshot(page, "flow-live-started")
-    expect(node(page, slow_id)).to_have_attribute("data-state", "SUCCESS", timeout=20_000)
-    expect(node(page, str(workflow.id))).to_have_attribute("data-state", "SUCCESS", timeout=20_000)
-    expect(page.locator(".react-flow__edge.edge-chain")).to_have_count(1)
-    expect(page.get_by_test_id("flow-head").locator(".chip")).to_have_text("SUCCESS")
-    assert page.evaluate("window.__sameDocument === true"), "the page was reloaded"
-    # Several state changes arrived, but only the new task caused a layout: states change in place.
-    expect(page.get_by_test_id("graph")).to_have_attribute("data-layouts", "2")
-    screenshot(page, "flow-live-done")
+    """A running flow changes in place: the held task turns SUCCESS, then its chain successor appears."""
+    hold = stack.task("t.hold")
+    run = uuid.uuid4().hex
+    first_key, second_key = f"cf-e2e-live-{run}", f"cf-e2e-live-list-{run}"
+    release = stack.app.backend.client.set
+    workflow = chain(hold.si(first_key), stack.task("t.add").si(40, 2)).apply_async()
+    held_id = str(workflow.parent.id)  # type: ignore[union-attr]
+    try:
+        stack.wait_task(held_id, "STARTED")
+        page.goto(f"{stack.url}/flows/{held_id}")
+        expect(node(page, held_id)).to_have_attribute("data-state", "STARTED")
+        expect(page.locator('[data-testid^="node-"]')).to_have_count(1)
+        expect(page.get_by_test_id("graph")).to_have_attribute("data-layouts", "1")
+        expect(page.get_by_test_id("conn")).to_have_text("Live")
+        expect(page.get_by_test_id("flow-head").locator(".chip")).to_have_text("RUNNING")
+        page.evaluate("window.__sameDocument = true")
+        screenshot(page, "flow-live-started")
 
-    # The flows list updates live too: a new flow appears at the top and turns SUCCESS in place.
-    page.get_by_role("link", name="Flows").click()
-    expect(page.get_by_test_id("flows-table")).to_be_visible()
-    second = stack.task("t.slow").delay(1.5)
-    row = page.locator(f'tr[data-root-id="{second.id}"]')
-    expect(row).to_be_visible(timeout=20_000)
-    expect(row).to_have_attribute("data-state", "SUCCESS", timeout=20_000)
-    assert page.evaluate("window.__sameDocument === true"), "the page was reloaded"
+        release(first_key, 1, ex=600)
+        expect(node(page, held_id)).to_have_attribute("data-state", "SUCCESS", timeout=20_000)
+        expect(node(page, str(workflow.id))).to_have_attribute("data-state", "SUCCESS", timeout=20_000)
+        expect(page.locator(".react-flow__edge.edge-chain")).to_have_count(1)
+        expect(page.get_by_test_id("flow-head").locator(".chip")).to_have_text("SUCCESS")
+        assert page.evaluate("window.__sameDocument === true"), "the page was reloaded"
+        # Several state changes arrived, but only the new task caused a layout: states change in place.
+        expect(page.get_by_test_id("graph")).to_have_attribute("data-layouts", "2")
+        screenshot(page, "flow-live-done")
+
+        # The flows list updates live too: a new flow appears running, then turns SUCCESS in place.
+        page.get_by_role("link", name="Flows").click()
+        expect(page.get_by_test_id("flows-table")).to_be_visible()
+        second = hold.delay(second_key)
+        row = page.locator(f'tr[data-root-id="{second.id}"]')
+        expect(row).to_have_attribute("data-state", "RUNNING", timeout=20_000)
+        release(second_key, 1, ex=600)
+        expect(row).to_have_attribute("data-state", "SUCCESS", timeout=20_000)
+        assert page.evaluate("window.__sameDocument === true"), "the page was reloaded"
+    finally:
+        release(first_key, 1, ex=600)
+        release(second_key, 1, ex=600)
 
 
 def test_flow_page_says_failure_as_the_list_does_while_a_branch_still_runs(stack: Stack, page: Page) -> None:

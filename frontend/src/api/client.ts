@@ -20,7 +20,7 @@ export class ApiError extends Error {
   }
 }
 
-type Query = Record<string, string | number | null | undefined>;
+export type Query = Record<string, string | number | null | undefined>;
 
 function qs(query: Query | undefined): string {
   if (!query) return "";
@@ -66,28 +66,3 @@ export const api = {
   registry: (s?: AbortSignal) => get<RegisteredTask[]>("/registry", undefined, s),
   workers: (s?: AbortSignal) => get<WorkerInfo[]>("/workers", undefined, s),
 };
-
-// A flow's graph is the biggest response the UI loads; the route starts fetching it while the graph
-// view's code is still loading, and the view picks the promise up instead of asking again. Only a change
-// of root id starts a prefetch, so re-rendering the same route never fetches twice.
-let prefetched: { rootId: string; at: number; promise: Promise<FlowGraph> | null } | null = null;
-
-export function prefetchFlow(rootId: string): void {
-  if (prefetched?.rootId === rootId) return;
-  const promise = api.flow(rootId);
-  promise.catch(() => undefined); // the view reports errors when it asks for the data
-  prefetched = { rootId, at: Date.now(), promise };
-}
-
-/** The prefetched graph, once, if it was started in the last few seconds. */
-export function takePrefetchedFlow(rootId: string): Promise<FlowGraph> | null {
-  if (!prefetched || prefetched.rootId !== rootId || !prefetched.promise) return null;
-  const { promise, at } = prefetched;
-  prefetched.promise = null;
-  return Date.now() - at < 5000 ? promise : null;
-}
-
-/** Forget the prefetch when leaving the flow, so coming back fetches fresh data. */
-export function clearPrefetchedFlow(): void {
-  prefetched = null;
-}

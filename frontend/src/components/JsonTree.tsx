@@ -70,7 +70,8 @@ function Scalar({ value }: { value: unknown }) {
     case "boolean":
       return <span className="j-bool">{String(value)}</span>;
     default:
-      return <span className="j-str">{String(value)}</span>;
+      // Never from JSON: undefined (shown as such) or a bigint.
+      return <span className="j-str">{typeof value === "bigint" ? value.toString() : typeof value}</span>;
   }
 }
 
@@ -99,8 +100,8 @@ function Node({ k, value, depth, last }: { k?: string; value: unknown; depth: nu
   }
   const isArr = Array.isArray(value);
   const entries: [string, unknown][] = isArr
-    ? (value as unknown[]).map((v, i) => [String(i), v])
-    : Object.entries(value as Record<string, unknown>);
+    ? value.map((v, i) => [String(i), v])
+    : Object.entries(value);
   const [o, c] = isArr ? ["[", "]"] : ["{", "}"];
   if (entries.length === 0) {
     return (

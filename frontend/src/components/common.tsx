@@ -83,7 +83,7 @@ export function CopyButton({ text, label = "Copy" }: { text: string; label?: str
     window.setTimeout(() => setDone(""), 1500);
   };
   return (
-    <button type="button" className="btn small" onClick={copy} aria-live="polite">
+    <button type="button" className="btn small" onClick={() => void copy()} aria-live="polite">
       {done === "ok" ? "Copied" : done === "fail" ? "Copy failed" : label}
     </button>
   );

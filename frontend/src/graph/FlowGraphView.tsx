@@ -15,12 +15,13 @@ import {
   type Node,
   type NodeProps,
 } from "@xyflow/react";
-import { memo, useCallback, useEffect, useMemo, useRef, useState, type KeyboardEvent } from "react";
+import { memo, useCallback, useEffect, useLayoutEffect, useMemo, useRef, useState, type KeyboardEvent } from "react";
 import type { EdgeKind, GraphNode } from "../api/types";
 import { TASK_STATES } from "../api/types";
 import { fmtDuration, shortName } from "../format";
-import { useThemeName } from "../hooks";
-import { layout } from "./layout";
+import { useTheme } from "../theme";
+import { useLayoutClient } from "./layout";
+import { ReuseTable } from "./reuse";
 import { EXPAND_STEP, type Container, type Structure, type VisibleNode } from "./structure";
 
 const NODE_W = 210;
@@ -35,7 +36,7 @@ interface TaskNodeData extends Record<string, unknown> {
   selected: boolean;
   dim: boolean;
   now: number | null;
-  open: { current: Opener };
+  open: Opener;
 }
 
 interface ClusterNodeData extends Record<string, unknown> {
@@ -46,7 +47,7 @@ interface ClusterNodeData extends Record<string, unknown> {
   dim: boolean;
   counts: [string, number][];
   crit: boolean;
-  open: { current: Opener };
+  open: Opener;
 }
 
 interface ContainerData extends Record<string, unknown> {
@@ -84,7 +85,7 @@ const TaskNode = memo(function TaskNode({ data }: NodeProps<Node<TaskNodeData>>)
       tabIndex={0}
       role="button"
       aria-label={`${t?.name ?? "task"} ${state}: open details`}
-      onKeyDown={(e) => onKey(e, () => data.open.current(data.id, "task"))}
+      onKeyDown={(e) => onKey(e, () => data.open(data.id, "task"))}
     >
       <Handle type="target" position={Position.Left} isConnectable={false} />
       <span className="bar" aria-hidden="true" />
@@ -140,7 +141,7 @@ const ClusterNode = memo(function ClusterNode({ data }: NodeProps<Node<ClusterNo
       tabIndex={0}
       role="button"
       aria-label={`${total} ${data.label} tasks collapsed: expand`}
-      onKeyDown={(e) => onKey(e, () => data.open.current(data.id, "cluster"))}
+      onKeyDown={(e) => onKey(e, () => data.open(data.id, "cluster"))}
     >
       <Handle type="target" position={Position.Left} isConnectable={false} />
       <span className="bar" aria-hidden="true" />
@@ -235,32 +236,42 @@ type Pos = Record<string, { x: number; y: number; width: number; height: number 
 
 function Inner({ structure, tasks, critical, selected, running, onOpenTask, onExpand, focus }: GraphViewProps) {
   const rf = useReactFlow();
-  const theme = useThemeName();
+  const theme = useTheme();
+  const layoutClient = useLayoutClient();
   const [positions, setPositions] = useState<{ key: string; pos: Pos; ms: number; n: number } | null>(null);
   const [layoutError, setLayoutError] = useState<string | null>(null);
   const [now, setNow] = useState(() => Date.now() / 1000);
   const fitted = useRef<string | null>(null);
-  const open = useRef<Opener>(() => {});
-  open.current = (id, kind) => (kind === "cluster" ? onExpand(id) : onOpenTask(id));
+  // Nodes get one stable opener that calls the latest handlers, so a new handler re-renders no node.
+  const handlers = useRef({ onExpand, onOpenTask });
+  useLayoutEffect(() => {
+    handlers.current = { onExpand, onOpenTask };
+  });
+  const open = useCallback<Opener>(
+    (id, kind) => (kind === "cluster" ? handlers.current.onExpand(id) : handlers.current.onOpenTask(id)),
+    [],
+  );
 
   // Lay out whenever the structure (not the states) changes.
   useEffect(() => {
     let live = true;
     const sizes = (n: VisibleNode) => ({ width: NODE_W, height: NODE_H, id: n.id, parent: n.parent });
-    layout({
-      hierarchical: structure.containers.length > 0,
-      nodes: structure.nodes.map(sizes),
-      containers: structure.containers.map((c) => ({ id: c.id, parent: c.parent })),
-      edges: structure.edges.map((e) => ({ id: e.id, source: e.source, target: e.target })),
-    }).then((r) => {
-      if (!live) return;
-      if (r.error) setLayoutError(r.error);
-      else setPositions((prev) => ({ key: structure.key, pos: r.positions, ms: r.ms, n: (prev?.n ?? 0) + 1 }));
-    });
+    void layoutClient
+      .layout({
+        hierarchical: structure.containers.length > 0,
+        nodes: structure.nodes.map(sizes),
+        containers: structure.containers.map((c) => ({ id: c.id, parent: c.parent })),
+        edges: structure.edges.map((e) => ({ id: e.id, source: e.source, target: e.target })),
+      })
+      .then((r) => {
+        if (!live) return;
+        if (r.error) setLayoutError(r.error);
+        else setPositions((prev) => ({ key: structure.key, pos: r.positions, ms: r.ms, n: (prev?.n ?? 0) + 1 }));
+      });
     return () => {
       live = false;
     };
-  }, [structure]);
+  }, [structure, layoutClient]);
 
   // Running durations tick once a second while the flow runs.
   useEffect(() => {
@@ -280,22 +291,12 @@ function Inner({ structure, tasks, critical, selected, running, onOpenTask, onEx
 
   // Per-node cache: a node object is rebuilt only when its task, selection or critical mark changed, so
   // a live batch touching 3 tasks re-renders 3 nodes, not 2,000.
-  const cache = useRef(new Map<string, { dep: unknown[]; node: Node }>());
+  const [reuse] = useState(() => new ReuseTable<Node>());
   const nodes: Node[] = useMemo(() => {
     if (!positions) return [];
     const pos = positions.pos;
     const out: Node[] = [];
-    const next = new Map<string, { dep: unknown[]; node: Node }>();
-    const memo = (id: string, dep: unknown[], make: () => Node) => {
-      const have = cache.current.get(id);
-      if (have && have.dep.length === dep.length && have.dep.every((d, i) => d === dep[i])) {
-        next.set(id, have);
-        return have.node;
-      }
-      const node = make();
-      next.set(id, { dep, node });
-      return node;
-    };
+    const memo = (id: string, dep: unknown[], make: () => Node) => reuse.get(id, dep, make);
     const depth = (c: Container): number => (c.parent ? 1 : 0);
     const containers = [...structure.containers].sort((a, b) => depth(a) - depth(b));
     for (const c of containers) {
@@ -379,9 +380,9 @@ function Inner({ structure, tasks, critical, selected, running, onOpenTask, onEx
         );
       }
     }
-    cache.current = next;
+    reuse.commit();
     return out;
-  }, [positions, structure, tasks, critDrawn, selected, now, focus]);
+  }, [positions, structure, tasks, critDrawn, selected, now, focus, open, reuse]);
 
   const critEdges = useMemo(() => {
     const s = new Set<string>();
@@ -447,10 +448,13 @@ function Inner({ structure, tasks, critical, selected, running, onOpenTask, onEx
     };
   }, [rf]);
 
-  const onNodeClick = useCallback((_: unknown, node: Node) => {
-    if (node.type === "task") open.current(node.id, "task");
-    else if (node.type === "cluster") open.current(node.id, "cluster");
-  }, []);
+  const onNodeClick = useCallback(
+    (_: unknown, node: Node) => {
+      if (node.type === "task") open(node.id, "task");
+      else if (node.type === "cluster") open(node.id, "cluster");
+    },
+    [open],
+  );
 
   const ready = positions !== null && positions.key === structure.key;
   return (

@@ -1,6 +1,6 @@
 // The Gantt view of a flow: one row per task, its bar split into queued / received / running / retry
 // segments, the critical path outlined. Rows are virtualised so 2,000 tasks scroll smoothly.
-import { useEffect, useMemo, useRef, useState } from "react";
+import { useEffect, useEffectEvent, useMemo, useRef, useState } from "react";
 import type { GraphNode, Segment } from "../api/types";
 import { fmtDuration, shortId, shortName } from "../format";
 
@@ -119,18 +119,22 @@ export function Timeline({ tasks, critical, selected, running, onSelect, note }:
   const ticks: number[] = [];
   for (let v = 0; v <= t1 - t0 + 1e-9 && ticks.length < 400; v += step) ticks.push(v);
 
-  // Bring the selected task's row into view when it was picked elsewhere (graph node, deep link).
-  useEffect(() => {
+  // Bring the selected task's row into view when it was picked elsewhere (graph node, deep link); only a
+  // new selection scrolls, not the rows changing under it.
+  const reveal = useEffectEvent((id: string) => {
     const el = scroller.current;
-    if (!el || !selected) return;
-    const idx = rows.findIndex((r) => r.t.task_id === selected);
+    if (!el) return;
+    const idx = rows.findIndex((r) => r.t.task_id === id);
     if (idx < 0) return;
     const top = idx * ROW;
     const axis = 24;
     if (top < el.scrollTop || top + ROW > el.scrollTop + el.clientHeight - axis) {
       el.scrollTop = Math.max(0, top - el.clientHeight / 3);
     }
-  }, [selected]); // eslint-disable-line react-hooks/exhaustive-deps
+  });
+  useEffect(() => {
+    if (selected) reveal(selected);
+  }, [selected]);
 
   const first = Math.max(0, Math.floor(scrollTop / ROW) - 10);
   const last = Math.min(rows.length, Math.ceil((scrollTop + height) / ROW) + 10);

@@ -1,12 +1,12 @@
 // The graph + timeline + task panel workspace shared by a flow page and a trace page. Live pushes update
 // task states in place at once; a debounced refetch then brings segments, new tasks, the critical path
 // and the server's summary (state, counts, duration) the header shows.
-import { useCallback, useEffect, useMemo, useRef, useState, type ReactNode } from "react";
+import { useCallback, useEffect, useMemo, useState, type ReactNode } from "react";
 import type { GraphNode, GraphShape, TaskSummary } from "../api/types";
 import { TERMINAL } from "../api/types";
-import { useLiveTasks, useResync } from "../live";
-import { useRouter, withQuery } from "../router";
-import { TaskDetailLoader } from "../views/TaskDetail";
+import { TaskDetailLoader } from "../components/TaskDetail";
+import { useLiveRefetch, useLiveTasks } from "../live";
+import { useSearchParams } from "../router";
 import { FlowGraphView } from "./FlowGraphView";
 import { buildStructure, pickToExpand, type FlowLabel, type Structure } from "./structure";
 import { Timeline } from "./Timeline";
@@ -59,14 +59,20 @@ export interface WorkspaceProps {
 }
 
 export function Workspace({ graph, flows, header, accept, refetch }: WorkspaceProps) {
-  const { loc, navigate } = useRouter();
-  const selected = loc.search.get("task");
+  const [search, setSearch] = useSearchParams();
+  const selected = search.get("task");
   const [mode, setModeState] = useState<Mode>(readMode);
   const [critOn, setCritOn] = useState(true);
   // A state picked in the header's counts: other tasks are dimmed in the graph and hidden in the timeline.
   const [focus, setFocus] = useState<string | null>(null);
   const [expanded, setExpanded] = useState<Map<string, ReadonlySet<string>>>(() => new Map());
   const [tasks, setTasks] = useState<Map<string, GraphNode>>(() => mergeTasks(null, graph.nodes));
+  // A fresh graph from the server: merge, keeping unchanged task objects.
+  const [merged, setMerged] = useState(graph);
+  if (merged !== graph) {
+    setMerged(graph);
+    setTasks((prev) => mergeTasks(prev, graph.nodes));
+  }
 
   const setMode = (m: Mode) => {
     setModeState(m);
@@ -77,31 +83,13 @@ export function Workspace({ graph, flows, header, accept, refetch }: WorkspacePr
     }
   };
 
-  // A fresh graph from the server: merge, keeping unchanged task objects.
-  useEffect(() => {
-    setTasks((prev) => mergeTasks(prev, graph.nodes));
-  }, [graph]);
-
   // The structure only changes identity when its key changes: that alone triggers a layout.
-  const structRef = useRef<Structure | null>(null);
-  const structure = useMemo(() => {
-    const next = buildStructure(graph, expanded, flows);
-    if (structRef.current && structRef.current.key === next.key) return structRef.current;
-    structRef.current = next;
-    return next;
-  }, [graph, expanded, flows]);
+  const built = useMemo(() => buildStructure(graph, expanded, flows), [graph, expanded, flows]);
+  const [structure, setStructure] = useState<Structure>(built);
+  if (structure !== built && structure.key !== built.key) setStructure(built);
 
   // Live: apply states in place now; refetch (debounced) for segments, new tasks and the critical path.
-  const timer = useRef<number | null>(null);
-  const refetchRef = useRef(refetch);
-  refetchRef.current = refetch;
-  useEffect(
-    () => () => {
-      if (timer.current !== null) window.clearTimeout(timer.current);
-    },
-    [],
-  );
-  useResync(() => refetchRef.current());
+  useLiveRefetch(refetch, (items) => items.some(accept), 600);
   useLiveTasks((items) => {
     const mine = items.filter(accept);
     if (!mine.length) return;
@@ -116,12 +104,6 @@ export function Workspace({ graph, flows, header, accept, refetch }: WorkspacePr
       }
       return next ?? prev;
     });
-    if (timer.current === null) {
-      timer.current = window.setTimeout(() => {
-        timer.current = null;
-        refetchRef.current();
-      }, 600);
-    }
   });
 
   const running = useMemo(() => [...tasks.values()].some((t) => !TERMINAL.has(t.state)), [tasks]);
@@ -132,13 +114,17 @@ export function Workspace({ graph, flows, header, accept, refetch }: WorkspacePr
   );
 
   const select = useCallback(
-    (id: string | null) => {
-      const params: Record<string, string | null> = {};
-      loc.search.forEach((v, k) => (params[k] = v));
-      params.task = id;
-      navigate(withQuery(loc.path, params), { replace: true });
-    },
-    [loc, navigate],
+    (id: string | null) =>
+      setSearch(
+        (params) => {
+          const next = new URLSearchParams(params);
+          if (id) next.set("task", id);
+          else next.delete("task");
+          return next;
+        },
+        { replace: true },
+      ),
+    [setSearch],
   );
   // Draw the next tasks of a collapsed fan-out, the ones worth looking at first (failures, running).
   const expand = useCallback(

@@ -1,94 +1,29 @@
 // /flows/{root_id}: the workflow's graph and timeline, with the selected task's detail beside them.
+import { useQuery, useQueryClient } from "@tanstack/react-query";
 import { useEffect } from "react";
-import { api, ApiError, takePrefetchedFlow } from "../api/client";
-import type { StateSummary } from "../api/types";
-import { CountsBar, ErrorBox, Loading, StateChip } from "../components/common";
-import { fmtDuration, fmtIso, fmtTime, shortId, shortName } from "../format";
-import { useAsync, useDocumentTitle, useNow } from "../hooks";
+import { ApiError } from "../api/client";
+import { flowQuery, keys, taskQuery } from "../api/queries";
+import { ErrorBox, Loading, StateChip } from "../components/common";
+import { shortId, shortName } from "../format";
+import { FlowStats, HeaderControls } from "../graph/FlowHeader";
+import { Workspace } from "../graph/Workspace";
+import { useDocumentTitle } from "../hooks";
 import { useLiveFilter } from "../live";
-import { Link, useRouter } from "../router";
-import { prewarm } from "../graph/layout";
-import { ModeSwitch, Workspace, type Mode } from "../graph/Workspace";
-
-/** The server's figures for a flow or a trace: tasks, duration ("so far" while it runs), start, counts. */
-export function FlowStats({
-  summary,
-  focus,
-  setFocus,
-}: {
-  summary: StateSummary;
-  focus: string | null;
-  setFocus: (state: string | null) => void;
-}) {
-  const { task_count: count, started_at: start, duration } = summary;
-  const running = summary.finished_at == null;
-  const now = useNow(running ? 1000 : 60_000);
-  const dur = running ? (start == null ? null : Math.max(now - start, 0)) : duration;
-  return (
-    <>
-      <span className="stat">
-        <b>{count.toLocaleString()}</b> {count === 1 ? "task" : "tasks"}
-      </span>
-      <span className="stat">
-        <b>{fmtDuration(dur)}</b> {running ? "so far" : "total"}
-      </span>
-      <span className="stat" title={fmtIso(start)}>
-        started <b>{fmtTime(start)}</b>
-      </span>
-      <div style={{ minWidth: 220 }}>
-        <CountsBar counts={summary.counts} total={count} picked={focus} onPick={setFocus} />
-      </div>
-    </>
-  );
-}
-
-export function HeaderControls({
-  mode,
-  setMode,
-  critOn,
-  setCritOn,
-}: {
-  mode: Mode;
-  setMode: (m: Mode) => void;
-  critOn: boolean;
-  setCritOn: (v: boolean) => void;
-}) {
-  return (
-    <>
-      <span className="spacer" />
-      <button
-        type="button"
-        className={`btn small ${critOn ? "on" : ""}`}
-        aria-pressed={critOn}
-        onClick={() => setCritOn(!critOn)}
-        title="Highlight the chain of tasks that decided when the flow finished"
-      >
-        ◆ Critical path
-      </button>
-      <ModeSwitch mode={mode} setMode={setMode} />
-    </>
-  );
-}
-
-prewarm();
+import { Link, useNavigate } from "../router";
 
 export default function FlowView({ rootId }: { rootId: string }) {
   useLiveFilter(rootId, null);
-  const { navigate } = useRouter();
-  const { data, error, reload } = useAsync((signal) => takePrefetchedFlow(rootId) ?? api.flow(rootId, signal), rootId);
+  const navigate = useNavigate();
+  const queryClient = useQueryClient();
+  const { data, error } = useQuery(flowQuery(rootId));
   // A task id that is not a root (pasted from a log line): open its flow with the task selected.
+  const notFound = error instanceof ApiError && error.status === 404;
+  const asTask = useQuery({ ...taskQuery(rootId), enabled: notFound && !data });
+  const realRoot = asTask.data?.root_id;
   useEffect(() => {
-    if (!(error instanceof ApiError) || error.status !== 404) return;
-    const ctl = new AbortController();
-    api
-      .task(rootId, ctl.signal)
-      .then((t) => {
-        if (t.root_id && t.root_id !== rootId)
-          navigate(`/flows/${encodeURIComponent(t.root_id)}?task=${encodeURIComponent(rootId)}`, { replace: true });
-      })
-      .catch(() => undefined);
-    return () => ctl.abort();
-  }, [error, rootId, navigate]);
+    if (realRoot && realRoot !== rootId)
+      navigate(`/flows/${encodeURIComponent(realRoot)}?task=${encodeURIComponent(rootId)}`, { replace: true });
+  }, [realRoot, rootId, navigate]);
   const root = data?.nodes.find((n) => n.task_id === rootId);
   // The list's name for the flow: the root task's, or a group's first member when no task is the root.
   const name = data?.summary.root_name ?? root?.name;
@@ -103,7 +38,7 @@ export default function FlowView({ rootId }: { rootId: string }) {
   return (
     <Workspace
       graph={data}
-      refetch={reload}
+      refetch={() => void queryClient.invalidateQueries({ queryKey: keys.flow(rootId) })}
       accept={(t) => t.root_id === rootId || t.task_id === rootId}
       header={({ mode, setMode, critOn, setCritOn, focus, setFocus }) => (
         <div className="flowhead" data-testid="flow-head">

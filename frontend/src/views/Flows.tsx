@@ -1,11 +1,13 @@
-import { useEffect, useState, type FormEvent } from "react";
+import { useQuery } from "@tanstack/react-query";
+import { useState, type FormEvent } from "react";
 import { api } from "../api/client";
+import { keys, registryQuery } from "../api/queries";
 import { FLOW_STATES, type FlowSummary } from "../api/types";
 import { CountsBar, Empty, ErrorBox, Loading, StateChip } from "../components/common";
 import { fmtAgo, fmtDuration, fmtIso, fmtTime, shortId, shortName } from "../format";
-import { useAsync, useDocumentTitle, useNow } from "../hooks";
-import { useDebouncedLiveRefetch } from "../live";
-import { Link, useRouter, withQuery } from "../router";
+import { useDocumentTitle, useNow } from "../hooks";
+import { useLiveInvalidate } from "../live";
+import { Link, useNavigate, useSearchParams, withQuery } from "../router";
 
 const RANGES: [string, string, number | null][] = [
   ["", "Any time", null],
@@ -32,7 +34,7 @@ function fromLocalInput(value: string): string {
 }
 const PAGE = 50;
 
-interface Filters {
+interface Filters extends Record<string, string> {
   state: string;
   name: string;
   range: string;
@@ -57,7 +59,7 @@ function readFilters(s: URLSearchParams): Filters {
 }
 
 function FlowRow({ f, now }: { f: FlowSummary; now: number }) {
-  const { navigate } = useRouter();
+  const navigate = useNavigate();
   const running = f.finished_at === null && f.started_at !== null;
   const duration = running && f.started_at !== null ? now - f.started_at : f.duration;
   const to = `/flows/${encodeURIComponent(f.root_id)}`;
@@ -108,39 +110,44 @@ function FlowRow({ f, now }: { f: FlowSummary; now: number }) {
 }
 
 export function FlowsView() {
-  const { loc, navigate } = useRouter();
-  const filters = readFilters(loc.search);
-  const cursor = loc.search.get("cursor") ?? "";
+  const navigate = useNavigate();
+  const [search] = useSearchParams();
+  const filters = readFilters(search);
+  const cursor = search.get("cursor") ?? "";
   const [draft, setDraft] = useState<Filters>(filters);
   const [prev, setPrev] = useState<string[]>([]);
   const now = useNow(1000);
   useDocumentTitle("Flows");
 
+  // The form shows the URL's filters again whenever they change (a link, back/forward, Apply).
   const fkey = JSON.stringify(filters);
-  useEffect(() => setDraft(readFilters(loc.search)), [fkey]); // eslint-disable-line react-hooks/exhaustive-deps
+  const [draftOf, setDraftOf] = useState(fkey);
+  if (draftOf !== fkey) {
+    setDraftOf(fkey);
+    setDraft(filters);
+  }
 
-  const range = RANGES.find((r) => r[0] === filters.range)?.[2] ?? null;
-  const { data, error, loading, reload } = useAsync(
-    (signal) =>
-      api.flows(
-        {
-          state: filters.state,
-          name: filters.name,
-          trace_id: filters.trace_id,
-          worker: filters.worker,
-          q: filters.q,
-          since: filters.range === "custom" ? filters.since : range ? Date.now() / 1000 - range : null,
-          until: filters.range === "custom" ? filters.until : null,
-          limit: PAGE,
-          cursor,
-        },
-        signal,
-      ),
-    `${fkey}|${cursor}`,
-  );
-  useDebouncedLiveRefetch(reload);
+  const { data, error, isLoading } = useQuery({
+    queryKey: keys.flows({ ...filters, cursor }),
+    queryFn: ({ signal }) => {
+      const range = RANGES.find((r) => r[0] === filters.range)?.[2] ?? null;
+      const query = {
+        state: filters.state,
+        name: filters.name,
+        trace_id: filters.trace_id,
+        worker: filters.worker,
+        q: filters.q,
+        since: filters.range === "custom" ? filters.since : range ? Date.now() / 1000 - range : null,
+        until: filters.range === "custom" ? filters.until : null,
+        limit: PAGE,
+        cursor,
+      };
+      return api.flows(query, signal);
+    },
+  });
+  useLiveInvalidate(keys.flows());
   // Task names for the name filter's suggestions.
-  const names = useAsync((signal) => api.registry(signal), "names");
+  const names = useQuery(registryQuery());
 
   const apply = (f: Filters, e?: FormEvent) => {
     e?.preventDefault();
@@ -267,7 +274,7 @@ export function FlowsView() {
         </div>
       )}
       {error && <ErrorBox error={error} what="flows" />}
-      {!data && !error && loading && <Loading what="Loading flows" />}
+      {!data && !error && isLoading && <Loading what="Loading flows" />}
       {data && data.items.length === 0 && (
         <Empty>
           {active || cursor ? (

@@ -1,6 +1,7 @@
-import { Link } from "../router";
+import { Link, useLocation } from "../router";
 
-export function NotFoundView({ path }: { path: string }) {
+export function NotFoundView() {
+  const [path] = useLocation();
   return (
     <div className="page">
       <h1>Nothing here</h1>

@@ -1,19 +1,20 @@
 // /registry: every task name seen or announced by workers, with how its runs went.
+import { useQuery } from "@tanstack/react-query";
 import { useMemo, useState } from "react";
-import { api } from "../api/client";
+import { keys, registryQuery } from "../api/queries";
 import type { RegisteredTask } from "../api/types";
 import { CountsBar, Empty, ErrorBox, Loading } from "../components/common";
 import { fmtDuration, pct } from "../format";
-import { useAsync, useDocumentTitle } from "../hooks";
-import { useDebouncedLiveRefetch } from "../live";
+import { useDocumentTitle } from "../hooks";
+import { useLiveInvalidate } from "../live";
 import { Link, withQuery } from "../router";
 
 type SortKey = "name" | "total" | "failure_rate" | "p50" | "p95";
 
 export function RegistryView() {
   useDocumentTitle("Registry");
-  const { data, error, reload } = useAsync((s) => api.registry(s), "registry");
-  useDebouncedLiveRefetch(reload, () => true, 3000);
+  const { data, error } = useQuery(registryQuery());
+  useLiveInvalidate(keys.registry(), undefined, 3000);
   const [filter, setFilter] = useState("");
   const [sort, setSort] = useState<{ key: SortKey; desc: boolean }>({ key: "total", desc: true });
 

@@ -1,5 +1,5 @@
+import { TaskDetailLoader } from "../components/TaskDetail";
 import { useDocumentTitle } from "../hooks";
-import { TaskDetailLoader } from "./TaskDetail";
 
 export function TaskView({ taskId }: { taskId: string }) {
   useDocumentTitle(`Task ${taskId.slice(0, 8)}`);

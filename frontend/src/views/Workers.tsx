@@ -1,22 +1,19 @@
 // /workers: workers seen, online or offline, with their last heartbeat and how many tasks they ran.
-import { useEffect } from "react";
-import { api } from "../api/client";
+import { useQuery } from "@tanstack/react-query";
+import { workersQuery } from "../api/queries";
 import { Empty, ErrorBox, Loading } from "../components/common";
 import { fmtAgo, fmtIso, fmtTime } from "../format";
-import { useAsync, useDocumentTitle, useNow } from "../hooks";
-import { useDebouncedLiveRefetch } from "../live";
+import { useDocumentTitle, useNow } from "../hooks";
+import { useLiveRefetch } from "../live";
 import { Link, withQuery } from "../router";
 
 export function WorkersView() {
   useDocumentTitle("Workers");
   const now = useNow(1000);
-  const { data, error, reload } = useAsync((s) => api.workers(s), "workers");
-  useDebouncedLiveRefetch(reload, () => true, 2000);
   // Heartbeats are not task changes: poll too, so online/offline stays true without a reload.
-  useEffect(() => {
-    const t = window.setInterval(reload, 5000);
-    return () => window.clearInterval(t);
-  }, [reload]);
+  const { data, error, refetch } = useQuery({ ...workersQuery(), refetchInterval: 5000 });
+  const reload = () => void refetch();
+  useLiveRefetch(reload, undefined, 2000);
   const online = (data ?? []).filter((w) => w.status === "online").length;
   return (
     <div className="page">

@@ -1,13 +1,13 @@
 // Everything known about one task; used as a page (/tasks/{id}) and as the side panel of a flow.
+import { useQuery, useQueryClient } from "@tanstack/react-query";
 import { useMemo } from "react";
-import { api } from "../api/client";
+import { keys, taskQuery, tasksQuery } from "../api/queries";
 import type { EventRecord, TaskDetail, TaskSummary } from "../api/types";
-import { CopyButton, ErrorBox, Loading, Mono, StateChip } from "../components/common";
-import { JsonTree } from "../components/JsonTree";
 import { fmtDuration, fmtIso, fmtTime, shortId, shortName } from "../format";
-import { useAsync } from "../hooks";
-import { useLiveTasks, useResync } from "../live";
+import { useLiveTasks } from "../live";
 import { Link } from "../router";
+import { CopyButton, ErrorBox, Loading, Mono, StateChip } from "./common";
+import { JsonTree } from "./JsonTree";
 
 const EVENT_LABEL: Record<string, string> = {
   sent: "Sent (queued)",
@@ -306,7 +306,7 @@ export function TaskDetailBody({
 
 /**
  * Loads a task plus what is needed to name its relatives. `known` (the flow's nodes, when shown beside a
- * graph) saves the extra request for names and siblings.
+ * graph) saves the extra requests for names and siblings.
  */
 export function TaskDetailLoader({
   taskId,
@@ -317,46 +317,37 @@ export function TaskDetailLoader({
   known?: Map<string, TaskSummary>;
   compact?: boolean;
 }) {
-  const { data, error, reload } = useAsync(
-    async (signal) => {
-      const task = await api.task(taskId, signal);
-      let names = known;
-      if (!names) {
-        names = new Map();
-        if (task.root_id) {
-          try {
-            const page = await api.tasks({ root_id: task.root_id, limit: 500 }, signal);
-            for (const t of page.items) names.set(t.task_id, t);
-          } catch {
-            /* names are a nicety: links still work with ids */
-          }
-        }
-      }
-      let siblings: string[] = [];
-      if (task.parent_id && task.parent_id !== task.task_id) {
-        if (known) {
-          siblings = [...known.values()]
-            .filter((t) => t.parent_id === task.parent_id && t.task_id !== task.task_id)
-            .map((t) => t.task_id);
-        } else {
-          try {
-            const parent = await api.task(task.parent_id, signal);
-            siblings = (parent.children ?? []).filter((c) => c !== task.task_id);
-          } catch {
-            siblings = [];
-          }
-        }
-      }
-      return { task, names, siblings };
-    },
-    `${taskId}|${known ? known.size : -1}`,
-  );
+  const queryClient = useQueryClient();
+  const task = useQuery(taskQuery(taskId));
+  const rootId = task.data?.root_id ?? null;
+  const parentId = task.data?.parent_id && task.data.parent_id !== taskId ? task.data.parent_id : null;
+  // Without the flow's nodes: the flow's tasks name the links, the parent's children are the siblings.
+  // Both are a nicety: when they fail, links still work with ids.
+  const flowTasks = useQuery({ ...tasksQuery({ root_id: rootId, limit: 500 }), enabled: !known && rootId !== null });
+  const parent = useQuery({ ...taskQuery(parentId ?? ""), enabled: !known && parentId !== null });
+
+  const names = useMemo(() => {
+    if (known) return known;
+    return new Map((flowTasks.data?.items ?? []).map((t) => [t.task_id, t] as const));
+  }, [known, flowTasks.data]);
+  const siblings = useMemo(() => {
+    if (!parentId) return [];
+    if (known)
+      return [...known.values()]
+        .filter((t) => t.parent_id === parentId && t.task_id !== taskId)
+        .map((t) => t.task_id);
+    return (parent.data?.children ?? []).filter((c) => c !== taskId);
+  }, [known, parent.data, parentId, taskId]);
+
   useLiveTasks((items) => {
-    if (items.some((t) => t.task_id === taskId)) reload();
+    if (!items.some((t) => t.task_id === taskId)) return;
+    void queryClient.invalidateQueries({ queryKey: keys.task(taskId) });
+    if (known) return;
+    if (rootId !== null) void queryClient.invalidateQueries({ queryKey: keys.tasks({ root_id: rootId, limit: 500 }) });
+    if (parentId !== null) void queryClient.invalidateQueries({ queryKey: keys.task(parentId) });
   });
-  useResync(reload);
-  const names = useMemo(() => data?.names ?? new Map<string, TaskSummary>(), [data]);
-  if (error) return <ErrorBox error={error} what={`Task ${taskId}`} />;
-  if (!data) return <Loading what="Loading task" />;
-  return <TaskDetailBody task={data.task} names={names} siblings={data.siblings} compact={compact} />;
+
+  if (task.error && !task.data) return <ErrorBox error={task.error} what={`Task ${taskId}`} />;
+  if (!task.data || flowTasks.isLoading || parent.isLoading) return <Loading what="Loading task" />;
+  return <TaskDetailBody task={task.data} names={names} siblings={siblings} compact={compact} />;
 }
