@@ -50,6 +50,7 @@ lint: install $(NODE_MODULES)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 	cd frontend && npm run lint && npm run typecheck && npm run check-types
 
 # The documentation site (mkdocs.yml, docs/) into site/; --strict fails on a broken link or anchor.
