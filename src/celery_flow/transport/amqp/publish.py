@@ -253,8 +253,7 @@ class AmqpTransport:
                 if self._returned:
                     # Someone deleted the queue: reconnecting declares it again; the caller retries.
                     returned, self._returned = self._returned, 0
-                    error = TransportError if returned >= sent else DeliveryUnknown
-                    raise error(
+                    raise TransportError(
                         f"amqp {self.safe_url}: {returned} message(s) reached no queue (was {self.queue!r} "
                         "deleted?); it is declared again on the next attempt"
                     )
