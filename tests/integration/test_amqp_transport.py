@@ -25,7 +25,7 @@ from tests.support.transport import read_all
 from tests.support.wait import wait_for
 from tests.support.worker import prefork_worker
 
-from celery_flow.transport import ConfigError, Message, Transport, TransportError, from_url
+from celery_flow.transport import ConfigError, DeliveryUnknown, Message, Transport, TransportError, from_url
 from celery_flow.transport.amqp import (
     AmqpTransport,
     exchange_name,
@@ -384,6 +384,26 @@ def test_publisher_declares_a_deleted_queue_again(amqp_url: str, unique_prefix: 
     assert admin.ready(f"{unique_prefix}.events") == 1
     sub = t.subscribe("celery_flow", "c")
     assert [m.data for m in read_all(sub, 1)] == [b"retried"]
+
+
+def test_a_batch_refused_in_part_may_have_been_queued_one_refused_whole_was_not(
+    amqp_url: str, unique_prefix: str, admin: Admin
+) -> None:
+    """A full queue with `x-overflow: reject-publish` nacks what it refuses: the rest of the batch was
+    queued (the publisher must not count it as dropped); a batch refused whole was not."""
+    queue = queue_name(unique_prefix)
+    admin.conn.channel().queue_declare(
+        queue, durable=True, auto_delete=False, arguments={"x-max-length": 2, "x-overflow": "reject-publish"}
+    )
+    t = AmqpTransport(amqp_url, prefix=unique_prefix)
+    # A payload holding a newline travels as a message of its own: three messages, one too many.
+    with pytest.raises(DeliveryUnknown, match="rejected 1 of 3"):
+        t.publish([b"1\n", b"2\n", b"3\n"])
+    assert admin.ready(queue) == 2
+    with pytest.raises(TransportError, match="rejected 2 of 2") as refused:
+        t.publish([b"4\n", b"5\n"])
+    assert not isinstance(refused.value, DeliveryUnknown)
+    assert admin.ready(queue) == 2
 
 
 def test_forked_child_publishes_on_its_own_connection(

@@ -5,10 +5,12 @@ re-created after a fork (the pid is checked on every batch and the parent's sock
 persistent messages (delivery_mode 2), and by default publisher confirms: the whole batch is written,
 then one wait for the broker's (usually cumulative) acks, bounded by `confirm_timeout`. That costs one
 round trip per batch, not per event, and it is what turns a broker that silently stops accepting
-(memory/disk alarm, frozen node, half-open TCP) into a TransportError the publisher counts. While
-RabbitMQ has the connection *blocked* (connection.blocked, a resource alarm) publish raises
-TransportError at once without writing, and picks up connection.unblocked from the socket without
-blocking.
+(memory/disk alarm, frozen node, half-open TCP) into an error instead of a hang. A failure before any
+message was written raises TransportError (nothing was queued); once one was, a missing confirm, a lost
+connection or a nack of part of the batch raises DeliveryUnknown, since RabbitMQ may still queue what
+it received (a frozen node reads its socket when it resumes). While RabbitMQ has the connection
+*blocked* (connection.blocked, a resource alarm) publish raises TransportError at once without writing,
+and picks up connection.unblocked from the socket without blocking.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from celery_flow.transport.base import (
     DEFAULT_MAXLEN,
     DEFAULT_SOCKET_TIMEOUT,
     NDJSON,
+    DeliveryUnknown,
     TransportError,
     frames,
 )
@@ -218,6 +221,7 @@ class AmqpTransport:
             return
         self._check_fork()
         with self._lock:
+            sent = 0  # messages written whole to the socket: from the first one on, the outcome is unknown
             try:
                 channel = self._publisher()
                 conn = self._conn
@@ -229,7 +233,6 @@ class AmqpTransport:
                         "a memory or disk alarm); events are dropped until it clears"
                     )
                 exchange = self.exchange
-                sent = 0
                 for data, events in frames(payloads):
                     # A batch of events is one message of newline-delimited JSON (base.frames).
                     message = (
@@ -246,7 +249,7 @@ class AmqpTransport:
                     first = self._seq + 1
                     self._seq += sent
                     self._unconfirmed.update(range(first, self._seq + 1))
-                    self._wait_confirms(conn)
+                    self._wait_confirms(conn, sent)
                 if self._returned:
                     # Someone deleted the queue: reconnecting declares it again; the caller retries.
                     returned, self._returned = self._returned, 0
@@ -260,17 +263,21 @@ class AmqpTransport:
                 raise
             except AMQP_ERRORS as exc:
                 self._reset()
+                if sent:
+                    raise DeliveryUnknown(
+                        f"{self._wrap(exc)}; after writing {sent} message(s), which RabbitMQ may still queue"
+                    ) from None
                 raise self._wrap(exc) from None
 
-    def _wait_confirms(self, conn: Any) -> None:
+    def _wait_confirms(self, conn: Any, sent: int) -> None:
         deadline = time.monotonic() + self.confirm_timeout
         while self._unconfirmed:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 state = f"blocked ({self._blocked})" if self._blocked else "no confirm"
-                raise TransportError(
+                raise DeliveryUnknown(
                     f"amqp {self.safe_url}: {state} for {len(self._unconfirmed)} message(s) within "
-                    f"{self.confirm_timeout:g}s; treating them as dropped"
+                    f"{self.confirm_timeout:g}s; RabbitMQ may still queue them"
                 )
             try:
                 conn.drain_events(timeout=remaining)
@@ -278,7 +285,9 @@ class AmqpTransport:
                 continue
         if self._nacked:
             nacked, self._nacked = self._nacked, 0
-            raise TransportError(f"amqp {self.safe_url}: broker rejected {nacked} message(s) (basic.nack)")
+            # A nack of part of the batch means the rest was queued.
+            error = TransportError if nacked >= sent else DeliveryUnknown
+            raise error(f"amqp {self.safe_url}: broker rejected {nacked} of {sent} message(s) (basic.nack)")
 
     def ping(self) -> None:
         self._check_fork()
