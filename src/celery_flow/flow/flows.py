@@ -1,12 +1,14 @@
 """One row per root workflow: its state, counts by state, start and duration.
 
 The store keeps these rows up to date as tasks change (so listing flows never aggregates a million
-tasks at query time); both it and any in-memory caller derive the state with the same rule here.
+tasks at query time) with `FlowTally`, the same tally `summarize_flow` builds from a list of tasks:
+the state, naming, "done" and duration rules live here once.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 
 from celery_flow.flow.model import TERMINAL_STATES, FlowState, FlowSummary, TaskSummary
 
@@ -39,44 +41,84 @@ def first_seen(task: TaskSummary) -> float | None:
     return None
 
 
-def summarize_flow(root_id: str, tasks: Iterable[TaskSummary]) -> FlowSummary:
-    """The summary row of one root workflow from its tasks."""
-    counts: dict[str, int] = {}
-    started: float | None = None
-    finished: float | None = None
-    updated: float | None = None
+@dataclass
+class FlowTally:
+    """One flow's figures, built a task at a time: counts by state and the time bounds of its tasks.
+
+    `started_at` is the earliest first-seen time, `last_finished` the latest finish and `updated_at` the
+    latest update of the tasks added; `remove` takes a task's count back out (it changed or was deleted)
+    but leaves the bounds, which a changed task only ever widens.
+    """
+
+    root_id: str
     root_name: str | None = None
     trace_id: str | None = None
-    total = 0
+    counts: dict[str, int] = field(default_factory=dict)
+    task_count: int = 0
+    started_at: float | None = None
+    last_finished: float | None = None
+    updated_at: float | None = None
+
+    def add(self, task: TaskSummary) -> None:
+        """Count `task` in, widen the bounds, and take the flow's name and trace id from it if due."""
+        self.add_many(task.state, 1, first_seen(task), task.finished_at)
+        if task.updated_at is not None and (self.updated_at is None or task.updated_at > self.updated_at):
+            self.updated_at = task.updated_at
+        if task.task_id == self.root_id:
+            self.root_name = task.name or self.root_name
+            self.trace_id = task.trace_id or self.trace_id
+            return
+        if self.root_name is None and task.group_id == self.root_id and task.parent_id is None:
+            # A group or chord applied outside a task is rooted at its group id (no task has that id):
+            # name the flow after its top-level members (not the chord callback, whose parent is a
+            # member) so a list never shows a blank row.
+            self.root_name = task.name
+        if self.trace_id is None:
+            self.trace_id = task.trace_id
+
+    def add_many(self, state: str, count: int, started: float | None, finished: float | None) -> None:
+        """Count in `count` tasks in `state`, first seen at `started` and finished by `finished` at most."""
+        self.counts[state] = self.counts.get(state, 0) + count
+        self.task_count += count
+        if started is not None and (self.started_at is None or started < self.started_at):
+            self.started_at = started
+        if finished is not None and (self.last_finished is None or finished > self.last_finished):
+            self.last_finished = finished
+
+    def remove(self, state: str) -> None:
+        """Count out one task that was in `state`."""
+        self.counts[state] = self.counts.get(state, 0) - 1
+        self.task_count -= 1
+
+    @property
+    def state(self) -> FlowState:
+        return flow_state(self.counts)
+
+    def summary(self) -> FlowSummary:
+        """The flow's summary: finished (with a duration) only once every one of its tasks is."""
+        counts = {state: count for state, count in self.counts.items() if count}
+        # A failed flow whose other branches still run has not finished yet.
+        done = self.task_count > 0 and all(state in TERMINAL_STATES for state in counts)
+        finished_at = self.last_finished if done else None
+        started = self.started_at
+        duration = finished_at - started if finished_at is not None and started is not None else None
+        return FlowSummary(
+            root_id=self.root_id,
+            root_name=self.root_name,
+            state=flow_state(counts),
+            counts=counts,
+            task_count=self.task_count,
+            started_at=started,
+            finished_at=finished_at,
+            duration=max(duration, 0.0) if duration is not None else None,
+            trace_id=self.trace_id,
+            updated_at=self.updated_at,
+        )
+
+
+def summarize_flow(root_id: str, tasks: Iterable[TaskSummary]) -> FlowSummary:
+    """The summary row of one root workflow from its tasks."""
+    tally = FlowTally(root_id)
     for task in tasks:
-        total += 1
-        counts[task.state] = counts.get(task.state, 0) + 1
-        seen = first_seen(task)
-        if seen is not None and (started is None or seen < started):
-            started = seen
-        if task.finished_at is not None and (finished is None or task.finished_at > finished):
-            finished = task.finished_at
-        if task.updated_at is not None and (updated is None or task.updated_at > updated):
-            updated = task.updated_at
-        if task.task_id == root_id:
-            root_name = task.name
-            trace_id = task.trace_id or trace_id
-        elif trace_id is None:
-            trace_id = task.trace_id
-    flow = flow_state(counts)
-    # A failed flow whose other branches still run has not finished yet.
-    done = total > 0 and all(state in TERMINAL_STATES for state in counts)
-    finished_at = finished if done else None
-    duration = finished_at - started if finished_at is not None and started is not None else None
-    return FlowSummary(
-        root_id=root_id,
-        root_name=root_name,
-        state=flow,
-        counts=counts,
-        task_count=total,
-        started_at=started,
-        finished_at=finished_at,
-        duration=max(duration, 0.0) if duration is not None else None,
-        trace_id=trace_id,
-        updated_at=updated,
-    )
+        tally.add(task)
+    return tally.summary()

@@ -1,0 +1,225 @@
+"""Row mapping: each table's row as a named tuple, and tasks and flows to and from those rows.
+
+A SELECT names the fields of the row type it fills (`select()`), so every column is read by name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple, TypeVar
+
+import msgspec
+
+from celery_flow.flow.flows import FlowTally, first_seen
+from celery_flow.flow.model import FlowSummary, Segment, TaskDetail, TaskState, TaskSummary
+from celery_flow.store.connection import Session, select_in
+from celery_flow.store.schema import STATE_COLUMNS, STATES
+
+T = TypeVar("T")
+
+json_encoder = msgspec.json.Encoder()
+json_decoder = msgspec.json.Decoder()
+
+
+class TaskRow(NamedTuple):
+    """A row of `tasks` (schema.TASK_COLUMNS, in that order)."""
+
+    task_id: str
+    name: str | None
+    state: TaskState
+    root_id: str
+    parent_id: str | None
+    group_id: str | None
+    chord_id: str | None
+    trace_id: str | None
+    hostname: str | None
+    queue: str | None
+    retries: int
+    sent_at: float | None
+    received_at: float | None
+    started_at: float | None
+    finished_at: float | None
+    runtime: float | None
+    exception: str | None
+    updated_at: float | None
+    ts: float
+    seq: int
+    extra: str
+    num: int
+    fnum: int
+
+
+class FlowRow(NamedTuple):
+    """A row of `flows` (schema.FLOW_COLUMNS, in that order): one count column per state."""
+
+    root_id: str
+    root_name: str | None
+    state: str
+    trace_id: str | None
+    n_pending: int
+    n_received: int
+    n_started: int
+    n_retry: int
+    n_success: int
+    n_failure: int
+    n_revoked: int
+    n_rejected: int
+    task_count: int
+    started_at: float | None
+    last_finished: float | None
+    updated_at: float | None
+    ts: float
+    seq: int
+    fnum: int
+
+
+class NameStatsRow(NamedTuple):
+    """A row of `name_stats`: counts by state of one task name."""
+
+    name: str
+    n_pending: int
+    n_received: int
+    n_started: int
+    n_retry: int
+    n_success: int
+    n_failure: int
+    n_revoked: int
+    n_rejected: int
+
+
+class WorkerRow(NamedTuple):
+    """A row of `workers` (schema.WORKER_COLUMNS, in that order); registered and info are JSON."""
+
+    hostname: str
+    online_since: float | None = None
+    last_heartbeat: float | None = None
+    offline_at: float | None = None
+    heartbeat_interval: float | None = None
+    pid: int | None = None
+    tasks_run: int = 0
+    registered: str = "[]"
+    info: str = "{}"
+
+
+class RegistryRow(NamedTuple):
+    """A row of `registry`: what workers announced about one task name; workers is JSON."""
+
+    name: str
+    signature: str | None
+    doc: str | None
+    workers: str
+
+
+def select(fields: Sequence[str], table: str) -> str:
+    """`SELECT <fields> FROM <table>`: pass a row type's `_fields`."""
+    return "SELECT " + ", ".join(fields) + " FROM " + table
+
+
+TASK_SELECT = select(TaskRow._fields, "tasks")
+FLOW_SELECT = select(FlowRow._fields, "flows")
+NAME_STATS_SELECT = select(NameStatsRow._fields, "name_stats")
+WORKER_SELECT = select(WorkerRow._fields, "workers")
+REGISTRY_SELECT = select(RegistryRow._fields, "registry")
+
+
+def fetch(
+    session: Session, make: Callable[[Iterable[Any]], T], sql: str, params: Sequence[Any] = ()
+) -> list[T]:
+    """The rows of `sql`, each made into a row type by `make` (its `_make`)."""
+    return [make(row) for row in session.rows(sql, params)]
+
+
+def fetch_in(
+    session: Session,
+    make: Callable[[Iterable[Any]], T],
+    sql: str,
+    values: Sequence[Any],
+    extra: Sequence[Any] = (),
+) -> list[T]:
+    """`select_in` with each row made into a row type by `make`."""
+    return [make(row) for row in select_in(session, sql, values, extra)]
+
+
+def state_counts(row: FlowRow | NameStatsRow) -> list[int]:
+    """The row's count columns, in the order of schema.STATES."""
+    return [int(getattr(row, column)) for column in STATE_COLUMNS.values()]
+
+
+def task_row(task: TaskDetail, seq: int, num: int, fnum: int) -> TaskRow:
+    ts = first_seen(task)
+    return TaskRow(
+        task_id=task.task_id, name=task.name, state=task.state, root_id=task.root_id or task.task_id,
+        parent_id=task.parent_id, group_id=task.group_id, chord_id=task.chord_id, trace_id=task.trace_id,
+        hostname=task.hostname, queue=task.queue, retries=task.retries, sent_at=task.sent_at,
+        received_at=task.received_at, started_at=task.started_at, finished_at=task.finished_at,
+        runtime=task.runtime, exception=task.exception, updated_at=task.updated_at,
+        ts=ts if ts is not None else 0.0, seq=seq, extra=_task_extra(task), num=num, fnum=fnum,
+    )  # fmt: skip
+
+
+def _task_extra(task: TaskDetail) -> str:
+    """The JSON of the fields no query filters on."""
+    extra: dict[str, Any] = {}
+    if task.links:
+        extra["links"] = task.links
+    if task.link_errors:
+        extra["link_errors"] = task.link_errors
+    if task.durations:
+        extra["durations"] = task.durations
+    if task.segments:
+        extra["segments"] = [(s.kind, s.start, s.end) for s in task.segments]
+    if task.pid is not None:
+        extra["pid"] = task.pid
+    if task.eta is not None:
+        extra["eta"] = task.eta
+    if task.expires is not None:
+        extra["expires"] = task.expires
+    return json_encoder.encode(extra).decode("utf-8")
+
+
+def task_from_row(row: TaskRow, cls: type[TaskSummary] = TaskSummary) -> Any:
+    """A TaskSummary (or, with `cls=TaskDetail`, a TaskDetail with its timeline) from a tasks row."""
+    extra: dict[str, Any] = json_decoder.decode(row.extra) if row.extra and row.extra != "{}" else {}
+    task = cls(
+        task_id=row.task_id, name=row.name, state=row.state, root_id=row.root_id, parent_id=row.parent_id,
+        group_id=row.group_id, chord_id=row.chord_id, trace_id=row.trace_id, hostname=row.hostname,
+        queue=row.queue, retries=row.retries, sent_at=row.sent_at, received_at=row.received_at,
+        started_at=row.started_at, finished_at=row.finished_at, runtime=row.runtime,
+        exception=row.exception, links=extra.get("links", []), link_errors=extra.get("link_errors", []),
+        durations=extra.get("durations", {}), updated_at=row.updated_at,
+    )  # fmt: skip
+    if isinstance(task, TaskDetail):
+        task.segments = [Segment(kind=k, start=s, end=e) for k, s, e in extra.get("segments", ())]
+        task.pid = extra.get("pid")
+        task.eta = extra.get("eta")
+        task.expires = extra.get("expires")
+    return task
+
+
+@dataclass
+class FlowRecord(FlowTally):
+    """A flow's tally as stored: `fnum` numbers flows in creation order (tasks point at it)."""
+
+    fnum: int = 0
+
+    @classmethod
+    def from_row(cls, row: FlowRow) -> FlowRecord:
+        return cls(
+            root_id=row.root_id, root_name=row.root_name, trace_id=row.trace_id,
+            counts=dict(zip(STATES, state_counts(row), strict=True)), task_count=row.task_count,
+            started_at=row.started_at, last_finished=row.last_finished, updated_at=row.updated_at,
+            fnum=row.fnum,
+        )  # fmt: skip
+
+    def to_row(self, seq: int) -> FlowRow:
+        ts = self.started_at if self.started_at is not None else (self.updated_at or 0.0)
+        return FlowRow._make((
+            self.root_id, self.root_name, self.state, self.trace_id,
+            *(self.counts.get(state, 0) for state in STATES),
+            self.task_count, self.started_at, self.last_finished, self.updated_at, ts, seq, self.fnum,
+        ))  # fmt: skip
+
+
+def flow_summary(row: FlowRow) -> FlowSummary:
+    return FlowRecord.from_row(row).summary()
