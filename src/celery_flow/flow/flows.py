@@ -95,25 +95,46 @@ class FlowTally:
         return flow_state(self.counts)
 
     def summary(self) -> FlowSummary:
-        """The flow's summary: finished (with a duration) only once every one of its tasks is."""
-        counts = {state: count for state, count in self.counts.items() if count}
-        # A failed flow whose other branches still run has not finished yet.
-        done = self.task_count > 0 and all(state in TERMINAL_STATES for state in counts)
-        finished_at = self.last_finished if done else None
-        started = self.started_at
-        duration = finished_at - started if finished_at is not None and started is not None else None
-        return FlowSummary(
-            root_id=self.root_id,
-            root_name=self.root_name,
-            state=flow_state(counts),
-            counts=counts,
-            task_count=self.task_count,
-            started_at=started,
-            finished_at=finished_at,
-            duration=max(duration, 0.0) if duration is not None else None,
-            trace_id=self.trace_id,
-            updated_at=self.updated_at,
-        )
+        return summary_from_counts(
+            self.root_id, self.counts, self.task_count, self.started_at, self.last_finished,
+            root_name=self.root_name, trace_id=self.trace_id, updated_at=self.updated_at,
+        )  # fmt: skip
+
+
+def summary_from_counts(
+    root_id: str,
+    counts: Mapping[str, int],
+    task_count: int,
+    started_at: float | None,
+    last_finished: float | None,
+    *,
+    root_name: str | None = None,
+    trace_id: str | None = None,
+    updated_at: float | None = None,
+    state: FlowState | None = None,
+) -> FlowSummary:
+    """A flow's summary from its counts by state and the time bounds of its tasks.
+
+    `state` is `flow_state(counts)` unless given (a stored flow carries the one computed from the same
+    counts when it was written). The flow has finished, with a duration, only once every task has.
+    """
+    counts = {state: count for state, count in counts.items() if count}
+    # A failed flow whose other branches still run has not finished yet.
+    done = task_count > 0 and all(state in TERMINAL_STATES for state in counts)
+    finished_at = last_finished if done else None
+    duration = finished_at - started_at if finished_at is not None and started_at is not None else None
+    return FlowSummary(
+        root_id=root_id,
+        root_name=root_name,
+        state=state if state is not None else flow_state(counts),
+        counts=counts,
+        task_count=task_count,
+        started_at=started_at,
+        finished_at=finished_at,
+        duration=max(duration, 0.0) if duration is not None else None,
+        trace_id=trace_id,
+        updated_at=updated_at,
+    )
 
 
 def summarize_flow(root_id: str, tasks: Iterable[TaskSummary]) -> FlowSummary:

@@ -11,7 +11,9 @@ import base64
 import binascii
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
+from itertools import groupby
+from operator import itemgetter
 from typing import Any, TypeVar
 
 import msgspec
@@ -52,7 +54,7 @@ from celery_flow.store.schema import STATES
 from celery_flow.store.write import event_decoder
 
 R = TypeVar("R")
-K = TypeVar("K")
+K = TypeVar("K", bound=tuple[Any, ...])
 
 # Runtimes per task name the registry's p50/p95 are computed over (the most recent ones).
 PERCENTILE_WINDOW = 1000
@@ -110,9 +112,7 @@ def list_tasks(s: Session, filt: TaskFilter, limit: int, cursor: str | None) -> 
         where.append("fnum IN (SELECT fnum FROM flows WHERE trace_id = ?) AND trace_id = ?")
         params.extend([filt.trace_id, filt.trace_id])
     alternatives = _common_filters(s, filt, "task_id", "name", where, params)
-    rows = _search(
-        s, TaskRow._make, TASK_SELECT, "task_id", where, params, alternatives, limit, cursor, _task_key
-    )
+    rows = _search(s, TaskRow, TASK_SELECT, "task_id", where, params, alternatives, limit, cursor, _task_key)
     return _paged(rows, limit, task_from_row, _task_key)
 
 
@@ -132,9 +132,7 @@ def list_flows(s: Session, filt: TaskFilter, limit: int, cursor: str | None) -> 
         where.append("EXISTS (SELECT 1 FROM tasks t WHERE t.fnum = flows.fnum AND (t.hostname || '') = ?)")
         params.append(filt.worker)
     alternatives = _common_filters(s, filt, "root_id", "root_name", where, params)
-    rows = _search(
-        s, FlowRow._make, FLOW_SELECT, "root_id", where, params, alternatives, limit, cursor, _flow_key
-    )
+    rows = _search(s, FlowRow, FLOW_SELECT, "root_id", where, params, alternatives, limit, cursor, _flow_key)
     return _paged(rows, limit, flow_summary, _flow_key)
 
 
@@ -163,7 +161,7 @@ def _common_filters(
 
 def _search(
     s: Session,
-    make: Callable[[Iterable[Any]], K],
+    row_type: type[K],
     select: str,
     id_column: str,
     where: list[str],
@@ -175,17 +173,19 @@ def _search(
 ) -> list[K]:
     """One keyset page, or the merge of one page per alternative (newest first, no duplicates)."""
     if not alternatives:
-        return _page(s, make, select, id_column, where, params, limit, cursor)
+        return _page(s, row_type, select, id_column, where, params, limit, cursor)
     merged: dict[str, K] = {}
     for condition, values in alternatives:
-        for row in _page(s, make, select, id_column, [*where, condition], [*params, *values], limit, cursor):
+        for row in _page(
+            s, row_type, select, id_column, [*where, condition], [*params, *values], limit, cursor
+        ):
             merged[key(row)[1]] = row
     return sorted(merged.values(), key=key, reverse=True)[: limit + 1]
 
 
 def _page(
     s: Session,
-    make: Callable[[Iterable[Any]], K],
+    row_type: type[K],
     select: str,
     id_column: str,
     where: list[str],
@@ -201,7 +201,7 @@ def _page(
     if where:
         sql += " WHERE " + " AND ".join(where)
     sql += f" ORDER BY ts DESC, {id_column} DESC LIMIT ?"
-    return fetch(s, make, sql, [*params, limit + 1])
+    return fetch(s, row_type, sql, [*params, limit + 1])
 
 
 def _paged(
@@ -232,21 +232,21 @@ def get_task(s: Session, task_id: str) -> TaskDetail | None:
 
 
 def flow_tasks(s: Session, root_id: str) -> list[TaskDetail]:
-    rows = fetch(s, TaskRow._make, TASK_SELECT + f" WHERE fnum = {_FNUM_OF} ORDER BY ts, task_id", (root_id,))
+    rows = fetch(s, TaskRow, TASK_SELECT + f" WHERE fnum = {_FNUM_OF} ORDER BY ts, task_id", (root_id,))
     return [task_from_row(r, TaskDetail) for r in rows]
 
 
 def trace(s: Session, trace_id: str) -> TraceView | None:
     flows = fetch(
         s,
-        FlowRow._make,
+        FlowRow,
         FLOW_SELECT + " WHERE trace_id = ? ORDER BY ts DESC, root_id DESC LIMIT ?",
         (trace_id, TRACE_LIMIT),
     )
     tasks = sorted(
         fetch_in(
             s,
-            TaskRow._make,
+            TaskRow,
             TASK_SELECT + " WHERE fnum IN {} AND trace_id = ?",
             [f.fnum for f in flows],
             (trace_id,),
@@ -277,8 +277,8 @@ def _recent_runtimes(s: Session, names: Sequence[str]) -> dict[str, list[float]]
             f"AND runtime IS NOT NULL ORDER BY ts DESC LIMIT {PERCENTILE_WINDOW}) AS r{i}"
             for i in range(len(chunk))
         )
-        for position, runtime in s.rows(sql, chunk):
-            out[chunk[position]].append(runtime)
+        for position, rows in groupby(s.rows(sql, chunk), key=itemgetter(0)):
+            out[chunk[position]].extend(map(itemgetter(1), rows))
     for runtimes in out.values():
         runtimes.sort()
     return out
@@ -294,8 +294,8 @@ def _percentile(sorted_values: Sequence[float], fraction: float) -> float | None
 
 def registry(s: Session) -> list[RegisteredTask]:
     """Every task name counted or announced: counts by state, failure rate, p50/p95 of recent runtimes."""
-    stats = {row.name: row for row in fetch(s, NameStatsRow._make, NAME_STATS_SELECT)}
-    announced = {row.name: row for row in fetch(s, RegistryRow._make, REGISTRY_SELECT)}
+    stats = {row.name: row for row in fetch(s, NameStatsRow, NAME_STATS_SELECT)}
+    announced = {row.name: row for row in fetch(s, RegistryRow, REGISTRY_SELECT)}
     counts = {
         name: {state: n for state, n in zip(STATES, state_counts(row), strict=True) if n}
         for name, row in stats.items()
@@ -321,7 +321,7 @@ def registry(s: Session) -> list[RegisteredTask]:
 
 def workers(s: Session, heartbeat_interval: float) -> list[WorkerInfo]:
     """Every worker seen; online while its heartbeats (or its own announced interval) say it is."""
-    rows = fetch(s, WorkerRow._make, WORKER_SELECT + " ORDER BY hostname")
+    rows = fetch(s, WorkerRow, WORKER_SELECT + " ORDER BY hostname")
     now = time.time()
     out = []
     for w in rows:
@@ -344,7 +344,7 @@ def workers(s: Session, heartbeat_interval: float) -> list[WorkerInfo]:
 
 
 def changes_since(s: Session, cursor: int, limit: int) -> tuple[list[TaskSummary], int]:
-    rows = fetch(s, TaskRow._make, TASK_SELECT + " WHERE seq > ? ORDER BY seq LIMIT ?", (int(cursor), limit))
+    rows = fetch(s, TaskRow, TASK_SELECT + " WHERE seq > ? ORDER BY seq LIMIT ?", (int(cursor), limit))
     if not rows:
         return [], cursor
     return [task_from_row(r) for r in rows], int(rows[-1].seq)

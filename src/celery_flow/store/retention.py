@@ -12,7 +12,8 @@ from typing import NamedTuple
 
 from celery_flow.store.connection import Session, chunks, in_list, meta_value, select_in
 from celery_flow.store.rows import FlowRecord, fetch_in, select
-from celery_flow.store.write import add_name_stats, count_name, read_flows, save_flows
+from celery_flow.store.schema import STATES
+from celery_flow.store.write import STATE_INDEX, add_name_stats, read_flows, save_flows
 
 # Tasks deleted per transaction.
 SWEEP_BATCH = 5000
@@ -81,7 +82,7 @@ def _sweep_batch(session: Session, seq: int, cutoff: float | None, max_tasks: in
 
 
 def _delete_tasks(session: Session, seq: int, ids: list[str]) -> None:
-    doomed = fetch_in(session, _Doomed._make, _DOOMED_SELECT, ids)
+    doomed = fetch_in(session, _Doomed, _DOOMED_SELECT, ids)
     nums = sorted(task.num for task in doomed)
     events = 0
     for chunk in chunks(nums):
@@ -89,7 +90,8 @@ def _delete_tasks(session: Session, seq: int, ids: list[str]) -> None:
         session.run(f"DELETE FROM tasks WHERE num IN {in_list(chunk)}", chunk)
     deltas: dict[str, list[int]] = {}
     for task in doomed:
-        count_name(deltas, task.name, task.state, -1)
+        if task.name:
+            deltas.setdefault(task.name, [0] * len(STATES))[STATE_INDEX[task.state]] -= 1
     add_name_stats(session, deltas)
     # The flows that lost tasks: recount them from what is left (an indexed range per flow).
     old_rows = read_flows(session, sorted({task.root_id for task in doomed}))

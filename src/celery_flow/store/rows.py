@@ -5,18 +5,22 @@ A SELECT names the fields of the row type it fills (`select()`), so every column
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any, NamedTuple, TypeVar
 
 import msgspec
 
-from celery_flow.flow.flows import FlowTally, first_seen
-from celery_flow.flow.model import FlowSummary, Segment, TaskDetail, TaskState, TaskSummary
+from celery_flow.flow.flows import FlowTally, first_seen, summary_from_counts
+from celery_flow.flow.model import FlowState, FlowSummary, Segment, TaskDetail, TaskState, TaskSummary
 from celery_flow.store.connection import Session, select_in
 from celery_flow.store.schema import STATE_COLUMNS, STATES
 
-T = TypeVar("T")
+T = TypeVar("T", bound=tuple[Any, ...])
+# A row type from a fetched row: tuple.__new__ skips NamedTuple._make's length check, which a SELECT
+# of the type's own fields makes moot.
+_new = tuple.__new__
 
 json_encoder = msgspec.json.Encoder()
 json_decoder = msgspec.json.Decoder()
@@ -55,7 +59,7 @@ class FlowRow(NamedTuple):
 
     root_id: str
     root_name: str | None
-    state: str
+    state: FlowState
     trace_id: str | None
     n_pending: int
     n_received: int
@@ -123,38 +127,30 @@ WORKER_SELECT = select(WorkerRow._fields, "workers")
 REGISTRY_SELECT = select(RegistryRow._fields, "registry")
 
 
-def fetch(
-    session: Session, make: Callable[[Iterable[Any]], T], sql: str, params: Sequence[Any] = ()
-) -> list[T]:
-    """The rows of `sql`, each made into a row type by `make` (its `_make`)."""
-    return [make(row) for row in session.rows(sql, params)]
+def fetch(session: Session, row_type: type[T], sql: str, params: Sequence[Any] = ()) -> list[T]:
+    """The rows of `sql` (a SELECT of `row_type`'s fields) as `row_type` tuples."""
+    return [_new(row_type, row) for row in session.rows(sql, params)]
 
 
 def fetch_in(
-    session: Session,
-    make: Callable[[Iterable[Any]], T],
-    sql: str,
-    values: Sequence[Any],
-    extra: Sequence[Any] = (),
+    session: Session, row_type: type[T], sql: str, values: Sequence[Any], extra: Sequence[Any] = ()
 ) -> list[T]:
-    """`select_in` with each row made into a row type by `make`."""
-    return [make(row) for row in select_in(session, sql, values, extra)]
+    """`select_in` with each row as a `row_type` tuple."""
+    return [_new(row_type, row) for row in select_in(session, sql, values, extra)]
 
 
-def state_counts(row: FlowRow | NameStatsRow) -> list[int]:
-    """The row's count columns, in the order of schema.STATES."""
-    return [int(getattr(row, column)) for column in STATE_COLUMNS.values()]
+# The count columns of a FlowRow or NameStatsRow, in the order of schema.STATES.
+state_counts: Callable[[FlowRow | NameStatsRow], tuple[int, ...]] = attrgetter(*STATE_COLUMNS.values())
 
 
 def task_row(task: TaskDetail, seq: int, num: int, fnum: int) -> TaskRow:
+    """The tasks row of a folded task (positional, in TaskRow's field order: the write path's hot spot)."""
     ts = first_seen(task)
     return TaskRow(
-        task_id=task.task_id, name=task.name, state=task.state, root_id=task.root_id or task.task_id,
-        parent_id=task.parent_id, group_id=task.group_id, chord_id=task.chord_id, trace_id=task.trace_id,
-        hostname=task.hostname, queue=task.queue, retries=task.retries, sent_at=task.sent_at,
-        received_at=task.received_at, started_at=task.started_at, finished_at=task.finished_at,
-        runtime=task.runtime, exception=task.exception, updated_at=task.updated_at,
-        ts=ts if ts is not None else 0.0, seq=seq, extra=_task_extra(task), num=num, fnum=fnum,
+        task.task_id, task.name, task.state, task.root_id or task.task_id, task.parent_id, task.group_id,
+        task.chord_id, task.trace_id, task.hostname, task.queue, task.retries, task.sent_at,
+        task.received_at, task.started_at, task.finished_at, task.runtime, task.exception, task.updated_at,
+        ts if ts is not None else 0.0, seq, _task_extra(task), num, fnum,
     )  # fmt: skip
 
 
@@ -214,12 +210,18 @@ class FlowRecord(FlowTally):
 
     def to_row(self, seq: int) -> FlowRow:
         ts = self.started_at if self.started_at is not None else (self.updated_at or 0.0)
-        return FlowRow._make((
+        counts = self.counts
+        return _new(FlowRow, (
             self.root_id, self.root_name, self.state, self.trace_id,
-            *(self.counts.get(state, 0) for state in STATES),
+            *[counts.get(state, 0) for state in STATES],
             self.task_count, self.started_at, self.last_finished, self.updated_at, ts, seq, self.fnum,
         ))  # fmt: skip
 
 
 def flow_summary(row: FlowRow) -> FlowSummary:
-    return FlowRecord.from_row(row).summary()
+    """The summary of a stored flow, with the state stored beside its counts."""
+    return summary_from_counts(
+        row.root_id, dict(zip(STATES, state_counts(row), strict=True)), row.task_count, row.started_at,
+        row.last_finished, root_name=row.root_name, trace_id=row.trace_id, updated_at=row.updated_at,
+        state=row.state,
+    )  # fmt: skip

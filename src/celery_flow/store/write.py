@@ -13,6 +13,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 
 import msgspec
 
@@ -55,7 +56,8 @@ _FLOW_INDEXED = frozenset({"root_name", "state", "trace_id", "ts"})
 _NAME_STATS_UPSERT = upsert("name_stats", NameStatsRow._fields, "name")
 _WORKER_UPSERT = upsert("workers", WorkerRow._fields, "hostname")
 _REGISTRY_UPSERT = upsert("registry", RegistryRow._fields, "name")
-_STATE_INDEX = {state: i for i, state in enumerate(STATES)}
+# A state's position in schema.STATES: its place in a list of counts.
+STATE_INDEX = {state: i for i, state in enumerate(STATES)}
 
 
 @dataclass(frozen=True)
@@ -161,7 +163,7 @@ def _apply_tasks(
         by_task.setdefault(event.task_id or "", []).append(event)
     old_rows = {
         row.task_id: row
-        for row in fetch_in(session, TaskRow._make, TASK_SELECT + " WHERE task_id IN {}", sorted(by_task))
+        for row in fetch_in(session, TaskRow, TASK_SELECT + " WHERE task_id IN {}", sorted(by_task))
     }
     fresh = list(task_events.values())
     if old_rows:
@@ -243,10 +245,13 @@ def write_rows(
     inserts: list[Row] = []
     updates: dict[tuple[int, ...], list[Row]] = {}
     indexed_positions = [i for i, column in enumerate(columns) if column in indexed]
+    indexed_values = itemgetter(*indexed_positions)
     for row in rows:
         before = old_rows.get(row[0])
         if before is None:
             inserts.append(row)
+        elif indexed_values(row) == indexed_values(before):
+            updates.setdefault((), []).append(row)
         else:
             changed = tuple(i for i in indexed_positions if row[i] != before[i])
             updates.setdefault(changed, []).append(row)
@@ -256,17 +261,14 @@ def write_rows(
     for changed, group in updates.items():
         assigned = plain + list(changed)
         sets = ", ".join(f"{columns[i]} = ?" for i in assigned)
-        session.many(
-            f"UPDATE {table} SET {sets} WHERE {columns[0]} = ?",
-            [(*tuple(row[i] for i in assigned), row[0]) for row in group],
-        )
+        parameters = itemgetter(*assigned, 0)  # the values to set, then the key
+        session.many(f"UPDATE {table} SET {sets} WHERE {columns[0]} = ?", [parameters(row) for row in group])
 
 
 def read_flows(session: Session, roots: Sequence[str]) -> dict[str, FlowRow]:
     """The flow rows of these root ids, by root id."""
     return {
-        row.root_id: row
-        for row in fetch_in(session, FlowRow._make, FLOW_SELECT + " WHERE root_id IN {}", roots)
+        row.root_id: row for row in fetch_in(session, FlowRow, FLOW_SELECT + " WHERE root_id IN {}", roots)
     }
 
 
@@ -307,16 +309,12 @@ def save_flows(
 def _update_name_stats(session: Session, changes: list[_TaskChange]) -> None:
     deltas: dict[str, list[int]] = {}
     for change in changes:
-        if change.old is not None:
-            count_name(deltas, change.old.name, change.old.state, -1)
-        count_name(deltas, change.new.name, change.new.state, 1)
+        old, new = change.old, change.new
+        if old is not None and old.name:
+            deltas.setdefault(old.name, [0] * len(STATES))[STATE_INDEX[old.state]] -= 1
+        if new.name:
+            deltas.setdefault(new.name, [0] * len(STATES))[STATE_INDEX[new.state]] += 1
     add_name_stats(session, deltas)
-
-
-def count_name(deltas: dict[str, list[int]], name: str | None, state: str, delta: int) -> None:
-    """Add `delta` to the count of `state` for `name` in `deltas` (lists in schema.STATES order)."""
-    if name:
-        deltas.setdefault(name, [0] * len(STATES))[_STATE_INDEX[state]] += delta
 
 
 def add_name_stats(session: Session, deltas: dict[str, list[int]]) -> None:
@@ -327,7 +325,7 @@ def add_name_stats(session: Session, deltas: dict[str, list[int]]) -> None:
     names = sorted(deltas)
     current = {
         row.name: state_counts(row)
-        for row in fetch_in(session, NameStatsRow._make, NAME_STATS_SELECT + " WHERE name IN {}", names)
+        for row in fetch_in(session, NameStatsRow, NAME_STATS_SELECT + " WHERE name IN {}", names)
     }
     rows = []
     for name in names:
@@ -340,7 +338,7 @@ def _apply_workers(session: Session, events: list[Event], host_runs: dict[str, i
     hosts = sorted({e.hostname for e in events if e.hostname} | set(host_runs))
     workers = {
         row.hostname: row
-        for row in fetch_in(session, WorkerRow._make, WORKER_SELECT + " WHERE hostname IN {}", hosts)
+        for row in fetch_in(session, WorkerRow, WORKER_SELECT + " WHERE hostname IN {}", hosts)
     }
     announced: dict[str, tuple[str | None, str | None, set[str]]] = {}
     for host in hosts:
@@ -383,8 +381,7 @@ def _update_registry(session: Session, announced: dict[str, tuple[str | None, st
     """Merge what workers announced (signature, doc, hostnames by task name) into `registry`."""
     names = sorted(announced)
     known = {
-        row.name: row
-        for row in fetch_in(session, RegistryRow._make, REGISTRY_SELECT + " WHERE name IN {}", names)
+        row.name: row for row in fetch_in(session, RegistryRow, REGISTRY_SELECT + " WHERE name IN {}", names)
     }
     rows = []
     for name in names:
