@@ -139,6 +139,7 @@ def fetch_in(
     return [_new(row_type, row) for row in select_in(session, sql, values, extra)]
 
 
+_NO_COUNTS = (0,) * len(STATES)
 # The count columns of a FlowRow or NameStatsRow, in the order of schema.STATES.
 state_counts: Callable[[FlowRow | NameStatsRow], tuple[int, ...]] = attrgetter(*STATE_COLUMNS.values())
 
@@ -203,17 +204,17 @@ class FlowRecord(FlowTally):
     def from_row(cls, row: FlowRow) -> FlowRecord:
         return cls(
             root_id=row.root_id, root_name=row.root_name, trace_id=row.trace_id,
-            counts=dict(zip(STATES, state_counts(row), strict=True)), task_count=row.task_count,
+            counts={state: n for state, n in zip(STATES, state_counts(row), strict=True) if n},
+            task_count=row.task_count,
             started_at=row.started_at, last_finished=row.last_finished, updated_at=row.updated_at,
             fnum=row.fnum,
         )  # fmt: skip
 
     def to_row(self, seq: int) -> FlowRow:
         ts = self.started_at if self.started_at is not None else (self.updated_at or 0.0)
-        counts = self.counts
         return _new(FlowRow, (
             self.root_id, self.root_name, self.state, self.trace_id,
-            *[counts.get(state, 0) for state in STATES],
+            *map(self.counts.get, STATES, _NO_COUNTS),
             self.task_count, self.started_at, self.last_finished, self.updated_at, ts, seq, self.fnum,
         ))  # fmt: skip
 
