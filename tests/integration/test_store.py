@@ -18,8 +18,10 @@ import pytest
 from tests.support.events import event
 
 from celery_flow.events import DEFAULT_HEARTBEAT_INTERVAL, Event, TaskInfo
+from celery_flow.flow.flows import summarize_flow
 from celery_flow.store import StoreError, TaskFilter, open_store
 from celery_flow.store.sql import SqlStore
+from celery_flow.store.sqlite import SQLiteStore
 
 T0 = 1_700_000_000.0
 
@@ -322,6 +324,56 @@ def test_registry_counts_failure_rate_and_percentiles(store: SqlStore) -> None:
     assert (idle.total, idle.p50, idle.workers) == (0, None, ["celery@w1"])
 
 
+def test_registry_gives_each_name_the_percentiles_of_its_own_runtimes(
+    store: SqlStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """However the names are split over statements, no name gets another's runtimes."""
+    import celery_flow.store.queries as queries
+
+    monkeypatch.setattr(queries, "RUNTIME_NAMES", 2)
+    store.apply(
+        [
+            e
+            for k in range(5)
+            for i in range(10)
+            for e in run(f"n{k}-{i}", T0 + i, name=f"app.n{k}", runtime=float(100 * k + i + 1))
+        ]
+    )
+    got = {r.name: (r.p50, r.p95) for r in store.registry()}
+    assert got == {f"app.n{k}": (100.0 * k + 5, 100.0 * k + 10) for k in range(5)}
+
+
+def test_registry_reads_the_same_few_statements_for_any_number_of_names() -> None:
+    """The registry page costs no round trip per task name (what a PostgreSQL store would feel)."""
+
+    def statements(names: int) -> list[str]:
+        store = open_store("sqlite:///:memory:")
+        assert isinstance(store, SQLiteStore)
+        try:
+            store.apply([e for k in range(names) for e in run(f"t{k}", T0 + k, name=f"app.t{k}")])
+            seen: list[str] = []
+            store._conn().set_trace_callback(seen.append)
+            assert len(store.registry()) == names
+            return seen
+        finally:
+            store.close()
+
+    few = statements(3)
+    assert len(few) <= 3
+    assert len(statements(60)) == len(few)
+
+
+def test_flow_rows_agree_with_the_summary_of_their_tasks(store: SqlStore) -> None:
+    """The flow list says what flow/flows.py says of the same tasks (the graph's summary), name included."""
+    # A chord applied outside any task: rooted at its group id, which no task has.
+    members = [run(f"m{i}", T0 + i, name="app.member", root="g", group_id="g") for i in range(2)]
+    callback = run("cb", T0 + 5, name="app.callback", root="g", parent="m1", outcome="failed")
+    store.apply([e for events in members for e in events] + callback + run("solo", T0 + 9, trace="tr"))
+    listed = store.list_flows(TaskFilter(), 10, None).items
+    assert [(f.root_id, f.root_name) for f in listed] == [("solo", "app.add"), ("g", "app.member")]
+    assert [summarize_flow(f.root_id, store.flow_tasks(f.root_id)) for f in listed] == listed
+
+
 def test_workers_online_offline_and_tasks_run(store: SqlStore) -> None:
     now = time.time()
     store.apply(
@@ -497,9 +549,9 @@ def test_sweep_by_age_and_count_removes_tasks_events_and_empty_flows(store: SqlS
 
 def test_sweep_works_in_bounded_slices(store: SqlStore, monkeypatch: pytest.MonkeyPatch) -> None:
     """A large backlog is deleted a slice per call, so the consumer calling sweep() never stalls."""
-    import celery_flow.store.sql as sql
+    import celery_flow.store.retention as retention
 
-    monkeypatch.setattr(sql, "SWEEP_BATCH", 10)
+    monkeypatch.setattr(retention, "SWEEP_BATCH", 10)
     now = time.time()
     store.apply([e for i in range(35) for e in run(f"old{i}", now - 10_000 - i)])
     assert store.sweep(ttl=0, max_tasks=None) == 0  # 0 keeps everything

@@ -9,8 +9,9 @@ import pytest
 from tests.support.events import event
 
 from celery_flow.store import StoreError, default_store_url, open_store, sqlite_path
-from celery_flow.store.schema import ddl
-from celery_flow.store.sql import decode_cursor, encode_cursor
+from celery_flow.store.queries import decode_cursor, encode_cursor
+from celery_flow.store.rows import FlowRow, NameStatsRow, TaskRow, WorkerRow
+from celery_flow.store.schema import FLOW_COLUMNS, STATE_COLUMNS, TASK_COLUMNS, WORKER_COLUMNS, ddl
 from celery_flow.store.sqlite import SQLiteStore
 
 
@@ -52,6 +53,14 @@ def test_schema_creates_in_sqlite_and_differs_only_in_types() -> None:
     assert len(sqlite_lines) == len(pg_lines)
     assert "BYTEA" in " ".join(pg_lines)
     assert "BLOB" in " ".join(sqlite_lines)
+
+
+def test_row_types_name_the_schema_columns_in_order() -> None:
+    """Rows are read by name: each row type is the column list its table is written with."""
+    assert TaskRow._fields == TASK_COLUMNS
+    assert FlowRow._fields == FLOW_COLUMNS
+    assert WorkerRow._fields == WORKER_COLUMNS
+    assert NameStatsRow._fields == ("name", *STATE_COLUMNS.values())
 
 
 def test_store_of_another_schema_version_is_refused(tmp_path: Path) -> None:

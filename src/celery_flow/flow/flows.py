@@ -1,13 +1,15 @@
-"""One row per root workflow: its state, counts by state, start and duration; and the same for a trace.
+"""One row per root workflow: its state, counts by state, start and duration.
 
 The store keeps these rows up to date as tasks change (so listing flows never aggregates a million
-tasks at query time); it, the flow graph and the trace view derive the state with the one rule here,
-and the UI shows what they say.
+tasks at query time) with `FlowTally`, the same tally `summarize_flow` builds from a list of tasks; the
+flow graph and the trace view use the same functions, and the UI shows what they say. The state, naming,
+"done" and duration rules live here once.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 
 from celery_flow.flow.model import TERMINAL_STATES, FlowState, FlowSummary, TaskSummary, TraceSummary
 
@@ -40,51 +42,105 @@ def first_seen(task: TaskSummary) -> float | None:
     return None
 
 
-def summarize_flow(root_id: str, tasks: Iterable[TaskSummary]) -> FlowSummary:
-    """The summary row of one root workflow from its tasks."""
-    counts: dict[str, int] = {}
-    started: float | None = None
-    finished: float | None = None
-    updated: float | None = None
+@dataclass
+class FlowTally:
+    """One flow's figures, built a task at a time: counts by state and the time bounds of its tasks.
+
+    `started_at` is the earliest first-seen time, `last_finished` the latest finish and `updated_at` the
+    latest update of the tasks added; `remove` takes a task's count back out (it changed or was deleted)
+    but leaves the bounds, which a changed task only ever widens.
+    """
+
+    root_id: str
     root_name: str | None = None
-    member_name: tuple[float, str | None] | None = None
     trace_id: str | None = None
-    for task in tasks:
-        counts[task.state] = counts.get(task.state, 0) + 1
-        seen = first_seen(task)
-        if seen is not None and (started is None or seen < started):
-            started = seen
-        if task.finished_at is not None and (finished is None or task.finished_at > finished):
-            finished = task.finished_at
-        if task.updated_at is not None and (updated is None or task.updated_at > updated):
-            updated = task.updated_at
-        if task.task_id == root_id:
-            root_name = task.name
-            trace_id = task.trace_id or trace_id
-        else:
-            if task.group_id == root_id and task.parent_id is None:
-                # A group or chord applied outside a task is rooted at its group id (no task has that
-                # id): the flow is named after its first top-level member, as the store names it.
-                at = seen if seen is not None else float("inf")
-                if member_name is None or at < member_name[0]:
-                    member_name = (at, task.name)
-            if trace_id is None:
-                trace_id = task.trace_id
-    if root_name is None and member_name is not None:
-        root_name = member_name[1]
-    state, finished_at, duration = _outcome(counts, started, finished)
+    counts: dict[str, int] = field(default_factory=dict)
+    task_count: int = 0
+    started_at: float | None = None
+    last_finished: float | None = None
+    updated_at: float | None = None
+
+    def add(self, task: TaskSummary) -> None:
+        """Count `task` in, widen the bounds, and take the flow's name and trace id from it if due."""
+        self.add_many(task.state, 1, first_seen(task), task.finished_at)
+        if task.updated_at is not None and (self.updated_at is None or task.updated_at > self.updated_at):
+            self.updated_at = task.updated_at
+        if task.task_id == self.root_id:
+            self.root_name = task.name or self.root_name
+            self.trace_id = task.trace_id or self.trace_id
+            return
+        if self.root_name is None and task.group_id == self.root_id and task.parent_id is None:
+            # A group or chord applied outside a task is rooted at its group id (no task has that id):
+            # name the flow after its top-level members (not the chord callback, whose parent is a
+            # member) so a list never shows a blank row.
+            self.root_name = task.name
+        if self.trace_id is None:
+            self.trace_id = task.trace_id
+
+    def add_many(self, state: str, count: int, started: float | None, finished: float | None) -> None:
+        """Count in `count` tasks in `state`, first seen at `started` and finished by `finished` at most."""
+        self.counts[state] = self.counts.get(state, 0) + count
+        self.task_count += count
+        if started is not None and (self.started_at is None or started < self.started_at):
+            self.started_at = started
+        if finished is not None and (self.last_finished is None or finished > self.last_finished):
+            self.last_finished = finished
+
+    def remove(self, state: str) -> None:
+        """Count out one task that was in `state`."""
+        self.counts[state] = self.counts.get(state, 0) - 1
+        self.task_count -= 1
+
+    @property
+    def state(self) -> FlowState:
+        return flow_state(self.counts)
+
+    def summary(self) -> FlowSummary:
+        return summary_from_counts(
+            self.root_id, self.counts, self.task_count, self.started_at, self.last_finished,
+            root_name=self.root_name, trace_id=self.trace_id, updated_at=self.updated_at,
+        )  # fmt: skip
+
+
+def summary_from_counts(
+    root_id: str,
+    counts: Mapping[str, int],
+    task_count: int,
+    started_at: float | None,
+    last_finished: float | None,
+    *,
+    root_name: str | None = None,
+    trace_id: str | None = None,
+    updated_at: float | None = None,
+    state: FlowState | None = None,
+) -> FlowSummary:
+    """A flow's summary from its counts by state and the time bounds of its tasks.
+
+    `state` is `flow_state(counts)` unless given (a stored flow carries the one computed from the same
+    counts when it was written). The flow has finished, with a duration, only once every task has.
+    """
+    counts = {state: count for state, count in counts.items() if count}
+    finished_at, duration = _finish(counts, started_at, last_finished)
     return FlowSummary(
         root_id=root_id,
         root_name=root_name,
-        state=state,
+        state=state if state is not None else flow_state(counts),
         counts=counts,
-        task_count=sum(counts.values()),
-        started_at=started,
+        task_count=task_count,
+        started_at=started_at,
         finished_at=finished_at,
         duration=duration,
         trace_id=trace_id,
-        updated_at=updated,
+        updated_at=updated_at,
     )
+
+
+def summarize_flow(root_id: str, tasks: Iterable[TaskSummary]) -> FlowSummary:
+    """The summary row of one root workflow from its tasks."""
+    tally = FlowTally(root_id)
+    for task in tasks:
+        tally.add(task)
+    return tally.summary()
 
 
 def summarize_trace(flows: Iterable[FlowSummary]) -> TraceSummary:
@@ -99,9 +155,10 @@ def summarize_trace(flows: Iterable[FlowSummary]) -> TraceSummary:
             started = flow.started_at
         if flow.finished_at is not None and (finished is None or flow.finished_at > finished):
             finished = flow.finished_at
-    state, finished_at, duration = _outcome(counts, started, finished)
+    counts = {state: count for state, count in counts.items() if count}
+    finished_at, duration = _finish(counts, started, finished)
     return TraceSummary(
-        state=state,
+        state=flow_state(counts),
         counts=counts,
         task_count=sum(counts.values()),
         started_at=started,
@@ -110,11 +167,11 @@ def summarize_trace(flows: Iterable[FlowSummary]) -> TraceSummary:
     )
 
 
-def _outcome(
+def _finish(
     counts: Mapping[str, int], started: float | None, last_finished: float | None
-) -> tuple[FlowState, float | None, float | None]:
-    """State, finish time and duration: a flow whose branches still run has not finished, even failed."""
-    done = any(counts.values()) and all(state in TERMINAL_STATES for state, n in counts.items() if n > 0)
+) -> tuple[float | None, float | None]:
+    """Finish time and duration: a flow whose branches still run has not finished, even if it failed."""
+    done = bool(counts) and all(state in TERMINAL_STATES for state in counts)
     finished_at = last_finished if done else None
     duration = finished_at - started if finished_at is not None and started is not None else None
-    return flow_state(counts), finished_at, max(duration, 0.0) if duration is not None else None
+    return finished_at, max(duration, 0.0) if duration is not None else None

@@ -127,7 +127,7 @@ class LiveHub:
     async def _poll_once(self) -> None:
         store = self._store()
         if self.cursor is None:
-            self.cursor = await anyio.to_thread.run_sync(_head_cursor, store)
+            self.cursor = await anyio.to_thread.run_sync(store.head_cursor)
         while True:
             items, cursor = await anyio.to_thread.run_sync(store.changes_since, self.cursor, self.batch)
             self.cursor = cursor
@@ -218,15 +218,3 @@ class LiveHub:
                     root_id=root_id if isinstance(root_id, str) and root_id else None,
                     trace_id=trace_id if isinstance(trace_id, str) and trace_id else None,
                 )
-
-
-def _head_cursor(store: Store) -> int:
-    """The store's current change counter, so a new process pushes only what changes from now on."""
-    head = getattr(store, "change_cursor", None) or getattr(store, "head_cursor", None)
-    if callable(head):
-        return int(head())
-    cursor = 0
-    while True:
-        items, cursor = store.changes_since(cursor, 5000)
-        if len(items) < 5000:
-            return cursor

@@ -71,6 +71,10 @@ class Store(Protocol):
         """Tasks changed after `cursor` (a store-wide change counter) and the new cursor, for live push."""
         ...
 
+    def head_cursor(self) -> int:
+        """The current change counter: a new live poller starts here, pushing only what changes next."""
+        ...
+
     def stats(self) -> StoreStats: ...
 
     def sweep(self, ttl: float | None, max_tasks: int | None) -> int:

@@ -1,31 +1,29 @@
 """PostgreSQL engine (psycopg 3): a shared store for several hosts and long history.
 
 Each thread keeps its own connection (psycopg connections are not for concurrent use), reopened after
-a failure. Writers serialize on the `meta.seq` row (`SELECT ... FOR UPDATE` first thing in `apply()`), so
-change numbers are handed out in commit order: a reader tailing `seq > cursor` can never pass a change
-that commits later with a smaller number, however many `consume` processes write at once. The cost is
-that folds of concurrent writers do not overlap; decoding, network reads and acks still do.
+a failure. Writers serialize on the `meta.seq` row (`SELECT ... FOR UPDATE` first thing in every write
+transaction), so change numbers are handed out in commit order: a reader tailing `seq > cursor` can never
+pass a change that commits later with a smaller number, however many `consume` processes write at once.
+The cost is that folds of concurrent writers do not overlap; decoding, network reads and acks still do.
 """
 
 from __future__ import annotations
 
-import os
 import re
-import threading
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, suppress
-from typing import Any, TypeVar
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from typing import Any
 
 from celery_flow.events import DEFAULT_HEARTBEAT_INTERVAL
 from celery_flow.store.base import StoreError
-from celery_flow.store.sql import Row, SqlStore
+from celery_flow.store.connection import Row, Session
+from celery_flow.store.sql import SqlStore
 
 try:
     import psycopg
 except ImportError:  # pragma: no cover - depends on the installation
     psycopg = None  # type: ignore[assignment]
 
-R = TypeVar("R")
 CONNECT_TIMEOUT = 5
 FIX_HINT = "check the URL given to --store / CELERY_FLOW_STORE and that PostgreSQL is running"
 # What to do about a failed statement, by SQLSTATE (or its class): only a lost or refused connection is
@@ -84,17 +82,13 @@ class _Session:
         plain_insert = _PLAIN_INSERT.match(sql)
         with self.conn.cursor() as cur:
             if plain_insert is not None and len(rows) > 8:
-                # COPY: one stream instead of a statement per row (psycopg's executemany costs ~30 µs a row).
+                # COPY: one stream instead of one statement per row.
                 table, columns = plain_insert.groups()
                 with cur.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
                     for row in rows:
                         copy.write_row(row)
             else:
                 cur.executemany(_sql(sql), rows)
-
-
-class _StaleConnection(Exception):
-    """A connection that worked before failed: the server restarted or the network dropped it."""
 
 
 def error_hint(sqlstate: str | None) -> str:
@@ -104,20 +98,16 @@ def error_hint(sqlstate: str | None) -> str:
     return _HINTS.get(sqlstate) or _HINTS.get(sqlstate[:2]) or f"SQLSTATE {sqlstate}"
 
 
-class PostgresStore(SqlStore):
+class PostgresStore(SqlStore[Any]):
     dialect = "postgresql"
     lock_suffix = " FOR UPDATE"
+    driver_errors = (psycopg.Error,) if psycopg is not None else ()
 
     def __init__(self, url: str, heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL) -> None:
         super().__init__(heartbeat_interval)
         if psycopg is None:
             raise StoreError("PostgreSQL support needs psycopg: pip install 'celery-flow[postgres]'")
         self.url = url
-        self._local = threading.local()
-        self._connections: list[Any] = []
-        self._lock = threading.Lock()
-        self._closed = False
-        self._pid = os.getpid()
         with self._write() as session:
             # Two processes starting at once must not race on CREATE TABLE IF NOT EXISTS.
             session.rows("SELECT pg_advisory_xact_lock(815242607)")
@@ -137,82 +127,22 @@ class PostgresStore(SqlStore):
             raise StoreError(
                 f"cannot connect to PostgreSQL at {redact(self.url)} ({detail}): {FIX_HINT}"
             ) from None
-        with self._lock:
-            self._connections.append(conn)
         return conn
 
-    def _conn(self) -> Any:
-        if self._closed:
-            raise StoreError("the store is closed")
-        if os.getpid() != self._pid:
-            self._local = threading.local()
-            self._connections = []
-            self._pid = os.getpid()
-        conn = getattr(self._local, "conn", None)
-        if conn is None or conn.closed or conn.broken:
-            if conn is not None:
-                self._discard(conn)
-            conn = self._connect()
-            self._local.conn = conn
-        return conn
+    def _usable(self, conn: Any) -> bool:
+        return not (conn.closed or conn.broken)
 
-    def _discard(self, conn: Any) -> None:
-        with self._lock:
-            if conn in self._connections:
-                self._connections.remove(conn)
-        with suppress(Exception):
-            conn.close()
-        if getattr(self._local, "conn", None) is conn:
-            self._local.conn = None
+    def _lost(self, exc: Exception) -> bool:
+        return psycopg is not None and isinstance(exc, psycopg.OperationalError)
 
-    @contextmanager
-    def _read(self) -> Iterator[_Session]:
-        assert psycopg is not None
-        conn = self._conn()
-        reused = getattr(conn, "_celery_flow_used", False)
-        try:
-            yield _Session(conn)
-            conn._celery_flow_used = True
-        except psycopg.OperationalError as exc:
-            self._discard(conn)
-            if reused:
-                raise _StaleConnection(str(exc)) from None
-            raise self._error(exc) from None
-        except psycopg.Error as exc:
-            raise self._error(exc) from None
+    def _session(self, conn: Any) -> Session:
+        return _Session(conn)
 
-    def _reading(self, call: Callable[[_Session], R]) -> R:
-        """Reads are retried once on a fresh connection when a pooled one went stale (server restart)."""
-        try:
-            with self._read() as session:
-                return call(session)
-        except _StaleConnection:
-            with self._read() as session:
-                return call(session)
-
-    @contextmanager
-    def _write(self) -> Iterator[_Session]:
-        assert psycopg is not None
-        conn = self._conn()
-        try:
-            with conn.transaction():
-                yield _Session(conn)
-        except psycopg.OperationalError as exc:
-            self._discard(conn)
-            raise self._error(exc) from None
-        except psycopg.Error as exc:
-            raise self._error(exc) from None
+    def _transaction(self, conn: Any) -> AbstractContextManager[Any]:
+        return conn.transaction()  # type: ignore[no-any-return]
 
     def _error(self, exc: Exception) -> StoreError:
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return StoreError(
             f"PostgreSQL at {redact(self.url)}: {detail}: {error_hint(getattr(exc, 'sqlstate', None))}"
         )
-
-    def close(self) -> None:
-        self._closed = True
-        with self._lock:
-            connections, self._connections = self._connections, []
-        for conn in connections:
-            with suppress(Exception):
-                conn.close()

@@ -9,8 +9,8 @@ Tables:
 - events: every stored task event, encoded (msgspec JSON), stored in arrival order (`enum`, the SQLite
   rowid) so each batch appends; the unique index on (task number, event id) gives idempotence (an event
   id always belongs to the same task) and a task's events for a re-fold (flow/fold.py) as one range.
-  Tasks are numbered in the order they are first stored, so that index, too, grows at its end. (Keyed
-  by the random task id, each event dirtied its own page: ~11 KB of WAL per event; now ~4 KB.)
+  Tasks are numbered in the order they are first stored, so that index, too, grows at its end (a
+  random task id as key would make each event dirty a page of its own).
 - tasks: the folded summary of each task, `num` its insertion number (SQLite rowid); `ts` is when it
   was first known (the list order), `seq` the store-wide change number of its latest change (live push
   tails `seq`). `extra` holds the JSON of fields no query filters on (links, durations, timeline

@@ -19,7 +19,8 @@ from typing import Any
 
 from celery_flow.events import DEFAULT_HEARTBEAT_INTERVAL
 from celery_flow.store.base import StoreError
-from celery_flow.store.sql import Row, SqlStore
+from celery_flow.store.connection import Row, Session
+from celery_flow.store.sql import SqlStore
 
 BUSY_TIMEOUT_MS = 30_000
 FIX_HINT = "choose a writable path with --store sqlite:///path/to/flow.db or CELERY_FLOW_STORE"
@@ -41,20 +42,21 @@ class _Session:
         self.cursor.executemany(sql, rows)
 
 
-class SQLiteStore(SqlStore):
+class SQLiteStore(SqlStore[sqlite3.Connection]):
     dialect = "sqlite"
+    driver_errors = (sqlite3.Error,)
 
     def __init__(self, path: str, heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL) -> None:
         super().__init__(heartbeat_interval)
         self.path = path
         self.memory = path == ":memory:"
-        self._local = threading.local()
-        self._connections: list[sqlite3.Connection] = []
-        self._registry_lock = threading.Lock()
+        self._shared = self.memory
+        # Writers queue here rather than spin in SQLite's busy handler; `:memory:` readers too, since
+        # they share the writers' one connection.
         self._write_lock = threading.RLock()
-        self._closed = False
-        self._pid = os.getpid()
-        if not self.memory:
+        if self.memory:
+            self._read_lock = self._write_lock
+        else:
             directory = os.path.dirname(path) or "."
             try:
                 os.makedirs(directory, exist_ok=True)
@@ -85,60 +87,23 @@ class SQLiteStore(SqlStore):
             conn.execute("PRAGMA journal_size_limit=67108864")  # ...and truncate it back to 64 MB after
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open {self.path} ({exc}): {FIX_HINT}") from None
-        with self._registry_lock:
-            self._connections.append(conn)
         return conn
 
-    def _conn(self) -> sqlite3.Connection:
-        if self._closed:
-            raise StoreError("the store is closed")
-        if os.getpid() != self._pid:
-            # A forked child must not share its parent's SQLite handles: start afresh.
-            self._local = threading.local()
-            self._connections = []
-            self._pid = os.getpid()
-        if self.memory:
-            with self._registry_lock:
-                if self._connections:
-                    return self._connections[0]
-            return self._connect()
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = self._connect()
-            self._local.conn = conn
-        return conn
+    def _session(self, conn: sqlite3.Connection) -> Session:
+        return _Session(conn.cursor())
 
     @contextmanager
-    def _read(self) -> Iterator[_Session]:
-        conn = self._conn()
+    def _transaction(self, conn: sqlite3.Connection) -> Iterator[None]:
+        conn.execute("BEGIN IMMEDIATE")
         try:
-            if self.memory:
-                with self._write_lock:
-                    yield _Session(conn.cursor())
-            else:
-                yield _Session(conn.cursor())
-        except sqlite3.Error as exc:
-            raise self._error(exc) from None
+            yield
+            conn.execute("COMMIT")
+        except BaseException:
+            with suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            raise
 
-    @contextmanager
-    def _write(self) -> Iterator[_Session]:
-        conn = self._conn()
-        with self._write_lock:
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.Error as exc:
-                raise self._error(exc) from None
-            try:
-                yield _Session(conn.cursor())
-                conn.execute("COMMIT")
-            except BaseException as exc:
-                with suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
-                if isinstance(exc, sqlite3.Error):
-                    raise self._error(exc) from None
-                raise
-
-    def _error(self, exc: sqlite3.Error) -> StoreError:
+    def _error(self, exc: Exception) -> StoreError:
         message = str(exc)
         if "full" in message:  # SQLITE_FULL: the path is fine, the disk is not
             return StoreError(
@@ -148,14 +113,6 @@ class SQLiteStore(SqlStore):
         if "readonly" in message or "unable to open" in message or "disk" in message:
             return StoreError(f"cannot write {self.path} ({message}): {FIX_HINT}")
         return StoreError(f"SQLite store {self.path}: {message}")
-
-    def close(self) -> None:
-        self._closed = True
-        with self._registry_lock:
-            connections, self._connections = self._connections, []
-        for conn in connections:
-            with suppress(sqlite3.Error):
-                conn.close()
 
 
 def _enable_wal(conn: sqlite3.Connection) -> None:
