@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import os
 
+from typing import TYPE_CHECKING
+
 from celery_flow.store.base import Store, StoreError, StoreStats, TaskFilter
+
+if TYPE_CHECKING:
+    from celery_flow.store.migrations import MigrateMode
 
 __all__ = ["Store", "StoreError", "StoreStats", "TaskFilter", "default_store_url", "open_store"]
 
@@ -30,8 +35,9 @@ def sqlite_path(url: str) -> str:
     return rest
 
 
-def open_store(url: str | None = None) -> Store:
-    """The store at `url` (None: the default SQLite file), schema created if missing.
+def open_store(url: str | None = None, migrate: MigrateMode = "auto") -> Store:
+    """The store at `url` (None: the default SQLite file), created if missing, migrated if older
+    (store/migrations.py; `migrate` says how).
 
     Raises StoreError with a one-line message naming the fix when it cannot be opened.
     """
@@ -42,11 +48,11 @@ def open_store(url: str | None = None) -> Store:
     if scheme == "sqlite":
         from celery_flow.store.sqlite import SQLiteStore
 
-        return SQLiteStore(sqlite_path(url))
+        return SQLiteStore(sqlite_path(url), migrate)
     if scheme in ("postgresql", "postgres"):
         from celery_flow.store.postgresql import PostgresStore
 
-        return PostgresStore(url)
+        return PostgresStore(url, migrate)
     raise StoreError(
         f"unknown store URL {url!r}: use sqlite:///path/to/flow.db or postgresql://user@host/db "
         "(--store or CELERY_FLOW_STORE)"

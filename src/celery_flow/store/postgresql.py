@@ -16,7 +16,9 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from typing import Any, TypeVar
 
+from celery_flow.store.backfill import stop_background
 from celery_flow.store.base import StoreError
+from celery_flow.store.migrations import MigrateMode, open_schema
 from celery_flow.store.sql import Row, SqlStore
 
 try:
@@ -107,7 +109,7 @@ class PostgresStore(SqlStore):
     dialect = "postgresql"
     lock_suffix = " FOR UPDATE"
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, migrate: MigrateMode = "auto") -> None:
         super().__init__()
         if psycopg is None:
             raise StoreError("PostgreSQL support needs psycopg: pip install 'celery-flow[postgres]'")
@@ -117,10 +119,7 @@ class PostgresStore(SqlStore):
         self._lock = threading.Lock()
         self._closed = False
         self._pid = os.getpid()
-        with self._write() as session:
-            # Two processes starting at once must not race on CREATE TABLE IF NOT EXISTS.
-            session.rows("SELECT pg_advisory_xact_lock(815242607)")
-            self._create_schema(session, "postgresql", f"PostgreSQL at {redact(url)}")
+        self.migration = open_schema(self, f"PostgreSQL at {redact(url)}", migrate)
 
     def _connect(self) -> Any:
         assert psycopg is not None
@@ -209,6 +208,7 @@ class PostgresStore(SqlStore):
         )
 
     def close(self) -> None:
+        stop_background(self)
         self._closed = True
         with self._lock:
             connections, self._connections = self._connections, []

@@ -47,13 +47,10 @@ from celery_flow.settings import env_value
 from celery_flow.store.base import StoreError, StoreStats, TaskFilter
 from celery_flow.store.schema import (
     FLOW_COLUMNS,
-    SCHEMA_VERSION,
     STATE_COLUMNS,
     STATES,
     TASK_COLUMNS,
     WORKER_COLUMNS,
-    Dialect,
-    ddl,
     upsert,
 )
 
@@ -87,7 +84,7 @@ _cursor_decoder = msgspec.json.Decoder(tuple[float, str])
 _TASK_SELECT = "SELECT " + ", ".join(TASK_COLUMNS) + " FROM tasks"
 _FLOW_SELECT = "SELECT " + ", ".join(FLOW_COLUMNS) + " FROM flows"
 # Columns that appear in secondary indexes (besides seq, which changes on every write anyway).
-_TASK_INDEXED = frozenset({"name", "state", "fnum", "hostname", "ts", "runtime"})
+_TASK_INDEXED = frozenset({"name", "state", "fnum", "hostname", "ts", "runtime", "queue_wait"})
 # Never reassigned: a task keeps its number (the SQLite rowid) for life.
 _TASK_FIXED = frozenset({"num"})
 _FLOW_INDEXED = frozenset({"root_name", "state", "trace_id", "ts"})
@@ -232,7 +229,7 @@ def _task_row(task: TaskDetail, seq: int, num: int, fnum: int) -> Row:
         task.task_id, task.name, task.state, task.root_id, task.parent_id, task.group_id, task.chord_id,
         task.trace_id, task.hostname, task.queue, task.retries, task.sent_at, task.received_at,
         task.started_at, task.finished_at, task.runtime, task.exception, task.updated_at,
-        ts if ts is not None else 0.0, seq, _task_extra(task), num, fnum,
+        ts if ts is not None else 0.0, seq, _task_extra(task), num, fnum, task.queue_wait,
     )  # fmt: skip
 
 
@@ -243,7 +240,7 @@ def _task_from_row(row: Row, cls: type[TaskSummary] = TaskSummary) -> Any:
         chord_id=row[6], trace_id=row[7], hostname=row[8], queue=row[9], retries=row[10], sent_at=row[11],
         received_at=row[12], started_at=row[13], finished_at=row[14], runtime=row[15], exception=row[16],
         links=extra.get("links", []), link_errors=extra.get("link_errors", []),
-        durations=extra.get("durations", {}), updated_at=row[17],
+        durations=extra.get("durations", {}), updated_at=row[17], queue_wait=row[23],
     )  # fmt: skip
     if isinstance(task, TaskDetail):
         task.segments = [Segment(kind=k, start=s, end=e) for k, s, e in extra.get("segments", ())]
@@ -332,34 +329,6 @@ class SqlStore(ABC):
     def _writing(self, call: Callable[[Session], R]) -> R:
         with self._write() as session:
             return call(session)
-
-    def _create_schema(self, session: Session, dialect: Dialect, where: str) -> None:
-        """Create missing tables; refuse a store another schema version wrote (no silent misreads)."""
-        statements = ddl(dialect)
-        session.run(statements[0])  # meta
-        found = session.rows("SELECT value FROM meta WHERE key = 'schema'")
-        if (found and int(found[0][0]) != SCHEMA_VERSION) or (
-            not found and session.rows("SELECT key FROM meta")
-        ):
-            version = int(found[0][0]) if found else 1
-            raise StoreError(
-                f"{where} holds celery-flow store schema {version}, this version needs {SCHEMA_VERSION}: "
-                "point --store / CELERY_FLOW_STORE at a new file or database (or delete the old one)"
-            )
-        for statement in statements[1:]:
-            session.run(statement)
-        for key, value in (
-            ("schema", SCHEMA_VERSION),
-            ("seq", 0),
-            ("tasks", 0),
-            ("events", 0),
-            ("task_num", 0),
-            ("event_num", 0),
-            ("flow_num", 0),
-        ):
-            session.run(
-                "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING", (key, value)
-            )
 
     # -- writes -----------------------------------------------------------------------------------
 

@@ -17,7 +17,9 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from typing import Any
 
+from celery_flow.store.backfill import stop_background
 from celery_flow.store.base import StoreError
+from celery_flow.store.migrations import MigrateMode, open_schema
 from celery_flow.store.sql import Row, SqlStore
 
 BUSY_TIMEOUT_MS = 30_000
@@ -43,7 +45,7 @@ class _Session:
 class SQLiteStore(SqlStore):
     dialect = "sqlite"
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, migrate: MigrateMode = "auto") -> None:
         super().__init__()
         self.path = path
         self.memory = path == ":memory:"
@@ -60,8 +62,7 @@ class SQLiteStore(SqlStore):
             except OSError as exc:
                 raise StoreError(f"cannot create {directory} ({exc.strerror}): {FIX_HINT}") from None
         try:
-            with self._write() as session:
-                self._create_schema(session, "sqlite", path)
+            self.migration = open_schema(self, path, migrate)
         except StoreError:
             self.close()
             raise
@@ -149,6 +150,7 @@ class SQLiteStore(SqlStore):
         return StoreError(f"SQLite store {self.path}: {message}")
 
     def close(self) -> None:
+        stop_background(self)
         self._closed = True
         with self._registry_lock:
             connections, self._connections = self._connections, []

@@ -1,0 +1,293 @@
+"""Re-fold every task from its stored events after a migration changed what the fold derives.
+
+The events table is the source of truth; task rows, flows and per-name counts are derived from it. When
+a new version derives something new or differently (a `Step` with `refold` in store/migrations.py), each
+task stored before the migration is folded again by the new code, in task-number order, in batches:
+
+- A batch is one write transaction holding the writers' lock (SQLite: BEGIN IMMEDIATE; PostgreSQL: the
+  meta.seq row, as apply() takes it). It reads the cursor (meta 'refold_cursor') and moves it in the same
+  commit, so processes re-folding at once take turns on disjoint batches, and a process that stops
+  loses at most the batch in flight: whichever process opens the store next resumes after the cursor.
+- A task is folded from the events stored when its batch runs. A consumer's write either committed
+  before (its events are folded in) or waits for the batch and then re-folds the task itself with the
+  new code, so a batch never writes a state older than the stored one.
+- Only rows that change are written, keeping their change number (seq): live clients are not sent
+  every task again, and the consumer's cache of recent event sets (valid per seq) stays valid, since
+  events are never touched. When a row's state, lineage or times change (a fold rule changed), its
+  flow, per-name and per-worker counts follow, as in apply().
+- In the background (server, consume) the thread rests PAUSE seconds per second of work, so the same
+  process keeps answering requests; `celery-flow migrate` runs it in the foreground without rest.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from celery_flow.events import Event
+from celery_flow.flow.fold import fold_task
+from celery_flow.flow.model import TERMINAL_STATES
+from celery_flow.store.base import StoreError
+from celery_flow.store.migrations import REFOLD_KEYS, STEPS
+from celery_flow.store.schema import TASK_COLUMNS
+from celery_flow.store.sql import (
+    _TASK_FIXED,
+    _TASK_INDEXED,
+    _TASK_SELECT,
+    Row,
+    Session,
+    SqlStore,
+    _event_decoder,
+    _task_row,
+    _TaskChange,
+    write_rows,
+)
+
+log = logging.getLogger("celery_flow.store")
+
+# Tasks per batch: one batch holds the write lock for a fraction of a second.
+BATCH = 500
+# Seconds the background thread rests per second of re-folding.
+PAUSE = 0.5
+# Seconds between progress lines in the log.
+LOG_EVERY = 10.0
+# Seconds before the background thread tries again after the store failed.
+RETRY_AFTER = 5.0
+
+_T_NUM, _T_SEQ, _T_FNUM = (TASK_COLUMNS.index(c) for c in ("num", "seq", "fnum"))
+_T_STATE, _T_HOST = TASK_COLUMNS.index("state"), TASK_COLUMNS.index("hostname")
+# Columns flows, per-name counts or per-worker counts are computed from.
+_AGGREGATED = tuple(
+    TASK_COLUMNS.index(c)
+    for c in ("name", "state", "root_id", "parent_id", "group_id", "trace_id", "hostname", "ts",
+              "finished_at", "updated_at")
+)  # fmt: skip
+_REFOLD_META = "SELECT key, value FROM meta WHERE key IN ('seq', 'task_num', " + ", ".join(
+    f"'{key}'" for key in REFOLD_KEYS
+) + ")"
+
+
+@dataclass
+class RefoldProgress:
+    """A re-fold under way: tasks done, an estimate of those left, and the pace so far."""
+
+    schema: int
+    done: int
+    remaining: int
+    percent: float
+    started_at: float
+    tasks_per_second: float | None = None
+    eta_seconds: float | None = None
+
+
+@dataclass
+class _Batch:
+    count: int  # tasks re-folded by this batch
+    finished: bool
+    progress: RefoldProgress | None
+
+
+def progress(store: SqlStore) -> RefoldProgress | None:
+    """The re-fold under way in this store, or None."""
+    return _progress(store._reading(lambda s: _meta(s)))
+
+
+def _meta(session: Session) -> dict[str, int]:
+    return {str(key): int(value) for key, value in session.rows(_REFOLD_META)}
+
+
+def _progress(meta: dict[str, int]) -> RefoldProgress | None:
+    if not meta.get("refold_schema"):
+        return None
+    done = meta.get("refold_done", 0)
+    # Task numbers left to pass: an estimate of the tasks left (retention deletes the oldest).
+    remaining = max(0, meta.get("refold_end", 0) - meta.get("refold_cursor", 0))
+    started = float(meta.get("refold_started", 0))
+    elapsed = time.time() - started
+    rate = done / elapsed if done and elapsed > 0 else None
+    return RefoldProgress(
+        schema=meta["refold_schema"],
+        done=done,
+        remaining=remaining,
+        percent=round(100.0 * done / (done + remaining), 1) if done + remaining else 100.0,
+        started_at=started,
+        tasks_per_second=round(rate, 1) if rate else None,
+        eta_seconds=round(remaining / rate, 1) if rate else None,
+    )
+
+
+def refold_batch(store: SqlStore, limit: int = BATCH) -> _Batch | None:
+    """Re-fold the next `limit` tasks in one transaction; None when no re-fold is pending."""
+    return store._writing(lambda s: _batch(store, s, limit))
+
+
+def _batch(store: SqlStore, s: Session, limit: int) -> _Batch | None:
+    s.rows("SELECT value FROM meta WHERE key = 'seq'" + store.lock_suffix)
+    meta = _meta(s)
+    if not meta.get("refold_schema"):
+        return None
+    cursor, end = meta.get("refold_cursor", 0), meta.get("refold_end", 0)
+    rows = s.rows(_TASK_SELECT + " WHERE num > ? AND num <= ? ORDER BY num LIMIT ?", (cursor, end, limit))
+    if not rows:
+        _finish(s, meta)
+        return _Batch(0, True, _progress(meta))
+    last = int(rows[-1][_T_NUM])
+    events: dict[int, list[Event]] = {}
+    for num, data in s.rows("SELECT num, data FROM events WHERE num > ? AND num <= ?", (cursor, last)):
+        events.setdefault(int(num), []).append(_event_decoder.decode(data))
+    _rewrite(store, s, rows, events, meta["seq"])
+    meta["refold_cursor"], meta["refold_done"] = last, meta.get("refold_done", 0) + len(rows)
+    s.many(
+        "UPDATE meta SET value = ? WHERE key = ?",
+        [(last, "refold_cursor"), (meta["refold_done"], "refold_done")],
+    )
+    return _Batch(len(rows), False, _progress(meta))
+
+
+def _rewrite(store: SqlStore, s: Session, rows: list[Row], events: dict[int, list[Event]], seq: int) -> None:
+    """Write the rows whose fold differs from the stored one; counts follow rows whose totals moved."""
+    new_rows: list[Row] = []
+    moved: list[_TaskChange] = []
+    for row in rows:
+        stored = events.get(int(row[_T_NUM]))
+        if not stored:  # never derive a task from nothing (a row is always stored with its events)
+            continue
+        task = fold_task(row[0], stored)
+        new = _task_row(task, row[_T_SEQ], row[_T_NUM], row[_T_FNUM])
+        if new == tuple(row):
+            continue
+        if any(new[i] != row[i] for i in _AGGREGATED):
+            moved.append(_TaskChange(tuple(row), task))
+        else:
+            new_rows.append(new)
+    if moved:
+        flows = store._update_flows(s, moved, seq)
+        for change in moved:
+            old, task = change.old, change.new
+            assert old is not None
+            fnum = flows[task.root_id or task.task_id].fnum
+            new_rows.append(_task_row(task, old[_T_SEQ], old[_T_NUM], fnum))
+        store._update_name_stats(s, moved)
+        host_runs: dict[str, int] = {}
+        for change in moved:
+            old, task = change.old, change.new
+            assert old is not None
+            if old[_T_STATE] in TERMINAL_STATES and old[_T_HOST]:
+                host_runs[old[_T_HOST]] = host_runs.get(old[_T_HOST], 0) - 1
+            if task.state in TERMINAL_STATES and task.hostname:
+                host_runs[task.hostname] = host_runs.get(task.hostname, 0) + 1
+        if any(host_runs.values()):
+            store._apply_workers(s, [], {host: n for host, n in host_runs.items() if n})
+    if new_rows:
+        old_rows = {row[0]: tuple(row) for row in rows}
+        write_rows(s, "tasks", TASK_COLUMNS, _TASK_INDEXED, new_rows, old_rows, fixed=_TASK_FIXED)
+
+
+def _finish(s: Session, meta: dict[str, int]) -> None:
+    s.run(f"DELETE FROM meta WHERE key IN ({', '.join('?' for _ in REFOLD_KEYS)})", REFOLD_KEYS)
+    versions = [step.version for step in STEPS if step.refold and step.version <= meta["refold_schema"]]
+    s.run(
+        f"UPDATE migrations SET refolded_at = ? WHERE refolded_at IS NULL AND version IN "
+        f"({', '.join('?' for _ in versions)})",
+        (time.time(), *versions),
+    )
+
+
+def run(
+    store: SqlStore,
+    stop: threading.Event | None = None,
+    pause: float = 0.0,
+    report: Callable[[RefoldProgress], None] | None = None,
+    every: float = LOG_EVERY,
+    limit: int = BATCH,
+) -> int:
+    """Re-fold until done (or `stop` is set), resting `pause` s per s of work; return the tasks done here.
+
+    `report` gets the progress at most every `every` seconds, and once more when this call finishes it.
+    """
+    done = 0
+    last_report = time.monotonic()
+    while stop is None or not stop.is_set():
+        began = time.monotonic()
+        batch = refold_batch(store, limit)
+        if batch is None:
+            return done
+        done += batch.count
+        if batch.finished:
+            if batch.progress is not None:
+                _log_finished(batch.progress)
+                if report is not None:
+                    report(batch.progress)
+            return done
+        if report is not None and batch.progress is not None and time.monotonic() - last_report >= every:
+            report(batch.progress)
+            last_report = time.monotonic()
+        if pause > 0:
+            rest = pause * (time.monotonic() - began)
+            if stop is not None:
+                stop.wait(rest)
+            else:
+                time.sleep(rest)
+    return done
+
+
+def _log_finished(p: RefoldProgress) -> None:
+    log.info("re-fold for store schema %d finished: %s tasks in %.0f s", p.schema, f"{p.done:,}",
+             time.time() - p.started_at)  # fmt: skip
+
+
+def log_progress(p: RefoldProgress) -> None:
+    pace = f", {p.tasks_per_second:,.0f} tasks/s" if p.tasks_per_second else ""
+    log.info("re-folding tasks for store schema %d: %s done, about %s left (%.0f%%)%s", p.schema,
+             f"{p.done:,}", f"{p.remaining:,}", p.percent, pace)  # fmt: skip
+
+
+class _Background:
+    """The re-fold of one open store, in a daemon thread stopped by the store's close()."""
+
+    def __init__(self, store: SqlStore) -> None:
+        self.store = store
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="celery-flow-refold", daemon=True)
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                run(self.store, self.stop, PAUSE, log_progress)
+                return
+            except StoreError as exc:
+                if self.stop.is_set():
+                    return
+                log.warning("re-fold paused, the store failed (retrying in %.0f s): %s", RETRY_AFTER, exc)
+            except Exception:  # a bug must not end the process the re-fold runs in
+                log.exception("re-fold failed (retrying in %.0f s)", RETRY_AFTER)
+            self.stop.wait(RETRY_AFTER)
+
+
+_running: weakref.WeakKeyDictionary[SqlStore, _Background] = weakref.WeakKeyDictionary()
+_running_lock = threading.Lock()
+
+
+def start_background(store: SqlStore) -> None:
+    """Re-fold in a thread of this process until done or until the store is closed."""
+    with _running_lock:
+        if store in _running:
+            return
+        job = _running[store] = _Background(store)
+    log.info("re-folding every task from its stored events in the background (progress: /api/health)")
+    job.thread.start()
+
+
+def stop_background(store: SqlStore, timeout: float = 30.0) -> None:
+    """Stop the store's re-fold thread, letting the batch in flight commit (engines call this on close)."""
+    with _running_lock:
+        job = _running.pop(store, None)
+    if job is None:
+        return
+    job.stop.set()
+    if job.thread is not threading.current_thread():
+        job.thread.join(timeout)
