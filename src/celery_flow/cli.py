@@ -85,13 +85,14 @@ def check_broker(broker_url: str, prefix: str) -> None:
         transport.close()
 
 
-def open_store_or_fail(store_url: str) -> Any:
-    """Open (creating if needed) the store, or exit 2 with the store's one-line reason and fix."""
+def open_store_or_fail(store_url: str, migrate: Any = "auto") -> Any:
+    """Open (creating or migrating if needed) the store, or exit 2 with the store's one-line reason and
+    fix; `migrate` as open_store() takes it."""
     from celery_flow.store import open_store
     from celery_flow.store.base import StoreError
 
     try:
-        return open_store(store_url)
+        return open_store(store_url, migrate)
     except StoreError as exc:
         fail(f"cannot open the store {redact_url(store_url)}: {_one_line(exc)}")
     except ConfigError as exc:
@@ -358,8 +359,8 @@ def run_consume(
     if cfg.broker_url is None:
         fail("no broker given: pass --broker-url redis://host:6379/0 or set CELERY_FLOW_BROKER_URL")
     check_broker(cfg.broker_url, cfg.prefix)
+    setup_logging(log_level)  # before the store opens: a migration logs what it does
     opened = open_store_or_fail(cfg.store_url)
-    setup_logging(log_level)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -404,6 +405,74 @@ def consume_command(
 ) -> None:
     """Fold the broker's events into the store, without serving HTTP (scale these out)."""
     run_consume(broker_url, store, prefix, ttl, max_tasks, name, group, batch, log_level, sink_kwargs)
+
+
+@main.command("migrate")
+@click.option("--store", "-s", default=None, metavar="URL",
+              help="sqlite:///path.db or postgresql://... Env: CELERY_FLOW_STORE. "
+                   "Default: the SQLite file in the user data directory.")  # fmt: skip
+@click.option(
+    "--dry-run", is_flag=True, help="Print what would be done and how many rows it touches; write nothing."
+)
+def migrate_command(store: str | None, dry_run: bool) -> None:
+    """Bring a store an older celery-flow wrote to this version's schema, re-fold of every task included.
+
+    The server and `consume` do the same by themselves when they open an older store (the re-fold then
+    runs in the background); this runs it all now, in the foreground, for a rollout that wants it done
+    before the new version starts.
+    """
+    run_migrate(store, dry_run)
+
+
+def run_migrate(store: str | None, dry_run: bool) -> None:
+    from celery_flow.store import sqlite_path
+    from celery_flow.store.backfill import RefoldProgress, describe
+    from celery_flow.store.backfill import run as refold
+
+    cfg = resolve(None, store, None)
+    url = cfg.store_url
+    if url.lower().startswith("sqlite:") and not os.path.exists(sqlite_path(url)):
+        fail(f"no store at {redact_url(url)}: nothing to migrate (check --store / CELERY_FLOW_STORE)")
+    setup_logging("warning")
+    opened = open_store_or_fail(url, "plan")
+    plan = opened.migration
+    opened.close()
+    if plan.found is None:
+        fail(f"{redact_url(url)} holds no celery-flow store: nothing to migrate (check --store / "
+             "CELERY_FLOW_STORE)")  # fmt: skip
+    for line in plan.describe():
+        click.echo(line)
+    if dry_run or (not plan.steps and not plan.refold):
+        if dry_run:
+            click.echo("dry run: nothing was written")
+        return
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    opened = open_store_or_fail(url, "foreground")
+    try:
+        applied = [str(step.version) for step in opened.migration.steps]
+        if applied:
+            click.echo(f"applied step {', '.join(applied)}: the schema is up to date")
+        elif plan.steps:
+            click.echo("another process migrated the schema meanwhile")
+
+        def report(progress: RefoldProgress, finished: bool) -> None:
+            click.echo(describe(progress, finished))
+
+        refold(opened, stop, report=report, every=5.0)
+    except Exception as exc:  # StoreError mostly: one line, and the re-fold resumes next time
+        fail(f"the re-fold stopped: {_one_line(exc)}; run `celery-flow migrate` again to resume it")
+    finally:
+        opened.close()
+    if stop.is_set():
+        click.echo("interrupted: the re-fold resumes where it stopped when celery-flow next opens the store")
+        sys.exit(130)
+    click.echo("done")
 
 
 @main.command("demo")

@@ -66,9 +66,11 @@ _AGGREGATED = tuple(
     for c in ("name", "state", "root_id", "parent_id", "group_id", "trace_id", "hostname", "ts",
               "finished_at", "updated_at")
 )  # fmt: skip
-_REFOLD_META = "SELECT key, value FROM meta WHERE key IN ('seq', 'task_num', " + ", ".join(
-    f"'{key}'" for key in REFOLD_KEYS
-) + ")"
+_REFOLD_META = (
+    "SELECT key, value FROM meta WHERE key IN ('schema', 'seq', "
+    + ", ".join(f"'{key}'" for key in REFOLD_KEYS)
+    + ")"
+)
 
 
 @dataclass
@@ -93,7 +95,15 @@ class _Batch:
 
 def progress(store: SqlStore) -> RefoldProgress | None:
     """The re-fold under way in this store, or None."""
-    return _progress(store._reading(lambda s: _meta(s)))
+    return _progress(store._reading(_meta))
+
+
+def status(store: object) -> tuple[int, RefoldProgress | None] | None:
+    """The schema version of a SQL store and its re-fold under way (None for other stores)."""
+    if not isinstance(store, SqlStore):
+        return None
+    meta = store._reading(_meta)
+    return meta.get("schema", 0), _progress(meta)
 
 
 def _meta(session: Session) -> dict[str, int]:
@@ -201,13 +211,14 @@ def run(
     store: SqlStore,
     stop: threading.Event | None = None,
     pause: float = 0.0,
-    report: Callable[[RefoldProgress], None] | None = None,
+    report: Callable[[RefoldProgress, bool], None] | None = None,
     every: float = LOG_EVERY,
     limit: int = BATCH,
 ) -> int:
     """Re-fold until done (or `stop` is set), resting `pause` s per s of work; return the tasks done here.
 
-    `report` gets the progress at most every `every` seconds, and once more when this call finishes it.
+    `report(progress, finished)` is called at most every `every` seconds, and with finished=True once
+    this call has finished the re-fold.
     """
     done = 0
     last_report = time.monotonic()
@@ -218,13 +229,11 @@ def run(
             return done
         done += batch.count
         if batch.finished:
-            if batch.progress is not None:
-                _log_finished(batch.progress)
-                if report is not None:
-                    report(batch.progress)
+            if report is not None and batch.progress is not None:
+                report(batch.progress, True)
             return done
         if report is not None and batch.progress is not None and time.monotonic() - last_report >= every:
-            report(batch.progress)
+            report(batch.progress, False)
             last_report = time.monotonic()
         if pause > 0:
             rest = pause * (time.monotonic() - began)
@@ -235,15 +244,20 @@ def run(
     return done
 
 
-def _log_finished(p: RefoldProgress) -> None:
-    log.info("re-fold for store schema %d finished: %s tasks in %.0f s", p.schema, f"{p.done:,}",
-             time.time() - p.started_at)  # fmt: skip
-
-
-def log_progress(p: RefoldProgress) -> None:
+def describe(p: RefoldProgress, finished: bool) -> str:
+    """One progress line: for the log, and for `celery-flow migrate`."""
+    if finished:
+        took = time.time() - p.started_at
+        return f"re-fold for store schema {p.schema} finished: {p.done:,} tasks in {took:.0f} s"
     pace = f", {p.tasks_per_second:,.0f} tasks/s" if p.tasks_per_second else ""
-    log.info("re-folding tasks for store schema %d: %s done, about %s left (%.0f%%)%s", p.schema,
-             f"{p.done:,}", f"{p.remaining:,}", p.percent, pace)  # fmt: skip
+    return (
+        f"re-folding tasks for store schema {p.schema}: {p.done:,} done, about {p.remaining:,} left "
+        f"({p.percent:.0f}%){pace}"
+    )
+
+
+def log_progress(p: RefoldProgress, finished: bool) -> None:
+    log.info("%s", describe(p, finished))
 
 
 class _Background:

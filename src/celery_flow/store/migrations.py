@@ -61,6 +61,8 @@ class Step:
     summary: str
     # Generic SQL (schema.render swaps the type names per engine), `;`-separated.
     sql: str
+    # What the SQL costs on a big store, for `celery-flow migrate --dry-run`; {tasks} is the task count.
+    cost: str
     # The fold derives something new or differently from this version on: re-fold every task.
     refold: bool = False
 
@@ -83,6 +85,7 @@ STEPS: tuple[Step, ...] = (
             refolded_at FLOAT8
         )
         """,
+        "adds a column (no row rewritten), rebuilds one index over {tasks} tasks",
         refold=True,
     ),
 )
@@ -116,15 +119,12 @@ class Plan:
             return [f"{self.where} holds no celery-flow store yet: it is created at schema {SCHEMA_VERSION}"]
         if not self.steps and self.refold_done is None:
             return [f"{self.where} is at store schema {self.found}: nothing to do"]
-        lines = [
-            f"{self.where} is at store schema {self.found}; this celery-flow ({__version__}) writes schema "
-            f"{SCHEMA_VERSION}"
-        ]
+        lines = [f"{self.where} is at store schema {self.found}"]
+        if self.steps:
+            lines[0] += f"; this celery-flow ({__version__}) writes schema {SCHEMA_VERSION}"
         for step in self.steps:
-            lines.append(
-                f"  step {step.version}: {step.summary} (under the migration lock; rebuilds an index over "
-                f"{self.tasks:,} tasks)"
-            )
+            cost = step.cost.format(tasks=f"{self.tasks:,}")
+            lines.append(f"  step {step.version}: {step.summary}; under the migration lock: {cost}")
         if self.refold:
             resumed = f", resuming after {self.refold_done:,} done" if self.refold_done else ""
             lines.append(
@@ -149,7 +149,11 @@ def open_schema(store: SqlStore, where: str, mode: MigrateMode = "auto") -> Plan
     if plan.steps:
         more = "; re-folding every task from its events next" if plan.refold else ""
         log.info(
-            "migrated %s to store schema %d in %.1f s%s", where, SCHEMA_VERSION, time.monotonic() - began, more
+            "migrated %s to store schema %d in %.1f s%s",
+            where,
+            SCHEMA_VERSION,
+            time.monotonic() - began,
+            more,
         )
     _start_refold(store, plan, mode)
     return plan
@@ -233,11 +237,8 @@ def _locked(store: SqlStore, where: str, work: Callable[[Session], R]) -> R:
 
 
 def _log_waiting(where: str) -> None:
-    log.info(
-        "waiting (up to %d s) for another process that holds %s's migration lock: it may be migrating it",
-        MIGRATION_WAIT,
-        where,
-    )
+    log.info("waiting (up to %d s) for the migration lock of %s, which another process holds (it may be "
+             "migrating the store)", MIGRATION_WAIT, where)  # fmt: skip
 
 
 def _migrate(session: Session, dialect: Dialect, where: str, before: Plan) -> Plan:
@@ -274,7 +275,8 @@ def _create(session: Session, dialect: Dialect) -> None:
 
 def _record(session: Session, version: int, summary: str) -> None:
     session.run(
-        "INSERT INTO migrations (version, summary, applied_at, applied_by, app_version) VALUES (?, ?, ?, ?, ?)",
+        "INSERT INTO migrations (version, summary, applied_at, applied_by, app_version) "
+        "VALUES (?, ?, ?, ?, ?)",
         (version, summary, time.time(), f"{socket.gethostname()}:{os.getpid()}", __version__),
     )
 
@@ -286,7 +288,8 @@ def schedule_refold(session: Session) -> None:
               "refold_started": int(time.time())}  # fmt: skip
     for key in REFOLD_KEYS:
         session.run(
-            "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            "INSERT INTO meta (key, value) VALUES (?, ?) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
             (key, values[key]),
         )
 

@@ -44,7 +44,7 @@ from celery_flow.flow.model import (
     WorkerInfo,
 )
 from celery_flow.settings import env_value
-from celery_flow.store.base import StoreError, StoreStats, TaskFilter
+from celery_flow.store.base import StoreStats, TaskFilter
 from celery_flow.store.schema import (
     FLOW_COLUMNS,
     STATE_COLUMNS,
