@@ -87,8 +87,13 @@ def release_stores(
         answers = build_release_stores(
             src, redis_url, f"rel_{uuid.uuid4().hex[:8]}", [sqlite_url, pg_store], work
         )
-        yield ReleaseStores(release, src, work / "release.db", template,
-                            {"sqlite": answers[sqlite_url], "postgresql": answers[pg_store]})  # fmt: skip
+        yield ReleaseStores(
+            release,
+            src,
+            work / "release.db",
+            template,
+            {"sqlite": answers[sqlite_url], "postgresql": answers[pg_store]},
+        )
     finally:
         with psycopg.connect(_admin(pg_url), autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{template}" WITH (FORCE)')
@@ -112,8 +117,13 @@ def old_store(
     with psycopg.connect(_admin(pg_url), autocommit=True) as admin:
         admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{release_stores.pg_template}"')
     try:
-        yield OldStore(release_stores.release, release_stores.src, engine,
-                       pg_url.rpartition("/")[0] + f"/{name}", answers)  # fmt: skip
+        yield OldStore(
+            release_stores.release,
+            release_stores.src,
+            engine,
+            pg_url.rpartition("/")[0] + f"/{name}",
+            answers,
+        )
     finally:
         with psycopg.connect(_admin(pg_url), autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -141,11 +151,21 @@ def snapshot(store: OldStore) -> str:
                 continue
             rows = conn.execute(f"SELECT t::text FROM {table} t ORDER BY 1").fetchall()
             digest.update(repr((table, rows)).encode())
-        digest.update(repr(conn.execute("SELECT indexdef FROM pg_indexes WHERE schemaname = 'public' "
-                                         "ORDER BY 1").fetchall()).encode())  # fmt: skip
-        digest.update(repr(conn.execute("SELECT table_name, column_name, data_type FROM information_schema"
-                                        ".columns WHERE table_schema = 'public' ORDER BY 1, 2").fetchall())
-                      .encode())  # fmt: skip
+        digest.update(
+            repr(
+                conn.execute(
+                    "SELECT indexdef FROM pg_indexes WHERE schemaname = 'public' ORDER BY 1"
+                ).fetchall()
+            ).encode()
+        )
+        digest.update(
+            repr(
+                conn.execute(
+                    "SELECT table_name, column_name, data_type FROM information_schema"
+                    ".columns WHERE table_schema = 'public' ORDER BY 1, 2"
+                ).fetchall()
+            ).encode()
+        )
     return digest.hexdigest()
 
 
@@ -246,8 +266,9 @@ def schema_of(url: str) -> list[Any]:
             "SELECT table_name, column_name, data_type, is_nullable, column_default, collation_name "
             "FROM information_schema.columns WHERE table_schema = 'public' ORDER BY 1, ordinal_position"
         ).fetchall()
-        indexes = pg.execute("SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'public' "
-                             "ORDER BY 1").fetchall()  # fmt: skip
+        indexes = pg.execute(
+            "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'public' ORDER BY 1"
+        ).fetchall()
         return [columns, indexes]
 
 
@@ -278,8 +299,17 @@ def test_two_consumers_starting_together_migrate_the_store_once(
     """Both find schema 2 and queue on the migration lock; one migrates, the other waits, finds schema 3
     and goes on: the store's record holds one step, and both fold what arrives next."""
     logs = [tmp_path / "a.log", tmp_path / "b.log"]
-    args = ["consume", "--broker-url", redis_url, "--store", old_store.url, "--prefix", unique_prefix,
-            "--log-level", "info"]  # fmt: skip
+    args = [
+        "consume",
+        "--broker-url",
+        redis_url,
+        "--store",
+        old_store.url,
+        "--prefix",
+        unique_prefix,
+        "--log-level",
+        "info",
+    ]
     release = hold_migration_lock(old_store)
     outs = [open(log, "wb") for log in logs]  # noqa: SIM115 - closed below
     procs: list[subprocess.Popen[bytes]] = []
@@ -292,14 +322,20 @@ def test_two_consumers_starting_together_migrate_the_store_once(
                 env=cli_env(),
                 cwd=REPO,
                 start_new_session=True,
-            )  # fmt: skip
+            )
             for out in outs
         ]
-        wait_for(lambda: all("waiting (up to" in log.read_text() for log in logs), 60,
-                 "both consumers to wait for the migration lock")  # fmt: skip
+        wait_for(
+            lambda: all("waiting (up to" in log.read_text() for log in logs),
+            60,
+            "both consumers to wait for the migration lock",
+        )
         release()
-        wait_for(lambda: all("celery-flow consume: broker=" in log.read_text() for log in logs), 60,
-                 "both consumers to open the store")  # fmt: skip
+        wait_for(
+            lambda: all("celery-flow consume: broker=" in log.read_text() for log in logs),
+            60,
+            "both consumers to open the store",
+        )
         assert all(proc.poll() is None for proc in procs)
         transport = from_url(redis_url, prefix=unique_prefix)
         try:
@@ -347,8 +383,14 @@ def test_a_release_refuses_a_newer_store_in_one_line_and_leaves_it_untouched(
         ("consume", "--broker-url", redis_url, "--store", old_store.url, "--prefix", unique_prefix),
         ("server", "--no-consumer", "--store", old_store.url, "--port", port),
     ):
-        proc = subprocess.run(release_command(old_store.src, *args), env=env, cwd=tmp_path, capture_output=True,
-                              text=True, timeout=60)  # fmt: skip
+        proc = subprocess.run(
+            release_command(old_store.src, *args),
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         lines = (proc.stdout + proc.stderr).strip().splitlines()
         assert proc.returncode == 2, lines
         assert len(lines) == 1, lines
@@ -380,8 +422,11 @@ def test_a_store_newer_than_this_code_is_refused_before_anything_is_written(
     before = snapshot(old_store)
     proc = subprocess.run(
         [*CLI, "consume", "--broker-url", redis_url, "--store", old_store.url, "--prefix", unique_prefix],
-        env=cli_env(), capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     lines = (proc.stdout + proc.stderr).strip().splitlines()
     assert proc.returncode == 2, lines
     assert len(lines) == 1, lines
@@ -398,8 +443,13 @@ def test_a_store_newer_than_this_code_is_refused_before_anything_is_written(
 def test_migrate_dry_run_says_what_it_would_do_then_migrate_does_it(old_store: OldStore) -> None:
     tasks = len(old_store.answers["/api/tasks?limit=500"]["items"])
     before = snapshot(old_store)
-    dry = subprocess.run([*CLI, "migrate", "--store", old_store.url, "--dry-run"], env=cli_env(),
-                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    dry = subprocess.run(
+        [*CLI, "migrate", "--store", old_store.url, "--dry-run"],
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert dry.returncode == 0, dry.stderr
     out = dry.stdout
     assert "is at store schema 2; this celery-flow (0.1.0) writes schema 3" in out
@@ -409,25 +459,37 @@ def test_migrate_dry_run_says_what_it_would_do_then_migrate_does_it(old_store: O
     assert out.strip().endswith("dry run: nothing was written")
     assert snapshot(old_store) == before
 
-    done = subprocess.run([*CLI, "migrate", "--store", old_store.url], env=cli_env(), capture_output=True,
-                          text=True, timeout=120)  # fmt: skip
+    done = subprocess.run(
+        [*CLI, "migrate", "--store", old_store.url],
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     assert "applied step 3: the schema is up to date" in done.stdout
     assert f"re-fold for store schema 3 finished: {tasks} tasks" in done.stdout
     assert done.stdout.strip().endswith("done")
     steps = record(old_store.url)
-    assert [row[0] for row in steps] == [3] and steps[0][5] is not None
+    assert [row[0] for row in steps] == [3]
+    assert steps[0][5] is not None
 
-    again = subprocess.run([*CLI, "migrate", "--store", old_store.url], env=cli_env(), capture_output=True,
-                           text=True, timeout=60)  # fmt: skip
+    again = subprocess.run(
+        [*CLI, "migrate", "--store", old_store.url], env=cli_env(), capture_output=True, text=True, timeout=60
+    )
     assert again.returncode == 0, again.stderr
     assert again.stdout.strip().endswith("is at store schema 3: nothing to do")
 
 
 def test_migrate_names_a_missing_store_instead_of_creating_one(tmp_path: Path) -> None:
     path = tmp_path / "typo.db"
-    proc = subprocess.run([*CLI, "migrate", "--store", f"sqlite:///{path}"], env=cli_env(), capture_output=True,
-                          text=True, timeout=60)  # fmt: skip
+    proc = subprocess.run(
+        [*CLI, "migrate", "--store", f"sqlite:///{path}"],
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2
     assert (
         proc.stderr.strip() == f"Error: no store at sqlite:///{path}: nothing to migrate (check --store / "
