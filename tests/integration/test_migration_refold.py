@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
+from tests.support.server_helpers import serving, wait_for
 
 from celery_flow.events import Event
 from celery_flow.server.app import create_app
@@ -19,7 +20,6 @@ from celery_flow.store import TaskFilter, open_store
 from celery_flow.store.backfill import progress, refold_batch, run
 from celery_flow.store.migrations import schedule_refold
 from celery_flow.store.sql import SqlStore
-from tests.support.server_helpers import serving, wait_for
 
 T0 = 1_700_000_000.0
 
