@@ -35,8 +35,9 @@ def test_an_eta_or_countdown_is_not_waiting() -> None:
 
 def test_a_retried_task_counts_its_first_attempt_only() -> None:
     events = [
-        ev("sent", 100.0), ev("started", 102.0), ev("retried", 103.0), ev("sent", 103.0, retries=1, eta=113.0),
-        ev("started", 120.0, retries=1), ev("succeeded", 121.0, retries=1),
+        ev("sent", 100.0), ev("started", 102.0), ev("retried", 103.0),
+        ev("sent", 103.0, retries=1, eta=113.0), ev("started", 120.0, retries=1),
+        ev("succeeded", 121.0, retries=1),
     ]  # fmt: skip
     assert fold_task("t", events).queue_wait == 2.0
 
