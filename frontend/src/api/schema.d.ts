@@ -305,6 +305,8 @@ export interface components {
             parent_id?: string | null;
             /** Queue */
             queue?: string | null;
+            /** Queue Wait */
+            queue_wait?: number | null;
             /** Received At */
             received_at?: number | null;
             /**
@@ -365,6 +367,26 @@ export interface components {
             version: string;
         };
         /**
+         * RefoldProgress
+         * @description A re-fold under way: tasks done, an estimate of those left, and the pace so far.
+         */
+        RefoldProgress: {
+            /** Done */
+            done: number;
+            /** Eta Seconds */
+            eta_seconds?: number | null;
+            /** Percent */
+            percent: number;
+            /** Remaining */
+            remaining: number;
+            /** Schema */
+            schema: number;
+            /** Started At */
+            started_at: number;
+            /** Tasks Per Second */
+            tasks_per_second?: number | null;
+        };
+        /**
          * RegisteredTask
          * @description A task name with what workers announced about it and how its runs went.
          */
@@ -413,6 +435,9 @@ export interface components {
             events?: number | null;
             /** Reachable */
             reachable: boolean;
+            refold?: components["schemas"]["RefoldProgress"] | null;
+            /** Schema */
+            schema?: number | null;
             /** Tasks */
             tasks?: number | null;
             /** Url */
@@ -461,6 +486,8 @@ export interface components {
             pid?: number | null;
             /** Queue */
             queue?: string | null;
+            /** Queue Wait */
+            queue_wait?: number | null;
             /** Received At */
             received_at?: number | null;
             /** Result */
@@ -533,6 +560,8 @@ export interface components {
             parent_id?: string | null;
             /** Queue */
             queue?: string | null;
+            /** Queue Wait */
+            queue_wait?: number | null;
             /** Received At */
             received_at?: number | null;
             /**
