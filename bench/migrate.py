@@ -87,10 +87,8 @@ def measure(db: Path, log: Path) -> None:
     cli = str(Path(sys.executable).with_name("celery-flow"))
     started = time.monotonic()
     with open(log, "wb") as out:
-        server = subprocess.Popen(
-            [cli, "server", "--no-consumer", "--store", f"sqlite:///{db}", "--port", str(port), "--log-level", "info"],
-            stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+        args = ["server", "--no-consumer", "--store", f"sqlite:///{db}", "--port", str(port)]
+        server = subprocess.Popen([cli, *args, "--log-level", "info"], stdout=out, stderr=subprocess.STDOUT)
     try:
         client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
         while True:
@@ -117,8 +115,10 @@ def measure(db: Path, log: Path) -> None:
                 next_health = time.monotonic() + 2.0
                 progress = client.get("/api/health").json()["store"]["refold"]
                 if progress is not None:
-                    print(f"\r  re-fold: {progress['done']:,} done, {progress['percent']:.0f}%, "
-                          f"{progress['tasks_per_second'] or 0:,.0f} tasks/s", end="", flush=True)  # fmt: skip
+                    pace = progress["tasks_per_second"] or 0
+                    done, percent = progress["done"], progress["percent"]
+                    line = f"re-fold: {done:,} done, {percent:.0f}%, {pace:,.0f} tasks/s"
+                    print(f"\r  {line}", end="", flush=True)
         refold_s = time.monotonic() - refold_began
         print()
         for _ in range(max(len(during), 500)):
