@@ -141,7 +141,12 @@ def open_schema(store: SqlStore, where: str, mode: MigrateMode = "auto") -> Plan
     """
     dialect = dialect_of(store)
     plan = store._reading(lambda s: _plan(s, dialect, where))
-    if mode == "plan" or (plan.found == SCHEMA_VERSION and not plan.steps):
+    if mode == "plan":
+        return plan
+    if plan.found == SCHEMA_VERSION:
+        # A write transaction that writes nothing: a store this process cannot write fails here, at
+        # startup, with the engine's reason (a read-only standby, a read-only file).
+        store._writing(lambda s: s.run(ddl(dialect)[0]))
         _start_refold(store, plan, mode)
         return plan
     began = time.monotonic()
