@@ -174,7 +174,7 @@ def _rewrite(store: SqlStore, s: Session, rows: list[Row], events: dict[int, lis
         new = _task_row(task, row[_T_SEQ], row[_T_NUM], row[_T_FNUM])
         if new == tuple(row):
             continue
-        if any(new[i] != row[i] for i in _AGGREGATED):
+        if any(new[c] != row[c] for c in _AGGREGATED):
             moved.append(_TaskChange(tuple(row), task))
         else:
             new_rows.append(new)
@@ -204,6 +204,8 @@ def _rewrite(store: SqlStore, s: Session, rows: list[Row], events: dict[int, lis
 def _finish(s: Session, meta: dict[str, int]) -> None:
     s.run(f"DELETE FROM meta WHERE key IN ({', '.join('?' for _ in REFOLD_KEYS)})", REFOLD_KEYS)
     versions = [step.version for step in STEPS if step.refold and step.version <= meta["refold_schema"]]
+    if not versions:
+        return
     s.run(
         f"UPDATE migrations SET refolded_at = ? WHERE refolded_at IS NULL AND version IN "
         f"({', '.join('?' for _ in versions)})",
