@@ -496,3 +496,8 @@ def test_migrate_names_a_missing_store_instead_of_creating_one(tmp_path: Path) -
         "CELERY_FLOW_STORE)"
     )
     assert not path.exists()
+
+
+def test_a_release_commit_missing_from_the_clone_fails_saying_how_to_fetch_it(tmp_path: Path) -> None:
+    with pytest.raises(pytest.fail.Exception, match=r"git fetch --unshallow"):
+        release_source("0123456789abcdef0123456789abcdef01234567", tmp_path)
