@@ -373,14 +373,14 @@ export interface components {
         RefoldProgress: {
             /** Done */
             done: number;
-            /** Eta Seconds */
-            eta_seconds?: number | null;
             /** Percent */
             percent: number;
             /** Remaining */
             remaining: number;
             /** Schema */
             schema: number;
+            /** Seconds Left */
+            seconds_left?: number | null;
             /** Started At */
             started_at: number;
             /** Tasks Per Second */

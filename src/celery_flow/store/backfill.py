@@ -85,7 +85,7 @@ class RefoldProgress:
     percent: float
     started_at: float
     tasks_per_second: float | None = None
-    eta_seconds: float | None = None
+    seconds_left: float | None = None
 
 
 @dataclass
@@ -128,7 +128,7 @@ def _progress(meta: dict[str, int]) -> RefoldProgress | None:
         percent=round(100.0 * done / (done + remaining), 1) if done + remaining else 100.0,
         started_at=started,
         tasks_per_second=round(rate, 1) if rate else None,
-        eta_seconds=round(remaining / rate, 1) if rate else None,
+        seconds_left=round(remaining / rate, 1) if rate else None,
     )
 
 
