@@ -72,6 +72,12 @@ def build(path: Path, tasks: int) -> None:
         store.close()
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(p * len(ordered)))]
@@ -103,7 +109,7 @@ def measure(db: Path, log: Path) -> None:
         print(f"server answering after {opened:.1f} s (schema steps at open, under the lock)")
         during: list[float] = []
         after: list[float] = []
-        refold_began = time.monotonic()
+        refold_began, cpu_began = time.monotonic(), cpu_seconds(server.pid)
         next_health, progress = 0.0, health["store"]["refold"]
         cursor: str | None = None
         while progress is not None:
@@ -119,7 +125,7 @@ def measure(db: Path, log: Path) -> None:
                     done, percent = progress["done"], progress["percent"]
                     line = f"re-fold: {done:,} done, {percent:.0f}%, {pace:,.0f} tasks/s"
                     print(f"\r  {line}", end="", flush=True)
-        refold_s = time.monotonic() - refold_began
+        refold_s, refold_cpu = time.monotonic() - refold_began, cpu_seconds(server.pid) - cpu_began
         print()
         for _ in range(max(len(during), 500)):
             t = time.perf_counter()
@@ -131,9 +137,14 @@ def measure(db: Path, log: Path) -> None:
         server.terminate()
         server.wait(30)
     finished = [line for line in log.read_text().splitlines() if "re-fold for store schema" in line]
+    print(
+        f"load average at the end: {' '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} cores"
+    )
     print(f"store: {stats['tasks']:,} tasks, {stats['events']:,} events, schema {stats['schema']}")
     print(
-        f"re-fold: about {refold_s:.0f} s after the server answered, {stats['tasks'] / refold_s:,.0f} tasks/s"
+        f"re-fold: about {refold_s:.0f} s after the server answered, {stats['tasks'] / refold_s:,.0f} "
+        "tasks/s; "
+        f"server CPU meanwhile {refold_cpu:.0f} s (requests included)"
     )
     if finished:
         print(f"server log: {finished[-1].split(': ', 1)[-1]}")
