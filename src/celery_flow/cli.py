@@ -1,4 +1,4 @@
-"""The `celery-flow` command line: `server`, `consume`, `demo`, and `celery -A proj flow ...`.
+"""The `celery-flow` command line: `server`, `consume`, `migrate`, `demo`, and `celery -A proj flow ...`.
 
 Every startup problem a user can fix (a bad URL, a broker that does not answer, a store that cannot be
 written, malformed credentials) ends the command with one line naming the fix and exit code 2, never a
@@ -34,6 +34,8 @@ if TYPE_CHECKING:
     from celery_flow.server.config import ServerConfig
     from celery_flow.server.runtime import Runtime
     from celery_flow.store.base import Store
+    from celery_flow.store.migrations import MigrateMode
+    from celery_flow.store.sql import SqlStore
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -93,6 +95,8 @@ OPTIONS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
     "group": (("--group",), {
         "default": DEFAULT_GROUP, "show_default": True, "help": "Consumer group shared by consumers."}),
     "batch": (("--batch",), {"type": click.IntRange(1, 10_000), "default": 500, "show_default": True}),
+    "dry_run": (("--dry-run",), {
+        "is_flag": True, "help": "Print what would be done and how many rows it touches; write nothing."}),
     "rate": (("--rate",), {
         "type": click.FloatRange(min=0.05), "default": 1.0, "show_default": True,
         "help": "Workflows started per second."}),
@@ -169,12 +173,13 @@ def check_broker(broker_url: str, prefix: str) -> None:
         transport.close()
 
 
-def open_store_or_fail(store_url: str) -> Store:
-    """Open (creating if needed) the store, or exit 2 with the store's one-line reason and fix."""
+def open_store_or_fail(store_url: str, migrate: MigrateMode = "auto") -> Store:
+    """Open (creating or migrating if needed) the store, or exit 2 with the store's one-line reason and
+    fix; `migrate` as open_store() takes it."""
     from celery_flow.store import open_store
 
     try:
-        return open_store(store_url)
+        return open_store(store_url, migrate=migrate)
     except Exception as exc:
         store_failed(store_url, exc)
 
@@ -265,6 +270,18 @@ def consume_command(name: str | None, group: str, batch: int, log_level: str, **
     run_consume(server_config(**settings), name, group, batch, log_level)
 
 
+@main.command("migrate")
+@options("store", "dry_run")
+def migrate_command(store: str | None, dry_run: bool) -> None:
+    """Bring a store an older celery-flow wrote to this version's schema, re-fold of every task included.
+
+    The server and `consume` do the same by themselves when they open an older store (the re-fold then
+    runs in the background); this runs it all now, in the foreground, for a rollout that wants it done
+    before the new version starts.
+    """
+    run_migrate(server_config(store=store).store_url, dry_run)
+
+
 DEMO_STORE_HELP = "Where to keep the demo's data. Default: a fresh SQLite file in a temporary directory."
 
 
@@ -332,7 +349,7 @@ def run_consume(cfg: ServerConfig, name: str | None, group: str, batch: int, log
     if cfg.broker_url is None:
         fail("no broker given: pass --broker-url redis://host:6379/0 or set CELERY_FLOW_BROKER_URL")
     check_broker(cfg.broker_url, cfg.prefix)
-    setup_logging(log_level)
+    setup_logging(log_level)  # before the store opens: a migration logs what it does
     from celery_flow.server.runtime import Runtime
 
     with open_or_fail(Runtime(cfg, group=group)) as runtime:
@@ -350,6 +367,63 @@ def run_consume(cfg: ServerConfig, name: str | None, group: str, batch: int, log
             err=True,
         )
         consumer.run(stop)
+
+
+def run_migrate(url: str, dry_run: bool) -> None:
+    from celery_flow.store import sqlite_path
+    from celery_flow.store.backfill import RefoldProgress, describe
+    from celery_flow.store.backfill import run as refold
+
+    if url.lower().startswith("sqlite:") and not os.path.exists(sqlite_path(url)):
+        fail(f"no store at {redact_url(url)}: nothing to migrate (check --store / CELERY_FLOW_STORE)")
+    setup_logging("warning")
+    opened = _sql_store(open_store_or_fail(url, "plan"))
+    plan = opened.migration
+    opened.close()
+    if plan.found is None:
+        fail(f"{redact_url(url)} holds no celery-flow store: nothing to migrate (check --store / "
+             "CELERY_FLOW_STORE)")  # fmt: skip
+    for line in plan.describe():
+        click.echo(line)
+    if dry_run or (not plan.steps and not plan.refold):
+        if dry_run:
+            click.echo("dry run: nothing was written")
+        return
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    opened = _sql_store(open_store_or_fail(url, "foreground"))
+    try:
+        applied = [str(step.version) for step in opened.migration.steps]
+        if applied:
+            click.echo(f"applied step {', '.join(applied)}: the schema is up to date")
+        elif plan.steps:
+            click.echo("another process migrated the schema meanwhile")
+
+        def report(progress: RefoldProgress, finished: bool) -> None:
+            click.echo(describe(progress, finished))
+
+        refold(opened, stop, report=report, every=5.0)
+    except Exception as exc:  # StoreError mostly: one line, and the re-fold resumes next time
+        fail(f"the re-fold stopped: {_one_line(exc)}; run `celery-flow migrate` again to resume it")
+    finally:
+        opened.close()
+    if stop.is_set():
+        click.echo("interrupted: the re-fold resumes where it stopped when celery-flow next opens the store")
+        sys.exit(130)
+    click.echo("done")
+
+
+def _sql_store(store: Store) -> SqlStore[Any]:
+    """Every store open_store() opens is a SqlStore: the one kind with a schema to migrate."""
+    from celery_flow.store.sql import SqlStore
+
+    assert isinstance(store, SqlStore)
+    return store
 
 
 def run_demo(host: str, port: int, store_url: str | None, rate: float) -> None:

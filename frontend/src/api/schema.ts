@@ -310,6 +310,8 @@ export interface components {
             parent_id?: string | null;
             /** Queue */
             queue?: string | null;
+            /** Queue Wait */
+            queue_wait?: number | null;
             /** Received At */
             received_at?: number | null;
             /**
@@ -366,6 +368,26 @@ export interface components {
             version: string;
         };
         /**
+         * RefoldProgress
+         * @description A re-fold under way: tasks done, an estimate of those left, and the pace so far.
+         */
+        RefoldProgress: {
+            /** Done */
+            done: number;
+            /** Percent */
+            percent: number;
+            /** Remaining */
+            remaining: number;
+            /** Schema */
+            schema: number;
+            /** Seconds Left */
+            seconds_left?: number | null;
+            /** Started At */
+            started_at: number;
+            /** Tasks Per Second */
+            tasks_per_second?: number | null;
+        };
+        /**
          * RegisteredTask
          * @description A task name with what workers announced about it and how its runs went.
          */
@@ -414,6 +436,9 @@ export interface components {
             events?: number | null;
             /** Reachable */
             reachable: boolean;
+            refold?: components["schemas"]["RefoldProgress"] | null;
+            /** Schema */
+            schema?: number | null;
             /** Tasks */
             tasks?: number | null;
             /** Url */
@@ -462,6 +487,8 @@ export interface components {
             pid?: number | null;
             /** Queue */
             queue?: string | null;
+            /** Queue Wait */
+            queue_wait?: number | null;
             /** Received At */
             received_at?: number | null;
             /** Result */
@@ -531,6 +558,8 @@ export interface components {
             parent_id?: string | null;
             /** Queue */
             queue?: string | null;
+            /** Queue Wait */
+            queue_wait?: number | null;
             /** Received At */
             received_at?: number | null;
             /**

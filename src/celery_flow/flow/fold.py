@@ -148,7 +148,29 @@ def fold_task(task_id: str, events: Iterable[Event]) -> TaskDetail:
 
     task.segments = build_segments(ordered)
     task.durations = segment_durations(task.segments)
+    task.queue_wait = queue_wait(ordered)
     return task
+
+
+def queue_wait(ordered: list[Event]) -> float | None:
+    """Seconds the first attempt that started waited for a worker once it could run.
+
+    The wait runs from that attempt's first `sent` (its first `received` when no `sent` was stored),
+    or from its ETA/countdown when later (a scheduled delay is not a wait), to its `started`. Never
+    negative (producer and worker clocks may disagree); None until an attempt started, or when nothing
+    says when it was queued.
+    """
+    started = next((e for e in ordered if e.type == "started"), None)
+    if started is None:
+        return None
+    attempt = [e for e in ordered if (e.retries or 0) == (started.retries or 0)]
+    sent = [e.ts for e in attempt if e.type == "sent"]
+    queued = min(sent or [e.ts for e in attempt if e.type == "received"], default=None)
+    if queued is None:
+        return None
+    eta = max((e.eta for e in attempt if e.type in ("sent", "received") and e.eta is not None), default=None)
+    ready = max(queued, eta) if eta is not None else queued
+    return max(0.0, started.ts - ready)
 
 
 def build_segments(ordered: list[Event]) -> list[Segment]:

@@ -78,6 +78,8 @@ class TaskSummary:
     started_at: float | None = None
     finished_at: float | None = None
     runtime: float | None = None
+    # Seconds from being queued (or due, for an ETA) to starting; see flow/fold.py `queue_wait`.
+    queue_wait: float | None = None
     exception: str | None = None
     links: list[str] = field(default_factory=list)
     link_errors: list[str] = field(default_factory=list)

@@ -17,6 +17,8 @@ from typing import Any, Literal
 from celery_flow import __version__
 from celery_flow.consumer import DROPPED_COUNTER, rejected_by_kind
 from celery_flow.settings import DEFAULT_GROUP
+from celery_flow.store.backfill import RefoldProgress
+from celery_flow.store.backfill import status as migration_status
 from celery_flow.store.base import Store
 from celery_flow.transport import from_url, redact_url
 from celery_flow.transport.base import Subscription, Transport
@@ -38,6 +40,9 @@ class StoreHealth:
     detail: str | None = None
     tasks: int | None = None
     events: int | None = None
+    # The store's schema version, and the re-fold of every task a migration started, while it runs.
+    schema: int | None = None
+    refold: RefoldProgress | None = None
 
 
 @dataclass
@@ -187,6 +192,9 @@ class HealthMonitor:
             store_health = StoreHealth(
                 url=self._store_url, reachable=True, tasks=stats.tasks, events=stats.events
             )
+            migration = migration_status(store)
+            if migration is not None:
+                store_health.schema, store_health.refold = migration
         except Exception as exc:  # StoreError, or a driver error the store did not wrap
             store_health = StoreHealth(url=self._store_url, reachable=False, detail=str(exc))
         consumer = self._consumer_status()

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 from celery_flow.events import DEFAULT_HEARTBEAT_INTERVAL
 from celery_flow.store.base import Store, StoreError, StoreStats, TaskFilter
+
+if TYPE_CHECKING:
+    from celery_flow.store.migrations import MigrateMode
 
 __all__ = ["Store", "StoreError", "StoreStats", "TaskFilter", "default_store_url", "open_store"]
 
@@ -31,9 +35,15 @@ def sqlite_path(url: str) -> str:
     return rest
 
 
-def open_store(url: str | None = None, heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL) -> Store:
-    """The store at `url` (None: the default SQLite file), schema created if missing. `heartbeat_interval`
-    is assumed for workers that do not announce theirs.
+def open_store(
+    url: str | None = None,
+    heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL,
+    *,
+    migrate: MigrateMode = "auto",
+) -> Store:
+    """The store at `url` (None: the default SQLite file), created if missing, migrated if older
+    (store/migrations.py; `migrate` says how). `heartbeat_interval` is assumed for workers that do not
+    announce theirs.
 
     Raises StoreError with a one-line message naming the fix when it cannot be opened.
     """
@@ -44,11 +54,11 @@ def open_store(url: str | None = None, heartbeat_interval: float = DEFAULT_HEART
     if scheme == "sqlite":
         from celery_flow.store.sqlite import SQLiteStore
 
-        return SQLiteStore(sqlite_path(url), heartbeat_interval)
+        return SQLiteStore(sqlite_path(url), heartbeat_interval, migrate=migrate)
     if scheme in ("postgresql", "postgres"):
         from celery_flow.store.postgresql import PostgresStore
 
-        return PostgresStore(url, heartbeat_interval)
+        return PostgresStore(url, heartbeat_interval, migrate=migrate)
     raise StoreError(
         f"unknown store URL {url!r}: use sqlite:///path/to/flow.db or postgresql://user@host/db "
         "(--store or CELERY_FLOW_STORE)"

@@ -19,7 +19,6 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext, supp
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from celery_flow.store.base import StoreError
-from celery_flow.store.schema import SCHEMA_VERSION, Dialect, ddl
 
 R = TypeVar("R")
 C = TypeVar("C", bound="_Connection")
@@ -217,31 +216,3 @@ class SqlConnections(ABC, Generic[C]):
         with self._write() as session:
             seq = int(session.rows("SELECT value FROM meta WHERE key = 'seq'" + self.lock_suffix)[0][0])
             return call(session, seq)
-
-    def _create_schema(self, session: Session, dialect: Dialect, where: str) -> None:
-        """Create missing tables; refuse a store another schema version wrote (no silent misreads)."""
-        statements = ddl(dialect)
-        session.run(statements[0])  # meta
-        found = session.rows("SELECT value FROM meta WHERE key = 'schema'")
-        if (found and int(found[0][0]) != SCHEMA_VERSION) or (
-            not found and session.rows("SELECT key FROM meta")
-        ):
-            version = int(found[0][0]) if found else 1
-            raise StoreError(
-                f"{where} holds celery-flow store schema {version}, this version needs {SCHEMA_VERSION}: "
-                "point --store / CELERY_FLOW_STORE at a new file or database (or delete the old one)"
-            )
-        for statement in statements[1:]:
-            session.run(statement)
-        for key, value in (
-            ("schema", SCHEMA_VERSION),
-            ("seq", 0),
-            ("tasks", 0),
-            ("events", 0),
-            ("task_num", 0),
-            ("event_num", 0),
-            ("flow_num", 0),
-        ):
-            session.run(
-                "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING", (key, value)
-            )

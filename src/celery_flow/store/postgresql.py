@@ -17,6 +17,7 @@ from typing import Any
 from celery_flow.events import DEFAULT_HEARTBEAT_INTERVAL
 from celery_flow.store.base import StoreError
 from celery_flow.store.connection import Row, Session
+from celery_flow.store.migrations import MigrateMode
 from celery_flow.store.sql import SqlStore
 
 try:
@@ -103,15 +104,18 @@ class PostgresStore(SqlStore[Any]):
     lock_suffix = " FOR UPDATE"
     driver_errors = (psycopg.Error,) if psycopg is not None else ()
 
-    def __init__(self, url: str, heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL) -> None:
+    def __init__(
+        self,
+        url: str,
+        heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL,
+        *,
+        migrate: MigrateMode = "auto",
+    ) -> None:
         super().__init__(heartbeat_interval)
         if psycopg is None:
             raise StoreError("PostgreSQL support needs psycopg: pip install 'celery-flow[postgres]'")
         self.url = url
-        with self._write() as session:
-            # Two processes starting at once must not race on CREATE TABLE IF NOT EXISTS.
-            session.rows("SELECT pg_advisory_xact_lock(815242607)")
-            self._create_schema(session, "postgresql", f"PostgreSQL at {redact(url)}")
+        self.open_schema(f"PostgreSQL at {redact(url)}", migrate)
 
     def _connect(self) -> Any:
         assert psycopg is not None

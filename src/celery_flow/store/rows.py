@@ -52,6 +52,7 @@ class TaskRow(NamedTuple):
     extra: str
     num: int
     fnum: int
+    queue_wait: float | None
 
 
 class FlowRow(NamedTuple):
@@ -151,7 +152,7 @@ def task_row(task: TaskDetail, seq: int, num: int, fnum: int) -> TaskRow:
         task.task_id, task.name, task.state, task.root_id or task.task_id, task.parent_id, task.group_id,
         task.chord_id, task.trace_id, task.hostname, task.queue, task.retries, task.sent_at,
         task.received_at, task.started_at, task.finished_at, task.runtime, task.exception, task.updated_at,
-        ts if ts is not None else 0.0, seq, _task_extra(task), num, fnum,
+        ts if ts is not None else 0.0, seq, _task_extra(task), num, fnum, task.queue_wait,
     )  # fmt: skip
 
 
@@ -184,7 +185,7 @@ def task_from_row(row: TaskRow, cls: type[TaskSummary] = TaskSummary) -> Any:
         queue=row.queue, retries=row.retries, sent_at=row.sent_at, received_at=row.received_at,
         started_at=row.started_at, finished_at=row.finished_at, runtime=row.runtime,
         exception=row.exception, links=extra.get("links", []), link_errors=extra.get("link_errors", []),
-        durations=extra.get("durations", {}), updated_at=row.updated_at,
+        durations=extra.get("durations", {}), updated_at=row.updated_at, queue_wait=row.queue_wait,
     )  # fmt: skip
     if isinstance(task, TaskDetail):
         task.segments = [Segment(kind=k, start=s, end=e) for k, s, e in extra.get("segments", ())]

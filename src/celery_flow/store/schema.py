@@ -23,7 +23,10 @@ Tables:
 - registry: what workers announced about each task name (signature, doc, which workers).
 - workers: one row per worker hostname from worker.online / heartbeat / offline events.
 - counters: consumer counters (rejected per kind, publisher drops) added in the same transaction.
-- meta: store-wide numbers: the change counter and row counts (so health never counts a big table).
+- meta: store-wide numbers: the schema version, the change counter, row counts (so health never counts
+  a big table) and the progress of a background re-fold (store/backfill.py).
+- migrations: one row per schema version this store was created at or migrated to, with the
+  celery-flow version that did it (store/migrations.py).
 """
 
 from __future__ import annotations
@@ -38,8 +41,9 @@ STATES = ("PENDING", "RECEIVED", "STARTED", "RETRY", "SUCCESS", "FAILURE", "REVO
 STATE_COLUMNS = {state: "n_" + state.lower() for state in STATES}
 _COUNT_COLUMNS = ",\n    ".join(f"{column} INTEGER NOT NULL DEFAULT 0" for column in STATE_COLUMNS.values())
 
-# Bumped on any incompatible change; a store written by another version is refused with a clear message.
-SCHEMA_VERSION = 2
+# The version this code writes; each bump comes with a step in store/migrations.py that brings an older
+# store here. A store of a newer version is refused before anything is written to it.
+SCHEMA_VERSION = 3
 
 _DDL = f"""
 CREATE TABLE IF NOT EXISTS meta (
@@ -77,7 +81,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     ts FLOAT8 NOT NULL,
     seq BIGINT NOT NULL,
     extra TEXT NOT NULL,
-    fnum BIGINT NOT NULL
+    fnum BIGINT NOT NULL,
+    queue_wait FLOAT8
 );
 CREATE INDEX IF NOT EXISTS tasks_ts ON tasks (ts, task_id);
 CREATE INDEX IF NOT EXISTS tasks_state ON tasks (state, ts, task_id);
@@ -86,7 +91,7 @@ CREATE INDEX IF NOT EXISTS tasks_state ON tasks (state, ts, task_id);
 DROP INDEX IF EXISTS tasks_name;
 DROP INDEX IF EXISTS tasks_flow;
 DROP INDEX IF EXISTS tasks_host;
-CREATE INDEX IF NOT EXISTS tasks_name_state ON tasks (name, ts, task_id, state, runtime);
+CREATE INDEX IF NOT EXISTS tasks_name_state ON tasks (name, ts, task_id, state, runtime, queue_wait);
 CREATE INDEX IF NOT EXISTS tasks_flow_host ON tasks (fnum, ts, task_id, hostname);
 CREATE INDEX IF NOT EXISTS tasks_host_state ON tasks (hostname, ts, task_id, state);
 CREATE INDEX IF NOT EXISTS tasks_seq ON tasks (seq);
@@ -133,6 +138,14 @@ CREATE TABLE IF NOT EXISTS counters (
     name TEXT PRIMARY KEY,
     value BIGINT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS migrations (
+    version BIGINT PRIMARY KEY,
+    summary TEXT NOT NULL,
+    applied_at FLOAT8 NOT NULL,
+    applied_by TEXT NOT NULL,
+    app_version TEXT NOT NULL,
+    refolded_at FLOAT8
+);
 """
 
 _TYPES: dict[Dialect, dict[str, str]] = {
@@ -149,7 +162,7 @@ _TYPES: dict[Dialect, dict[str, str]] = {
 TASK_COLUMNS = (
     "task_id", "name", "state", "root_id", "parent_id", "group_id", "chord_id", "trace_id", "hostname",
     "queue", "retries", "sent_at", "received_at", "started_at", "finished_at", "runtime", "exception",
-    "updated_at", "ts", "seq", "extra", "num", "fnum",
+    "updated_at", "ts", "seq", "extra", "num", "fnum", "queue_wait",
 )  # fmt: skip
 FLOW_COLUMNS = (
     "root_id", "root_name", "state", "trace_id", *STATE_COLUMNS.values(), "task_count", "started_at",
@@ -163,7 +176,11 @@ WORKER_COLUMNS = (
 
 def ddl(dialect: Dialect) -> list[str]:
     """The CREATE statements for one engine, one statement per item."""
-    text = _DDL
+    return render(_DDL, dialect)
+
+
+def render(text: str, dialect: Dialect) -> list[str]:
+    """`;`-separated statements in the generic type names (FLOAT8, BINARY, ...) for one engine."""
     for generic, concrete in _TYPES[dialect].items():
         text = re.sub(rf"(?<= ){generic}\b", concrete, text)
     return [statement.strip() for statement in text.split(";") if statement.strip()]

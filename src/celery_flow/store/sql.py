@@ -1,7 +1,8 @@
 """The Store both engines share: each method runs one module's functions in a session.
 
 Writes are in write.py (apply) and retention.py (sweep), reads in queries.py, row mapping in rows.py,
-sessions and transactions in connection.py; sqlite.py and postgresql.py only connect.
+sessions and transactions in connection.py, schema versions and the re-fold in migrations.py and
+backfill.py; sqlite.py and postgresql.py only connect (and open the schema).
 """
 
 from __future__ import annotations
@@ -19,19 +20,35 @@ from celery_flow.flow.model import (
     WorkerInfo,
 )
 from celery_flow.store import queries, retention
+from celery_flow.store.backfill import start_background, stop_background
 from celery_flow.store.base import StoreStats, TaskFilter
 from celery_flow.store.connection import C, SqlConnections
+from celery_flow.store.migrations import MigrateMode, Plan, open_schema
 from celery_flow.store.write import Batch, RecentEvents, apply_batch
 
 
 class SqlStore(SqlConnections[C]):
     """Everything of the Store protocol, over an engine's connections."""
 
+    # What opening the store did to its schema (set by the engine's __init__, store/migrations.py).
+    migration: Plan
+
     def __init__(self, heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL) -> None:
         super().__init__()
         # Assumed for a worker that does not announce its own interval.
         self.heartbeat_interval = heartbeat_interval
         self._recent = RecentEvents()
+
+    def open_schema(self, where: str, migrate: MigrateMode) -> None:
+        """Create or migrate the schema (store/migrations.py; engines call this once connected), then start
+        the background re-fold that a migration left, in auto mode."""
+        self.migration = open_schema(self, where, migrate)
+        if self.migration.refold_in_background(migrate):
+            start_background(self)
+
+    def close(self) -> None:
+        stop_background(self)  # the re-fold's batch in flight commits first
+        super().close()
 
     # -- writes -----------------------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ from typing import Any
 from celery_flow.events import DEFAULT_HEARTBEAT_INTERVAL
 from celery_flow.store.base import StoreError
 from celery_flow.store.connection import Row, Session
+from celery_flow.store.migrations import MigrateMode
 from celery_flow.store.sql import SqlStore
 
 BUSY_TIMEOUT_MS = 30_000
@@ -46,7 +47,13 @@ class SQLiteStore(SqlStore[sqlite3.Connection]):
     dialect = "sqlite"
     driver_errors = (sqlite3.Error,)
 
-    def __init__(self, path: str, heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL) -> None:
+    def __init__(
+        self,
+        path: str,
+        heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL,
+        *,
+        migrate: MigrateMode = "auto",
+    ) -> None:
         super().__init__(heartbeat_interval)
         self.path = path
         self.memory = path == ":memory:"
@@ -63,8 +70,7 @@ class SQLiteStore(SqlStore[sqlite3.Connection]):
             except OSError as exc:
                 raise StoreError(f"cannot create {directory} ({exc.strerror}): {FIX_HINT}") from None
         try:
-            with self._write() as session:
-                self._create_schema(session, "sqlite", path)
+            self.open_schema(path, migrate)
         except StoreError:
             self.close()
             raise

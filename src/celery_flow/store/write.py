@@ -49,7 +49,7 @@ MAX_HEARTBEAT_INTERVAL = 3600.0
 event_decoder = msgspec.json.Decoder(Event)
 
 # Columns that appear in secondary indexes (besides seq, which changes on every write anyway).
-_TASK_INDEXED = frozenset({"name", "state", "fnum", "hostname", "ts", "runtime"})
+_TASK_INDEXED = frozenset({"name", "state", "fnum", "hostname", "ts", "runtime", "queue_wait"})
 # Never reassigned: a task keeps its number (the SQLite rowid) for life.
 _TASK_FIXED = frozenset({"num"})
 _FLOW_INDEXED = frozenset({"root_name", "state", "trace_id", "ts"})
@@ -125,8 +125,8 @@ class RecentEvents:
 
 
 @dataclass
-class _TaskChange:
-    """A task's row before and after one batch, for the incremental counts."""
+class TaskChange:
+    """A task's row before and after one batch (or one re-fold), for the incremental counts."""
 
     old: TaskRow | None
     new: TaskDetail
@@ -141,7 +141,7 @@ def apply_batch(session: Session, seq: int, batch: Batch, recent: RecentEvents) 
         if changed:
             session.run("UPDATE meta SET value = ? WHERE key = 'seq'", (seq + len(changed),))
     if batch.worker_events or host_runs:
-        _apply_workers(session, batch.worker_events, host_runs)
+        apply_workers(session, batch.worker_events, host_runs)
     if batch.counters:
         session.many(
             "INSERT INTO counters (name, value) VALUES (?, ?) "
@@ -199,22 +199,15 @@ def _apply_tasks(
         [(last_event + i, nums[e.task_id or ""], e.id, e.ts, encode(e)) for i, e in enumerate(fresh, 1)],
     )
     changes = [
-        _TaskChange(old_rows.get(task_id), fold_task(task_id, by_task[task_id])) for task_id in task_ids
+        TaskChange(old_rows.get(task_id), fold_task(task_id, by_task[task_id])) for task_id in task_ids
     ]
-    flows = _update_flows(session, changes, seq + len(task_ids))
+    flows = update_counts(session, changes, seq + len(task_ids), host_runs)
     rows = [
         task_row(c.new, seq + offset, nums[c.new.task_id], flows[c.new.root_id or c.new.task_id].fnum)
         for offset, c in enumerate(changes, start=1)
     ]
-    write_rows(session, "tasks", TaskRow._fields, _TASK_INDEXED, rows, old_rows, fixed=_TASK_FIXED)
+    write_tasks(session, rows, old_rows)
     recent.remember(task_ids, by_task, seq)
-    _update_name_stats(session, changes)
-    for change in changes:
-        old, new = change.old, change.new
-        if old is not None and old.state in TERMINAL_STATES and old.hostname:
-            host_runs[old.hostname] = host_runs.get(old.hostname, 0) - 1
-        if new.state in TERMINAL_STATES and new.hostname:
-            host_runs[new.hostname] = host_runs.get(new.hostname, 0) + 1
     added = sum(1 for task_id in task_ids if task_id not in old_rows)
     session.many(
         "UPDATE meta SET value = value + ? WHERE key = ?", [(added, "tasks"), (len(fresh), "events")]
@@ -224,6 +217,27 @@ def _apply_tasks(
         [(last_num, "task_num"), (last_event + len(fresh), "event_num")],
     )
     return task_ids
+
+
+def update_counts(
+    session: Session, changes: list[TaskChange], seq: int, host_runs: dict[str, int]
+) -> dict[str, FlowRecord]:
+    """Move flow rows (written at `seq`) and per-name counts by the tasks' changes, and add each worker's
+    change in finished tasks to `host_runs`; return the flows by root id."""
+    flows = _update_flows(session, changes, seq)
+    _update_name_stats(session, changes)
+    for change in changes:
+        old, new = change.old, change.new
+        if old is not None and old.state in TERMINAL_STATES and old.hostname:
+            host_runs[old.hostname] = host_runs.get(old.hostname, 0) - 1
+        if new.state in TERMINAL_STATES and new.hostname:
+            host_runs[new.hostname] = host_runs.get(new.hostname, 0) + 1
+    return flows
+
+
+def write_tasks(session: Session, rows: Sequence[TaskRow], old_rows: Mapping[str, TaskRow]) -> None:
+    """Insert or update task rows (`old_rows`: the stored rows of those that exist, by task id)."""
+    write_rows(session, "tasks", TaskRow._fields, _TASK_INDEXED, rows, old_rows, fixed=_TASK_FIXED)
 
 
 def write_rows(
@@ -272,7 +286,7 @@ def read_flows(session: Session, roots: Sequence[str]) -> dict[str, FlowRow]:
     }
 
 
-def _update_flows(session: Session, changes: list[_TaskChange], seq: int) -> dict[str, FlowRecord]:
+def _update_flows(session: Session, changes: list[TaskChange], seq: int) -> dict[str, FlowRecord]:
     """Apply the tasks' changes to their flow rows (numbering new flows); return the flows by root."""
     roots = sorted(
         {c.new.root_id or c.new.task_id for c in changes} | {c.old.root_id for c in changes if c.old}
@@ -306,7 +320,7 @@ def save_flows(
         session.run(f"DELETE FROM flows WHERE root_id IN {in_list(chunk)}", chunk)
 
 
-def _update_name_stats(session: Session, changes: list[_TaskChange]) -> None:
+def _update_name_stats(session: Session, changes: list[TaskChange]) -> None:
     deltas: dict[str, list[int]] = {}
     for change in changes:
         old, new = change.old, change.new
@@ -334,7 +348,9 @@ def add_name_stats(session: Session, deltas: dict[str, list[int]]) -> None:
     session.many(_NAME_STATS_UPSERT, rows)
 
 
-def _apply_workers(session: Session, events: list[Event], host_runs: dict[str, int]) -> None:
+def apply_workers(session: Session, events: list[Event], host_runs: dict[str, int]) -> None:
+    """Fold worker events into `workers` (and what they announced into `registry`); add `host_runs`
+    (finished tasks by hostname) to their task counts."""
     hosts = sorted({e.hostname for e in events if e.hostname} | set(host_runs))
     workers = {
         row.hostname: row
