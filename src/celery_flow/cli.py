@@ -125,26 +125,13 @@ def options(*names: str, **overrides: dict[str, Any]) -> Callable[[F], F]:
 common_options = options(*SETTINGS)
 
 
-def server_config(
-    broker_url: str | None = None,
-    store: str | None = None,
-    prefix: str | None = None,
-    ttl: str | None = None,
-    max_tasks: int | None = None,
-    basic_auth: str | None = None,
-    no_consumer: bool | None = None,
-    otlp_endpoint: str | None = None,
-    default_broker_url: str | None = None,
-) -> ServerConfig:
-    """The options (as click passes them) resolved into the one ServerConfig; exit 2 on a bad value."""
+def server_config(no_consumer: bool | None = None, **settings: Any) -> ServerConfig:
+    """The options (as click passes them) resolved by `server.config.resolve` into the one ServerConfig;
+    exit 2 on a bad value."""
     from celery_flow.server.config import resolve
 
     try:
-        return resolve(
-            broker_url, store, prefix, ttl, max_tasks, basic_auth,
-            embedded_consumer=False if no_consumer else None, otlp_endpoint=otlp_endpoint,
-            default_broker_url=default_broker_url,
-        )  # fmt: skip
+        return resolve(embedded_consumer=False if no_consumer else None, **settings)
     except ValueError as exc:  # ConfigError is a ValueError
         fail(_one_line(exc))
 

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Annotated, NoReturn, TypeVar
 
-from fastapi import APIRouter, HTTPException, Path, Query
+from fastapi import APIRouter, Depends, HTTPException, Path, Query
 from fastapi.exceptions import RequestValidationError
 
 from celery_flow.flow.flows import summarize_trace
@@ -94,6 +94,38 @@ def guarded(call: Callable[[], R], cursor: str | None = None) -> R:
         _invalid("cursor", f"invalid request: {exc}", cursor)
 
 
+@dataclass(frozen=True)
+class Listing:
+    """The query of a task or flow list, but its `state` (whose values differ between the two)."""
+
+    filter: TaskFilter
+    limit: int
+    cursor: str | None
+
+
+def listing(
+    name: Name = None,
+    root_id: Id = None,
+    trace_id: Id = None,
+    worker: Worker = None,
+    q: Text = None,
+    since: Since = None,
+    until: Until = None,
+    limit: Limit = 50,
+    cursor: Cursor = None,
+) -> Listing:
+    if since is not None and until is not None and until < since:
+        _invalid("until", "`until` must not be before `since`", until)
+    filt = TaskFilter(
+        name=name, root_id=root_id, trace_id=trace_id, worker=worker, q=q, since=since, until=until
+    )
+    return Listing(filt, limit, cursor)
+
+
+# A list endpoint's own parameters (`state`) come first in its OpenAPI query, then these, in this order.
+ListQuery = Annotated[Listing, Depends(listing)]
+
+
 def build_api_router(
     store: Callable[[], Store],
     health: Callable[[], HealthMonitor],
@@ -102,42 +134,14 @@ def build_api_router(
     """The `/api/*` REST routes, reading the store through the given accessor (set at startup)."""
     router = APIRouter(prefix="/api", responses=ERRORS)
 
-    def task_filter(
-        state: str | None,
-        name: str | None,
-        root_id: str | None,
-        trace_id: str | None,
-        worker: str | None,
-        q: str | None,
-        since: float | None,
-        until: float | None,
-    ) -> TaskFilter:
-        if since is not None and until is not None and until < since:
-            _invalid("until", "`until` must not be before `since`", until)
-        return TaskFilter(
-            state=state, name=name, root_id=root_id, trace_id=trace_id, worker=worker, q=q,
-            since=since, until=until,
-        )  # fmt: skip
-
     @router.get("/health", response_model=HealthReport, summary="Broker, store and consumer health")
     def get_health() -> HealthReport:
         return health().report()
 
     @router.get("/tasks", response_model=TaskPage, summary="Tasks, newest first")
-    def list_tasks(
-        state: Annotated[TaskState | None, Query()] = None,
-        name: Name = None,
-        root_id: Id = None,
-        trace_id: Id = None,
-        worker: Worker = None,
-        q: Text = None,
-        since: Since = None,
-        until: Until = None,
-        limit: Limit = 50,
-        cursor: Cursor = None,
-    ) -> TaskPage:
-        filt = task_filter(state, name, root_id, trace_id, worker, q, since, until)
-        page = guarded(lambda: store().list_tasks(filt, limit, cursor), cursor)
+    def list_tasks(query: ListQuery, state: Annotated[TaskState | None, Query()] = None) -> TaskPage:
+        filt = replace(query.filter, state=state)
+        page = guarded(lambda: store().list_tasks(filt, query.limit, query.cursor), query.cursor)
         return TaskPage(items=page.items, next_cursor=page.next_cursor)
 
     @router.get("/tasks/{task_id}", response_model=TaskDetail, summary="Everything known about one task")
@@ -148,20 +152,9 @@ def build_api_router(
         return task
 
     @router.get("/flows", response_model=FlowPage, summary="Root workflows, newest first")
-    def list_flows(
-        state: Annotated[FlowState | None, Query()] = None,
-        name: Name = None,
-        root_id: Id = None,
-        trace_id: Id = None,
-        worker: Worker = None,
-        q: Text = None,
-        since: Since = None,
-        until: Until = None,
-        limit: Limit = 50,
-        cursor: Cursor = None,
-    ) -> FlowPage:
-        filt = task_filter(state, name, root_id, trace_id, worker, q, since, until)
-        page = guarded(lambda: store().list_flows(filt, limit, cursor), cursor)
+    def list_flows(query: ListQuery, state: Annotated[FlowState | None, Query()] = None) -> FlowPage:
+        filt = replace(query.filter, state=state)
+        page = guarded(lambda: store().list_flows(filt, query.limit, query.cursor), query.cursor)
         return FlowPage(items=page.items, next_cursor=page.next_cursor)
 
     @router.get(

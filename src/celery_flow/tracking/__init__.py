@@ -41,61 +41,6 @@ __all__ = [
 logger = logging.getLogger("celery_flow.tracking")
 
 
-def resolve_settings(
-    app: Any,
-    transport_url: str | None = None,
-    prefix: str | None = None,
-    ttl: int | None = None,
-    capture_args: bool | None = None,
-    capture_result: bool | None = None,
-    scrub_sensitive_data: bool | None = None,
-    additional_sensitive_keys: Iterable[str] | None = None,
-    safe_keys: Iterable[str] | None = None,
-    max_value_size: int | None = None,
-    buffer_size: int | None = None,
-    heartbeat_interval: float | None = None,
-) -> TrackingSettings:
-    """Arguments first, then CELERY_FLOW_* environment variables, then the app's broker URL / defaults."""
-    url = env_value("BROKER_URL", transport_url, "", str)
-    if not url:
-        url = str(app.conf.broker_url or "")
-    if not url:
-        raise ConfigError(
-            "celery-flow has no broker URL: pass init(app, transport_url=...) or set CELERY_FLOW_BROKER_URL"
-        )
-    if kind_of(url) is None:
-        raise ConfigError(
-            f"celery-flow cannot publish to {redact_url(url)!r}: pass init(app, transport_url='redis://...') "
-            "or set CELERY_FLOW_BROKER_URL to a Redis or RabbitMQ URL"
-        )
-    return TrackingSettings(
-        transport_url=url,
-        prefix=env_value("PREFIX", prefix, DEFAULT_PREFIX, str),
-        ttl=int(env_value("TTL", None if ttl is None else float(ttl), float(DEFAULT_TTL), parse_duration)),
-        capture_args=env_value("CAPTURE_ARGS", capture_args, True, parse_bool),
-        capture_result=env_value("CAPTURE_RESULT", capture_result, True, parse_bool),
-        scrub_sensitive_data=env_value("SCRUB_SENSITIVE_DATA", scrub_sensitive_data, True, parse_bool),
-        additional_sensitive_keys=frozenset(
-            env_value("ADDITIONAL_SENSITIVE_KEYS", _keys(additional_sensitive_keys), frozenset(), parse_keys)
-        ),
-        safe_keys=frozenset(env_value("SAFE_KEYS", _keys(safe_keys), frozenset(), parse_keys)),
-        max_value_size=env_value(
-            "MAX_VALUE_SIZE", max_value_size, DEFAULT_MAX_VALUE_SIZE, parse_positive_int
-        ),
-        buffer_size=env_value("BUFFER_SIZE", buffer_size, 10_000, parse_positive_int),
-        heartbeat_interval=env_value(
-            "HEARTBEAT_INTERVAL", heartbeat_interval, DEFAULT_HEARTBEAT_INTERVAL, parse_seconds
-        ),
-    )
-
-
-def _keys(keys: Iterable[str] | None) -> frozenset[str] | None:
-    if keys is None:
-        return None
-    keys = frozenset(keys)
-    return keys or None
-
-
 def init(
     app: Any,
     transport_url: str | None = None,
@@ -118,20 +63,30 @@ def init(
     Raises ConfigError only for an unusable configuration (never later, never inside tasks), and then
     leaves any earlier tracking of `app` as it was.
     """
-    settings = resolve_settings(
-        app,
-        transport_url,
-        prefix,
-        ttl,
-        capture_args,
-        capture_result,
-        scrub_sensitive_data,
-        additional_sensitive_keys,
-        safe_keys,
-        max_value_size,
-        buffer_size,
-        heartbeat_interval,
+    settings = TrackingSettings(
+        transport_url=_broker_url(app, transport_url),
+        prefix=env_value("PREFIX", prefix, DEFAULT_PREFIX, str),
+        ttl=int(env_value("TTL", None if ttl is None else float(ttl), float(DEFAULT_TTL), parse_duration)),
+        capture_args=env_value("CAPTURE_ARGS", capture_args, True, parse_bool),
+        capture_result=env_value("CAPTURE_RESULT", capture_result, True, parse_bool),
+        scrub_sensitive_data=env_value("SCRUB_SENSITIVE_DATA", scrub_sensitive_data, True, parse_bool),
+        additional_sensitive_keys=frozenset(
+            env_value("ADDITIONAL_SENSITIVE_KEYS", _keys(additional_sensitive_keys), frozenset(), parse_keys)
+        ),
+        safe_keys=frozenset(env_value("SAFE_KEYS", _keys(safe_keys), frozenset(), parse_keys)),
+        max_value_size=env_value(
+            "MAX_VALUE_SIZE", max_value_size, DEFAULT_MAX_VALUE_SIZE, parse_positive_int
+        ),
+        buffer_size=env_value("BUFFER_SIZE", buffer_size, 10_000, parse_positive_int),
+        heartbeat_interval=env_value(
+            "HEARTBEAT_INTERVAL", heartbeat_interval, DEFAULT_HEARTBEAT_INTERVAL, parse_seconds
+        ),
     )
+    return _start(app, settings)
+
+
+def _start(app: Any, settings: TrackingSettings) -> Tracker:
+    """Track `app` with `settings`, replacing an earlier tracker with other settings (see `init`)."""
     existing = trackers.get(id(app))
     if existing is not None and existing.settings == settings:
         return existing
@@ -154,6 +109,30 @@ def init(
     app.steps["consumer"].add(FlowWorkerStep)
     logger.debug("celery-flow: tracking %s, events to %s", app.main, redact_url(settings.transport_url))
     return tracker
+
+
+def _broker_url(app: Any, transport_url: str | None) -> str:
+    """`transport_url`, else CELERY_FLOW_BROKER_URL, else the app's broker; ConfigError if none is usable."""
+    url = env_value("BROKER_URL", transport_url, "", str)
+    if not url:
+        url = str(app.conf.broker_url or "")
+    if not url:
+        raise ConfigError(
+            "celery-flow has no broker URL: pass init(app, transport_url=...) or set CELERY_FLOW_BROKER_URL"
+        )
+    if kind_of(url) is None:
+        raise ConfigError(
+            f"celery-flow cannot publish to {redact_url(url)!r}: pass init(app, transport_url='redis://...') "
+            "or set CELERY_FLOW_BROKER_URL to a Redis or RabbitMQ URL"
+        )
+    return url
+
+
+def _keys(keys: Iterable[str] | None) -> frozenset[str] | None:
+    if keys is None:
+        return None
+    keys = frozenset(keys)
+    return keys or None
 
 
 def shutdown(app: Any = None, timeout: float = 2.0) -> None:

@@ -16,7 +16,7 @@ import enum
 import itertools
 import math
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 from celery_flow.tracking.scrub import FILTERED, KeyScrubber
@@ -58,6 +58,10 @@ class _Budget:
 
     def __init__(self, left: int) -> None:
         self.left = left
+
+
+# `_mapping` or `_sequence`: (value, budget, depth, seen) -> its JSON-able copy.
+_Walker = Callable[[Any, _Budget, int, set[int]], Any]
 
 
 class Capturer:
@@ -128,9 +132,9 @@ class Capturer:
             budget.left -= 8
             return value if math.isfinite(value) else str(value)
         if isinstance(value, Mapping):
-            return self._mapping(value, budget, depth, seen)
+            return self._container(self._mapping, value, budget, depth, seen)
         if isinstance(value, (list, tuple, set, frozenset)):
-            return self._sequence(value, budget, depth, seen)
+            return self._container(self._sequence, value, budget, depth, seen)
         if isinstance(value, (bytes, bytearray, memoryview)):
             raw = bytes(value[: self.max_value_size])
             text = repr(raw)
@@ -163,7 +167,9 @@ class Capturer:
         budget.left -= len(value) + 2
         return value
 
-    def _mapping(self, value: Mapping[Any, Any], budget: _Budget, depth: int, seen: set[int]) -> Any:
+    def _container(self, walk: _Walker, value: Any, budget: _Budget, depth: int, seen: set[int]) -> Any:
+        """`walk(value)` for a mapping or sequence not already being walked above it (else "[cycle]")
+        and not deeper than MAX_DEPTH (else its repr)."""
         marker = id(value)
         if marker in seen:
             return "[cycle]"
@@ -171,40 +177,34 @@ class Capturer:
             return self._string(safe_repr(value, max(_MIN_STRING, min(budget.left, 200))), budget)
         seen.add(marker)
         try:
-            out: dict[str, Any] = {}
-            total = len(value)
-            # islice: a dict with a million keys costs as much as one with MAX_ITEMS + 1.
-            for index, (key, item) in enumerate(itertools.islice(value.items(), MAX_ITEMS + 1)):
-                if index >= MAX_ITEMS or budget.left <= 0:
-                    out["…"] = f"[truncated {total - index} more keys]"
-                    break
-                skey = key if type(key) is str else safe_repr(key, 100)
-                budget.left -= len(skey) + 4
-                if self.scrubber is not None and self.scrubber.is_sensitive(skey):
-                    out[skey] = FILTERED
-                    budget.left -= len(FILTERED)
-                else:
-                    out[skey] = self._walk(item, budget, depth + 1, seen)
-            return out
+            return walk(value, budget, depth, seen)
         finally:
             seen.discard(marker)
 
+    def _mapping(self, value: Mapping[Any, Any], budget: _Budget, depth: int, seen: set[int]) -> Any:
+        out: dict[str, Any] = {}
+        total = len(value)
+        # islice: a dict with a million keys costs as much as one with MAX_ITEMS + 1.
+        for index, (key, item) in enumerate(itertools.islice(value.items(), MAX_ITEMS + 1)):
+            if index >= MAX_ITEMS or budget.left <= 0:
+                out["…"] = f"[truncated {total - index} more keys]"
+                break
+            skey = key if type(key) is str else safe_repr(key, 100)
+            budget.left -= len(skey) + 4
+            if self.scrubber is not None and self.scrubber.is_sensitive(skey):
+                out[skey] = FILTERED
+                budget.left -= len(FILTERED)
+            else:
+                out[skey] = self._walk(item, budget, depth + 1, seen)
+        return out
+
     def _sequence(self, value: Any, budget: _Budget, depth: int, seen: set[int]) -> Any:
-        marker = id(value)
-        if marker in seen:
-            return "[cycle]"
-        if depth >= MAX_DEPTH:
-            return self._string(safe_repr(value, max(_MIN_STRING, min(budget.left, 200))), budget)
-        seen.add(marker)
-        try:
-            out: list[Any] = []
-            total = len(value)
-            budget.left -= 2
-            for index, item in enumerate(itertools.islice(value, MAX_ITEMS + 1)):
-                if index >= MAX_ITEMS or budget.left <= 0:
-                    out.append(f"…[truncated {total - index} more items]")
-                    break
-                out.append(self._walk(item, budget, depth + 1, seen))
-            return out
-        finally:
-            seen.discard(marker)
+        out: list[Any] = []
+        total = len(value)
+        budget.left -= 2
+        for index, item in enumerate(itertools.islice(value, MAX_ITEMS + 1)):
+            if index >= MAX_ITEMS or budget.left <= 0:
+                out.append(f"…[truncated {total - index} more items]")
+                break
+            out.append(self._walk(item, budget, depth + 1, seen))
+        return out

@@ -17,14 +17,16 @@ ASGI, Litestar...) and `CeleryFlowWSGIMiddleware` (Flask, Django WSGI, any WSGI 
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping, Sequence
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
 
 from celery_flow.tracking.trace import current_trace_id, new_trace_id, reset_trace_id, set_trace_id
 
 if TYPE_CHECKING:
-    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+    # WSGIApplication is named in a string: the type argument of a base class, evaluated at runtime.
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment  # noqa: F401
 
 __all__ = [
     "DEFAULT_REQUEST_HEADERS",
@@ -53,6 +55,7 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+AppT = TypeVar("AppT")
 
 
 def parse_traceparent(value: str) -> str | None:
@@ -91,10 +94,18 @@ def trace_id_from_headers(
     return None
 
 
-class _Resolver:
-    """Shared configuration of both middlewares: which headers to read, what to do without one."""
+class _TraceMiddleware(Generic[AppT]):
+    """What both middlewares share: the app they wrap, which headers to read, what to do without one."""
 
-    def __init__(self, headers: Sequence[str], response_header: str | None, generate: bool) -> None:
+    def __init__(
+        self,
+        app: AppT,
+        *,
+        headers: Sequence[str] = DEFAULT_REQUEST_HEADERS,
+        response_header: str | None = DEFAULT_RESPONSE_HEADER,
+        generate: bool = True,
+    ) -> None:
+        self.app = app
         self.headers = tuple(name.lower() for name in headers)
         self.response_header = response_header
         self.generate = generate
@@ -107,7 +118,7 @@ class _Resolver:
         return current_trace_id() or (new_trace_id() if self.generate else None)
 
 
-class CeleryFlowTraceMiddleware:
+class CeleryFlowTraceMiddleware(_TraceMiddleware[ASGIApp]):
     """Pure ASGI middleware: the request's trace id is current (`celery_flow.current_trace_id()`) while
     the app handles it, so every task it publishes carries it.
 
@@ -116,29 +127,22 @@ class CeleryFlowTraceMiddleware:
     leaves requests without a trace id header untraced.
     """
 
-    def __init__(
-        self,
-        app: ASGIApp,
-        *,
-        headers: Sequence[str] = DEFAULT_REQUEST_HEADERS,
-        response_header: str | None = DEFAULT_RESPONSE_HEADER,
-        generate: bool = True,
-    ) -> None:
-        self.app = app
-        self._resolver = _Resolver(headers, response_header, generate)
-        self._echo = response_header.lower().encode("latin-1") if response_header else None
+    @functools.cached_property
+    def _echo(self) -> bytes | None:
+        """The response header as ASGI sends it (lowercase bytes); None: no echo."""
+        return self.response_header.lower().encode("latin-1") if self.response_header else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope.get("type") not in {"http", "websocket"}:
             await self.app(scope, receive, send)
             return
-        wanted = self._resolver.headers
+        wanted = self.headers
         values: dict[str, str] = {}
         for raw_name, raw_value in scope.get("headers") or ():
             name = bytes(raw_name).decode("latin-1").lower()
             if name in wanted and name not in values:
                 values[name] = bytes(raw_value).decode("latin-1")
-        trace_id = self._resolver.resolve(values.get)
+        trace_id = self.resolve(values.get)
         if trace_id is None:
             await self.app(scope, receive, send)
             return
@@ -165,7 +169,7 @@ class CeleryFlowTraceMiddleware:
             reset_trace_id(token)
 
 
-class CeleryFlowWSGIMiddleware:
+class CeleryFlowWSGIMiddleware(_TraceMiddleware["WSGIApplication"]):
     """WSGI middleware: the request's trace id is current while the app runs and while its response
     body is produced (streaming responses publish tasks too), and only then.
 
@@ -173,27 +177,16 @@ class CeleryFlowWSGIMiddleware:
     `application = CeleryFlowWSGIMiddleware(get_wsgi_application())`.
     """
 
-    def __init__(
-        self,
-        app: WSGIApplication,
-        *,
-        headers: Sequence[str] = DEFAULT_REQUEST_HEADERS,
-        response_header: str | None = DEFAULT_RESPONSE_HEADER,
-        generate: bool = True,
-    ) -> None:
-        self.app = app
-        self._resolver = _Resolver(headers, response_header, generate)
-
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         def header(name: str) -> str | None:
             value = environ.get("HTTP_" + name.upper().replace("-", "_"))
             return value if isinstance(value, str) else None
 
-        trace_id = self._resolver.resolve(header)
+        trace_id = self.resolve(header)
         if trace_id is None:
             return self.app(environ, start_response)
 
-        echo = self._resolver.response_header
+        echo = self.response_header
 
         def start_with_header(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
             if echo and not any(name.lower() == echo.lower() for name, _ in headers):
