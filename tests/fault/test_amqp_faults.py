@@ -18,7 +18,6 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import amqp
 import pytest
@@ -27,17 +26,16 @@ from celery import Celery
 from celery.contrib.testing.worker import start_worker
 
 import celery_flow
-from celery_flow.consumer import Consumer
 from celery_flow.events import Event, decode, encode
 from celery_flow.store import open_store
-from celery_flow.tracking.hooks import trackers
+from celery_flow.tracking.publisher import Publisher
 from celery_flow.transport import DeliveryUnknown, TransportError, from_url
 from celery_flow.transport.amqp import AmqpTransport, exchange_name, parse_amqp_url, queue_name
 from tests.support.events import finished_task
+from tests.support.outage import check_books_after_outage
 from tests.support.server_helpers import TcpProxy, free_port, start_cli, stop_process
 from tests.support.transport import read_all
 from tests.support.wait import wait_for
-from tests.support.worker import tracked_worker
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -388,10 +386,6 @@ def test_consume_sigkilled_mid_batch_twice_loses_and_doubles_nothing(
 
 # ---- a burst while RabbitMQ is frozen: the books balance -----------------------------------------------
 
-BURST = 150  # tasks; x4 events against a 100-event buffer: most are dropped, some are kept
-BUFFER = 100
-EVENTS_PER_TASK = 4  # sent, received, started, succeeded
-
 
 def test_frozen_rabbitmq_kept_events_arrive_and_drop_count_is_exact(
     amqp_url: str, redis_url: str, unique_prefix: str, proxy: TcpProxy, tmp_path: Path, cleanup_amqp: None
@@ -402,58 +396,19 @@ def test_frozen_rabbitmq_kept_events_arrive_and_drop_count_is_exact(
     dropped would make the sum too high. The worker publishes through the proxy; the consumer reads
     RabbitMQ directly, and Celery's own broker is Redis: only celery-flow's connection freezes."""
     url = f"amqp://guest:guest@127.0.0.1:{proxy.port}/{parse_amqp_url(amqp_url).vhost}"
-    store = open_store(f"sqlite:///{tmp_path}/flow.db")
-    consumer = Consumer(amqp_url, store, prefix=unique_prefix, batch=200, read_timeout=0.2, max_backoff=0.5)
-    stop = threading.Event()
-    thread = threading.Thread(target=consumer.run, args=(stop,), daemon=True)
-    thread.start()
-    try:
-        # Heartbeats off for the duration: only the burst's task events may be fired during the freeze.
-        with tracked_worker(redis_url, url, unique_prefix, buffer_size=BUFFER, heartbeat_interval=3600) as t:
-            publisher = trackers[id(t.app)].publisher
-            wait_for(lambda: store.workers(), 30, "worker.online to be stored")
-            assert publisher.dropped_total == 0
 
-            proxy.frozen.set()
-            try:
-                add = t.task("add")
-                results = [add.delay(i, 1) for i in range(BURST)]
-                # Every task finishes while RabbitMQ is still frozen: nothing waited on it.
-                assert [r.get(timeout=60) for r in results] == [i + 1 for i in range(BURST)]
-                # A batch was written into the frozen connection and got no confirm.
-                wait_for(lambda: publisher.failures >= 1, 10, "a failed publish", retry_on=())
-            finally:
-                proxy.frozen.clear()
-            fired = BURST * EVENTS_PER_TASK
-            assert publisher.dropped_total > 0, "the buffer never overflowed: the test proves nothing"
+    @contextlib.contextmanager
+    def frozen() -> Iterator[None]:
+        proxy.frozen.set()
+        try:
+            yield
+        finally:
+            proxy.frozen.clear()
 
-            # After the thaw: the kept events arrive and the drops are reported (the publisher flushes,
-            # then a sentinel task's events trail everything in the queue).
-            assert publisher.flush(30), "the publisher did not drain after the thaw"
-            wait_for(lambda: publisher.dropped_unreported == 0, 30, "the drop report to be published")
-            sentinel = t.task("add").delay(1000, 1)
-            assert sentinel.get(timeout=30) == 1001
-            wait_for(lambda: (d := store.get_task(sentinel.id)) is not None and d.state == "SUCCESS",
-                     30, "the sentinel task to be stored")  # fmt: skip
-            wait_for(lambda: consumer.stats()["lag"] == 0, 10, "the queue to be drained")
+    def written_and_unconfirmed(publisher: Publisher) -> None:
+        # A batch was written into the frozen connection and got no confirm.
+        wait_for(lambda: publisher.failures >= 1, 10, "a failed publish", retry_on=())
 
-            stored = 0
-            for result in results:
-                detail = store.get_task(result.id)
-                stored += len(detail.events) if detail is not None else 0
-            details: dict[str, Any] = {
-                "fired": fired,
-                "stored": stored,
-                "consumer_counted_dropped": store.stats().counters.get("publisher.dropped", 0),
-                "publisher_dropped_total": publisher.dropped_total,
-                "publisher_dropped_unconfirmed": publisher.dropped_unconfirmed,
-            }
-            assert stored > 0, details  # what the buffer kept did arrive
-            assert stored + publisher.dropped_total == fired, details  # the books balance exactly
-            # Every drop was reported; a report that got no answer may or may not have been counted.
-            reported = {publisher.dropped_total, publisher.dropped_total - publisher.dropped_unconfirmed}
-            assert details["consumer_counted_dropped"] in reported, details
-    finally:
-        stop.set()
-        thread.join(15)
-        store.close()
+    check_books_after_outage(
+        redis_url, url, amqp_url, unique_prefix, tmp_path, frozen, written_and_unconfirmed
+    )

@@ -16,30 +16,21 @@ what is measured is the publisher, not Redis durability).
 
 from __future__ import annotations
 
+import contextlib
 import signal
-import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import redis
 
-from celery_flow.consumer import Consumer
-from celery_flow.store import open_store
-from celery_flow.store.base import Store
-from celery_flow.tracking.hooks import trackers
 from celery_flow.transport import DeliveryUnknown, TransportError
 from celery_flow.transport.redis import RedisTransport, stream_key
+from tests.support.outage import check_books_after_outage
 from tests.support.redis_server import PrivateRedis
 from tests.support.wait import wait_for
-from tests.support.worker import tracked_worker
 
 pytestmark = pytest.mark.timeout(150)
-
-BURST = 150  # tasks; x4 events against a 100-event buffer: most are dropped, some are kept
-BUFFER = 100
-EVENTS_PER_TASK = 4  # sent, received, started, succeeded
 
 
 @pytest.fixture
@@ -48,87 +39,36 @@ def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
         yield server
 
 
-def _stored_events(store: Store, task_ids: list[str]) -> int:
-    total = 0
-    for task_id in task_ids:
-        detail = store.get_task(task_id)
-        total += len(detail.events) if detail is not None else 0
-    return total
-
-
-def _run_outage(redis_url: str, private: PrivateRedis, prefix: str, tmp_path: Path, kind: str) -> None:
-    store = open_store(f"sqlite:///{tmp_path}/flow.db")
-    consumer = Consumer(private.url, store, prefix=prefix, batch=200, read_timeout=0.2, max_backoff=0.5)
-    stop = threading.Event()
-    thread = threading.Thread(target=consumer.run, args=(stop,), daemon=True)
-    thread.start()
+@contextlib.contextmanager
+def _frozen(private: PrivateRedis) -> Iterator[None]:
+    private.signal(signal.SIGSTOP)
     try:
-        # Heartbeats off for the duration: only the burst's task events may be fired during the outage.
-        with tracked_worker(redis_url, private.url, prefix, buffer_size=BUFFER, heartbeat_interval=3600) as t:
-            publisher = trackers[id(t.app)].publisher
-            wait_for(lambda: store.workers(), 30, "worker.online to be stored")
-            assert publisher.dropped_total == 0
-
-            if kind == "frozen":
-                private.signal(signal.SIGSTOP)
-            else:
-                private.kill()
-            try:
-                add = t.task("add")
-                results = [add.delay(i, 1) for i in range(BURST)]
-                # Every task finishes while Redis is still frozen/down: nothing waited on it.
-                assert [r.get(timeout=60) for r in results] == [i + 1 for i in range(BURST)]
-            finally:
-                if kind == "frozen":
-                    private.signal(signal.SIGCONT)
-                else:
-                    private.start()
-            ids = [r.id for r in results]
-            fired = BURST * EVENTS_PER_TASK
-            assert publisher.dropped_total > 0, "the buffer never overflowed: the test proves nothing"
-
-            # After recovery: the kept events arrive and the drops are reported (the publisher flushes,
-            # then a sentinel task's events trail everything in the stream).
-            assert publisher.flush(30), "the publisher did not drain after recovery"
-            wait_for(lambda: publisher.dropped_unreported == 0, 30, "the drop report to be published")
-            sentinel = t.task("add").delay(1000, 1)
-            assert sentinel.get(timeout=30) == 1001
-            wait_for(lambda: (d := store.get_task(sentinel.id)) is not None and d.state == "SUCCESS",
-                     30, "the sentinel task to be stored")  # fmt: skip
-            assert publisher.flush(10)
-            wait_for(lambda: consumer.stats()["lag"] == 0 or consumer.stats()["lag"] is None, 10, "lag 0")
-
-            stored = _stored_events(store, ids)
-            dropped_counted = store.stats().counters.get("publisher.dropped", 0)
-            details: dict[str, Any] = {
-                "fired": fired,
-                "stored": stored,
-                "consumer_counted_dropped": dropped_counted,
-                "publisher_dropped_total": publisher.dropped_total,
-                "publisher_dropped_unconfirmed": publisher.dropped_unconfirmed,
-            }
-            assert stored > 0, details  # what the buffer kept did arrive
-            assert stored + publisher.dropped_total == fired, details  # the books balance exactly
-            # Every drop was reported. A report written but never answered (Redis slower than the
-            # socket timeout) may or may not have been counted: the publisher says which drops those are.
-            reported = {publisher.dropped_total, publisher.dropped_total - publisher.dropped_unconfirmed}
-            assert dropped_counted in reported, details
+        yield
     finally:
-        stop.set()
-        thread.join(15)
-        store.close()
+        private.signal(signal.SIGCONT)
+
+
+@contextlib.contextmanager
+def _killed(private: PrivateRedis) -> Iterator[None]:
+    private.kill()
+    try:
+        yield
+    finally:
+        private.start()
 
 
 def test_frozen_redis_kept_events_arrive_and_drop_count_is_exact(
     redis_url: str, private_redis: PrivateRedis, unique_prefix: str, tmp_path: Path
 ) -> None:
-    _run_outage(redis_url, private_redis, unique_prefix, tmp_path, "frozen")
+    url = private_redis.url
+    check_books_after_outage(redis_url, url, url, unique_prefix, tmp_path, lambda: _frozen(private_redis))
 
 
 def test_killed_redis_kept_events_arrive_and_drop_count_is_exact(
     redis_url: str, private_redis: PrivateRedis, unique_prefix: str, tmp_path: Path
 ) -> None:
-    _run_outage(redis_url, private_redis, unique_prefix, tmp_path, "killed")
+    url = private_redis.url
+    check_books_after_outage(redis_url, url, url, unique_prefix, tmp_path, lambda: _killed(private_redis))
 
 
 def test_a_publish_to_a_frozen_redis_may_have_been_stored_one_to_a_dead_redis_was_not(
