@@ -387,7 +387,8 @@ def run_migrate(url: str, dry_run: bool) -> None:
     try:
         applied = [str(step.version) for step in opened.migration.steps]
         if applied:
-            click.echo(f"applied step {', '.join(applied)}: the schema is up to date")
+            steps = "step" if len(applied) == 1 else "steps"
+            click.echo(f"applied {steps} {', '.join(applied)}: the schema is up to date")
         elif plan.steps:
             click.echo("another process migrated the schema meanwhile")
 

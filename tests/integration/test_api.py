@@ -231,9 +231,11 @@ def test_trace_gives_each_flow_and_the_whole_trace_the_server_state(
 
 def test_openapi_names_the_state_enums_and_the_terminal_states(api: httpx.Client) -> None:
     schemas = api.get("/api/openapi.json").json()["components"]["schemas"]
-    assert schemas["TerminalState"]["enum"] == ["SUCCESS", "FAILURE", "REVOKED", "REJECTED"]
-    assert schemas["UnfinishedState"]["enum"] == ["PENDING", "RECEIVED", "STARTED", "RETRY"]
-    assert schemas["FlowState"]["enum"] == ["PENDING", "RUNNING", "SUCCESS", "FAILURE", "REVOKED", "REJECTED"]
+    terminal = ["SUCCESS", "FAILURE", "REVOKED", "REJECTED", "NOT_RUN", "LOST"]
+    assert schemas["TerminalState"]["enum"] == terminal
+    assert schemas["UnfinishedState"]["enum"] == ["PLANNED", "PENDING", "RECEIVED", "STARTED", "RETRY"]
+    flow_states = ["PENDING", "RUNNING", "SUCCESS", "FAILURE", "REVOKED", "REJECTED", "LOST"]
+    assert schemas["FlowState"]["enum"] == flow_states
     assert schemas["FlowGraph"]["properties"]["summary"] == {"$ref": "#/components/schemas/FlowSummary"}
 
 

@@ -43,7 +43,10 @@ RELEASES = [
 ]
 # Fields the current API answers carry that no release in RELEASES answered: left out of comparisons
 # (queue_wait on tasks; summary on a flow's and a trace's answer).
-NEW_FIELDS = frozenset({"queue_wait", "summary"})
+# Schema versions this code adds to a release-built schema 2 store; a version no code writes yet.
+NEW_VERSIONS = list(range(3, SCHEMA_VERSION + 1))
+FUTURE = SCHEMA_VERSION + 1
+NEW_FIELDS = frozenset({"queue_wait", "summary", "reason", "fingerprint", "stuck"})
 TABLES = ("meta", "events", "tasks", "flows", "name_stats", "registry", "workers", "counters", "migrations")
 
 
@@ -210,7 +213,7 @@ def test_current_server_serves_a_released_store_as_that_release_did(
         events = sum(len(old_store.answers[f"/api/tasks/{t['task_id']}"]["events"]) for t in tasks)
         assert (health["tasks"], health["events"]) == (len(tasks), events)
         for path, answer in old_store.answers.items():
-            assert without(client.get(path).json(), NEW_FIELDS) == answer, path
+            assert without(client.get(path).json(), NEW_FIELDS) == without(answer, NEW_FIELDS), path
 
         # What schema 3 adds: how long each task waited for a worker, ETA delays left out.
         for summary in client.get("/api/tasks?limit=500").json()["items"]:
@@ -223,8 +226,8 @@ def test_current_server_serves_a_released_store_as_that_release_did(
                 assert task["queue_wait"] == pytest.approx(task["started_at"] - task["sent_at"], abs=1e-6)
     text = log.read_text()
     assert "from store schema 2 to 3" in text
-    assert "re-fold for store schema 3 finished" in text
-    assert [(row[0], row[4]) for row in record(old_store.url)] == [(3, "0.1.0")]
+    assert f"re-fold for store schema {SCHEMA_VERSION} finished" in text
+    assert [(row[0], row[4]) for row in record(old_store.url)] == [(v, "0.1.0") for v in NEW_VERSIONS]
 
 
 def test_a_migrated_store_has_exactly_the_schema_of_a_new_one(old_store: OldStore, tmp_path: Path) -> None:
@@ -364,10 +367,12 @@ def test_two_consumers_starting_together_migrate_the_store_once(
     migrator = [i for i, text in enumerate(texts) if "from store schema 2 to 3" in text]
     assert len(migrator) == 1, texts
     other = 1 - migrator[0]
-    assert "was migrated to store schema 3 by another process meanwhile" in texts[other], texts[other]
+    assert f"was migrated to store schema {SCHEMA_VERSION} by another process meanwhile" in texts[other], (
+        texts[other]
+    )
     assert "from store schema 2 to 3" not in texts[other]
     steps = record(old_store.url)
-    assert [row[0] for row in steps] == [3]
+    assert [row[0] for row in steps] == NEW_VERSIONS
     assert steps[0][3].endswith(f":{procs[migrator[0]].pid}")
 
 
@@ -407,20 +412,20 @@ def test_a_release_refuses_a_newer_store_in_one_line_and_leaves_it_untouched(
 def test_a_store_newer_than_this_code_is_refused_before_anything_is_written(
     old_store: OldStore, redis_url: str, unique_prefix: str
 ) -> None:
-    """What the next release's store looks like to this one: schema 4, migrated by celery-flow 9.1."""
+    """The next release's store as this one sees it: a schema beyond ours, migrated by celery-flow 9.1."""
     migrate_now(old_store.url)
     if old_store.file is not None:
         conn = sqlite3.connect(old_store.file)
         with conn:
-            conn.execute("UPDATE meta SET value = 4 WHERE key = 'schema'")
-            conn.execute("INSERT INTO migrations VALUES (4, 'the future', 0, 'h:1', '9.1.0', NULL)")
+            conn.execute(f"UPDATE meta SET value = {FUTURE} WHERE key = 'schema'")
+            conn.execute(f"INSERT INTO migrations VALUES ({FUTURE}, 'the future', 0, 'h:1', '9.1.0', NULL)")
         conn.close()
     else:
         import psycopg
 
         with psycopg.connect(old_store.url, autocommit=True) as pg:
-            pg.execute("UPDATE meta SET value = 4 WHERE key = 'schema'")
-            pg.execute("INSERT INTO migrations VALUES (4, 'the future', 0, 'h:1', '9.1.0', NULL)")
+            pg.execute(f"UPDATE meta SET value = {FUTURE} WHERE key = 'schema'")
+            pg.execute(f"INSERT INTO migrations VALUES ({FUTURE}, 'the future', 0, 'h:1', '9.1.0', NULL)")
     before = snapshot(old_store)
     proc = subprocess.run(
         [*CLI, "consume", "--broker-url", redis_url, "--store", old_store.url, "--prefix", unique_prefix],
@@ -433,7 +438,8 @@ def test_a_store_newer_than_this_code_is_refused_before_anything_is_written(
     assert proc.returncode == 2, lines
     assert len(lines) == 1, lines
     assert (
-        "holds celery-flow store schema 4, newer than this celery-flow (0.1.0) reads (schema 3)" in lines[0]
+        f"holds celery-flow store schema {FUTURE}, newer than this celery-flow (0.1.0) reads "
+        f"(schema {SCHEMA_VERSION})" in lines[0]
     )
     assert "run celery-flow 9.1.0 or later" in lines[0]
     assert snapshot(old_store) == before
@@ -454,7 +460,7 @@ def test_migrate_dry_run_says_what_it_would_do_then_migrate_does_it(old_store: O
     )
     assert dry.returncode == 0, dry.stderr
     out = dry.stdout
-    assert "is at store schema 2; this celery-flow (0.1.0) writes schema 3" in out
+    assert f"is at store schema 2; this celery-flow (0.1.0) writes schema {SCHEMA_VERSION}" in out
     assert "step 3: tasks.queue_wait" in out
     assert f"rebuilds one index over {tasks} tasks" in out
     assert f"re-fold: every task from its stored events ({tasks} tasks," in out
@@ -469,18 +475,18 @@ def test_migrate_dry_run_says_what_it_would_do_then_migrate_does_it(old_store: O
         timeout=120,
     )
     assert done.returncode == 0, done.stderr
-    assert "applied step 3: the schema is up to date" in done.stdout
-    assert f"re-fold for store schema 3 finished: {tasks} tasks" in done.stdout
+    assert f"applied steps {', '.join(map(str, NEW_VERSIONS))}: the schema is up to date" in done.stdout
+    assert f"re-fold for store schema {SCHEMA_VERSION} finished: {tasks} tasks" in done.stdout
     assert done.stdout.strip().endswith("done")
     steps = record(old_store.url)
-    assert [row[0] for row in steps] == [3]
+    assert [row[0] for row in steps] == NEW_VERSIONS
     assert steps[0][5] is not None
 
     again = subprocess.run(
         [*CLI, "migrate", "--store", old_store.url], env=cli_env(), capture_output=True, text=True, timeout=60
     )
     assert again.returncode == 0, again.stderr
-    assert again.stdout.strip().endswith("is at store schema 3: nothing to do")
+    assert again.stdout.strip().endswith(f"is at store schema {SCHEMA_VERSION}: nothing to do")
 
 
 def test_migrate_names_a_missing_store_instead_of_creating_one(tmp_path: Path) -> None:

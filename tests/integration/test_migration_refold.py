@@ -21,6 +21,7 @@ from celery_flow.server.app import create_app
 from celery_flow.store import TaskFilter, open_store
 from celery_flow.store.backfill import progress, refold_batch, run
 from celery_flow.store.migrations import MigrateMode, schedule_refold
+from celery_flow.store.schema import SCHEMA_VERSION
 from celery_flow.store.sql import SqlStore
 
 T0 = 1_700_000_000.0
@@ -207,10 +208,10 @@ def test_health_shows_the_refold_while_it_runs_and_the_schema_after(store_urls: 
             httpx.Client(base_url=base) as client,
         ):
             health = client.get("/api/health").json()["store"]
-            assert health["schema"] == 3
+            assert health["schema"] == SCHEMA_VERSION
             refold = health["refold"]
             assert (refold["schema"], refold["done"], refold["remaining"], refold["percent"]) == (
-                3,
+                SCHEMA_VERSION,
                 0,
                 180,
                 0.0,

@@ -227,7 +227,7 @@ export interface components {
             next_cursor?: string | null;
         };
         /** @enum {string} */
-        FlowState: "PENDING" | "RUNNING" | "SUCCESS" | "FAILURE" | "REVOKED" | "REJECTED";
+        FlowState: "PENDING" | "RUNNING" | "SUCCESS" | "FAILURE" | "REVOKED" | "REJECTED" | "LOST";
         /**
          * FlowSummary
          * @description One root workflow: the root task and how its descendants are doing.
@@ -294,6 +294,8 @@ export interface components {
             };
             /** Exception */
             exception?: string | null;
+            /** Fingerprint */
+            fingerprint?: string | null;
             /** Finished At */
             finished_at?: number | null;
             /** Group Id */
@@ -312,6 +314,8 @@ export interface components {
             queue?: string | null;
             /** Queue Wait */
             queue_wait?: number | null;
+            /** Reason */
+            reason?: string | null;
             /** Received At */
             received_at?: number | null;
             /**
@@ -330,6 +334,11 @@ export interface components {
             /** Started At */
             started_at?: number | null;
             state: components["schemas"]["TaskState"];
+            /**
+             * Stuck
+             * @default false
+             */
+            stuck: boolean;
             /** Task Id */
             task_id: string;
             /** Trace Id */
@@ -467,6 +476,8 @@ export interface components {
             exception?: string | null;
             /** Expires */
             expires?: number | null;
+            /** Fingerprint */
+            fingerprint?: string | null;
             /** Finished At */
             finished_at?: number | null;
             /** Group Id */
@@ -489,6 +500,8 @@ export interface components {
             queue?: string | null;
             /** Queue Wait */
             queue_wait?: number | null;
+            /** Reason */
+            reason?: string | null;
             /** Received At */
             received_at?: number | null;
             /** Result */
@@ -509,6 +522,11 @@ export interface components {
             /** Started At */
             started_at?: number | null;
             state: components["schemas"]["TaskState"];
+            /**
+             * Stuck
+             * @default false
+             */
+            stuck: boolean;
             /** Task Id */
             task_id: string;
             /** Trace Id */
@@ -542,6 +560,8 @@ export interface components {
             };
             /** Exception */
             exception?: string | null;
+            /** Fingerprint */
+            fingerprint?: string | null;
             /** Finished At */
             finished_at?: number | null;
             /** Group Id */
@@ -560,6 +580,8 @@ export interface components {
             queue?: string | null;
             /** Queue Wait */
             queue_wait?: number | null;
+            /** Reason */
+            reason?: string | null;
             /** Received At */
             received_at?: number | null;
             /**
@@ -576,6 +598,11 @@ export interface components {
             /** Started At */
             started_at?: number | null;
             state: components["schemas"]["TaskState"];
+            /**
+             * Stuck
+             * @default false
+             */
+            stuck: boolean;
             /** Task Id */
             task_id: string;
             /** Trace Id */
@@ -584,7 +611,7 @@ export interface components {
             updated_at?: number | null;
         };
         /** @enum {string} */
-        TerminalState: "SUCCESS" | "FAILURE" | "REVOKED" | "REJECTED";
+        TerminalState: "SUCCESS" | "FAILURE" | "REVOKED" | "REJECTED" | "NOT_RUN" | "LOST";
         /**
          * TraceSummary
          * @description The flows of one trace taken together, by the same rule as one flow (flow/flows.py).
@@ -624,7 +651,7 @@ export interface components {
             url: string | null;
         };
         /** @enum {string} */
-        UnfinishedState: "PENDING" | "RECEIVED" | "STARTED" | "RETRY";
+        UnfinishedState: "PLANNED" | "PENDING" | "RECEIVED" | "STARTED" | "RETRY";
         /** ValidationError */
         ValidationError: {
             /** Context */
@@ -1077,11 +1104,11 @@ type ReadonlyArray<T> = [
     unknown[]
 ] ? Readonly<Exclude<T, undefined>> : Readonly<Exclude<T, undefined>[]>;
 export const consumerHealthModeValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["ConsumerHealth"]["mode"]> = ["embedded", "external"];
-export const flowStateValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["FlowState"]> = ["PENDING", "RUNNING", "SUCCESS", "FAILURE", "REVOKED", "REJECTED"];
+export const flowStateValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["FlowState"]> = ["PENDING", "RUNNING", "SUCCESS", "FAILURE", "REVOKED", "REJECTED", "LOST"];
 export const graphEdgeKindValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["GraphEdge"]["kind"]> = ["spawn", "chain", "chord", "errback"];
 export const graphGroupKindValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["GraphGroup"]["kind"]> = ["group", "chord"];
 export const healthReportStatusValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["HealthReport"]["status"]> = ["ok", "degraded"];
 export const segmentKindValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["Segment"]["kind"]> = ["queued", "received", "running", "retry"];
-export const terminalStateValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["TerminalState"]> = ["SUCCESS", "FAILURE", "REVOKED", "REJECTED"];
-export const unfinishedStateValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["UnfinishedState"]> = ["PENDING", "RECEIVED", "STARTED", "RETRY"];
+export const terminalStateValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["TerminalState"]> = ["SUCCESS", "FAILURE", "REVOKED", "REJECTED", "NOT_RUN", "LOST"];
+export const unfinishedStateValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["UnfinishedState"]> = ["PLANNED", "PENDING", "RECEIVED", "STARTED", "RETRY"];
 export const workerInfoStatusValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["WorkerInfo"]["status"]> = ["online", "offline"];

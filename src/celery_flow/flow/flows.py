@@ -18,15 +18,19 @@ def flow_state(counts: Mapping[str, int]) -> FlowState:
     """The state of a whole flow from its tasks' state counts.
 
     A failure anywhere is what a user needs to see first, even while other branches still run; then a
-    flow is running while any task is not terminal (pending if nothing has been picked up yet); a
-    finished flow is revoked or rejected if any task was, else successful.
+    flow is running while any task is not terminal, planned steps included (pending if nothing has been
+    picked up yet); a finished flow is lost, revoked or rejected if any task was, else successful (steps
+    that never ran follow from one of those, or were error callbacks nothing needed).
     """
     present = {state for state, count in counts.items() if count > 0}
     if "FAILURE" in present:
         return "FAILURE"
     unfinished = present - TERMINAL_STATES
     if unfinished:
-        return "PENDING" if unfinished == {"PENDING"} and not (present & TERMINAL_STATES) else "RUNNING"
+        waiting = unfinished <= {"PENDING", "PLANNED"} and not (present & TERMINAL_STATES)
+        return "PENDING" if waiting else "RUNNING"
+    if "LOST" in present:
+        return "LOST"
     if "REVOKED" in present:
         return "REVOKED"
     if "REJECTED" in present:

@@ -13,13 +13,21 @@ from typing_extensions import TypeAliasType
 
 # Named aliases become named enums in the OpenAPI schema (`components.schemas.TaskState`, ...), so the
 # UI's generated types carry the states and which of them are terminal, in this order.
-UnfinishedState = TypeAliasType("UnfinishedState", Literal["PENDING", "RECEIVED", "STARTED", "RETRY"])
-TerminalState = TypeAliasType("TerminalState", Literal["SUCCESS", "FAILURE", "REVOKED", "REJECTED"])
+# PLANNED: a step of the workflow known from an earlier task's message, not sent yet. NOT_RUN: a planned
+# step that can no longer run (an upstream step failed). LOST: received or started on a worker that went
+# away without a final event; nothing more is expected of it, though a later real event still wins.
+UnfinishedState = TypeAliasType(
+    "UnfinishedState", Literal["PLANNED", "PENDING", "RECEIVED", "STARTED", "RETRY"]
+)
+TerminalState = TypeAliasType(
+    "TerminalState", Literal["SUCCESS", "FAILURE", "REVOKED", "REJECTED", "NOT_RUN", "LOST"]
+)
 TaskState = TypeAliasType("TaskState", UnfinishedState | TerminalState)
 TERMINAL_STATES: frozenset[str] = frozenset(get_args(TerminalState.__value__))
-# The order a task normally moves through; a later event never moves a task back (out-of-order safe).
+# States in which a task will never do (more) work: what stops the steps planned after it.
+FAILED_STATES: frozenset[str] = frozenset({"FAILURE", "REVOKED", "REJECTED", "LOST"})
 FlowState = TypeAliasType(
-    "FlowState", Literal["PENDING", "RUNNING", "SUCCESS", "FAILURE", "REVOKED", "REJECTED"]
+    "FlowState", Literal["PENDING", "RUNNING", "SUCCESS", "FAILURE", "REVOKED", "REJECTED", "LOST"]
 )
 EdgeKind = Literal["spawn", "chain", "chord", "errback"]
 SegmentKind = Literal["queued", "received", "running", "retry"]
@@ -86,6 +94,12 @@ class TaskSummary:
     # Seconds spent in each state (PENDING, RECEIVED, STARTED, RETRY), for badges and the timeline.
     durations: dict[str, float] = field(default_factory=dict)
     updated_at: float | None = None
+    # Why a task is NOT_RUN or LOST, in words ("upstream <task id> failed").
+    reason: str | None = None
+    # The failure cluster of a failed (or retried) task: its exception type and traceback frames.
+    fingerprint: str | None = None
+    # Running far longer than its name's history says it should (computed when read).
+    stuck: bool = False
 
 
 @dataclass

@@ -92,6 +92,26 @@ STEPS: tuple[Step, ...] = (
         "adds a column (no row rewritten), rebuilds one index over {tasks} tasks",
         refold=True,
     ),
+    Step(
+        4,
+        "insights: states PLANNED, NOT_RUN and LOST counted per flow and name, tasks.fingerprint (failure "
+        "clusters), partial indexes of a cluster's tasks, a flow's planned steps and what runs now",
+        """
+        ALTER TABLE tasks ADD COLUMN fingerprint TEXT;
+        ALTER TABLE flows ADD COLUMN n_planned INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE flows ADD COLUMN n_not_run INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE flows ADD COLUMN n_lost INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE name_stats ADD COLUMN n_planned INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE name_stats ADD COLUMN n_not_run INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE name_stats ADD COLUMN n_lost INTEGER NOT NULL DEFAULT 0;
+        CREATE INDEX tasks_fingerprint ON tasks (fingerprint, ts, task_id) WHERE fingerprint IS NOT NULL;
+        CREATE INDEX tasks_planned ON tasks (fnum) WHERE state = 'PLANNED';
+        CREATE INDEX tasks_running ON tasks (hostname, started_at) WHERE state IN ('RECEIVED', 'STARTED')
+        """,
+        "adds columns (no row rewritten), builds three partial indexes over {tasks} tasks (each holds "
+        "only the few rows it is for)",
+        refold=True,
+    ),
 )
 assert [step.version for step in STEPS] == list(range(OLDEST + 1, SCHEMA_VERSION + 1))
 

@@ -15,7 +15,7 @@ import msgspec
 from celery_flow.flow.flows import FlowTally, first_seen, summary_from_counts
 from celery_flow.flow.model import FlowState, FlowSummary, Segment, TaskDetail, TaskState, TaskSummary
 from celery_flow.store.connection import Session, select_in
-from celery_flow.store.schema import STATE_COLUMNS, STATES
+from celery_flow.store.schema import STATE_COLUMNS, STATES, V3_STATE_COUNT
 
 T = TypeVar("T", bound=tuple[Any, ...])
 # A row type from a fetched row: tuple.__new__ skips NamedTuple._make's length check, which a SELECT
@@ -53,6 +53,7 @@ class TaskRow(NamedTuple):
     num: int
     fnum: int
     queue_wait: float | None
+    fingerprint: str | None
 
 
 class FlowRow(NamedTuple):
@@ -77,6 +78,9 @@ class FlowRow(NamedTuple):
     ts: float
     seq: int
     fnum: int
+    n_planned: int
+    n_not_run: int
+    n_lost: int
 
 
 class NameStatsRow(NamedTuple):
@@ -91,6 +95,9 @@ class NameStatsRow(NamedTuple):
     n_failure: int
     n_revoked: int
     n_rejected: int
+    n_planned: int
+    n_not_run: int
+    n_lost: int
 
 
 class WorkerRow(NamedTuple):
@@ -152,7 +159,7 @@ def task_row(task: TaskDetail, seq: int, num: int, fnum: int) -> TaskRow:
         task.task_id, task.name, task.state, task.root_id or task.task_id, task.parent_id, task.group_id,
         task.chord_id, task.trace_id, task.hostname, task.queue, task.retries, task.sent_at,
         task.received_at, task.started_at, task.finished_at, task.runtime, task.exception, task.updated_at,
-        ts if ts is not None else 0.0, seq, _task_extra(task), num, fnum, task.queue_wait,
+        ts if ts is not None else 0.0, seq, _task_extra(task), num, fnum, task.queue_wait, task.fingerprint,
     )  # fmt: skip
 
 
@@ -173,6 +180,8 @@ def _task_extra(task: TaskDetail) -> str:
         extra["eta"] = task.eta
     if task.expires is not None:
         extra["expires"] = task.expires
+    if task.reason is not None:
+        extra["reason"] = task.reason
     return json_encoder.encode(extra).decode("utf-8")
 
 
@@ -186,6 +195,7 @@ def task_from_row(row: TaskRow, cls: type[TaskSummary] = TaskSummary) -> Any:
         started_at=row.started_at, finished_at=row.finished_at, runtime=row.runtime,
         exception=row.exception, links=extra.get("links", []), link_errors=extra.get("link_errors", []),
         durations=extra.get("durations", {}), updated_at=row.updated_at, queue_wait=row.queue_wait,
+        reason=extra.get("reason"), fingerprint=row.fingerprint,
     )  # fmt: skip
     if isinstance(task, TaskDetail):
         task.segments = [Segment(kind=k, start=s, end=e) for k, s, e in extra.get("segments", ())]
@@ -213,10 +223,11 @@ class FlowRecord(FlowTally):
 
     def to_row(self, seq: int) -> FlowRow:
         ts = self.started_at if self.started_at is not None else (self.updated_at or 0.0)
+        counts = list(map(self.counts.get, STATES, _NO_COUNTS))
         return _new(FlowRow, (
-            self.root_id, self.root_name, self.state, self.trace_id,
-            *map(self.counts.get, STATES, _NO_COUNTS),
+            self.root_id, self.root_name, self.state, self.trace_id, *counts[:V3_STATE_COUNT],
             self.task_count, self.started_at, self.last_finished, self.updated_at, ts, seq, self.fnum,
+            *counts[V3_STATE_COUNT:],
         ))  # fmt: skip
 
 

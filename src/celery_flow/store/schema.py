@@ -36,14 +36,24 @@ from typing import Literal
 
 Dialect = Literal["sqlite", "postgresql"]
 
-STATES = ("PENDING", "RECEIVED", "STARTED", "RETRY", "SUCCESS", "FAILURE", "REVOKED", "REJECTED")
+# Every task state, in the order of the count columns of flows / name_stats: the states of schema 3
+# first, then those schema 4 added (its columns were appended to the tables).
+STATES = (
+    "PENDING", "RECEIVED", "STARTED", "RETRY", "SUCCESS", "FAILURE", "REVOKED", "REJECTED",
+    "PLANNED", "NOT_RUN", "LOST",
+)  # fmt: skip
+V3_STATE_COUNT = 8
 # Column name of the count of each state in flows / name_stats.
 STATE_COLUMNS = {state: "n_" + state.lower() for state in STATES}
-_COUNT_COLUMNS = ",\n    ".join(f"{column} INTEGER NOT NULL DEFAULT 0" for column in STATE_COLUMNS.values())
+
+
+def _counts(states: tuple[str, ...]) -> str:
+    return ",\n    ".join(f"{STATE_COLUMNS[state]} INTEGER NOT NULL DEFAULT 0" for state in states)
+
 
 # The version this code writes; each bump comes with a step in store/migrations.py that brings an older
 # store here. A store of a newer version is refused before anything is written to it.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _DDL = f"""
 CREATE TABLE IF NOT EXISTS meta (
@@ -82,7 +92,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     seq BIGINT NOT NULL,
     extra TEXT NOT NULL,
     fnum BIGINT NOT NULL,
-    queue_wait FLOAT8
+    queue_wait FLOAT8,
+    fingerprint TEXT
 );
 CREATE INDEX IF NOT EXISTS tasks_ts ON tasks (ts, task_id);
 CREATE INDEX IF NOT EXISTS tasks_state ON tasks (state, ts, task_id);
@@ -95,19 +106,27 @@ CREATE INDEX IF NOT EXISTS tasks_name_state ON tasks (name, ts, task_id, state, 
 CREATE INDEX IF NOT EXISTS tasks_flow_host ON tasks (fnum, ts, task_id, hostname);
 CREATE INDEX IF NOT EXISTS tasks_host_state ON tasks (hostname, ts, task_id, state);
 CREATE INDEX IF NOT EXISTS tasks_seq ON tasks (seq);
+-- Partial indexes hold only the few rows they are for, so ordinary tasks pay nothing to keep them:
+-- a failure cluster's tasks, a flow's planned steps, and what runs now on each worker.
+CREATE INDEX IF NOT EXISTS tasks_fingerprint ON tasks (fingerprint, ts, task_id)
+    WHERE fingerprint IS NOT NULL;
+CREATE INDEX IF NOT EXISTS tasks_planned ON tasks (fnum) WHERE state = 'PLANNED';
+CREATE INDEX IF NOT EXISTS tasks_running ON tasks (hostname, started_at)
+    WHERE state IN ('RECEIVED', 'STARTED');
 CREATE TABLE IF NOT EXISTS flows (
     root_id TEXT PRIMARY KEY,
     root_name TEXT,
     state TEXT NOT NULL,
     trace_id TEXT,
-    {_COUNT_COLUMNS},
+    {_counts(STATES[:V3_STATE_COUNT])},
     task_count INTEGER NOT NULL DEFAULT 0,
     started_at FLOAT8,
     last_finished FLOAT8,
     updated_at FLOAT8,
     ts FLOAT8 NOT NULL,
     seq BIGINT NOT NULL,
-    fnum BIGINT NOT NULL UNIQUE
+    fnum BIGINT NOT NULL UNIQUE,
+    {_counts(STATES[V3_STATE_COUNT:])}
 );
 CREATE INDEX IF NOT EXISTS flows_ts ON flows (ts, root_id);
 CREATE INDEX IF NOT EXISTS flows_state ON flows (state, ts, root_id);
@@ -115,7 +134,7 @@ CREATE INDEX IF NOT EXISTS flows_name ON flows (root_name, ts, root_id);
 CREATE INDEX IF NOT EXISTS flows_trace ON flows (trace_id, ts, root_id);
 CREATE TABLE IF NOT EXISTS name_stats (
     name TEXT PRIMARY KEY,
-    {_COUNT_COLUMNS}
+    {_counts(STATES)}
 );
 CREATE TABLE IF NOT EXISTS registry (
     name TEXT PRIMARY KEY,
@@ -162,11 +181,12 @@ _TYPES: dict[Dialect, dict[str, str]] = {
 TASK_COLUMNS = (
     "task_id", "name", "state", "root_id", "parent_id", "group_id", "chord_id", "trace_id", "hostname",
     "queue", "retries", "sent_at", "received_at", "started_at", "finished_at", "runtime", "exception",
-    "updated_at", "ts", "seq", "extra", "num", "fnum", "queue_wait",
+    "updated_at", "ts", "seq", "extra", "num", "fnum", "queue_wait", "fingerprint",
 )  # fmt: skip
 FLOW_COLUMNS = (
-    "root_id", "root_name", "state", "trace_id", *STATE_COLUMNS.values(), "task_count", "started_at",
-    "last_finished", "updated_at", "ts", "seq", "fnum",
+    "root_id", "root_name", "state", "trace_id", *list(STATE_COLUMNS.values())[:V3_STATE_COUNT], "task_count",
+    "started_at", "last_finished", "updated_at", "ts", "seq", "fnum",
+    *list(STATE_COLUMNS.values())[V3_STATE_COUNT:],
 )  # fmt: skip
 WORKER_COLUMNS = (
     "hostname", "online_since", "last_heartbeat", "offline_at", "heartbeat_interval", "pid", "tasks_run",
