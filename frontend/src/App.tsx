@@ -2,15 +2,17 @@ import { useQueryClient } from "@tanstack/react-query";
 import { lazy, Suspense, useEffect, useRef, useState, type FormEvent } from "react";
 import { api, ApiError } from "./api/client";
 import { flowQuery } from "./api/queries";
-import { Loading } from "./components/common";
+import { Loading, SEARCH_HINT } from "./components/common";
 import { useLayoutClient } from "./graph/layout";
 import { useLiveStatus } from "./live";
 import { Link, param, Route, Switch, useLocation, useNavigate, withQuery } from "./router";
 import { setTheme, useTheme } from "./theme";
+import { FailuresView } from "./views/Failures";
 import { FlowsView } from "./views/Flows";
 import { NotFoundView } from "./views/NotFound";
 import { RegistryView } from "./views/Registry";
 import { TaskView } from "./views/Task";
+import { TasksView } from "./views/Tasks";
 import { WorkersView } from "./views/Workers";
 
 // The graph views pull in React Flow; load them only when a flow or a trace is opened.
@@ -64,7 +66,10 @@ function StatusBanner() {
 
 const UUIDISH = /^[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}$|^[0-9a-f]{32}$/i;
 
-/** Jump straight to a task id, trace id or root id; anything else becomes a free-text flow search. */
+/**
+ * Jump straight to a task id, trace id or root id; anything else lists the tasks it finds (ids, names,
+ * words in arguments, results and errors, key:value for a kwarg).
+ */
 function SearchBox() {
   const navigate = useNavigate();
   const ref = useRef<HTMLInputElement>(null);
@@ -110,12 +115,12 @@ function SearchBox() {
     try {
       if (await exists(() => api.task(q))) navigate(`/tasks/${encodeURIComponent(q)}`);
       else if (await exists(() => api.trace(q))) navigate(`/traces/${encodeURIComponent(q)}`);
-      else if (UUIDISH.test(q)) {
-        setMiss(`No task or trace with id ${q}`);
-        navigate(withQuery("/", { q }));
-      } else navigate(withQuery("/", { q }));
+      else {
+        if (UUIDISH.test(q)) setMiss(`No task or trace with id ${q}`);
+        navigate(withQuery("/tasks", { q }));
+      }
     } catch {
-      navigate(withQuery("/", { q }));
+      navigate(withQuery("/tasks", { q }));
     } finally {
       setBusy(false);
     }
@@ -126,8 +131,9 @@ function SearchBox() {
       <input
         ref={ref}
         type="search"
-        placeholder="Task id, trace id or text   ( / )"
-        aria-label="Search by task id, trace id or text"
+        placeholder="Search tasks: id, args, key:value   ( / )"
+        aria-label="Search tasks by id, trace id, name, words in arguments, results and errors, or key:value"
+        title={`Search: ${SEARCH_HINT}`}
         value={value}
         onChange={(e) => {
           setValue(e.target.value);
@@ -161,8 +167,10 @@ function Nav() {
       {item(
         "/",
         "Flows",
-        (p) => p === "/" || p.startsWith("/flows") || p.startsWith("/traces") || p.startsWith("/tasks"),
+        (p) => p === "/" || p.startsWith("/flows") || p.startsWith("/traces") || p.startsWith("/tasks/"),
       )}
+      {item("/tasks", "Tasks", (p) => p === "/tasks")}
+      {item("/failures", "Failures", (p) => p.startsWith("/failures"))}
       {item("/registry", "Registry", (p) => p.startsWith("/registry"))}
       {item("/workers", "Workers", (p) => p.startsWith("/workers"))}
     </nav>
@@ -197,6 +205,8 @@ function Routes() {
       <Route path="/flows" component={FlowsView} />
       <Route path="/flows/:id">{({ id }) => <GraphRoute kind="flow" id={param(id)} />}</Route>
       <Route path="/traces/:id">{({ id }) => <GraphRoute kind="trace" id={param(id)} />}</Route>
+      <Route path="/tasks" component={TasksView} />
+      <Route path="/failures" component={FailuresView} />
       <Route path="/tasks/:id">{({ id }) => <TaskView taskId={param(id)} />}</Route>
       <Route path="/registry" component={RegistryView} />
       <Route path="/workers" component={WorkersView} />

@@ -56,3 +56,10 @@ export function pct(x: number | null | undefined): string {
   if (x === null || x === undefined) return "–";
   return `${(x * 100).toFixed(x > 0 && x < 0.01 ? 2 : 1)}%`;
 }
+
+// How a count of tasks in a state reads ("3 never ran"); any other state reads as its lower-case name.
+const STATE_WORDS: Record<string, string> = { NOT_RUN: "never ran", PLANNED: "planned", LOST: "lost" };
+
+export function stateWords(state: string): string {
+  return STATE_WORDS[state] ?? state.toLowerCase();
+}

@@ -1,4 +1,4 @@
-import { useEffect, useState } from "react";
+import { useEffect, useState, type Dispatch, type SetStateAction } from "react";
 
 /** Re-render every `ms` so relative times ("3 s ago") and running durations stay true. */
 export function useNow(ms = 1000): number {
@@ -14,4 +14,19 @@ export function useDocumentTitle(title: string): void {
   useEffect(() => {
     document.title = title ? `${title} · celery-flow` : "celery-flow";
   }, [title]);
+}
+
+/**
+ * A form's draft of `value` (e.g. a list's filters from the URL): edited freely, and reset to `value`
+ * whenever `value` changes (a link, back/forward, Apply).
+ */
+export function useDraft<T>(value: T): [T, Dispatch<SetStateAction<T>>] {
+  const [draft, setDraft] = useState<T>(value);
+  const key = JSON.stringify(value);
+  const [draftOf, setDraftOf] = useState(key);
+  if (draftOf !== key) {
+    setDraftOf(key);
+    setDraft(value);
+  }
+  return [draft, setDraft];
 }

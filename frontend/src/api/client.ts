@@ -1,5 +1,6 @@
 import { API } from "./base";
 import type {
+  FailureList,
   FlowGraph,
   FlowSummary,
   Health,
@@ -65,4 +66,5 @@ export const api = {
   trace: (id: string, s?: AbortSignal) => get<TraceView>(`/traces/${enc(id)}`, undefined, s),
   registry: (s?: AbortSignal) => get<RegisteredTask[]>("/registry", undefined, s),
   workers: (s?: AbortSignal) => get<WorkerInfo[]>("/workers", undefined, s),
+  failures: (q: Query, s?: AbortSignal) => get<FailureList>("/failures", q, s),
 };

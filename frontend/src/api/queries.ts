@@ -25,6 +25,9 @@ export const keys = {
   trace: (traceId: string) => ["trace", traceId] as const,
   registry: () => ["registry"] as const,
   workers: () => ["workers"] as const,
+  /** The failure clusters; its key holds the window and name filter the view asks for. */
+  failures: (filters?: Record<string, string>) =>
+    filters ? (["failures", filters] as const) : (["failures"] as const),
 };
 
 /**

@@ -6,7 +6,8 @@ import { flowStateValues, terminalStateValues, unfinishedStateValues } from "./s
 type S = components["schemas"];
 
 export type TaskSummary = S["TaskSummary"];
-export type TaskDetail = S["TaskDetail"];
+// cluster_size arrives with the failures backend (issue 16); until schema.ts has it, it is optional here.
+export type TaskDetail = S["TaskDetail"] & { cluster_size?: number | null };
 export type TaskState = S["TaskState"];
 export type TerminalState = S["TerminalState"];
 export type EventRecord = S["EventRecord"];
@@ -33,6 +34,23 @@ export type WorkerInfo = S["WorkerInfo"];
 export type Health = S["HealthReport"];
 export type TaskPage = S["TaskPage"];
 export type FlowPage = S["FlowPage"];
+
+/** One failure cluster of GET /api/failures (until schema.ts has the server's FailureCluster). */
+export interface FailureCluster {
+  fingerprint: string;
+  exception_type: string;
+  message: string;
+  count: number;
+  retries: number;
+  first_seen: number;
+  last_seen: number;
+  task_names: string[];
+  sample_task_ids: string[];
+  sparkline: { start: number; step: number; counts: number[] };
+}
+export interface FailureList {
+  items: FailureCluster[];
+}
 
 export interface Page<T> {
   items: T[];

@@ -6,7 +6,7 @@ import type { EventRecord, TaskDetail, TaskSummary } from "../api/types";
 import { fmtDuration, fmtIso, fmtTime, shortId, shortName } from "../format";
 import { useLiveTasks } from "../live";
 import { Link } from "../router";
-import { CopyButton, ErrorBox, Loading, Mono, StateChip } from "./common";
+import { CopyButton, ErrorBox, Loading, Mono, StateChip, StuckBadge } from "./common";
 import { JsonTree } from "./JsonTree";
 
 const EVENT_LABEL: Record<string, string> = {
@@ -27,6 +27,14 @@ const DURATION_LABEL: Record<string, string> = {
   RETRY: "waiting to retry",
 };
 
+const NO_RESULT: Record<string, string> = {
+  FAILURE: "no result: the task failed",
+  NOT_RUN: "no result: the task never ran",
+  LOST: "no result: the task was lost with its worker",
+  REVOKED: "no result: the task was revoked",
+  REJECTED: "no result: the task was rejected",
+};
+
 function TaskLink({ id, names, self }: { id: string; names: Map<string, TaskSummary>; self?: string }) {
   const t = names.get(id);
   return (
@@ -39,6 +47,27 @@ function TaskLink({ id, names, self }: { id: string; names: Map<string, TaskSumm
       {t && <span className={`dot st-${t.state}`} aria-hidden="true" />}
       <span>{t ? shortName(t.name) : "task"}</span> <span className="mono sub">{shortId(id)}</span>
     </Link>
+  );
+}
+
+/** "N more like this": the other failed tasks of this task's failure cluster, as a link to them. */
+function ClusterLink({ task }: { task: TaskDetail }) {
+  const size = task.cluster_size;
+  if (!task.fingerprint || size === null || size === undefined) return null;
+  const more = size - 1;
+  const to = `/tasks?fingerprint=${encodeURIComponent(task.fingerprint)}`;
+  return (
+    <div className="cluster-link" data-testid="cluster-link">
+      {more > 0 ? (
+        <Link to={to} title="Every failed task with the same exception type and traceback frames">
+          {more.toLocaleString()} more like this
+        </Link>
+      ) : (
+        <span className="muted">
+          No other task failed like this. <Link to={to}>Its cluster</Link>
+        </span>
+      )}
+    </div>
   );
 }
 
@@ -115,7 +144,19 @@ export function TaskDetailBody({
         <h2 className="td-name" title={task.name ?? undefined}>
           {task.name ?? "(unknown task)"}
         </h2>
+        {task.stuck && <StuckBadge />}
       </div>
+      {task.reason && (
+        <div className={`td-reason st-${task.state}`} data-testid="task-reason">
+          <strong>{task.state === "LOST" ? "Lost" : task.state === "NOT_RUN" ? "Never ran" : "Why"}:</strong>{" "}
+          {task.reason}
+        </div>
+      )}
+      {task.state === "PLANNED" && !task.reason && (
+        <div className="td-reason st-PLANNED" data-testid="task-reason">
+          A later step of the workflow, known from an earlier task's message; not sent yet.
+        </div>
+      )}
       <div className="td-ids">
         <span>
           id <Mono>{task.task_id}</Mono> <CopyButton text={task.task_id} label="Copy id" />
@@ -190,6 +231,7 @@ export function TaskDetailBody({
       {(exception || traceback) && (
         <section className="td-section">
           <h3>Exception</h3>
+          <ClusterLink task={task} />
           {exception && (
             <div className="exception mono" data-testid="exception">
               {exception}
@@ -240,7 +282,7 @@ export function TaskDetailBody({
         {task.state === "SUCCESS" || task.result !== null ? (
           <JsonTree value={task.result} label="result" />
         ) : (
-          <div className="muted">{task.state === "FAILURE" ? "no result: the task failed" : "no result yet"}</div>
+          <div className="muted">{NO_RESULT[task.state] ?? "no result yet"}</div>
         )}
       </section>
 

@@ -1,6 +1,10 @@
 import { useState, type ReactNode } from "react";
 import { ApiError } from "../api/client";
 import { TASK_STATES } from "../api/types";
+import { stateWords } from "../format";
+
+/** What free-text search finds, said where a search can be typed. */
+export const SEARCH_HINT = 'ids, names, words in arguments, results and errors, or key:value (city:"New York")';
 
 export function StateChip({ state, title }: { state: string; title?: string }) {
   return (
@@ -43,22 +47,35 @@ export function CountsBar({
               type="button"
               className={`count countbtn st-${s}`}
               aria-pressed={picked === s}
-              title={picked === s ? "Show all tasks again" : `Highlight the ${counts[s]} ${s.toLowerCase()} tasks`}
+              title={picked === s ? "Show all tasks again" : `Highlight the ${counts[s]} tasks: ${stateWords(s)}`}
               onClick={() => onPick(picked === s ? null : s)}
               data-testid={`pick-${s}`}
             >
               <span className="dot" />
-              {counts[s]} <span className="countlabel">{s.toLowerCase()}</span>
+              {counts[s]} <span className="countlabel">{stateWords(s)}</span>
             </button>
           ) : (
-            <span key={s} className={`count st-${s}`} title={`${counts[s]} ${s}`}>
+            <span key={s} className={`count st-${s}`} title={`${counts[s]} ${s}`} data-count={s}>
               <span className="dot" />
-              {counts[s]} <span className="countlabel">{s.toLowerCase()}</span>
+              {counts[s]} <span className="countlabel">{stateWords(s)}</span>
             </span>
           ),
         )}
       </div>
     </div>
+  );
+}
+
+/** Running far longer than its name's history says it should. */
+export function StuckBadge() {
+  return (
+    <span
+      className="badge stuck"
+      title="Running far longer than this task's own history (above 5 × its p99, or the server's --stuck-after)"
+      data-testid="stuck-badge"
+    >
+      stuck
+    </span>
   );
 }
 
@@ -121,5 +138,49 @@ export function Mono({ children, title }: { children: ReactNode; title?: string 
     <code className="mono" title={title}>
       {children}
     </code>
+  );
+}
+
+/**
+ * Newer/Older buttons over a cursor-paged list. It remembers the cursors it came through, so "Newer" goes
+ * back one page; give it a `key` that changes with the list's filters to start over.
+ */
+export function Pager({
+  cursor,
+  next,
+  go,
+}: {
+  cursor: string;
+  next: string | null | undefined;
+  go: (cursor: string) => void;
+}) {
+  const [prev, setPrev] = useState<string[]>([]);
+  return (
+    <div className="pager">
+      <button
+        type="button"
+        className="btn"
+        disabled={!cursor}
+        onClick={() => {
+          const p = [...prev];
+          const c = p.pop() ?? "";
+          setPrev(p);
+          go(c);
+        }}
+      >
+        ← Newer
+      </button>
+      <button
+        type="button"
+        className="btn"
+        disabled={!next}
+        onClick={() => {
+          setPrev([...prev, cursor]);
+          go(next ?? "");
+        }}
+      >
+        Older →
+      </button>
+    </div>
   );
 }

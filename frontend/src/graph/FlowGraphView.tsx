@@ -18,7 +18,7 @@ import {
 import { memo, useCallback, useEffect, useLayoutEffect, useMemo, useRef, useState, type KeyboardEvent } from "react";
 import type { EdgeKind, GraphNode } from "../api/types";
 import { TASK_STATES } from "../api/types";
-import { fmtDuration, shortName } from "../format";
+import { fmtDuration, shortName, stateWords } from "../format";
 import { useTheme } from "../theme";
 import { useLayoutClient } from "./layout";
 import { ReuseTable } from "./reuse";
@@ -69,6 +69,15 @@ function taskDuration(t: GraphNode, now: number | null): number | null {
   return null;
 }
 
+/** The node's tooltip: name, id, state, and why (reason, exception, stuck) when there is a why. */
+function nodeTitle(t: GraphNode | undefined, id: string, state: string): string {
+  const lines = [t?.name ?? "task not sent yet", id, state];
+  if (t?.reason) lines.push(t.reason);
+  if (t?.exception) lines.push(t.exception);
+  if (t?.stuck) lines.push("stuck: running far longer than its own history");
+  return lines.join("\n");
+}
+
 const TaskNode = memo(function TaskNode({ data }: NodeProps<Node<TaskNodeData>>) {
   const t = data.task;
   const state = t?.state ?? "PENDING";
@@ -81,7 +90,8 @@ const TaskNode = memo(function TaskNode({ data }: NodeProps<Node<TaskNodeData>>)
       data-testid={`node-${data.id}`}
       data-task-id={data.id}
       data-state={state}
-      title={`${t?.name ?? "task not sent yet"}\n${data.id}\n${state}${t?.exception ? `\n${t.exception}` : ""}`}
+      data-stuck={t?.stuck ? "true" : undefined}
+      title={nodeTitle(t, data.id, state)}
       tabIndex={0}
       role="button"
       aria-label={`${t?.name ?? "task"} ${state}: open details`}
@@ -91,17 +101,32 @@ const TaskNode = memo(function TaskNode({ data }: NodeProps<Node<TaskNodeData>>)
       <span className="bar" aria-hidden="true" />
       <div className="body">
         <div className="name">
+          {state === "LOST" && (
+            <span className="lost-mark" aria-hidden="true">
+              ↯
+            </span>
+          )}
           <span className="nm">{t?.name ? shortName(t.name) : <span className="muted">not sent yet</span>}</span>
           <span className="nid mono">{data.id.slice(0, 6)}</span>
         </div>
         <div className="meta">
-          <span className="st">{state}</span>
+          <span className="st">{state === "NOT_RUN" ? "NEVER RAN" : state}</span>
           {t?.exception && (state === "FAILURE" || state === "RETRY") && (
             <span className="exc-type" title={t.exception}>
               {t.exception.split(/[:(]/)[0]}
             </span>
           )}
+          {t?.reason && (state === "NOT_RUN" || state === "LOST") && (
+            <span className="why" data-testid="node-reason">
+              {t.reason}
+            </span>
+          )}
           <span className="nb">
+            {t?.stuck && (
+              <span className="b stuck" data-testid="stuck-badge">
+                stuck
+              </span>
+            )}
             {retries > 0 && (
               <span
                 className="b retry"
@@ -124,15 +149,18 @@ const TaskNode = memo(function TaskNode({ data }: NodeProps<Node<TaskNodeData>>)
   );
 });
 
+/** The state a collapsed node is coloured by: the worst among its tasks, else their one state. */
+const WORST = ["FAILURE", "LOST", "REJECTED", "REVOKED", "RETRY", "STARTED"];
+function worstState(counts: [string, number][]): string {
+  const have = new Set(counts.map(([s]) => s));
+  const worst = WORST.find((s) => have.has(s));
+  if (worst) return worst === "RETRY" ? "STARTED" : worst;
+  return counts.length === 1 ? counts[0][0] : "PENDING";
+}
+
 const ClusterNode = memo(function ClusterNode({ data }: NodeProps<Node<ClusterNodeData>>) {
   const total = data.members.length;
-  const worst = data.counts.find(([s]) => s === "FAILURE")
-    ? "FAILURE"
-    : data.counts.find(([s]) => s === "STARTED" || s === "RETRY")
-      ? "STARTED"
-      : data.counts.length === 1
-        ? data.counts[0][0]
-        : "PENDING";
+  const worst = worstState(data.counts);
   return (
     <div
       className={`tnode cluster st-${worst} ${data.crit ? "crit" : ""} ${data.dim ? "dim" : ""}`}
@@ -160,8 +188,8 @@ const ClusterNode = memo(function ClusterNode({ data }: NodeProps<Node<ClusterNo
         </div>
         <div className="meta">
           {data.counts.map(([s, n]) => (
-            <span key={s} className={`st-${s}`} style={{ color: "var(--c)" }}>
-              {n} {s.toLowerCase()}
+            <span key={s} className={`st-${s}`} style={{ color: "var(--c)" }} data-count={s}>
+              {n} {stateWords(s)}
             </span>
           ))}
           <span className="nb">

@@ -2,6 +2,7 @@
 // segments, the critical path outlined. Rows are virtualised so 2,000 tasks scroll smoothly.
 import { useEffect, useEffectEvent, useMemo, useRef, useState } from "react";
 import type { GraphNode, Segment } from "../api/types";
+import { TERMINAL } from "../api/types";
 import { fmtDuration, shortId, shortName } from "../format";
 
 const ROW = 24;
@@ -18,9 +19,10 @@ export function segmentsOf(t: GraphNode): Segment[] {
   if (t.segments && t.segments.length) {
     const segs = mergeRetryWaits(t.segments);
     // A live push may finish the task before its segments are refetched: close the open one there.
+    // A lost task has no final event: its last stretch ends when it was last heard of.
     const last = segs[segs.length - 1];
-    if (last.end == null && t.finished_at)
-      segs[segs.length - 1] = { ...last, end: Math.max(last.start, t.finished_at) };
+    const end = t.finished_at ?? (TERMINAL.has(t.state) ? t.updated_at : null);
+    if (last.end == null && end) segs[segs.length - 1] = { ...last, end: Math.max(last.start, end) };
     return segs;
   }
   const out: Segment[] = [];
@@ -248,6 +250,11 @@ export function Timeline({ tasks, critical, selected, running, onSelect, note }:
                         }}
                       />
                     ))}
+                    {start === undefined && (t.state === "PLANNED" || t.state === "NOT_RUN") && (
+                      <span className="tl-none" title={t.reason ?? undefined}>
+                        {t.state === "PLANNED" ? "planned, not sent yet" : `never ran${t.reason ? `: ${t.reason}` : ""}`}
+                      </span>
+                    )}
                     {start !== undefined && endTs !== undefined && (
                       <>
                         <div

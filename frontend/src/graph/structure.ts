@@ -11,19 +11,25 @@ export const LEAF_CLUSTER_AT = 6;
 /** Each click on a collapsed node draws this many more of its tasks (a 2,000-task layout takes ~15 s). */
 export const EXPAND_STEP = 100;
 
-/** Which tasks of a collapsed fan-out to draw next: failures first, then running, retrying, waiting. */
+/**
+ * Which tasks of a collapsed fan-out to draw next: failures and lost tasks first, then running, retrying,
+ * waiting, planned, and the steps that never ran; successes last.
+ */
 const PRIORITY: Record<string, number> = {
   FAILURE: 0,
-  REJECTED: 1,
-  REVOKED: 2,
-  RETRY: 3,
-  STARTED: 4,
-  RECEIVED: 5,
-  PENDING: 6,
+  LOST: 1,
+  REJECTED: 2,
+  REVOKED: 3,
+  RETRY: 4,
+  STARTED: 5,
+  RECEIVED: 6,
+  PENDING: 7,
+  PLANNED: 8,
+  NOT_RUN: 9,
 };
 
 export function pickToExpand(members: string[], stateOf: (id: string) => string | undefined): string[] {
-  const rank = (id: string) => PRIORITY[stateOf(id) ?? "PENDING"] ?? 9;
+  const rank = (id: string) => PRIORITY[stateOf(id) ?? "PENDING"] ?? 10;
   return members
     .map((id, i) => ({ id, i, r: rank(id) }))
     .sort((a, b) => a.r - b.r || a.i - b.i)

@@ -1,11 +1,11 @@
 import { useQuery } from "@tanstack/react-query";
-import { useState, type FormEvent } from "react";
+import { type FormEvent } from "react";
 import { api } from "../api/client";
 import { keys, registryQuery } from "../api/queries";
 import { FLOW_STATES, type FlowSummary } from "../api/types";
-import { CountsBar, Empty, ErrorBox, Loading, StateChip } from "../components/common";
+import { CountsBar, Empty, ErrorBox, Loading, Pager, SEARCH_HINT, StateChip } from "../components/common";
 import { fmtAgo, fmtDuration, fmtIso, fmtTime, shortId, shortName } from "../format";
-import { useDocumentTitle, useNow } from "../hooks";
+import { useDocumentTitle, useDraft, useNow } from "../hooks";
 import { useLiveInvalidate } from "../live";
 import { Link, useNavigate, useSearchParams, withQuery } from "../router";
 
@@ -114,18 +114,11 @@ export function FlowsView() {
   const [search] = useSearchParams();
   const filters = readFilters(search);
   const cursor = search.get("cursor") ?? "";
-  const [draft, setDraft] = useState<Filters>(filters);
-  const [prev, setPrev] = useState<string[]>([]);
+  const [draft, setDraft] = useDraft<Filters>(filters);
   const now = useNow(1000);
   useDocumentTitle("Flows");
 
-  // The form shows the URL's filters again whenever they change (a link, back/forward, Apply).
   const fkey = JSON.stringify(filters);
-  const [draftOf, setDraftOf] = useState(fkey);
-  if (draftOf !== fkey) {
-    setDraftOf(fkey);
-    setDraft(filters);
-  }
 
   const { data, error, isLoading } = useQuery({
     queryKey: keys.flows({ ...filters, cursor }),
@@ -151,7 +144,6 @@ export function FlowsView() {
 
   const apply = (f: Filters, e?: FormEvent) => {
     e?.preventDefault();
-    setPrev([]);
     navigate(withQuery("/", { ...f }));
   };
   const active = Object.values(filters).some(Boolean);
@@ -238,8 +230,14 @@ export function FlowsView() {
           <input value={draft.trace_id} onChange={(e) => setDraft({ ...draft, trace_id: e.target.value })} />
         </label>
         <label className="grow">
-          <span>Text (ids, names)</span>
-          <input value={draft.q} onChange={(e) => setDraft({ ...draft, q: e.target.value })} data-testid="filter-q" />
+          <span>Text</span>
+          <input
+            value={draft.q}
+            onChange={(e) => setDraft({ ...draft, q: e.target.value })}
+            placeholder={SEARCH_HINT}
+            title={`Finds flows with a task matching: ${SEARCH_HINT}`}
+            data-testid="filter-q"
+          />
         </label>
         <div className="filter-actions">
           <button type="submit" className="btn primary">
@@ -308,32 +306,14 @@ export function FlowsView() {
           </table>
         </div>
       )}
-      <div className="pager">
-        <button
-          type="button"
-          className="btn"
-          disabled={!cursor}
-          onClick={() => {
-            const p = [...prev];
-            const c = p.pop() ?? "";
-            setPrev(p);
-            navigate(withQuery("/", { ...filters, cursor: c }));
-          }}
-        >
-          ← Newer
-        </button>
-        <button
-          type="button"
-          className="btn"
-          disabled={!data?.next_cursor}
-          onClick={() => {
-            setPrev([...prev, cursor]);
-            navigate(withQuery("/", { ...filters, cursor: data?.next_cursor ?? "" }));
-          }}
-        >
-          Older →
-        </button>
-      </div>
+      <Pager
+        key={fkey}
+        cursor={cursor}
+        next={data?.next_cursor}
+        go={(c) => {
+          navigate(withQuery("/", { ...filters, cursor: c }));
+        }}
+      />
     </div>
   );
 }
