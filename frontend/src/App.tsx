@@ -7,7 +7,6 @@ import { useLayoutClient } from "./graph/layout";
 import { useLiveStatus } from "./live";
 import { Link, param, Route, Switch, useLocation, useNavigate, withQuery } from "./router";
 import { setTheme, useTheme } from "./theme";
-import { FailuresView } from "./views/Failures";
 import { FlowsView } from "./views/Flows";
 import { NotFoundView } from "./views/NotFound";
 import { RegistryView } from "./views/Registry";
@@ -18,6 +17,8 @@ import { WorkersView } from "./views/Workers";
 // The graph views pull in React Flow; load them only when a flow or a trace is opened.
 const FlowView = lazy(() => import("./views/Flow"));
 const TraceView = lazy(() => import("./views/Trace"));
+// The Failures page pulls in uPlot for its sparklines.
+const FailuresView = lazy(() => import("./views/Failures"));
 
 function ConnectionIndicator() {
   const s = useLiveStatus();

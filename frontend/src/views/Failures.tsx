@@ -86,7 +86,7 @@ function ClusterRow({ c, now }: { c: FailureCluster; now: number }) {
   );
 }
 
-export function FailuresView() {
+export default function FailuresView() {
   useDocumentTitle("Failures");
   const navigate = useNavigate();
   const [search] = useSearchParams();
