@@ -60,7 +60,7 @@ function ClusterLink({ task }: { task: TaskDetail }) {
     <div className="cluster-link" data-testid="cluster-link">
       {more > 0 ? (
         <Link to={to} title="Every failed task with the same exception type and traceback frames">
-          {more.toLocaleString()} more like this
+          {more.toLocaleString()} more like this →
         </Link>
       ) : (
         <span className="muted">
@@ -168,7 +168,9 @@ export function TaskDetailBody({
           {task.hostname ? (
             <Link to={`/workers`}>{task.hostname}</Link>
           ) : (
-            <span className="muted">not yet received</span>
+            <span className="muted">
+              {task.state === "PLANNED" || task.state === "NOT_RUN" ? "never sent" : "not yet received"}
+            </span>
           )}
           {task.pid ? <span className="sub"> pid {task.pid}</span> : null}
         </dd>
@@ -231,12 +233,12 @@ export function TaskDetailBody({
       {(exception || traceback) && (
         <section className="td-section">
           <h3>Exception</h3>
-          <ClusterLink task={task} />
           {exception && (
             <div className="exception mono" data-testid="exception">
               {exception}
             </div>
           )}
+          <ClusterLink task={task} />
           {traceback && (
             <div className="tbwrap">
               <div className="tbbar">

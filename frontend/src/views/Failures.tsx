@@ -118,7 +118,7 @@ export default function FailuresView() {
         </span>
       </div>
       <form className="filters" onSubmit={(e) => apply(draft, e)} aria-label="Filter failures">
-        <label>
+        <div className="fgroup">
           <span>Window</span>
           <span className="seg-ctl" role="group" aria-label="Window">
             {WINDOWS.map(([k, label]) => (
@@ -134,7 +134,7 @@ export default function FailuresView() {
               </button>
             ))}
           </span>
-        </label>
+        </div>
         <label>
           <span>Task name</span>
           <input
