@@ -151,10 +151,12 @@ def test_lost_and_stuck_tasks_are_marked(stack: Stack, page: Page, page_watch: P
     for i in range(20):
         events += finished_task(f"quick-{run}-{i}", ts=now - 300 + i, name=quick)
     stuck_id = f"stuck-{run}"
+    busy = f"celery@busy-{run}"  # online and heard from: its task is running, not lost
     stuck_common: dict[str, Any] = {"name": quick, "root_id": stuck_id, "retries": 0}
     events += [
+        event("worker.online", ts=now - 90, hostname=busy, pid=4343, heartbeat_interval=3600.0),
         event("sent", stuck_id, now - 61, **stuck_common),
-        event("started", stuck_id, now - 60, hostname="celery@busy", **stuck_common),
+        event("started", stuck_id, now - 60, hostname=busy, **stuck_common),
     ]
     publish(stack, events)
     stack.wait_task(lost_id, "LOST")

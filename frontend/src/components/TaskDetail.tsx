@@ -50,21 +50,25 @@ function TaskLink({ id, names, self }: { id: string; names: Map<string, TaskSumm
   );
 }
 
-/** "N more like this": the other failed tasks of this task's failure cluster, as a link to them. */
+/**
+ * "N more like this": the failed tasks of this task's failure cluster, as a link to them. The cluster
+ * counts this task only when it failed (a task that retried and then succeeded has a cluster too).
+ */
 function ClusterLink({ task }: { task: TaskDetail }) {
   const size = task.cluster_size;
   if (!task.fingerprint || size === null || size === undefined) return null;
-  const more = size - 1;
+  const failed = task.state === "FAILURE";
+  const more = failed ? size - 1 : size;
   const to = `/tasks?fingerprint=${encodeURIComponent(task.fingerprint)}`;
   return (
     <div className="cluster-link" data-testid="cluster-link">
       {more > 0 ? (
         <Link to={to} title="Every failed task with the same exception type and traceback frames">
-          {more.toLocaleString()} more like this →
+          {more.toLocaleString()} {failed ? "more" : more === 1 ? "failed task" : "failed tasks"} like this →
         </Link>
       ) : (
         <span className="muted">
-          No other task failed like this. <Link to={to}>Its cluster</Link>
+          No {failed ? "other " : ""}task failed like this. <Link to={to}>Its cluster</Link>
         </span>
       )}
     </div>
