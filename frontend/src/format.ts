@@ -63,3 +63,10 @@ const STATE_WORDS: Record<string, string> = { NOT_RUN: "never ran", PLANNED: "pl
 export function stateWords(state: string): string {
   return STATE_WORDS[state] ?? state.toLowerCase();
 }
+
+const UUID_IN_TEXT = /\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b/gi;
+
+/** `text` with every uuid cut to its first 6 characters, as graph nodes show ids ("upstream 38a027 failed"). */
+export function shortenIds(text: string): string {
+  return text.replace(UUID_IN_TEXT, (id) => id.slice(0, 6));
+}

@@ -18,7 +18,7 @@ import {
 import { memo, useCallback, useEffect, useLayoutEffect, useMemo, useRef, useState, type KeyboardEvent } from "react";
 import type { EdgeKind, GraphNode } from "../api/types";
 import { TASK_STATES } from "../api/types";
-import { fmtDuration, shortName, stateWords } from "../format";
+import { fmtDuration, shortenIds, shortName, stateWords } from "../format";
 import { useTheme } from "../theme";
 import { useLayoutClient } from "./layout";
 import { ReuseTable } from "./reuse";
@@ -118,7 +118,7 @@ const TaskNode = memo(function TaskNode({ data }: NodeProps<Node<TaskNodeData>>)
           )}
           {t?.reason && (state === "NOT_RUN" || state === "LOST") && (
             <span className="why" data-testid="node-reason">
-              {t.reason}
+              {shortenIds(t.reason)}
             </span>
           )}
           <span className="nb">

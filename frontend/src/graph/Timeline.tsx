@@ -3,7 +3,7 @@
 import { useEffect, useEffectEvent, useMemo, useRef, useState } from "react";
 import type { GraphNode, Segment } from "../api/types";
 import { TERMINAL } from "../api/types";
-import { fmtDuration, shortId, shortName } from "../format";
+import { fmtDuration, shortenIds, shortId, shortName } from "../format";
 
 const ROW = 24;
 const LABEL_W = 260;
@@ -96,8 +96,12 @@ export function Timeline({ tasks, critical, selected, running, onSelect, note }:
 
   const rows = useMemo(() => {
     const withSegs = tasks.map((t) => ({ t, segs: segmentsOf(t) }));
+    // Steps that never started (planned, never ran) go last, in the order the graph lists them.
     const start = (r: { t: GraphNode; segs: Segment[] }) => r.segs[0]?.start ?? r.t.sent_at ?? Infinity;
-    return withSegs.sort((a, b) => start(a) - start(b));
+    return withSegs.sort((a, b) => {
+      const [x, y] = [start(a), start(b)];
+      return x === y ? 0 : x - y;
+    });
   }, [tasks]);
 
   const [t0, t1] = useMemo(() => {
@@ -252,7 +256,7 @@ export function Timeline({ tasks, critical, selected, running, onSelect, note }:
                     ))}
                     {start === undefined && (t.state === "PLANNED" || t.state === "NOT_RUN") && (
                       <span className="tl-none" title={t.reason ?? undefined}>
-                        {t.state === "PLANNED" ? "planned, not sent yet" : `never ran${t.reason ? `: ${t.reason}` : ""}`}
+                        {t.state === "PLANNED" ? "planned, not sent yet" : `never ran${t.reason ? `: ${shortenIds(t.reason)}` : ""}`}
                       </span>
                     )}
                     {start !== undefined && endTs !== undefined && (

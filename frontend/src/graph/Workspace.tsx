@@ -13,6 +13,8 @@ import { Timeline } from "./Timeline";
 
 export type Mode = "graph" | "split" | "timeline";
 
+const NOT_STARTED = new Set(["PLANNED", "NOT_RUN"]);
+
 function readMode(): Mode {
   try {
     const m = localStorage.getItem("celery-flow-mode");
@@ -107,7 +109,16 @@ export function Workspace({ graph, flows, header, accept, refetch }: WorkspacePr
   });
 
   const running = useMemo(() => [...tasks.values()].some((t) => !TERMINAL.has(t.state)), [tasks]);
-  const critical = useMemo(() => new Set(critOn ? (graph.critical_path ?? []) : []), [graph.critical_path, critOn]);
+  // A step that never ran (or is only planned) decided nothing about when the flow finished.
+  const critical = useMemo(
+    () =>
+      new Set(
+        critOn
+          ? (graph.critical_path ?? []).filter((id) => !NOT_STARTED.has(tasks.get(id)?.state ?? ""))
+          : [],
+      ),
+    [graph.critical_path, critOn, tasks],
+  );
   const taskList = useMemo(
     () => [...tasks.values()].filter((t) => focus === null || t.state === focus),
     [tasks, focus],
