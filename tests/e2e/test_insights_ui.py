@@ -149,7 +149,7 @@ def test_lost_and_stuck_tasks_are_marked(stack: Stack, page: Page, page_watch: P
     # Stuck: twenty quick runs of a name, then one of it started a minute ago and still going.
     quick = f"t.e2e_quick_{run}"
     for i in range(20):
-        events += finished_task(f"quick-{run}-{i}", ts=now - 300 + i, name=quick)
+        events += finished_task(f"quick-{run}-{i}", ts=now - 300 + i, name=quick, runtime=0.01)
     stuck_id = f"stuck-{run}"
     busy = f"celery@busy-{run}"  # online and heard from: its task is running, not lost
     stuck_common: dict[str, Any] = {"name": quick, "root_id": stuck_id, "retries": 0}
