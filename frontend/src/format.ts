@@ -64,9 +64,17 @@ export function stateWords(state: string): string {
   return STATE_WORDS[state] ?? state.toLowerCase();
 }
 
-const UUID_IN_TEXT = /\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b/gi;
+// A uuid (Celery's task ids) inside text; the capture group keeps each one in String.split's output.
+const ID_IN_TEXT = /\b([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})\b/i;
 
-/** `text` with every uuid cut to its first 6 characters, as graph nodes show ids ("upstream 38a027 failed"). */
+/** `text` split around the task ids in it: the parts at odd indexes are the ids. */
+export function splitIds(text: string): string[] {
+  return text.split(ID_IN_TEXT);
+}
+
+/** `text` with every task id cut to its first 6 characters, as graph nodes show ids ("upstream 38a027 failed"). */
 export function shortenIds(text: string): string {
-  return text.replace(UUID_IN_TEXT, (id) => id.slice(0, 6));
+  return splitIds(text)
+    .map((part, i) => (i % 2 === 1 ? part.slice(0, 6) : part))
+    .join("");
 }

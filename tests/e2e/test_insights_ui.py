@@ -112,8 +112,11 @@ def test_planned_steps_dashed_then_never_run_greyed(
     # Its detail panel says why it never ran.
     node(page, ids[2]).click()
     panel = page.get_by_test_id("sidepanel")
-    expect(panel.get_by_test_id("task-reason")).to_contain_text(f"upstream {ids[1]} failed")
-    expect(panel.get_by_test_id("task-reason")).to_contain_text("Never ran")
+    reason = panel.get_by_test_id("task-reason")
+    expect(reason).to_contain_text("Never ran: upstream fail")
+    expect(reason).to_contain_text("failed")
+    # The upstream task in the reason is a link to it.
+    expect(reason.get_by_role("link")).to_have_attribute("href", re.compile(rf"/tasks/{ids[1]}$"))
     screenshot(page, "insights-never-ran-panel")
 
     # The flows list counts what never ran.

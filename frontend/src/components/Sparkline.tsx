@@ -47,9 +47,19 @@ export function Sparkline({
         legend: { show: false },
         select: { show: false, left: 0, top: 0, width: 0, height: 0 },
         axes: [{ show: false }, { show: false }],
-        scales: { x: { time: false }, y: { range: [0, max * 1.1] } },
-        series: [{}, { stroke: color, fill: withAlpha(color, 0.22), width: 1.5, points: { show: false } }],
-        padding: [2, 1, 1, 1],
+        // One bar per bucket, from its start to the next bucket's.
+        scales: { x: { time: false, range: [start, start + step * counts.length] }, y: { range: [0, max] } },
+        series: [
+          {},
+          {
+            stroke: color,
+            fill: withAlpha(color, 0.75),
+            width: 0,
+            points: { show: false },
+            paths: uPlot.paths.bars?.({ align: 1, size: [0.8, 12], gap: 1 }),
+          },
+        ],
+        padding: [2, 0, 0, 0],
       },
       [xs, counts],
       el,

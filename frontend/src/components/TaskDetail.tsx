@@ -3,7 +3,7 @@ import { useQuery, useQueryClient } from "@tanstack/react-query";
 import { useMemo } from "react";
 import { keys, taskQuery, tasksQuery } from "../api/queries";
 import type { EventRecord, TaskDetail, TaskSummary } from "../api/types";
-import { fmtDuration, fmtIso, fmtTime, shortId, shortName } from "../format";
+import { fmtDuration, fmtIso, fmtTime, shortId, shortName, splitIds } from "../format";
 import { useLiveTasks } from "../live";
 import { Link } from "../router";
 import { CopyButton, ErrorBox, Loading, Mono, StateChip, StuckBadge } from "./common";
@@ -47,6 +47,18 @@ function TaskLink({ id, names, self }: { id: string; names: Map<string, TaskSumm
       {t && <span className={`dot st-${t.state}`} aria-hidden="true" />}
       <span>{t ? shortName(t.name) : "task"}</span> <span className="mono sub">{shortId(id)}</span>
     </Link>
+  );
+}
+
+/** A reason ("upstream <id> failed") with each task id in it a link to that task. */
+function ReasonText({ text, names }: { text: string; names: Map<string, TaskSummary> }) {
+  const parts = splitIds(text);
+  return (
+    <>
+      {parts.map((part, i) =>
+        i % 2 === 1 ? <TaskLink key={i} id={part} names={names} /> : <span key={i}>{part}</span>,
+      )}
+    </>
   );
 }
 
@@ -153,7 +165,7 @@ export function TaskDetailBody({
       {task.reason && (
         <div className={`td-reason st-${task.state}`} data-testid="task-reason">
           <strong>{task.state === "LOST" ? "Lost" : task.state === "NOT_RUN" ? "Never ran" : "Why"}:</strong>{" "}
-          {task.reason}
+          <ReasonText text={task.reason} names={names} />
         </div>
       )}
       {task.state === "PLANNED" && !task.reason && (
@@ -276,12 +288,16 @@ export function TaskDetailBody({
 
       <section className="td-section">
         <h3>Arguments</h3>
-        <div className="kv">
-          <div className="kvlabel">args</div>
-          <JsonTree value={task.args} label="args" />
-          <div className="kvlabel">kwargs</div>
-          <JsonTree value={task.kwargs} label="kwargs" />
-        </div>
+        {(task.state === "PLANNED" || task.state === "NOT_RUN") && task.args == null && task.kwargs == null ? (
+          <div className="muted">not known: a step's arguments are known once it is sent</div>
+        ) : (
+          <div className="kv">
+            <div className="kvlabel">args</div>
+            <JsonTree value={task.args} label="args" />
+            <div className="kvlabel">kwargs</div>
+            <JsonTree value={task.kwargs} label="kwargs" />
+          </div>
+        )}
       </section>
       <section className="td-section">
         <h3>Result</h3>

@@ -124,11 +124,13 @@ export function TasksView() {
   return (
     <div className="page">
       <div className="pagehead">
-        <h1>{filters.fingerprint ? "Failure cluster" : "Tasks"}</h1>
+        <h1>{filters.fingerprint ? "Failure cluster" : filters.stuck ? "Stuck tasks" : "Tasks"}</h1>
         <span className="muted">
           {filters.fingerprint
             ? "every failed task with the same exception type and traceback frames, newest first"
-            : "single tasks, newest first, updated live"}
+            : filters.stuck
+              ? "running far longer than their name's own history, or than the server's --stuck-after"
+              : "single tasks, newest first, updated live"}
         </span>
         {filters.fingerprint && (
           <>
