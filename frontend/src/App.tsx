@@ -114,7 +114,9 @@ function SearchBox() {
       }
     };
     try {
-      if (await exists(() => api.task(q))) navigate(`/tasks/${encodeURIComponent(q)}`);
+      // Text with a space or a quote is no id: straight to the tasks it finds.
+      if (/[\s"']/.test(q)) navigate(withQuery("/tasks", { q }));
+      else if (await exists(() => api.task(q))) navigate(`/tasks/${encodeURIComponent(q)}`);
       else if (await exists(() => api.trace(q))) navigate(`/traces/${encodeURIComponent(q)}`);
       else {
         if (UUIDISH.test(q)) setMiss(`No task or trace with id ${q}`);

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from celery import chain
+from celery import chain, group
 from playwright.sync_api import Locator, Page, expect
 from tests.e2e.conftest import PageWatch, Stack, screenshot
 from tests.support.events import event, finished_task
@@ -131,6 +131,29 @@ def test_planned_steps_dashed_then_never_run_greyed(
     expect(node(page, ids[3])).to_have_attribute("data-state", "NOT_RUN")
     screenshot(page, "insights-never-ran-light")
     assert console_errors(page_watch) == [], page_watch.errors
+
+
+def test_collapsed_fan_out_counts_planned_steps(stack: Stack, page: Page, release: list[str]) -> None:
+    """A chain's group of 30 steps, planned behind a held first step, is one collapsed node counting
+    "30 planned"; once they ran, the same node counts "30 success"."""
+    hold, add = stack.task("t.hold"), stack.task("t.add")
+    key = f"cf-e2e-fan-{uuid.uuid4().hex}"
+    release.append(key)
+    result = chain(hold.si(key), group(add.si(i, i) for i in range(30))).apply_async()
+    first_id = str(result.parent.id) if result.parent else ""
+    assert first_id, "the chain's first step has an id"
+    stack.wait_task(first_id, "STARTED")
+
+    page.goto(f"{stack.url}/flows/{first_id}")
+    expect(page.get_by_test_id("graph")).to_have_attribute("data-ready", "true", timeout=60_000)
+    cluster = page.get_by_test_id("cluster-add")
+    expect(cluster).to_contain_text("\u00d730")
+    expect(cluster.locator('[data-count="PLANNED"]')).to_have_text("30 planned")
+    screenshot(page, "insights-planned-fan-out")
+
+    stack.app.backend.client.set(key, 1, ex=600)
+    expect(cluster.locator('[data-count="SUCCESS"]')).to_have_text("30 success", timeout=30_000)
+    expect(cluster.locator('[data-count="PLANNED"]')).to_have_count(0)
 
 
 def test_lost_and_stuck_tasks_are_marked(stack: Stack, page: Page, page_watch: PageWatch) -> None:
