@@ -34,6 +34,7 @@ from celery_flow.events import Event
 from celery_flow.flow.fold import fold_task
 from celery_flow.store.base import StoreError
 from celery_flow.store.connection import Session, SqlConnections
+from celery_flow.store.failures import stored_causes
 from celery_flow.store.migrations import REFOLD_KEYS, STEPS
 from celery_flow.store.rows import TASK_SELECT, TaskRow, fetch, task_row
 from celery_flow.store.write import TaskChange, apply_workers, event_decoder, update_counts, write_tasks
@@ -51,10 +52,10 @@ LOG_EVERY = 10.0
 # Seconds before the background thread tries again after the store failed.
 RETRY_AFTER = 5.0
 
-# The columns flows, per-name counts or per-worker counts are computed from.
+# The columns flows, per-name counts, per-worker counts or failure clusters are computed from.
 _aggregated = attrgetter(
     "name", "state", "root_id", "parent_id", "group_id", "trace_id", "hostname", "ts", "finished_at",
-    "updated_at",
+    "updated_at", "fingerprint",
 )  # fmt: skip
 _REFOLD_META = (
     "SELECT key, value FROM meta WHERE key IN ('schema', 'seq', "
@@ -163,7 +164,7 @@ def _rewrite(s: Session, rows: list[TaskRow], events: dict[int, list[Event]], se
         new = task_row(task, row.seq, row.num, row.fnum)
         if new == row:
             continue
-        if _aggregated(new) != _aggregated(row):
+        if _aggregated(new) != _aggregated(row) or stored_causes(new) != stored_causes(row):
             moved.append(TaskChange(row, task))
         else:
             new_rows.append(new)

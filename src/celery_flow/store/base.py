@@ -12,6 +12,7 @@ from typing import Protocol
 
 from celery_flow.events import Event
 from celery_flow.flow.model import (
+    FailureCluster,
     FlowSummary,
     Page,
     RegisteredTask,
@@ -36,6 +37,8 @@ class TaskFilter:
     q: str | None = None  # free text over task ids and names
     since: float | None = None
     until: float | None = None
+    # Tasks whose latest failure or retry had this cause (store/failures.py).
+    fingerprint: str | None = None
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,12 @@ class Store(Protocol):
     def trace(self, trace_id: str) -> TraceView | None: ...
 
     def registry(self) -> list[RegisteredTask]: ...
+
+    def failures(
+        self, since: float | None, until: float | None, name: str | None, limit: int = 100
+    ) -> list[FailureCluster]:
+        """Failure clusters with failures or retries in [since, until), most failures first."""
+        ...
 
     def workers(self) -> list[WorkerInfo]: ...
 

@@ -31,6 +31,7 @@ from celery_flow.flow.model import (
 )
 from celery_flow.store.base import StoreStats, TaskFilter
 from celery_flow.store.connection import Session, chunks, meta_value
+from celery_flow.store.failures import cluster_size
 from celery_flow.store.rows import (
     FLOW_SELECT,
     NAME_STATS_SELECT,
@@ -99,7 +100,10 @@ def _flow_key(row: FlowRow) -> tuple[float, str]:
 def list_tasks(s: Session, filt: TaskFilter, limit: int, cursor: str | None) -> Page[TaskSummary]:
     where: list[str] = []
     params: list[Any] = []
-    for column, value in (("state", filt.state), ("name", filt.name), ("hostname", filt.worker)):
+    for column, value in (
+        ("state", filt.state), ("name", filt.name), ("hostname", filt.worker),
+        ("fingerprint", filt.fingerprint),
+    ):  # fmt: skip
         if value is not None:
             where.append(f"{column} = ?")
             params.append(value)
@@ -226,6 +230,8 @@ def get_task(s: Session, task_id: str) -> TaskDetail | None:
             (task.root_id or task_id, task_id),
         )
     ]
+    if task.fingerprint is not None:
+        task.cluster_size = cluster_size(s, task.fingerprint)
     return task
 
 

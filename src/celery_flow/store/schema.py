@@ -20,6 +20,8 @@ Tables:
   are one range, and new tasks land at the end of that index instead of at a random root id. The trace
   filter goes through flows (flows_trace) to their tasks for the same reason.
 - name_stats: counts by state per task name, kept up to date the same way (registry).
+- failure_clusters, failure_counts: failures and retries by cause (fingerprint), per cluster and per
+  (bucket width, bucket, cluster, task name), kept up to date the same way (store/failures.py).
 - registry: what workers announced about each task name (signature, doc, which workers).
 - workers: one row per worker hostname from worker.online / heartbeat / offline events.
 - counters: consumer counters (rejected per kind, publisher drops) added in the same transaction.
@@ -156,6 +158,24 @@ CREATE TABLE IF NOT EXISTS workers (
 CREATE TABLE IF NOT EXISTS counters (
     name TEXT PRIMARY KEY,
     value BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS failure_clusters (
+    fingerprint TEXT PRIMARY KEY,
+    exception_type TEXT NOT NULL,
+    message TEXT NOT NULL,
+    first_seen FLOAT8 NOT NULL,
+    last_seen FLOAT8 NOT NULL,
+    failures BIGINT NOT NULL,
+    retries BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS failure_counts (
+    width BIGINT NOT NULL,
+    bucket BIGINT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    name TEXT NOT NULL,
+    failures BIGINT NOT NULL,
+    retries BIGINT NOT NULL,
+    PRIMARY KEY (width, bucket, fingerprint, name)
 );
 CREATE TABLE IF NOT EXISTS migrations (
     version BIGINT PRIMARY KEY,

@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 
 from celery_flow.events import DEFAULT_HEARTBEAT_INTERVAL, Event
 from celery_flow.flow.model import (
+    FailureCluster,
     FlowSummary,
     Page,
     RegisteredTask,
@@ -19,6 +20,7 @@ from celery_flow.flow.model import (
     TraceView,
     WorkerInfo,
 )
+from celery_flow.store import failures as clusters
 from celery_flow.store import queries, retention
 from celery_flow.store.backfill import start_background, stop_background
 from celery_flow.store.base import StoreStats, TaskFilter
@@ -84,6 +86,15 @@ class SqlStore(SqlConnections[C]):
 
     def registry(self) -> list[RegisteredTask]:
         return self._reading(queries.registry)
+
+    def failures(
+        self,
+        since: float | None,
+        until: float | None,
+        name: str | None,
+        limit: int = clusters.DEFAULT_CLUSTERS,
+    ) -> list[FailureCluster]:
+        return self._reading(lambda s: clusters.failures(s, since, until, name, limit))
 
     def workers(self) -> list[WorkerInfo]:
         return self._reading(lambda s: queries.workers(s, self.heartbeat_interval))

@@ -4,7 +4,8 @@ current in the same transaction.
 - Duplicate event ids are dropped before anything is written (idempotence). Each task a batch touches
   is re-folded once from its full event set (flow/fold.py): the events already stored plus the new
   ones, so arrival order never matters.
-- Flow rows (flow/flows.py's FlowTally), per-name counts and per-worker counts move by the difference
+- Flow rows (flow/flows.py's FlowTally), per-name counts, per-worker counts and failure clusters
+  (store/failures.py) move by the difference
   between each task's old and new row, so no query ever aggregates the tasks table.
 """
 
@@ -21,6 +22,7 @@ from celery_flow.events import TASK_EVENT_TYPES, WORKER_EVENT_TYPES, Event, enco
 from celery_flow.flow.fold import fold_task
 from celery_flow.flow.model import TERMINAL_STATES, TaskDetail
 from celery_flow.store.connection import Row, Session, chunks, in_list, meta_value, select_in
+from celery_flow.store.failures import ClusterMoves
 from celery_flow.store.rows import (
     FLOW_SELECT,
     NAME_STATS_SELECT,
@@ -226,6 +228,10 @@ def update_counts(
     change in finished tasks to `host_runs`; return the flows by root id."""
     flows = _update_flows(session, changes, seq)
     _update_name_stats(session, changes)
+    clusters = ClusterMoves()
+    for change in changes:
+        clusters.change(change.old, change.new)
+    clusters.write(session)
     for change in changes:
         old, new = change.old, change.new
         if old is not None and old.state in TERMINAL_STATES and old.hostname:
