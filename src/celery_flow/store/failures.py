@@ -191,24 +191,25 @@ def _write_clusters(
 
 
 class Window(NamedTuple):
-    """A window counted in stored buckets of `width` seconds, shown in sparkline buckets of `step`."""
+    """A window counted in whole stored buckets of `width` seconds, [start, end), shown in sparkline
+    buckets of `step` seconds."""
 
     width: int
     start: int
-    end: float
+    end: int
     step: int
     points: int
 
 
 def window(since: float, until: float) -> Window:
-    """The buckets a window covers: `since` rounded down to its bucket, each sparkline bucket a whole
-    number of stored buckets, at most MAX_POINTS of them."""
+    """The buckets a window covers: the widest width giving MIN_POINTS buckets, `since` rounded down and
+    `until` up to whole buckets, each sparkline bucket a whole number of them, at most MAX_POINTS."""
     span = max(until - since, 1.0)
     width = max([w for w in WIDTHS if span / w >= MIN_POINTS], default=WIDTHS[0])
     start = int(since // width) * width
-    buckets = max(1, math.ceil((until - start) / width))
-    step = width * math.ceil(buckets / MAX_POINTS)
-    return Window(width, start, until, step, max(1, math.ceil((until - start) / step)))
+    end = max(start + width, math.ceil(until / width) * width)
+    step = width * math.ceil((end - start) // width / MAX_POINTS)
+    return Window(width, start, end, step, math.ceil((end - start) / step))
 
 
 def failures(
@@ -229,7 +230,7 @@ def failures(
         since = min(float(oldest), until)
     w = window(since, until)
     where = "width = ? AND bucket >= ? AND bucket < ?"
-    params: list[Any] = [w.width, w.start, until]
+    params: list[Any] = [w.width, w.start, w.end]
     if name is not None:
         where += " AND name = ?"
         params.append(name)
@@ -260,7 +261,7 @@ def failures(
             first_seen=meta[fp][3],
             last_seen=meta[fp][4],
             task_names=[n for _, n in sorted(names[fp]) if n],
-            sample_task_ids=samples(s, fp, since, until, name),
+            sample_task_ids=samples(s, fp, w.start, w.end, name),
             sparkline=Sparkline(start=float(w.start), step=float(w.step), counts=lines[fp]),
         )
         for fp in ranked
