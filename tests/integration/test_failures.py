@@ -8,6 +8,7 @@ sparklines at exact times, retention and the re-fold, on both stores.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Iterator
@@ -28,7 +29,9 @@ from tests.support.wait import wait_for
 import celery_flow
 from celery_flow.server import create_app
 from celery_flow.store import open_store
+from celery_flow.store.backfill import run
 from celery_flow.store.failures import window
+from celery_flow.store.migrations import schedule_refold
 from celery_flow.store.sql import SqlStore
 
 pytestmark = pytest.mark.slow
@@ -297,3 +300,47 @@ def test_counts_follow_a_task_that_leaves_its_cluster_and_retention(store: SqlSt
     assert store.failures(None, None, None) == []
     for table in ("failure_counts", "failure_clusters"):
         assert store._reading(lambda s, t=table: s.rows(f"SELECT COUNT(*) FROM {t}"))[0][0] == 0
+
+
+def retried_then_succeeded(task_id: str, ts: float) -> list[Any]:
+    """Two retries for a ConnectionError in `fetch`, then a success."""
+    common = {"name": "app.fetch", "root_id": task_id}
+    exc = "Retry: Retry in 1s: ConnectionError('cache-7 unreachable')"
+    tb = TB.format(line=3, function="fetch", exc="celery.exceptions." + exc)
+    out = [event("sent", task_id, ts, **common)]
+    for attempt in range(2):
+        t = ts + 10 * attempt
+        out += [
+            event("started", task_id, t + 1, hostname="celery@w", retries=attempt, **common),
+            event("retried", task_id, t + 2, hostname="celery@w", retries=attempt, exception=exc,
+                  traceback=tb, reason=exc, **common),
+            event("sent", task_id, t + 3, retries=attempt + 1, **common),
+        ]  # fmt: skip
+    return [*out, event("succeeded", task_id, ts + 30, hostname="celery@w", retries=2, **common)]
+
+
+def test_the_refold_after_migration_counts_what_older_folds_left_uncounted(store: SqlStore) -> None:
+    events = [
+        e for i in range(30) for e in failed(f"f{i}", T0 + 40 * i, function=("charge", "refund")[i % 2])
+    ]
+    events += [e for i in range(5) for e in retried_then_succeeded(f"r{i}", T0 + 100 * i)]
+    store.apply(events)
+    want = store.failures(T0, T0 + 3600, None)
+    assert sorted((c.count, c.retries) for c in want) == [(0, 10), (15, 0), (15, 0)]
+
+    def older_fold(s: Any, _seq: int) -> None:
+        """As a schema 3 store is before its re-fold: no fingerprints, no retry causes, no clusters."""
+        for task_id, extra in s.rows("SELECT task_id, extra FROM tasks"):
+            kept = {k: v for k, v in json.loads(extra).items() if k != "rfp"}
+            s.run(
+                "UPDATE tasks SET fingerprint = NULL, extra = ? WHERE task_id = ?",
+                (json.dumps(kept), task_id),
+            )
+        s.run("DELETE FROM failure_counts")
+        s.run("DELETE FROM failure_clusters")
+        schedule_refold(s)
+
+    store._writing(older_fold)
+    assert store.failures(T0, T0 + 3600, None) == []
+    run(store, limit=7)
+    assert store.failures(T0, T0 + 3600, None) == want
