@@ -304,6 +304,8 @@ def test_odd_but_valid_input_never_500s(api: httpx.Client, params: dict[str, Any
     assert resp.status_code in (200, 422), resp.text
     resp = api.get("/api/flows", params=params)
     assert resp.status_code in (200, 422), resp.text
+    resp = api.get("/api/failures", params=params)
+    assert resp.status_code in (200, 422), resp.text
 
 
 def test_openapi_documents_every_endpoint(api: httpx.Client) -> None:
@@ -317,6 +319,7 @@ def test_openapi_documents_every_endpoint(api: httpx.Client) -> None:
         "/api/traces/{trace_id}",
         "/api/registry",
         "/api/workers",
+        "/api/failures",
     }
     assert spec["servers"] == [{"url": "/"}]
     params = {p["name"] for p in spec["paths"]["/api/tasks"]["get"]["parameters"]}
@@ -331,6 +334,7 @@ def test_openapi_documents_every_endpoint(api: httpx.Client) -> None:
         "until",
         "limit",
         "cursor",
+        "fingerprint",
     }
     assert api.get("/api/docs").status_code == 200
 

@@ -36,6 +36,9 @@ MIN_POINTS: Final = 24
 MAX_POINTS: Final = 60
 SAMPLES: Final = 10
 DEFAULT_CLUSTERS: Final = 100
+# Times are clamped to [0, LATEST] (about the year 33,000): any float the API accepts stays an integer
+# bucket both engines can store.
+LATEST: Final = 1e12
 
 _COUNTS_UPSERT = (
     "INSERT INTO failure_counts (width, bucket, fingerprint, name, failures, retries) "
@@ -223,7 +226,10 @@ def failures(
     """The clusters with failures or retries in [since, until) (all stored, by default), most failures
     first, each with its counts over the window."""
     until = until if until is not None else (now if now is not None else time.time())
-    if since is None:
+    until = min(max(until, 0.0), LATEST)
+    if since is not None:
+        since = min(max(since, 0.0), LATEST)
+    else:
         oldest = s.rows("SELECT MIN(first_seen) FROM failure_clusters")[0][0]
         if oldest is None:
             return []
