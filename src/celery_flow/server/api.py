@@ -211,7 +211,7 @@ def build_api_router(
         "`retries` retry attempts; `first_seen` and `last_seen` span every failure and retry stored; "
         "`sample_task_ids` are up to 10 of its tasks, newest first (all of them: `GET "
         "/api/tasks?fingerprint=`). Counts come from buckets of 1 minute, 10 minutes or 1 hour (the widest "
-        "giving at least 24 over the window): `since` is rounded down to the start of its bucket, and "
+        "giving at least 24 over the window): `since` is rounded down and `until` up to whole buckets, and "
         "`sparkline` gives the failures per bucket over the window, at most 60 buckets.",
     )
     def get_failures(
