@@ -33,7 +33,8 @@ def _task_events(
 ) -> tuple[list[Event], float]:
     host = rng.choice(HOSTS)
     run = rng.uniform(0.001, 0.2)
-    failed = rng.random() < 0.02
+    outcome = rng.random()
+    failed, retried = outcome < 0.02, 0.02 <= outcome < 0.03
     ids: dict[str, Any] = {"task_id": task_id, "trace_id": trace, "retries": 0, "name": name}
     lineage_fields: dict[str, Any] = {"root_id": root, "parent_id": parent}
     worker: dict[str, Any] = {"hostname": host, "pid": 1001}
@@ -49,16 +50,53 @@ def _task_events(
         make("started", t + 0.003, **lineage_fields, **worker),
     ]  # fmt: skip
     end = t + 0.003 + run
-    if failed:
-        tb = "Traceback (most recent call last):\n  ...\nValueError: bad input"
-        out.append(
-            make("failed", end, runtime=run, exception="ValueError('bad input')", traceback=tb, **worker)
-        )
+    if failed or retried:
+        exception, tb = failure(rng, retried)
+        kind = "retried" if retried else "failed"
+        out.append(make(kind, end, runtime=run, exception=exception, traceback=tb, **worker))
     else:
         out.append(
             make("succeeded", end, runtime=run, result={"ok": True, "rows": rng.randrange(1000)}, **worker)
         )
     return out, end
+
+
+# Distinct causes of the failures, the first far more frequent than the last (1/k), as in production.
+CAUSES = 30
+_EXCEPTIONS = (
+    ("ValueError", "bad input {n} in row {m}"),
+    ("KeyError", "'field_{n}'"),
+    ("ConnectionError", "could not reach 'db-{n}' after {m} attempts"),
+    ("TimeoutError", "timed out after {n}s waiting for job {id}"),
+    ("RuntimeError", "job {id} failed with code {n}"),
+)
+_CELERY_FRAME = (
+    '  File "/venv/lib/python3.11/site-packages/celery/app/trace.py", line 453, in trace_task\n'
+    "    R = retval = fun(*args, **kwargs)\n"
+)
+_RETRY_FRAME = (
+    '  File "/venv/lib/python3.11/site-packages/celery/app/task.py", line 963, in retry\n    raise ret\n'
+)
+
+
+def failure(rng: random.Random, retry: bool) -> tuple[str, str]:
+    """The exception text and formatted traceback of one failure (or retry) of one of CAUSES causes."""
+    k = rng.choices(range(CAUSES), weights=[1 / (i + 1) for i in range(CAUSES)])[0]
+    exception_type, template = _EXCEPTIONS[k % len(_EXCEPTIONS)]
+    message = template.format(n=rng.randrange(10**5), m=rng.randrange(100), id=uuid.uuid4().hex[:12])
+    frames = "".join(
+        f'  File "/srv/app/app/{module}.py", line {10 + 7 * i + k}, in {function}\n    {function}(payload)\n'
+        for i, (module, function) in enumerate(
+            (("tasks", f"task_{k % 5}"), ("steps", f"step_{k}"), ("clients", f"call_{k % 7}"))
+        )
+    )
+    text = f"{exception_type}: {message}"
+    if retry:
+        text = f"Retry: Retry in 10s: {exception_type}({message!r})"
+        frames += _RETRY_FRAME
+    last = f"celery.exceptions.{text}" if retry else text
+    tb = f"Traceback (most recent call last):\n{_CELERY_FRAME}{frames}{last}\n"
+    return text, tb
 
 
 def flow_events(rng: random.Random, t0: float) -> list[Event]:

@@ -158,9 +158,11 @@ def main() -> None:
     rng = random.Random(3)
     flows = [f for f in store.list_flows(TaskFilter(), 50, None).items if f.root_id != GRAPH_ROOT]
     some = rng.choice(store.flow_tasks(rng.choice(flows).root_id))
+    clusters = store.failures(None, None, None)
     stats = store.stats()
     store.close()
     print(f"store: {stats.tasks:,} tasks, {stats.events:,} events ({url})")
+    print(f"failure clusters: {len(clusters)}, the largest of {clusters[0].count:,} failed tasks")
 
     port = free_port()
     server = start_server(url, port)
@@ -187,6 +189,11 @@ def main() -> None:
                 ("tasks q=id prefix", "/api/tasks", {"q": some.task_id[:6], "limit": 50}, False),
                 ("tasks since/until (1 h)", "/api/tasks",
                  {"since": (some.sent_at or 0) - 3600, "until": some.sent_at, "limit": 50}, True),
+                ("failures, everything stored", "/api/failures", {}, False),
+                ("failures, last hour", "/api/failures", {"since": time.time() - 3600}, False),
+                ("failures name=", "/api/failures", {"name": NAMES[1]}, False),
+                ("tasks fingerprint= (walking pages)", "/api/tasks",
+                 {"fingerprint": clusters[0].fingerprint, "limit": 50}, True),
                 ("flows, newest first (walking pages)", "/api/flows", {"limit": 50}, True),
                 ("flows state=FAILURE", "/api/flows", {"state": "FAILURE", "limit": 50}, True),
                 ("flows name=", "/api/flows", {"name": NAMES[0], "limit": 50}, True),
