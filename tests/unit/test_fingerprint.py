@@ -147,6 +147,7 @@ def test_missing_text_falls_back_to_the_traceback_or_a_placeholder_type() -> Non
     tb = 'Traceback (most recent call last):\n  File "/srv/app/x.py", line 1, in f\napp.errors.Declined: no\n'
     assert label(None, tb) == ("Declined", "no")
     assert label(None, None) == ("UnknownError", "")
+    assert label("ValueError('bad input 7')", None) == ("ValueError", "bad input <n>")
     assert cause(None, None).fingerprint == cause("", "").fingerprint
 
 

@@ -73,15 +73,16 @@ def label(exception: str | None, traceback: str | None) -> tuple[str, str]:
 
 
 def split_exception(exception: str | None, traceback: str | None) -> tuple[str, str]:
-    """(type, message) of an event's exception text, "Name: message" as the tracker sends it; a Retry's
-    cause instead of Retry itself; the traceback's last line when the text is missing."""
+    """(type, message) of an event's exception text, "Name: message" as the tracker sends it (or a repr,
+    `Name('message')`); a Retry's cause instead of Retry itself; the traceback's last line when the text
+    is missing."""
     text = (exception or "").strip()
     if not text and traceback:
         lines = [line for line in traceback.strip().splitlines() if line and not line[0].isspace()]
         text = lines[-1] if lines and not _TRUNCATED.search(traceback) else ""
     match = _TYPED.match(text)
     if match is None:
-        return ("Exception" if text else "UnknownError"), text
+        return _from_repr(text, "Exception" if text else "UnknownError")
     exception_type = match["type"].rsplit(".", 1)[-1]
     message = match["message"] or ""
     if exception_type == "Retry":
