@@ -232,7 +232,8 @@ def test_current_server_serves_a_released_store_as_that_release_did(
         details = [client.get(f"/api/tasks/{t['task_id']}").json() for t in tasks]
         failed = [t for t in details if t["state"] == "FAILURE"]
         retried = [e for t in details for e in t["events"] if e["type"] == "retried"]
-        assert failed and retried
+        assert failed
+        assert retried
         clusters = client.get("/api/failures").json()["items"]
         assert sum(c["count"] for c in clusters) == len(failed)
         assert sum(c["retries"] for c in clusters) == len(retried)
