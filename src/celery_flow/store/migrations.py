@@ -95,7 +95,8 @@ STEPS: tuple[Step, ...] = (
     Step(
         4,
         "insights: states PLANNED, NOT_RUN and LOST counted per flow and name, tasks.fingerprint (failure "
-        "clusters), partial indexes of a cluster's tasks, a flow's planned steps and what runs now",
+        "clusters), partial indexes of a cluster's tasks, a flow's planned steps and what runs now, "
+        "workers.silent_since (a worker judged gone for silence)",
         """
         ALTER TABLE tasks ADD COLUMN fingerprint TEXT;
         ALTER TABLE flows ADD COLUMN n_planned INTEGER NOT NULL DEFAULT 0;
@@ -106,7 +107,8 @@ STEPS: tuple[Step, ...] = (
         ALTER TABLE name_stats ADD COLUMN n_lost INTEGER NOT NULL DEFAULT 0;
         CREATE INDEX tasks_fingerprint ON tasks (fingerprint, ts, task_id) WHERE fingerprint IS NOT NULL;
         CREATE INDEX tasks_planned ON tasks (fnum) WHERE state = 'PLANNED';
-        CREATE INDEX tasks_running ON tasks (hostname, started_at) WHERE state IN ('RECEIVED', 'STARTED')
+        CREATE INDEX tasks_running ON tasks (hostname, started_at) WHERE state IN ('RECEIVED', 'STARTED');
+        ALTER TABLE workers ADD COLUMN silent_since FLOAT8
         """,
         "adds columns (no row rewritten), builds three partial indexes over {tasks} tasks (each holds "
         "only the few rows it is for)",

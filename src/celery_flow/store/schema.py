@@ -151,7 +151,8 @@ CREATE TABLE IF NOT EXISTS workers (
     pid BIGINT,
     tasks_run BIGINT NOT NULL DEFAULT 0,
     registered TEXT NOT NULL,
-    info TEXT NOT NULL
+    info TEXT NOT NULL,
+    silent_since FLOAT8
 );
 CREATE TABLE IF NOT EXISTS counters (
     name TEXT PRIMARY KEY,
@@ -190,7 +191,7 @@ FLOW_COLUMNS = (
 )  # fmt: skip
 WORKER_COLUMNS = (
     "hostname", "online_since", "last_heartbeat", "offline_at", "heartbeat_interval", "pid", "tasks_run",
-    "registered", "info",
+    "registered", "info", "silent_since",
 )  # fmt: skip
 
 

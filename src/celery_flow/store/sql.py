@@ -7,6 +7,7 @@ backfill.py; sqlite.py and postgresql.py only connect (and open the schema).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 
 from celery_flow.events import DEFAULT_HEARTBEAT_INTERVAL, Event
@@ -19,12 +20,12 @@ from celery_flow.flow.model import (
     TraceView,
     WorkerInfo,
 )
-from celery_flow.store import queries, retention
+from celery_flow.store import lost, queries, retention
 from celery_flow.store.backfill import start_background, stop_background
-from celery_flow.store.base import StoreStats, TaskFilter
+from celery_flow.store.base import LostCheck, StoreStats, TaskFilter
 from celery_flow.store.connection import C, SqlConnections
 from celery_flow.store.migrations import MigrateMode, Plan, open_schema
-from celery_flow.store.write import Batch, RecentEvents, apply_batch
+from celery_flow.store.write import Batch, RecentEvents, apply_batch, mark_lost
 
 
 class SqlStore(SqlConnections[C]):
@@ -61,6 +62,17 @@ class SqlStore(SqlConnections[C]):
         except BaseException:
             self._recent.clear()
             raise
+
+    def check_lost(self) -> LostCheck:
+        now = time.time()
+        # Read first: the write lock is taken only when a gone worker still holds running tasks.
+        gones, next_in = self._reading(lambda s: lost.due(s, self.heartbeat_interval, now))
+        if not gones:
+            return LostCheck([], next_in)
+        changed = self._writing(
+            lambda s, seq: mark_lost(s, seq, lost.record_silence(s, self.heartbeat_interval, now))
+        )
+        return LostCheck(changed, next_in)
 
     def sweep(self, ttl: float | None, max_tasks: int | None, budget: float = retention.SWEEP_BUDGET) -> int:
         return retention.sweep(self._writing, ttl, max_tasks, budget)
