@@ -43,6 +43,12 @@ Text = Annotated[str | None, Query(max_length=512, description="Free text over t
 Since = Annotated[float | None, Query(ge=0, description="Epoch seconds: sent or started at/after")]
 Until = Annotated[float | None, Query(ge=0, description="Epoch seconds: sent or started before")]
 Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT, description="Page size")]
+Stuck = Annotated[
+    bool,
+    Query(
+        description="Only tasks running far longer than their name's history (5 x its p99) or --stuck-after"
+    ),
+]
 Cursor = Annotated[str | None, Query(max_length=512, description="`next_cursor` of the previous page")]
 
 
@@ -139,8 +145,10 @@ def build_api_router(
         return health().report()
 
     @router.get("/tasks", response_model=TaskPage, summary="Tasks, newest first")
-    def list_tasks(query: ListQuery, state: Annotated[TaskState | None, Query()] = None) -> TaskPage:
-        filt = replace(query.filter, state=state)
+    def list_tasks(
+        query: ListQuery, state: Annotated[TaskState | None, Query()] = None, stuck: Stuck = False
+    ) -> TaskPage:
+        filt = replace(query.filter, state=state, stuck=stuck)
         page = guarded(lambda: store().list_tasks(filt, query.limit, query.cursor), query.cursor)
         return TaskPage(items=page.items, next_cursor=page.next_cursor)
 

@@ -95,9 +95,12 @@ def _flow_key(row: FlowRow) -> tuple[float, str]:
     return row.ts, row.root_id
 
 
-def list_tasks(s: Session, filt: TaskFilter, limit: int, cursor: str | None) -> Page[TaskSummary]:
-    where: list[str] = []
-    params: list[Any] = []
+def list_tasks(
+    s: Session, filt: TaskFilter, limit: int, cursor: str | None, also: tuple[str, list[Any]] | None = None
+) -> Page[TaskSummary]:
+    """A page of tasks; `also` is one more condition with its parameters (the `stuck` filter)."""
+    where: list[str] = [also[0]] if also else []
+    params: list[Any] = list(also[1]) if also else []
     for column, value in (("state", filt.state), ("name", filt.name), ("hostname", filt.worker)):
         if value is not None:
             where.append(f"{column} = ?")
