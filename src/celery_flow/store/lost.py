@@ -55,8 +55,9 @@ class Gone:
     def reason(self) -> str:
         """Why the tasks it held are LOST, in words."""
         if self.silent_interval is None:
-            heard = f" (last heard {_clock(self.last_heard)})" if self.last_heard is not None else ""
-            return f"worker {self.hostname} went offline at {_clock(self.at)}{heard}"
+            # Its offline event is the last thing heard from it (and a heartbeat arriving after the
+            # verdict must not make the words depend on arrival order).
+            return f"worker {self.hostname} went offline at {_clock(self.at)}"
         return (
             f"no heartbeat from worker {self.hostname} since {_clock(self.last_heard)}: "
             f"{SILENT_INTERVALS} x its {self.silent_interval:g} s interval passed"
@@ -99,12 +100,10 @@ def _silent_now(w: WorkerRow, default_interval: float, now: float) -> Gone | Non
 def goings(w: WorkerRow, default_interval: float, now: float | None = None) -> list[Gone]:
     """The going aways stored for `w` (its latest offline, its recorded silence) and, given `now`, the
     silence it is in now."""
-    alive = last_heard(w)
     interval = w.heartbeat_interval or default_interval
     out = []
     if w.offline_at is not None:
-        heard = alive if alive is not None and alive <= w.offline_at else None
-        out.append(Gone(w.hostname, w.offline_at, heard))
+        out.append(Gone(w.hostname, w.offline_at, w.offline_at))
     if w.silent_since is not None:
         out.append(Gone(w.hostname, w.silent_since + silent_window(interval), w.silent_since, interval))
     silent = _silent_now(w, default_interval, now) if now is not None else None
