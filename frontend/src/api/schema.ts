@@ -897,6 +897,8 @@ export interface operations {
         parameters: {
             query?: {
                 state?: components["schemas"]["TaskState"] | null;
+                /** @description Only tasks running far longer than their name's history (5 x its p99) or --stuck-after */
+                stuck?: boolean;
                 /** @description Exact task name */
                 name?: string | null;
                 root_id?: string | null;
