@@ -11,12 +11,15 @@ import itertools
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 import pytest
 from tests.support.events import event, finished_task
 
 from celery_flow.events import Event
 from celery_flow.store import TaskFilter, open_store
+from celery_flow.store.backfill import run
+from celery_flow.store.migrations import schedule_refold
 from celery_flow.store.sql import SqlStore
 
 T0 = 1_700_000_000.0
@@ -223,3 +226,49 @@ def test_the_stuck_filter_pages_by_keyset() -> None:
         assert [t.task_id for t in first.items] == ["s0", "s1"]
         second = store.list_tasks(TaskFilter(stuck=True), 2, first.next_cursor)
         assert [t.task_id for t in second.items] == ["s2", "s3"]
+
+
+def test_a_refold_after_a_migration_keeps_lost_tasks_lost() -> None:
+    now = time.time()
+    with memory_store() as store:
+        store.apply([event("worker.online", None, now - 10, hostname=H2, heartbeat_interval=1.0)])
+        store.apply(task_events("silent", H2, now - 9.5, "started"))
+        store.apply(task_events("offline", H, T0, "received"))
+        store.apply([event("worker.offline", None, T0 + 1, hostname=H)])
+        assert store.check_lost().changed == ["silent"]
+        before = (
+            store.list_tasks(TaskFilter(), 50, None),
+            store.list_flows(TaskFilter(), 50, None),
+            store.registry(),
+            store.workers(),
+        )
+        store._writing(lambda s, _seq: schedule_refold(s))
+        run(store)
+        after = (
+            store.list_tasks(TaskFilter(), 50, None),
+            store.list_flows(TaskFilter(), 50, None),
+            store.registry(),
+            store.workers(),
+        )
+        assert after == before
+        assert {t.task_id: t.state for t in after[0].items} == {"silent": "LOST", "offline": "LOST"}
+
+
+def test_a_refold_finds_the_lost_tasks_an_older_version_left_running() -> None:
+    with memory_store() as store:
+        store.apply(task_events("t1", H, T0, "received", "started"))
+        store.apply([event("worker.offline", None, T0 + 1, hostname=H)])
+        lost = store.list_tasks(TaskFilter(), 50, None), store.list_flows(TaskFilter(), 50, None)
+
+        def older_fold(s: Any, _seq: int) -> None:  # what a version without LOST stored
+            s.run("UPDATE tasks SET state = 'STARTED', finished_at = NULL, extra = '{}'")
+            s.run("UPDATE flows SET n_lost = 0, n_started = 1, state = 'RUNNING'")
+            s.run("UPDATE name_stats SET n_lost = 0, n_started = 1")
+            s.run("UPDATE workers SET tasks_run = 0")
+            schedule_refold(s)
+
+        store._writing(older_fold)
+        assert store.list_tasks(TaskFilter(), 50, None).items[0].state == "STARTED"
+        run(store)
+        assert (store.list_tasks(TaskFilter(), 50, None), store.list_flows(TaskFilter(), 50, None)) == lost
+        assert name_counts(store) == {"LOST": 1}
