@@ -276,6 +276,7 @@ def test_unknown_ids_are_404_json(api: httpx.Client, path: str) -> None:
         ("/api/tasks", {"since": -1}),
         ("/api/tasks", {"since": 10, "until": 5}),
         ("/api/tasks", {"name": "x" * 600}),
+        ("/api/tasks", {"stuck": "maybe"}),
         ("/api/tasks/" + "x" * 300, {}),
     ],
 )
@@ -297,6 +298,7 @@ def test_bad_query_values_are_422(api: httpx.Client, path: str, params: dict[str
         {"until": 0},
         {"root_id": "*"},
         {"worker": "celery@w1\"'"},
+        {"stuck": "true", "q": "t.sl", "until": 0},
     ],
 )
 def test_odd_but_valid_input_never_500s(api: httpx.Client, params: dict[str, Any]) -> None:
@@ -335,6 +337,7 @@ def test_openapi_documents_every_endpoint(api: httpx.Client) -> None:
         "limit",
         "cursor",
         "fingerprint",
+        "stuck",
     }
     assert api.get("/api/docs").status_code == 200
 

@@ -1024,6 +1024,8 @@ export interface operations {
                 state?: components["schemas"]["TaskState"] | null;
                 /** @description A failure cluster's `fingerprint` (`GET /api/failures`) */
                 fingerprint?: string | null;
+                /** @description Only tasks running far longer than their name's history (5 x its p99) or --stuck-after */
+                stuck?: boolean;
                 /** @description Exact task name */
                 name?: string | null;
                 root_id?: string | null;

@@ -47,6 +47,12 @@ Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT, description="Page size")]
 Fingerprint = Annotated[
     str | None, Query(max_length=64, description="A failure cluster's `fingerprint` (`GET /api/failures`)")
 ]
+Stuck = Annotated[
+    bool,
+    Query(
+        description="Only tasks running far longer than their name's history (5 x its p99) or --stuck-after"
+    ),
+]
 Cursor = Annotated[str | None, Query(max_length=512, description="`next_cursor` of the previous page")]
 
 
@@ -158,6 +164,10 @@ def build_api_router(
         query: ListQuery, state: Annotated[TaskState | None, Query()] = None, fingerprint: Fingerprint = None
     ) -> TaskPage:
         filt = replace(query.filter, state=state, fingerprint=fingerprint)
+]
+        query: ListQuery, state: Annotated[TaskState | None, Query()] = None, stuck: Stuck = False
+    ) -> TaskPage:
+        filt = replace(query.filter, state=state, stuck=stuck)
         page = guarded(lambda: store().list_tasks(filt, query.limit, query.cursor), query.cursor)
         return TaskPage(items=page.items, next_cursor=page.next_cursor)
 

@@ -32,6 +32,8 @@ from typing import Any
 
 from celery_flow.events import Event
 from celery_flow.flow.fold import fold_task
+from celery_flow.flow.model import TaskDetail
+from celery_flow.store import lost
 from celery_flow.store.base import StoreError
 from celery_flow.store.connection import Session, SqlConnections
 from celery_flow.store.failures import stored_causes
@@ -154,13 +156,15 @@ def _rewrite(s: Session, rows: list[TaskRow], events: dict[int, list[Event]], se
     """Write the rows whose fold differs from the stored one; counts follow rows whose totals moved."""
     new_rows: list[TaskRow] = []
     moved: list[TaskChange] = []
+    folded: list[tuple[TaskRow, TaskDetail]] = []
     for i, row in enumerate(rows):
         if i % YIELD_EVERY == 0:
             time.sleep(0)  # let a request thread of this process take the GIL now, not in 5 ms
         stored = events.get(int(row.num))
-        if not stored:  # never derive a task from nothing (a row is always stored with its events)
-            continue
-        task = fold_task(row.task_id, stored)
+        if stored:  # never derive a task from nothing (a row is always stored with its events)
+            folded.append((row, fold_task(row.task_id, stored)))
+    lost.on_fold(s, [task for _, task in folded])  # the fold cannot know a worker went away
+    for row, task in folded:
         new = task_row(task, row.seq, row.num, row.fnum)
         if new == row:
             continue

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from celery_flow.events import Event
 from celery_flow.flow.model import (
@@ -39,6 +39,8 @@ class TaskFilter:
     until: float | None = None
     # Tasks whose latest failure or retry had this cause (store/failures.py).
     fingerprint: str | None = None
+    # Only tasks running far longer than their name's history or `--stuck-after` (store/stuck.py).
+    stuck: bool = False
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,13 @@ class StoreStats:
     events: int
     # Consumer counters persisted beside the data: rejected events per kind, dropped by publishers.
     counters: Mapping[str, int]
+
+
+class LostCheck(NamedTuple):
+    """What one check for lost tasks did: the tasks it marked LOST, and seconds until the next is due."""
+
+    changed: list[str]
+    next_in: float
 
 
 class Store(Protocol):
@@ -88,6 +97,11 @@ class Store(Protocol):
 
     def sweep(self, ttl: float | None, max_tasks: int | None) -> int:
         """Delete tasks older than ttl seconds and beyond max_tasks (oldest first); return count."""
+        ...
+
+    def check_lost(self) -> LostCheck:
+        """Mark LOST the running tasks of workers silent for 3 x their heartbeat interval (store/lost.py);
+        idempotent, so several processes may run it at once."""
         ...
 
     def ping(self) -> None:

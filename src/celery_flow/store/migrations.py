@@ -96,7 +96,8 @@ STEPS: tuple[Step, ...] = (
         4,
         "insights: states PLANNED, NOT_RUN and LOST counted per flow and name, tasks.fingerprint (failure "
         "clusters), partial indexes of a cluster's tasks, a flow's planned steps and what runs now; "
-        "failures and retries counted by cause and time (failure_clusters, failure_counts)",
+        "failures and retries counted by cause and time (failure_clusters, failure_counts); "
+        "workers.silent_since (a worker judged gone for silence)",
         """
         ALTER TABLE tasks ADD COLUMN fingerprint TEXT;
         ALTER TABLE flows ADD COLUMN n_planned INTEGER NOT NULL DEFAULT 0;
@@ -125,7 +126,8 @@ STEPS: tuple[Step, ...] = (
             failures BIGINT NOT NULL,
             retries BIGINT NOT NULL,
             PRIMARY KEY (width, bucket, fingerprint, name)
-        )
+        );
+        ALTER TABLE workers ADD COLUMN silent_since FLOAT8
         """,
         "adds columns (no row rewritten), builds three partial indexes over {tasks} tasks (each holds "
         "only the few rows it is for)",

@@ -29,6 +29,7 @@ from celery_flow.flow.model import (
     TraceView,
     WorkerInfo,
 )
+from celery_flow.store import lost
 from celery_flow.store.base import StoreStats, TaskFilter
 from celery_flow.store.connection import Session, chunks, meta_value
 from celery_flow.store.failures import cluster_size
@@ -59,8 +60,6 @@ K = TypeVar("K", bound=tuple[Any, ...])
 
 # Runtimes per task name the registry's p50/p95 are computed over (the most recent ones).
 PERCENTILE_WINDOW = 1000
-# A worker is offline once no heartbeat came for 2 of its intervals plus this margin.
-HEARTBEAT_MARGIN = 5.0
 TRACE_LIMIT = 5000
 # Task names free text `q` may match at most (one index range each).
 MAX_Q_NAMES = 50
@@ -97,9 +96,12 @@ def _flow_key(row: FlowRow) -> tuple[float, str]:
     return row.ts, row.root_id
 
 
-def list_tasks(s: Session, filt: TaskFilter, limit: int, cursor: str | None) -> Page[TaskSummary]:
-    where: list[str] = []
-    params: list[Any] = []
+def list_tasks(
+    s: Session, filt: TaskFilter, limit: int, cursor: str | None, also: tuple[str, list[Any]] | None = None
+) -> Page[TaskSummary]:
+    """A page of tasks; `also` is one more condition with its parameters (the `stuck` filter)."""
+    where: list[str] = [also[0]] if also else []
+    params: list[Any] = list(also[1]) if also else []
     for column, value in (
         ("state", filt.state), ("name", filt.name), ("hostname", filt.worker),
         ("fingerprint", filt.fingerprint),
@@ -219,10 +221,12 @@ def _paged(
 
 
 def get_task(s: Session, task_id: str) -> TaskDetail | None:
-    rows = s.rows("SELECT data FROM events WHERE num = (SELECT num FROM tasks WHERE task_id = ?)", (task_id,))
+    stored = fetch(s, TaskRow, TASK_SELECT + " WHERE task_id = ?", (task_id,))
+    rows = s.rows("SELECT data FROM events WHERE num = ?", (stored[0].num,)) if stored else []
     if not rows:
         return None
     task = fold_task(task_id, [event_decoder.decode(r[0]) for r in rows])
+    lost.overlay(task, stored[0])
     task.children = [
         r[0]
         for r in s.rows(
@@ -324,16 +328,14 @@ def registry(s: Session) -> list[RegisteredTask]:
 
 
 def workers(s: Session, heartbeat_interval: float) -> list[WorkerInfo]:
-    """Every worker seen; online while its heartbeats (or its own announced interval) say it is."""
+    """Every worker seen; offline once it said so or missed 3 heartbeats: the rule that makes its running
+    tasks LOST (store/lost.py)."""
     rows = fetch(s, WorkerRow, WORKER_SELECT + " ORDER BY hostname")
     now = time.time()
     out = []
     for w in rows:
-        alive = max((t for t in (w.online_since, w.last_heartbeat) if t is not None), default=None)
         interval = w.heartbeat_interval or heartbeat_interval
-        window = 2 * interval + HEARTBEAT_MARGIN
-        gone = w.offline_at is not None and (alive is None or w.offline_at >= alive)
-        online = not gone and alive is not None and now - alive <= window
+        online = lost.last_heard(w) is not None and not lost.is_gone(w, heartbeat_interval, now)
         out.append(
             WorkerInfo(
                 hostname=w.hostname, status="online" if online else "offline",

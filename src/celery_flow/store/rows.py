@@ -112,6 +112,8 @@ class WorkerRow(NamedTuple):
     tasks_run: int = 0
     registered: str = "[]"
     info: str = "{}"
+    # The last heartbeat of a worker judged gone for silence (store/lost.py); a newer one supersedes it.
+    silent_since: float | None = None
 
 
 class RegistryRow(NamedTuple):

@@ -153,7 +153,8 @@ CREATE TABLE IF NOT EXISTS workers (
     pid BIGINT,
     tasks_run BIGINT NOT NULL DEFAULT 0,
     registered TEXT NOT NULL,
-    info TEXT NOT NULL
+    info TEXT NOT NULL,
+    silent_since FLOAT8
 );
 CREATE TABLE IF NOT EXISTS counters (
     name TEXT PRIMARY KEY,
@@ -210,7 +211,7 @@ FLOW_COLUMNS = (
 )  # fmt: skip
 WORKER_COLUMNS = (
     "hostname", "online_since", "last_heartbeat", "offline_at", "heartbeat_interval", "pid", "tasks_run",
-    "registered", "info",
+    "registered", "info", "silent_since",
 )  # fmt: skip
 
 

@@ -53,8 +53,9 @@ class SQLiteStore(SqlStore[sqlite3.Connection]):
         heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL,
         *,
         migrate: MigrateMode = "auto",
+        stuck_after: float | None = None,
     ) -> None:
-        super().__init__(heartbeat_interval)
+        super().__init__(heartbeat_interval, stuck_after)
         self.path = path
         self.memory = path == ":memory:"
         self._shared = self.memory

@@ -21,6 +21,7 @@ import msgspec
 from celery_flow.events import TASK_EVENT_TYPES, WORKER_EVENT_TYPES, Event, encode
 from celery_flow.flow.fold import fold_task
 from celery_flow.flow.model import TERMINAL_STATES, TaskDetail
+from celery_flow.store import lost
 from celery_flow.store.connection import Row, Session, chunks, in_list, meta_value, select_in
 from celery_flow.store.failures import ClusterMoves
 from celery_flow.store.rows import (
@@ -39,6 +40,7 @@ from celery_flow.store.rows import (
     json_decoder,
     json_encoder,
     state_counts,
+    task_from_row,
     task_row,
 )
 from celery_flow.store.schema import STATES, upsert
@@ -144,6 +146,10 @@ def apply_batch(session: Session, seq: int, batch: Batch, recent: RecentEvents) 
             session.run("UPDATE meta SET value = ? WHERE key = 'seq'", (seq + len(changed),))
     if batch.worker_events or host_runs:
         apply_workers(session, batch.worker_events, host_runs)
+    offline = sorted({e.hostname or "" for e in batch.worker_events if e.type == "worker.offline"})
+    if offline:
+        marked = mark_lost(session, seq + len(changed), lost.stored_goings(session, offline))
+        changed += [task_id for task_id in marked if task_id not in set(changed)]
     if batch.counters:
         session.many(
             "INSERT INTO counters (name, value) VALUES (?, ?) "
@@ -203,6 +209,7 @@ def _apply_tasks(
     changes = [
         TaskChange(old_rows.get(task_id), fold_task(task_id, by_task[task_id])) for task_id in task_ids
     ]
+    lost.on_fold(session, [c.new for c in changes])
     flows = update_counts(session, changes, seq + len(task_ids), host_runs)
     rows = [
         task_row(c.new, seq + offset, nums[c.new.task_id], flows[c.new.root_id or c.new.task_id].fnum)
@@ -219,6 +226,39 @@ def _apply_tasks(
         [(last_num, "task_num"), (last_event + len(fresh), "event_num")],
     )
     return task_ids
+
+
+def mark_lost(session: Session, seq: int, gones: dict[str, list[lost.Gone]]) -> list[str]:
+    """Mark LOST the running tasks of these workers that store/lost.py's rule says are lost, their counts
+    moved as apply() moves them, at change numbers after `seq` (meta.seq moves on); return their ids."""
+    if not gones:
+        return []
+    rows = fetch_in(
+        session, TaskRow, TASK_SELECT + f" WHERE {lost.RUNNING_SQL} AND hostname IN {{}}", sorted(gones)
+    )
+    changes: list[TaskChange] = []
+    for row in sorted(rows, key=lambda r: r.task_id):
+        g = lost.lost_by(row.state, row.updated_at, gones[row.hostname or ""])
+        if g is not None:
+            task: TaskDetail = task_from_row(row, TaskDetail)
+            lost.mark(task, g)
+            changes.append(TaskChange(row, task))
+    if not changes:
+        return []
+    host_runs: dict[str, int] = {}
+    flows = update_counts(session, changes, seq + len(changes), host_runs)
+    old_rows: dict[str, TaskRow] = {}
+    new_rows = []
+    for offset, change in enumerate(changes, start=1):
+        old, task = change.old, change.new
+        assert old is not None
+        old_rows[old.task_id] = old
+        new_rows.append(task_row(task, seq + offset, int(old.num), flows[task.root_id or task.task_id].fnum))
+    write_tasks(session, new_rows, old_rows)
+    if host_runs:
+        apply_workers(session, [], host_runs)
+    session.run("UPDATE meta SET value = ? WHERE key = 'seq'", (seq + len(changes),))
+    return [c.new.task_id for c in changes]
 
 
 def update_counts(
