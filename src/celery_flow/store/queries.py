@@ -31,6 +31,7 @@ from celery_flow.flow.model import (
 )
 from celery_flow.store.base import StoreStats, TaskFilter
 from celery_flow.store.connection import Session, chunks, meta_value
+from celery_flow.store.plan import STEP_STATES, stored_step
 from celery_flow.store.rows import (
     FLOW_SELECT,
     NAME_STATS_SELECT,
@@ -216,9 +217,10 @@ def _paged(
 
 def get_task(s: Session, task_id: str) -> TaskDetail | None:
     rows = s.rows("SELECT data FROM events WHERE num = (SELECT num FROM tasks WHERE task_id = ?)", (task_id,))
-    if not rows:
+    # A planned (or never run) step has no events: its row is all there is.
+    task = fold_task(task_id, [event_decoder.decode(r[0]) for r in rows]) if rows else stored_step(s, task_id)
+    if task is None:
         return None
-    task = fold_task(task_id, [event_decoder.decode(r[0]) for r in rows])
     task.children = [
         r[0]
         for r in s.rows(
@@ -302,13 +304,15 @@ def registry(s: Session) -> list[RegisteredTask]:
     out: list[RegisteredTask] = []
     for name in sorted(set(stats) | set(announced)):
         by_state = counts.get(name, {})
-        finished = sum(by_state.get(state, 0) for state in TERMINAL_STATES)
+        # Planned and never-run steps are not runs.
+        runs = {state: n for state, n in by_state.items() if state not in STEP_STATES}
+        finished = sum(runs.get(state, 0) for state in TERMINAL_STATES)
         recent = runtimes.get(name, [])
         info = announced.get(name)
         out.append(
             RegisteredTask(
-                name=name, counts=by_state, total=sum(by_state.values()),
-                failure_rate=by_state.get("FAILURE", 0) / finished if finished else 0.0,
+                name=name, counts=by_state, total=sum(runs.values()),
+                failure_rate=runs.get("FAILURE", 0) / finished if finished else 0.0,
                 p50=_percentile(recent, 0.5), p95=_percentile(recent, 0.95),
                 signature=info.signature if info else None, doc=info.doc if info else None,
                 workers=list(json_decoder.decode(info.workers)) if info else [],

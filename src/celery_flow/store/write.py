@@ -20,6 +20,7 @@ import msgspec
 from celery_flow.events import TASK_EVENT_TYPES, WORKER_EVENT_TYPES, Event, encode
 from celery_flow.flow.fold import fold_task
 from celery_flow.flow.model import TERMINAL_STATES, TaskDetail
+from celery_flow.store import plan as plans
 from celery_flow.store.connection import Row, Session, chunks, in_list, meta_value, select_in
 from celery_flow.store.rows import (
     FLOW_SELECT,
@@ -216,7 +217,7 @@ def _apply_tasks(
         "UPDATE meta SET value = ? WHERE key = ?",
         [(last_num, "task_num"), (last_event + len(fresh), "event_num")],
     )
-    return task_ids
+    return task_ids + plans.apply_plans(session, fresh, changes, flows, seq + len(task_ids), host_runs)
 
 
 def update_counts(

@@ -1,0 +1,267 @@
+"""Planned steps: the rest of a workflow, stored from the `plan` of a `sent` event before it is sent.
+
+A planned step is a task row in state PLANNED with no events: its name and lineage from the plan, in
+the flow of the task whose message held it, and in its `extra` JSON the steps it runs `after`, each
+with the condition (`success`, `failure`, `chord`). When its own first event arrives, the ordinary fold
+takes over the same row (same number, same flow); a plan never overwrites a task that has events.
+
+A planned step that can no longer run becomes NOT_RUN, with the reason: a `success` or `chord`
+predecessor failed, was revoked, rejected or lost, or never ran itself (then the reason names the
+step that started it all); an errback whose predecessors all succeeded is "not needed". The verdict is
+a function of the predecessors' current states, taken again whenever a planned step is stored or
+merged and whenever a task of a flow that still has planned steps changes state, so it does not
+depend on the order events arrive in. Only flows with planned steps pay anything: the check is the
+flow's PLANNED count, and the rows are read through the partial index `tasks_planned`.
+
+Changes go through the write path's TaskChange / update_counts / write_tasks, so flow and per-name
+counts and the live feed's `seq` stay exact.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from celery_flow.events import MAX_PLAN_STEPS, Event, PlanStep
+from celery_flow.flow.model import FAILED_STATES, TaskDetail, TaskState
+from celery_flow.store import write
+from celery_flow.store.connection import Session, meta_value, select_in
+from celery_flow.store.rows import (
+    TASK_SELECT,
+    FlowRecord,
+    TaskRow,
+    fetch,
+    fetch_in,
+    json_decoder,
+    json_encoder,
+    task_from_row,
+    task_row,
+)
+
+# States of a row that has no events: a plan made it, and a plan may still change it.
+STEP_STATES = frozenset({"PLANNED", "NOT_RUN"})
+_ID_MAX = 255
+_NAME_MAX = 512
+_VERB = {"FAILURE": "failed", "REVOKED": "was revoked", "REJECTED": "was rejected", "LOST": "was lost"}
+
+
+@dataclass
+class _Step:
+    """A planned step being decided: its task as it will be stored, and what it runs after."""
+
+    task: TaskDetail
+    after: list[tuple[str, str]] = field(default_factory=list)
+    row: TaskRow | None = None
+
+
+def apply_plans(
+    session: Session,
+    fresh: Sequence[Event],
+    changes: Sequence[write.TaskChange],
+    flows: dict[str, FlowRecord],
+    seq: int,
+    host_runs: dict[str, int],
+) -> list[str]:
+    """Store the plans of `fresh` events and re-decide the planned steps the batch's `changes` touch,
+    written at seq + 1, ...; return the task ids of the rows changed (none, at the cost of two checks,
+    for a batch with no plan in a flow with no planned steps)."""
+    plans = [e for e in fresh if e.plan]
+    moved = {
+        flow.fnum
+        for c in changes
+        if (c.old is None or c.old.state != c.new.state)
+        and (flow := flows.get(c.new.root_id or c.new.task_id)) is not None
+        and flow.counts.get("PLANNED", 0) > 0
+    }
+    if not plans and not moved:
+        return []
+    steps = _planned(session, sorted(moved))
+    _merge_plans(session, plans, steps)
+    if not steps:
+        return []
+    known: dict[str, tuple[str, str | None]] = {c.new.task_id: (c.new.state, c.new.reason) for c in changes}
+    _decide(session, steps, known)
+    return _write(session, steps, seq, host_runs)
+
+
+def _planned(session: Session, fnums: list[int]) -> dict[str, _Step]:
+    """The PLANNED rows of these flows."""
+    rows = fetch_in(session, TaskRow, TASK_SELECT + " WHERE fnum IN {} AND state = 'PLANNED'", fnums)
+    return {row.task_id: _from_row(row) for row in rows}
+
+
+def _from_row(row: TaskRow) -> _Step:
+    task: TaskDetail = task_from_row(row, TaskDetail)
+    extra = json_decoder.decode(row.extra) if row.extra else {}
+    after = [(str(a[0]), str(a[1])) for a in extra.get("after", ()) if isinstance(a, list) and len(a) == 2]
+    return _Step(task, after, row)
+
+
+def _merge_plans(session: Session, plans: Iterable[Event], steps: dict[str, _Step]) -> None:
+    """Add the plans' steps to `steps`: new ones, or merged into the stored planned row of that id;
+    a task that has events is left alone."""
+    described: dict[str, tuple[Event, PlanStep]] = {}
+    afters: dict[str, list[tuple[str, str]]] = {}
+    for event in plans:
+        for step in (event.plan or ())[:MAX_PLAN_STEPS]:
+            task_id = step.task_id
+            if not task_id or len(task_id) > _ID_MAX or "\x00" in task_id:
+                continue  # not an id any event could carry (events.decode refuses those)
+            described.setdefault(task_id, (event, step))
+            pairs = afters.setdefault(task_id, [])
+            pairs.extend((_clip(a), step.on) for a in step.after if (_clip(a), step.on) not in pairs)
+    if not described:
+        return
+    stored = {
+        row.task_id: row
+        for row in fetch_in(session, TaskRow, TASK_SELECT + " WHERE task_id IN {}", sorted(described))
+    }
+    for task_id, (event, plan_step) in described.items():
+        row = stored.get(task_id)
+        if row is not None and row.state not in STEP_STATES:
+            continue  # it has events: the fold owns it
+        current = steps.get(task_id)
+        if current is None:
+            current = steps[task_id] = _from_row(row) if row is not None else _new_step(event, plan_step)
+        _fill(current, event, plan_step)
+        current.after.extend(a for a in afters[task_id] if a not in current.after)
+
+
+def _clip(value: str) -> str:
+    return value[:_ID_MAX].replace("\x00", "\ufffd")
+
+
+def _new_step(event: Event, step: PlanStep) -> _Step:
+    name = step.name[:_NAME_MAX].replace("\x00", "\ufffd") if step.name else None
+    task = TaskDetail(
+        task_id=step.task_id,
+        name=name,
+        state="PLANNED",
+        root_id=event.root_id or event.task_id,
+        trace_id=event.trace_id,
+        updated_at=event.ts,
+    )
+    return _Step(task)
+
+
+def _fill(step: _Step, event: Event, plan: PlanStep) -> None:
+    """Fill in what the stored step does not know yet from one more plan naming it."""
+    task = step.task
+    for name in ("parent_id", "group_id", "chord_id"):
+        value = getattr(plan, name)
+        if getattr(task, name) is None and value and value != task.task_id:
+            setattr(task, name, _clip(value))
+    for name in ("links", "link_errors"):
+        have: list[str] = getattr(task, name)
+        have.extend(c for c in map(_clip, getattr(plan, name) or ()) if c not in have and c != task.task_id)
+
+
+def _decide(session: Session, steps: dict[str, _Step], known: dict[str, tuple[str, str | None]]) -> None:
+    """Set each step's state and reason from its predecessors', to a fixed point (a step that never
+    runs stops the steps after it)."""
+    wanted = sorted({a for s in steps.values() for a, _ in s.after if a not in steps and a not in known})
+    for task_id, state, extra in select_in(
+        session, "SELECT task_id, state, extra FROM tasks WHERE task_id IN {}", wanted
+    ):
+        reason = json_decoder.decode(extra).get("reason") if state == "NOT_RUN" and extra else None
+        known[task_id] = (state, reason)
+
+    def state_of(task_id: str) -> tuple[str | None, str | None]:
+        step = steps.get(task_id)
+        if step is not None:
+            return step.task.state, step.task.reason
+        return known.get(task_id, (None, None))
+
+    for _ in range(len(steps) + 1):
+        settled = True
+        for step in steps.values():
+            state, reason = _verdict(step.after, state_of)
+            if (state, reason) != (step.task.state, step.task.reason):
+                step.task.state, step.task.reason = state, reason
+                settled = False
+        if settled:
+            return
+
+
+def _verdict(after: list[tuple[str, str]], state_of: Any) -> tuple[TaskState, str | None]:
+    """PLANNED, or NOT_RUN and why, for a step run after `after` ((task id, condition) pairs)."""
+    errbacks: list[tuple[str, str | None, str | None]] = []
+    for task_id, on in after:
+        state, reason = state_of(task_id)
+        if on == "failure":
+            errbacks.append((task_id, state, reason))
+        elif state in FAILED_STATES:
+            return "NOT_RUN", f"upstream {task_id} {_VERB[state]}"
+        elif state == "NOT_RUN":
+            return "NOT_RUN", _inherited(task_id, reason)
+    # An errback runs if one of its tasks fails: not needed once each succeeded or never ran.
+    if errbacks and len(errbacks) == len(after) and all(s in ("SUCCESS", "NOT_RUN") for _, s, _ in errbacks):
+        for task_id, state, _ in errbacks:
+            if state == "SUCCESS":
+                return "NOT_RUN", f"not needed: upstream {task_id} succeeded"
+        task_id, _, reason = errbacks[0]
+        return "NOT_RUN", _inherited(task_id, reason)
+    return "PLANNED", None
+
+
+def _inherited(task_id: str, reason: str | None) -> str:
+    """The reason of a step after one that never ran: the same upstream cause, when there is one."""
+    if reason and reason.startswith("upstream "):
+        return reason
+    return f"upstream {task_id} never ran"
+
+
+def _write(session: Session, steps: dict[str, _Step], seq: int, host_runs: dict[str, int]) -> list[str]:
+    """Write the steps whose row is new or differs, through the write path's counts."""
+    last_num = meta_value(session, "task_num")
+    nums: dict[str, int] = {}
+    changed: list[tuple[_Step, str]] = []
+    for task_id, step in sorted(steps.items()):
+        extra_after = _extra(step)
+        row = step.row
+        if row is not None:
+            if (row.state, row.extra) == (step.task.state, extra_after) and _same_lineage(row, step.task):
+                continue
+            nums[task_id] = int(row.num)
+        else:
+            last_num += 1
+            nums[task_id] = last_num
+        changed.append((step, extra_after))
+    if not changed:
+        return []
+    task_changes = [write.TaskChange(step.row, step.task) for step, _ in changed]
+    flows = write.update_counts(session, task_changes, seq + len(changed), host_runs)
+    rows = []
+    for offset, (step, extra_after) in enumerate(changed, start=1):
+        task = step.task
+        fnum = flows[task.root_id or task.task_id].fnum
+        rows.append(task_row(task, seq + offset, nums[task.task_id], fnum)._replace(extra=extra_after))
+    write.write_tasks(session, rows, {s.row.task_id: s.row for s, _ in changed if s.row is not None})
+    added = sum(1 for step, _ in changed if step.row is None)
+    if added:
+        session.run("UPDATE meta SET value = ? WHERE key = 'task_num'", (last_num,))
+        session.run("UPDATE meta SET value = value + ? WHERE key = 'tasks'", (added,))
+    return [step.task.task_id for step, _ in changed]
+
+
+def _same_lineage(row: TaskRow, task: TaskDetail) -> bool:
+    return (row.name, row.parent_id, row.group_id, row.chord_id) == (
+        task.name, task.parent_id, task.group_id, task.chord_id,
+    )  # fmt: skip
+
+
+def _extra(step: _Step) -> str:
+    """The row's extra JSON: what task_row stores, plus the steps it runs after."""
+    extra: dict[str, Any] = json_decoder.decode(task_row(step.task, 0, 0, 0).extra)
+    extra["after"] = [list(a) for a in step.after]
+    return json_encoder.encode(extra).decode("utf-8")
+
+
+def stored_step(session: Session, task_id: str) -> TaskDetail | None:
+    """A planned or never-run step (a row without events) as a task's detail; None if there is none."""
+    rows = fetch(session, TaskRow, TASK_SELECT + " WHERE task_id = ?", (task_id,))
+    if not rows or rows[0].state not in STEP_STATES:
+        return None
+    detail: TaskDetail = task_from_row(rows[0], TaskDetail)
+    return detail
