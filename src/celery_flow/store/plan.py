@@ -13,19 +13,18 @@ merged and whenever a task of a flow that still has planned steps changes state,
 depend on the order events arrive in. Only flows with planned steps pay anything: the check is the
 flow's PLANNED count, and the rows are read through the partial index `tasks_planned`.
 
-Changes go through the write path's TaskChange / update_counts / write_tasks, so flow and per-name
-counts and the live feed's `seq` stay exact.
+The write path (store/write.py) writes the changes this module decides through its TaskChange /
+update_counts / write_tasks, so flow and per-name counts and the live feed's `seq` stay exact.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple, Protocol
 
 from celery_flow.events import MAX_PLAN_STEPS, Event, PlanStep
 from celery_flow.flow.model import FAILED_STATES, TaskDetail, TaskState
-from celery_flow.store import write
 from celery_flow.store.connection import Session, meta_value, select_in
 from celery_flow.store.rows import (
     TASK_SELECT,
@@ -46,6 +45,24 @@ _NAME_MAX = 512
 _VERB = {"FAILURE": "failed", "REVOKED": "was revoked", "REJECTED": "was rejected", "LOST": "was lost"}
 
 
+class Change(Protocol):
+    """A task's row before a batch and its fold after (the write path's TaskChange)."""
+
+    @property
+    def old(self) -> TaskRow | None: ...
+    @property
+    def new(self) -> TaskDetail: ...
+
+
+class StepChange(NamedTuple):
+    """A planned step's row before (None if new) and after, its number and its extra JSON."""
+
+    old: TaskRow | None
+    new: TaskDetail
+    num: int
+    extra: str
+
+
 @dataclass
 class _Step:
     """A planned step being decided: its task as it will be stored, and what it runs after."""
@@ -55,18 +72,17 @@ class _Step:
     row: TaskRow | None = None
 
 
-def apply_plans(
+def plan_changes(
     session: Session,
     fresh: Sequence[Event],
-    changes: Sequence[write.TaskChange],
-    flows: dict[str, FlowRecord],
-    seq: int,
-    host_runs: dict[str, int],
-) -> list[str]:
-    """Store the plans of `fresh` events and re-decide the planned steps the batch's `changes` touch,
-    written at seq + 1, ...; return the task ids of the rows changed (none, at the cost of two checks,
-    for a batch with no plan in a flow with no planned steps)."""
-    plans = [e for e in fresh if e.plan]
+    changes: Sequence[Change],
+    flows: Mapping[str, FlowRecord],
+) -> list[StepChange]:
+    """The planned steps to write after a batch: those the plans of `fresh` events name, and those of
+    flows with planned steps whose tasks changed state (`changes`, `flows`: the batch's tasks and their
+    flows after it). Nothing is read, at the cost of two checks, for a batch with no plan in a flow with
+    no planned steps. New rows get their numbers here."""
+    plans = sorted((e for e in fresh if e.plan), key=lambda e: (e.ts, e.id))
     moved = {
         flow.fnum
         for c in changes
@@ -82,7 +98,7 @@ def apply_plans(
         return []
     known: dict[str, tuple[str, str | None]] = {c.new.task_id: (c.new.state, c.new.reason) for c in changes}
     _decide(session, steps, known)
-    return _write(session, steps, seq, host_runs)
+    return _changes(session, steps)
 
 
 def _planned(session: Session, fnums: list[int]) -> dict[str, _Step]:
@@ -125,7 +141,7 @@ def _merge_plans(session: Session, plans: Iterable[Event], steps: dict[str, _Ste
         if current is None:
             current = steps[task_id] = _from_row(row) if row is not None else _new_step(event, plan_step)
         _fill(current, event, plan_step)
-        current.after.extend(a for a in afters[task_id] if a not in current.after)
+        current.after = sorted(set(current.after) | set(afters[task_id]))
 
 
 def _clip(value: str) -> str:
@@ -133,10 +149,9 @@ def _clip(value: str) -> str:
 
 
 def _new_step(event: Event, step: PlanStep) -> _Step:
-    name = step.name[:_NAME_MAX].replace("\x00", "\ufffd") if step.name else None
     task = TaskDetail(
         task_id=step.task_id,
-        name=name,
+        name=None,
         state="PLANNED",
         root_id=event.root_id or event.task_id,
         trace_id=event.trace_id,
@@ -148,6 +163,10 @@ def _new_step(event: Event, step: PlanStep) -> _Step:
 def _fill(step: _Step, event: Event, plan: PlanStep) -> None:
     """Fill in what the stored step does not know yet from one more plan naming it."""
     task = step.task
+    if task.updated_at is None or event.ts < task.updated_at:
+        task.updated_at = event.ts  # known since the earliest plan naming it, whatever arrived first
+    if task.name is None and plan.name:
+        task.name = plan.name[:_NAME_MAX].replace("\x00", "\ufffd")
     for name in ("parent_id", "group_id", "chord_id"):
         value = getattr(plan, name)
         if getattr(task, name) is None and value and value != task.task_id:
@@ -212,42 +231,27 @@ def _inherited(task_id: str, reason: str | None) -> str:
     return f"upstream {task_id} never ran"
 
 
-def _write(session: Session, steps: dict[str, _Step], seq: int, host_runs: dict[str, int]) -> list[str]:
-    """Write the steps whose row is new or differs, through the write path's counts."""
-    last_num = meta_value(session, "task_num")
-    nums: dict[str, int] = {}
-    changed: list[tuple[_Step, str]] = []
-    for task_id, step in sorted(steps.items()):
-        extra_after = _extra(step)
+def _changes(session: Session, steps: dict[str, _Step]) -> list[StepChange]:
+    """The steps whose row is new or differs, numbering the new ones (and counting them as tasks)."""
+    last_num = first_num = meta_value(session, "task_num")
+    out: list[StepChange] = []
+    for _, step in sorted(steps.items()):
+        extra = _extra(step)
         row = step.row
-        if row is not None:
-            if (row.state, row.extra) == (step.task.state, extra_after) and _same_lineage(row, step.task):
-                continue
-            nums[task_id] = int(row.num)
-        else:
+        if row is None:
             last_num += 1
-            nums[task_id] = last_num
-        changed.append((step, extra_after))
-    if not changed:
-        return []
-    task_changes = [write.TaskChange(step.row, step.task) for step, _ in changed]
-    flows = write.update_counts(session, task_changes, seq + len(changed), host_runs)
-    rows = []
-    for offset, (step, extra_after) in enumerate(changed, start=1):
-        task = step.task
-        fnum = flows[task.root_id or task.task_id].fnum
-        rows.append(task_row(task, seq + offset, nums[task.task_id], fnum)._replace(extra=extra_after))
-    write.write_tasks(session, rows, {s.row.task_id: s.row for s, _ in changed if s.row is not None})
-    added = sum(1 for step, _ in changed if step.row is None)
-    if added:
+            out.append(StepChange(None, step.task, last_num, extra))
+        elif (row.state, row.extra) != (step.task.state, extra) or not _same_lineage(row, step.task):
+            out.append(StepChange(row, step.task, int(row.num), extra))
+    if last_num != first_num:
         session.run("UPDATE meta SET value = ? WHERE key = 'task_num'", (last_num,))
-        session.run("UPDATE meta SET value = value + ? WHERE key = 'tasks'", (added,))
-    return [step.task.task_id for step, _ in changed]
+        session.run("UPDATE meta SET value = value + ? WHERE key = 'tasks'", (last_num - first_num,))
+    return out
 
 
 def _same_lineage(row: TaskRow, task: TaskDetail) -> bool:
-    return (row.name, row.parent_id, row.group_id, row.chord_id) == (
-        task.name, task.parent_id, task.group_id, task.chord_id,
+    return (row.name, row.parent_id, row.group_id, row.chord_id, row.updated_at) == (
+        task.name, task.parent_id, task.group_id, task.chord_id, task.updated_at,
     )  # fmt: skip
 
 

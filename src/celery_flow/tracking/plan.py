@@ -95,7 +95,9 @@ class _Plan:
             step.after.extend(a for a in after if a not in step.after)
             return [task_id]
         name = sig.get("task")
-        group_id = options.get("group_id")
+        # A chord callback carries its header's group id without being a member: left out, so nothing
+        # takes it for one before its own `sent` says what it is.
+        group_id = options.get("group_id") if on != "chord" else None
         step = self.steps[task_id] = PlanStep(
             task_id=task_id,
             name=name if isinstance(name, str) else None,
@@ -178,12 +180,7 @@ class _Plan:
             step.chord_id = step.chord_id or callback
             if entries:
                 self.link(exit_id, entries)
-        body_exits = self.walk(body, exits, "chord", depth)
-        group_ids = {self.steps[e].group_id for e in exits}
-        if callback in self.steps and len(group_ids) == 1:
-            # Celery gives the callback the header's group id.
-            self.steps[callback].group_id = self.steps[callback].group_id or group_ids.pop()
-        return body_exits
+        return self.walk(body, exits, "chord", depth)
 
     def link(self, source: str, targets: list[str]) -> None:
         step = self.steps.get(source)
