@@ -17,6 +17,8 @@ from tests.support.events import event
 
 from celery_flow.events import MAX_PLAN_STEPS, Event, PlanStep, decode, encode
 from celery_flow.store import TaskFilter, open_store
+from celery_flow.store.backfill import refold_batch
+from celery_flow.store.migrations import schedule_refold
 from celery_flow.store.sql import SqlStore
 from celery_flow.tracking.lineage import freeze_callbacks
 from celery_flow.tracking.plan import plan_of
@@ -300,5 +302,21 @@ def test_any_arrival_order_gives_the_same_plan(
             items, cursor = store.changes_since(cursor, 1000)
             assert {t.task_id for t in items} == set(changed)
         assert _snapshot(store) == EXPECTED
+    finally:
+        store.close()
+
+
+def test_a_refold_keeps_planned_steps() -> None:
+    store = _store()
+    try:
+        store.apply(EVENTS[:4])  # A ran and B was sent: C and D are PLANNED
+        before = _snapshot(store)
+        store._writing(lambda s, _seq: schedule_refold(s))
+        while (batch := refold_batch(store, 2)) is not None and not batch.finished:
+            pass
+        assert _snapshot(store) == before
+        assert {t.task_id: t.state for t in store.flow_tasks("A")} == {
+            "A": "SUCCESS", "B": "PENDING", "C": "PLANNED", "D": "PLANNED",
+        }  # fmt: skip
     finally:
         store.close()
