@@ -42,6 +42,8 @@ from celery_flow.store.rows import (
 STEP_STATES = frozenset({"PLANNED", "NOT_RUN"})
 _ID_MAX = 255
 _NAME_MAX = 512
+# The states of a task that decide the steps after it (a step waits while its tasks are unfinished).
+_DECIDING = FAILED_STATES | {"SUCCESS"}
 _VERB = {"FAILURE": "failed", "REVOKED": "was revoked", "REJECTED": "was rejected", "LOST": "was lost"}
 
 
@@ -79,14 +81,15 @@ def plan_changes(
     flows: Mapping[str, FlowRecord],
 ) -> list[StepChange]:
     """The planned steps to write after a batch: those the plans of `fresh` events name, and those of
-    flows with planned steps whose tasks changed state (`changes`, `flows`: the batch's tasks and their
+    flows with planned steps whose tasks finished (`changes`, `flows`: the batch's tasks and their
     flows after it). Nothing is read, at the cost of two checks, for a batch with no plan in a flow with
     no planned steps. New rows get their numbers here."""
     plans = sorted((e for e in fresh if e.plan), key=lambda e: (e.ts, e.id))
     moved = {
         flow.fnum
         for c in changes
-        if (c.old is None or c.old.state != c.new.state)
+        if c.new.state in _DECIDING
+        and (c.old is None or c.old.state != c.new.state)
         and (flow := flows.get(c.new.root_id or c.new.task_id)) is not None
         and flow.counts.get("PLANNED", 0) > 0
     }
