@@ -33,6 +33,7 @@ from celery_flow.store import lost
 from celery_flow.store.base import StoreStats, TaskFilter
 from celery_flow.store.connection import Session, chunks, meta_value
 from celery_flow.store.failures import cluster_size
+from celery_flow.store.plan import STEP_STATES
 from celery_flow.store.rows import (
     FLOW_SELECT,
     NAME_STATS_SELECT,
@@ -222,11 +223,18 @@ def _paged(
 
 def get_task(s: Session, task_id: str) -> TaskDetail | None:
     stored = fetch(s, TaskRow, TASK_SELECT + " WHERE task_id = ?", (task_id,))
-    rows = s.rows("SELECT data FROM events WHERE num = ?", (stored[0].num,)) if stored else []
-    if not rows:
+    if not stored:
         return None
-    task = fold_task(task_id, [event_decoder.decode(r[0]) for r in rows])
-    lost.overlay(task, stored[0])
+    rows = s.rows("SELECT data FROM events WHERE num = ?", (stored[0].num,))
+    task: TaskDetail
+    if rows:
+        task = fold_task(task_id, [event_decoder.decode(r[0]) for r in rows])
+        lost.overlay(task, stored[0])
+    elif stored[0].state in STEP_STATES:
+        # A planned (or never run) step has no events: its row is all there is.
+        task = task_from_row(stored[0], TaskDetail)
+    else:
+        return None
     task.children = [
         r[0]
         for r in s.rows(
@@ -312,13 +320,15 @@ def registry(s: Session) -> list[RegisteredTask]:
     out: list[RegisteredTask] = []
     for name in sorted(set(stats) | set(announced)):
         by_state = counts.get(name, {})
-        finished = sum(by_state.get(state, 0) for state in TERMINAL_STATES)
+        # Planned and never-run steps are not runs.
+        runs = {state: n for state, n in by_state.items() if state not in STEP_STATES}
+        finished = sum(runs.get(state, 0) for state in TERMINAL_STATES)
         recent = runtimes.get(name, [])
         info = announced.get(name)
         out.append(
             RegisteredTask(
-                name=name, counts=by_state, total=sum(by_state.values()),
-                failure_rate=by_state.get("FAILURE", 0) / finished if finished else 0.0,
+                name=name, counts=by_state, total=sum(runs.values()),
+                failure_rate=runs.get("FAILURE", 0) / finished if finished else 0.0,
                 p50=_percentile(recent, 0.5), p95=_percentile(recent, 0.95),
                 signature=info.signature if info else None, doc=info.doc if info else None,
                 workers=list(json_decoder.decode(info.workers)) if info else [],

@@ -24,6 +24,7 @@ from celery_flow.flow.model import TERMINAL_STATES, TaskDetail
 from celery_flow.store import lost
 from celery_flow.store.connection import Row, Session, chunks, in_list, meta_value, select_in
 from celery_flow.store.failures import ClusterMoves
+from celery_flow.store.plan import plan_changes
 from celery_flow.store.rows import (
     FLOW_SELECT,
     NAME_STATS_SELECT,
@@ -225,6 +226,14 @@ def _apply_tasks(
         "UPDATE meta SET value = ? WHERE key = ?",
         [(last_num, "task_num"), (last_event + len(fresh), "event_num")],
     )
+    steps = plan_changes(session, fresh, changes, flows)
+    if steps:  # planned steps (store/plan.py), numbered after the tasks of this batch
+        seq += len(task_ids)
+        flows = update_counts(session, [TaskChange(s.old, s.new) for s in steps], seq + len(steps), host_runs)
+        rows = [task_row(s.new, seq + i, s.num, flows[s.new.root_id or ""].fnum)._replace(extra=s.extra)
+                for i, s in enumerate(steps, start=1)]  # fmt: skip
+        write_tasks(session, rows, {s.old.task_id: s.old for s in steps if s.old is not None})
+        task_ids = task_ids + [s.new.task_id for s in steps]
     return task_ids
 
 

@@ -28,6 +28,7 @@ from celery_flow.tracking.lineage import (
     iso_to_epoch,
     links_of,
 )
+from celery_flow.tracking.plan import plan_of
 from celery_flow.tracking.publisher import Publisher
 from celery_flow.tracking.scrub import KeyScrubber
 from celery_flow.tracking.trace import ROOT_HEADER, TRACE_HEADER, executing_task, publish_trace_id
@@ -135,6 +136,7 @@ class Tracker:
             if has_callbacks or embed.get("chain") or embed.get("chord"):
                 fields["links"], fields["link_errors"] = links_of(embed)
                 fields["chord_id"] = chord_callback_id(embed.get("chord"))
+                fields["plan"] = plan_of(headers["id"], embed)
             if self.settings.capture_args:
                 fields["args"] = self.capture.args(body[0])
                 fields["kwargs"] = self.capture.kwargs(body[1])
