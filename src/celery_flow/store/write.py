@@ -20,6 +20,7 @@ import msgspec
 from celery_flow.events import TASK_EVENT_TYPES, WORKER_EVENT_TYPES, Event, encode
 from celery_flow.flow.fold import fold_task
 from celery_flow.flow.model import TERMINAL_STATES, TaskDetail
+from celery_flow.store import search
 from celery_flow.store.connection import Row, Session, chunks, in_list, meta_value, select_in
 from celery_flow.store.rows import (
     FLOW_SELECT,
@@ -207,6 +208,9 @@ def _apply_tasks(
         for offset, c in enumerate(changes, start=1)
     ]
     write_tasks(session, rows, old_rows)
+    search.index(
+        session, [(nums[c.new.task_id], c.new) for c in changes], [int(r.num) for r in old_rows.values()]
+    )
     recent.remember(task_ids, by_task, seq)
     added = sum(1 for task_id in task_ids if task_id not in old_rows)
     session.many(
