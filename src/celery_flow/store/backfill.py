@@ -157,7 +157,7 @@ def _rewrite(s: Session, rows: list[TaskRow], events: dict[int, list[Event]], se
     """Write the rows whose fold differs from the stored one; counts follow rows whose totals moved."""
     new_rows: list[TaskRow] = []
     moved: list[TaskChange] = []
-    folded: list[tuple[int, TaskDetail]] = []
+    folded: list[tuple[int, int, TaskDetail]] = []
     for i, row in enumerate(rows):
         if i % YIELD_EVERY == 0:
             time.sleep(0)  # let a request thread of this process take the GIL now, not in 5 ms
@@ -165,7 +165,7 @@ def _rewrite(s: Session, rows: list[TaskRow], events: dict[int, list[Event]], se
         if not stored:  # never derive a task from nothing (a row is always stored with its events)
             continue
         task = fold_task(row.task_id, stored)
-        folded.append((int(row.num), task))
+        folded.append((int(row.num), int(row.seq), task))
         new = task_row(task, row.seq, row.num, row.fnum)
         if new == row:
             continue
@@ -184,7 +184,7 @@ def _rewrite(s: Session, rows: list[TaskRow], events: dict[int, list[Event]], se
             apply_workers(s, [], {host: n for host, n in host_runs.items() if n})
     if new_rows:
         write_tasks(s, new_rows, {row.task_id: row for row in rows})
-    search.index(s, folded, [num for num, _ in folded])
+    search.index(s, folded, {num: seq for num, seq, _ in folded})
 
 
 def _finish(s: Session, meta: dict[str, int]) -> None:

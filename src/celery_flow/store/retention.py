@@ -1,7 +1,7 @@
 """Retention: deleting the oldest tasks (by first-seen time) beyond an age or a count, in short slices.
 
-A deleted task takes its events and its search entry with it; its name's counts go down and each flow that lost tasks is
-recounted from the tasks left (deleted once none are).
+A deleted task takes its events and its search entry with it; its name's counts go down and each flow
+that lost tasks is recounted from the tasks left (deleted once none are).
 """
 
 from __future__ import annotations

@@ -26,8 +26,11 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterable, Sequence
-from typing import Any, Final, Literal
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Final, Literal, NamedTuple
+
+import msgspec
 
 from celery_flow.flow.model import TaskDetail
 from celery_flow.store.connection import Session, chunks, in_list, select_in
@@ -51,6 +54,7 @@ SPARSE = 2000
 
 Target = Literal["tasks", "flows"]
 
+_encoder = msgspec.json.Encoder()
 _WORD = re.compile(r"[^\W_]+")
 _ENDS_IN_WORD = re.compile(r"[^\W_]+$")
 # A query term: key:value (each bare or "quoted"), a "quoted phrase", or a bare word.
@@ -88,9 +92,10 @@ def words(text: str) -> list[str]:
 
 def _clean(text: str) -> str:
     """`text` without scrub and cycle marks, and up to a truncation mark, less the word it cut."""
-    mark = TRUNCATED.search(text)
-    if mark is not None:
-        text = _ENDS_IN_WORD.sub("", text[: mark.start()])
+    if "…" in text:
+        mark = TRUNCATED.search(text)
+        if mark is not None:
+            text = _ENDS_IN_WORD.sub("", text[: mark.start()])
     if "[" in text:
         text = text.replace(FILTERED, " ").replace(CYCLE, " ")
     return text
@@ -99,17 +104,18 @@ def _clean(text: str) -> str:
 def _value_text(value: Any) -> str | None:
     """The text a `key:value` term compares with (lower case), or None: a value that is not a scalar,
     scrubbed or cut."""
-    if isinstance(value, str):
-        if value == FILTERED or TRUNCATED.search(value):
+    kind = type(value)
+    if kind is str:
+        if value == FILTERED or ("…" in value and TRUNCATED.search(value)):
             return None
-        return value.lower()
-    if isinstance(value, bool):
+        return str(value.lower())
+    if kind is bool:
         return "true" if value else "false"
     if value is None:
         return "null"
-    if isinstance(value, int):
+    if kind is int:
         return str(value)
-    if isinstance(value, float):
+    if kind is float:
         return str(int(value)) if value.is_integer() else repr(value)
     return None
 
@@ -119,58 +125,101 @@ def pair_token(key: str, value: str) -> str:
     return "=" + hashlib.blake2b(f"{key}\x00{value}".encode(), digest_size=8).hexdigest()
 
 
-class _Tokens:
-    """An insertion-ordered set of tokens, full at MAX_TOKENS."""
+def _walk(value: Any, out: dict[str, None], pairs: bool) -> None:
+    """Add the words of every string and number in `value` to `out`, and its key:value pairs if `pairs`."""
+    kind = type(value)
+    if kind is str:
+        out.update(dict.fromkeys(words(_clean(value))))
+    elif kind is int or kind is float:
+        out.update(dict.fromkeys(words(str(value))))
+    elif kind is dict:
+        for key, item in value.items():
+            if key == TRUNCATED_KEY:
+                continue
+            if pairs:
+                lower = key.lower()
+                for scalar in item if type(item) is list else (item,):
+                    text = _value_text(scalar)
+                    if text is not None:
+                        out[pair_token(lower, text)] = None
+            _walk(item, out, pairs)
+    elif kind is list:
+        for item in value:
+            _walk(item, out, pairs)
 
-    def __init__(self) -> None:
-        self.seen: dict[str, None] = {}
 
-    def add(self, tokens: Iterable[str]) -> None:
-        seen = self.seen
-        for token in tokens:
-            if len(seen) >= MAX_TOKENS:
-                return
-            seen[token] = None
+def _call_tokens(task: TaskDetail) -> list[str]:
+    """The tokens of how a task was called: its args and kwargs (fixed once it was sent)."""
+    out: dict[str, None] = {}
+    _walk(task.args, out, pairs=True)
+    _walk(task.kwargs, out, pairs=True)
+    return list(out)
 
-    def text(self, text: str) -> None:
-        self.add(words(_clean(text)))
 
-    def value(self, value: Any, pairs: bool) -> None:
-        """Words of every string, number and key in `value`; its key:value pairs if `pairs`."""
-        if isinstance(value, str):
-            self.text(value)
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            self.add(words(str(value)))
-        elif isinstance(value, dict):
-            for key, item in value.items():
-                if key == TRUNCATED_KEY:
-                    continue
-                self.text(key)
-                if pairs:
-                    self._pairs(key.lower(), item)
-                self.value(item, pairs)
-        elif isinstance(value, list):
-            for item in value:
-                self.value(item, pairs)
+def _outcome_tokens(task: TaskDetail) -> list[str]:
+    """The tokens of how it ended: its result and exception message."""
+    out: dict[str, None] = {}
+    _walk(task.result, out, pairs=False)
+    if task.exception:
+        out.update(dict.fromkeys(words(_clean(task.exception))))
+    return list(out)
 
-    def _pairs(self, key: str, value: Any) -> None:
-        for item in value if isinstance(value, list) else (value,):
-            text = _value_text(item)
-            if text is not None:
-                self.add((pair_token(key, text),))
+
+def _merged(call: list[str], outcome: list[str]) -> list[str]:
+    """The stored form: sorted, distinct, at most MAX_TOKENS (the call's tokens first)."""
+    tokens = dict.fromkeys(call)
+    tokens.update(dict.fromkeys(outcome))
+    if len(tokens) > MAX_TOKENS:
+        return sorted(list(tokens)[:MAX_TOKENS])
+    return sorted(tokens)
 
 
 def task_tokens(task: TaskDetail) -> list[str]:
     """Every token `task` is found by, sorted (the stored form, compared to see what changed)."""
-    tokens = _Tokens()
-    if task.name:
-        tokens.text(task.name)
-    tokens.value(task.args, pairs=True)
-    tokens.value(task.kwargs, pairs=True)
-    tokens.value(task.result, pairs=False)
-    if task.exception:
-        tokens.text(task.exception)
-    return sorted(tokens.seen)
+    return _merged(_call_tokens(task), _outcome_tokens(task))
+
+
+def _sources(task: TaskDetail) -> tuple[bytes, bytes]:
+    """What `_call_tokens` and `_outcome_tokens` read, encoded: equal sources, equal tokens."""
+    return _encoder.encode((task.args, task.kwargs)), _encoder.encode((task.result, task.exception))
+
+
+class _Indexed(NamedTuple):
+    seq: int  # of the row written with this entry
+    call: bytes  # the sources (`_sources`) the tokens came from
+    outcome: bytes
+    call_tokens: list[str]
+    tokens: list[str]  # as stored
+
+
+class Recent:
+    """What this process indexed last for each task, with the `seq` its row was written at: while the
+    row still carries that seq, the stored entry is known without reading it, and a fold whose digests
+    are unchanged is indexed as it stands."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._entries: dict[int, _Indexed] = {}
+        self._lock = threading.Lock()
+
+    def get(self, num: int, seq: int | None) -> _Indexed | None:
+        with self._lock:
+            entry = self._entries.get(num)
+        return entry if entry is not None and entry.seq == seq else None
+
+    def remember(self, entries: Iterable[tuple[int, _Indexed]]) -> None:
+        with self._lock:
+            cache = self._entries
+            for num, entry in entries:
+                cache.pop(num, None)
+                cache[num] = entry
+            while len(cache) > self.size:
+                del cache[next(iter(cache))]
+
+    def clear(self) -> None:
+        """Forget everything: entries of a transaction that rolled back must never match."""
+        with self._lock:
+            self._entries.clear()
 
 
 # -- queries --------------------------------------------------------------------------------------
@@ -235,28 +284,51 @@ def condition(session: Session, text: str, target: Target) -> tuple[str, list[An
 # -- writes ---------------------------------------------------------------------------------------
 
 
-def index(session: Session, tasks: Sequence[tuple[int, TaskDetail]], stored: Iterable[int]) -> None:
-    """Index each (num, folded task) whose tokens differ from the stored ones; `stored`: the numbers
-    that may have an entry already (tasks new to the store have none, and cost no read)."""
-    fresh = {num: task_tokens(task) for num, task in tasks}
+def index(
+    session: Session,
+    tasks: Sequence[tuple[int, int, TaskDetail]],
+    stored: Mapping[int, int],
+    recent: Recent | None = None,
+) -> None:
+    """Index each (num, seq, folded task) whose tokens differ from the stored ones.
+
+    `stored`: the seq of the stored row of each task that may have an entry already (tasks new to the
+    store have none, and cost no read). `recent` spares computing the tokens of an unchanged call and
+    reading entries this process wrote.
+    """
     engine = dialect(session)
+    entries: list[tuple[int, _Indexed]] = []
     old: dict[int, list[str]] = {}
-    maybe = sorted(set(stored) & set(fresh))
-    if maybe:
+    unknown: list[int] = []
+    for num, seq, task in tasks:
+        call, outcome = _sources(task)
+        before = recent.get(num, stored.get(num)) if recent is not None else None
+        if before is not None:
+            old[num] = before.tokens
+            if before.call == call and before.outcome == outcome:
+                entries.append((num, before._replace(seq=seq)))
+                continue
+        elif num in stored:
+            unknown.append(num)
+        call_tokens = before.call_tokens if before is not None and before.call == call else _call_tokens(task)
+        tokens = _merged(call_tokens, _outcome_tokens(task))
+        entries.append((num, _Indexed(seq, call, outcome, call_tokens, tokens)))
+    if unknown:
         sql = f"SELECT {_NUM[engine]}, tokens FROM task_search WHERE {_NUM[engine]} IN {{}}"
-        for num, tokens in select_in(session, sql, maybe):
+        for num, tokens in select_in(session, sql, unknown):
             old[int(num)] = tokens.split(" ") if isinstance(tokens, str) else list(tokens)
-    changed = [num for num, tokens in fresh.items() if old.get(num, []) != tokens]
-    if not changed:
-        return
-    forget(session, [num for num in changed if num in old])
-    rows = [(num, fresh[num]) for num in changed if fresh[num]]
-    if engine == "postgresql":
-        session.many("INSERT INTO task_search (num, tokens) VALUES (?, ?)", rows)
-    else:
-        session.many(
-            "INSERT INTO task_search (rowid, tokens) VALUES (?, ?)", [(n, " ".join(t)) for n, t in rows]
-        )
+    changed = [(num, entry.tokens) for num, entry in entries if old.get(num, []) != entry.tokens]
+    if changed:
+        forget(session, [num for num, _ in changed if old.get(num)])
+        rows = [(num, tokens) for num, tokens in changed if tokens]
+        if engine == "postgresql":
+            session.many("INSERT INTO task_search (num, tokens) VALUES (?, ?)", rows)
+        else:
+            session.many(
+                "INSERT INTO task_search (rowid, tokens) VALUES (?, ?)", [(n, " ".join(t)) for n, t in rows]
+            )
+    if recent is not None:
+        recent.remember(entries)
 
 
 def forget(session: Session, nums: Sequence[int]) -> None:
