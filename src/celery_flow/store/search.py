@@ -255,10 +255,13 @@ def _matching(session: Session, tokens: Sequence[str]) -> tuple[str, Any]:
 
 
 def _probe(session: Session, num: str) -> str:
-    """An EXISTS true when the task numbered by column `num` holds every token (one parameter)."""
+    """True when the task numbered by column `num` holds every token (one parameter), checked per row
+    as a list's walk passes it. PostgreSQL probes its entry by primary key; SQLite, whose FTS5 reads a
+    token's whole posting list per probe, reads the matches once into a set (`+` keeps it from
+    driving the query instead of the list's own index)."""
     if dialect(session) == "postgresql":
         return f"EXISTS (SELECT 1 FROM task_search x WHERE x.num = {num} AND x.tokens @> CAST(? AS TEXT[]))"
-    return f"EXISTS (SELECT 1 FROM task_search WHERE task_search MATCH ? AND rowid = {num})"
+    return f"+{num} IN (SELECT rowid FROM task_search WHERE task_search MATCH ?)"
 
 
 def condition(session: Session, text: str, target: Target) -> tuple[str, list[Any]] | None:
