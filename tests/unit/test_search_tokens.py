@@ -47,7 +47,8 @@ def test_markers_are_the_ones_the_tracking_library_writes() -> None:
     assert TRUNCATED.search(truncate_text("a" * 100, 64))
     assert TRUNCATED.search(capture.value(b"b" * 100))
     cut = capture.value({f"k{i}": i for i in range(200)})
-    assert TRUNCATED_KEY in cut and TRUNCATED.search(TRUNCATED_KEY + cut[TRUNCATED_KEY])
+    assert TRUNCATED_KEY in cut
+    assert TRUNCATED.search(TRUNCATED_KEY + cut[TRUNCATED_KEY])
     items = capture.value(list(range(200)))
     assert TRUNCATED.search(items[-1])
     looped: list[object] = []
@@ -148,7 +149,9 @@ def test_parse_never_raises_and_yields_only_plain_tokens(query: str) -> None:
     tokens = parse(query)
     assert len(tokens) <= MAX_TERMS
     for token in tokens:
-        assert token and '"' not in token and " " not in token
+        assert token
+        assert '"' not in token
+        assert " " not in token
         assert token.startswith("=") or token.isalnum()
 
 

@@ -145,7 +145,8 @@ def _common_filters(
     if filt.until is not None:
         where.append("ts < ?")
         params.append(filt.until)
-    text = (filt.q or "").strip()
+    # No id or name holds a NUL (and PostgreSQL refuses one in a parameter).
+    text = (filt.q or "").replace("\x00", "").strip()
     if not text:
         return []
     # Ids by prefix (a primary-key range); names by case-insensitive substring, resolved first against
