@@ -2,7 +2,8 @@
 
 Each flow is a root task that spawns a chain of two tasks and a chord of four with a callback, as a
 Celery canvas would: 8 tasks, 32 events (sent, received, started, succeeded/failed), with lineage,
-trace ids, hostnames, args/kwargs/results of a realistic size. Flows start at a steady rate and their
+trace ids, hostnames, args/kwargs/results of a realistic size (kwargs with ids, an e-mail, a country
+and a nested order, as the argument search finds them). Flows start at a steady rate and their
 events are interleaved in time order, so one batch of a stream holds the middles of many tasks.
 """
 
@@ -18,6 +19,10 @@ from celery_flow.events import Event
 NAMES = ("app.tasks.fetch", "app.tasks.parse", "app.tasks.store", "app.tasks.notify", "app.tasks.resize")
 HOSTS = tuple(f"celery@worker{i}" for i in range(8))
 TASKS_PER_FLOW = 8
+# Customers the kwargs name (each of 1,000,000 tasks' customer_id is shared by ~10 tasks).
+CUSTOMERS = 100_000
+COUNTRIES = ("DE", "FR", "US", "GB", "NL", "ES", "IT", "PL", "SE", "JP")
+FIRST_NAMES = ("ada", "grace", "alan", "edsger", "barbara", "donald", "ken", "linus", "margaret", "john")
 EVENTS_PER_FLOW = TASKS_PER_FLOW * 4
 
 
@@ -44,8 +49,7 @@ def _task_events(
 
     out = [
         make("sent", t, queue="celery", args=[rng.randrange(10**6), "s3://bucket/key/" + task_id[:8]],
-             kwargs={"retries": 3, "priority": "high"}, info={"producer": "web-1"},
-             **lineage_fields, **lineage),
+             kwargs=_kwargs(rng), info={"producer": "web-1"}, **lineage_fields, **lineage),
         make("received", t + 0.002, **lineage_fields, **worker),
         make("started", t + 0.003, **lineage_fields, **worker),
     ]  # fmt: skip
@@ -97,6 +101,21 @@ def failure(rng: random.Random, retry: bool) -> tuple[str, str]:
     last = f"celery.exceptions.{text}" if retry else text
     tb = f"Traceback (most recent call last):\n{_CELERY_FRAME}{frames}{last}\n"
     return text, tb
+
+
+def _kwargs(rng: random.Random) -> dict[str, Any]:
+    """Keyword arguments as an application passes them: ids, an e-mail, a country, a nested order."""
+    customer = rng.randrange(CUSTOMERS)
+    return {
+        "customer_id": customer,
+        "email": f"{FIRST_NAMES[customer % len(FIRST_NAMES)]}.{customer}@example.com",
+        "country": rng.choice(COUNTRIES),
+        "order": {
+            "id": rng.randrange(10**9),
+            "items": [{"sku": f"SKU-{rng.randrange(5000)}", "qty": rng.randrange(1, 5)} for _ in range(2)],
+        },
+        "priority": "high",
+    }
 
 
 def flow_events(rng: random.Random, t0: float) -> list[Event]:

@@ -161,13 +161,12 @@ def build_api_router(
 
     @router.get("/tasks", response_model=TaskPage, summary="Tasks, newest first")
     def list_tasks(
-        query: ListQuery, state: Annotated[TaskState | None, Query()] = None, fingerprint: Fingerprint = None
+        query: ListQuery,
+        state: Annotated[TaskState | None, Query()] = None,
+        fingerprint: Fingerprint = None,
+        stuck: Stuck = False,
     ) -> TaskPage:
-        filt = replace(query.filter, state=state, fingerprint=fingerprint)
-]
-        query: ListQuery, state: Annotated[TaskState | None, Query()] = None, stuck: Stuck = False
-    ) -> TaskPage:
-        filt = replace(query.filter, state=state, stuck=stuck)
+        filt = replace(query.filter, state=state, fingerprint=fingerprint, stuck=stuck)
         page = guarded(lambda: store().list_tasks(filt, query.limit, query.cursor), query.cursor)
         return TaskPage(items=page.items, next_cursor=page.next_cursor)
 

@@ -11,6 +11,8 @@ task stored before the migration is folded again by the new code, in task-number
 - A task is folded from the events stored when its batch runs. A consumer's write either committed
   before (its events are folded in) or waits for the batch and then re-folds the task itself with the
   new code, so a batch never writes a state older than the stored one.
+- Each task's search entry (store/search.py) is written when its tokens differ from the stored ones:
+  a store migrated to schema 4 gets its search index filled here.
 - Only rows that change are written, keeping their change number (seq): live clients are not sent
   every task again, and the consumer's cache of recent event sets (valid per seq) stays valid, since
   events are never touched. When a row's state, lineage or times change (a fold rule changed), its
@@ -33,7 +35,7 @@ from typing import Any
 from celery_flow.events import Event
 from celery_flow.flow.fold import fold_task
 from celery_flow.flow.model import TaskDetail
-from celery_flow.store import lost
+from celery_flow.store import lost, search
 from celery_flow.store.base import StoreError
 from celery_flow.store.connection import Session, SqlConnections
 from celery_flow.store.failures import stored_causes
@@ -183,6 +185,11 @@ def _rewrite(s: Session, rows: list[TaskRow], events: dict[int, list[Event]], se
             apply_workers(s, [], {host: n for host, n in host_runs.items() if n})
     if new_rows:
         write_tasks(s, new_rows, {row.task_id: row for row in rows})
+    search.index(
+        s,
+        [(int(row.num), int(row.seq), task) for row, task in folded],
+        {int(row.num): int(row.seq) for row, _ in folded},
+    )
 
 
 def _finish(s: Session, meta: dict[str, int]) -> None:

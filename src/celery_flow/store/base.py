@@ -34,7 +34,9 @@ class TaskFilter:
     root_id: str | None = None
     trace_id: str | None = None
     worker: str | None = None
-    q: str | None = None  # free text over task ids and names
+    # free text: task id prefixes, names, and words and key:value pairs inside args, kwargs, results and
+    # errors (store/search.py)
+    q: str | None = None
     since: float | None = None
     until: float | None = None
     # Tasks whose latest failure or retry had this cause (store/failures.py).

@@ -30,7 +30,6 @@ from celery_flow.store.rows import (
     TASK_SELECT,
     FlowRecord,
     TaskRow,
-    fetch,
     fetch_in,
     json_decoder,
     json_encoder,

@@ -62,6 +62,7 @@ def redact(url: str) -> str:
 
 
 class _Session:
+    dialect = "postgresql"
     __slots__ = ("conn",)
 
     def __init__(self, conn: Any) -> None:

@@ -29,7 +29,7 @@ from celery_flow.flow.model import (
     TraceView,
     WorkerInfo,
 )
-from celery_flow.store import lost
+from celery_flow.store import lost, search
 from celery_flow.store.base import StoreStats, TaskFilter
 from celery_flow.store.connection import Session, chunks, meta_value
 from celery_flow.store.failures import cluster_size
@@ -151,7 +151,8 @@ def _common_filters(
     if filt.until is not None:
         where.append("ts < ?")
         params.append(filt.until)
-    text = (filt.q or "").strip()
+    # No id or name holds a NUL (and PostgreSQL refuses one in a parameter).
+    text = (filt.q or "").replace("\x00", "").strip()
     if not text:
         return []
     # Ids by prefix (a primary-key range); names by case-insensitive substring, resolved first against
@@ -161,6 +162,10 @@ def _common_filters(
     names = [r[0] for r in s.rows("SELECT name FROM name_stats") if needle in r[0].lower()]
     alternatives = [(f"{id_column} >= ? AND {id_column} < ?", [text, text + "\U0010ffff"])]
     alternatives += [(f"{name_column} = ?", [name]) for name in sorted(names)[:MAX_Q_NAMES]]
+    # Words and key:value pairs inside arguments, results and errors (store/search.py).
+    inside = search.condition(s, text, "tasks" if id_column == "task_id" else "flows")
+    if inside is not None:
+        alternatives.append(inside)
     return alternatives
 
 

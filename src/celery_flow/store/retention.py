@@ -1,7 +1,8 @@
 """Retention: deleting the oldest tasks (by first-seen time) beyond an age or a count, in short slices.
 
-A deleted task takes its events with it; its name's counts and its failure clusters' counts go down and
-each flow that lost tasks is recounted from the tasks left (deleted once none are).
+A deleted task takes its events and its search entry with it; its name's counts and its failure
+clusters' counts go down and each flow that lost tasks is recounted from the tasks left (deleted once none
+are).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import time
 from collections.abc import Callable
 from typing import NamedTuple
 
+from celery_flow.store import search
 from celery_flow.store.connection import Session, chunks, in_list, meta_value, select_in
 from celery_flow.store.failures import ClusterMoves, row_causes
 from celery_flow.store.rows import FlowRecord, fetch_in, select
@@ -93,6 +95,7 @@ def _delete_tasks(session: Session, seq: int, ids: list[str]) -> None:
     for chunk in chunks(nums):
         events += session.run(f"DELETE FROM events WHERE num IN {in_list(chunk)}", chunk)
         session.run(f"DELETE FROM tasks WHERE num IN {in_list(chunk)}", chunk)
+        search.forget(session, chunk)
     deltas: dict[str, list[int]] = {}
     for task in doomed:
         if task.name:

@@ -27,6 +27,8 @@ Tables:
 - counters: consumer counters (rejected per kind, publisher drops) added in the same transaction.
 - meta: store-wide numbers: the schema version, the change counter, row counts (so health never counts
   a big table) and the progress of a background re-fold (store/backfill.py).
+- task_search: the search index of the words and key:value pairs in each task's arguments, result and
+  error (store/search.py), one engine's own kind of index each, so its DDL lives there.
 - migrations: one row per schema version this store was created at or migrated to, with the
   celery-flow version that did it (store/migrations.py).
 """
@@ -35,6 +37,8 @@ from __future__ import annotations
 
 import re
 from typing import Literal
+
+from celery_flow.store.search import DDL as SEARCH_DDL
 
 Dialect = Literal["sqlite", "postgresql"]
 
@@ -217,7 +221,7 @@ WORKER_COLUMNS = (
 
 def ddl(dialect: Dialect) -> list[str]:
     """The CREATE statements for one engine, one statement per item."""
-    return render(_DDL, dialect)
+    return [*render(_DDL, dialect), *SEARCH_DDL[dialect]]
 
 
 def render(text: str, dialect: Dialect) -> list[str]:

@@ -28,6 +28,7 @@ FIX_HINT = "choose a writable path with --store sqlite:///path/to/flow.db or CEL
 
 
 class _Session:
+    dialect = "sqlite"
     __slots__ = ("cursor",)
 
     def __init__(self, cursor: sqlite3.Cursor) -> None:

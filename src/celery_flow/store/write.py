@@ -21,7 +21,7 @@ import msgspec
 from celery_flow.events import TASK_EVENT_TYPES, WORKER_EVENT_TYPES, Event, encode
 from celery_flow.flow.fold import fold_task
 from celery_flow.flow.model import TERMINAL_STATES, TaskDetail
-from celery_flow.store import lost
+from celery_flow.store import lost, search
 from celery_flow.store.connection import Row, Session, chunks, in_list, meta_value, select_in
 from celery_flow.store.failures import ClusterMoves
 from celery_flow.store.plan import plan_changes
@@ -102,6 +102,8 @@ class RecentEvents:
         self.size = size
         self._sets: dict[str, tuple[int, list[Event]]] = {}
         self._lock = threading.Lock()
+        # What the search index holds of the same tasks (store/search.py), valid by seq the same way.
+        self.search = search.Recent(size)
 
     def matching(self, rows: Iterable[TaskRow]) -> dict[str, list[Event]]:
         """The cached event sets of those rows whose `seq` is still the one they were cached at."""
@@ -127,6 +129,7 @@ class RecentEvents:
         """Forget everything: entries written by a transaction that rolled back must never match."""
         with self._lock:
             self._sets.clear()
+        self.search.clear()
 
 
 @dataclass
@@ -217,6 +220,9 @@ def _apply_tasks(
         for offset, c in enumerate(changes, start=1)
     ]
     write_tasks(session, rows, old_rows)
+    stored = {int(r.num): int(r.seq) for r in old_rows.values()}
+    indexed = [(row.num, row.seq, c.new) for row, c in zip(rows, changes, strict=True)]
+    search.index(session, indexed, stored, recent.search)
     recent.remember(task_ids, by_task, seq)
     added = sum(1 for task_id in task_ids if task_id not in old_rows)
     session.many(
