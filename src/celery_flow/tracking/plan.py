@@ -25,6 +25,9 @@ __all__ = ["plan_of"]
 
 # Deepest nesting of canvases followed.
 _MAX_DEPTH = 20
+# Most task ids a plan's `after`, `links` and `link_errors` lists hold in all: a group after a group has
+# one id per pair of members, and the event must stay far below the size the server accepts.
+MAX_PLAN_IDS = 10_000
 _Exits = list[str]
 
 
@@ -70,6 +73,21 @@ class _Plan:
 
     def __init__(self) -> None:
         self.steps: dict[str, PlanStep] = {}
+        self.ids = 0  # ids in the steps' lists so far (MAX_PLAN_IDS)
+
+    def _room(self, wanted: int) -> bool:
+        """Whether `wanted` more ids fit, counting them in if so."""
+        if self.ids + wanted > MAX_PLAN_IDS:
+            return False
+        self.ids += wanted
+        return True
+
+    def _add(self, have: list[str], new: list[str], own: str) -> None:
+        """Append the ids of `new` not in `have` (nor `own`), while they fit."""
+        present = set(have)
+        extra = [i for i in dict.fromkeys(new) if i not in present and i != own]
+        if extra and self._room(len(extra)):
+            have.extend(extra)
 
     def walk(self, sig: Any, after: list[str], on: PlanCondition, depth: int) -> _Exits:
         """Add the steps of `sig`, run after `after` on `on`; return the ids whose end ends `sig`."""
@@ -92,8 +110,10 @@ class _Plan:
             return []
         step = self.steps.get(task_id)
         if step is not None:
-            step.after.extend(a for a in after if a not in step.after)
+            self._add(step.after, after, task_id)
             return [task_id]
+        if not self._room(len(after)):
+            return []
         name = sig.get("task")
         # A chord callback carries its header's group id without being a member: left out, so nothing
         # takes it for one before its own `sent` says what it is.
@@ -113,8 +133,9 @@ class _Plan:
         if isinstance(chord, Mapping):  # the last step of a chain inside a chord header
             step.chord_id = chord_callback_id(chord)
             links.extend(self.callback_entries(chord, [task_id], depth + 1))
-        step.links = links or None
-        step.link_errors = errors or None
+        step.links = links[: max(0, MAX_PLAN_IDS - self.ids)] or None
+        step.link_errors = errors[: max(0, MAX_PLAN_IDS - self.ids)] or None
+        self.ids += len(step.links or ()) + len(step.link_errors or ())
         return [task_id]
 
     def each(self, value: Any, after: list[str], on: PlanCondition, depth: int) -> list[str]:
@@ -187,5 +208,5 @@ class _Plan:
         if step is None:
             return
         links = step.links if step.links is not None else []
-        links.extend(t for t in targets if t not in links and t != source)
+        self._add(links, targets, source)
         step.links = links or None
