@@ -151,6 +151,13 @@ def test_link_and_link_error(app: Celery, sent: list[Any]) -> None:
                                             embed["errbacks"][0]["options"]["task_id"]]  # fmt: skip
 
 
+def test_an_errback_run_inline_is_left_out(app: Celery, sent: list[Any]) -> None:
+    t(app, "a").apply_async(link_error=[t(app, "errback").s(), t(app, "b").s()])
+    ((task_id, _, embed),) = sent
+    plan = plan_of(task_id, embed, lambda sig: sig["task"] == "p.errback")
+    assert [s.name for s in plan or ()] == ["p.b"]
+
+
 def test_a_plan_is_capped(app: Celery, sent: list[Any]) -> None:
     a, b, s = t(app, "a"), t(app, "b"), t(app, "sum")
     chain(a.s(), chord([b.si() for _ in range(MAX_PLAN_STEPS + 200)], s.s())).apply_async()

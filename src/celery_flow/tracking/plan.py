@@ -8,14 +8,15 @@ and its nested canvases: a chain holding a group or a chord, a chord whose callb
 chord, a chord of chains. Celery freezes canvases before sending, so each step already has its task id
 in `options.task_id`; a signature without one (a link_error copied onto every step of a chain, which
 gets its id only when it fires) is left out, as is anything decided while a task runs (`replace()`,
-tasks it sends itself).
+tasks it sends itself), as is an errback Celery calls inside the worker (one taking the request, the
+exception and the traceback) rather than sending it.
 
 Pure functions over plain dicts and lists; bad shapes are skipped, never raised on.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from celery_flow.events import MAX_PLAN_STEPS, PlanCondition, PlanStep
@@ -31,22 +32,22 @@ MAX_PLAN_IDS = 10_000
 _Exits = list[str]
 
 
-def plan_of(task_id: str, embed: Mapping[str, Any]) -> list[PlanStep] | None:
+def plan_of(
+    task_id: str, embed: Mapping[str, Any], runs_inline: Callable[[Mapping[str, Any]], bool] | None = None
+) -> list[PlanStep] | None:
     """The steps the message of `task_id` (its protocol-2 `embed`) will cause, in the order they run,
     at most MAX_PLAN_STEPS; None when it causes none. Link callbacks must already have ids
-    (lineage.freeze_callbacks)."""
-    plan = _Plan()
+    (lineage.freeze_callbacks). `runs_inline(errback)`: whether the worker will call that errback in
+    its own process rather than send it (then it is never a task, and is left out)."""
+    plan = _Plan(runs_inline)
     chain = embed.get("chain")
     if isinstance(chain, (list, tuple)) and chain:
         plan.chain(list(reversed(chain)), [task_id], "success", 0)
     chord = embed.get("chord")
     if isinstance(chord, Mapping):
         plan.walk(chord, [task_id], "chord", 0)
-    for key, on in (("callbacks", "success"), ("errbacks", "failure")):
-        sigs = embed.get(key)
-        if isinstance(sigs, (list, tuple)):
-            for sig in sigs:
-                plan.walk(sig, [task_id], on, 0)  # type: ignore[arg-type]
+    plan.each(embed.get("callbacks"), [task_id], "success", 0)
+    plan.each(embed.get("errbacks"), [task_id], "failure", 0)
     return list(plan.steps.values()) or None
 
 
@@ -71,7 +72,8 @@ def _sigs(value: Any) -> list[Any]:
 class _Plan:
     """The steps found so far, by task id (a step reached twice keeps its first description)."""
 
-    def __init__(self) -> None:
+    def __init__(self, runs_inline: Callable[[Mapping[str, Any]], bool] | None = None) -> None:
+        self.runs_inline = runs_inline
         self.steps: dict[str, PlanStep] = {}
         self.ids = 0  # ids in the steps' lists so far (MAX_PLAN_IDS)
 
@@ -142,6 +144,8 @@ class _Plan:
         """Add each signature in `value` (a link or link_error list); return the ids they start with."""
         entries: list[str] = []
         for sig in _sigs(value):
+            if on == "failure" and self.runs_inline is not None and self.runs_inline(sig):
+                continue
             if self.walk(sig, after, on, depth):
                 entries.extend(entry_ids(sig))
         return entries
