@@ -218,3 +218,13 @@ def test_an_errback_runs_when_needed(env: Env) -> None:
     assert detail["name"] == "t.errback"
     assert detail["events"][0]["type"] == "sent"
     assert flow_row(env, r.id)["counts"] == {"FAILURE": 1, "SUCCESS": 1}
+
+
+def test_an_errback_called_inside_the_worker_is_not_planned(env: Env) -> None:
+    fail, on_error = env.task("fail"), env.task("on_error")
+    r = fail.apply_async(("inline",), link_error=on_error.s())
+    with pytest.raises(ValueError, match="inline"):
+        r.get(timeout=15)
+    graph = env.graph(r.id, lambda g: states(g) == {r.id: "FAILURE"}, "the failed task alone")
+    assert graph["summary"]["state"] == "FAILURE"
+    assert flow_row(env, r.id)["counts"] == {"FAILURE": 1}

@@ -120,6 +120,11 @@ def _register(a: Celery) -> None:
         """Error callback taking the failed task's id (sent as its own task)."""
         return f"handled {task_id}"
 
+    @a.task(shared=False, name="t.on_error")
+    def on_error(request: Any, exc: Any, traceback: Any) -> str:
+        """Error callback Celery calls inside the worker (it takes the request): never sent."""
+        return f"handled {request.id}"
+
     @a.task(shared=False, name="t.reject", bind=True, acks_late=True)
     def reject(self: Task, requeue: bool = False) -> None:
         raise Reject("not today", requeue=requeue)

@@ -120,15 +120,14 @@ def _merge_plans(session: Session, plans: Iterable[Event], steps: dict[str, _Ste
     """Add the plans' steps to `steps`: new ones, or merged into the stored planned row of that id;
     a task that has events is left alone."""
     described: dict[str, tuple[Event, PlanStep]] = {}
-    afters: dict[str, list[tuple[str, str]]] = {}
+    afters: dict[str, set[tuple[str, str]]] = {}
     for event in plans:
         for step in (event.plan or ())[:MAX_PLAN_STEPS]:
             task_id = step.task_id
             if not task_id or len(task_id) > _ID_MAX or "\x00" in task_id:
                 continue  # not an id any event could carry (events.decode refuses those)
             described.setdefault(task_id, (event, step))
-            pairs = afters.setdefault(task_id, [])
-            pairs.extend((_clip(a), step.on) for a in step.after if (_clip(a), step.on) not in pairs)
+            afters.setdefault(task_id, set()).update((_clip(a), step.on) for a in step.after)
     if not described:
         return
     stored = {
@@ -143,7 +142,7 @@ def _merge_plans(session: Session, plans: Iterable[Event], steps: dict[str, _Ste
         if current is None:
             current = steps[task_id] = _from_row(row) if row is not None else _new_step(event, plan_step)
         _fill(current, event, plan_step)
-        current.after = sorted(set(current.after) | set(afters[task_id]))
+        current.after = sorted(afters[task_id].union(current.after))
 
 
 def _clip(value: str) -> str:
@@ -175,7 +174,8 @@ def _fill(step: _Step, event: Event, plan: PlanStep) -> None:
             setattr(task, name, _clip(value))
     for name in ("links", "link_errors"):
         have: list[str] = getattr(task, name)
-        have.extend(c for c in map(_clip, getattr(plan, name) or ()) if c not in have and c != task.task_id)
+        present = {*have, task.task_id}
+        have.extend(c for c in dict.fromkeys(map(_clip, getattr(plan, name) or ())) if c not in present)
 
 
 def _decide(session: Session, steps: dict[str, _Step], known: dict[str, tuple[str, str | None]]) -> None:

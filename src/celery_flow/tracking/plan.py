@@ -8,14 +8,15 @@ and its nested canvases: a chain holding a group or a chord, a chord whose callb
 chord, a chord of chains. Celery freezes canvases before sending, so each step already has its task id
 in `options.task_id`; a signature without one (a link_error copied onto every step of a chain, which
 gets its id only when it fires) is left out, as is anything decided while a task runs (`replace()`,
-tasks it sends itself).
+tasks it sends itself), as is an errback Celery calls inside the worker (one taking the request, the
+exception and the traceback) rather than sending it.
 
 Pure functions over plain dicts and lists; bad shapes are skipped, never raised on.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from celery_flow.events import MAX_PLAN_STEPS, PlanCondition, PlanStep
@@ -25,25 +26,28 @@ __all__ = ["plan_of"]
 
 # Deepest nesting of canvases followed.
 _MAX_DEPTH = 20
+# Most task ids a plan's `after`, `links` and `link_errors` lists hold in all: a group after a group has
+# one id per pair of members, and the event must stay far below the size the server accepts.
+MAX_PLAN_IDS = 10_000
 _Exits = list[str]
 
 
-def plan_of(task_id: str, embed: Mapping[str, Any]) -> list[PlanStep] | None:
+def plan_of(
+    task_id: str, embed: Mapping[str, Any], runs_inline: Callable[[Mapping[str, Any]], bool] | None = None
+) -> list[PlanStep] | None:
     """The steps the message of `task_id` (its protocol-2 `embed`) will cause, in the order they run,
     at most MAX_PLAN_STEPS; None when it causes none. Link callbacks must already have ids
-    (lineage.freeze_callbacks)."""
-    plan = _Plan()
+    (lineage.freeze_callbacks). `runs_inline(errback)`: whether the worker will call that errback in
+    its own process rather than send it (then it is never a task, and is left out)."""
+    plan = _Plan(runs_inline)
     chain = embed.get("chain")
     if isinstance(chain, (list, tuple)) and chain:
         plan.chain(list(reversed(chain)), [task_id], "success", 0)
     chord = embed.get("chord")
     if isinstance(chord, Mapping):
         plan.walk(chord, [task_id], "chord", 0)
-    for key, on in (("callbacks", "success"), ("errbacks", "failure")):
-        sigs = embed.get(key)
-        if isinstance(sigs, (list, tuple)):
-            for sig in sigs:
-                plan.walk(sig, [task_id], on, 0)  # type: ignore[arg-type]
+    plan.each(embed.get("callbacks"), [task_id], "success", 0)
+    plan.each(embed.get("errbacks"), [task_id], "failure", 0)
     return list(plan.steps.values()) or None
 
 
@@ -68,8 +72,24 @@ def _sigs(value: Any) -> list[Any]:
 class _Plan:
     """The steps found so far, by task id (a step reached twice keeps its first description)."""
 
-    def __init__(self) -> None:
+    def __init__(self, runs_inline: Callable[[Mapping[str, Any]], bool] | None = None) -> None:
+        self.runs_inline = runs_inline
         self.steps: dict[str, PlanStep] = {}
+        self.ids = 0  # ids in the steps' lists so far (MAX_PLAN_IDS)
+
+    def _room(self, wanted: int) -> bool:
+        """Whether `wanted` more ids fit, counting them in if so."""
+        if self.ids + wanted > MAX_PLAN_IDS:
+            return False
+        self.ids += wanted
+        return True
+
+    def _add(self, have: list[str], new: list[str], own: str) -> None:
+        """Append the ids of `new` not in `have` (nor `own`), while they fit."""
+        present = set(have)
+        extra = [i for i in dict.fromkeys(new) if i not in present and i != own]
+        if extra and self._room(len(extra)):
+            have.extend(extra)
 
     def walk(self, sig: Any, after: list[str], on: PlanCondition, depth: int) -> _Exits:
         """Add the steps of `sig`, run after `after` on `on`; return the ids whose end ends `sig`."""
@@ -92,8 +112,10 @@ class _Plan:
             return []
         step = self.steps.get(task_id)
         if step is not None:
-            step.after.extend(a for a in after if a not in step.after)
+            self._add(step.after, after, task_id)
             return [task_id]
+        if not self._room(len(after)):
+            return []
         name = sig.get("task")
         # A chord callback carries its header's group id without being a member: left out, so nothing
         # takes it for one before its own `sent` says what it is.
@@ -113,14 +135,17 @@ class _Plan:
         if isinstance(chord, Mapping):  # the last step of a chain inside a chord header
             step.chord_id = chord_callback_id(chord)
             links.extend(self.callback_entries(chord, [task_id], depth + 1))
-        step.links = links or None
-        step.link_errors = errors or None
+        step.links = links[: max(0, MAX_PLAN_IDS - self.ids)] or None
+        step.link_errors = errors[: max(0, MAX_PLAN_IDS - self.ids)] or None
+        self.ids += len(step.links or ()) + len(step.link_errors or ())
         return [task_id]
 
     def each(self, value: Any, after: list[str], on: PlanCondition, depth: int) -> list[str]:
         """Add each signature in `value` (a link or link_error list); return the ids they start with."""
         entries: list[str] = []
         for sig in _sigs(value):
+            if on == "failure" and self.runs_inline is not None and self.runs_inline(sig):
+                continue
             if self.walk(sig, after, on, depth):
                 entries.extend(entry_ids(sig))
         return entries
@@ -187,5 +212,5 @@ class _Plan:
         if step is None:
             return
         links = step.links if step.links is not None else []
-        links.extend(t for t in targets if t not in links and t != source)
+        self._add(links, targets, source)
         step.links = links or None

@@ -15,13 +15,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tests.support.events import event
 
-from celery_flow.events import MAX_PLAN_STEPS, Event, PlanStep, decode, encode
+from celery_flow.events import MAX_EVENT_BYTES, MAX_PLAN_STEPS, Event, PlanStep, decode, encode
 from celery_flow.store import TaskFilter, open_store
 from celery_flow.store.backfill import refold_batch
 from celery_flow.store.migrations import schedule_refold
 from celery_flow.store.sql import SqlStore
 from celery_flow.tracking.lineage import freeze_callbacks
-from celery_flow.tracking.plan import plan_of
+from celery_flow.tracking.plan import MAX_PLAN_IDS, plan_of
 
 # -- extraction ---------------------------------------------------------------------------------------
 
@@ -151,6 +151,13 @@ def test_link_and_link_error(app: Celery, sent: list[Any]) -> None:
                                             embed["errbacks"][0]["options"]["task_id"]]  # fmt: skip
 
 
+def test_an_errback_run_inline_is_left_out(app: Celery, sent: list[Any]) -> None:
+    t(app, "a").apply_async(link_error=[t(app, "errback").s(), t(app, "b").s()])
+    ((task_id, _, embed),) = sent
+    plan = plan_of(task_id, embed, lambda sig: sig["task"] == "p.errback")
+    assert [s.name for s in plan or ()] == ["p.b"]
+
+
 def test_a_plan_is_capped(app: Celery, sent: list[Any]) -> None:
     a, b, s = t(app, "a"), t(app, "b"), t(app, "sum")
     chain(a.s(), chord([b.si() for _ in range(MAX_PLAN_STEPS + 200)], s.s())).apply_async()
@@ -160,6 +167,17 @@ def test_a_plan_is_capped(app: Celery, sent: list[Any]) -> None:
     # It travels: the event with the largest plan stays far below the size the consumer accepts.
     sent_event = event("sent", sent[0][0], plan=plan)
     assert decode(encode(sent_event)).plan == plan
+
+
+def test_a_plan_of_groups_after_groups_stays_small(app: Celery, sent: list[Any]) -> None:
+    # group | group in a chain: every member of the second runs after every member of the first.
+    a, b, c = t(app, "a"), t(app, "b"), t(app, "c")
+    chain(a.s(), group(b.si() for _ in range(400)), group(c.si() for _ in range(400))).apply_async()
+    plan = plan_of(sent[0][0], sent[0][2])
+    assert plan is not None
+    ids = sum(len(s.after) + len(s.links or ()) + len(s.link_errors or ()) for s in plan)
+    assert ids <= MAX_PLAN_IDS
+    assert len(encode(event("sent", sent[0][0], plan=plan))) < MAX_EVENT_BYTES // 2
 
 
 @pytest.mark.parametrize(
@@ -318,5 +336,24 @@ def test_a_refold_keeps_planned_steps() -> None:
         assert {t.task_id: t.state for t in store.flow_tasks("A")} == {
             "A": "SUCCESS", "B": "PENDING", "C": "PLANNED", "D": "PLANNED",
         }  # fmt: skip
+    finally:
+        store.close()
+
+
+def test_a_bad_plan_never_breaks_the_store() -> None:
+    store = _store()
+    try:
+        plan = [
+            PlanStep(task_id="x" * 300, name="too long an id"),
+            PlanStep(task_id="ok", name="bad\x00name", after=["root", "root"], links=["y" * 400]),
+            PlanStep(task_id="root", name="the publisher itself"),
+            PlanStep(task_id="loop", after=["loop"]),
+        ]
+        store.apply([event("sent", "root", T0, name="app.root", plan=plan)])
+        tasks = {t.task_id: t for t in store.flow_tasks("root")}
+        assert set(tasks) == {"root", "ok", "loop"}
+        assert (tasks["root"].name, tasks["root"].state) == ("app.root", "PENDING")
+        assert (tasks["ok"].name, tasks["ok"].links) == ("bad\ufffdname", ["y" * 255])
+        assert tasks["loop"].state == "PLANNED"
     finally:
         store.close()
