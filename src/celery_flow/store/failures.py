@@ -221,12 +221,10 @@ def failures(
     until: float | None,
     name: str | None,
     limit: int = DEFAULT_CLUSTERS,
-    now: float | None = None,
 ) -> list[FailureCluster]:
     """The clusters with failures or retries in [since, until) (all stored, by default), most failures
     first, each with its counts over the window."""
-    until = until if until is not None else (now if now is not None else time.time())
-    until = min(max(until, 0.0), LATEST)
+    until = min(max(until if until is not None else time.time(), 0.0), LATEST)
     if since is not None:
         since = min(max(since, 0.0), LATEST)
     else:
