@@ -36,8 +36,8 @@ MIN_POINTS: Final = 24
 MAX_POINTS: Final = 60
 SAMPLES: Final = 10
 DEFAULT_CLUSTERS: Final = 100
-# Times are clamped to [0, LATEST] (about the year 33,000): any float the API accepts stays an integer
-# bucket both engines can store.
+# Times are clamped to [0, LATEST] (about the year 33,000): any float an event or the API carries makes
+# an integer bucket both engines can store.
 LATEST: Final = 1e12
 
 _COUNTS_UPSERT = (
@@ -114,7 +114,8 @@ class ClusterMoves:
     sources: dict[str, tuple[str | None, str | None]] = field(default_factory=dict)
 
     def move(self, name: str | None, causes: Iterable[Cause], sign: int) -> None:
-        for fp, ts, retry in causes:
+        for fp, when, retry in causes:
+            ts = min(max(when, 0.0), LATEST)
             column = 1 if retry else 0
             for width in WIDTHS:
                 key = (width, int(ts // width) * width, fp, name or "")
