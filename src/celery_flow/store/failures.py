@@ -76,6 +76,8 @@ class Cause(NamedTuple):
 
 def task_causes(task: TaskDetail) -> list[Cause]:
     """What a folded task adds to the clusters: each retry, and its failure if it ended FAILURE."""
+    if task.fingerprint is None:  # never failed nor retried (flow/fold.py `fingerprint`): most tasks
+        return []
     out = [Cause(e.fingerprint, e.ts, True) for e in task.events if e.type == "retried" and e.fingerprint]
     if task.state == "FAILURE" and task.fingerprint:
         out.append(Cause(task.fingerprint, _failed_at(task.finished_at, task.updated_at), False))
@@ -88,7 +90,9 @@ def row_causes(
     """What a stored task row adds to the clusters (the same as `task_causes` of the task it was
     written from)."""
     out: list[Cause] = []
-    if '"rfp"' in extra:  # most rows never retried: skip decoding their extra
+    if fingerprint is None:
+        return out
+    if '"rfp"' in extra:  # most failed rows never retried: skip decoding their extra
         out = [Cause(fp, ts, True) for fp, ts in json_decoder.decode(extra).get("rfp", ())]
     if state == "FAILURE" and fingerprint:
         out.append(Cause(fingerprint, _failed_at(finished_at, updated_at), False))
