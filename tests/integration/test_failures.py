@@ -344,3 +344,18 @@ def test_the_refold_after_migration_counts_what_older_folds_left_uncounted(store
     assert store.failures(T0, T0 + 3600, None) == []
     run(store, limit=7)
     assert store.failures(T0, T0 + 3600, None) == want
+
+
+def test_extreme_times_are_counted_without_breaking_the_batch(store: SqlStore) -> None:
+    """Whatever `events.decode` accepts, the clusters take (a poison batch would block the stream)."""
+    from celery_flow.events import decode
+
+    raws = [
+        b'{"v":1,"id":"y1","type":"failed","ts":1e300,"task_id":"far","name":"n","exception":"KeyError: 1"}',
+        b'{"v":1,"id":"y2","type":"retried","ts":-1e300,"task_id":"past","name":"n","exception":"Retry: x"}',
+        b'{"v":1,"id":"y3","type":"failed","ts":-1e300,"task_id":"early","name":"n","exception":"KeyError"}',
+    ]
+    assert sorted(store.apply([decode(raw) for raw in raws])) == ["early", "far", "past"]
+    clusters = store.failures(0, 2e12, None)
+    assert sorted((c.count, c.retries) for c in clusters) == [(0, 1), (2, 0)]
+    assert all(0 <= c.first_seen <= c.last_seen <= 1e12 for c in clusters)

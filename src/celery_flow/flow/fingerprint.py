@@ -33,7 +33,10 @@ SKIPPED_STDLIB: Final = ("threading", "concurrent.")
 FINGERPRINT_LENGTH: Final = 16
 MAX_TITLE: Final = 200
 
-_FRAME = re.compile(r'^[\s|+\-]*File "(?P<file>[^"]+)", line \d+, in (?P<function>\S.*?)\s*$', re.MULTILINE)
+# Within one line only (no `\s`, which spans lines): a run of blank lines costs linear time.
+_FRAME = re.compile(
+    r'^[ \t|+\-]*File "(?P<file>[^"\n]+)", line \d+, in (?P<function>\S.*?)[ \t\r]*$', re.MULTILINE
+)
 _TRUNCATED = re.compile(r"…\[truncated \d+ chars\]\Z")
 _INSTALLED = re.compile(r"/(?:site|dist)-packages/")
 _STDLIB = re.compile(r"/lib/python\d+(?:\.\d+)?/")
@@ -98,6 +101,8 @@ def _from_repr(text: str, default_type: str) -> tuple[str, str]:
     if match is None:
         return default_type, text
     args = match["args"]
+    if len(args) > MAX_TITLE * 4:
+        return match["type"], args
     try:
         values: tuple[Any, ...] = ast.literal_eval(f"({args},)") if args else ()
     except (ValueError, SyntaxError, MemoryError, RecursionError):

@@ -36,8 +36,8 @@ MIN_POINTS: Final = 24
 MAX_POINTS: Final = 60
 SAMPLES: Final = 10
 DEFAULT_CLUSTERS: Final = 100
-# Times are clamped to [0, LATEST] (about the year 33,000): any float the API accepts stays an integer
-# bucket both engines can store.
+# Times are clamped to [0, LATEST] (about the year 33,000): any float an event or the API carries makes
+# an integer bucket both engines can store.
 LATEST: Final = 1e12
 
 _COUNTS_UPSERT = (
@@ -76,6 +76,8 @@ class Cause(NamedTuple):
 
 def task_causes(task: TaskDetail) -> list[Cause]:
     """What a folded task adds to the clusters: each retry, and its failure if it ended FAILURE."""
+    if task.fingerprint is None:  # never failed nor retried (flow/fold.py `fingerprint`): most tasks
+        return []
     out = [Cause(e.fingerprint, e.ts, True) for e in task.events if e.type == "retried" and e.fingerprint]
     if task.state == "FAILURE" and task.fingerprint:
         out.append(Cause(task.fingerprint, _failed_at(task.finished_at, task.updated_at), False))
@@ -88,7 +90,9 @@ def row_causes(
     """What a stored task row adds to the clusters (the same as `task_causes` of the task it was
     written from)."""
     out: list[Cause] = []
-    if '"rfp"' in extra:  # most rows never retried: skip decoding their extra
+    if fingerprint is None:
+        return out
+    if '"rfp"' in extra:  # most failed rows never retried: skip decoding their extra
         out = [Cause(fp, ts, True) for fp, ts in json_decoder.decode(extra).get("rfp", ())]
     if state == "FAILURE" and fingerprint:
         out.append(Cause(fingerprint, _failed_at(finished_at, updated_at), False))
@@ -114,7 +118,8 @@ class ClusterMoves:
     sources: dict[str, tuple[str | None, str | None]] = field(default_factory=dict)
 
     def move(self, name: str | None, causes: Iterable[Cause], sign: int) -> None:
-        for fp, ts, retry in causes:
+        for fp, when, retry in causes:
+            ts = min(max(when, 0.0), LATEST)
             column = 1 if retry else 0
             for width in WIDTHS:
                 key = (width, int(ts // width) * width, fp, name or "")
@@ -221,12 +226,10 @@ def failures(
     until: float | None,
     name: str | None,
     limit: int = DEFAULT_CLUSTERS,
-    now: float | None = None,
 ) -> list[FailureCluster]:
     """The clusters with failures or retries in [since, until) (all stored, by default), most failures
     first, each with its counts over the window."""
-    until = until if until is not None else (now if now is not None else time.time())
-    until = min(max(until, 0.0), LATEST)
+    until = min(max(until if until is not None else time.time(), 0.0), LATEST)
     if since is not None:
         since = min(max(since, 0.0), LATEST)
     else:

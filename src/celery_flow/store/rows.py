@@ -192,6 +192,8 @@ def _task_extra(task: TaskDetail) -> str:
 
 def retry_causes(task: TaskDetail) -> list[list[Any]]:
     """The `rfp` of a row's extra JSON: [fingerprint, ts] of each retry (store/failures.py)."""
+    if task.fingerprint is None:  # never retried (flow/fold.py `fingerprint`)
+        return []
     return [[e.fingerprint, e.ts] for e in task.events if e.type == "retried" and e.fingerprint]
 
 
