@@ -1,9 +1,9 @@
 """Search inside arguments, results and errors: the words and `key:value` pairs of each task, indexed.
 
 What a task is found by (its *tokens*), computed from its fold once, in Python, for both engines:
-- the words of its name, of every string and number in its args, kwargs and result, of the keys of the
-  dicts in them, and of its exception message: runs of letters and digits, lower-cased, at most
-  MAX_TOKEN characters (`ada@example.com` gives `ada`, `example`, `com`);
+- the words of every string and number in its args, kwargs and result, and of its exception message:
+  runs of letters and digits, lower-cased, at most MAX_TOKEN characters (`ada@example.com` gives `ada`,
+  `example`, `com`); not its name (q matches names already) nor dict keys (a pair says more);
 - one token per `key:value` pair of a dict anywhere in its args and kwargs (nested dicts, dicts inside
   lists; a list of scalars gives a pair per item): "=" and a 64-bit hash of the lower-cased key and the
   lower-cased value's text, so a value of any length or alphabet is one exact token;
@@ -17,9 +17,12 @@ with a GIN index (`@>`: every token present). Both are inverted indexes over exa
 so both engines find the same tasks; neither parses user text: a query is tokenised here and each token
 quoted (FTS5) or bound as an array element (PostgreSQL).
 
+A task's tokens are written when they change (`index`, from the write path and the re-fold, usually
+twice: when it is sent and when it ends), and deleted with it (`forget`, retention).
+
 A query (`parse`) is words and `key:value` terms, all of which must match. A list walks its usual index
 newest first either way: a rare match set (at most SPARSE tasks) is handed to it as a list of task
-numbers; a common one is probed row by row as the walk passes (`condition`).
+numbers; a common one is checked row by row as the walk passes (`condition`).
 """
 
 from __future__ import annotations
@@ -185,6 +188,8 @@ def _sources(task: TaskDetail) -> tuple[bytes, bytes]:
 
 
 class _Indexed(NamedTuple):
+    """What was indexed for one task."""
+
     seq: int  # of the row written with this entry
     call: bytes  # the sources (`_sources`) the tokens came from
     outcome: bytes
@@ -194,7 +199,7 @@ class _Indexed(NamedTuple):
 
 class Recent:
     """What this process indexed last for each task, with the `seq` its row was written at: while the
-    row still carries that seq, the stored entry is known without reading it, and a fold whose digests
+    row still carries that seq, the stored entry is known without reading it, and a fold whose sources
     are unchanged is indexed as it stands."""
 
     def __init__(self, size: int) -> None:
