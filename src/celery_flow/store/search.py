@@ -46,7 +46,7 @@ CYCLE: Final = "[cycle]"
 # The key capture.py gives the note "[truncated N more keys]" in a dict it cut.
 TRUNCATED_KEY: Final = "…"
 
-# Characters kept of a word (longer ones are cut, in the index and in queries alike).
+# Characters per token at most: a longer word is several tokens, in the index and in queries alike.
 MAX_TOKEN = 64
 # Tokens indexed per task at most: bounds the write cost of a task with a huge result.
 MAX_TOKENS = 1000
@@ -58,7 +58,7 @@ SPARSE = 2000
 Target = Literal["tasks", "flows"]
 
 _encoder = msgspec.json.Encoder()
-_WORD = re.compile(r"[^\W_]+")
+_WORD = re.compile(rf"[^\W_]{{1,{MAX_TOKEN}}}")
 _ENDS_IN_WORD = re.compile(r"[^\W_]+$")
 # A query term: key:value (each bare or "quoted"), a "quoted phrase", or a bare word.
 _TERM = re.compile(r'(?:"([^"]*)"|([^\s":]+)):(?:"([^"]*)"?|(\S+))|"([^"]*)"?|(\S+)')
@@ -89,8 +89,9 @@ def dialect(session: Session) -> str:
 
 
 def words(text: str) -> list[str]:
-    """`Ada@Example.com, 4711` → `ada`, `example`, `com`, `4711`."""
-    return [word[:MAX_TOKEN] for word in _WORD.findall(text.lower())]
+    """`Ada@Example.com, 4711` → `ada`, `example`, `com`, `4711` (a word over MAX_TOKEN characters is
+    several, in the index and in queries alike)."""
+    return _WORD.findall(text.lower())
 
 
 def _clean(text: str) -> str:
