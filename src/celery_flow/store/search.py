@@ -270,6 +270,16 @@ def _probe(session: Session, num: str) -> str:
     return f"+{num} IN (SELECT rowid FROM task_search WHERE task_search MATCH ?)"
 
 
+def _one_of(session: Session, column: str, values: list[int]) -> tuple[str, list[Any]]:
+    """`column` is one of `values`: one array parameter in PostgreSQL (a long IN list costs it more to
+    plan than to run)."""
+    if not values:
+        return "1 = 0", []
+    if dialect(session) == "postgresql":
+        return f"{column} = ANY(CAST(? AS BIGINT[]))", [values]
+    return f"{column} IN {in_list(values)}", list(values)
+
+
 def condition(session: Session, text: str, target: Target) -> tuple[str, list[Any]] | None:
     """A WHERE condition on `tasks` (or `flows`: those holding a matching task) for free text `text`,
     with its parameters; None when `text` holds nothing to search inside."""
@@ -279,12 +289,11 @@ def condition(session: Session, text: str, target: Target) -> tuple[str, list[An
     sql, param = _matching(session, tokens)
     nums = [int(r[0]) for r in session.rows(sql + " LIMIT ?", (param, SPARSE + 1))]
     if len(nums) <= SPARSE:
-        if target == "tasks":
-            return (f"num IN {in_list(nums)}", list(nums)) if nums else ("1 = 0", [])
-        fnums = sorted(
-            {int(r[0]) for r in select_in(session, "SELECT fnum FROM tasks WHERE num IN {}", nums)}
-        )
-        return (f"fnum IN {in_list(fnums)}", list(fnums)) if fnums else ("1 = 0", [])
+        if target == "flows":
+            nums = sorted(
+                {int(r[0]) for r in select_in(session, "SELECT fnum FROM tasks WHERE num IN {}", nums)}
+            )
+        return _one_of(session, "num" if target == "tasks" else "fnum", nums)
     if target == "tasks":
         return _probe(session, "tasks.num"), [param]
     return f"EXISTS (SELECT 1 FROM tasks t WHERE t.fnum = flows.fnum AND {_probe(session, 't.num')})", [param]
