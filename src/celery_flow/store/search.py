@@ -60,6 +60,8 @@ Target = Literal["tasks", "flows"]
 _encoder = msgspec.json.Encoder()
 _WORD = re.compile(rf"[^\W_]{{1,{MAX_TOKEN}}}")
 _ENDS_IN_WORD = re.compile(r"[^\W_]+$")
+# What a token or a task number is made of.
+_SAFE = re.compile(r"=?[^\W_]+|-?[0-9]+")
 # A query term: key:value (each bare or "quoted"), a "quoted phrase", or a bare word.
 _TERM = re.compile(r'(?:"([^"]*)"|([^\s":]+)):(?:"([^"]*)"?|(\S+))|"([^"]*)"?|(\S+)')
 
@@ -253,30 +255,41 @@ def parse(text: str) -> list[str]:
     return list(out)[:MAX_TERMS]
 
 
-def _matching(session: Session, tokens: Sequence[str]) -> tuple[str, Any]:
-    """`SELECT <num> FROM task_search WHERE <every token>` and its one parameter."""
-    if dialect(session) == "postgresql":
-        return "SELECT num FROM task_search WHERE tokens @> CAST(? AS TEXT[])", list(tokens)
-    return "SELECT rowid FROM task_search WHERE task_search MATCH ?", " ".join(f'"{t}"' for t in tokens)
+def _pg_array(values: Iterable[str | int], kind: str) -> str:
+    """A PostgreSQL array literal. Written into the statement, not bound: a bound array leaves a
+    prepared statement's generic plan blind to how many tasks match (a full scan for a rare token).
+    Only tokens (letters, digits, "=") and integers ever reach it."""
+    items = [str(v) for v in values]
+    assert all(_SAFE.fullmatch(item) for item in items)
+    return "'{" + ",".join(f'"{item}"' for item in items) + "}'::" + kind  # "null" is a word, not NULL
 
 
-def _probe(session: Session, num: str) -> str:
-    """True when the task numbered by column `num` holds every token (one parameter), checked per row
-    as a list's walk passes it. PostgreSQL probes its entry by primary key; SQLite, whose FTS5 reads a
-    token's whole posting list per probe, reads the matches once into a set (`+` keeps it from
-    driving the query instead of the list's own index)."""
+def _holds(session: Session, tokens: Sequence[str], table: str = "task_search") -> tuple[str, list[Any]]:
+    """The condition "this `task_search` row holds every token", and its parameters."""
     if dialect(session) == "postgresql":
-        return f"EXISTS (SELECT 1 FROM task_search x WHERE x.num = {num} AND x.tokens @> CAST(? AS TEXT[]))"
-    return f"+{num} IN (SELECT rowid FROM task_search WHERE task_search MATCH ?)"
+        return f"{table}.tokens @> {_pg_array(tokens, 'TEXT[]')}", []
+    return "task_search MATCH ?", [" ".join(f'"{t}"' for t in tokens)]
+
+
+def _probe(session: Session, num: str, tokens: Sequence[str]) -> tuple[str, list[Any]]:
+    """True when the task numbered by column `num` holds every token, checked per row as a list's walk
+    passes it. PostgreSQL probes its entry by primary key; SQLite, whose FTS5 reads a token's whole
+    posting list per probe, reads the matches once into a set (`+` keeps it from driving the query
+    instead of the list's own index)."""
+    if dialect(session) == "postgresql":
+        holds, params = _holds(session, tokens, "x")
+        return f"EXISTS (SELECT 1 FROM task_search x WHERE x.num = {num} AND {holds})", params
+    holds, params = _holds(session, tokens)
+    return f"+{num} IN (SELECT rowid FROM task_search WHERE {holds})", params
 
 
 def _one_of(session: Session, column: str, values: list[int]) -> tuple[str, list[Any]]:
-    """`column` is one of `values`: one array parameter in PostgreSQL (a long IN list costs it more to
+    """`column` is one of `values` (an array literal in PostgreSQL: a long IN list costs it more to
     plan than to run)."""
     if not values:
         return "1 = 0", []
     if dialect(session) == "postgresql":
-        return f"{column} = ANY(CAST(? AS BIGINT[]))", [values]
+        return f"{column} = ANY({_pg_array(values, 'BIGINT[]')})", []
     return f"{column} IN {in_list(values)}", list(values)
 
 
@@ -286,8 +299,10 @@ def condition(session: Session, text: str, target: Target) -> tuple[str, list[An
     tokens = parse(text)
     if not tokens:
         return None
-    sql, param = _matching(session, tokens)
-    nums = [int(r[0]) for r in session.rows(sql + " LIMIT ?", (param, SPARSE + 1))]
+    holds, params = _holds(session, tokens)
+    column = _NUM[dialect(session)]
+    sql = f"SELECT {column} FROM task_search WHERE {holds} LIMIT {SPARSE + 1}"
+    nums = [int(r[0]) for r in session.rows(sql, params)]
     if len(nums) <= SPARSE:
         if target == "flows":
             nums = sorted(
@@ -295,8 +310,9 @@ def condition(session: Session, text: str, target: Target) -> tuple[str, list[An
             )
         return _one_of(session, "num" if target == "tasks" else "fnum", nums)
     if target == "tasks":
-        return _probe(session, "tasks.num"), [param]
-    return f"EXISTS (SELECT 1 FROM tasks t WHERE t.fnum = flows.fnum AND {_probe(session, 't.num')})", [param]
+        return _probe(session, "tasks.num", tokens)
+    probe, params = _probe(session, "t.num", tokens)
+    return f"EXISTS (SELECT 1 FROM tasks t WHERE t.fnum = flows.fnum AND {probe})", params
 
 
 # -- writes ---------------------------------------------------------------------------------------
