@@ -77,6 +77,11 @@ def test_q_finds_a_task_by_a_kwarg_value_and_by_key_value_at_any_depth(env: Env)
     assert sorted(found(env, f"ada{n}", state="SUCCESS", name="t.echo")) == sorted([task.id, other.id])
     assert found(env, f"ada{n}", state="FAILURE") == []
     assert found(env, f"ada{n}", since=time.time() + 3600) == []
+    assert found(env, f"null {n}") == []
+    nulled = env.task("echo").delay(coupon=None, note=f"null {n}")
+    stored(env, nulled.id)
+    assert found(env, f"null {n}") == [nulled.id]
+    assert found(env, f"coupon:null {n}") == [nulled.id]
 
 
 def test_q_finds_a_task_by_a_word_of_its_result_and_of_its_exception(env: Env) -> None:

@@ -838,7 +838,7 @@ export interface operations {
                 trace_id?: string | null;
                 /** @description Worker hostname, e.g. celery@host */
                 worker?: string | null;
-                /** @description Free text over task ids and names */
+                /** @description Free text: a task id prefix, part of a task name, or words and `key:value` pairs inside arguments, results and error messages, all of which must match (`ada@example.com`, `customer_id:4711`, `city:"New York"`); flows match when one of their tasks does */
                 q?: string | null;
                 /** @description Epoch seconds: sent or started at/after */
                 since?: number | null;
@@ -1032,7 +1032,7 @@ export interface operations {
                 trace_id?: string | null;
                 /** @description Worker hostname, e.g. celery@host */
                 worker?: string | null;
-                /** @description Free text over task ids and names */
+                /** @description Free text: a task id prefix, part of a task name, or words and `key:value` pairs inside arguments, results and error messages, all of which must match (`ada@example.com`, `customer_id:4711`, `city:"New York"`); flows match when one of their tasks does */
                 q?: string | null;
                 /** @description Epoch seconds: sent or started at/after */
                 since?: number | null;

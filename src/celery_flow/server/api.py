@@ -40,7 +40,15 @@ IdPath = Annotated[str, Path(min_length=1, max_length=255)]
 Name = Annotated[str | None, Query(max_length=512, description="Exact task name")]
 Id = Annotated[str | None, Query(max_length=255)]
 Worker = Annotated[str | None, Query(max_length=512, description="Worker hostname, e.g. celery@host")]
-Text = Annotated[str | None, Query(max_length=512, description="Free text over task ids and names")]
+Text = Annotated[
+    str | None,
+    Query(
+        max_length=512,
+        description="Free text: a task id prefix, part of a task name, or words and `key:value` pairs "
+        "inside arguments, results and error messages, all of which must match (`ada@example.com`, "
+        '`customer_id:4711`, `city:"New York"`); flows match when one of their tasks does',
+    ),
+]
 Since = Annotated[float | None, Query(ge=0, description="Epoch seconds: sent or started at/after")]
 Until = Annotated[float | None, Query(ge=0, description="Epoch seconds: sent or started before")]
 Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT, description="Page size")]

@@ -1,9 +1,9 @@
 """Search inside arguments, results and errors: the words and `key:value` pairs of each task, indexed.
 
 What a task is found by (its *tokens*), computed from its fold once, in Python, for both engines:
-- the words of its name, of every string and number in its args, kwargs and result, of the keys of the
-  dicts in them, and of its exception message: runs of letters and digits, lower-cased, at most
-  MAX_TOKEN characters (`ada@example.com` gives `ada`, `example`, `com`);
+- the words of every string and number in its args, kwargs and result, and of its exception message:
+  runs of letters and digits, lower-cased, at most MAX_TOKEN characters (`ada@example.com` gives `ada`,
+  `example`, `com`); not its name (q matches names already) nor dict keys (a pair says more);
 - one token per `key:value` pair of a dict anywhere in its args and kwargs (nested dicts, dicts inside
   lists; a list of scalars gives a pair per item): "=" and a 64-bit hash of the lower-cased key and the
   lower-cased value's text, so a value of any length or alphabet is one exact token;
@@ -17,9 +17,12 @@ with a GIN index (`@>`: every token present). Both are inverted indexes over exa
 so both engines find the same tasks; neither parses user text: a query is tokenised here and each token
 quoted (FTS5) or bound as an array element (PostgreSQL).
 
+A task's tokens are written when they change (`index`, from the write path and the re-fold, usually
+twice: when it is sent and when it ends), and deleted with it (`forget`, retention).
+
 A query (`parse`) is words and `key:value` terms, all of which must match. A list walks its usual index
 newest first either way: a rare match set (at most SPARSE tasks) is handed to it as a list of task
-numbers; a common one is probed row by row as the walk passes (`condition`).
+numbers; a common one is checked row by row as the walk passes (`condition`).
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ CYCLE: Final = "[cycle]"
 # The key capture.py gives the note "[truncated N more keys]" in a dict it cut.
 TRUNCATED_KEY: Final = "…"
 
-# Characters kept of a word (longer ones are cut, in the index and in queries alike).
+# Characters per token at most: a longer word is several tokens, in the index and in queries alike.
 MAX_TOKEN = 64
 # Tokens indexed per task at most: bounds the write cost of a task with a huge result.
 MAX_TOKENS = 1000
@@ -55,8 +58,10 @@ SPARSE = 2000
 Target = Literal["tasks", "flows"]
 
 _encoder = msgspec.json.Encoder()
-_WORD = re.compile(r"[^\W_]+")
+_WORD = re.compile(rf"[^\W_]{{1,{MAX_TOKEN}}}")
 _ENDS_IN_WORD = re.compile(r"[^\W_]+$")
+# What a token or a task number is made of.
+_SAFE = re.compile(r"=?[^\W_]+|-?[0-9]+")
 # A query term: key:value (each bare or "quoted"), a "quoted phrase", or a bare word.
 _TERM = re.compile(r'(?:"([^"]*)"|([^\s":]+)):(?:"([^"]*)"?|(\S+))|"([^"]*)"?|(\S+)')
 
@@ -86,8 +91,9 @@ def dialect(session: Session) -> str:
 
 
 def words(text: str) -> list[str]:
-    """`Ada@Example.com, 4711` → `ada`, `example`, `com`, `4711`."""
-    return [word[:MAX_TOKEN] for word in _WORD.findall(text.lower())]
+    """`Ada@Example.com, 4711` → `ada`, `example`, `com`, `4711` (a word over MAX_TOKEN characters is
+    several, in the index and in queries alike)."""
+    return _WORD.findall(text.lower())
 
 
 def _clean(text: str) -> str:
@@ -185,6 +191,8 @@ def _sources(task: TaskDetail) -> tuple[bytes, bytes]:
 
 
 class _Indexed(NamedTuple):
+    """What was indexed for one task."""
+
     seq: int  # of the row written with this entry
     call: bytes  # the sources (`_sources`) the tokens came from
     outcome: bytes
@@ -194,7 +202,7 @@ class _Indexed(NamedTuple):
 
 class Recent:
     """What this process indexed last for each task, with the `seq` its row was written at: while the
-    row still carries that seq, the stored entry is known without reading it, and a fold whose digests
+    row still carries that seq, the stored entry is known without reading it, and a fold whose sources
     are unchanged is indexed as it stands."""
 
     def __init__(self, size: int) -> None:
@@ -247,21 +255,42 @@ def parse(text: str) -> list[str]:
     return list(out)[:MAX_TERMS]
 
 
-def _matching(session: Session, tokens: Sequence[str]) -> tuple[str, Any]:
-    """`SELECT <num> FROM task_search WHERE <every token>` and its one parameter."""
-    if dialect(session) == "postgresql":
-        return "SELECT num FROM task_search WHERE tokens @> CAST(? AS TEXT[])", list(tokens)
-    return "SELECT rowid FROM task_search WHERE task_search MATCH ?", " ".join(f'"{t}"' for t in tokens)
+def _pg_array(values: Iterable[str | int], kind: str) -> str:
+    """A PostgreSQL array literal. Written into the statement, not bound: a bound array leaves a
+    prepared statement's generic plan blind to how many tasks match (a full scan for a rare token).
+    Only tokens (letters, digits, "=") and integers ever reach it."""
+    items = [str(v) for v in values]
+    assert all(_SAFE.fullmatch(item) for item in items)
+    return "'{" + ",".join(f'"{item}"' for item in items) + "}'::" + kind  # "null" is a word, not NULL
 
 
-def _probe(session: Session, num: str) -> str:
-    """True when the task numbered by column `num` holds every token (one parameter), checked per row
-    as a list's walk passes it. PostgreSQL probes its entry by primary key; SQLite, whose FTS5 reads a
-    token's whole posting list per probe, reads the matches once into a set (`+` keeps it from
-    driving the query instead of the list's own index)."""
+def _holds(session: Session, tokens: Sequence[str], table: str = "task_search") -> tuple[str, list[Any]]:
+    """The condition "this `task_search` row holds every token", and its parameters."""
     if dialect(session) == "postgresql":
-        return f"EXISTS (SELECT 1 FROM task_search x WHERE x.num = {num} AND x.tokens @> CAST(? AS TEXT[]))"
-    return f"+{num} IN (SELECT rowid FROM task_search WHERE task_search MATCH ?)"
+        return f"{table}.tokens @> {_pg_array(tokens, 'TEXT[]')}", []
+    return "task_search MATCH ?", [" ".join(f'"{t}"' for t in tokens)]
+
+
+def _probe(session: Session, num: str, tokens: Sequence[str]) -> tuple[str, list[Any]]:
+    """True when the task numbered by column `num` holds every token, checked per row as a list's walk
+    passes it. PostgreSQL probes its entry by primary key; SQLite, whose FTS5 reads a token's whole
+    posting list per probe, reads the matches once into a set (`+` keeps it from driving the query
+    instead of the list's own index)."""
+    if dialect(session) == "postgresql":
+        holds, params = _holds(session, tokens, "x")
+        return f"EXISTS (SELECT 1 FROM task_search x WHERE x.num = {num} AND {holds})", params
+    holds, params = _holds(session, tokens)
+    return f"+{num} IN (SELECT rowid FROM task_search WHERE {holds})", params
+
+
+def _one_of(session: Session, column: str, values: list[int]) -> tuple[str, list[Any]]:
+    """`column` is one of `values` (an array literal in PostgreSQL: a long IN list costs it more to
+    plan than to run)."""
+    if not values:
+        return "1 = 0", []
+    if dialect(session) == "postgresql":
+        return f"{column} = ANY({_pg_array(values, 'BIGINT[]')})", []
+    return f"{column} IN {in_list(values)}", list(values)
 
 
 def condition(session: Session, text: str, target: Target) -> tuple[str, list[Any]] | None:
@@ -270,18 +299,20 @@ def condition(session: Session, text: str, target: Target) -> tuple[str, list[An
     tokens = parse(text)
     if not tokens:
         return None
-    sql, param = _matching(session, tokens)
-    nums = [int(r[0]) for r in session.rows(sql + " LIMIT ?", (param, SPARSE + 1))]
+    holds, params = _holds(session, tokens)
+    column = _NUM[dialect(session)]
+    sql = f"SELECT {column} FROM task_search WHERE {holds} LIMIT {SPARSE + 1}"
+    nums = [int(r[0]) for r in session.rows(sql, params)]
     if len(nums) <= SPARSE:
-        if target == "tasks":
-            return (f"num IN {in_list(nums)}", list(nums)) if nums else ("1 = 0", [])
-        fnums = sorted(
-            {int(r[0]) for r in select_in(session, "SELECT fnum FROM tasks WHERE num IN {}", nums)}
-        )
-        return (f"fnum IN {in_list(fnums)}", list(fnums)) if fnums else ("1 = 0", [])
+        if target == "flows":
+            nums = sorted(
+                {int(r[0]) for r in select_in(session, "SELECT fnum FROM tasks WHERE num IN {}", nums)}
+            )
+        return _one_of(session, "num" if target == "tasks" else "fnum", nums)
     if target == "tasks":
-        return _probe(session, "tasks.num"), [param]
-    return f"EXISTS (SELECT 1 FROM tasks t WHERE t.fnum = flows.fnum AND {_probe(session, 't.num')})", [param]
+        return _probe(session, "tasks.num", tokens)
+    probe, params = _probe(session, "t.num", tokens)
+    return f"EXISTS (SELECT 1 FROM tasks t WHERE t.fnum = flows.fnum AND {probe})", params
 
 
 # -- writes ---------------------------------------------------------------------------------------
