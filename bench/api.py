@@ -158,9 +158,14 @@ def main() -> None:
     rng = random.Random(3)
     flows = [f for f in store.list_flows(TaskFilter(), 50, None).items if f.root_id != GRAPH_ROOT]
     some = rng.choice(store.flow_tasks(rng.choice(flows).root_id))
+    clusters = store.failures(None, None, None)
+    # A customer id of a real task, for the argument search (about 10 tasks per id at 1,000,000).
+    detail = store.get_task(some.task_id)
+    customer = detail.kwargs["customer_id"] if detail is not None else 4711
     stats = store.stats()
     store.close()
     print(f"store: {stats.tasks:,} tasks, {stats.events:,} events ({url})")
+    print(f"failure clusters: {len(clusters)}, the largest of {clusters[0].count:,} failed tasks")
 
     port = free_port()
     server = start_server(url, port)
@@ -185,13 +190,29 @@ def main() -> None:
                 ("tasks root_id=", "/api/tasks", {"root_id": some.root_id, "limit": 50}, False),
                 ("tasks q=name substring", "/api/tasks", {"q": "parse", "limit": 50}, True),
                 ("tasks q=id prefix", "/api/tasks", {"q": some.task_id[:6], "limit": 50}, False),
+                ("tasks q=word in kwargs (10%)", "/api/tasks", {"q": "ada", "limit": 50}, True),
+                ("tasks q=key:value (~10 tasks)", "/api/tasks", {"q": f"customer_id:{customer}", "limit": 50},
+                 True),
+                ("tasks q=key:value (10%)", "/api/tasks", {"q": "country:DE", "limit": 50}, True),
+                ("tasks q=word + key:value (1%)", "/api/tasks", {"q": "ada country:DE", "limit": 50}, True),
+                ("tasks q=word in errors (2%)", "/api/tasks", {"q": "ValueError", "limit": 50}, True),
+                ("tasks q=key:value + state=FAILURE", "/api/tasks",
+                 {"q": "country:DE", "state": "FAILURE", "limit": 50}, True),
                 ("tasks since/until (1 h)", "/api/tasks",
                  {"since": (some.sent_at or 0) - 3600, "until": some.sent_at, "limit": 50}, True),
+                ("failures, everything stored", "/api/failures", {}, False),
+                ("failures, last hour", "/api/failures", {"since": time.time() - 3600}, False),
+                ("failures name=", "/api/failures", {"name": NAMES[1]}, False),
+                ("tasks fingerprint= (walking pages)", "/api/tasks",
+                 {"fingerprint": clusters[0].fingerprint, "limit": 50}, True),
                 ("flows, newest first (walking pages)", "/api/flows", {"limit": 50}, True),
                 ("flows state=FAILURE", "/api/flows", {"state": "FAILURE", "limit": 50}, True),
                 ("flows name=", "/api/flows", {"name": NAMES[0], "limit": 50}, True),
                 ("flows worker=", "/api/flows", {"worker": HOSTS[5], "limit": 50}, True),
                 ("flows q=", "/api/flows", {"q": "fetch", "limit": 50}, True),
+                ("flows q=key:value (~10 tasks)", "/api/flows", {"q": f"customer_id:{customer}", "limit": 50},
+                 True),
+                ("flows q=word + key:value (1%)", "/api/flows", {"q": "ada country:DE", "limit": 50}, True),
                 (f"flow graph, {GRAPH_NODES} nodes", f"/api/flows/{GRAPH_ROOT}", {}, False),
                 ("flow graph, 8 nodes", f"/api/flows/{some.root_id}", {}, False),
                 ("task detail", f"/api/tasks/{some.task_id}", {}, False),

@@ -77,6 +77,9 @@ OPTIONS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
     "max_tasks": (("--max-tasks",), {
         "type": click.IntRange(min=1),
         "help": "Keep at most this many tasks (oldest deleted first). Env: CELERY_FLOW_MAX_TASKS."}),
+    "stuck_after": (("--stuck-after",), {
+        "metavar": "DURATION", "help": "Flag a task stuck once it has run this long (90s, 30m, 2h), "
+        "whatever its name's history says. Env: CELERY_FLOW_STUCK_AFTER. Default: off (history only)."}),
     "host": (("--host",), {"default": DEFAULT_HOST, "show_default": True, "help": "Interface to listen on."}),
     "port": (("--port", "-p"), {
         "type": click.IntRange(1, 65535), "default": DEFAULT_PORT, "show_default": True}),
@@ -103,7 +106,7 @@ OPTIONS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
 }  # fmt: skip
 
 # The settings `server_config()` resolves, and the options of each kind of command.
-SETTINGS = ("broker_url", "store", "prefix", "ttl", "max_tasks")
+SETTINGS = ("broker_url", "store", "prefix", "ttl", "max_tasks", "stuck_after")
 SERVER = (*SETTINGS, "host", "port", "no_consumer", "basic_auth", "log_level", "otlp_endpoint")
 CONSUME = (*SETTINGS, "name", "group", "batch", "log_level", "otlp_endpoint")
 
@@ -121,7 +124,7 @@ def options(*names: str, **overrides: dict[str, Any]) -> Callable[[F], F]:
     return decorate
 
 
-# --broker-url, --store, --prefix, --ttl, --max-tasks: for a command that resolves a ServerConfig.
+# --broker-url, --store, --prefix, --ttl, --max-tasks, --stuck-after: for a command resolving a ServerConfig.
 common_options = options(*SETTINGS)
 
 

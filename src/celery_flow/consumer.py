@@ -14,7 +14,8 @@ One loop, built so that no input and no outage can stop it:
 - A broker that goes away: reconnect with capped exponential backoff, status `reconnecting`.
 - A store that fails: keep the batch unacknowledged and retry it with backoff, status `store_error`;
   one event the store can never hold is isolated and counted (`rejected.unstorable`), not retried forever.
-- Retention runs here (`store.sweep`) so one process owns deletes, and `sinks` (the OTLP exporter)
+- Retention runs here (`store.sweep`) so one process owns deletes, and the check for tasks lost with
+  their silent worker (`store.check_lost`, every few seconds once caught up); `sinks` (the OTLP exporter)
   get the changed task ids after each commit; a failing sink is logged, never allowed to stop ingest.
 """
 
@@ -54,6 +55,8 @@ DROPPED_COUNTER = "publisher.dropped"
 REJECTED_PREFIX = "rejected."
 # Failed attempts at one batch, with the store answering pings, before looking for a poison event in it.
 POISON_AFTER = 3
+# Seconds before a failed check for lost tasks is tried again.
+LOST_RETRY = 5.0
 # How often a running consumer logs one line of progress (only when something happened).
 REPORT_INTERVAL = 60.0
 
@@ -145,6 +148,8 @@ class Consumer:
         self._subscription: Subscription | None = None
         self._next_sweep = 0.0
         self._next_lag = 0.0
+        self._next_lost = 0.0
+        self._caught_up = False
         self._next_report = time.monotonic() + REPORT_INTERVAL
         self._reported_events = 0
         # The largest entry of the last read, in events (batch framing: transport/base.py).
@@ -209,6 +214,8 @@ class Consumer:
                 backoff.reset()
                 if self._status != "running":
                     self._set_status("running")
+                # A full read means a backlog: silence is judged only once caught up (lost.py).
+                self._caught_up = len(messages) < max(1, self.batch // self._events_per_entry)
                 for chunk in self._chunks(messages):
                     self.process(chunk, stop)
                 self._housekeeping(stop)
@@ -469,6 +476,21 @@ class Consumer:
         if (self.ttl is not None or self.max_tasks is not None) and now >= self._next_sweep:
             self._next_sweep = now + self.sweep_interval
             self.sweep()
+        if self._caught_up and now >= self._next_lost:
+            self._next_lost = now + self.check_lost()
+
+    def check_lost(self) -> float:
+        """Mark LOST the tasks of workers gone silent (store/lost.py); return seconds until the next check.
+        Errors are logged and retried at the next check."""
+        try:
+            changed, next_in = self.store.check_lost()
+        except Exception as exc:
+            log.warning("check for lost tasks failed (will retry): %s", exc)
+            return LOST_RETRY
+        if changed:
+            log.info("marked %d tasks LOST: their worker went silent", len(changed))
+            self._notify(changed)
+        return next_in
 
     def sweep(self) -> int:
         """Apply retention now; errors are logged and retried at the next interval."""

@@ -50,6 +50,31 @@ class TaskInfo(msgspec.Struct, kw_only=True, omit_defaults=True):
     doc: str | None = None
 
 
+# Most planned steps one `sent` event carries (a plan of a huge group stops there).
+MAX_PLAN_STEPS: Final = 1000
+
+PlanCondition = Literal["success", "failure", "chord"]
+
+
+class PlanStep(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One step of the workflow a task's message already holds, not sent yet (DESIGN.md §2, `plan`).
+
+    It runs after the tasks in `after`: on their success (a chain step, a link callback), on their
+    failure (a link_error errback), or once all of them finished (`chord`: a chord callback after its
+    header members). The lineage fields are the ones its own `sent` event will carry.
+    """
+
+    task_id: str
+    name: str | None = None
+    after: list[str] = msgspec.field(default_factory=list)
+    on: PlanCondition = "success"
+    parent_id: str | None = None
+    group_id: str | None = None
+    chord_id: str | None = None
+    links: list[str] | None = None
+    link_errors: list[str] | None = None
+
+
 class Event(msgspec.Struct, kw_only=True, omit_defaults=True):
     """One lifecycle step of a task or worker. Field meanings: DESIGN.md §2."""
 
@@ -70,6 +95,9 @@ class Event(msgspec.Struct, kw_only=True, omit_defaults=True):
     links: list[str] | None = None
     link_errors: list[str] | None = None
     trace_id: str | None = None
+    # On `sent`: the steps of the workflow after this task that its message already holds (at most
+    # MAX_PLAN_STEPS), so the graph draws them before they are sent.
+    plan: list[PlanStep] | None = None
 
     # Where it ran or was routed.
     hostname: str | None = None

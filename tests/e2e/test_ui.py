@@ -171,7 +171,8 @@ def test_retry_reason_and_relations(stack: Stack, canvas: dict[str, str], page: 
 
 
 def test_live_state_change_without_reload(stack: Stack, page: Page) -> None:
-    """A running flow changes in place: the held task turns SUCCESS, then its chain successor appears."""
+    """A running flow changes in place: the held task turns SUCCESS, then its chain successor, drawn
+    PLANNED from the first publish, runs in the same node."""
     hold = stack.task("t.hold")
     run = uuid.uuid4().hex
     first_key, second_key = f"cf-e2e-live-{run}", f"cf-e2e-live-list-{run}"
@@ -182,7 +183,8 @@ def test_live_state_change_without_reload(stack: Stack, page: Page) -> None:
         stack.wait_task(held_id, "STARTED")
         page.goto(f"{stack.url}/flows/{held_id}")
         expect(node(page, held_id)).to_have_attribute("data-state", "STARTED")
-        expect(page.locator('[data-testid^="node-"]')).to_have_count(1)
+        expect(node(page, str(workflow.id))).to_have_attribute("data-state", "PLANNED")
+        expect(page.locator('[data-testid^="node-"]')).to_have_count(2)
         expect(page.get_by_test_id("graph")).to_have_attribute("data-layouts", "1")
         expect(page.get_by_test_id("conn")).to_have_text("Live")
         expect(page.get_by_test_id("flow-head").locator(".chip")).to_have_text("RUNNING")
@@ -195,8 +197,9 @@ def test_live_state_change_without_reload(stack: Stack, page: Page) -> None:
         expect(page.locator(".react-flow__edge.edge-chain")).to_have_count(1)
         expect(page.get_by_test_id("flow-head").locator(".chip")).to_have_text("SUCCESS")
         assert page.evaluate("window.__sameDocument === true"), "the page was reloaded"
-        # Several state changes arrived, but only the new task caused a layout: states change in place.
-        expect(page.get_by_test_id("graph")).to_have_attribute("data-layouts", "2")
+        # Several state changes arrived, and no new node: states change in place, with no new layout.
+        expect(page.locator('[data-testid^="node-"]')).to_have_count(2)
+        expect(page.get_by_test_id("graph")).to_have_attribute("data-layouts", "1")
         screenshot(page, "flow-live-done")
 
         # The flows list updates live too: a new flow appears running, then turns SUCCESS in place.

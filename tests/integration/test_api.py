@@ -276,6 +276,7 @@ def test_unknown_ids_are_404_json(api: httpx.Client, path: str) -> None:
         ("/api/tasks", {"since": -1}),
         ("/api/tasks", {"since": 10, "until": 5}),
         ("/api/tasks", {"name": "x" * 600}),
+        ("/api/tasks", {"stuck": "maybe"}),
         ("/api/tasks/" + "x" * 300, {}),
     ],
 )
@@ -297,12 +298,15 @@ def test_bad_query_values_are_422(api: httpx.Client, path: str, params: dict[str
         {"until": 0},
         {"root_id": "*"},
         {"worker": "celery@w1\"'"},
+        {"stuck": "true", "q": "t.sl", "until": 0},
     ],
 )
 def test_odd_but_valid_input_never_500s(api: httpx.Client, params: dict[str, Any]) -> None:
     resp = api.get("/api/tasks", params=params)
     assert resp.status_code in (200, 422), resp.text
     resp = api.get("/api/flows", params=params)
+    assert resp.status_code in (200, 422), resp.text
+    resp = api.get("/api/failures", params=params)
     assert resp.status_code in (200, 422), resp.text
 
 
@@ -317,6 +321,7 @@ def test_openapi_documents_every_endpoint(api: httpx.Client) -> None:
         "/api/traces/{trace_id}",
         "/api/registry",
         "/api/workers",
+        "/api/failures",
     }
     assert spec["servers"] == [{"url": "/"}]
     params = {p["name"] for p in spec["paths"]["/api/tasks"]["get"]["parameters"]}
@@ -331,6 +336,8 @@ def test_openapi_documents_every_endpoint(api: httpx.Client) -> None:
         "until",
         "limit",
         "cursor",
+        "fingerprint",
+        "stuck",
     }
     assert api.get("/api/docs").status_code == 200
 

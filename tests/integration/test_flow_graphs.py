@@ -9,61 +9,18 @@ states, the retries and the order of the timestamps a user sees on the timeline.
 from __future__ import annotations
 
 import datetime
-import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
-from celery import Celery, chain, chord, group
-from celery.contrib.testing.worker import start_worker
+from celery import chain, chord, group
 from celery.exceptions import TaskRevokedError
 from celery.utils import uuid as celery_uuid
-from tests.support.canvas_app import make_app
-from tests.support.server_helpers import serving
-from tests.support.server_tasks import register_launcher
+from tests.support.flow_env import Env, env_for
 from tests.support.wait import wait_for
 from tests.support.worker import revoke_confirmed
 
-import celery_flow
-from celery_flow.server import create_app
-
 pytestmark = pytest.mark.slow
-
-TERMINAL = {"SUCCESS", "FAILURE", "REVOKED", "REJECTED"}
-
-
-@dataclass
-class Env:
-    app: Celery
-    api: httpx.Client
-
-    def task(self, name: str) -> Any:
-        return self.app.tasks[f"t.{name}"]
-
-    def flow(self, root_id: str, count: int, terminal: bool = True) -> dict[str, Any]:
-        """The flow graph once it has `count` nodes, all in a final state (unless terminal=False)."""
-
-        def ready() -> dict[str, Any] | None:
-            resp = self.api.get(f"/api/flows/{root_id}")
-            if resp.status_code == 404:
-                return None
-            resp.raise_for_status()
-            graph: dict[str, Any] = resp.json()
-            nodes = graph["nodes"]
-            if len(nodes) < count:
-                return None
-            if terminal and not all(n["state"] in TERMINAL for n in nodes):
-                return None
-            return graph
-
-        return wait_for(ready, 30, f"flow {root_id} with {count} finished nodes")
-
-    def launch(self, shape: str) -> tuple[str, dict[str, Any]]:
-        r = self.app.tasks["st.launch"].delay(shape)
-        return r.id, r.get(timeout=20)
 
 
 # (store, celery-flow transport): both stores over Redis Streams, and SQLite over RabbitMQ. Celery itself
@@ -72,32 +29,7 @@ class Env:
 def env(
     request: pytest.FixtureRequest, redis_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Env]:
-    store, transport = request.param.split("-")
-    if store == "sqlite":
-        store_url = f"sqlite:///{Path(tmp_path_factory.mktemp('graphs')) / 'flow.db'}"
-    else:
-        store_url = str(request.getfixturevalue("pg_url"))
-    flow_url = redis_url if transport == "redis" else str(request.getfixturevalue("amqp_url"))
-    prefix = f"cft_{uuid.uuid4().hex[:8]}"
-    server = create_app(broker_url=flow_url, store=store_url, prefix=prefix)
-    app = make_app(redis_url, redis_url, flow_url, prefix, queue=f"q_{prefix}")
-    register_launcher(app)
-    try:
-        with (
-            serving(server) as url,
-            httpx.Client(base_url=url, timeout=10) as api,
-            start_worker(
-                app,
-                pool="solo",
-                concurrency=1,
-                perform_ping_check=False,
-                loglevel="ERROR",
-                shutdown_timeout=10,
-            ),
-        ):
-            yield Env(app, api)
-    finally:
-        celery_flow.shutdown(app)
+    yield from env_for(request.param, request, redis_url, tmp_path_factory.mktemp("graphs"))
 
 
 def edges(graph: dict[str, Any]) -> set[tuple[str, str, str]]:

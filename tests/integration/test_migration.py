@@ -46,8 +46,11 @@ RELEASES = [
 # Schema versions this code adds to a release-built schema 2 store; a version no code writes yet.
 NEW_VERSIONS = list(range(3, SCHEMA_VERSION + 1))
 FUTURE = SCHEMA_VERSION + 1
-NEW_FIELDS = frozenset({"queue_wait", "summary", "reason", "fingerprint", "stuck"})
-TABLES = ("meta", "events", "tasks", "flows", "name_stats", "registry", "workers", "counters", "migrations")
+NEW_FIELDS = frozenset({"queue_wait", "summary", "reason", "fingerprint", "stuck", "cluster_size"})
+TABLES = (
+    "meta", "events", "tasks", "flows", "name_stats", "registry", "workers", "counters", "migrations",
+    "failure_clusters", "failure_counts",
+)  # fmt: skip
 
 
 @dataclass
@@ -224,6 +227,19 @@ def test_current_server_serves_a_released_store_as_that_release_did(
                 assert task["queue_wait"] == pytest.approx(task["started_at"] - task["eta"], abs=1e-6)
             else:
                 assert task["queue_wait"] == pytest.approx(task["started_at"] - task["sent_at"], abs=1e-6)
+
+        # What schema 4 adds: the re-fold counted the release's failures and retries by cause.
+        details = [client.get(f"/api/tasks/{t['task_id']}").json() for t in tasks]
+        failed = [t for t in details if t["state"] == "FAILURE"]
+        retried = [e for t in details for e in t["events"] if e["type"] == "retried"]
+        assert failed
+        assert retried
+        clusters = client.get("/api/failures").json()["items"]
+        assert sum(c["count"] for c in clusters) == len(failed)
+        assert sum(c["retries"] for c in clusters) == len(retried)
+        for task in failed:
+            assert task["fingerprint"] in {c["fingerprint"] for c in clusters}
+            assert task["cluster_size"] >= 1
     text = log.read_text()
     assert "from store schema 2 to 3" in text
     assert f"re-fold for store schema {SCHEMA_VERSION} finished" in text

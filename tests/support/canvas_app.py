@@ -5,6 +5,9 @@ In-process tests call `make_app(...)`; a subprocess worker runs
 
 - CFT_BROKER_URL / CFT_BACKEND_URL: Celery's own broker and result backend
 - CFT_FLOW_URL / CFT_FLOW_PREFIX: when set, `celery_flow.init(app, transport_url, prefix)` is called
+- CFT_ACKS_LATE: seconds; when set, tasks are acknowledged after they ran (`task_acks_late`), and Redis
+  hands an unacknowledged message out again after that many seconds (its `visibility_timeout`, checked
+  every second): what redelivers the task of a killed worker
 """
 
 from __future__ import annotations
@@ -117,6 +120,11 @@ def _register(a: Celery) -> None:
         """Error callback taking the failed task's id (sent as its own task)."""
         return f"handled {task_id}"
 
+    @a.task(shared=False, name="t.on_error")
+    def on_error(request: Any, exc: Any, traceback: Any) -> str:
+        """Error callback Celery calls inside the worker (it takes the request): never sent."""
+        return f"handled {request.id}"
+
     @a.task(shared=False, name="t.reject", bind=True, acks_late=True)
     def reject(self: Task, requeue: bool = False) -> None:
         raise Reject("not today", requeue=requeue)
@@ -135,13 +143,22 @@ def _register(a: Celery) -> None:
 
 def _from_env() -> Celery:
     broker = os.environ.get("CFT_BROKER_URL", "redis://127.0.0.1:6379/15")
-    return make_app(
+    celery_app = make_app(
         broker,
         os.environ.get("CFT_BACKEND_URL") or broker,
         os.environ.get("CFT_FLOW_URL") or None,
         os.environ.get("CFT_FLOW_PREFIX") or None,
         queue=os.environ.get("CFT_QUEUE") or None,
     )
+    acks_late = os.environ.get("CFT_ACKS_LATE")
+    if acks_late:
+        celery_app.conf.task_acks_late = True
+        celery_app.conf.broker_transport_options = {
+            "visibility_timeout": float(acks_late),
+            "unacked_restore_interval": 1,
+            "unacked_restore_throttle": 1,
+        }
+    return celery_app
 
 
 app = _from_env()

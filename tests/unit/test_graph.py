@@ -81,6 +81,32 @@ def test_chord_is_a_chord_while_only_sent_with_pending_callback() -> None:
     assert edges(graph) == {("h1", "cb", "chord"), ("h2", "cb", "chord")}
 
 
+def test_planned_steps_are_drawn_in_place_with_their_names() -> None:
+    # chain(a, chord([h1, h2], cb), d) with only a sent: the rest as the store gives it (PLANNED rows).
+    planned = [
+        TaskDetail(task_id="h1", name="proj.h", state="PLANNED", root_id="a", parent_id="a", group_id="g",
+                   chord_id="cb"),
+        TaskDetail(task_id="h2", name="proj.h", state="PLANNED", root_id="a", parent_id="a", group_id="g",
+                   chord_id="cb"),
+        TaskDetail(task_id="cb", name="proj.cb", state="PLANNED", root_id="a", links=["d"]),
+        TaskDetail(task_id="d", name="proj.d", state="NOT_RUN", root_id="a", parent_id="cb",
+                   reason="upstream h2 failed"),
+    ]  # fmt: skip
+    graph = build_graph("a", [*tasks_of(sent("a", 1, links=["h1", "h2"])), *planned])
+    nodes = {n.task_id: n for n in graph.nodes}
+    assert {k: (n.name, n.state) for k, n in nodes.items()} == {
+        "a": ("proj.a", "PENDING"), "h1": ("proj.h", "PLANNED"), "h2": ("proj.h", "PLANNED"),
+        "cb": ("proj.cb", "PLANNED"), "d": ("proj.d", "NOT_RUN"),
+    }  # fmt: skip
+    assert nodes["d"].reason == "upstream h2 failed"
+    assert edges(graph) == {
+        ("a", "h1", "chain"), ("a", "h2", "chain"), ("h1", "cb", "chord"), ("h2", "cb", "chord"),
+        ("cb", "d", "chain"),
+    }  # fmt: skip
+    assert groups(graph) == {("g", "chord", ("h1", "h2"), "cb")}
+    assert graph.summary.counts == {"PENDING": 1, "PLANNED": 3, "NOT_RUN": 1}
+
+
 def test_chord_callback_carrying_the_enclosing_group_id_is_not_a_member() -> None:
     # chain(a, group(b1, b2), chord([c1, c2], d)): d carries group b's group_id (DESIGN.md §7).
     graph = build_graph(

@@ -20,6 +20,7 @@ ENV = {
     "CELERY_FLOW_BASIC_AUTH": "env:secret",
     "CELERY_FLOW_EMBEDDED_CONSUMER": "no",
     "CELERY_FLOW_HEARTBEAT_INTERVAL": "40",
+    "CELERY_FLOW_STUCK_AFTER": "10m",
 }
 
 
@@ -28,17 +29,21 @@ def test_arguments_win_over_the_environment_which_wins_over_defaults() -> None:
     assert from_env == ServerConfig(
         broker_url="redis://env:6379/0", store_url="sqlite:///env.db", prefix="env_prefix", ttl=7200.0,
         max_tasks=500, basic_auth=("env", "secret"), embedded_consumer=False, heartbeat_interval=40.0,
+        stuck_after=600.0,
     )  # fmt: skip
     given = resolve("redis://arg:6379/0", "sqlite:///arg.db", "arg", "30m", 7, "arg:pw", True, environ=ENV)
     assert (given.broker_url, given.store_url, given.prefix, given.ttl, given.max_tasks) == (
         "redis://arg:6379/0", "sqlite:///arg.db", "arg", 1800.0, 7,
     )  # fmt: skip
     assert (given.basic_auth, given.embedded_consumer) == (("arg", "pw"), True)
+    assert resolve(stuck_after="90s", environ=ENV).stuck_after == 90.0
+    assert resolve(stuck_after="0", environ=ENV).stuck_after is None  # 0: off
     defaults = resolve(environ={})
     assert (defaults.broker_url, defaults.prefix, defaults.ttl, defaults.max_tasks) == (
         None, "celery_flow", float(DEFAULT_TTL), None,
     )  # fmt: skip
     assert (defaults.embedded_consumer, defaults.heartbeat_interval) == (True, DEFAULT_HEARTBEAT_INTERVAL)
+    assert defaults.stuck_after is None
     assert defaults.store_url == default_store_url()
     # `celery -A proj flow`: the Celery app's broker comes after the argument and the variable.
     assert resolve(default_broker_url="amqp://app//", environ={}).broker_url == "amqp://app//"
@@ -56,6 +61,7 @@ def test_arguments_win_over_the_environment_which_wins_over_defaults() -> None:
             "CELERY_FLOW_EMBEDDED_CONSUMER='maybe' is not valid: expected a boolean",
         ),
         ("HEARTBEAT_INTERVAL", "-1", "CELERY_FLOW_HEARTBEAT_INTERVAL='-1' is not valid: expected a positive"),
+        ("STUCK_AFTER", "later", "CELERY_FLOW_STUCK_AFTER='later' is not valid: expected a duration"),
         ("BASIC_AUTH", "nocolon", "basic auth must look like user:password (set --basic-auth or CELERY_FLOW"),
     ],
 )

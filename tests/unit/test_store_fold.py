@@ -67,7 +67,8 @@ def _snapshot(store: SqlStore) -> Any:
     registry = [asdict(r) for r in store.registry()]
     workers = [(w.hostname, w.tasks_run) for w in store.workers()]
     stats = store.stats()
-    return tasks, details, flows, registry, workers, (stats.tasks, stats.events)
+    clusters = [asdict(c) for c in store.failures(T0 - 3600, T0 + 3600, None)]
+    return tasks, details, flows, registry, workers, (stats.tasks, stats.events), clusters
 
 
 def _apply_in_order() -> Any:
@@ -107,7 +108,7 @@ def test_any_arrival_gives_the_same_store(order: list[int], cuts: list[int], dup
 
 
 def test_the_expected_store_is_what_a_user_expects() -> None:
-    tasks, details, flows, registry, workers, counts = EXPECTED
+    tasks, details, flows, registry, workers, counts, clusters = EXPECTED
     assert {k: v["state"] for k, v in tasks.items()} == {
         "root": "SUCCESS", "b": "SUCCESS", "c1": "SUCCESS", "c2": "SUCCESS", "cb": "FAILURE",
     }  # fmt: skip
@@ -120,3 +121,7 @@ def test_the_expected_store_is_what_a_user_expects() -> None:
     assert {r["name"]: r["failure_rate"] for r in registry}["app.cb"] == 1.0
     assert dict(workers) == {"celery@w1": 3, "celery@w2": 2}
     assert counts == (5, len(FLOW))
+    assert [(c["exception_type"], c["count"], c["retries"], c["sample_task_ids"]) for c in clusters] == [
+        ("ValueError", 1, 0, ["cb"]),
+        ("boom", 0, 1, ["b"]),
+    ]

@@ -12,6 +12,7 @@ from celery_flow.store import StoreError, default_store_url, open_store, sqlite_
 from celery_flow.store.queries import decode_cursor, encode_cursor
 from celery_flow.store.rows import FlowRow, NameStatsRow, TaskRow, WorkerRow
 from celery_flow.store.schema import FLOW_COLUMNS, STATE_COLUMNS, TASK_COLUMNS, WORKER_COLUMNS, ddl
+from celery_flow.store.search import DDL as SEARCH_DDL
 from celery_flow.store.sqlite import SQLiteStore
 
 
@@ -45,12 +46,14 @@ def test_cursor_round_trip_and_garbage() -> None:
             decode_cursor(bad)
 
 
-def test_schema_creates_in_sqlite_and_differs_only_in_types() -> None:
+def test_schema_creates_in_sqlite_and_differs_only_in_types_and_the_search_index() -> None:
     conn = sqlite3.connect(":memory:")
     for statement in ddl("sqlite"):
         conn.execute(statement)
     sqlite_lines, pg_lines = ddl("sqlite"), ddl("postgresql")
-    assert len(sqlite_lines) == len(pg_lines)
+    assert sqlite_lines[-len(SEARCH_DDL["sqlite"]) :] == list(SEARCH_DDL["sqlite"])
+    assert pg_lines[-len(SEARCH_DDL["postgresql"]) :] == list(SEARCH_DDL["postgresql"])
+    assert len(sqlite_lines) - len(SEARCH_DDL["sqlite"]) == len(pg_lines) - len(SEARCH_DDL["postgresql"])
     assert "BYTEA" in " ".join(pg_lines)
     assert "BLOB" in " ".join(sqlite_lines)
 

@@ -4,6 +4,26 @@
  */
 
 export interface paths {
+    "/api/failures": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Failures grouped by cause
+         * @description Failure clusters with failures or retries in [`since`, `until`) (default: everything stored, until now), most failed tasks first. A cluster is one cause: the exception type and the traceback's frames without line numbers or Celery's own frames (`fingerprint`); `message` is its title, with numbers, ids and quoted values replaced by placeholders. `count` counts failed tasks, `retries` retry attempts; `first_seen` and `last_seen` span every failure and retry stored; `sample_task_ids` are up to 10 of its tasks, newest first (all of them: `GET /api/tasks?fingerprint=`). Counts come from buckets of 1 minute, 10 minutes or 1 hour (the widest giving at least 24 over the window): `since` is rounded down and `until` up to whole buckets, and `sparkline` gives the failures per bucket over the window, at most 60 buckets.
+         */
+        get: operations["get_failures_api_failures_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/flows": {
         parameters: {
             query?: never;
@@ -183,6 +203,8 @@ export interface components {
         EventRecord: {
             /** Exception */
             exception?: string | null;
+            /** Fingerprint */
+            fingerprint?: string | null;
             /** Hostname */
             hostname?: string | null;
             /** Id */
@@ -201,6 +223,39 @@ export interface components {
             ts: number;
             /** Type */
             type: string;
+        };
+        /**
+         * FailureCluster
+         * @description Failures and retries with one cause (flow/fingerprint.py), counted over the requested window.
+         */
+        FailureCluster: {
+            /** Count */
+            count: number;
+            /** Exception Type */
+            exception_type: string;
+            /** Fingerprint */
+            fingerprint: string;
+            /** First Seen */
+            first_seen: number;
+            /** Last Seen */
+            last_seen: number;
+            /** Message */
+            message: string;
+            /** Retries */
+            retries: number;
+            /** Sample Task Ids */
+            sample_task_ids: string[];
+            sparkline: components["schemas"]["Sparkline"];
+            /** Task Names */
+            task_names: string[];
+        };
+        /**
+         * FailureList
+         * @description Failure clusters, most failed tasks first.
+         */
+        FailureList: {
+            /** Items */
+            items: components["schemas"]["FailureCluster"][];
         };
         /** FlowGraph */
         FlowGraph: {
@@ -437,6 +492,18 @@ export interface components {
             /** Start */
             start: number;
         };
+        /**
+         * Sparkline
+         * @description Counts over a window in equal buckets: bucket i covers [start + i * step, start + (i + 1) * step).
+         */
+        Sparkline: {
+            /** Counts */
+            counts: number[];
+            /** Start */
+            start: number;
+            /** Step */
+            step: number;
+        };
         /** StoreHealth */
         StoreHealth: {
             /** Detail */
@@ -464,6 +531,8 @@ export interface components {
             children?: string[];
             /** Chord Id */
             chord_id?: string | null;
+            /** Cluster Size */
+            cluster_size?: number | null;
             /** Durations */
             durations?: {
                 [key: string]: number;
@@ -703,6 +772,62 @@ export interface components {
 }
 export type $defs = Record<string, never>;
 export interface operations {
+    get_failures_api_failures_get: {
+        parameters: {
+            query?: {
+                /** @description Epoch seconds: failed or retried at/after */
+                since?: number | null;
+                /** @description Epoch seconds: failed or retried before */
+                until?: number | null;
+                /** @description Exact task name */
+                name?: string | null;
+                /** @description Clusters at most */
+                limit?: number;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["FailureList"];
+                };
+            };
+            /** @description No such id */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+            /** @description The store is unreachable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
     list_flows_api_flows_get: {
         parameters: {
             query?: {
@@ -713,7 +838,7 @@ export interface operations {
                 trace_id?: string | null;
                 /** @description Worker hostname, e.g. celery@host */
                 worker?: string | null;
-                /** @description Free text over task ids and names */
+                /** @description Free text: a task id prefix, part of a task name, or words and `key:value` pairs inside arguments, results and error messages, all of which must match (`ada@example.com`, `customer_id:4711`, `city:"New York"`); flows match when one of their tasks does */
                 q?: string | null;
                 /** @description Epoch seconds: sent or started at/after */
                 since?: number | null;
@@ -897,13 +1022,17 @@ export interface operations {
         parameters: {
             query?: {
                 state?: components["schemas"]["TaskState"] | null;
+                /** @description A failure cluster's `fingerprint` (`GET /api/failures`) */
+                fingerprint?: string | null;
+                /** @description Only tasks running far longer than their name's history (5 x its p99) or --stuck-after */
+                stuck?: boolean;
                 /** @description Exact task name */
                 name?: string | null;
                 root_id?: string | null;
                 trace_id?: string | null;
                 /** @description Worker hostname, e.g. celery@host */
                 worker?: string | null;
-                /** @description Free text over task ids and names */
+                /** @description Free text: a task id prefix, part of a task name, or words and `key:value` pairs inside arguments, results and error messages, all of which must match (`ada@example.com`, `customer_id:4711`, `city:"New York"`); flows match when one of their tasks does */
                 q?: string | null;
                 /** @description Epoch seconds: sent or started at/after */
                 since?: number | null;

@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from typing import Final
 
 from celery_flow.events import Event
+from celery_flow.flow.fingerprint import cause
 from celery_flow.flow.model import EventRecord, Segment, SegmentKind, TaskDetail, TaskState
 
 # Lifecycle rank of each event type inside one attempt.
@@ -145,11 +146,22 @@ def fold_task(task_id: str, events: Iterable[Event]) -> TaskDetail:
         # Why it is waiting for another attempt.
         task.exception = last.exception or last.reason
         task.traceback = last.traceback
+    task.fingerprint = fingerprint(task)
 
     task.segments = build_segments(ordered)
     task.durations = segment_durations(task.segments)
     task.queue_wait = queue_wait(ordered)
     return task
+
+
+def fingerprint(task: TaskDetail) -> str | None:
+    """The cluster of the task's latest failure or retry: a FAILURE's own, else its latest retry's (a
+    revoked, rejected or lost task has no traceback of its own; it keeps the cause it retried for)."""
+    records = task.events if task.state != "FAILURE" else task.events[-1:]
+    for record in reversed(records):
+        if record.fingerprint is not None:
+            return record.fingerprint
+    return None
 
 
 def queue_wait(ordered: list[Event]) -> float | None:
@@ -200,6 +212,7 @@ def segment_durations(segments: list[Segment]) -> dict[str, float]:
 
 
 def _record(event: Event) -> EventRecord:
+    failed = event.type in ("failed", "retried")
     return EventRecord(
         id=event.id,
         type=event.type,
@@ -211,4 +224,5 @@ def _record(event: Event) -> EventRecord:
         traceback=event.traceback,
         reason=event.reason,
         runtime=event.runtime,
+        fingerprint=cause(event.exception or event.reason, event.traceback).fingerprint if failed else None,
     )

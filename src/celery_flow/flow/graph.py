@@ -2,8 +2,10 @@
 and the flow's summary row (state, counts, duration: flow/flows.py).
 
 Everything is derived from fields known at publish time (`parent_id`, `links`, `link_errors`,
-`group_id`, `chord_id`), so a canvas has its final shape as soon as its tasks are *sent*; a chord whose
-header has not finished yet is still drawn as a chord, with its callback as a pending node.
+`group_id`, `chord_id`), so a canvas has its final shape as soon as its tasks are *sent*. Steps not sent
+yet come from the store as PLANNED (or NOT_RUN) tasks with the same lineage fields, named, read from the
+`plan` of an earlier task's `sent` (store/plan.py); only a chord callback that no plan named (events
+from a tracking library without plans) is drawn as a pending placeholder without a name.
 
 Bad data (cycles, missing parents, a task that names itself) never hangs or crashes this module: it only
 looks edges up in dictionaries, and the one walk (critical path) keeps a visited set.
@@ -52,7 +54,7 @@ def build_graph(root_id: str, tasks: Iterable[TaskSummary]) -> FlowGraph:
             chord_members.setdefault(node.chord_id, []).append(node.task_id)
     for callback_id in chord_members:
         if callback_id not in nodes:
-            # Not sent yet: the header is still running. Show it as a pending node.
+            # Not sent yet and no plan named it (an older tracking library): a pending placeholder.
             nodes[callback_id] = GraphNode(task_id=callback_id, name=None, state="PENDING", root_id=root_id)
 
     group_members: dict[str, list[str]] = {}

@@ -64,6 +64,8 @@ class EventRecord:
     traceback: str | None = None
     reason: str | None = None
     runtime: float | None = None
+    # Of a `failed` or `retried` event: the failure cluster of its cause (flow/fingerprint.py).
+    fingerprint: str | None = None
 
 
 @dataclass
@@ -96,7 +98,8 @@ class TaskSummary:
     updated_at: float | None = None
     # Why a task is NOT_RUN or LOST, in words ("upstream <task id> failed").
     reason: str | None = None
-    # The failure cluster of a failed (or retried) task: its exception type and traceback frames.
+    # The failure cluster of the task's latest failure or retry (flow/fingerprint.py): a FAILURE's own,
+    # else its latest retry's, whatever its state now; None for a task that never failed or retried.
     fingerprint: str | None = None
     # Running far longer than its name's history says it should (computed when read).
     stuck: bool = False
@@ -116,6 +119,38 @@ class TaskDetail(TaskSummary):
     events: list[EventRecord] = field(default_factory=list)
     segments: list[Segment] = field(default_factory=list)
     children: list[str] = field(default_factory=list)
+    # Failed tasks in the cluster of `fingerprint`, this one included when it failed (`GET /api/failures`).
+    cluster_size: int | None = None
+
+
+@dataclass
+class Sparkline:
+    """Counts over a window in equal buckets: bucket i covers [start + i * step, start + (i + 1) * step)."""
+
+    start: float
+    step: float
+    counts: list[int]
+
+
+@dataclass
+class FailureCluster:
+    """Failures and retries with one cause (flow/fingerprint.py), counted over the requested window."""
+
+    fingerprint: str
+    exception_type: str
+    # The title: the first message seen, numbers, ids and quoted values replaced by placeholders.
+    message: str
+    # Failed tasks (state FAILURE) whose failure had this cause.
+    count: int
+    # Retry attempts with this cause (of tasks that failed, succeeded later, or still run).
+    retries: int
+    first_seen: float
+    last_seen: float
+    task_names: list[str]
+    # Tasks whose latest failure or retry had this cause, newest first.
+    sample_task_ids: list[str]
+    # Failures per bucket over the window.
+    sparkline: Sparkline
 
 
 @dataclass

@@ -18,6 +18,7 @@ from fastapi.exceptions import RequestValidationError
 
 from celery_flow.flow.flows import summarize_trace
 from celery_flow.flow.model import (
+    FailureCluster,
     FlowGraph,
     FlowState,
     FlowSummary,
@@ -39,10 +40,27 @@ IdPath = Annotated[str, Path(min_length=1, max_length=255)]
 Name = Annotated[str | None, Query(max_length=512, description="Exact task name")]
 Id = Annotated[str | None, Query(max_length=255)]
 Worker = Annotated[str | None, Query(max_length=512, description="Worker hostname, e.g. celery@host")]
-Text = Annotated[str | None, Query(max_length=512, description="Free text over task ids and names")]
+Text = Annotated[
+    str | None,
+    Query(
+        max_length=512,
+        description="Free text: a task id prefix, part of a task name, or words and `key:value` pairs "
+        "inside arguments, results and error messages, all of which must match (`ada@example.com`, "
+        '`customer_id:4711`, `city:"New York"`); flows match when one of their tasks does',
+    ),
+]
 Since = Annotated[float | None, Query(ge=0, description="Epoch seconds: sent or started at/after")]
 Until = Annotated[float | None, Query(ge=0, description="Epoch seconds: sent or started before")]
 Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT, description="Page size")]
+Fingerprint = Annotated[
+    str | None, Query(max_length=64, description="A failure cluster's `fingerprint` (`GET /api/failures`)")
+]
+Stuck = Annotated[
+    bool,
+    Query(
+        description="Only tasks running far longer than their name's history (5 x its p99) or --stuck-after"
+    ),
+]
 Cursor = Annotated[str | None, Query(max_length=512, description="`next_cursor` of the previous page")]
 
 
@@ -60,6 +78,13 @@ class FlowPage:
 
     items: list[FlowSummary]
     next_cursor: str | None = None
+
+
+@dataclass
+class FailureList:
+    """Failure clusters, most failed tasks first."""
+
+    items: list[FailureCluster]
 
 
 @dataclass
@@ -114,12 +139,16 @@ def listing(
     limit: Limit = 50,
     cursor: Cursor = None,
 ) -> Listing:
-    if since is not None and until is not None and until < since:
-        _invalid("until", "`until` must not be before `since`", until)
+    _check_window(since, until)
     filt = TaskFilter(
         name=name, root_id=root_id, trace_id=trace_id, worker=worker, q=q, since=since, until=until
     )
     return Listing(filt, limit, cursor)
+
+
+def _check_window(since: float | None, until: float | None) -> None:
+    if since is not None and until is not None and until < since:
+        _invalid("until", "`until` must not be before `since`", until)
 
 
 # A list endpoint's own parameters (`state`) come first in its OpenAPI query, then these, in this order.
@@ -139,8 +168,13 @@ def build_api_router(
         return health().report()
 
     @router.get("/tasks", response_model=TaskPage, summary="Tasks, newest first")
-    def list_tasks(query: ListQuery, state: Annotated[TaskState | None, Query()] = None) -> TaskPage:
-        filt = replace(query.filter, state=state)
+    def list_tasks(
+        query: ListQuery,
+        state: Annotated[TaskState | None, Query()] = None,
+        fingerprint: Fingerprint = None,
+        stuck: Stuck = False,
+    ) -> TaskPage:
+        filt = replace(query.filter, state=state, fingerprint=fingerprint, stuck=stuck)
         page = guarded(lambda: store().list_tasks(filt, query.limit, query.cursor), query.cursor)
         return TaskPage(items=page.items, next_cursor=page.next_cursor)
 
@@ -182,6 +216,33 @@ def build_api_router(
         if view is None or (not view.flows and not view.tasks):
             _not_found("trace", trace_id)
         return replace(view, summary=summarize_trace(view.flows))
+
+    @router.get(
+        "/failures",
+        response_model=FailureList,
+        summary="Failures grouped by cause",
+        description="Failure clusters with failures or retries in [`since`, `until`) (default: everything "
+        "stored, until now), most failed tasks first. A cluster is one cause: the exception type and the "
+        "traceback's frames without line numbers or Celery's own frames (`fingerprint`); `message` is its "
+        "title, with numbers, ids and quoted values replaced by placeholders. `count` counts failed tasks, "
+        "`retries` retry attempts; `first_seen` and `last_seen` span every failure and retry stored; "
+        "`sample_task_ids` are up to 10 of its tasks, newest first (all of them: `GET "
+        "/api/tasks?fingerprint=`). Counts come from buckets of 1 minute, 10 minutes or 1 hour (the widest "
+        "giving at least 24 over the window): `since` is rounded down and `until` up to whole buckets, and "
+        "`sparkline` gives the failures per bucket over the window, at most 60 buckets.",
+    )
+    def get_failures(
+        since: Annotated[
+            float | None, Query(ge=0, description="Epoch seconds: failed or retried at/after")
+        ] = None,
+        until: Annotated[
+            float | None, Query(ge=0, description="Epoch seconds: failed or retried before")
+        ] = None,
+        name: Name = None,
+        limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description="Clusters at most")] = 100,
+    ) -> FailureList:
+        _check_window(since, until)
+        return FailureList(items=guarded(lambda: store().failures(since, until, name, limit)))
 
     @router.get("/registry", response_model=list[RegisteredTask], summary="Every task name seen")
     def get_registry() -> list[RegisteredTask]:

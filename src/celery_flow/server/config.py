@@ -60,6 +60,8 @@ class ServerConfig:
     heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL
     # The OTLP/HTTP traces URL finished tasks are exported to (None: no export).
     otlp_endpoint: str | None = None
+    # Seconds of running after which any task is stuck, whatever its name's history (None: history only).
+    stuck_after: float | None = None
 
     def to_env(self) -> dict[str, str]:
         """This config as the environment of a process that reads it back with `from_env()`."""
@@ -89,6 +91,7 @@ def resolve(
     otlp_endpoint: str | None = None,
     default_broker_url: str | None = None,
     environ: Mapping[str, str] | None = None,
+    stuck_after: str | None = None,
 ) -> ServerConfig:
     """Arguments first (the CLI's options), then CELERY_FLOW_* variables, then defaults. Raises ConfigError.
 
@@ -96,8 +99,9 @@ def resolve(
     proj flow`), --store / CELERY_FLOW_STORE (default: a SQLite file in the user data directory),
     --prefix / CELERY_FLOW_PREFIX, --ttl / CELERY_FLOW_TTL (default 1 day, 0 keeps everything),
     --max-tasks / CELERY_FLOW_MAX_TASKS, --basic-auth / CELERY_FLOW_BASIC_AUTH, --no-consumer /
-    CELERY_FLOW_EMBEDDED_CONSUMER, CELERY_FLOW_HEARTBEAT_INTERVAL, and --otlp-endpoint /
-    OTEL_EXPORTER_OTLP_* (export.otlp_export_endpoint).
+    CELERY_FLOW_EMBEDDED_CONSUMER, CELERY_FLOW_HEARTBEAT_INTERVAL, --stuck-after /
+    CELERY_FLOW_STUCK_AFTER (a duration; 0 or unset: off), and --otlp-endpoint / OTEL_EXPORTER_OTLP_*
+    (export.otlp_export_endpoint).
     """
     from celery_flow.export import otlp_export_endpoint
 
@@ -107,9 +111,15 @@ def resolve(
     except ValueError:
         raise ConfigError(f"--ttl {ttl!r} is not valid: expected {parse_duration.__name__}") from None
     ttl_s = env_value("TTL", explicit_ttl, float(DEFAULT_TTL), parse_duration, env)
+    try:
+        explicit_stuck = parse_duration(stuck_after) if stuck_after is not None else None
+    except ValueError:
+        raise ConfigError(
+            f"--stuck-after {stuck_after!r} is not valid: expected {parse_duration.__name__}"
+        ) from None
     raw_auth = env_value("BASIC_AUTH", basic_auth, "", str, env)
     return ServerConfig(
-        **_shared(broker_url, store, prefix, default_broker_url, env),
+        **_shared(broker_url, store, prefix, default_broker_url, env, explicit_stuck),
         ttl=ttl_s or None,
         max_tasks=env_value("MAX_TASKS", max_tasks, None, parse_positive_int, env),
         basic_auth=parse_credentials(raw_auth) if raw_auth else None,
@@ -148,6 +158,7 @@ def _shared(
     prefix: str | None,
     default_broker_url: str | None,
     env: Mapping[str, str],
+    stuck_after: float | None = None,
 ) -> dict[str, Any]:
     """The settings `resolve()` and `embedded()` resolve alike: where events come from and go."""
     from celery_flow.store import default_store_url
@@ -159,4 +170,5 @@ def _shared(
         "heartbeat_interval": env_value(
             "HEARTBEAT_INTERVAL", None, DEFAULT_HEARTBEAT_INTERVAL, parse_seconds, env
         ),
+        "stuck_after": env_value("STUCK_AFTER", stuck_after, 0.0, parse_duration, env) or None,
     }

@@ -69,7 +69,11 @@ class Runtime:
                 if store is None:
                     from celery_flow.store import open_store
 
-                    store = open_store(self.config.store_url, self.config.heartbeat_interval)
+                    store = open_store(
+                        self.config.store_url,
+                        self.config.heartbeat_interval,
+                        stuck_after=self.config.stuck_after,
+                    )
                     stack.callback(store.close)
                 sinks = [*self._given_sinks, *self._export_sinks(store)]
                 for sink in sinks:

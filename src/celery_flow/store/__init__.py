@@ -40,10 +40,11 @@ def open_store(
     heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL,
     *,
     migrate: MigrateMode = "auto",
+    stuck_after: float | None = None,
 ) -> Store:
     """The store at `url` (None: the default SQLite file), created if missing, migrated if older
     (store/migrations.py; `migrate` says how). `heartbeat_interval` is assumed for workers that do not
-    announce theirs.
+    announce theirs; a task running longer than `stuck_after` seconds is stuck (store/stuck.py).
 
     Raises StoreError with a one-line message naming the fix when it cannot be opened.
     """
@@ -54,11 +55,11 @@ def open_store(
     if scheme == "sqlite":
         from celery_flow.store.sqlite import SQLiteStore
 
-        return SQLiteStore(sqlite_path(url), heartbeat_interval, migrate=migrate)
+        return SQLiteStore(sqlite_path(url), heartbeat_interval, migrate=migrate, stuck_after=stuck_after)
     if scheme in ("postgresql", "postgres"):
         from celery_flow.store.postgresql import PostgresStore
 
-        return PostgresStore(url, heartbeat_interval, migrate=migrate)
+        return PostgresStore(url, heartbeat_interval, migrate=migrate, stuck_after=stuck_after)
     raise StoreError(
         f"unknown store URL {url!r}: use sqlite:///path/to/flow.db or postgresql://user@host/db "
         "(--store or CELERY_FLOW_STORE)"

@@ -11,6 +11,8 @@ task stored before the migration is folded again by the new code, in task-number
 - A task is folded from the events stored when its batch runs. A consumer's write either committed
   before (its events are folded in) or waits for the batch and then re-folds the task itself with the
   new code, so a batch never writes a state older than the stored one.
+- Each task's search entry (store/search.py) is written when its tokens differ from the stored ones:
+  a store migrated to schema 4 gets its search index filled here.
 - Only rows that change are written, keeping their change number (seq): live clients are not sent
   every task again, and the consumer's cache of recent event sets (valid per seq) stays valid, since
   events are never touched. When a row's state, lineage or times change (a fold rule changed), its
@@ -32,8 +34,11 @@ from typing import Any
 
 from celery_flow.events import Event
 from celery_flow.flow.fold import fold_task
+from celery_flow.flow.model import TaskDetail
+from celery_flow.store import lost, search
 from celery_flow.store.base import StoreError
 from celery_flow.store.connection import Session, SqlConnections
+from celery_flow.store.failures import stored_causes
 from celery_flow.store.migrations import REFOLD_KEYS, STEPS
 from celery_flow.store.rows import TASK_SELECT, TaskRow, fetch, task_row
 from celery_flow.store.write import TaskChange, apply_workers, event_decoder, update_counts, write_tasks
@@ -51,10 +56,10 @@ LOG_EVERY = 10.0
 # Seconds before the background thread tries again after the store failed.
 RETRY_AFTER = 5.0
 
-# The columns flows, per-name counts or per-worker counts are computed from.
+# The columns flows, per-name counts, per-worker counts or failure clusters are computed from.
 _aggregated = attrgetter(
     "name", "state", "root_id", "parent_id", "group_id", "trace_id", "hostname", "ts", "finished_at",
-    "updated_at",
+    "updated_at", "fingerprint",
 )  # fmt: skip
 _REFOLD_META = (
     "SELECT key, value FROM meta WHERE key IN ('schema', 'seq', "
@@ -153,17 +158,19 @@ def _rewrite(s: Session, rows: list[TaskRow], events: dict[int, list[Event]], se
     """Write the rows whose fold differs from the stored one; counts follow rows whose totals moved."""
     new_rows: list[TaskRow] = []
     moved: list[TaskChange] = []
+    folded: list[tuple[TaskRow, TaskDetail]] = []
     for i, row in enumerate(rows):
         if i % YIELD_EVERY == 0:
             time.sleep(0)  # let a request thread of this process take the GIL now, not in 5 ms
         stored = events.get(int(row.num))
-        if not stored:  # never derive a task from nothing (a row is always stored with its events)
-            continue
-        task = fold_task(row.task_id, stored)
+        if stored:  # never derive a task from nothing (a row is always stored with its events)
+            folded.append((row, fold_task(row.task_id, stored)))
+    lost.on_fold(s, [task for _, task in folded])  # the fold cannot know a worker went away
+    for row, task in folded:
         new = task_row(task, row.seq, row.num, row.fnum)
         if new == row:
             continue
-        if _aggregated(new) != _aggregated(row):
+        if _aggregated(new) != _aggregated(row) or stored_causes(new) != stored_causes(row):
             moved.append(TaskChange(row, task))
         else:
             new_rows.append(new)
@@ -178,6 +185,11 @@ def _rewrite(s: Session, rows: list[TaskRow], events: dict[int, list[Event]], se
             apply_workers(s, [], {host: n for host, n in host_runs.items() if n})
     if new_rows:
         write_tasks(s, new_rows, {row.task_id: row for row in rows})
+    search.index(
+        s,
+        [(int(row.num), int(row.seq), task) for row, task in folded],
+        {int(row.num): int(row.seq) for row, _ in folded},
+    )
 
 
 def _finish(s: Session, meta: dict[str, int]) -> None:

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from celery_flow.events import Event
 from celery_flow.flow.model import (
+    FailureCluster,
     FlowSummary,
     Page,
     RegisteredTask,
@@ -33,9 +34,15 @@ class TaskFilter:
     root_id: str | None = None
     trace_id: str | None = None
     worker: str | None = None
-    q: str | None = None  # free text over task ids and names
+    # free text: task id prefixes, names, and words and key:value pairs inside args, kwargs, results and
+    # errors (store/search.py)
+    q: str | None = None
     since: float | None = None
     until: float | None = None
+    # Tasks whose latest failure or retry had this cause (store/failures.py).
+    fingerprint: str | None = None
+    # Only tasks running far longer than their name's history or `--stuck-after` (store/stuck.py).
+    stuck: bool = False
 
 
 @dataclass(frozen=True)
@@ -44,6 +51,13 @@ class StoreStats:
     events: int
     # Consumer counters persisted beside the data: rejected events per kind, dropped by publishers.
     counters: Mapping[str, int]
+
+
+class LostCheck(NamedTuple):
+    """What one check for lost tasks did: the tasks it marked LOST, and seconds until the next is due."""
+
+    changed: list[str]
+    next_in: float
 
 
 class Store(Protocol):
@@ -65,6 +79,12 @@ class Store(Protocol):
 
     def registry(self) -> list[RegisteredTask]: ...
 
+    def failures(
+        self, since: float | None, until: float | None, name: str | None, limit: int = 100
+    ) -> list[FailureCluster]:
+        """Failure clusters with failures or retries in [since, until), most failures first."""
+        ...
+
     def workers(self) -> list[WorkerInfo]: ...
 
     def changes_since(self, cursor: int, limit: int = 500) -> tuple[list[TaskSummary], int]:
@@ -79,6 +99,11 @@ class Store(Protocol):
 
     def sweep(self, ttl: float | None, max_tasks: int | None) -> int:
         """Delete tasks older than ttl seconds and beyond max_tasks (oldest first); return count."""
+        ...
+
+    def check_lost(self) -> LostCheck:
+        """Mark LOST the running tasks of workers silent for 3 x their heartbeat interval (store/lost.py);
+        idempotent, so several processes may run it at once."""
         ...
 
     def ping(self) -> None:

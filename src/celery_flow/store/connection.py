@@ -31,6 +31,9 @@ CHUNK = 900
 class Session(Protocol):
     """One connection inside one transaction (writes) or in autocommit (reads)."""
 
+    # The engine: "sqlite" or "postgresql" (the few statements written per engine, store/search.py).
+    dialect: str
+
     def rows(self, sql: str, params: Sequence[Any] = ()) -> list[Row]: ...
 
     def run(self, sql: str, params: Sequence[Any] = ()) -> int:

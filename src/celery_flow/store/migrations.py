@@ -29,12 +29,13 @@ import socket
 import sqlite3
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from celery_flow import __version__
 from celery_flow.store.base import StoreError
 from celery_flow.store.schema import SCHEMA_VERSION, Dialect, ddl, render
+from celery_flow.store.search import DDL as SEARCH_DDL
 
 if TYPE_CHECKING:
     from celery_flow.store.connection import Session, SqlConnections
@@ -69,6 +70,8 @@ class Step:
     cost: str
     # The fold derives something new or differently from this version on: re-fold every task.
     refold: bool = False
+    # Statements one engine alone runs after `sql` (an index kind the other engine lacks), by dialect.
+    dialect_sql: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 STEPS: tuple[Step, ...] = (
@@ -95,7 +98,10 @@ STEPS: tuple[Step, ...] = (
     Step(
         4,
         "insights: states PLANNED, NOT_RUN and LOST counted per flow and name, tasks.fingerprint (failure "
-        "clusters), partial indexes of a cluster's tasks, a flow's planned steps and what runs now",
+        "clusters), partial indexes of a cluster's tasks, a flow's planned steps and what runs now; "
+        "failures and retries counted by cause and time (failure_clusters, failure_counts); "
+        "workers.silent_since (a worker judged gone for silence); the search index of arguments, results "
+        "and errors (filled by the re-fold)",
         """
         ALTER TABLE tasks ADD COLUMN fingerprint TEXT;
         ALTER TABLE flows ADD COLUMN n_planned INTEGER NOT NULL DEFAULT 0;
@@ -106,11 +112,31 @@ STEPS: tuple[Step, ...] = (
         ALTER TABLE name_stats ADD COLUMN n_lost INTEGER NOT NULL DEFAULT 0;
         CREATE INDEX tasks_fingerprint ON tasks (fingerprint, ts, task_id) WHERE fingerprint IS NOT NULL;
         CREATE INDEX tasks_planned ON tasks (fnum) WHERE state = 'PLANNED';
-        CREATE INDEX tasks_running ON tasks (hostname, started_at) WHERE state IN ('RECEIVED', 'STARTED')
+        CREATE INDEX tasks_running ON tasks (hostname, started_at) WHERE state IN ('RECEIVED', 'STARTED');
+        CREATE TABLE IF NOT EXISTS failure_clusters (
+            fingerprint TEXT PRIMARY KEY,
+            exception_type TEXT NOT NULL,
+            message TEXT NOT NULL,
+            first_seen FLOAT8 NOT NULL,
+            last_seen FLOAT8 NOT NULL,
+            failures BIGINT NOT NULL,
+            retries BIGINT NOT NULL
+        );
+        CREATE TABLE IF NOT EXISTS failure_counts (
+            width BIGINT NOT NULL,
+            bucket BIGINT NOT NULL,
+            fingerprint TEXT NOT NULL,
+            name TEXT NOT NULL,
+            failures BIGINT NOT NULL,
+            retries BIGINT NOT NULL,
+            PRIMARY KEY (width, bucket, fingerprint, name)
+        );
+        ALTER TABLE workers ADD COLUMN silent_since FLOAT8
         """,
         "adds columns (no row rewritten), builds three partial indexes over {tasks} tasks (each holds "
-        "only the few rows it is for)",
+        "only the few rows it is for), creates an empty search index",
         refold=True,
+        dialect_sql=SEARCH_DDL,
     ),
 )
 assert [step.version for step in STEPS] == list(range(OLDEST + 1, SCHEMA_VERSION + 1))
@@ -284,7 +310,7 @@ def _migrate(session: Session, dialect: Dialect, where: str, before: Plan) -> Pl
     for step in plan.steps:
         log.info("migrating %s from store schema %d to %d: %s", where, step.version - 1, step.version,
                  step.summary)  # fmt: skip
-        for statement in render(step.sql, dialect):
+        for statement in [*render(step.sql, dialect), *step.dialect_sql.get(dialect, ())]:
             session.run(statement)
         _record(session, step.version, step.summary)
     session.run("UPDATE meta SET value = ? WHERE key = 'schema'", (SCHEMA_VERSION,))

@@ -62,6 +62,7 @@ def redact(url: str) -> str:
 
 
 class _Session:
+    dialect = "postgresql"
     __slots__ = ("conn",)
 
     def __init__(self, conn: Any) -> None:
@@ -110,8 +111,9 @@ class PostgresStore(SqlStore[Any]):
         heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL,
         *,
         migrate: MigrateMode = "auto",
+        stuck_after: float | None = None,
     ) -> None:
-        super().__init__(heartbeat_interval)
+        super().__init__(heartbeat_interval, stuck_after)
         if psycopg is None:
             raise StoreError("PostgreSQL support needs psycopg: pip install 'celery-flow[postgres]'")
         self.url = url

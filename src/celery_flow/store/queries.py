@@ -29,8 +29,11 @@ from celery_flow.flow.model import (
     TraceView,
     WorkerInfo,
 )
+from celery_flow.store import lost, search
 from celery_flow.store.base import StoreStats, TaskFilter
 from celery_flow.store.connection import Session, chunks, meta_value
+from celery_flow.store.failures import cluster_size
+from celery_flow.store.plan import STEP_STATES
 from celery_flow.store.rows import (
     FLOW_SELECT,
     NAME_STATS_SELECT,
@@ -58,8 +61,6 @@ K = TypeVar("K", bound=tuple[Any, ...])
 
 # Runtimes per task name the registry's p50/p95 are computed over (the most recent ones).
 PERCENTILE_WINDOW = 1000
-# A worker is offline once no heartbeat came for 2 of its intervals plus this margin.
-HEARTBEAT_MARGIN = 5.0
 TRACE_LIMIT = 5000
 # Task names free text `q` may match at most (one index range each).
 MAX_Q_NAMES = 50
@@ -96,10 +97,16 @@ def _flow_key(row: FlowRow) -> tuple[float, str]:
     return row.ts, row.root_id
 
 
-def list_tasks(s: Session, filt: TaskFilter, limit: int, cursor: str | None) -> Page[TaskSummary]:
-    where: list[str] = []
-    params: list[Any] = []
-    for column, value in (("state", filt.state), ("name", filt.name), ("hostname", filt.worker)):
+def list_tasks(
+    s: Session, filt: TaskFilter, limit: int, cursor: str | None, also: tuple[str, list[Any]] | None = None
+) -> Page[TaskSummary]:
+    """A page of tasks; `also` is one more condition with its parameters (the `stuck` filter)."""
+    where: list[str] = [also[0]] if also else []
+    params: list[Any] = list(also[1]) if also else []
+    for column, value in (
+        ("state", filt.state), ("name", filt.name), ("hostname", filt.worker),
+        ("fingerprint", filt.fingerprint),
+    ):  # fmt: skip
         if value is not None:
             where.append(f"{column} = ?")
             params.append(value)
@@ -144,7 +151,8 @@ def _common_filters(
     if filt.until is not None:
         where.append("ts < ?")
         params.append(filt.until)
-    text = (filt.q or "").strip()
+    # No id or name holds a NUL (and PostgreSQL refuses one in a parameter).
+    text = (filt.q or "").replace("\x00", "").strip()
     if not text:
         return []
     # Ids by prefix (a primary-key range); names by case-insensitive substring, resolved first against
@@ -154,6 +162,10 @@ def _common_filters(
     names = [r[0] for r in s.rows("SELECT name FROM name_stats") if needle in r[0].lower()]
     alternatives = [(f"{id_column} >= ? AND {id_column} < ?", [text, text + "\U0010ffff"])]
     alternatives += [(f"{name_column} = ?", [name]) for name in sorted(names)[:MAX_Q_NAMES]]
+    # Words and key:value pairs inside arguments, results and errors (store/search.py).
+    inside = search.condition(s, text, "tasks" if id_column == "task_id" else "flows")
+    if inside is not None:
+        alternatives.append(inside)
     return alternatives
 
 
@@ -215,10 +227,19 @@ def _paged(
 
 
 def get_task(s: Session, task_id: str) -> TaskDetail | None:
-    rows = s.rows("SELECT data FROM events WHERE num = (SELECT num FROM tasks WHERE task_id = ?)", (task_id,))
-    if not rows:
+    stored = fetch(s, TaskRow, TASK_SELECT + " WHERE task_id = ?", (task_id,))
+    if not stored:
         return None
-    task = fold_task(task_id, [event_decoder.decode(r[0]) for r in rows])
+    rows = s.rows("SELECT data FROM events WHERE num = ?", (stored[0].num,))
+    task: TaskDetail
+    if rows:
+        task = fold_task(task_id, [event_decoder.decode(r[0]) for r in rows])
+        lost.overlay(task, stored[0])
+    elif stored[0].state in STEP_STATES:
+        # A planned (or never run) step has no events: its row is all there is.
+        task = task_from_row(stored[0], TaskDetail)
+    else:
+        return None
     task.children = [
         r[0]
         for r in s.rows(
@@ -226,6 +247,8 @@ def get_task(s: Session, task_id: str) -> TaskDetail | None:
             (task.root_id or task_id, task_id),
         )
     ]
+    if task.fingerprint is not None:
+        task.cluster_size = cluster_size(s, task.fingerprint)
     return task
 
 
@@ -302,13 +325,15 @@ def registry(s: Session) -> list[RegisteredTask]:
     out: list[RegisteredTask] = []
     for name in sorted(set(stats) | set(announced)):
         by_state = counts.get(name, {})
-        finished = sum(by_state.get(state, 0) for state in TERMINAL_STATES)
+        # Planned and never-run steps are not runs.
+        runs = {state: n for state, n in by_state.items() if state not in STEP_STATES}
+        finished = sum(runs.get(state, 0) for state in TERMINAL_STATES)
         recent = runtimes.get(name, [])
         info = announced.get(name)
         out.append(
             RegisteredTask(
-                name=name, counts=by_state, total=sum(by_state.values()),
-                failure_rate=by_state.get("FAILURE", 0) / finished if finished else 0.0,
+                name=name, counts=by_state, total=sum(runs.values()),
+                failure_rate=runs.get("FAILURE", 0) / finished if finished else 0.0,
                 p50=_percentile(recent, 0.5), p95=_percentile(recent, 0.95),
                 signature=info.signature if info else None, doc=info.doc if info else None,
                 workers=list(json_decoder.decode(info.workers)) if info else [],
@@ -318,16 +343,14 @@ def registry(s: Session) -> list[RegisteredTask]:
 
 
 def workers(s: Session, heartbeat_interval: float) -> list[WorkerInfo]:
-    """Every worker seen; online while its heartbeats (or its own announced interval) say it is."""
+    """Every worker seen; offline once it said so or missed 3 heartbeats: the rule that makes its running
+    tasks LOST (store/lost.py)."""
     rows = fetch(s, WorkerRow, WORKER_SELECT + " ORDER BY hostname")
     now = time.time()
     out = []
     for w in rows:
-        alive = max((t for t in (w.online_since, w.last_heartbeat) if t is not None), default=None)
         interval = w.heartbeat_interval or heartbeat_interval
-        window = 2 * interval + HEARTBEAT_MARGIN
-        gone = w.offline_at is not None and (alive is None or w.offline_at >= alive)
-        online = not gone and alive is not None and now - alive <= window
+        online = lost.last_heard(w) is not None and not lost.is_gone(w, heartbeat_interval, now)
         out.append(
             WorkerInfo(
                 hostname=w.hostname, status="online" if online else "offline",

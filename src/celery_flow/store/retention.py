@@ -1,7 +1,8 @@
 """Retention: deleting the oldest tasks (by first-seen time) beyond an age or a count, in short slices.
 
-A deleted task takes its events with it; its name's counts go down and each flow that lost tasks is
-recounted from the tasks left (deleted once none are).
+A deleted task takes its events and its search entry with it; its name's counts and its failure
+clusters' counts go down and each flow that lost tasks is recounted from the tasks left (deleted once none
+are).
 """
 
 from __future__ import annotations
@@ -10,7 +11,9 @@ import time
 from collections.abc import Callable
 from typing import NamedTuple
 
+from celery_flow.store import search
 from celery_flow.store.connection import Session, chunks, in_list, meta_value, select_in
+from celery_flow.store.failures import ClusterMoves, row_causes
 from celery_flow.store.rows import FlowRecord, fetch_in, select
 from celery_flow.store.schema import STATES
 from celery_flow.store.write import STATE_INDEX, add_name_stats, read_flows, save_flows
@@ -22,13 +25,17 @@ SWEEP_BUDGET = 2.0
 
 
 class _Doomed(NamedTuple):
-    """What deleting a task changes elsewhere: its name's counts, its flow, its events."""
+    """What deleting a task changes elsewhere: its name's counts, its flow, its events, its clusters."""
 
     task_id: str
     name: str | None
     state: str
     root_id: str
     num: int
+    fingerprint: str | None
+    finished_at: float | None
+    updated_at: float | None
+    extra: str
 
 
 _DOOMED_SELECT = select(_Doomed._fields, "tasks") + " WHERE task_id IN {}"
@@ -88,11 +95,17 @@ def _delete_tasks(session: Session, seq: int, ids: list[str]) -> None:
     for chunk in chunks(nums):
         events += session.run(f"DELETE FROM events WHERE num IN {in_list(chunk)}", chunk)
         session.run(f"DELETE FROM tasks WHERE num IN {in_list(chunk)}", chunk)
+        search.forget(session, chunk)
     deltas: dict[str, list[int]] = {}
     for task in doomed:
         if task.name:
             deltas.setdefault(task.name, [0] * len(STATES))[STATE_INDEX[task.state]] -= 1
     add_name_stats(session, deltas)
+    clusters = ClusterMoves()
+    for task in doomed:
+        causes = row_causes(task.state, task.fingerprint, task.finished_at, task.updated_at, task.extra)
+        clusters.move(task.name, causes, -1)
+    clusters.write(session)
     # The flows that lost tasks: recount them from what is left (an indexed range per flow).
     old_rows = read_flows(session, sorted({task.root_id for task in doomed}))
     flows = {root: FlowRecord.from_row(row) for root, row in old_rows.items()}

@@ -112,6 +112,8 @@ class WorkerRow(NamedTuple):
     tasks_run: int = 0
     registered: str = "[]"
     info: str = "{}"
+    # The last heartbeat of a worker judged gone for silence (store/lost.py); a newer one supersedes it.
+    silent_since: float | None = None
 
 
 class RegistryRow(NamedTuple):
@@ -164,7 +166,7 @@ def task_row(task: TaskDetail, seq: int, num: int, fnum: int) -> TaskRow:
 
 
 def _task_extra(task: TaskDetail) -> str:
-    """The JSON of the fields no query filters on."""
+    """The JSON of the fields no query filters on (and the retries' causes, for the failure clusters)."""
     extra: dict[str, Any] = {}
     if task.links:
         extra["links"] = task.links
@@ -182,7 +184,17 @@ def _task_extra(task: TaskDetail) -> str:
         extra["expires"] = task.expires
     if task.reason is not None:
         extra["reason"] = task.reason
+    retries = retry_causes(task)
+    if retries:
+        extra["rfp"] = retries  # the fingerprint and time of each retry (store/failures.py)
     return json_encoder.encode(extra).decode("utf-8")
+
+
+def retry_causes(task: TaskDetail) -> list[list[Any]]:
+    """The `rfp` of a row's extra JSON: [fingerprint, ts] of each retry (store/failures.py)."""
+    if task.fingerprint is None:  # never retried (flow/fold.py `fingerprint`)
+        return []
+    return [[e.fingerprint, e.ts] for e in task.events if e.type == "retried" and e.fingerprint]
 
 
 def task_from_row(row: TaskRow, cls: type[TaskSummary] = TaskSummary) -> Any:

@@ -20,11 +20,15 @@ Tables:
   are one range, and new tasks land at the end of that index instead of at a random root id. The trace
   filter goes through flows (flows_trace) to their tasks for the same reason.
 - name_stats: counts by state per task name, kept up to date the same way (registry).
+- failure_clusters, failure_counts: failures and retries by cause (fingerprint), per cluster and per
+  (bucket width, bucket, cluster, task name), kept up to date the same way (store/failures.py).
 - registry: what workers announced about each task name (signature, doc, which workers).
 - workers: one row per worker hostname from worker.online / heartbeat / offline events.
 - counters: consumer counters (rejected per kind, publisher drops) added in the same transaction.
 - meta: store-wide numbers: the schema version, the change counter, row counts (so health never counts
   a big table) and the progress of a background re-fold (store/backfill.py).
+- task_search: the search index of the words and key:value pairs in each task's arguments, result and
+  error (store/search.py), one engine's own kind of index each, so its DDL lives there.
 - migrations: one row per schema version this store was created at or migrated to, with the
   celery-flow version that did it (store/migrations.py).
 """
@@ -33,6 +37,8 @@ from __future__ import annotations
 
 import re
 from typing import Literal
+
+from celery_flow.store.search import DDL as SEARCH_DDL
 
 Dialect = Literal["sqlite", "postgresql"]
 
@@ -151,11 +157,30 @@ CREATE TABLE IF NOT EXISTS workers (
     pid BIGINT,
     tasks_run BIGINT NOT NULL DEFAULT 0,
     registered TEXT NOT NULL,
-    info TEXT NOT NULL
+    info TEXT NOT NULL,
+    silent_since FLOAT8
 );
 CREATE TABLE IF NOT EXISTS counters (
     name TEXT PRIMARY KEY,
     value BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS failure_clusters (
+    fingerprint TEXT PRIMARY KEY,
+    exception_type TEXT NOT NULL,
+    message TEXT NOT NULL,
+    first_seen FLOAT8 NOT NULL,
+    last_seen FLOAT8 NOT NULL,
+    failures BIGINT NOT NULL,
+    retries BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS failure_counts (
+    width BIGINT NOT NULL,
+    bucket BIGINT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    name TEXT NOT NULL,
+    failures BIGINT NOT NULL,
+    retries BIGINT NOT NULL,
+    PRIMARY KEY (width, bucket, fingerprint, name)
 );
 CREATE TABLE IF NOT EXISTS migrations (
     version BIGINT PRIMARY KEY,
@@ -190,13 +215,13 @@ FLOW_COLUMNS = (
 )  # fmt: skip
 WORKER_COLUMNS = (
     "hostname", "online_since", "last_heartbeat", "offline_at", "heartbeat_interval", "pid", "tasks_run",
-    "registered", "info",
+    "registered", "info", "silent_since",
 )  # fmt: skip
 
 
 def ddl(dialect: Dialect) -> list[str]:
     """The CREATE statements for one engine, one statement per item."""
-    return render(_DDL, dialect)
+    return [*render(_DDL, dialect), *SEARCH_DDL[dialect]]
 
 
 def render(text: str, dialect: Dialect) -> list[str]:

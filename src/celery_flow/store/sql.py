@@ -7,10 +7,13 @@ backfill.py; sqlite.py and postgresql.py only connect (and open the schema).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
+from typing import TypeVar
 
 from celery_flow.events import DEFAULT_HEARTBEAT_INTERVAL, Event
 from celery_flow.flow.model import (
+    FailureCluster,
     FlowSummary,
     Page,
     RegisteredTask,
@@ -19,12 +22,16 @@ from celery_flow.flow.model import (
     TraceView,
     WorkerInfo,
 )
-from celery_flow.store import queries, retention
+from celery_flow.store import failures as clusters
+from celery_flow.store import lost, queries, retention
 from celery_flow.store.backfill import start_background, stop_background
-from celery_flow.store.base import StoreStats, TaskFilter
-from celery_flow.store.connection import C, SqlConnections
+from celery_flow.store.base import LostCheck, StoreStats, TaskFilter
+from celery_flow.store.connection import C, Session, SqlConnections
 from celery_flow.store.migrations import MigrateMode, Plan, open_schema
-from celery_flow.store.write import Batch, RecentEvents, apply_batch
+from celery_flow.store.stuck import StuckRule
+from celery_flow.store.write import Batch, RecentEvents, apply_batch, mark_lost
+
+T = TypeVar("T", bound=TaskSummary)
 
 
 class SqlStore(SqlConnections[C]):
@@ -33,10 +40,13 @@ class SqlStore(SqlConnections[C]):
     # What opening the store did to its schema (set by the engine's __init__, store/migrations.py).
     migration: Plan
 
-    def __init__(self, heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL) -> None:
+    def __init__(
+        self, heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL, stuck_after: float | None = None
+    ) -> None:
         super().__init__()
         # Assumed for a worker that does not announce its own interval.
         self.heartbeat_interval = heartbeat_interval
+        self.stuck = StuckRule(stuck_after)
         self._recent = RecentEvents()
 
     def open_schema(self, where: str, migrate: MigrateMode) -> None:
@@ -62,34 +72,80 @@ class SqlStore(SqlConnections[C]):
             self._recent.clear()
             raise
 
+    def check_lost(self) -> LostCheck:
+        now = time.time()
+        # Read first: the write lock is taken only when a gone worker still holds running tasks.
+        gones, next_in = self._reading(lambda s: lost.due(s, self.heartbeat_interval, now))
+        if not gones:
+            return LostCheck([], next_in)
+        changed = self._writing(
+            lambda s, seq: mark_lost(s, seq, lost.record_silence(s, self.heartbeat_interval, now))
+        )
+        return LostCheck(changed, next_in)
+
     def sweep(self, ttl: float | None, max_tasks: int | None, budget: float = retention.SWEEP_BUDGET) -> int:
         return retention.sweep(self._writing, ttl, max_tasks, budget)
 
     # -- reads ------------------------------------------------------------------------------------
 
     def get_task(self, task_id: str) -> TaskDetail | None:
-        return self._reading(lambda s: queries.get_task(s, task_id))
+        return self._reading(lambda s: self._flagged(s, queries.get_task(s, task_id)))
 
     def list_tasks(self, filt: TaskFilter, limit: int, cursor: str | None) -> Page[TaskSummary]:
-        return self._reading(lambda s: queries.list_tasks(s, filt, limit, cursor))
+        def read(s: Session) -> Page[TaskSummary]:
+            also = self.stuck.condition(s) if filt.stuck else None
+            page = queries.list_tasks(s, filt, limit, cursor, also)
+            self.stuck.flag(s, page.items)
+            return page
+
+        return self._reading(read)
 
     def list_flows(self, filt: TaskFilter, limit: int, cursor: str | None) -> Page[FlowSummary]:
         return self._reading(lambda s: queries.list_flows(s, filt, limit, cursor))
 
     def flow_tasks(self, root_id: str) -> list[TaskDetail]:
-        return self._reading(lambda s: queries.flow_tasks(s, root_id))
+        return self._reading(lambda s: self._flagged_all(s, queries.flow_tasks(s, root_id)))
 
     def trace(self, trace_id: str) -> TraceView | None:
-        return self._reading(lambda s: queries.trace(s, trace_id))
+        def read(s: Session) -> TraceView | None:
+            view = queries.trace(s, trace_id)
+            if view is not None:
+                self.stuck.flag(s, view.tasks)
+            return view
+
+        return self._reading(read)
+
+    def _flagged(self, s: Session, task: T | None) -> T | None:
+        if task is not None:
+            self.stuck.flag(s, [task])
+        return task
+
+    def _flagged_all(self, s: Session, tasks: list[T]) -> list[T]:
+        self.stuck.flag(s, tasks)
+        return tasks
 
     def registry(self) -> list[RegisteredTask]:
         return self._reading(queries.registry)
+
+    def failures(
+        self,
+        since: float | None,
+        until: float | None,
+        name: str | None,
+        limit: int = clusters.DEFAULT_CLUSTERS,
+    ) -> list[FailureCluster]:
+        return self._reading(lambda s: clusters.failures(s, since, until, name, limit))
 
     def workers(self) -> list[WorkerInfo]:
         return self._reading(lambda s: queries.workers(s, self.heartbeat_interval))
 
     def changes_since(self, cursor: int, limit: int = 500) -> tuple[list[TaskSummary], int]:
-        return self._reading(lambda s: queries.changes_since(s, cursor, limit))
+        def read(s: Session) -> tuple[list[TaskSummary], int]:
+            tasks, head = queries.changes_since(s, cursor, limit)
+            self.stuck.flag(s, tasks)
+            return tasks, head
+
+        return self._reading(read)
 
     def head_cursor(self) -> int:
         return self._reading(queries.head_cursor)

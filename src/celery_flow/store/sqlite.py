@@ -28,6 +28,7 @@ FIX_HINT = "choose a writable path with --store sqlite:///path/to/flow.db or CEL
 
 
 class _Session:
+    dialect = "sqlite"
     __slots__ = ("cursor",)
 
     def __init__(self, cursor: sqlite3.Cursor) -> None:
@@ -53,8 +54,9 @@ class SQLiteStore(SqlStore[sqlite3.Connection]):
         heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL,
         *,
         migrate: MigrateMode = "auto",
+        stuck_after: float | None = None,
     ) -> None:
-        super().__init__(heartbeat_interval)
+        super().__init__(heartbeat_interval, stuck_after)
         self.path = path
         self.memory = path == ":memory:"
         self._shared = self.memory

@@ -4,7 +4,8 @@ current in the same transaction.
 - Duplicate event ids are dropped before anything is written (idempotence). Each task a batch touches
   is re-folded once from its full event set (flow/fold.py): the events already stored plus the new
   ones, so arrival order never matters.
-- Flow rows (flow/flows.py's FlowTally), per-name counts and per-worker counts move by the difference
+- Flow rows (flow/flows.py's FlowTally), per-name counts, per-worker counts and failure clusters
+  (store/failures.py) move by the difference
   between each task's old and new row, so no query ever aggregates the tasks table.
 """
 
@@ -20,7 +21,10 @@ import msgspec
 from celery_flow.events import TASK_EVENT_TYPES, WORKER_EVENT_TYPES, Event, encode
 from celery_flow.flow.fold import fold_task
 from celery_flow.flow.model import TERMINAL_STATES, TaskDetail
+from celery_flow.store import lost, search
 from celery_flow.store.connection import Row, Session, chunks, in_list, meta_value, select_in
+from celery_flow.store.failures import ClusterMoves
+from celery_flow.store.plan import plan_changes
 from celery_flow.store.rows import (
     FLOW_SELECT,
     NAME_STATS_SELECT,
@@ -37,6 +41,7 @@ from celery_flow.store.rows import (
     json_decoder,
     json_encoder,
     state_counts,
+    task_from_row,
     task_row,
 )
 from celery_flow.store.schema import STATES, upsert
@@ -97,6 +102,8 @@ class RecentEvents:
         self.size = size
         self._sets: dict[str, tuple[int, list[Event]]] = {}
         self._lock = threading.Lock()
+        # What the search index holds of the same tasks (store/search.py), valid by seq the same way.
+        self.search = search.Recent(size)
 
     def matching(self, rows: Iterable[TaskRow]) -> dict[str, list[Event]]:
         """The cached event sets of those rows whose `seq` is still the one they were cached at."""
@@ -122,6 +129,7 @@ class RecentEvents:
         """Forget everything: entries written by a transaction that rolled back must never match."""
         with self._lock:
             self._sets.clear()
+        self.search.clear()
 
 
 @dataclass
@@ -142,6 +150,10 @@ def apply_batch(session: Session, seq: int, batch: Batch, recent: RecentEvents) 
             session.run("UPDATE meta SET value = ? WHERE key = 'seq'", (seq + len(changed),))
     if batch.worker_events or host_runs:
         apply_workers(session, batch.worker_events, host_runs)
+    offline = sorted({e.hostname or "" for e in batch.worker_events if e.type == "worker.offline"})
+    if offline:
+        marked = mark_lost(session, seq + len(changed), lost.stored_goings(session, offline))
+        changed += [task_id for task_id in marked if task_id not in set(changed)]
     if batch.counters:
         session.many(
             "INSERT INTO counters (name, value) VALUES (?, ?) "
@@ -201,12 +213,16 @@ def _apply_tasks(
     changes = [
         TaskChange(old_rows.get(task_id), fold_task(task_id, by_task[task_id])) for task_id in task_ids
     ]
+    lost.on_fold(session, [c.new for c in changes])
     flows = update_counts(session, changes, seq + len(task_ids), host_runs)
     rows = [
         task_row(c.new, seq + offset, nums[c.new.task_id], flows[c.new.root_id or c.new.task_id].fnum)
         for offset, c in enumerate(changes, start=1)
     ]
     write_tasks(session, rows, old_rows)
+    stored = {int(r.num): int(r.seq) for r in old_rows.values()}
+    indexed = [(row.num, row.seq, c.new) for row, c in zip(rows, changes, strict=True)]
+    search.index(session, indexed, stored, recent.search)
     recent.remember(task_ids, by_task, seq)
     added = sum(1 for task_id in task_ids if task_id not in old_rows)
     session.many(
@@ -216,7 +232,48 @@ def _apply_tasks(
         "UPDATE meta SET value = ? WHERE key = ?",
         [(last_num, "task_num"), (last_event + len(fresh), "event_num")],
     )
+    steps = plan_changes(session, fresh, changes, flows)
+    if steps:  # planned steps (store/plan.py), numbered after the tasks of this batch
+        seq += len(task_ids)
+        flows = update_counts(session, [TaskChange(s.old, s.new) for s in steps], seq + len(steps), host_runs)
+        rows = [task_row(s.new, seq + i, s.num, flows[s.new.root_id or ""].fnum)._replace(extra=s.extra)
+                for i, s in enumerate(steps, start=1)]  # fmt: skip
+        write_tasks(session, rows, {s.old.task_id: s.old for s in steps if s.old is not None})
+        task_ids = task_ids + [s.new.task_id for s in steps]
     return task_ids
+
+
+def mark_lost(session: Session, seq: int, gones: dict[str, list[lost.Gone]]) -> list[str]:
+    """Mark LOST the running tasks of these workers that store/lost.py's rule says are lost, their counts
+    moved as apply() moves them, at change numbers after `seq` (meta.seq moves on); return their ids."""
+    if not gones:
+        return []
+    rows = fetch_in(
+        session, TaskRow, TASK_SELECT + f" WHERE {lost.RUNNING_SQL} AND hostname IN {{}}", sorted(gones)
+    )
+    changes: list[TaskChange] = []
+    for row in sorted(rows, key=lambda r: r.task_id):
+        g = lost.lost_by(row.state, row.updated_at, gones[row.hostname or ""])
+        if g is not None:
+            task: TaskDetail = task_from_row(row, TaskDetail)
+            lost.mark(task, g)
+            changes.append(TaskChange(row, task))
+    if not changes:
+        return []
+    host_runs: dict[str, int] = {}
+    flows = update_counts(session, changes, seq + len(changes), host_runs)
+    old_rows: dict[str, TaskRow] = {}
+    new_rows = []
+    for offset, change in enumerate(changes, start=1):
+        old, task = change.old, change.new
+        assert old is not None
+        old_rows[old.task_id] = old
+        new_rows.append(task_row(task, seq + offset, int(old.num), flows[task.root_id or task.task_id].fnum))
+    write_tasks(session, new_rows, old_rows)
+    if host_runs:
+        apply_workers(session, [], host_runs)
+    session.run("UPDATE meta SET value = ? WHERE key = 'seq'", (seq + len(changes),))
+    return [c.new.task_id for c in changes]
 
 
 def update_counts(
@@ -226,6 +283,10 @@ def update_counts(
     change in finished tasks to `host_runs`; return the flows by root id."""
     flows = _update_flows(session, changes, seq)
     _update_name_stats(session, changes)
+    clusters = ClusterMoves()
+    for change in changes:
+        clusters.change(change.old, change.new)
+    clusters.write(session)
     for change in changes:
         old, new = change.old, change.new
         if old is not None and old.state in TERMINAL_STATES and old.hostname:

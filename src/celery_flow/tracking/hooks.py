@@ -28,6 +28,7 @@ from celery_flow.tracking.lineage import (
     iso_to_epoch,
     links_of,
 )
+from celery_flow.tracking.plan import plan_of
 from celery_flow.tracking.publisher import Publisher
 from celery_flow.tracking.scrub import KeyScrubber
 from celery_flow.tracking.trace import ROOT_HEADER, TRACE_HEADER, executing_task, publish_trace_id
@@ -135,10 +136,28 @@ class Tracker:
             if has_callbacks or embed.get("chain") or embed.get("chord"):
                 fields["links"], fields["link_errors"] = links_of(embed)
                 fields["chord_id"] = chord_callback_id(embed.get("chord"))
+                fields["plan"] = plan_of(headers["id"], embed, self.errback_runs_inline)
             if self.settings.capture_args:
                 fields["args"] = self.capture.args(body[0])
                 fields["kwargs"] = self.capture.kwargs(body[1])
         self.publisher.record("sent", time.time(), fields)
+
+    def errback_runs_inline(self, sig: Any) -> bool:
+        """Whether a worker calls this link_error signature in its own process instead of sending it:
+        Celery's rule (Backend._call_task_errbacks), for a task this app knows."""
+        try:
+            errback = self.app.signature(sig)
+            header = getattr(errback.type, "__header__", None)
+            if header is None or isinstance(header, functools.partial):
+                return False
+            arity = getattr(self.app.backend, "_errback_arity_greater", None)
+            if arity is not None:
+                return bool(arity(errback, 1))
+            from celery.utils.functional import arity_greater
+
+            return bool(arity_greater(header, 1))
+        except Exception:  # not registered here: Celery sends it on, as a task
+            return False
 
     # -- worker main process ------------------------------------------------------------------------
     def on_message(self, message: Any, body: Any, hostname: str | None) -> dict[str, Any] | None:
