@@ -6,8 +6,7 @@ import { flowStateValues, terminalStateValues, unfinishedStateValues } from "./s
 type S = components["schemas"];
 
 export type TaskSummary = S["TaskSummary"];
-// cluster_size arrives with the failures backend (issue 16); until schema.ts has it, it is optional here.
-export type TaskDetail = S["TaskDetail"] & { cluster_size?: number | null };
+export type TaskDetail = S["TaskDetail"];
 export type TaskState = S["TaskState"];
 export type TerminalState = S["TerminalState"];
 export type EventRecord = S["EventRecord"];
@@ -35,22 +34,8 @@ export type Health = S["HealthReport"];
 export type TaskPage = S["TaskPage"];
 export type FlowPage = S["FlowPage"];
 
-/** One failure cluster of GET /api/failures (until schema.ts has the server's FailureCluster). */
-export interface FailureCluster {
-  fingerprint: string;
-  exception_type: string;
-  message: string;
-  count: number;
-  retries: number;
-  first_seen: number;
-  last_seen: number;
-  task_names: string[];
-  sample_task_ids: string[];
-  sparkline: { start: number; step: number; counts: number[] };
-}
-export interface FailureList {
-  items: FailureCluster[];
-}
+export type FailureCluster = S["FailureCluster"];
+export type FailureList = S["FailureList"];
 
 export interface Page<T> {
   items: T[];
