@@ -107,6 +107,20 @@ def test_planned_steps_are_drawn_in_place_with_their_names() -> None:
     assert graph.summary.counts == {"PENDING": 1, "PLANNED": 3, "NOT_RUN": 1}
 
 
+def test_steps_that_never_ran_are_not_on_the_critical_path() -> None:
+    # chain(a, b, c, d) whose b failed: c and d never ran, so a -> b decided when the flow finished.
+    ran = tasks_of(
+        sent("a", 1, links=["b"]), event("succeeded", "a", ts=2),
+        sent("b", 3, root_id="a", parent_id="a", links=["c"]), event("failed", "b", ts=4),
+    )  # fmt: skip
+    never = [
+        TaskDetail(task_id="c", name="proj.c", state="NOT_RUN", root_id="a", parent_id="b", links=["d"]),
+        TaskDetail(task_id="d", name="proj.d", state="NOT_RUN", root_id="a", parent_id="c"),
+    ]
+    graph = build_graph("a", [*ran, *never])
+    assert graph.critical_path == ["a", "b"]
+
+
 def test_chord_callback_carrying_the_enclosing_group_id_is_not_a_member() -> None:
     # chain(a, group(b1, b2), chord([c1, c2], d)): d carries group b's group_id (DESIGN.md §7).
     graph = build_graph(

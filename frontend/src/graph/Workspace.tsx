@@ -13,7 +13,6 @@ import { Timeline } from "./Timeline";
 
 export type Mode = "graph" | "split" | "timeline";
 
-const NOT_STARTED = new Set(["PLANNED", "NOT_RUN"]);
 
 function readMode(): Mode {
   try {
@@ -109,15 +108,9 @@ export function Workspace({ graph, flows, header, accept, refetch }: WorkspacePr
   });
 
   const running = useMemo(() => [...tasks.values()].some((t) => !TERMINAL.has(t.state)), [tasks]);
-  // A step that never ran (or is only planned) decided nothing about when the flow finished.
   const critical = useMemo(
-    () =>
-      new Set(
-        critOn
-          ? (graph.critical_path ?? []).filter((id) => !NOT_STARTED.has(tasks.get(id)?.state ?? ""))
-          : [],
-      ),
-    [graph.critical_path, critOn, tasks],
+    () => new Set(critOn ? (graph.critical_path ?? []) : []),
+    [graph.critical_path, critOn],
   );
   const taskList = useMemo(
     () => [...tasks.values()].filter((t) => focus === null || t.state === focus),

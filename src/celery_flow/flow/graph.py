@@ -26,6 +26,7 @@ from celery_flow.flow.model import (
     TaskSummary,
 )
 
+_NEVER_RAN = frozenset({"PLANNED", "NOT_RUN"})
 _SUMMARY_FIELDS = tuple(f.name for f in fields(TaskSummary))
 
 
@@ -145,11 +146,15 @@ def critical_path(nodes: dict[str, GraphNode], edges: Sequence[GraphEdge]) -> li
     few microseconds before the member that triggered it. Bounded by the node count and a visited set,
     so cycles cannot loop.
     """
+    # A step that is only planned or never ran decided nothing about when the flow finished.
+    nodes = {task_id: node for task_id, node in nodes.items() if node.state not in _NEVER_RAN}
     if not nodes:
         return []
     predecessors: dict[str, list[str]] = {}
     sources: set[str] = set()
     for edge in edges:
+        if edge.source not in nodes or edge.target not in nodes:
+            continue
         predecessors.setdefault(edge.target, []).append(edge.source)
         if edge.source != edge.target:
             sources.add(edge.source)
