@@ -285,7 +285,8 @@ def update_counts(
     _update_name_stats(session, changes)
     clusters = ClusterMoves()
     for change in changes:
-        clusters.change(change.old, change.new)
+        if change.new.fingerprint is not None or (change.old is not None and change.old.fingerprint):
+            clusters.change(change.old, change.new)
     clusters.write(session)
     for change in changes:
         old, new = change.old, change.new
