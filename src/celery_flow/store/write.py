@@ -40,6 +40,7 @@ from celery_flow.store.rows import (
     fetch_in,
     json_decoder,
     json_encoder,
+    retry_records,
     state_counts,
     task_from_row,
     task_row,
@@ -256,6 +257,7 @@ def mark_lost(session: Session, seq: int, gones: dict[str, list[lost.Gone]]) -> 
         g = lost.lost_by(row.state, row.updated_at, gones[row.hostname or ""])
         if g is not None:
             task: TaskDetail = task_from_row(row, TaskDetail)
+            task.events = retry_records(row)
             lost.mark(task, g)
             changes.append(TaskChange(row, task))
     if not changes:
