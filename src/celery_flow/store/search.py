@@ -131,44 +131,47 @@ def pair_token(key: str, value: str) -> str:
     return "=" + hashlib.blake2b(f"{key}\x00{value}".encode(), digest_size=8).hexdigest()
 
 
-def _walk(value: Any, out: dict[str, None], pairs: bool) -> None:
-    """Add the words of every string and number in `value` to `out`, and its key:value pairs if `pairs`."""
+def _walk(value: Any, texts: list[str], pairs: dict[str, None] | None) -> None:
+    """Collect the text of every string and number in `value` into `texts`, and, unless `pairs` is
+    None, the token of each of its key:value pairs into `pairs`."""
     kind = type(value)
     if kind is str:
-        out.update(dict.fromkeys(words(_clean(value))))
+        texts.append(_clean(value))
     elif kind is int or kind is float:
-        out.update(dict.fromkeys(words(str(value))))
+        texts.append(str(value))
     elif kind is dict:
         for key, item in value.items():
             if key == TRUNCATED_KEY:
                 continue
-            if pairs:
+            if pairs is not None:
                 lower = key.lower()
                 for scalar in item if type(item) is list else (item,):
                     text = _value_text(scalar)
                     if text is not None:
-                        out[pair_token(lower, text)] = None
-            _walk(item, out, pairs)
+                        pairs[pair_token(lower, text)] = None
+            _walk(item, texts, pairs)
     elif kind is list:
         for item in value:
-            _walk(item, out, pairs)
+            _walk(item, texts, pairs)
+
+
+def _tokens(values: Iterable[Any], pairs: bool) -> list[str]:
+    """The words of `values` (one pass of the word pattern over all their text), then their pairs."""
+    texts: list[str] = []
+    found: dict[str, None] | None = {} if pairs else None
+    for value in values:
+        _walk(value, texts, found)
+    return [*dict.fromkeys(words(" ".join(texts))), *(found or ())]
 
 
 def _call_tokens(task: TaskDetail) -> list[str]:
     """The tokens of how a task was called: its args and kwargs (fixed once it was sent)."""
-    out: dict[str, None] = {}
-    _walk(task.args, out, pairs=True)
-    _walk(task.kwargs, out, pairs=True)
-    return list(out)
+    return _tokens((task.args, task.kwargs), pairs=True)
 
 
 def _outcome_tokens(task: TaskDetail) -> list[str]:
     """The tokens of how it ended: its result and exception message."""
-    out: dict[str, None] = {}
-    _walk(task.result, out, pairs=False)
-    if task.exception:
-        out.update(dict.fromkeys(words(_clean(task.exception))))
-    return list(out)
+    return _tokens((task.result, task.exception), pairs=False)
 
 
 def _merged(call: list[str], outcome: list[str]) -> list[str]:
