@@ -191,6 +191,17 @@ def test_a_task_lost_after_retries_keeps_them_in_its_failure_cluster() -> None:
         assert [c.retries for c in store.failures(None, None, None)] == [2]
 
 
+def test_a_sub_second_heartbeat_late_on_a_busy_machine_loses_nothing() -> None:
+    now = time.time()
+    with memory_store() as store:
+        store.apply([event("worker.online", None, now - 1.5, hostname=H, heartbeat_interval=0.2)])
+        store.apply(task_events("t1", H, now - 1.4, "started"))
+        assert store.check_lost().changed == []  # 7 intervals, but under MIN_SILENCE
+        store.apply([event("worker.heartbeat", None, now - 3.0, hostname=H2, heartbeat_interval=0.2)])
+        store.apply(task_events("t2", H2, now - 2.9, "started"))
+        assert store.check_lost().changed == ["t2"]
+
+
 def test_a_finished_task_is_never_lost() -> None:
     with memory_store() as store:
         store.apply(task_events("t1", H, T0, "received", "started", "succeeded"))
