@@ -71,11 +71,15 @@ def clamp(ts: float) -> float:
     return min(max(ts, 0.0), LATEST)
 
 
+def bucket_of(ts: float, width: int) -> int:
+    """The start of the bucket `width` seconds wide holding time `ts`; width 0 is the single bucket 0
+    of all time."""
+    return int(min(max(ts, 0.0), LATEST) // width) * width if width else 0
+
+
 def buckets(ts: float, widths: Sequence[int] = WIDTHS) -> list[tuple[int, int]]:
-    """The (width, bucket start) of each width a count at time `ts` goes to; width 0 is the single
-    bucket 0 of all time."""
-    ts = clamp(ts)
-    return [(width, int(ts // width) * width if width else 0) for width in widths]
+    """The (width, bucket start) of each width a count at time `ts` goes to."""
+    return [(width, bucket_of(ts, width)) for width in widths]
 
 
 class Cause(NamedTuple):

@@ -112,10 +112,10 @@ def _delete_tasks(session: Session, seq: int, ids: list[str]) -> None:
         clusters.move(task.name, causes, -1)
     clusters.write(session)
     # The windowed stats lose the task; the all-time counts (width 0) keep it.
-    moves, pending = StatMoves(), stats.uncounted(session)
+    moves, pending = StatMoves(all_time=False), stats.uncounted(session)
     for task in doomed:
         if stats.is_counted(task.num, pending):
-            moves.move(task.name, stats.marks(task), -1, all_time=False)
+            moves.move(task.name, stats.marks(task), -1)
     moves.write(session)
     # The flows that lost tasks: recount them from what is left (an indexed range per flow).
     old_rows = read_flows(session, sorted({task.root_id for task in doomed}))

@@ -32,7 +32,7 @@ from celery_flow.flow.model import (
     StatMetric,
 )
 from celery_flow.store.connection import Session
-from celery_flow.store.failures import WIDTHS, Window, buckets, clamp, window
+from celery_flow.store.failures import WIDTHS, Window, bucket_of, clamp, window
 
 # Upper bounds (seconds) of the duration slots: 4 per decade from 1 ms to 10,000 s, to 3 digits. Slot k
 # holds durations in (EDGES[k - 1], EDGES[k]]; slot 0 anything up to 1 ms, slot len(EDGES) anything
@@ -44,6 +44,9 @@ FINISHED_STATES: Final = ("SUCCESS", "FAILURE", "REVOKED", "REJECTED", "LOST")
 METRICS: Final = ("runtime", "queue_wait")
 # Width 0: the all-time bucket.
 ALL_WIDTHS: Final = (0, *WIDTHS)
+# Every width is a multiple of the narrowest: a batch's counts are gathered in its buckets, then spread.
+NARROWEST: Final = WIDTHS[0]
+assert all(width % NARROWEST == 0 for width in WIDTHS)
 DEFAULT_SPAN: Final = 24 * 3600.0
 # The regression rule: p95 of the window's second half >= RATIO x the first half's, MIN_RUNS runs in each.
 REGRESSION_RATIO: Final = 1.5
@@ -97,55 +100,49 @@ class Counted(Protocol):
     def queue_wait(self) -> float | None: ...
 
 
-class Mark(NamedTuple):
-    """One count a task adds: `kind` f (finished), runtime, queue_wait or b (backlog)."""
-
-    kind: str
-    key: str  # the state, the queue
-    at: float
-    value: float
+# One count a task adds: (kind, key, time, seconds), kind "f" (finished; key its state), "runtime" or
+# "queue_wait" (key its queue), or "b" (backlog; key its queue).
+Mark = tuple[str, str, float, float]
 
 
 def marks(t: Counted) -> tuple[Mark, ...]:
-    """What a task adds to the tables (most tasks: one finished mark and one of each duration)."""
+    """What a task adds to the tables (a finished task: one finished mark and one of each duration)."""
     out: list[Mark] = []
     if t.state == "PENDING":
-        out.append(Mark("b", t.queue or "", 0.0, 0.0))
+        out.append(("b", t.queue or "", 0.0, 0.0))
     done = t.finished_at if t.finished_at is not None else (t.updated_at or 0.0)
     if t.state in FINISHED_STATES:
-        out.append(Mark("f", t.state, done, 0.0))
+        out.append(("f", t.state, done, 0.0))
     if t.runtime is not None:
-        out.append(Mark("runtime", t.queue or "", done, max(0.0, t.runtime)))
+        out.append(("runtime", t.queue or "", done, max(0.0, t.runtime)))
     if t.queue_wait is not None:
         at = t.started_at if t.started_at is not None else done
-        out.append(Mark("queue_wait", t.queue or "", at, max(0.0, t.queue_wait)))
+        out.append(("queue_wait", t.queue or "", at, max(0.0, t.queue_wait)))
     return tuple(out)
 
 
 @dataclass
 class StatMoves:
-    """Deltas to the stats tables, gathered over a batch of tasks, then written at once."""
+    """Deltas to the stats tables, gathered over a batch of tasks in buckets of the narrowest width,
+    then spread to every width and written at once. `all_time` False leaves width 0 alone (retention)."""
 
-    finished: dict[tuple[int, int, str, str], int] = field(default_factory=dict)
-    durations: dict[tuple[int, int, str, str, str, int], list[float]] = field(default_factory=dict)
+    all_time: bool = True
+    # (name, kind, key, narrowest bucket, slot) -> [tasks, seconds]
+    counts: dict[tuple[str, str, str, int, int], list[float]] = field(default_factory=dict)
     backlog: dict[str, int] = field(default_factory=dict)
 
-    def move(self, name: str | None, task_marks: Iterable[Mark], sign: int, all_time: bool = True) -> None:
-        widths = ALL_WIDTHS if all_time else WIDTHS
+    def move(self, name: str | None, task_marks: Iterable[Mark], sign: int) -> None:
         for kind, key, at, value in task_marks:
             if kind == "b":
                 self.backlog[key] = self.backlog.get(key, 0) + sign
                 continue
-            for width, bucket in buckets(at, widths):
-                if kind == "f":
-                    k = (width, bucket, name or "", key)
-                    self.finished[k] = self.finished.get(k, 0) + sign
-                else:
-                    d = self.durations.setdefault(
-                        (width, bucket, name or "", kind, key, slot(value)), [0, 0.0]
-                    )
-                    d[0] += sign
-                    d[1] += sign * value
+            k = (name or "", kind, key, bucket_of(at, NARROWEST), slot(value) if kind != "f" else 0)
+            d = self.counts.get(k)
+            if d is None:
+                self.counts[k] = [sign, sign * value]
+            else:
+                d[0] += sign
+                d[1] += sign * value
 
     def change(self, old: Counted | None, new: Counted) -> None:
         """Move by one task's change: its old row's marks out, the new fold's in."""
@@ -159,20 +156,35 @@ class StatMoves:
             self.move(new.name, added, +1)
 
     def write(self, session: Session) -> None:
-        finished = [(*k, d) for k, d in sorted(self.finished.items()) if d]
-        if finished:
-            session.many(_FINISHED_UPSERT, finished)
-        durations = [(*k, int(d[0]), d[1]) for k, d in sorted(self.durations.items()) if d[0] or d[1]]
-        if durations:
-            session.many(_DURATION_UPSERT, durations)
+        widths = ALL_WIDTHS if self.all_time else WIDTHS
+        finished: dict[tuple[int, int, str, str], int] = {}
+        durations: dict[tuple[int, int, str, str, str, int], list[float]] = {}
+        for (name, kind, key, narrow, slot_), (n, total) in self.counts.items():
+            if not n and not total:
+                continue
+            for width in widths:
+                bucket = narrow // width * width if width else 0
+                if kind == "f":
+                    fk = (width, bucket, name, key)
+                    finished[fk] = finished.get(fk, 0) + int(n)
+                else:
+                    d = durations.setdefault((width, bucket, name, kind, key, slot_), [0, 0.0])
+                    d[0] += n
+                    d[1] += total
+        rows = [(*k, d) for k, d in sorted(finished.items()) if d]
+        if rows:
+            session.many(_FINISHED_UPSERT, rows)
+        d_rows = [(*k, int(d[0]), d[1]) for k, d in sorted(durations.items()) if d[0] or d[1]]
+        if d_rows:
+            session.many(_DURATION_UPSERT, d_rows)
         backlog = [(q, d) for q, d in sorted(self.backlog.items()) if d]
         if backlog:
             session.many(_BACKLOG_UPSERT, backlog)
         # Rows a removal may have emptied: dropped, so a window's query reads only buckets with tasks.
-        gone = [k for k, d in sorted(self.finished.items()) if d < 0]
+        gone = [k for k, d in sorted(finished.items()) if d < 0]
         if gone:
             session.many(_FINISHED_PRUNE, gone)
-        gone_d = [k for k, d in sorted(self.durations.items()) if d[0] < 0]
+        gone_d = [k for k, d in sorted(durations.items()) if d[0] < 0]
         if gone_d:
             session.many(_DURATION_PRUNE, gone_d)
 
