@@ -174,7 +174,11 @@ class SqlStore(SqlConnections[C]):
         return self._reading(read)
 
     def all_time(self) -> stats.AllTime:
-        return self._reading(stats.all_time)
+        def read(s: Session) -> stats.AllTime:
+            online = sum(1 for w in queries.workers(s, self.heartbeat_interval) if w.status == "online")
+            return stats.all_time(s)._replace(workers_online=online)
+
+        return self._reading(read)
 
     def changes_since(self, cursor: int, limit: int = 500) -> tuple[list[TaskSummary], int]:
         def read(s: Session) -> tuple[list[TaskSummary], int]:

@@ -402,12 +402,15 @@ def backlog(s: Session) -> list[Backlog]:
 
 
 class AllTime(NamedTuple):
-    """Counts since the store was created (width 0: retention never lowers them)."""
+    """Counts since the store was created (width 0: retention never lowers them), and the backlog and
+    workers online now: what /metrics exports."""
 
     # (name, state) -> tasks finished
     finished: dict[tuple[str, str], int]
     # (metric, name, queue) -> runs per slot and their summed durations
     durations: dict[tuple[str, str, str], Histogram]
+    backlog: list[Backlog] = []
+    workers_online: int = 0
 
 
 def all_time(s: Session) -> AllTime:
@@ -420,7 +423,7 @@ def all_time(s: Session) -> AllTime:
         "SELECT metric, name, queue, slot, runs, total FROM duration_counts WHERE width = 0"
     ):
         durations.setdefault((metric, name, queue), Histogram()).add(int(slot_), int(runs), float(total))
-    return AllTime(finished, durations)
+    return AllTime(finished, durations, backlog(s))
 
 
 def fill(session: Session, tasks: Sequence[Counted]) -> None:
