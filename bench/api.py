@@ -224,7 +224,7 @@ def main() -> None:
                 ("overview, last hour", "/api/stats/overview", {"since": time.time() - 3600}, False),
                 ("heatmap runtime, all names, 24 h", "/api/stats/heatmap", {}, False),
                 ("heatmap runtime, one name, 24 h", "/api/stats/heatmap", {"name": NAMES[1]}, False),
-                ("heatmap queue_wait, all names, 24 h", "/api/stats/heatmap", {"metric": "queue_wait"}, False),
+                ("heatmap queue_wait, 24 h", "/api/stats/heatmap", {"metric": "queue_wait"}, False),
                 ("name trend, 24 h", f"/api/stats/names/{NAMES[1]}", {}, False),
             ]  # fmt: skip
             print(f"\n{'endpoint':<40} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}")
