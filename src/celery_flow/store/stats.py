@@ -42,6 +42,7 @@ SLOTS: Final = len(EDGES) + 1
 # Final states counted as throughput (a NOT_RUN step never ran).
 FINISHED_STATES: Final = ("SUCCESS", "FAILURE", "REVOKED", "REJECTED", "LOST")
 METRICS: Final = ("runtime", "queue_wait")
+_MARKED_STATES: Final = frozenset({"PENDING", *FINISHED_STATES})
 # Width 0: the all-time bucket.
 ALL_WIDTHS: Final = (0, *WIDTHS)
 # Every width is a multiple of the narrowest: a batch's counts are gathered in its buckets, then spread.
@@ -107,17 +108,20 @@ Mark = tuple[str, str, float, float]
 
 def marks(t: Counted) -> tuple[Mark, ...]:
     """What a task adds to the tables (a finished task: one finished mark and one of each duration)."""
+    state, runtime, wait = t.state, t.runtime, t.queue_wait
+    if runtime is None and wait is None and state not in _MARKED_STATES:
+        return ()  # received, or started without a known send time: most changes of a batch
     out: list[Mark] = []
-    if t.state == "PENDING":
+    if state == "PENDING":
         out.append(("b", t.queue or "", 0.0, 0.0))
     done = t.finished_at if t.finished_at is not None else (t.updated_at or 0.0)
-    if t.state in FINISHED_STATES:
-        out.append(("f", t.state, done, 0.0))
-    if t.runtime is not None:
-        out.append(("runtime", t.queue or "", done, max(0.0, t.runtime)))
-    if t.queue_wait is not None:
+    if state in FINISHED_STATES:
+        out.append(("f", state, done, 0.0))
+    if runtime is not None:
+        out.append(("runtime", t.queue or "", done, max(0.0, runtime)))
+    if wait is not None:
         at = t.started_at if t.started_at is not None else done
-        out.append(("queue_wait", t.queue or "", at, max(0.0, t.queue_wait)))
+        out.append(("queue_wait", t.queue or "", at, max(0.0, wait)))
     return tuple(out)
 
 

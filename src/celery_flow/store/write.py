@@ -295,12 +295,13 @@ def update_counts(
         clusters.change(change.old, change.new)
         old, new = change.old, change.new
         # A row the stats tables (and tasks_failed) do not count yet: the re-fold counts it.
-        counted = old is None or stats.is_counted(int(old.num), pending)
+        counted = old is None or pending is None or stats.is_counted(int(old.num), pending)
         if counted:
             moves.change(old, new)
-        if old is not None:
+        if old is not None and old.state in TERMINAL_STATES:
             count_host(host_runs, old.hostname, old.state, -1, failed=counted)
-        count_host(host_runs, new.hostname, new.state, +1, failed=counted)
+        if new.state in TERMINAL_STATES:
+            count_host(host_runs, new.hostname, new.state, +1, failed=counted)
     clusters.write(session)
     moves.write(session)
     return flows
