@@ -15,10 +15,11 @@ import pytest
 from tests.support.events import event
 from tests.support.postgres import own_store_url
 
-from celery_flow.store import open_store
+from celery_flow.store import open_store, stats
 from celery_flow.store.backfill import run
 from celery_flow.store.base import TaskFilter
 from celery_flow.store.migrations import schedule_refold
+from celery_flow.store.rows import TASK_SELECT, TaskRow, fetch
 from celery_flow.store.sql import SqlStore
 from celery_flow.store.stats import EDGES, slot
 
@@ -242,3 +243,27 @@ def test_queue_wait_and_runtime_histograms_keep_sums_for_prometheus(store: SqlSt
     assert (runtime.count, sum(runtime.total)) == (3, pytest.approx(0.75))
     assert (wait.count, sum(wait.total)) == (3, pytest.approx(6.0))
     assert json.dumps(sorted(totals.finished.items()))
+
+
+def test_a_refold_that_derives_other_runtimes_moves_the_counts(store: SqlStore[Any]) -> None:
+    """Rows an older fold rule left without a runtime, counted as they were: the re-fold derives the
+    runtimes again from the events, and the counts follow."""
+    store.apply([e for i in range(10) for e in run_of(f"t{i}", T0 + 10 * i, 0.02 * (i + 1))])
+    want = (store.heatmap(None, "runtime", T0, T0 + 600), store.all_time())
+
+    def older_rule(s: Any, _seq: int) -> None:
+        s.run("UPDATE tasks SET runtime = NULL WHERE task_id IN ('t0', 't1', 't2')")
+        for table in ("finished_counts", "duration_counts", "queue_backlog"):
+            s.run(f"DELETE FROM {table}")
+        stats.fill(s, fetch(s, TaskRow, TASK_SELECT))  # the counts of those rows
+        schedule_refold(s)
+
+    store._writing(older_rule)
+    assert sum(map(sum, store.heatmap(None, "runtime", T0, T0 + 600).counts)) == 7
+    run(store, limit=4)
+    assert store.heatmap(None, "runtime", T0, T0 + 600) == want[0]
+    got = store.all_time()
+    assert got.finished == want[1].finished
+    for key, hist in want[1].durations.items():
+        assert got.durations[key].runs == hist.runs
+        assert got.durations[key].total == pytest.approx(hist.total)

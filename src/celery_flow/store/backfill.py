@@ -66,10 +66,11 @@ LOG_EVERY = 10.0
 # Seconds before the background thread tries again after the store failed.
 RETRY_AFTER = 5.0
 
-# The columns flows, per-name counts, per-worker counts or failure clusters are computed from.
+# The columns flows, per-name counts, per-worker counts, failure clusters or the stats (store/stats.py)
+# are computed from.
 _aggregated = attrgetter(
     "name", "state", "root_id", "parent_id", "group_id", "trace_id", "hostname", "ts", "finished_at",
-    "updated_at", "fingerprint",
+    "updated_at", "fingerprint", "queue", "started_at", "runtime", "queue_wait",
 )  # fmt: skip
 _REFOLD_META = (
     "SELECT key, value FROM meta WHERE key IN ('schema', 'seq', "
