@@ -308,7 +308,7 @@ def test_odd_but_valid_input_never_500s(api: httpx.Client, params: dict[str, Any
     assert resp.status_code in (200, 422), resp.text
     resp = api.get("/api/failures", params=params)
     assert resp.status_code in (200, 422), resp.text
-    for path in ("/api/stats/overview", "/api/stats/heatmap", "/api/stats/names/t.x"):
+    for path in ("/api/stats/overview", "/api/stats/heatmap", "/api/stats/names/t.x", "/api/stats/names/a/b"):
         resp = api.get(path, params=params)
         assert resp.status_code in (200, 422), resp.text
 

@@ -278,7 +278,7 @@ def build_api_router(
         return guarded(lambda: store().heatmap(name, metric, since, until))
 
     @router.get(
-        "/stats/names/{name}",
+        "/stats/names/{name:path}",
         response_model=NameTrend,
         summary="One task name over time",
         description="Per time bucket of [`since`, `until`) (default: the last 24 hours): runs finished, "
