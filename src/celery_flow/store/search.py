@@ -11,14 +11,17 @@ What a task is found by (its *tokens*), computed from its fold once, in Python, 
   cut by the size cap (tracking/capture.py's TRUNCATED marker) only up to the marker, less the word the
   cut went through (a fragment is not a word of the value); no pair for a cut value.
 
-Engines: SQLite holds them in an FTS5 table (rowid = the task's `num`; the `ascii` tokenizer splits the
-stored text at spaces only, since every token is letters, digits or "=hex"); PostgreSQL in `text[]`
-with a GIN index (`@>`: every token present). Both are inverted indexes over exactly the same tokens,
-so both engines find the same tasks; neither parses user text: a query is tokenised here and each token
-quoted (FTS5) or bound as an array element (PostgreSQL).
+Engines: SQLite holds them in an FTS5 table (the `ascii` tokenizer splits the stored text at spaces
+only, since every token is letters, digits or "=hex"); PostgreSQL in `text[]` with a GIN index (`@>`:
+every token present). Both are inverted indexes over exactly the same rows of tokens, so both engines
+find the same tasks; neither parses user text: a query is tokenised here and each token quoted (FTS5)
+or bound as an array element (PostgreSQL).
 
-A task's tokens are written when they change (`index`, from the write path and the re-fold, usually
-twice: when it is sent and when it ends), and deleted with it (`forget`, retention).
+A task's entry is one or two rows (`index`): its call's tokens (part 0), written when it is sent, and
+once it has an outcome, all its tokens (part 1), added beside it; a task matches when one of its rows
+holds every token of a query. Row key: SQLite's rowid `num * 2 + part`, PostgreSQL's (num, part).
+Rows are written when they change (from the write path and the re-fold) and deleted with the task
+(`forget`, retention).
 
 A query (`parse`) is words and `key:value` terms, all of which must match. A list walks its usual index
 newest first either way: a rare match set (at most SPARSE tasks) is handed to it as a list of task
@@ -74,12 +77,13 @@ DDL: Final[dict[str, tuple[str, ...]]] = {
         "tokenize = \"ascii tokenchars '='\", detail = none, columnsize = 0)",
     ),
     "postgresql": (
-        "CREATE TABLE IF NOT EXISTS task_search (num BIGINT PRIMARY KEY, tokens TEXT[] NOT NULL)",
+        "CREATE TABLE IF NOT EXISTS task_search "
+        "(num BIGINT NOT NULL, part SMALLINT NOT NULL, tokens TEXT[] NOT NULL, PRIMARY KEY (num, part))",
         "CREATE INDEX IF NOT EXISTS task_search_tokens ON task_search USING GIN (tokens)",
     ),
 }
-# The column holding the task number, per engine.
-_NUM = {"sqlite": "rowid", "postgresql": "num"}
+# The task number of an index row, per engine (SQLite's rowid is `num * 2 + part`).
+_NUM = {"sqlite": "rowid >> 1", "postgresql": "num"}
 
 
 def dialect(session: Session) -> str:
@@ -131,27 +135,59 @@ def pair_token(key: str, value: str) -> str:
     return "=" + hashlib.blake2b(f"{key}\x00{value}".encode(), digest_size=8).hexdigest()
 
 
+# Pair tokens computed lately: most pairs recur (a country, a flag, a status), and a hash costs more
+# than a look-up. Emptied when full.
+_pair_tokens: dict[tuple[str, str], str] = {}
+_PAIR_TOKENS_MAX = 65536
+
+
+def _pair(pairs: dict[str, None], key: str, value: Any) -> None:
+    """Add the token of `key` (lower case) and scalar `value` to `pairs`, if it has one."""
+    if type(value) is str and "…" not in value and value != FILTERED:
+        text: str | None = value.lower()
+    else:
+        text = _value_text(value)
+    if text is None:
+        return
+    token = _pair_tokens.get((key, text))
+    if token is None:
+        if len(_pair_tokens) >= _PAIR_TOKENS_MAX:
+            _pair_tokens.clear()
+        token = _pair_tokens[key, text] = pair_token(key, text)
+    pairs[token] = None
+
+
 def _walk(value: Any, texts: list[str], pairs: dict[str, None] | None) -> None:
     """Collect the text of every string and number in `value` into `texts`, and, unless `pairs` is
-    None, the token of each of its key:value pairs into `pairs`."""
+    None, the token of each of its key:value pairs into `pairs`. (Scalars inside a dict or list are
+    handled in its loop: most values are scalars, and a call per value costs more than the value.)"""
     kind = type(value)
-    if kind is str:
-        texts.append(_clean(value))
-    elif kind is int or kind is float:
-        texts.append(str(value))
-    elif kind is dict:
+    if kind is dict:
         for key, item in value.items():
             if key == TRUNCATED_KEY:
                 continue
+            kind = type(item)
             if pairs is not None:
                 lower = key.lower()
-                for scalar in item if type(item) is list else (item,):
-                    text = _value_text(scalar)
-                    if text is not None:
-                        pairs[pair_token(lower, text)] = None
-            _walk(item, texts, pairs)
-    elif kind is list:
-        for item in value:
+                if kind is list:
+                    for scalar in item:
+                        _pair(pairs, lower, scalar)
+                else:
+                    _pair(pairs, lower, item)
+            if kind is str:
+                texts.append(_clean(item) if "…" in item or "[" in item else item)
+            elif kind is int or kind is float:
+                texts.append(str(item))
+            elif kind is dict or kind is list:
+                _walk(item, texts, pairs)
+        return
+    for item in value if kind is list else (value,):
+        kind = type(item)
+        if kind is str:
+            texts.append(_clean(item) if "…" in item or "[" in item else item)
+        elif kind is int or kind is float:
+            texts.append(str(item))
+        elif kind is dict or kind is list:
             _walk(item, texts, pairs)
 
 
@@ -188,19 +224,38 @@ def task_tokens(task: TaskDetail) -> list[str]:
     return _merged(_call_tokens(task), _outcome_tokens(task))
 
 
-def _sources(task: TaskDetail) -> tuple[bytes, bytes]:
-    """What `_call_tokens` and `_outcome_tokens` read, encoded: equal sources, equal tokens."""
-    return _encoder.encode((task.args, task.kwargs)), _encoder.encode((task.result, task.exception))
+_Sources = tuple[Any, Any]  # what a part's tokens come from: (args, kwargs) or (result, exception)
+_Rows = tuple[list[str] | None, list[str] | None]  # a task's call row and full row (None: no row)
 
 
 class _Indexed(NamedTuple):
-    """What was indexed for one task."""
+    """What was indexed for one task: its rows as stored, and what their tokens came from."""
 
-    seq: int  # of the row written with this entry
-    call: bytes  # the sources (`_sources`) the tokens came from
-    outcome: bytes
+    seq: int  # of the task row written with this entry
+    call: _Sources  # the fold's own objects: unchanged when the very same
+    outcome: _Sources
     call_tokens: list[str]
-    tokens: list[str]  # as stored
+    outcome_tokens: list[str]
+    rows: _Rows  # as stored
+
+
+def _same(a: _Sources, b: _Sources) -> bool:
+    """Whether two sources give the same tokens: the same objects (a fold of cached events), else equal
+    encodings (`==` alone would take 1 for True)."""
+    if a[0] is b[0] and a[1] is b[1]:
+        return True
+    return bool(_encoder.encode(a) == _encoder.encode(b))
+
+
+def _rows(call_tokens: list[str], outcome_tokens: list[str], stored: _Rows) -> _Rows:
+    """The rows a task's entry should have: its call row (the call's tokens, sorted) until it has an
+    outcome, then its full row (call and outcome, `_merged`); a call row already stored stays beside
+    the full row (rewriting nothing), any other call row is not written."""
+    call = sorted(call_tokens[:MAX_TOKENS]) or None
+    full = _merged(call_tokens, outcome_tokens) if outcome_tokens else None
+    if full is None or full == call:
+        return call, None
+    return (call if stored[0] == call else None), full
 
 
 class Recent:
@@ -283,7 +338,7 @@ def _probe(session: Session, num: str, tokens: Sequence[str]) -> tuple[str, list
         holds, params = _holds(session, tokens, "x")
         return f"EXISTS (SELECT 1 FROM task_search x WHERE x.num = {num} AND {holds})", params
     holds, params = _holds(session, tokens)
-    return f"+{num} IN (SELECT rowid FROM task_search WHERE {holds})", params
+    return f"+{num} IN (SELECT rowid >> 1 FROM task_search WHERE {holds})", params
 
 
 def _one_of(session: Session, column: str, values: list[int]) -> tuple[str, list[Any]]:
@@ -314,8 +369,8 @@ def condition(session: Session, text: str, target: Target) -> tuple[str, list[An
         return None
     holds, params = _holds(session, tokens)
     column = _NUM[dialect(session)]
-    sql = f"SELECT {column} FROM task_search WHERE {holds}"
-    common = _estimate(session, sql, params) > 4 * SPARSE
+    sql = f"SELECT DISTINCT {column} FROM task_search WHERE {holds}"
+    common = _estimate(session, sql.replace("DISTINCT ", ""), params) > 4 * SPARSE
     nums = [] if common else [int(r[0]) for r in session.rows(f"{sql} LIMIT {SPARSE + 1}", params)]
     if not common and len(nums) <= SPARSE:
         if target == "flows":
@@ -341,46 +396,91 @@ def index(
     """Index each (num, seq, folded task) whose tokens differ from the stored ones.
 
     `stored`: the seq of the stored row of each task that may have an entry already (tasks new to the
-    store have none, and cost no read). `recent` spares computing the tokens of an unchanged call and
-    reading entries this process wrote.
+    store have none, and cost no read). `recent` spares computing the tokens of an unchanged call or
+    outcome and reading entries this process wrote.
+
+    A task's entry is one or two rows (`_rows`): the tokens of its call, written when it is sent, and
+    once it has an outcome, a row of all its tokens, added beside the first; so the usual lifecycle
+    writes each row once, and never deletes. A task matches when one of its rows holds every token of a
+    query, which is when its tokens do, as the full row holds the call row's tokens.
     """
     engine = dialect(session)
+    pending: list[
+        tuple[int, int, tuple[Any, Any], tuple[Any, Any], list[str], list[str], _Indexed | None]
+    ] = []
     entries: list[tuple[int, _Indexed]] = []
-    old: dict[int, list[str]] = {}
     unknown: list[int] = []
     for num, seq, task in tasks:
-        call, outcome = _sources(task)
+        call, outcome = (task.args, task.kwargs), (task.result, task.exception)
         before = recent.get(num, stored.get(num)) if recent is not None else None
-        if before is not None:
-            old[num] = before.tokens
-            if before.call == call and before.outcome == outcome:
-                entries.append((num, before._replace(seq=seq)))
-                continue
-        elif num in stored:
-            unknown.append(num)
-        call_tokens = before.call_tokens if before is not None and before.call == call else _call_tokens(task)
-        tokens = _merged(call_tokens, _outcome_tokens(task))
-        entries.append((num, _Indexed(seq, call, outcome, call_tokens, tokens)))
+        if before is None:
+            if num in stored:
+                unknown.append(num)
+            pending.append((num, seq, call, outcome, _call_tokens(task), _outcome_tokens(task), None))
+            continue
+        same_call, same_outcome = _same(before.call, call), _same(before.outcome, outcome)
+        if same_call and same_outcome:
+            entries.append((num, before._replace(seq=seq, call=call, outcome=outcome)))
+            continue
+        call_tokens = before.call_tokens if same_call else _call_tokens(task)
+        outcome_tokens = before.outcome_tokens if same_outcome else _outcome_tokens(task)
+        pending.append((num, seq, call, outcome, call_tokens, outcome_tokens, before))
+    old: dict[int, _Rows] = {}
     if unknown:
-        sql = f"SELECT {_NUM[engine]}, tokens FROM task_search WHERE {_NUM[engine]} IN {{}}"
-        for num, tokens in select_in(session, sql, unknown):
-            old[int(num)] = tokens.split(" ") if isinstance(tokens, str) else list(tokens)
-    changed = [(num, entry.tokens) for num, entry in entries if old.get(num, []) != entry.tokens]
-    if changed:
-        forget(session, [num for num, _ in changed if old.get(num)])
-        rows = [(num, tokens) for num, tokens in changed if tokens]
         if engine == "postgresql":
-            session.many("INSERT INTO task_search (num, tokens) VALUES (?, ?)", rows)
+            sql = "SELECT num * 2 + part, tokens FROM task_search WHERE num IN {}"
+            keys: list[int] = unknown
+        else:
+            sql = "SELECT rowid, tokens FROM task_search WHERE rowid IN {}"
+            keys = [n * 2 + part for n in unknown for part in (0, 1)]
+        for key, tokens in select_in(session, sql, keys):
+            row = tokens.split(" ") if isinstance(tokens, str) else list(tokens)
+            call_row, full_row = old.get(int(key) // 2, (None, None))
+            old[int(key) // 2] = (row, full_row) if int(key) % 2 == 0 else (call_row, row)
+    deletes: list[int] = []
+    inserts: list[tuple[int, int, list[str]]] = []
+    for num, seq, call, outcome, call_tokens, outcome_tokens, before in pending:
+        now = before.rows if before is not None else old.get(num, (None, None))
+        rows = _rows(call_tokens, outcome_tokens, now)
+        for part, (want, have) in enumerate(zip(rows, now, strict=True)):
+            if want != have:
+                if have:
+                    deletes.append(num * 2 + part)
+                if want:
+                    inserts.append((num, part, want))
+        entries.append((num, _Indexed(seq, call, outcome, call_tokens, outcome_tokens, rows)))
+    if deletes:
+        _delete(session, deletes)
+    if inserts:
+        if engine == "postgresql":
+            session.many("INSERT INTO task_search (num, part, tokens) VALUES (?, ?, ?)", inserts)
         else:
             session.many(
-                "INSERT INTO task_search (rowid, tokens) VALUES (?, ?)", [(n, " ".join(t)) for n, t in rows]
+                "INSERT INTO task_search (rowid, tokens) VALUES (?, ?)",
+                [(num * 2 + part, " ".join(tokens)) for num, part, tokens in inserts],
             )
     if recent is not None:
         recent.remember(entries)
 
 
+def _delete(session: Session, keys: Sequence[int]) -> None:
+    """Delete these rows (`num * 2 + part`)."""
+    postgresql = dialect(session) == "postgresql"
+    for chunk in chunks(sorted(keys)):
+        if postgresql:
+            pairs = ", ".join("(?, ?)" for _ in chunk)
+            session.run(
+                f"DELETE FROM task_search WHERE (num, part) IN ({pairs})",
+                [v for k in chunk for v in (k // 2, k % 2)],
+            )
+        else:
+            session.run(f"DELETE FROM task_search WHERE rowid IN {in_list(chunk)}", chunk)
+
+
 def forget(session: Session, nums: Sequence[int]) -> None:
     """Delete the entries of these task numbers (retention, a re-index)."""
-    column = _NUM[dialect(session)]
-    for chunk in chunks(nums):
-        session.run(f"DELETE FROM task_search WHERE {column} IN {in_list(chunk)}", chunk)
+    if dialect(session) == "postgresql":
+        for chunk in chunks(nums):
+            session.run(f"DELETE FROM task_search WHERE num IN {in_list(chunk)}", chunk)
+    else:
+        _delete(session, [n * 2 + part for n in nums for part in (0, 1)])
