@@ -17,11 +17,12 @@ every token present). Both are inverted indexes over exactly the same rows of to
 find the same tasks; neither parses user text: a query is tokenised here and each token quoted (FTS5)
 or bound as an array element (PostgreSQL).
 
-A task's entry is one or two rows (`index`): its call's tokens (part 0), written when it is sent, and
-once it has an outcome, all its tokens (part 1), added beside it; a task matches when one of its rows
-holds every token of a query. Row key: SQLite's rowid `num * 2 + part`, PostgreSQL's (num, part).
-Rows are written when they change (from the write path and the re-fold) and deleted with the task
-(`forget`, retention).
+A task's entry is up to two rows (`index`): its call's tokens (part 0), written when it is sent, and
+its outcome's other tokens (part 1), written when it ends, so a task's usual life writes each row
+once and deletes nothing; a task matches when each token of a query is in one of its rows (a look-up
+per token, intersected). Row key: SQLite's rowid `num * 2 + part`, PostgreSQL's (num, part). Rows are
+written when they change (from the write path and the re-fold) and deleted with the task (`forget`,
+retention).
 
 A query (`parse`) is words and `key:value` terms, all of which must match. A list walks its usual index
 newest first either way: a rare match set (at most SPARSE tasks) is handed to it as a list of task
@@ -82,8 +83,6 @@ DDL: Final[dict[str, tuple[str, ...]]] = {
         "CREATE INDEX IF NOT EXISTS task_search_tokens ON task_search USING GIN (tokens)",
     ),
 }
-# The task number of an index row, per engine (SQLite's rowid is `num * 2 + part`).
-_NUM = {"sqlite": "rowid >> 1", "postgresql": "num"}
 
 
 def dialect(session: Session) -> str:
@@ -131,13 +130,15 @@ def _value_text(value: Any) -> str | None:
 
 
 def pair_token(key: str, value: str) -> str:
-    """The token of `key:value` (both already lower case): "=" and 16 hex digits."""
+    """The token of `key:value` (both already lower case): "=" and 16 hex digits (`_pair` computes the
+    same inline)."""
     return "=" + hashlib.blake2b(f"{key}\x00{value}".encode(), digest_size=8).hexdigest()
 
 
-# Pair tokens computed lately: most pairs recur (a country, a flag, a status), and a hash costs more
-# than a look-up. Emptied when full.
-_pair_tokens: dict[tuple[str, str], str] = {}
+# Pair tokens computed lately, by "key\x00value" (a string key: a tuple would be one more object for the
+# garbage collector to track per pair): most pairs recur (a country, a flag, a status), and a hash costs
+# more than a look-up. Emptied when full.
+_pair_tokens: dict[str, str] = {}
 _PAIR_TOKENS_MAX = 65536
 
 
@@ -149,11 +150,12 @@ def _pair(pairs: dict[str, None], key: str, value: Any) -> None:
         text = _value_text(value)
     if text is None:
         return
-    token = _pair_tokens.get((key, text))
+    both = f"{key}\x00{text}"
+    token = _pair_tokens.get(both)
     if token is None:
         if len(_pair_tokens) >= _PAIR_TOKENS_MAX:
             _pair_tokens.clear()
-        token = _pair_tokens[key, text] = pair_token(key, text)
+        token = _pair_tokens[both] = "=" + hashlib.blake2b(both.encode(), digest_size=8).hexdigest()
     pairs[token] = None
 
 
@@ -224,38 +226,35 @@ def task_tokens(task: TaskDetail) -> list[str]:
     return _merged(_call_tokens(task), _outcome_tokens(task))
 
 
-_Sources = tuple[Any, Any]  # what a part's tokens come from: (args, kwargs) or (result, exception)
-_Rows = tuple[list[str] | None, list[str] | None]  # a task's call row and full row (None: no row)
+_Rows = tuple[tuple[str, ...], tuple[str, ...]]  # a task's call row and outcome row (empty: no row)
+_NO_ROWS: _Rows = ((), ())
 
 
 class _Indexed(NamedTuple):
-    """What was indexed for one task: its rows as stored, and what their tokens came from."""
+    """What was indexed for one task: its rows as stored, and the fold's values their tokens came from
+    (the very same objects when a fold reads cached events: unchanged without comparing them)."""
 
     seq: int  # of the task row written with this entry
-    call: _Sources  # the fold's own objects: unchanged when the very same
-    outcome: _Sources
-    call_tokens: list[str]
-    outcome_tokens: list[str]
+    args: Any
+    kwargs: Any
+    result: Any
+    exception: str | None
+    call_tokens: tuple[str, ...]
+    outcome_tokens: tuple[str, ...]
     rows: _Rows  # as stored
 
 
-def _same(a: _Sources, b: _Sources) -> bool:
-    """Whether two sources give the same tokens: the same objects (a fold of cached events), else equal
-    encodings (`==` alone would take 1 for True)."""
-    if a[0] is b[0] and a[1] is b[1]:
-        return True
+def _same(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
+    """Whether two values give the same tokens: equal encodings (`==` alone would take 1 for True)."""
     return bool(_encoder.encode(a) == _encoder.encode(b))
 
 
-def _rows(call_tokens: list[str], outcome_tokens: list[str], stored: _Rows) -> _Rows:
-    """The rows a task's entry should have: its call row (the call's tokens, sorted) until it has an
-    outcome, then its full row (call and outcome, `_merged`); a call row already stored stays beside
-    the full row (rewriting nothing), any other call row is not written."""
-    call = sorted(call_tokens[:MAX_TOKENS]) or None
-    full = _merged(call_tokens, outcome_tokens) if outcome_tokens else None
-    if full is None or full == call:
-        return call, None
-    return (call if stored[0] == call else None), full
+def _outcome_row(call: tuple[str, ...], outcome_tokens: tuple[str, ...]) -> tuple[str, ...]:
+    """The outcome's tokens not in the call row, sorted, at most MAX_TOKENS with the call's."""
+    if not outcome_tokens:
+        return ()
+    held = set(call)
+    return tuple(sorted([t for t in outcome_tokens if t not in held][: MAX_TOKENS - len(call)]))
 
 
 class Recent:
@@ -322,23 +321,34 @@ def _pg_array(values: Iterable[str | int], kind: str) -> str:
     return "'{" + ",".join(f'"{item}"' for item in items) + "}'::" + kind  # "null" is a word, not NULL
 
 
-def _holds(session: Session, tokens: Sequence[str], table: str = "task_search") -> tuple[str, list[Any]]:
-    """The condition "this `task_search` row holds every token", and its parameters."""
+def _matches(session: Session, tokens: Sequence[str]) -> tuple[str, list[Any]]:
+    """A query of the numbers of the tasks holding every token (each in either row of the task), and
+    its parameters: one index look-up per token, intersected."""
     if dialect(session) == "postgresql":
-        return f"{table}.tokens @> {_pg_array(tokens, 'TEXT[]')}", []
-    return "task_search MATCH ?", [" ".join(f'"{t}"' for t in tokens)]
+        selects = [f"SELECT num FROM task_search WHERE tokens @> {_pg_array([t], 'TEXT[]')}" for t in tokens]
+        params: list[Any] = []
+    else:
+        selects = ["SELECT rowid >> 1 FROM task_search WHERE task_search MATCH ?" for _ in tokens]
+        params = [f'"{t}"' for t in tokens]
+    if len(selects) == 1:
+        return selects[0].replace("SELECT", "SELECT DISTINCT", 1), params
+    return " INTERSECT ".join(selects), params
 
 
 def _probe(session: Session, num: str, tokens: Sequence[str]) -> tuple[str, list[Any]]:
     """True when the task numbered by column `num` holds every token, checked per row as a list's walk
-    passes it. PostgreSQL probes its entry by primary key; SQLite, whose FTS5 reads a token's whole
-    posting list per probe, reads the matches once into a set (`+` keeps it from driving the query
-    instead of the list's own index)."""
+    passes it. PostgreSQL probes its rows by primary key, a token at a time; SQLite, whose FTS5 reads a
+    token's whole posting list per probe, reads the matches once into a set (`+` keeps it from driving
+    the query instead of the list's own index)."""
     if dialect(session) == "postgresql":
-        holds, params = _holds(session, tokens, "x")
-        return f"EXISTS (SELECT 1 FROM task_search x WHERE x.num = {num} AND {holds})", params
-    holds, params = _holds(session, tokens)
-    return f"+{num} IN (SELECT rowid >> 1 FROM task_search WHERE {holds})", params
+        probes = [
+            f"EXISTS (SELECT 1 FROM task_search x WHERE x.num = {num} "
+            f"AND x.tokens @> {_pg_array([t], 'TEXT[]')})"
+            for t in tokens
+        ]
+        return "(" + " AND ".join(probes) + ")", []
+    sql, params = _matches(session, tokens)
+    return f"+{num} IN ({sql})", params
 
 
 def _one_of(session: Session, column: str, values: list[int]) -> tuple[str, list[Any]]:
@@ -367,10 +377,8 @@ def condition(session: Session, text: str, target: Target) -> tuple[str, list[An
     tokens = parse(text)
     if not tokens:
         return None
-    holds, params = _holds(session, tokens)
-    column = _NUM[dialect(session)]
-    sql = f"SELECT DISTINCT {column} FROM task_search WHERE {holds}"
-    common = _estimate(session, sql.replace("DISTINCT ", ""), params) > 4 * SPARSE
+    sql, params = _matches(session, tokens)
+    common = _estimate(session, sql, params) > 4 * SPARSE
     nums = [] if common else [int(r[0]) for r in session.rows(f"{sql} LIMIT {SPARSE + 1}", params)]
     if not common and len(nums) <= SPARSE:
         if target == "flows":
@@ -398,62 +406,72 @@ def index(
     `stored`: the seq of the stored row of each task that may have an entry already (tasks new to the
     store have none, and cost no read). `recent` spares computing the tokens of an unchanged call or
     outcome and reading entries this process wrote.
-
-    A task's entry is one or two rows (`_rows`): the tokens of its call, written when it is sent, and
-    once it has an outcome, a row of all its tokens, added beside the first; so the usual lifecycle
-    writes each row once, and never deletes. A task matches when one of its rows holds every token of a
-    query, which is when its tokens do, as the full row holds the call row's tokens.
     """
     engine = dialect(session)
-    pending: list[
-        tuple[int, int, tuple[Any, Any], tuple[Any, Any], list[str], list[str], _Indexed | None]
-    ] = []
     entries: list[tuple[int, _Indexed]] = []
-    unknown: list[int] = []
+    changed: list[tuple[int, _Rows | None]] = []  # (num, its stored rows; None: to be read)
     for num, seq, task in tasks:
-        call, outcome = (task.args, task.kwargs), (task.result, task.exception)
+        args, kwargs, result, exception = task.args, task.kwargs, task.result, task.exception
         before = recent.get(num, stored.get(num)) if recent is not None else None
+        call_row: tuple[str, ...] | None = None
         if before is None:
-            if num in stored:
-                unknown.append(num)
-            pending.append((num, seq, call, outcome, _call_tokens(task), _outcome_tokens(task), None))
-            continue
-        same_call, same_outcome = _same(before.call, call), _same(before.outcome, outcome)
-        if same_call and same_outcome:
-            entries.append((num, before._replace(seq=seq, call=call, outcome=outcome)))
-            continue
-        call_tokens = before.call_tokens if same_call else _call_tokens(task)
-        outcome_tokens = before.outcome_tokens if same_outcome else _outcome_tokens(task)
-        pending.append((num, seq, call, outcome, call_tokens, outcome_tokens, before))
-    old: dict[int, _Rows] = {}
+            call_tokens = tuple(_call_tokens(task))
+        elif (before.args is args and before.kwargs is kwargs) or _same(
+            (before.args, before.kwargs), (args, kwargs)
+        ):
+            call_tokens, call_row = before.call_tokens, before.rows[0]
+            if (before.result is result and before.exception == exception) or _same(
+                (before.result, before.exception), (result, exception)
+            ):
+                entries.append((num, _Indexed(seq, args, kwargs, result, exception, *before[5:])))
+                continue
+        else:
+            call_tokens = tuple(_call_tokens(task))
+        if result is None and not exception:
+            outcome_tokens: tuple[str, ...] = ()
+        else:
+            outcome_tokens = tuple(_outcome_tokens(task))
+        if call_row is None:
+            call_row = tuple(sorted(call_tokens[:MAX_TOKENS]))
+        rows = (call_row, _outcome_row(call_row, outcome_tokens))
+        entries.append(
+            (num, _Indexed(seq, args, kwargs, result, exception, call_tokens, outcome_tokens, rows))
+        )
+        if before is not None:
+            changed.append((num, before.rows))
+        else:
+            changed.append((num, None if num in stored else _NO_ROWS))
+    unknown = [num for num, was in changed if was is None]
+    old: dict[int, list[tuple[str, ...]]] = {}
     if unknown:
         if engine == "postgresql":
             sql = "SELECT num * 2 + part, tokens FROM task_search WHERE num IN {}"
-            keys: list[int] = unknown
+            keys = unknown
         else:
             sql = "SELECT rowid, tokens FROM task_search WHERE rowid IN {}"
             keys = [n * 2 + part for n in unknown for part in (0, 1)]
         for key, tokens in select_in(session, sql, keys):
-            row = tokens.split(" ") if isinstance(tokens, str) else list(tokens)
-            call_row, full_row = old.get(int(key) // 2, (None, None))
-            old[int(key) // 2] = (row, full_row) if int(key) % 2 == 0 else (call_row, row)
+            row = tuple(tokens.split(" ") if isinstance(tokens, str) else tokens)
+            old.setdefault(int(key) // 2, [(), ()])[int(key) % 2] = row
+    rows_of = {num: entry.rows for num, entry in entries}
     deletes: list[int] = []
-    inserts: list[tuple[int, int, list[str]]] = []
-    for num, seq, call, outcome, call_tokens, outcome_tokens, before in pending:
-        now = before.rows if before is not None else old.get(num, (None, None))
-        rows = _rows(call_tokens, outcome_tokens, now)
-        for part, (want, have) in enumerate(zip(rows, now, strict=True)):
-            if want != have:
-                if have:
+    inserts: list[tuple[int, int, tuple[str, ...]]] = []
+    for num, was in changed:
+        have = was if was is not None else old.get(num, _NO_ROWS)
+        for part, (want, had) in enumerate(zip(rows_of[num], have, strict=True)):
+            if want != had:
+                if had:
                     deletes.append(num * 2 + part)
                 if want:
                     inserts.append((num, part, want))
-        entries.append((num, _Indexed(seq, call, outcome, call_tokens, outcome_tokens, rows)))
     if deletes:
         _delete(session, deletes)
     if inserts:
         if engine == "postgresql":
-            session.many("INSERT INTO task_search (num, part, tokens) VALUES (?, ?, ?)", inserts)
+            session.many(
+                "INSERT INTO task_search (num, part, tokens) VALUES (?, ?, ?)",
+                [(num, part, list(tokens)) for num, part, tokens in inserts],
+            )
         else:
             session.many(
                 "INSERT INTO task_search (rowid, tokens) VALUES (?, ?)",
