@@ -130,8 +130,8 @@ def _value_text(value: Any) -> str | None:
 
 
 def pair_token(key: str, value: str) -> str:
-    """The token of `key:value` (both already lower case): "=" and 16 hex digits (`_pair` computes the
-    same inline)."""
+    """The token of `key:value` (both already lower case): "=" and 16 hex digits (`_pair_of` computes the
+    same, cached)."""
     return "=" + hashlib.blake2b(f"{key}\x00{value}".encode(), digest_size=8).hexdigest()
 
 
@@ -142,21 +142,14 @@ _pair_tokens: dict[str, str] = {}
 _PAIR_TOKENS_MAX = 65536
 
 
-def _pair(pairs: dict[str, None], key: str, value: Any) -> None:
-    """Add the token of `key` (lower case) and scalar `value` to `pairs`, if it has one."""
-    if type(value) is str and "…" not in value and value != FILTERED:
-        text: str | None = value.lower()
-    else:
-        text = _value_text(value)
-    if text is None:
-        return
-    both = f"{key}\x00{text}"
+def _pair_of(both: str) -> str:
+    """The token of "key\x00value" (`pair_token`), from the cache or computed into it."""
     token = _pair_tokens.get(both)
     if token is None:
         if len(_pair_tokens) >= _PAIR_TOKENS_MAX:
             _pair_tokens.clear()
         token = _pair_tokens[both] = "=" + hashlib.blake2b(both.encode(), digest_size=8).hexdigest()
-    pairs[token] = None
+    return token
 
 
 def _walk(value: Any, texts: list[str], pairs: dict[str, None] | None) -> None:
@@ -169,19 +162,34 @@ def _walk(value: Any, texts: list[str], pairs: dict[str, None] | None) -> None:
             if key == TRUNCATED_KEY:
                 continue
             kind = type(item)
-            if pairs is not None:
-                lower = key.lower()
-                if kind is list:
-                    for scalar in item:
-                        _pair(pairs, lower, scalar)
-                else:
-                    _pair(pairs, lower, item)
             if kind is str:
-                texts.append(_clean(item) if "…" in item or "[" in item else item)
-            elif kind is int or kind is float:
-                texts.append(str(item))
-            elif kind is dict or kind is list:
+                if "…" in item or "[" in item:
+                    texts.append(_clean(item))
+                    text = _value_text(item)
+                else:
+                    texts.append(item)
+                    text = item.lower()
+            elif kind is int:
+                text = str(item)
+                texts.append(text)
+            elif kind is dict:
                 _walk(item, texts, pairs)
+                continue
+            elif kind is list:
+                if pairs is not None:
+                    lower = key.lower()
+                    for scalar in item:
+                        text = _value_text(scalar)
+                        if text is not None:
+                            pairs[_pair_of(f"{lower}\x00{text}")] = None
+                _walk(item, texts, pairs)
+                continue
+            else:
+                if kind is float:
+                    texts.append(str(item))
+                text = _value_text(item)
+            if pairs is not None and text is not None:
+                pairs[_pair_of(f"{key.lower()}\x00{text}")] = None
         return
     for item in value if kind is list else (value,):
         kind = type(item)
