@@ -229,17 +229,11 @@ def segment_durations(segments: list[Segment]) -> dict[str, float]:
 
 
 def _record(event: Event) -> EventRecord:
-    failed = event.type in ("failed", "retried")
+    """The record of one event (positional, in EventRecord's field order: one per event per fold)."""
+    kind = event.type
+    failed = kind == "failed" or kind == "retried"
     return EventRecord(
-        id=event.id,
-        type=event.type,
-        ts=event.ts,
-        hostname=event.hostname,
-        pid=event.pid,
-        retries=event.retries,
-        exception=event.exception,
-        traceback=event.traceback,
-        reason=event.reason,
-        runtime=event.runtime,
-        fingerprint=cause(event.exception or event.reason, event.traceback).fingerprint if failed else None,
-    )
+        event.id, kind, event.ts, event.hostname, event.pid, event.retries, event.exception,
+        event.traceback, event.reason, event.runtime,
+        cause(event.exception or event.reason, event.traceback).fingerprint if failed else None,
+    )  # fmt: skip
