@@ -18,11 +18,11 @@ find the same tasks; neither parses user text: a query is tokenised here and eac
 or bound as an array element (PostgreSQL).
 
 A task's entry is up to two rows (`index`): its call's tokens (part 0), written when it is sent, and
-its outcome's other tokens (part 1), written when it ends, so a task's usual life writes each row
-once and deletes nothing; a task matches when each token of a query is in one of its rows (a look-up
-per token, intersected). Row key: SQLite's rowid `num * 2 + part`, PostgreSQL's (num, part). Rows are
-written when they change (from the write path and the re-fold) and deleted with the task (`forget`,
-retention).
+all its tokens (part 1) once its outcome adds any, written beside the first when it ends, so a task's
+usual life writes each row once and deletes nothing; a task matches when one of its rows holds every
+token of a query (the full row holds the call row's tokens: that is when its tokens do). Row key:
+SQLite's rowid `num * 2 + part`, PostgreSQL's (num, part). Rows are written when they change (from the
+write path and the re-fold) and deleted with the task (`forget`, retention).
 
 A query (`parse`) is words and `key:value` terms, all of which must match. A list walks its usual index
 newest first either way: a rare match set (at most SPARSE tasks) is handed to it as a list of task
@@ -83,6 +83,10 @@ DDL: Final[dict[str, tuple[str, ...]]] = {
         "CREATE INDEX IF NOT EXISTS task_search_tokens ON task_search USING GIN (tokens)",
     ),
 }
+
+
+# The task number of an index row, per engine (SQLite's rowid is `num * 2 + part`).
+_NUM = {"sqlite": "rowid >> 1", "postgresql": "num"}
 
 
 def dialect(session: Session) -> str:
@@ -234,7 +238,7 @@ def task_tokens(task: TaskDetail) -> list[str]:
     return _merged(_call_tokens(task), _outcome_tokens(task))
 
 
-_Rows = tuple[tuple[str, ...], tuple[str, ...]]  # a task's call row and outcome row (empty: no row)
+_Rows = tuple[tuple[str, ...], tuple[str, ...]]  # a task's call row and full row (empty: no row)
 _NO_ROWS: _Rows = ((), ())
 
 
@@ -257,12 +261,14 @@ def _same(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
     return bool(_encoder.encode(a) == _encoder.encode(b))
 
 
-def _outcome_row(call: tuple[str, ...], outcome_tokens: tuple[str, ...]) -> tuple[str, ...]:
-    """The outcome's tokens not in the call row, sorted, at most MAX_TOKENS with the call's."""
-    if not outcome_tokens:
-        return ()
+def _full_row(call: tuple[str, ...], outcome_tokens: tuple[str, ...]) -> tuple[str, ...]:
+    """The call's and the outcome's tokens, sorted, at most MAX_TOKENS (the call's first); none when the
+    outcome adds no token (the call row holds them all)."""
     held = set(call)
-    return tuple(sorted([t for t in outcome_tokens if t not in held][: MAX_TOKENS - len(call)]))
+    more = [t for t in outcome_tokens if t not in held]
+    if not more:
+        return ()
+    return tuple(sorted(call + tuple(more[: MAX_TOKENS - len(call)])))
 
 
 class Recent:
@@ -329,34 +335,23 @@ def _pg_array(values: Iterable[str | int], kind: str) -> str:
     return "'{" + ",".join(f'"{item}"' for item in items) + "}'::" + kind  # "null" is a word, not NULL
 
 
-def _matches(session: Session, tokens: Sequence[str]) -> tuple[str, list[Any]]:
-    """A query of the numbers of the tasks holding every token (each in either row of the task), and
-    its parameters: one index look-up per token, intersected."""
+def _holds(session: Session, tokens: Sequence[str], table: str = "task_search") -> tuple[str, list[Any]]:
+    """The condition "this `task_search` row holds every token", and its parameters."""
     if dialect(session) == "postgresql":
-        selects = [f"SELECT num FROM task_search WHERE tokens @> {_pg_array([t], 'TEXT[]')}" for t in tokens]
-        params: list[Any] = []
-    else:
-        selects = ["SELECT rowid >> 1 FROM task_search WHERE task_search MATCH ?" for _ in tokens]
-        params = [f'"{t}"' for t in tokens]
-    if len(selects) == 1:
-        return selects[0].replace("SELECT", "SELECT DISTINCT", 1), params
-    return " INTERSECT ".join(selects), params
+        return f"{table}.tokens @> {_pg_array(tokens, 'TEXT[]')}", []
+    return "task_search MATCH ?", [" ".join(f'"{t}"' for t in tokens)]
 
 
 def _probe(session: Session, num: str, tokens: Sequence[str]) -> tuple[str, list[Any]]:
     """True when the task numbered by column `num` holds every token, checked per row as a list's walk
-    passes it. PostgreSQL probes its rows by primary key, a token at a time; SQLite, whose FTS5 reads a
-    token's whole posting list per probe, reads the matches once into a set (`+` keeps it from driving
-    the query instead of the list's own index)."""
+    passes it. PostgreSQL probes its rows by primary key; SQLite, whose FTS5 reads a token's whole
+    posting list per probe, reads the matches once into a set (`+` keeps it from driving the query
+    instead of the list's own index)."""
     if dialect(session) == "postgresql":
-        probes = [
-            f"EXISTS (SELECT 1 FROM task_search x WHERE x.num = {num} "
-            f"AND x.tokens @> {_pg_array([t], 'TEXT[]')})"
-            for t in tokens
-        ]
-        return "(" + " AND ".join(probes) + ")", []
-    sql, params = _matches(session, tokens)
-    return f"+{num} IN ({sql})", params
+        holds, params = _holds(session, tokens, "x")
+        return f"EXISTS (SELECT 1 FROM task_search x WHERE x.num = {num} AND {holds})", params
+    holds, params = _holds(session, tokens)
+    return f"+{num} IN (SELECT rowid >> 1 FROM task_search WHERE {holds})", params
 
 
 def _one_of(session: Session, column: str, values: list[int]) -> tuple[str, list[Any]]:
@@ -385,8 +380,9 @@ def condition(session: Session, text: str, target: Target) -> tuple[str, list[An
     tokens = parse(text)
     if not tokens:
         return None
-    sql, params = _matches(session, tokens)
-    common = _estimate(session, sql, params) > 4 * SPARSE
+    holds, params = _holds(session, tokens)
+    sql = f"SELECT DISTINCT {_NUM[dialect(session)]} FROM task_search WHERE {holds}"
+    common = _estimate(session, sql.replace("DISTINCT ", ""), params) > 4 * SPARSE
     nums = [] if common else [int(r[0]) for r in session.rows(f"{sql} LIMIT {SPARSE + 1}", params)]
     if not common and len(nums) <= SPARSE:
         if target == "flows":
@@ -441,7 +437,7 @@ def index(
             outcome_tokens = tuple(_outcome_tokens(task))
         if call_row is None:
             call_row = tuple(sorted(call_tokens[:MAX_TOKENS]))
-        rows = (call_row, _outcome_row(call_row, outcome_tokens))
+        rows = (call_row, _full_row(call_row, outcome_tokens))
         entries.append(
             (num, _Indexed(seq, args, kwargs, result, exception, call_tokens, outcome_tokens, rows))
         )
