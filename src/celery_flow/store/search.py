@@ -13,14 +13,15 @@ What a task is found by (its *tokens*), computed from its fold once, in Python, 
 
 Engines: SQLite holds them in an FTS5 table (the `ascii` tokenizer splits the stored text at spaces
 only, since every token is letters, digits or "=hex"); PostgreSQL in `text[]` with a GIN index (`@>`:
-every token present). Both are inverted indexes over exactly the same rows of tokens, so both engines
-find the same tasks; neither parses user text: a query is tokenised here and each token quoted (FTS5)
+every token present). Both are inverted indexes over exactly the same tokens of each task, so both
+engines find the same tasks; neither parses user text: a query is tokenised here and each token quoted (FTS5)
 or bound as an array element (PostgreSQL).
 
 A task's entry is up to two rows (`index`): its call's tokens (part 0), written when it is sent, and
 all its tokens (part 1) once its outcome adds any, written beside the first when it ends, so a task's
 usual life writes each row once and deletes nothing; a task matches when one of its rows holds every
-token of a query (the full row holds the call row's tokens: that is when its tokens do). Row key:
+token of a query (the full row holds the call row's tokens: that is when its tokens do). PostgreSQL,
+where a delete costs little (FTS5 writes one per token), deletes the call row then. Row key:
 SQLite's rowid `num * 2 + part`, PostgreSQL's (num, part). Rows are written when they change (from the
 write path and the re-fold) and deleted with the task (`forget`, retention).
 
@@ -423,7 +424,7 @@ def index(
         elif (before.args is args and before.kwargs is kwargs) or _same(
             (before.args, before.kwargs), (args, kwargs)
         ):
-            call_tokens, call_row = before.call_tokens, before.rows[0]
+            call_tokens, call_row = before.call_tokens, before.rows[0] or None
             if (before.result is result and before.exception == exception) or _same(
                 (before.result, before.exception), (result, exception)
             ):
@@ -438,6 +439,8 @@ def index(
         if call_row is None:
             call_row = tuple(sorted(call_tokens[:MAX_TOKENS]))
         rows = (call_row, _full_row(call_row, outcome_tokens))
+        if engine == "postgresql" and rows[1]:
+            rows = ((), rows[1])  # a delete costs PostgreSQL little, and a query reads one row per task
         entries.append(
             (num, _Indexed(seq, args, kwargs, result, exception, call_tokens, outcome_tokens, rows))
         )
