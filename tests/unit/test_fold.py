@@ -155,3 +155,16 @@ def test_no_events() -> None:
     task = fold_task("t1", [])
     assert task.state == "PENDING"
     assert task.events == []
+
+
+def test_an_event_record_keeps_each_field_of_its_event() -> None:
+    retried = event(
+        "retried", "t1", 5.0, hostname="h1", pid=42, retries=1, exception="ValueError: x",
+        traceback="Traceback (most recent call last):\nValueError: x\n", reason="why", runtime=0.5,
+    )  # fmt: skip
+    record = fold_task("t1", [retried]).events[0]
+    assert (record.id, record.type, record.ts) == (retried.id, "retried", 5.0)
+    assert (record.hostname, record.pid, record.retries) == ("h1", 42, 1)
+    assert (record.exception, record.traceback) == ("ValueError: x", retried.traceback)
+    assert (record.reason, record.runtime) == ("why", 0.5)
+    assert record.fingerprint is not None

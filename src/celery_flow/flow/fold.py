@@ -78,12 +78,16 @@ def fold_task(task_id: str, events: Iterable[Event]) -> TaskDetail:
 
     last = ordered[-1]
     task.state = EVENT_STATE[last.type]
-    task.updated_at = max(e.ts for e in ordered)
-    task.retries = max(e.retries or 0 for e in ordered)
+    task.retries = last.retries or 0  # the highest: `event_key` orders by attempt first
+    updated = last.ts
+    started: Event | None = None  # the first `started`, in order
 
     links: list[str] = []
     link_errors: list[str] = []
+    records = task.events
     for event in ordered:
+        if event.ts > updated:
+            updated = event.ts
         # Identity and lineage: the first value seen in logical order wins. A retry is re-published from
         # inside the task itself, so its `parent_id` is the task: never let that become the parent.
         if task.name is None and event.name:
@@ -125,9 +129,11 @@ def fold_task(task_id: str, events: Iterable[Event]) -> TaskDetail:
             task.sent_at = event.ts
         elif event.type == "received" and task.received_at is None:
             task.received_at = event.ts
-        elif event.type == "started" and task.started_at is None:
+        elif event.type == "started" and started is None:
+            started = event
             task.started_at = event.ts
-        task.events.append(_record(event))
+        records.append(_record(event))
+    task.updated_at = updated
 
     if task.root_id is None:
         # Celery's root is its own root; a task without lineage headers is the root of its own flow.
@@ -150,7 +156,7 @@ def fold_task(task_id: str, events: Iterable[Event]) -> TaskDetail:
 
     task.segments = build_segments(ordered)
     task.durations = segment_durations(task.segments)
-    task.queue_wait = queue_wait(ordered)
+    task.queue_wait = queue_wait(ordered, started)
     return task
 
 
@@ -164,7 +170,7 @@ def fingerprint(task: TaskDetail) -> str | None:
     return None
 
 
-def queue_wait(ordered: list[Event]) -> float | None:
+def queue_wait(ordered: list[Event], started: Event | None) -> float | None:
     """Seconds the first attempt that started waited for a worker once it could run.
 
     The wait runs from that attempt's first `sent` (its first `received` when no `sent` was stored),
@@ -172,15 +178,26 @@ def queue_wait(ordered: list[Event]) -> float | None:
     negative (producer and worker clocks may disagree); None until an attempt started, or when nothing
     says when it was queued.
     """
-    started = next((e for e in ordered if e.type == "started"), None)
     if started is None:
         return None
-    attempt = [e for e in ordered if (e.retries or 0) == (started.retries or 0)]
-    sent = [e.ts for e in attempt if e.type == "sent"]
-    queued = min(sent or [e.ts for e in attempt if e.type == "received"], default=None)
+    attempt = started.retries or 0
+    sent: float | None = None
+    received: float | None = None
+    eta: float | None = None
+    for e in ordered:
+        if (e.retries or 0) != attempt:
+            continue
+        if e.type == "sent":
+            sent = e.ts if sent is None else min(sent, e.ts)
+        elif e.type == "received":
+            received = e.ts if received is None else min(received, e.ts)
+        else:
+            continue
+        if e.eta is not None:
+            eta = e.eta if eta is None else max(eta, e.eta)
+    queued = sent if sent is not None else received
     if queued is None:
         return None
-    eta = max((e.eta for e in attempt if e.type in ("sent", "received") and e.eta is not None), default=None)
     ready = max(queued, eta) if eta is not None else queued
     return max(0.0, started.ts - ready)
 
@@ -212,17 +229,11 @@ def segment_durations(segments: list[Segment]) -> dict[str, float]:
 
 
 def _record(event: Event) -> EventRecord:
-    failed = event.type in ("failed", "retried")
+    """The record of one event (positional, in EventRecord's field order: one per event per fold)."""
+    kind = event.type
+    failed = kind == "failed" or kind == "retried"
     return EventRecord(
-        id=event.id,
-        type=event.type,
-        ts=event.ts,
-        hostname=event.hostname,
-        pid=event.pid,
-        retries=event.retries,
-        exception=event.exception,
-        traceback=event.traceback,
-        reason=event.reason,
-        runtime=event.runtime,
-        fingerprint=cause(event.exception or event.reason, event.traceback).fingerprint if failed else None,
-    )
+        event.id, kind, event.ts, event.hostname, event.pid, event.retries, event.exception,
+        event.traceback, event.reason, event.runtime,
+        cause(event.exception or event.reason, event.traceback).fingerprint if failed else None,
+    )  # fmt: skip

@@ -11,14 +11,19 @@ What a task is found by (its *tokens*), computed from its fold once, in Python, 
   cut by the size cap (tracking/capture.py's TRUNCATED marker) only up to the marker, less the word the
   cut went through (a fragment is not a word of the value); no pair for a cut value.
 
-Engines: SQLite holds them in an FTS5 table (rowid = the task's `num`; the `ascii` tokenizer splits the
-stored text at spaces only, since every token is letters, digits or "=hex"); PostgreSQL in `text[]`
-with a GIN index (`@>`: every token present). Both are inverted indexes over exactly the same tokens,
-so both engines find the same tasks; neither parses user text: a query is tokenised here and each token
-quoted (FTS5) or bound as an array element (PostgreSQL).
+Engines: SQLite holds them in an FTS5 table (the `ascii` tokenizer splits the stored text at spaces
+only, since every token is letters, digits or "=hex"); PostgreSQL in `text[]` with a GIN index (`@>`:
+every token present). Both are inverted indexes over exactly the same tokens of each task, so both
+engines find the same tasks; neither parses user text: a query is tokenised here and each token quoted (FTS5)
+or bound as an array element (PostgreSQL).
 
-A task's tokens are written when they change (`index`, from the write path and the re-fold, usually
-twice: when it is sent and when it ends), and deleted with it (`forget`, retention).
+A task's entry is up to two rows (`index`): its call's tokens (part 0), written when it is sent, and
+all its tokens (part 1) once its outcome adds any, written beside the first when it ends, so a task's
+usual life writes each row once and deletes nothing; a task matches when one of its rows holds every
+token of a query (the full row holds the call row's tokens: that is when its tokens do). PostgreSQL,
+where a delete costs little (FTS5 writes one per token), deletes the call row then. Row key:
+SQLite's rowid `num * 2 + part`, PostgreSQL's (num, part). Rows are written when they change (from the
+write path and the re-fold) and deleted with the task (`forget`, retention).
 
 A query (`parse`) is words and `key:value` terms, all of which must match. A list walks its usual index
 newest first either way: a rare match set (at most SPARSE tasks) is handed to it as a list of task
@@ -74,12 +79,15 @@ DDL: Final[dict[str, tuple[str, ...]]] = {
         "tokenize = \"ascii tokenchars '='\", detail = none, columnsize = 0)",
     ),
     "postgresql": (
-        "CREATE TABLE IF NOT EXISTS task_search (num BIGINT PRIMARY KEY, tokens TEXT[] NOT NULL)",
+        "CREATE TABLE IF NOT EXISTS task_search "
+        "(num BIGINT NOT NULL, part SMALLINT NOT NULL, tokens TEXT[] NOT NULL, PRIMARY KEY (num, part))",
         "CREATE INDEX IF NOT EXISTS task_search_tokens ON task_search USING GIN (tokens)",
     ),
 }
-# The column holding the task number, per engine.
-_NUM = {"sqlite": "rowid", "postgresql": "num"}
+
+
+# The task number of an index row, per engine (SQLite's rowid is `num * 2 + part`).
+_NUM = {"sqlite": "rowid >> 1", "postgresql": "num"}
 
 
 def dialect(session: Session) -> str:
@@ -127,31 +135,74 @@ def _value_text(value: Any) -> str | None:
 
 
 def pair_token(key: str, value: str) -> str:
-    """The token of `key:value` (both already lower case): "=" and 16 hex digits."""
+    """The token of `key:value` (both already lower case): "=" and 16 hex digits (`_pair_of` computes the
+    same, cached)."""
     return "=" + hashlib.blake2b(f"{key}\x00{value}".encode(), digest_size=8).hexdigest()
+
+
+# Pair tokens computed lately, by "key\x00value" (a string key: a tuple would be one more object for the
+# garbage collector to track per pair): most pairs recur (a country, a flag, a status), and a hash costs
+# more than a look-up. Emptied when full.
+_pair_tokens: dict[str, str] = {}
+_PAIR_TOKENS_MAX = 65536
+
+
+def _pair_of(both: str) -> str:
+    """The token of "key\x00value" (`pair_token`), from the cache or computed into it."""
+    token = _pair_tokens.get(both)
+    if token is None:
+        if len(_pair_tokens) >= _PAIR_TOKENS_MAX:
+            _pair_tokens.clear()
+        token = _pair_tokens[both] = "=" + hashlib.blake2b(both.encode(), digest_size=8).hexdigest()
+    return token
 
 
 def _walk(value: Any, texts: list[str], pairs: dict[str, None] | None) -> None:
     """Collect the text of every string and number in `value` into `texts`, and, unless `pairs` is
-    None, the token of each of its key:value pairs into `pairs`."""
+    None, the token of each of its key:value pairs into `pairs`. (Scalars inside a dict or list are
+    handled in its loop: most values are scalars, and a call per value costs more than the value.)"""
     kind = type(value)
-    if kind is str:
-        texts.append(_clean(value))
-    elif kind is int or kind is float:
-        texts.append(str(value))
-    elif kind is dict:
+    if kind is dict:
         for key, item in value.items():
             if key == TRUNCATED_KEY:
                 continue
-            if pairs is not None:
-                lower = key.lower()
-                for scalar in item if type(item) is list else (item,):
-                    text = _value_text(scalar)
-                    if text is not None:
-                        pairs[pair_token(lower, text)] = None
-            _walk(item, texts, pairs)
-    elif kind is list:
-        for item in value:
+            kind = type(item)
+            if kind is str:
+                if "…" in item or "[" in item:
+                    texts.append(_clean(item))
+                    text = _value_text(item)
+                else:
+                    texts.append(item)
+                    text = item.lower()
+            elif kind is int:
+                text = str(item)
+                texts.append(text)
+            elif kind is dict:
+                _walk(item, texts, pairs)
+                continue
+            elif kind is list:
+                if pairs is not None:
+                    lower = key.lower()
+                    for scalar in item:
+                        text = _value_text(scalar)
+                        if text is not None:
+                            pairs[_pair_of(f"{lower}\x00{text}")] = None
+                _walk(item, texts, pairs)
+                continue
+            else:
+                if kind is float:
+                    texts.append(str(item))
+                text = _value_text(item)
+            if pairs is not None and text is not None:
+                pairs[_pair_of(f"{key.lower()}\x00{text}")] = None
+        return
+    for item in value if kind is list else (value,):
+        kind = type(item)
+        if kind is str:
+            texts.append(_clean(item) if "…" in item or "[" in item else item)
+        elif kind is int or kind is float:
+            texts.append(str(item))
+        elif kind is dict or kind is list:
             _walk(item, texts, pairs)
 
 
@@ -188,19 +239,37 @@ def task_tokens(task: TaskDetail) -> list[str]:
     return _merged(_call_tokens(task), _outcome_tokens(task))
 
 
-def _sources(task: TaskDetail) -> tuple[bytes, bytes]:
-    """What `_call_tokens` and `_outcome_tokens` read, encoded: equal sources, equal tokens."""
-    return _encoder.encode((task.args, task.kwargs)), _encoder.encode((task.result, task.exception))
+_Rows = tuple[tuple[str, ...], tuple[str, ...]]  # a task's call row and full row (empty: no row)
+_NO_ROWS: _Rows = ((), ())
 
 
 class _Indexed(NamedTuple):
-    """What was indexed for one task."""
+    """What was indexed for one task: its rows as stored, and the fold's values their tokens came from
+    (the very same objects when a fold reads cached events: unchanged without comparing them)."""
 
-    seq: int  # of the row written with this entry
-    call: bytes  # the sources (`_sources`) the tokens came from
-    outcome: bytes
-    call_tokens: list[str]
-    tokens: list[str]  # as stored
+    seq: int  # of the task row written with this entry
+    args: Any
+    kwargs: Any
+    result: Any
+    exception: str | None
+    call_tokens: tuple[str, ...]
+    outcome_tokens: tuple[str, ...]
+    rows: _Rows  # as stored
+
+
+def _same(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
+    """Whether two values give the same tokens: equal encodings (`==` alone would take 1 for True)."""
+    return bool(_encoder.encode(a) == _encoder.encode(b))
+
+
+def _full_row(call: tuple[str, ...], outcome_tokens: tuple[str, ...]) -> tuple[str, ...]:
+    """The call's and the outcome's tokens, sorted, at most MAX_TOKENS (the call's first); none when the
+    outcome adds no token (the call row holds them all)."""
+    held = set(call)
+    more = [t for t in outcome_tokens if t not in held]
+    if not more:
+        return ()
+    return tuple(sorted(call + tuple(more[: MAX_TOKENS - len(call)])))
 
 
 class Recent:
@@ -276,14 +345,14 @@ def _holds(session: Session, tokens: Sequence[str], table: str = "task_search") 
 
 def _probe(session: Session, num: str, tokens: Sequence[str]) -> tuple[str, list[Any]]:
     """True when the task numbered by column `num` holds every token, checked per row as a list's walk
-    passes it. PostgreSQL probes its entry by primary key; SQLite, whose FTS5 reads a token's whole
+    passes it. PostgreSQL probes its rows by primary key; SQLite, whose FTS5 reads a token's whole
     posting list per probe, reads the matches once into a set (`+` keeps it from driving the query
     instead of the list's own index)."""
     if dialect(session) == "postgresql":
         holds, params = _holds(session, tokens, "x")
         return f"EXISTS (SELECT 1 FROM task_search x WHERE x.num = {num} AND {holds})", params
     holds, params = _holds(session, tokens)
-    return f"+{num} IN (SELECT rowid FROM task_search WHERE {holds})", params
+    return f"+{num} IN (SELECT rowid >> 1 FROM task_search WHERE {holds})", params
 
 
 def _one_of(session: Session, column: str, values: list[int]) -> tuple[str, list[Any]]:
@@ -313,9 +382,8 @@ def condition(session: Session, text: str, target: Target) -> tuple[str, list[An
     if not tokens:
         return None
     holds, params = _holds(session, tokens)
-    column = _NUM[dialect(session)]
-    sql = f"SELECT {column} FROM task_search WHERE {holds}"
-    common = _estimate(session, sql, params) > 4 * SPARSE
+    sql = f"SELECT DISTINCT {_NUM[dialect(session)]} FROM task_search WHERE {holds}"
+    common = _estimate(session, sql.replace("DISTINCT ", ""), params) > 4 * SPARSE
     nums = [] if common else [int(r[0]) for r in session.rows(f"{sql} LIMIT {SPARSE + 1}", params)]
     if not common and len(nums) <= SPARSE:
         if target == "flows":
@@ -341,46 +409,102 @@ def index(
     """Index each (num, seq, folded task) whose tokens differ from the stored ones.
 
     `stored`: the seq of the stored row of each task that may have an entry already (tasks new to the
-    store have none, and cost no read). `recent` spares computing the tokens of an unchanged call and
-    reading entries this process wrote.
+    store have none, and cost no read). `recent` spares computing the tokens of an unchanged call or
+    outcome and reading entries this process wrote.
     """
     engine = dialect(session)
     entries: list[tuple[int, _Indexed]] = []
-    old: dict[int, list[str]] = {}
-    unknown: list[int] = []
+    changed: list[tuple[int, _Rows | None]] = []  # (num, its stored rows; None: to be read)
     for num, seq, task in tasks:
-        call, outcome = _sources(task)
+        args, kwargs, result, exception = task.args, task.kwargs, task.result, task.exception
         before = recent.get(num, stored.get(num)) if recent is not None else None
-        if before is not None:
-            old[num] = before.tokens
-            if before.call == call and before.outcome == outcome:
-                entries.append((num, before._replace(seq=seq)))
+        call_row: tuple[str, ...] | None = None
+        if before is None:
+            call_tokens = tuple(_call_tokens(task))
+        elif (before.args is args and before.kwargs is kwargs) or _same(
+            (before.args, before.kwargs), (args, kwargs)
+        ):
+            call_tokens, call_row = before.call_tokens, before.rows[0] or None
+            if (before.result is result and before.exception == exception) or _same(
+                (before.result, before.exception), (result, exception)
+            ):
+                entries.append((num, _Indexed(seq, args, kwargs, result, exception, *before[5:])))
                 continue
-        elif num in stored:
-            unknown.append(num)
-        call_tokens = before.call_tokens if before is not None and before.call == call else _call_tokens(task)
-        tokens = _merged(call_tokens, _outcome_tokens(task))
-        entries.append((num, _Indexed(seq, call, outcome, call_tokens, tokens)))
+        else:
+            call_tokens = tuple(_call_tokens(task))
+        if result is None and not exception:
+            outcome_tokens: tuple[str, ...] = ()
+        else:
+            outcome_tokens = tuple(_outcome_tokens(task))
+        if call_row is None:
+            call_row = tuple(sorted(call_tokens[:MAX_TOKENS]))
+        rows = (call_row, _full_row(call_row, outcome_tokens))
+        if engine == "postgresql" and rows[1]:
+            rows = ((), rows[1])  # a delete costs PostgreSQL little, and a query reads one row per task
+        entries.append(
+            (num, _Indexed(seq, args, kwargs, result, exception, call_tokens, outcome_tokens, rows))
+        )
+        if before is not None:
+            changed.append((num, before.rows))
+        else:
+            changed.append((num, None if num in stored else _NO_ROWS))
+    unknown = [num for num, was in changed if was is None]
+    old: dict[int, list[tuple[str, ...]]] = {}
     if unknown:
-        sql = f"SELECT {_NUM[engine]}, tokens FROM task_search WHERE {_NUM[engine]} IN {{}}"
-        for num, tokens in select_in(session, sql, unknown):
-            old[int(num)] = tokens.split(" ") if isinstance(tokens, str) else list(tokens)
-    changed = [(num, entry.tokens) for num, entry in entries if old.get(num, []) != entry.tokens]
-    if changed:
-        forget(session, [num for num, _ in changed if old.get(num)])
-        rows = [(num, tokens) for num, tokens in changed if tokens]
         if engine == "postgresql":
-            session.many("INSERT INTO task_search (num, tokens) VALUES (?, ?)", rows)
+            sql = "SELECT num * 2 + part, tokens FROM task_search WHERE num IN {}"
+            keys = unknown
+        else:
+            sql = "SELECT rowid, tokens FROM task_search WHERE rowid IN {}"
+            keys = [n * 2 + part for n in unknown for part in (0, 1)]
+        for key, tokens in select_in(session, sql, keys):
+            row = tuple(tokens.split(" ") if isinstance(tokens, str) else tokens)
+            old.setdefault(int(key) // 2, [(), ()])[int(key) % 2] = row
+    rows_of = {num: entry.rows for num, entry in entries}
+    deletes: list[int] = []
+    inserts: list[tuple[int, int, tuple[str, ...]]] = []
+    for num, was in changed:
+        have = was if was is not None else old.get(num, _NO_ROWS)
+        for part, (want, had) in enumerate(zip(rows_of[num], have, strict=True)):
+            if want != had:
+                if had:
+                    deletes.append(num * 2 + part)
+                if want:
+                    inserts.append((num, part, want))
+    if deletes:
+        _delete(session, deletes)
+    if inserts:
+        if engine == "postgresql":
+            # Each array as its literal (tokens need no escaping): adapting a Python list costs more.
+            session.many(
+                "INSERT INTO task_search (num, part, tokens) VALUES (?, ?, ?)",
+                [(num, part, '{"' + '","'.join(tokens) + '"}') for num, part, tokens in inserts],
+            )
         else:
             session.many(
-                "INSERT INTO task_search (rowid, tokens) VALUES (?, ?)", [(n, " ".join(t)) for n, t in rows]
+                "INSERT INTO task_search (rowid, tokens) VALUES (?, ?)",
+                [(num * 2 + part, " ".join(tokens)) for num, part, tokens in inserts],
             )
     if recent is not None:
         recent.remember(entries)
 
 
+def _delete(session: Session, keys: Sequence[int]) -> None:
+    """Delete these rows (`num * 2 + part`)."""
+    if dialect(session) == "postgresql":
+        for part in (0, 1):
+            nums = sorted(k // 2 for k in keys if k % 2 == part)
+            if nums:  # one short statement, the same each time (PostgreSQL plans it once)
+                session.run("DELETE FROM task_search WHERE part = ? AND num = ANY(?)", (part, nums))
+        return
+    for chunk in chunks(sorted(keys)):
+        session.run(f"DELETE FROM task_search WHERE rowid IN {in_list(chunk)}", chunk)
+
+
 def forget(session: Session, nums: Sequence[int]) -> None:
     """Delete the entries of these task numbers (retention, a re-index)."""
-    column = _NUM[dialect(session)]
-    for chunk in chunks(nums):
-        session.run(f"DELETE FROM task_search WHERE {column} IN {in_list(chunk)}", chunk)
+    if dialect(session) == "postgresql":
+        for chunk in chunks(nums):
+            session.run(f"DELETE FROM task_search WHERE num IN {in_list(chunk)}", chunk)
+    else:
+        _delete(session, [n * 2 + part for n in nums for part in (0, 1)])

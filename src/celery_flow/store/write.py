@@ -120,13 +120,20 @@ class RecentEvents:
                     out[row.task_id] = hit[1]
         return out
 
-    def remember(self, task_ids: list[str], by_task: dict[str, list[Event]], seq: int) -> None:
-        """Cache the event sets of tasks written at seq + 1, seq + 2, ... in `task_ids` order."""
+    def remember(
+        self, task_ids: list[str], by_task: dict[str, list[Event]], seq: int, distinct: bool = False
+    ) -> None:
+        """Cache the event sets of tasks written at seq + 1, seq + 2, ... in `task_ids` order (`distinct`:
+        no event id is in a set twice, so the sets are cached as they are)."""
         with self._lock:
             sets = self._sets
             for offset, task_id in enumerate(task_ids, start=1):
+                events = by_task[task_id]
                 sets.pop(task_id, None)  # re-insert: the dict's order is least recently written first
-                sets[task_id] = (seq + offset, list({e.id: e for e in by_task[task_id]}.values()))
+                sets[task_id] = (
+                    seq + offset,
+                    events if distinct else list({e.id: e for e in events}.values()),
+                )
             while len(sets) > self.size:
                 del sets[next(iter(sets))]
 
@@ -228,7 +235,9 @@ def _apply_tasks(
     stored = {int(r.num): int(r.seq) for r in old_rows.values()}
     indexed = [(row.num, row.seq, c.new) for row, c in zip(rows, changes, strict=True)]
     search.index(session, indexed, stored, recent.search)
-    recent.remember(task_ids, by_task, seq)
+    # A batch's events are distinct by id, and so are those stored: the sets hold each id once unless
+    # the batch repeated stored events.
+    recent.remember(task_ids, by_task, seq, distinct=len(fresh) == len(task_events))
     added = sum(1 for task_id in task_ids if task_id not in old_rows)
     session.many(
         "UPDATE meta SET value = value + ? WHERE key = ?", [(added, "tasks"), (len(fresh), "events")]
