@@ -48,7 +48,7 @@ function Latency({ t }: { t: NameTrend }) {
 function Runs({ t }: { t: NameTrend }) {
   const series = useMemo(
     () => [
-      { label: "succeeded or other", color: "SUCCESS", values: t.runs.map((r, i) => Math.max(0, r - (t.failures[i] ?? 0))) },
+      { label: "finished, not failed", color: "SUCCESS", values: t.runs.map((r, i) => Math.max(0, r - (t.failures[i] ?? 0))) },
       { label: "failed", color: "FAILURE", values: t.failures },
     ],
     [t.runs, t.failures],
@@ -90,7 +90,7 @@ export default function TaskNameView({ name }: { name: string }) {
   return (
     <div className="page" data-testid="name-page" data-name={name}>
       <div className="pagehead">
-        <h1 className="mono">{name}</h1>
+        <h1 className="mono name-title">{name}</h1>
         {t?.regression && (
           <span className="badge regressed" data-testid="regression-badge" title="p95 of the last window ≥ 1.5 × the window before">
             slower
@@ -136,8 +136,8 @@ export default function TaskNameView({ name }: { name: string }) {
           {t.regression ? (
             <Figure
               label="Regression"
-              value={<RegressionText r={t.regression} />}
-              sub={`${t.regression.runs_before} → ${t.regression.runs_after} runs`}
+              value={`×${t.regression.ratio.toFixed(1)} slower`}
+              sub={<RegressionText r={t.regression} />}
               to={withQuery("/tasks", { name })}
               title="p95 of the last window ≥ 1.5 × the window before, 20 runs or more in each"
               tone="bad"

@@ -70,7 +70,13 @@ export function WorkersView() {
                       ) : null}
                     </td>
                     <td>
-                      <span className="mono flowname">{w.hostname}</span>
+                      <Link
+                        to={withQuery("/flows", { worker: w.hostname })}
+                        className="mono flowname"
+                        title="Flows with tasks run on this worker"
+                      >
+                        {w.hostname}
+                      </Link>
                       {w.pid ? <div className="sub">pid {w.pid}</div> : null}
                     </td>
                     <td data-testid="worker-pool">
