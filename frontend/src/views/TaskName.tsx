@@ -97,6 +97,9 @@ export default function TaskNameView({ name }: { name: string }) {
           </span>
         )}
         <span className="spacer" />
+        <Link to={withQuery("/flows", { name })} className="sub" title="Flows with a task of this name">
+          Flows
+        </Link>
         <Link to="/registry" className="sub">
           All task names
         </Link>

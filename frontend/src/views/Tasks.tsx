@@ -159,12 +159,13 @@ export function TasksView() {
               ? "running far longer than their name's own history, or than the server's --stuck-after"
               : "single tasks, newest first, updated live"}
         </span>
-        {filters.fingerprint && (
-          <>
-            <span className="spacer" />
-            <Link to="/failures">All failures</Link>
-          </>
+        {(filters.fingerprint || filters.name) && <span className="spacer" />}
+        {filters.name && (
+          <Link to={`/registry/${encodeURIComponent(filters.name)}`} title="Trends, heatmaps and failures of this name">
+            About {filters.name}
+          </Link>
         )}
+        {filters.fingerprint && <Link to="/failures">All failures</Link>}
       </div>
       {filters.fingerprint && first?.exception && (
         <div className="exception mono" data-testid="cluster-title">
