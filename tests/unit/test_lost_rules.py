@@ -166,6 +166,42 @@ def test_a_silent_worker_loses_its_tasks_after_three_intervals() -> None:
         assert flow_counts(store) == {"LOST": 1, "STARTED": 2}
 
 
+def test_a_task_lost_after_retries_keeps_them_in_its_failure_cluster() -> None:
+    now = time.time()
+    traceback = (
+        'Traceback (most recent call last):\n  File "/srv/app/tasks.py", line 9, in charge\n'
+        "    raise ValueError(card)\nValueError: card 4242 declined\n"
+    )
+    with memory_store() as store:
+        store.apply([event("worker.online", None, now - 10, hostname=H, heartbeat_interval=1.0)])
+        store.apply(
+            [
+                *task_events("t1", H, now - 9.8, "started"),
+                *[
+                    event("retried", "t1", now - 9.5 + i, name="app.work", root_id="root", hostname=H,
+                          retries=i, exception="ValueError: card 4242 declined", traceback=traceback)
+                    for i in range(2)
+                ],
+                *task_events("t1", H, now - 7.0, "started", retries=2),
+            ]
+        )  # fmt: skip
+        assert [c.retries for c in store.failures(None, None, None)] == [2]
+        assert store.check_lost().changed == ["t1"]
+        assert store.get_task("t1").state == "LOST"  # type: ignore[union-attr]
+        assert [c.retries for c in store.failures(None, None, None)] == [2]
+
+
+def test_a_sub_second_heartbeat_late_on_a_busy_machine_loses_nothing() -> None:
+    now = time.time()
+    with memory_store() as store:
+        store.apply([event("worker.online", None, now - 1.5, hostname=H, heartbeat_interval=0.2)])
+        store.apply(task_events("t1", H, now - 1.4, "started"))
+        assert store.check_lost().changed == []  # 7 intervals, but under MIN_SILENCE
+        store.apply([event("worker.heartbeat", None, now - 3.0, hostname=H2, heartbeat_interval=0.2)])
+        store.apply(task_events("t2", H2, now - 2.9, "started"))
+        assert store.check_lost().changed == ["t2"]
+
+
 def test_a_finished_task_is_never_lost() -> None:
     with memory_store() as store:
         store.apply(task_events("t1", H, T0, "received", "started", "succeeded"))

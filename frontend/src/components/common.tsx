@@ -1,5 +1,7 @@
-import { useState, type ReactNode } from "react";
+import { useQuery } from "@tanstack/react-query";
+import { useId, useState, type ReactNode } from "react";
 import { ApiError } from "../api/client";
+import { registryQuery } from "../api/queries";
 import { TASK_STATES } from "../api/types";
 import { stateWords } from "../format";
 
@@ -182,5 +184,36 @@ export function Pager({
         Older →
       </button>
     </div>
+  );
+}
+
+/** A task-name filter field, suggesting the names the registry knows. */
+export function TaskNameField({
+  value,
+  onChange,
+  testId,
+}: {
+  value: string;
+  onChange: (name: string) => void;
+  testId?: string;
+}) {
+  const names = useQuery(registryQuery());
+  const listId = useId();
+  return (
+    <label>
+      <span>Task name</span>
+      <input
+        value={value}
+        onChange={(e) => onChange(e.target.value)}
+        placeholder="proj.tasks.add"
+        list={listId}
+        data-testid={testId}
+      />
+      <datalist id={listId}>
+        {(names.data ?? []).map((r) => (
+          <option key={r.name} value={r.name} />
+        ))}
+      </datalist>
+    </label>
   );
 }

@@ -3,9 +3,9 @@
 import { useQuery } from "@tanstack/react-query";
 import { type FormEvent } from "react";
 import { api } from "../api/client";
-import { keys, registryQuery } from "../api/queries";
+import { keys } from "../api/queries";
 import type { FailureCluster } from "../api/types";
-import { Empty, ErrorBox, Loading } from "../components/common";
+import { Empty, ErrorBox, Loading, TaskNameField } from "../components/common";
 import { Sparkline } from "../components/Sparkline";
 import { useWindow, WindowPicker, WINDOWS } from "../components/WindowPicker";
 import { fmtAgo, fmtIso, shortId, shortName } from "../format";
@@ -95,7 +95,6 @@ export default function FailuresView() {
     queryFn: ({ signal }) => api.failures({ since: Date.now() / 1000 - win[2], name: filters.name }, signal),
   });
   useLiveInvalidate(keys.failures(), (items) => items.some((t) => FAILED.has(t.state)), 3000);
-  const names = useQuery(registryQuery());
 
   const apply = (f: typeof filters, e?: FormEvent) => {
     e?.preventDefault();
@@ -123,21 +122,7 @@ export default function FailuresView() {
             what="Failures"
           />
         </div>
-        <label>
-          <span>Task name</span>
-          <input
-            value={draft.name}
-            onChange={(e) => setDraft({ ...draft, name: e.target.value })}
-            placeholder="proj.tasks.add"
-            list="failure-names"
-            data-testid="failures-name"
-          />
-          <datalist id="failure-names">
-            {(names.data ?? []).map((r) => (
-              <option key={r.name} value={r.name} />
-            ))}
-          </datalist>
-        </label>
+        <TaskNameField value={draft.name} onChange={(name) => setDraft({ ...draft, name })} testId="failures-name" />
         <div className="filter-actions">
           <button type="submit" className="btn primary">
             Apply

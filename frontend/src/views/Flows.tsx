@@ -1,9 +1,18 @@
 import { useQuery } from "@tanstack/react-query";
 import { type FormEvent } from "react";
 import { api } from "../api/client";
-import { keys, registryQuery } from "../api/queries";
+import { keys } from "../api/queries";
 import { FLOW_STATES, type FlowSummary } from "../api/types";
-import { CountsBar, Empty, ErrorBox, Loading, Pager, SEARCH_HINT, StateChip } from "../components/common";
+import {
+  CountsBar,
+  Empty,
+  ErrorBox,
+  Loading,
+  Pager,
+  SEARCH_HINT,
+  StateChip,
+  TaskNameField,
+} from "../components/common";
 import { fmtAgo, fmtDuration, fmtIso, fmtTime, shortId, shortName } from "../format";
 import { useDocumentTitle, useDraft, useNow } from "../hooks";
 import { useLiveInvalidate } from "../live";
@@ -139,8 +148,6 @@ export function FlowsView() {
     },
   });
   useLiveInvalidate(keys.flows());
-  // Task names for the name filter's suggestions.
-  const names = useQuery(registryQuery());
 
   const apply = (f: Filters, e?: FormEvent) => {
     e?.preventDefault();
@@ -170,21 +177,7 @@ export function FlowsView() {
             ))}
           </select>
         </label>
-        <label>
-          <span>Task name</span>
-          <input
-            value={draft.name}
-            onChange={(e) => setDraft({ ...draft, name: e.target.value })}
-            placeholder="proj.tasks.add"
-            list="task-names"
-            data-testid="filter-name"
-          />
-          <datalist id="task-names">
-            {(names.data ?? []).map((r) => (
-              <option key={r.name} value={r.name} />
-            ))}
-          </datalist>
-        </label>
+        <TaskNameField value={draft.name} onChange={(name) => setDraft({ ...draft, name })} testId="filter-name" />
         <label>
           <span>Time</span>
           <select

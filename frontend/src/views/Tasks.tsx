@@ -5,7 +5,16 @@ import { type FormEvent } from "react";
 import { api } from "../api/client";
 import { keys } from "../api/queries";
 import { TASK_STATES, type TaskSummary } from "../api/types";
-import { Empty, ErrorBox, Loading, Pager, SEARCH_HINT, StateChip, StuckBadge } from "../components/common";
+import {
+  Empty,
+  ErrorBox,
+  Loading,
+  Pager,
+  SEARCH_HINT,
+  StateChip,
+  StuckBadge,
+  TaskNameField,
+} from "../components/common";
 import { fmtAgo, fmtDuration, fmtIso, shortId, shortName } from "../format";
 import { useDocumentTitle, useDraft, useNow } from "../hooks";
 import { useLiveInvalidate } from "../live";
@@ -198,14 +207,7 @@ export function TasksView() {
             ))}
           </select>
         </label>
-        <label>
-          <span>Task name</span>
-          <input
-            value={draft.name}
-            onChange={(e) => setDraft({ ...draft, name: e.target.value })}
-            placeholder="proj.tasks.add"
-          />
-        </label>
+        <TaskNameField value={draft.name} onChange={(name) => setDraft({ ...draft, name })} />
         <label className="checkfilter">
           <span>Stuck</span>
           <input

@@ -21,6 +21,7 @@ become `<n>`, `<id>` and `'<s>'`.
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 import re
 from typing import Any, Final, NamedTuple
@@ -61,8 +62,10 @@ class Cause(NamedTuple):
     message: str
 
 
+@functools.lru_cache(maxsize=256)
 def cause(exception: str | None, traceback: str | None) -> Cause:
-    """The cause of one failure from its event's `exception` text and formatted `traceback`."""
+    """The cause of one failure from its event's `exception` text and formatted `traceback`. Cached (a
+    failed task is folded again with each later event; 256 tracebacks of at most ~32 KB each)."""
     exception_type, message = split_exception(exception, traceback)
     frames = "\n".join(f"{module}:{function}" for module, function in frames_of(traceback))
     digest = hashlib.sha1(f"{exception_type}\n{frames}".encode(), usedforsecurity=False).hexdigest()

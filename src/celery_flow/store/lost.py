@@ -34,8 +34,10 @@ from celery_flow.store.rows import (
     task_from_row,
 )
 
-# Heartbeat intervals without a heartbeat after which a worker is gone (the workers page agrees).
+# Heartbeat intervals without a heartbeat after which a worker is gone (the workers page agrees), and
+# never under MIN_SILENCE seconds: a busy machine can delay a sub-second heartbeat that long.
 SILENT_INTERVALS = 3
+MIN_SILENCE = 2.0
 RUNNING = frozenset({"RECEIVED", "STARTED"})
 # Seconds between two checks: a fraction of the smallest announced interval, within these bounds.
 CHECK_MIN, CHECK_MAX = 0.5, 5.0
@@ -70,7 +72,7 @@ def _clock(ts: float | None) -> str:
 
 def silent_window(interval: float) -> float:
     """Seconds without a heartbeat after which a worker with this interval is gone."""
-    return SILENT_INTERVALS * interval
+    return max(SILENT_INTERVALS * interval, MIN_SILENCE)
 
 
 def last_heard(w: WorkerRow) -> float | None:

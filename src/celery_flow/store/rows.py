@@ -13,7 +13,15 @@ from typing import Any, NamedTuple, TypeVar
 import msgspec
 
 from celery_flow.flow.flows import FlowTally, first_seen, summary_from_counts
-from celery_flow.flow.model import FlowState, FlowSummary, Segment, TaskDetail, TaskState, TaskSummary
+from celery_flow.flow.model import (
+    EventRecord,
+    FlowState,
+    FlowSummary,
+    Segment,
+    TaskDetail,
+    TaskState,
+    TaskSummary,
+)
 from celery_flow.store.connection import Session, select_in
 from celery_flow.store.schema import STATE_COLUMNS, STATES, V3_STATE_COUNT
 
@@ -195,6 +203,15 @@ def retry_causes(task: TaskDetail) -> list[list[Any]]:
     if task.fingerprint is None:  # never retried (flow/fold.py `fingerprint`)
         return []
     return [[e.fingerprint, e.ts] for e in task.events if e.type == "retried" and e.fingerprint]
+
+
+def retry_records(row: TaskRow) -> list[EventRecord]:
+    """The retries a row's `rfp` keeps, as the event records `retry_causes` reads them from: a task
+    rebuilt from its row (not re-folded) keeps its retries in its failure clusters."""
+    if row.fingerprint is None or '"rfp"' not in row.extra:
+        return []
+    causes = json_decoder.decode(row.extra).get("rfp", ())
+    return [EventRecord(id="", type="retried", ts=ts, fingerprint=fp) for fp, ts in causes]
 
 
 def task_from_row(row: TaskRow, cls: type[TaskSummary] = TaskSummary) -> Any:

@@ -40,6 +40,7 @@ from celery_flow.store.rows import (
     fetch_in,
     json_decoder,
     json_encoder,
+    retry_records,
     state_counts,
     task_from_row,
     task_row,
@@ -256,6 +257,7 @@ def mark_lost(session: Session, seq: int, gones: dict[str, list[lost.Gone]]) -> 
         g = lost.lost_by(row.state, row.updated_at, gones[row.hostname or ""])
         if g is not None:
             task: TaskDetail = task_from_row(row, TaskDetail)
+            task.events = retry_records(row)
             lost.mark(task, g)
             changes.append(TaskChange(row, task))
     if not changes:
@@ -285,7 +287,8 @@ def update_counts(
     _update_name_stats(session, changes)
     clusters = ClusterMoves()
     for change in changes:
-        clusters.change(change.old, change.new)
+        if change.new.fingerprint is not None or (change.old is not None and change.old.fingerprint):
+            clusters.change(change.old, change.new)
     clusters.write(session)
     for change in changes:
         old, new = change.old, change.new
