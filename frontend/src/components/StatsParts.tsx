@@ -104,13 +104,14 @@ export function ClusterTable({ clusters, now, empty }: { clusters: FailureCluste
 }
 
 /** "p95 120 ms → 410 ms (×3.4)" with the runs each figure comes from in its title. */
-export function RegressionText({ r }: { r: Regression }) {
+export function RegressionText({ r, ratio = true }: { r: Regression; ratio?: boolean }) {
   return (
     <span
       className="regression"
       title={`p95 of the last window (${r.runs_after} runs) against the window before (${r.runs_before} runs)`}
     >
-      p95 {fmtSeconds(r.p95_before)} → <strong>{fmtSeconds(r.p95_after)}</strong> (×{r.ratio.toFixed(1)})
+      p95 {fmtSeconds(r.p95_before)} → <strong>{fmtSeconds(r.p95_after)}</strong>
+      {ratio && ` (×${r.ratio.toFixed(1)})`}
     </span>
   );
 }

@@ -177,10 +177,10 @@ export default function OverviewView() {
           </div>
           <div className="panels">
             <Panel title="Throughput" note="tasks finished, by final state" testId="panel-throughput">
-              <Throughput o={o} />
+              {o.finished ? <Throughput o={o} /> : <Empty>No task finished in the last {win[1]}.</Empty>}
             </Panel>
             <Panel title="Failure rate" note={`${pct(o.failure_rate)} over the window`} testId="panel-failure-rate">
-              <FailureRate o={o} />
+              {o.finished ? <FailureRate o={o} /> : <Empty>No task finished in the last {win[1]}.</Empty>}
             </Panel>
             <Panel
               title="Runtime, every task"

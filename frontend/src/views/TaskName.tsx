@@ -140,7 +140,7 @@ export default function TaskNameView({ name }: { name: string }) {
             <Figure
               label="Regression"
               value={`×${t.regression.ratio.toFixed(1)} slower`}
-              sub={<RegressionText r={t.regression} />}
+              sub={<RegressionText r={t.regression} ratio={false} />}
               to={withQuery("/tasks", { name })}
               title="p95 of the last window ≥ 1.5 × the window before, 20 runs or more in each"
               tone="bad"

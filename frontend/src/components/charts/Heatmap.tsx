@@ -4,6 +4,7 @@ import { useMemo } from "react";
 import type uPlot from "uplot";
 import type { Heatmap } from "../../api/types";
 import { fmtSeconds, fmtSpan } from "../../format";
+import { Empty } from "../common";
 import { bucketOf, midpoints, READ_CURSOR, timeAxis, tooltipPlugin, valueAxis, withAlpha } from "./base";
 import { Chart, type ChartSpec } from "./Chart";
 
@@ -76,6 +77,12 @@ export function HeatmapChart({ heatmap, height = 220, testId }: { heatmap: Heatm
       }),
     };
   }, [te, ve, counts, rows, cols, max, height, heatmap.metric]);
+  if (total === 0)
+    return (
+      <Empty>
+        No {METRIC_WORDS[heatmap.metric]} recorded in the window{heatmap.name ? ` for ${heatmap.name}` : ""}.
+      </Empty>
+    );
   return (
     <div className="heatmap">
       <Chart
