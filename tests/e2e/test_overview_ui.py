@@ -199,7 +199,7 @@ def test_workers_page_pool_concurrency_queues_and_live_heartbeat_age(
     page.goto(stack.url + "/workers")
     row = page.locator('tr[data-status="online"]', has=page.locator(f'.pill:text-is("{queue}")'))
     expect(row).to_have_count(1)
-    expect(row.get_by_test_id("worker-pool")).to_contain_text("threads")
+    expect(row.get_by_test_id("worker-pool")).to_contain_text("thread")
     expect(row.get_by_test_id("worker-pool")).to_contain_text("concurrency 4")
     expect(row.get_by_test_id("worker-queues")).to_contain_text(queue)
     # The heartbeat's age ticks on screen without a reload.

@@ -24,7 +24,11 @@ const pctAxis = (v: number) => `${+(v * 100).toFixed(1)}%`;
 
 function Throughput({ o }: { o: Overview }) {
   const states = useMemo(
-    () => [...FINAL, ...Object.keys(o.throughput).filter((s) => !FINAL.includes(s))].filter((s) => o.throughput[s]),
+    // Success and failure always, other states when some task ended so.
+    () =>
+      [...FINAL, ...Object.keys(o.throughput).filter((s) => !FINAL.includes(s))].filter(
+        (s) => o.throughput[s] && (s === "SUCCESS" || s === "FAILURE" || o.throughput[s].some(Boolean)),
+      ),
     [o.throughput],
   );
   const series = useMemo(
