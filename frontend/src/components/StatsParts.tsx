@@ -88,7 +88,11 @@ export function ClusterTable({ clusters, now, empty }: { clusters: FailureCluste
               <div className="sub">{c.task_names.slice(0, 3).map(shortName).join(", ")}</div>
             </td>
             <td className="num">
-              <Link to={clusterTasks(c)} className="bigcount" title={`Open the ${c.count} failed tasks of this cluster`}>
+              <Link
+                to={clusterTasks(c)}
+                className="bigcount"
+                title={`Open the ${c.count} failed tasks of this cluster`}
+              >
                 {c.count.toLocaleString()}
               </Link>
             </td>

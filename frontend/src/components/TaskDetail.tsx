@@ -159,7 +159,11 @@ export function TaskDetailBody({
         <StateChip state={task.state} />
         <h2 className="td-name" title={task.name ?? undefined}>
           {task.name ? (
-            <Link to={`/registry/${encodeURIComponent(task.name)}`} className="td-namelink" title="About this task name">
+            <Link
+              to={`/registry/${encodeURIComponent(task.name)}`}
+              className="td-namelink"
+              title="About this task name"
+            >
               {task.name}
             </Link>
           ) : (

@@ -51,7 +51,11 @@ function Throughput({ o }: { o: Overview }) {
           label: s,
           color: s,
           extra: (
-            <Link to={withQuery("/tasks", { state: s })} title={`The ${stateWords(s)} tasks`} data-testid={`legend-${s}`}>
+            <Link
+              to={withQuery("/tasks", { state: s })}
+              title={`The ${stateWords(s)} tasks`}
+              data-testid={`legend-${s}`}
+            >
               {sums[s].toLocaleString()} {stateWords(s)}
             </Link>
           ),

@@ -18,7 +18,17 @@ import { TaskTable } from "./Tasks";
 
 const RECENT = 15;
 
-function NameHeatmap({ name, metric, since, win }: { name: string; metric: HeatmapMetric; since: () => number; win: string }) {
+function NameHeatmap({
+  name,
+  metric,
+  since,
+  win,
+}: {
+  name: string;
+  metric: HeatmapMetric;
+  since: () => number;
+  win: string;
+}) {
   const { data, error } = useQuery({
     queryKey: keys.stats("heatmap", name, metric, win),
     queryFn: ({ signal }) => api.heatmap({ name, metric, since: since() }, signal),
@@ -39,7 +49,15 @@ function Latency({ t }: { t: NameTrend }) {
   );
   return (
     <>
-      <Lines edges={t.time_edges} series={series} yLabel="runtime" format={fmtSeconds} yMin={0} label="p50 and p95 runtime over time" testId="chart-latency" />
+      <Lines
+        edges={t.time_edges}
+        series={series}
+        yLabel="runtime"
+        format={fmtSeconds}
+        yMin={0}
+        label="p50 and p95 runtime over time"
+        testId="chart-latency"
+      />
       <LegendItems series={series} />
     </>
   );
@@ -48,7 +66,11 @@ function Latency({ t }: { t: NameTrend }) {
 function Runs({ t }: { t: NameTrend }) {
   const series = useMemo(
     () => [
-      { label: "finished, not failed", color: "SUCCESS", values: t.runs.map((r, i) => Math.max(0, r - (t.failures[i] ?? 0))) },
+      {
+        label: "finished, not failed",
+        color: "SUCCESS",
+        values: t.runs.map((r, i) => Math.max(0, r - (t.failures[i] ?? 0))),
+      },
       { label: "failed", color: "FAILURE", values: t.failures },
     ],
     [t.runs, t.failures],
@@ -56,7 +78,13 @@ function Runs({ t }: { t: NameTrend }) {
   const step = t.time_edges.length > 1 ? t.time_edges[1] - t.time_edges[0] : 0;
   return (
     <>
-      <StackedBars edges={t.time_edges} series={series} yLabel={`runs ${fmtPer(step)}`} label="runs over time" testId="chart-runs" />
+      <StackedBars
+        edges={t.time_edges}
+        series={series}
+        yLabel={`runs ${fmtPer(step)}`}
+        label="runs over time"
+        testId="chart-runs"
+      />
       <LegendItems series={series} />
     </>
   );
@@ -78,7 +106,10 @@ export default function TaskNameView({ name }: { name: string }) {
     queryFn: ({ signal }) => api.failures({ since: since(), name }, signal),
   });
   const recentQuery = { name, limit: RECENT };
-  const recent = useQuery({ queryKey: keys.tasks(recentQuery), queryFn: ({ signal }) => api.tasks(recentQuery, signal) });
+  const recent = useQuery({
+    queryKey: keys.tasks(recentQuery),
+    queryFn: ({ signal }) => api.tasks(recentQuery, signal),
+  });
   const registry = useQuery(registryQuery());
   useLiveInvalidate(keys.stats(), undefined, 10_000);
   useLiveInvalidate(keys.tasks(recentQuery), (items) => items.some((t) => t.name === name), 1000);
@@ -92,7 +123,11 @@ export default function TaskNameView({ name }: { name: string }) {
       <div className="pagehead">
         <h1 className="mono name-title">{name}</h1>
         {t?.regression && (
-          <span className="badge regressed" data-testid="regression-badge" title="p95 of the last window ≥ 1.5 × the window before">
+          <span
+            className="badge regressed"
+            data-testid="regression-badge"
+            title="p95 of the last window ≥ 1.5 × the window before"
+          >
             slower
           </span>
         )}
@@ -125,7 +160,14 @@ export default function TaskNameView({ name }: { name: string }) {
       {trend.error && <ErrorBox error={trend.error} what={`the trend of ${name}`} />}
       {t && (
         <div className="cards">
-          <Figure label="Runs" value={runs.toLocaleString()} sub={`in the last ${win[1]}`} to={withQuery("/tasks", { name })} title="This name's tasks" testId="fig-runs" />
+          <Figure
+            label="Runs"
+            value={runs.toLocaleString()}
+            sub={`in the last ${win[1]}`}
+            to={withQuery("/tasks", { name })}
+            title="This name's tasks"
+            testId="fig-runs"
+          />
           <Figure
             label="Failed"
             value={failed.toLocaleString()}
@@ -153,7 +195,14 @@ export default function TaskNameView({ name }: { name: string }) {
               testId="fig-regression"
             />
           ) : (
-            <Figure label="Regression" value="none" sub="p95 steady" to={withQuery("/tasks", { name })} title="No regression: p95 of the last window is under 1.5 × the window before" testId="fig-regression" />
+            <Figure
+              label="Regression"
+              value="none"
+              sub="p95 steady"
+              to={withQuery("/tasks", { name })}
+              title="No regression: p95 of the last window is under 1.5 × the window before"
+              testId="fig-regression"
+            />
           )}
         </div>
       )}
@@ -172,11 +221,15 @@ export default function TaskNameView({ name }: { name: string }) {
         </Panel>
         <Panel
           title="Failure causes"
-          right={<Link to={withQuery("/failures", { name, window: win[0] === "24h" ? "" : win[0] })}>On the Failures page</Link>}
+          right={
+            <Link to={withQuery("/failures", { name, window: win[0] === "24h" ? "" : win[0] })}>On the Failures page</Link>
+          }
           testId="panel-name-failures"
         >
           {failures.error && <ErrorBox error={failures.error} what="failures" />}
-          {failures.data && <ClusterTable clusters={failures.data.items} now={now} empty={`No failures in the last ${win[1]}.`} />}
+          {failures.data && (
+            <ClusterTable clusters={failures.data.items} now={now} empty={`No failures in the last ${win[1]}.`} />
+          )}
         </Panel>
         <Panel
           title="Recent runs"

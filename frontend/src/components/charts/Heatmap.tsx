@@ -13,7 +13,15 @@ const METRIC_WORDS: Record<Heatmap["metric"], string> = { runtime: "runtime", qu
 /** How strongly a count is shaded: on a log scale, so a few slow tasks still show beside thousands. */
 const shade = (count: number, max: number) => 0.2 + 0.8 * (Math.log1p(count) / Math.log1p(max));
 
-export function HeatmapChart({ heatmap, height = 220, testId }: { heatmap: Heatmap; height?: number; testId?: string }) {
+export function HeatmapChart({
+  heatmap,
+  height = 220,
+  testId,
+}: {
+  heatmap: Heatmap;
+  height?: number;
+  testId?: string;
+}) {
   const { time_edges: te, value_edges: ve, counts } = heatmap;
   const rows = te.length - 1;
   const cols = ve.length - 1;
