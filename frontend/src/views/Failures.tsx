@@ -60,9 +60,9 @@ function ClusterRow({ c, now }: { c: FailureCluster; now: number }) {
       </td>
       <td className="namescell">
         {c.task_names.slice(0, 4).map((n) => (
-          <span key={n} className="pill mono" title={n}>
+          <Link key={n} to={`/registry/${encodeURIComponent(n)}`} className="pill mono" title={n}>
             {shortName(n)}
-          </span>
+          </Link>
         ))}
         {c.task_names.length > 4 && <span className="sub">+{c.task_names.length - 4}</span>}
       </td>
