@@ -1,4 +1,5 @@
-"""API latency at scale: p50/p95/p99 of the list, filter, graph and detail endpoints over real HTTP.
+"""API latency at scale: p50/p95/p99 of the list, filter, graph, detail and stats (overview, heatmap)
+endpoints over real HTTP.
 
 Populates a store with `--tasks` tasks (default 1,000,000: realistic flows of 8 tasks from
 bench/_common.py plus one flow of 1,000 nodes) through `store.apply()` in large batches, then serves it
@@ -219,6 +220,12 @@ def main() -> None:
                 ("trace", f"/api/traces/{some.trace_id}", {}, False),
                 ("registry", "/api/registry", {}, False),
                 ("workers", "/api/workers", {}, False),
+                ("overview, last 24 h", "/api/stats/overview", {}, False),
+                ("overview, last hour", "/api/stats/overview", {"since": time.time() - 3600}, False),
+                ("heatmap runtime, all names, 24 h", "/api/stats/heatmap", {}, False),
+                ("heatmap runtime, one name, 24 h", "/api/stats/heatmap", {"name": NAMES[1]}, False),
+                ("heatmap queue_wait, 24 h", "/api/stats/heatmap", {"metric": "queue_wait"}, False),
+                ("name trend, 24 h", f"/api/stats/names/{NAMES[1]}", {}, False),
             ]  # fmt: skip
             print(f"\n{'endpoint':<40} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}")
             for label, path, params, walk in cases:

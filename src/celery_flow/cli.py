@@ -80,6 +80,10 @@ OPTIONS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
     "stuck_after": (("--stuck-after",), {
         "metavar": "DURATION", "help": "Flag a task stuck once it has run this long (90s, 30m, 2h), "
         "whatever its name's history says. Env: CELERY_FLOW_STUCK_AFTER. Default: off (history only)."}),
+    "metrics_max_names": (("--metrics-max-names",), {
+        "type": click.IntRange(min=1), "metavar": "N",
+        "help": "Task names labelled in /metrics (most finished first); the rest count as name=\"other\". "
+        "Env: CELERY_FLOW_METRICS_MAX_NAMES. Default: 100."}),
     "host": (("--host",), {"default": DEFAULT_HOST, "show_default": True, "help": "Interface to listen on."}),
     "port": (("--port", "-p"), {
         "type": click.IntRange(1, 65535), "default": DEFAULT_PORT, "show_default": True}),
@@ -107,7 +111,16 @@ OPTIONS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
 
 # The settings `server_config()` resolves, and the options of each kind of command.
 SETTINGS = ("broker_url", "store", "prefix", "ttl", "max_tasks", "stuck_after")
-SERVER = (*SETTINGS, "host", "port", "no_consumer", "basic_auth", "log_level", "otlp_endpoint")
+SERVER = (
+    *SETTINGS,
+    "host",
+    "port",
+    "no_consumer",
+    "basic_auth",
+    "log_level",
+    "otlp_endpoint",
+    "metrics_max_names",
+)
 CONSUME = (*SETTINGS, "name", "group", "batch", "log_level", "otlp_endpoint")
 
 

@@ -308,6 +308,26 @@ def test_odd_but_valid_input_never_500s(api: httpx.Client, params: dict[str, Any
     assert resp.status_code in (200, 422), resp.text
     resp = api.get("/api/failures", params=params)
     assert resp.status_code in (200, 422), resp.text
+    for path in ("/api/stats/overview", "/api/stats/heatmap", "/api/stats/names/t.x", "/api/stats/names/a/b"):
+        resp = api.get(path, params=params)
+        assert resp.status_code in (200, 422), resp.text
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"metric": "cpu"},
+        {"since": "nan"},
+        {"since": "inf"},
+        {"since": 10, "until": 5},
+        {"since": -1},
+        {"since": 0, "until": 1e300},
+    ],
+)
+def test_stats_endpoints_refuse_or_clamp_odd_windows(api: httpx.Client, params: dict[str, Any]) -> None:
+    for path in ("/api/stats/overview", "/api/stats/heatmap", "/api/stats/names/t.x"):
+        resp = api.get(path, params=params)
+        assert resp.status_code in (200, 422), resp.text
 
 
 def test_openapi_documents_every_endpoint(api: httpx.Client) -> None:
@@ -322,6 +342,9 @@ def test_openapi_documents_every_endpoint(api: httpx.Client) -> None:
         "/api/registry",
         "/api/workers",
         "/api/failures",
+        "/api/stats/heatmap",
+        "/api/stats/overview",
+        "/api/stats/names/{name}",
     }
     assert spec["servers"] == [{"url": "/"}]
     params = {p["name"] for p in spec["paths"]["/api/tasks"]["get"]["parameters"]}
@@ -338,6 +361,7 @@ def test_openapi_documents_every_endpoint(api: httpx.Client) -> None:
         "cursor",
         "fingerprint",
         "stuck",
+        "queue",
     }
     assert api.get("/api/docs").status_code == 200
 

@@ -23,6 +23,7 @@ from celery.contrib.testing.worker import start_worker
 from tests.support.canvas_app import make_app
 from tests.support.events import event
 from tests.support.failing_tasks import register_failing
+from tests.support.postgres import own_store_url
 from tests.support.server_helpers import serving
 from tests.support.wait import wait_for
 
@@ -67,24 +68,6 @@ class Ran:
         return body
 
 
-def _store_url(kind: str, request: pytest.FixtureRequest, tmp: Path) -> Iterator[str]:
-    """A fresh SQLite file, or a PostgreSQL schema of its own in the run's database."""
-    if kind == "sqlite":
-        yield f"sqlite:///{tmp / 'flow.db'}"
-        return
-    import psycopg
-
-    pg_url = str(request.getfixturevalue("pg_url"))
-    schema = f"f_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(pg_url, autocommit=True) as conn:
-        conn.execute(f"CREATE SCHEMA {schema}")
-    try:
-        yield f"{pg_url}?options=-csearch_path%3D{schema}"
-    finally:
-        with psycopg.connect(pg_url, autocommit=True) as conn:
-            conn.execute(f"DROP SCHEMA {schema} CASCADE")
-
-
 def _finished(api: httpx.Client, ids: list[str]) -> bool:
     for task_id in ids:
         resp = api.get(f"/api/tasks/{task_id}")
@@ -101,7 +84,7 @@ def ran(
     store_kind, transport = request.param.split("-")
     flow_url = redis_url if transport == "redis" else str(request.getfixturevalue("amqp_url"))
     prefix = f"cft_{uuid.uuid4().hex[:8]}"
-    stores = _store_url(store_kind, request, Path(tmp_path_factory.mktemp("failures")))
+    stores = own_store_url(store_kind, request, Path(tmp_path_factory.mktemp("failures")))
     store_url = next(stores)
     app: Celery = make_app(redis_url, redis_url, flow_url, prefix, queue=f"q_{prefix}")
     register_failing(app)
@@ -232,7 +215,7 @@ TB = 'Traceback (most recent call last):\n  File "/srv/app/tasks.py", line {line
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SqlStore]:
-    urls = _store_url(request.param, request, tmp_path)
+    urls = own_store_url(request.param, request, tmp_path)
     s = open_store(next(urls))
     assert isinstance(s, SqlStore)
     try:

@@ -18,11 +18,14 @@ from fastapi import FastAPI
 from fastapi.responses import Response
 from prometheus_client.parser import text_string_to_metric_families
 from tests.support.events import finished_task
+from tests.support.flow_env import flow_env
 from tests.support.server_helpers import cli_process, free_port, serving
 from tests.support.wait import wait_for
 
 from celery_flow.events import encode
 from celery_flow.server import CeleryFlowExtension, create_app
+from celery_flow.server.metrics import TaskCollector, render
+from celery_flow.store import open_store
 from celery_flow.transport import from_url
 
 pytestmark = pytest.mark.slow
@@ -194,3 +197,67 @@ def test_two_extensions_and_the_apps_own_metrics_do_not_clash(
         assert not [name for name, _ in one_values if not name.startswith("celery_flow_")]
     finally:
         prometheus_client.REGISTRY.unregister(jobs)
+
+
+@needs(PROMETHEUS)
+@needs(PROMTOOL)
+def test_prometheus_reads_the_tasks_a_real_worker_ran(redis_url: str, tmp_path: Path) -> None:
+    with flow_env(f"sqlite:///{tmp_path / 'f.db'}", redis_url, redis_url) as env:
+        ids = [env.task("add").delay(1, i).id for i in range(3)]
+        ids += [env.task("slow").delay(0.05).id for _ in range(2)]
+        ids.append(env.task("fail").delay().id)
+
+        def exported() -> dict[tuple[str, tuple[tuple[str, str], ...]], float] | None:
+            values = samples(env.api.get("/metrics").text)
+            done = values.get(("celery_flow_tasks_total", (("name", "t.slow"), ("state", "SUCCESS"))))
+            return values if done == 2 else None
+
+        values = wait_for(exported, 60, "the tasks in /metrics")
+        body = env.api.get("/metrics").text
+        checked = promtool_check(body)
+        assert checked.returncode == 0, f"{checked.stdout}{checked.stderr}\n{body}"
+        assert values[("celery_flow_tasks_total", (("name", "t.add"), ("state", "SUCCESS")))] == 3
+        assert values[("celery_flow_tasks_total", (("name", "t.fail"), ("state", "FAILURE")))] == 1
+        assert values[("celery_flow_task_runtime_seconds_count", (("name", "t.slow"),))] == 2
+        assert values[("celery_flow_workers_online", ())] == 1
+        base = str(env.api.base_url).rstrip("/")
+        with prometheus_scraping(base.removeprefix("http://"), tmp_path) as prom:
+            job = 'job="celery-flow"'
+            query = f'celery_flow_tasks_total{{{job},name="t.add",state="SUCCESS"}}'
+            wait_for(lambda: value_of(prom, query) == 3, 60, "prometheus to scrape t.add's count")
+            inf = f'celery_flow_task_runtime_seconds_bucket{{{job},name="t.slow",le="+Inf"}}'
+            assert value_of(prom, inf) == 2
+            # 0.05 s runs: none in the buckets up to 10 ms, both by 10 s.
+            assert (
+                value_of(prom, f'celery_flow_task_runtime_seconds_bucket{{{job},name="t.slow",le="0.01"}}')
+                == 0
+            )
+            assert (
+                value_of(prom, f'celery_flow_task_runtime_seconds_bucket{{{job},name="t.slow",le="10"}}') == 2
+            )
+            p50 = value_of(
+                prom,
+                f'histogram_quantile(0.5, celery_flow_task_runtime_seconds_bucket{{{job},name="t.slow"}})',
+            )
+            assert p50 is not None
+            assert 0.01 < p50 <= 10
+            waits = f'celery_flow_task_queue_wait_seconds_count{{{job},name="t.add"}}'
+            assert value_of(prom, waits) == 3
+
+
+def test_names_beyond_the_limit_count_as_other(tmp_path: Path) -> None:
+    store = open_store(f"sqlite:///{tmp_path / 'f.db'}")
+    try:
+        for i, name in enumerate(["a", "b", "c"]):
+            for j in range(3 - i):
+                store.apply(finished_task(f"{name}{j}", name=name, runtime=0.1))
+        registry = prometheus_client.CollectorRegistry(auto_describe=False)
+        registry.register(TaskCollector(store.all_time, max_names=2))
+        values = samples(render(registry).decode())
+    finally:
+        store.close()
+    names = {dict(labels).get("name") for key, labels in values if key == "celery_flow_tasks_total"}
+    assert names == {"a", "b", "other"}
+    assert values[("celery_flow_tasks_total", (("name", "other"), ("state", "SUCCESS")))] == 1
+    count = "celery_flow_task_runtime_seconds_count"
+    assert {dict(labels)["name"] for key, labels in values if key == count} == {"a", "b", "other"}

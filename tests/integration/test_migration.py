@@ -240,6 +240,13 @@ def test_current_server_serves_a_released_store_as_that_release_did(
         for task in failed:
             assert task["fingerprint"] in {c["fingerprint"] for c in clusters}
             assert task["cluster_size"] >= 1
+        # ... and the overview's counts: tasks finished by state, runtimes (store/stats.py).
+        overview = client.get("/api/stats/overview", params={"since": 0}).json()
+        finals = [t for t in details if t["state"] in overview["throughput"]]
+        assert overview["finished"] == len(finals)
+        assert sum(overview["throughput"]["FAILURE"]) == len(failed)
+        heat = client.get("/api/stats/heatmap", params={"since": 0}).json()
+        assert sum(map(sum, heat["counts"])) == len([t for t in details if t["runtime"] is not None])
     text = log.read_text()
     assert "from store schema 2 to 3" in text
     assert f"re-fold for store schema {SCHEMA_VERSION} finished" in text

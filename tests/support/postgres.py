@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from pathlib import Path
 
-__all__ = ["own_database"]
+import pytest
+
+__all__ = ["own_database", "own_store_url"]
 
 
 @contextlib.contextmanager
@@ -21,3 +24,24 @@ def own_database(server_url: str, name: str) -> Iterator[str]:
     finally:
         with psycopg.connect(f"{server_url}/postgres", autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def own_store_url(kind: str, request: pytest.FixtureRequest, tmp: Path) -> Iterator[str]:
+    """A fresh SQLite file in `tmp`, or (kind "postgresql") a PostgreSQL schema of its own in the run's
+    database (the `pg_url` fixture), dropped when the generator closes."""
+    if kind == "sqlite":
+        yield f"sqlite:///{tmp / 'flow.db'}"
+        return
+    import uuid
+
+    import psycopg
+
+    pg_url = str(request.getfixturevalue("pg_url"))
+    schema = f"f_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    try:
+        yield f"{pg_url}?options=-csearch_path%3D{schema}"
+    finally:
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA {schema} CASCADE")

@@ -95,6 +95,66 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/stats/heatmap": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Tasks by time and duration
+         * @description Tasks per time bucket (rows, `time_edges`) and log-spaced duration bucket (columns, `value_edges` in seconds, 4 per decade from 1 ms to 10,000 s; only the span of columns holding tasks is sent) over [`since`, `until`) (default: the last 24 hours), for one task name or all (`name` left out). `runtime` counts a task when it finished, `queue_wait` (sent, or due for an ETA, to started) when it started. Time buckets are the stored ones (1 minute, 10 minutes or 1 hour, the widest giving at least 24 over the window), at most 60 rows.
+         */
+        get: operations["get_heatmap_api_stats_heatmap_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/stats/names/{name}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * One task name over time
+         * @description Per time bucket of [`since`, `until`) (default: the last 24 hours): runs finished, failed ones (FAILURE, REVOKED, REJECTED, LOST), and runtime p50/p95 (estimated from the duration histogram: the mean of the bucket the percentile falls in; null where nothing ran). `regression` is set when the runtime p95 over the window's second half is at least 1.5 x the first half's, with 20 runs or more in each half.
+         */
+        get: operations["get_name_trend_api_stats_names__name__get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/stats/overview": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * The landing page's figures
+         * @description Over [`since`, `until`) (default: the last 24 hours): tasks finished per time bucket by final state, the failure rate (FAILURE, REVOKED, REJECTED, LOST over all finished), tasks LOST, the top 5 failure clusters (as `GET /api/failures`), the 5 names with the slowest runtime p95 and the names whose p95 regressed (as `GET /api/stats/names/{name}`). Now: the backlog per queue (tasks sent and not received yet: `GET /api/tasks?queue=&state=PENDING`), workers online and offline, tasks stuck (`GET /api/tasks?stuck=true`).
+         */
+        get: operations["get_overview_api_stats_overview_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/tasks": {
         parameters: {
             query?: never;
@@ -170,6 +230,16 @@ export interface paths {
 export type webhooks = Record<string, never>;
 export interface components {
     schemas: {
+        /**
+         * Backlog
+         * @description Tasks sent to a queue and not received by any worker yet (state PENDING).
+         */
+        Backlog: {
+            /** Queue */
+            queue: string;
+            /** Waiting */
+            waiting: number;
+        };
         /**
          * ConsumerHealth
          * @description `mode` is `embedded` (this process folds events), or `external` (a `celery-flow consume` does).
@@ -432,6 +502,80 @@ export interface components {
             version: string;
         };
         /**
+         * Heatmap
+         * @description Tasks per time bucket (rows) and duration bucket (columns): counts[i][j] tasks in
+         *     [time_edges[i], time_edges[i + 1]) whose duration was in (value_edges[j], value_edges[j + 1]] seconds
+         *     (the first column also holds shorter ones, the last longer ones).
+         */
+        Heatmap: {
+            /** Counts */
+            counts: number[][];
+            metric: components["schemas"]["StatMetric"];
+            /** Name */
+            name: string | null;
+            /** Time Edges */
+            time_edges: number[];
+            /** Value Edges */
+            value_edges: number[];
+        };
+        /**
+         * NameTrend
+         * @description One task name per time bucket: runs finished, failed, runtime p50/p95 (None: no runs).
+         */
+        NameTrend: {
+            /** Failures */
+            failures: number[];
+            /** Name */
+            name: string;
+            /** P50 */
+            p50: (number | null)[];
+            /** P95 */
+            p95: (number | null)[];
+            regression: components["schemas"]["Regression"] | null;
+            /** Runs */
+            runs: number[];
+            /** Time Edges */
+            time_edges: number[];
+        };
+        /**
+         * Overview
+         * @description The landing page's figures over [since, until); see docs/insights.md "Overview and trends".
+         */
+        Overview: {
+            /** Backlog */
+            backlog: components["schemas"]["Backlog"][];
+            /** Failed */
+            failed: number;
+            /** Failure Rate */
+            failure_rate: number | null;
+            /** Finished */
+            finished: number;
+            /** Lost */
+            lost: number;
+            /** Regressions */
+            regressions: components["schemas"]["Regression"][];
+            /** Since */
+            since: number;
+            /** Slowest */
+            slowest: components["schemas"]["SlowName"][];
+            /** Stuck */
+            stuck: number;
+            /** Throughput */
+            throughput: {
+                [key: string]: number[];
+            };
+            /** Time Edges */
+            time_edges: number[];
+            /** Top Failures */
+            top_failures: components["schemas"]["FailureCluster"][];
+            /** Until */
+            until: number;
+            /** Workers Offline */
+            workers_offline: number;
+            /** Workers Online */
+            workers_online: number;
+        };
+        /**
          * RefoldProgress
          * @description A re-fold under way: tasks done, an estimate of those left, and the pace so far.
          */
@@ -478,6 +622,24 @@ export interface components {
             workers?: string[];
         };
         /**
+         * Regression
+         * @description A name whose runtime p95 over the second half of the window is at least 1.5 x the first half's.
+         */
+        Regression: {
+            /** Name */
+            name: string;
+            /** P95 After */
+            p95_after: number;
+            /** P95 Before */
+            p95_before: number;
+            /** Ratio */
+            ratio: number;
+            /** Runs After */
+            runs_after: number;
+            /** Runs Before */
+            runs_before: number;
+        };
+        /**
          * Segment
          * @description One stretch of a task's life, for the timeline: end is None while it is still going on.
          */
@@ -492,6 +654,17 @@ export interface components {
             /** Start */
             start: number;
         };
+        /** SlowName */
+        SlowName: {
+            /** Name */
+            name: string;
+            /** P50 */
+            p50: number | null;
+            /** P95 */
+            p95: number | null;
+            /** Runs */
+            runs: number;
+        };
         /**
          * Sparkline
          * @description Counts over a window in equal buckets: bucket i covers [start + i * step, start + (i + 1) * step).
@@ -504,6 +677,8 @@ export interface components {
             /** Step */
             step: number;
         };
+        /** @enum {string} */
+        StatMetric: "runtime" | "queue_wait";
         /** StoreHealth */
         StoreHealth: {
             /** Detail */
@@ -736,6 +911,13 @@ export interface components {
         };
         /** WorkerInfo */
         WorkerInfo: {
+            /** Concurrency */
+            concurrency?: number | null;
+            /**
+             * Failed
+             * @default 0
+             */
+            failed: number;
             /** Heartbeat Interval */
             heartbeat_interval?: number | null;
             /** Hostname */
@@ -746,12 +928,23 @@ export interface components {
             };
             /** Last Heartbeat */
             last_heartbeat: number | null;
+            /** Offline At */
+            offline_at?: number | null;
             /** Online Since */
             online_since?: number | null;
             /** Pid */
             pid?: number | null;
+            /** Pool */
+            pool?: string | null;
+            /** Queues */
+            queues?: string[];
             /** Registered */
             registered?: string[];
+            /**
+             * Running
+             * @default 0
+             */
+            running: number;
             /**
              * Status
              * @enum {string}
@@ -1018,6 +1211,168 @@ export interface operations {
             };
         };
     };
+    get_heatmap_api_stats_heatmap_get: {
+        parameters: {
+            query?: {
+                /** @description Epoch seconds: window start (default: `until` - 24 hours) */
+                since?: number | null;
+                /** @description Epoch seconds: window end (default: now) */
+                until?: number | null;
+                /** @description Exact task name */
+                name?: string | null;
+                /** @description Which duration */
+                metric?: components["schemas"]["StatMetric"];
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Heatmap"];
+                };
+            };
+            /** @description No such id */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+            /** @description The store is unreachable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    get_name_trend_api_stats_names__name__get: {
+        parameters: {
+            query?: {
+                /** @description Epoch seconds: window start (default: `until` - 24 hours) */
+                since?: number | null;
+                /** @description Epoch seconds: window end (default: now) */
+                until?: number | null;
+            };
+            header?: never;
+            path: {
+                name: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["NameTrend"];
+                };
+            };
+            /** @description No such id */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+            /** @description The store is unreachable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    get_overview_api_stats_overview_get: {
+        parameters: {
+            query?: {
+                /** @description Epoch seconds: window start (default: `until` - 24 hours) */
+                since?: number | null;
+                /** @description Epoch seconds: window end (default: now) */
+                until?: number | null;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Overview"];
+                };
+            };
+            /** @description No such id */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+            /** @description The store is unreachable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
     list_tasks_api_tasks_get: {
         parameters: {
             query?: {
@@ -1026,6 +1381,8 @@ export interface operations {
                 fingerprint?: string | null;
                 /** @description Only tasks running far longer than their name's history (5 x its p99) or --stuck-after */
                 stuck?: boolean;
+                /** @description The queue a task was sent to (with `state=PENDING`: its backlog) */
+                queue?: string | null;
                 /** @description Exact task name */
                 name?: string | null;
                 root_id?: string | null;
@@ -1238,6 +1595,7 @@ export const graphEdgeKindValues: ReadonlyArray<FlattenedDeepRequired<components
 export const graphGroupKindValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["GraphGroup"]["kind"]> = ["group", "chord"];
 export const healthReportStatusValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["HealthReport"]["status"]> = ["ok", "degraded"];
 export const segmentKindValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["Segment"]["kind"]> = ["queued", "received", "running", "retry"];
+export const statMetricValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["StatMetric"]> = ["runtime", "queue_wait"];
 export const terminalStateValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["TerminalState"]> = ["SUCCESS", "FAILURE", "REVOKED", "REJECTED", "NOT_RUN", "LOST"];
 export const unfinishedStateValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["UnfinishedState"]> = ["PLANNED", "PENDING", "RECEIVED", "STARTED", "RETRY"];
 export const workerInfoStatusValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["WorkerInfo"]["status"]> = ["online", "offline"];

@@ -251,3 +251,94 @@ class WorkerInfo:
     tasks_run: int = 0
     registered: list[str] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
+    # From the worker's worker.online `info` (tracking/worker.py): pool kind, processes/threads, queues.
+    pool: str | None = None
+    concurrency: int | None = None
+    queues: list[str] = field(default_factory=list)
+    # Tasks RECEIVED or STARTED there now.
+    running: int = 0
+    # Tasks that ended there in a failed state (FAILURE, REVOKED, REJECTED, LOST), of those stored.
+    failed: int = 0
+    # When it said it left (worker.offline); offline workers are kept.
+    offline_at: float | None = None
+
+
+# -- overview and trends (store/stats.py) ------------------------------------------------------------
+
+StatMetric = TypeAliasType("StatMetric", Literal["runtime", "queue_wait"])
+
+
+@dataclass
+class Heatmap:
+    """Tasks per time bucket (rows) and duration bucket (columns): counts[i][j] tasks in
+    [time_edges[i], time_edges[i + 1]) whose duration was in (value_edges[j], value_edges[j + 1]] seconds
+    (the first column also holds shorter ones, the last longer ones)."""
+
+    name: str | None
+    metric: StatMetric
+    time_edges: list[float]
+    value_edges: list[float]
+    counts: list[list[int]]
+
+
+@dataclass
+class Regression:
+    """A name whose runtime p95 over the second half of the window is at least 1.5 x the first half's."""
+
+    name: str
+    p95_before: float
+    p95_after: float
+    runs_before: int
+    runs_after: int
+    ratio: float
+
+
+@dataclass
+class NameTrend:
+    """One task name per time bucket: runs finished, failed, runtime p50/p95 (None: no runs)."""
+
+    name: str
+    time_edges: list[float]
+    runs: list[int]
+    failures: list[int]
+    p50: list[float | None]
+    p95: list[float | None]
+    regression: Regression | None
+
+
+@dataclass
+class Backlog:
+    """Tasks sent to a queue and not received by any worker yet (state PENDING)."""
+
+    queue: str
+    waiting: int
+
+
+@dataclass
+class SlowName:
+    name: str
+    runs: int
+    p50: float | None
+    p95: float | None
+
+
+@dataclass
+class Overview:
+    """The landing page's figures over [since, until); see docs/insights.md "Overview and trends"."""
+
+    since: float
+    until: float
+    time_edges: list[float]
+    # Tasks finished per time bucket by final state (SUCCESS, FAILURE, REVOKED, REJECTED, LOST).
+    throughput: dict[str, list[int]]
+    finished: int
+    failed: int
+    failure_rate: float | None
+    backlog: list[Backlog]
+    workers_online: int
+    workers_offline: int
+    lost: int
+    stuck: int
+    top_failures: list[FailureCluster]
+    slowest: list[SlowName]
+    regressions: list[Regression]

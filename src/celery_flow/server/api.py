@@ -22,7 +22,11 @@ from celery_flow.flow.model import (
     FlowGraph,
     FlowState,
     FlowSummary,
+    Heatmap,
+    NameTrend,
+    Overview,
     RegisteredTask,
+    StatMetric,
     TaskDetail,
     TaskState,
     TaskSummary,
@@ -60,6 +64,14 @@ Stuck = Annotated[
     Query(
         description="Only tasks running far longer than their name's history (5 x its p99) or --stuck-after"
     ),
+]
+StatSince = Annotated[
+    float | None, Query(ge=0, description="Epoch seconds: window start (default: `until` - 24 hours)")
+]
+StatUntil = Annotated[float | None, Query(ge=0, description="Epoch seconds: window end (default: now)")]
+Queue = Annotated[
+    str | None,
+    Query(max_length=512, description="The queue a task was sent to (with `state=PENDING`: its backlog)"),
 ]
 Cursor = Annotated[str | None, Query(max_length=512, description="`next_cursor` of the previous page")]
 
@@ -173,8 +185,9 @@ def build_api_router(
         state: Annotated[TaskState | None, Query()] = None,
         fingerprint: Fingerprint = None,
         stuck: Stuck = False,
+        queue: Queue = None,
     ) -> TaskPage:
-        filt = replace(query.filter, state=state, fingerprint=fingerprint, stuck=stuck)
+        filt = replace(query.filter, state=state, fingerprint=fingerprint, stuck=stuck, queue=queue)
         page = guarded(lambda: store().list_tasks(filt, query.limit, query.cursor), query.cursor)
         return TaskPage(items=page.items, next_cursor=page.next_cursor)
 
@@ -243,6 +256,59 @@ def build_api_router(
     ) -> FailureList:
         _check_window(since, until)
         return FailureList(items=guarded(lambda: store().failures(since, until, name, limit)))
+
+    @router.get(
+        "/stats/heatmap",
+        response_model=Heatmap,
+        summary="Tasks by time and duration",
+        description="Tasks per time bucket (rows, `time_edges`) and log-spaced duration bucket (columns, "
+        "`value_edges` in seconds, 4 per decade from 1 ms to 10,000 s; only the span of columns holding "
+        "tasks is sent) over [`since`, `until`) (default: the last 24 hours), for one task name or all "
+        "(`name` left out). `runtime` counts a task when it finished, `queue_wait` (sent, or due for an "
+        "ETA, to started) when it started. Time buckets are the stored ones (1 minute, 10 minutes or 1 "
+        "hour, the widest giving at least 24 over the window), at most 60 rows.",
+    )
+    def get_heatmap(
+        since: StatSince = None,
+        until: StatUntil = None,
+        name: Name = None,
+        metric: Annotated[StatMetric, Query(description="Which duration")] = "runtime",
+    ) -> Heatmap:
+        _check_window(since, until)
+        return guarded(lambda: store().heatmap(name, metric, since, until))
+
+    @router.get(
+        "/stats/names/{name:path}",
+        response_model=NameTrend,
+        summary="One task name over time",
+        description="Per time bucket of [`since`, `until`) (default: the last 24 hours): runs finished, "
+        "failed ones (FAILURE, REVOKED, REJECTED, LOST), and runtime p50/p95 (estimated from the duration "
+        "histogram: the mean of the bucket the percentile falls in; null where nothing ran). "
+        "`regression` is set when the runtime p95 over the window's second half is at least 1.5 x the "
+        "first half's, with 20 runs or more in each half.",
+    )
+    def get_name_trend(
+        name: Annotated[str, Path(min_length=1, max_length=512)],
+        since: StatSince = None,
+        until: StatUntil = None,
+    ) -> NameTrend:
+        _check_window(since, until)
+        return guarded(lambda: store().name_trend(name, since, until))
+
+    @router.get(
+        "/stats/overview",
+        response_model=Overview,
+        summary="The landing page's figures",
+        description="Over [`since`, `until`) (default: the last 24 hours): tasks finished per time bucket "
+        "by final state, the failure rate (FAILURE, REVOKED, REJECTED, LOST over all finished), tasks "
+        "LOST, the top 5 failure clusters (as `GET /api/failures`), the 5 names with the slowest runtime "
+        "p95 and the names whose p95 regressed (as `GET /api/stats/names/{name}`). Now: the backlog per "
+        "queue (tasks sent and not received yet: `GET /api/tasks?queue=&state=PENDING`), workers online "
+        "and offline, tasks stuck (`GET /api/tasks?stuck=true`).",
+    )
+    def get_overview(since: StatSince = None, until: StatUntil = None) -> Overview:
+        _check_window(since, until)
+        return guarded(lambda: store().overview(since, until))
 
     @router.get("/registry", response_model=list[RegisteredTask], summary="Every task name seen")
     def get_registry() -> list[RegisteredTask]:

@@ -32,6 +32,8 @@ from celery_flow.settings import (
 )
 
 CONFIG_ENV = ENV_PREFIX + "SERVER_CONFIG"
+# Task names /metrics labels by default; the rest are counted as name="other" (server/metrics.py).
+DEFAULT_METRICS_MAX_NAMES = 100
 
 
 def parse_credentials(raw: str) -> tuple[str, str]:
@@ -62,6 +64,8 @@ class ServerConfig:
     otlp_endpoint: str | None = None
     # Seconds of running after which any task is stuck, whatever its name's history (None: history only).
     stuck_after: float | None = None
+    # Task names with labels of their own in /metrics; the rest are counted as name="other".
+    metrics_max_names: int = DEFAULT_METRICS_MAX_NAMES
 
     def to_env(self) -> dict[str, str]:
         """This config as the environment of a process that reads it back with `from_env()`."""
@@ -92,6 +96,7 @@ def resolve(
     default_broker_url: str | None = None,
     environ: Mapping[str, str] | None = None,
     stuck_after: str | None = None,
+    metrics_max_names: int | None = None,
 ) -> ServerConfig:
     """Arguments first (the CLI's options), then CELERY_FLOW_* variables, then defaults. Raises ConfigError.
 
@@ -100,7 +105,8 @@ def resolve(
     --prefix / CELERY_FLOW_PREFIX, --ttl / CELERY_FLOW_TTL (default 1 day, 0 keeps everything),
     --max-tasks / CELERY_FLOW_MAX_TASKS, --basic-auth / CELERY_FLOW_BASIC_AUTH, --no-consumer /
     CELERY_FLOW_EMBEDDED_CONSUMER, CELERY_FLOW_HEARTBEAT_INTERVAL, --stuck-after /
-    CELERY_FLOW_STUCK_AFTER (a duration; 0 or unset: off), and --otlp-endpoint / OTEL_EXPORTER_OTLP_*
+    CELERY_FLOW_STUCK_AFTER (a duration; 0 or unset: off), --metrics-max-names /
+    CELERY_FLOW_METRICS_MAX_NAMES (default 100), and --otlp-endpoint / OTEL_EXPORTER_OTLP_*
     (export.otlp_export_endpoint).
     """
     from celery_flow.export import otlp_export_endpoint
@@ -119,7 +125,7 @@ def resolve(
         ) from None
     raw_auth = env_value("BASIC_AUTH", basic_auth, "", str, env)
     return ServerConfig(
-        **_shared(broker_url, store, prefix, default_broker_url, env, explicit_stuck),
+        **_shared(broker_url, store, prefix, default_broker_url, env, explicit_stuck, metrics_max_names),
         ttl=ttl_s or None,
         max_tasks=env_value("MAX_TASKS", max_tasks, None, parse_positive_int, env),
         basic_auth=parse_credentials(raw_auth) if raw_auth else None,
@@ -159,6 +165,7 @@ def _shared(
     default_broker_url: str | None,
     env: Mapping[str, str],
     stuck_after: float | None = None,
+    metrics_max_names: int | None = None,
 ) -> dict[str, Any]:
     """The settings `resolve()` and `embedded()` resolve alike: where events come from and go."""
     from celery_flow.store import default_store_url
@@ -171,4 +178,7 @@ def _shared(
             "HEARTBEAT_INTERVAL", None, DEFAULT_HEARTBEAT_INTERVAL, parse_seconds, env
         ),
         "stuck_after": env_value("STUCK_AFTER", stuck_after, 0.0, parse_duration, env) or None,
+        "metrics_max_names": env_value(
+            "METRICS_MAX_NAMES", metrics_max_names, DEFAULT_METRICS_MAX_NAMES, parse_positive_int, env
+        ),
     }

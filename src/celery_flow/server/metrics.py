@@ -1,4 +1,10 @@
-"""`GET /metrics`: the health report as Prometheus metrics, built by prometheus_client at scrape time.
+"""`GET /metrics`: the health report and the tasks' own figures as Prometheus metrics, built by
+prometheus_client at scrape time.
+
+The task metrics (`TaskCollector`) are read from the store at scrape time (cached CACHE_SECONDS): every
+server on one store reports the same totals, whatever consumer folded the events, so adding servers never
+double-counts and a scrape of any of them is the whole picture. They count since the store was created
+(store/stats.py's all-time counts: retention does not lower them), so they stay counters.
 
 Each server (each `CeleryFlowExtension`) has its own `CollectorRegistry`, never prometheus_client's
 global `REGISTRY`: an app that already exports metrics, or mounts celery-flow twice, has no clash.
@@ -9,15 +15,37 @@ global `REGISTRY`: an app that already exports metrics, or mounts celery-flow tw
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 
 from celery_flow.server.health import HealthReport
+from celery_flow.store.base import StoreError
+from celery_flow.store.stats import EDGES, AllTime, Histogram
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 CONSUMER_PREFIX = "celery_flow_consumer_"
+# Seconds a read of the store's task counts serves scrapes.
+CACHE_SECONDS = 5.0
+OTHER = "other"
+# Every task metric family this module exports (the Grafana dashboard's test checks its queries against
+# these and the health ones).
+TASK_METRICS = (
+    "celery_flow_tasks_total",
+    "celery_flow_tasks_lost_total",
+    "celery_flow_task_runtime_seconds",
+    "celery_flow_task_queue_wait_seconds",
+    "celery_flow_queue_backlog",
+    "celery_flow_workers_online",
+)
 
 
 def metric_name(key: str) -> str:
@@ -91,12 +119,108 @@ class HealthCollector:
         yield _counter("celery_flow_live_slow_disconnects_total", help_, slow_disconnects)
 
 
+class TaskCollector:
+    """The tasks' counts, durations, backlog and workers from the store (`snapshot`), at most
+    `max_names` task names labelled: those with the most finished tasks; the rest are name="other"."""
+
+    def __init__(self, snapshot: Callable[[], AllTime], max_names: int) -> None:
+        self._snapshot = snapshot
+        self.max_names = max_names
+        self._cached: tuple[float, AllTime] | None = None
+        self._lock = threading.Lock()
+
+    def describe(self) -> list[Metric]:
+        return []  # registering must not read the store
+
+    def read(self) -> AllTime:
+        with self._lock:
+            now = time.monotonic()
+            if self._cached is None or now - self._cached[0] > CACHE_SECONDS:
+                self._cached = (now, self._snapshot())
+            return self._cached[1]
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            snap = self.read()
+        except StoreError:  # the store is down or not open yet: celery_flow_store_reachable says so
+            return
+        totals: dict[str, int] = {}
+        for (name, _), n in snap.finished.items():
+            totals[name] = totals.get(name, 0) + n
+        kept = set(sorted(totals, key=lambda n: (-totals[n], n))[: self.max_names])
+
+        def label(name: str) -> str:
+            return name if name in kept else OTHER
+
+        tasks = CounterMetricFamily(
+            "celery_flow_tasks", "Tasks finished, by task name and final state", labels=["name", "state"]
+        )
+        lost = CounterMetricFamily(
+            "celery_flow_tasks_lost", "Tasks marked LOST, by task name", labels=["name"]
+        )
+        by_state: dict[tuple[str, str], int] = {}
+        by_lost: dict[str, int] = {}
+        for (name, state), n in snap.finished.items():
+            named = (label(name), state)
+            by_state[named] = by_state.get(named, 0) + n
+            if state == "LOST":
+                by_lost[named[0]] = by_lost.get(named[0], 0) + n
+        for (name, state), n in sorted(by_state.items()):
+            tasks.add_metric([name, state], n)
+        for name, n in sorted(by_lost.items()):
+            lost.add_metric([name], n)
+        yield tasks
+        yield lost
+        runtime: dict[tuple[str, ...], Histogram] = {}
+        wait: dict[tuple[str, ...], Histogram] = {}
+        for (metric, name, queue), hist in snap.durations.items():
+            key: tuple[str, ...] = (label(name),) if metric == "runtime" else (label(name), queue)
+            merged = (runtime if metric == "runtime" else wait).setdefault(key, Histogram())
+            for k in range(len(hist.runs)):
+                merged.add(k, hist.runs[k], hist.total[k])
+        yield _histogram(
+            "celery_flow_task_runtime_seconds", "Task runtimes (started to finished)", ["name"], runtime
+        )
+        yield _histogram(
+            "celery_flow_task_queue_wait_seconds",
+            "Seconds from sent (or due, for an ETA) to started",
+            ["name", "queue"],
+            wait,
+        )
+        backlog = GaugeMetricFamily(
+            "celery_flow_queue_backlog", "Tasks sent to a queue and not received yet", labels=["queue"]
+        )
+        for b in snap.backlog:
+            backlog.add_metric([b.queue], b.waiting)
+        yield backlog
+        yield _gauge("celery_flow_workers_online", "Workers online now", snap.workers_online)
+
+
+def _histogram(
+    name: str, help_: str, labels: list[str], hists: dict[tuple[str, ...], Histogram]
+) -> HistogramMetricFamily:
+    family = HistogramMetricFamily(name, help_, labels=labels)
+    for key, hist in sorted(hists.items()):
+        cumulative, buckets = 0, []
+        for k, edge in enumerate(EDGES):
+            cumulative += hist.runs[k]
+            buckets.append((f"{edge:g}", float(cumulative)))
+        buckets.append(("+Inf", float(hist.count)))
+        family.add_metric(list(key), buckets, sum_value=max(0.0, sum(hist.total)))
+    return family
+
+
 def metrics_registry(
-    report: Callable[[], HealthReport], live: Callable[[], tuple[int, int]]
+    report: Callable[[], HealthReport],
+    live: Callable[[], tuple[int, int]],
+    tasks: TaskCollector | None = None,
 ) -> CollectorRegistry:
-    """A registry of its own holding one `HealthCollector`; `live` gives (frames pushed, slow disconnects)."""
+    """A registry of its own holding one `HealthCollector` (and the `TaskCollector`, when given); `live`
+    gives (frames pushed, slow disconnects)."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(HealthCollector(report, live))
+    if tasks is not None:
+        registry.register(tasks)
     return registry
 
 

@@ -13,6 +13,8 @@ task stored before the migration is folded again by the new code, in task-number
   new code, so a batch never writes a state older than the stored one.
 - Each task's search entry (store/search.py) is written when its tokens differ from the stored ones:
   a store migrated to schema 4 gets its search index filled here.
+- The overview's counts (store/stats.py) of a store migrated to schema 4 are filled here: each batch
+  counts its tasks as folded now (the consumer leaves rows not re-folded yet to it).
 - Only rows that change are written, keeping their change number (seq): live clients are not sent
   every task again, and the consumer's cache of recent event sets (valid per seq) stays valid, since
   events are never touched. When a row's state, lineage or times change (a fold rule changed), its
@@ -35,13 +37,21 @@ from typing import Any
 from celery_flow.events import Event
 from celery_flow.flow.fold import fold_task
 from celery_flow.flow.model import TaskDetail
-from celery_flow.store import lost, search
+from celery_flow.store import lost, search, stats
 from celery_flow.store.base import StoreError
 from celery_flow.store.connection import Session, SqlConnections
 from celery_flow.store.failures import stored_causes
 from celery_flow.store.migrations import REFOLD_KEYS, STEPS
 from celery_flow.store.rows import TASK_SELECT, TaskRow, fetch, task_row
-from celery_flow.store.write import TaskChange, apply_workers, event_decoder, update_counts, write_tasks
+from celery_flow.store.write import (
+    HostRuns,
+    TaskChange,
+    apply_workers,
+    count_host,
+    event_decoder,
+    update_counts,
+    write_tasks,
+)
 
 log = logging.getLogger("celery_flow.store")
 
@@ -56,10 +66,11 @@ LOG_EVERY = 10.0
 # Seconds before the background thread tries again after the store failed.
 RETRY_AFTER = 5.0
 
-# The columns flows, per-name counts, per-worker counts or failure clusters are computed from.
+# The columns flows, per-name counts, per-worker counts, failure clusters or the stats (store/stats.py)
+# are computed from.
 _aggregated = attrgetter(
     "name", "state", "root_id", "parent_id", "group_id", "trace_id", "hostname", "ts", "finished_at",
-    "updated_at", "fingerprint",
+    "updated_at", "fingerprint", "queue", "started_at", "runtime", "queue_wait",
 )  # fmt: skip
 _REFOLD_META = (
     "SELECT key, value FROM meta WHERE key IN ('schema', 'seq', "
@@ -166,6 +177,7 @@ def _rewrite(s: Session, rows: list[TaskRow], events: dict[int, list[Event]], se
         if stored:  # never derive a task from nothing (a row is always stored with its events)
             folded.append((row, fold_task(row.task_id, stored)))
     lost.on_fold(s, [task for _, task in folded])  # the fold cannot know a worker went away
+    _fill_stats(s, folded)
     for row, task in folded:
         new = task_row(task, row.seq, row.num, row.fnum)
         if new == row:
@@ -175,14 +187,14 @@ def _rewrite(s: Session, rows: list[TaskRow], events: dict[int, list[Event]], se
         else:
             new_rows.append(new)
     if moved:
-        host_runs: dict[str, int] = {}
+        host_runs: HostRuns = {}
         flows = update_counts(s, moved, seq, host_runs)
         for change in moved:
             old, task = change.old, change.new
             assert old is not None
             new_rows.append(task_row(task, old.seq, old.num, flows[task.root_id or task.task_id].fnum))
-        if any(host_runs.values()):
-            apply_workers(s, [], {host: n for host, n in host_runs.items() if n})
+        if any(any(n) for n in host_runs.values()):
+            apply_workers(s, [], {host: n for host, n in host_runs.items() if any(n)})
     if new_rows:
         write_tasks(s, new_rows, {row.task_id: row for row in rows})
     search.index(
@@ -192,8 +204,24 @@ def _rewrite(s: Session, rows: list[TaskRow], events: dict[int, list[Event]], se
     )
 
 
+def _fill_stats(s: Session, folded: list[tuple[TaskRow, TaskDetail]]) -> None:
+    """Count in the stats tables and workers.tasks_failed the tasks they do not count yet (a store
+    migrated to schema 4), as folded now; the cursor moves past them in the same transaction."""
+    pending = stats.uncounted(s)
+    if pending is None:
+        return
+    tasks = [task for row, task in folded if not stats.is_counted(int(row.num), pending)]
+    stats.fill(s, tasks)
+    host_runs: HostRuns = {}
+    for task in tasks:
+        count_host(host_runs, task.hostname, task.state, +1, runs=False)
+    if any(any(n) for n in host_runs.values()):
+        apply_workers(s, [], {host: n for host, n in host_runs.items() if any(n)})
+
+
 def _finish(s: Session, meta: dict[str, int]) -> None:
-    s.run(f"DELETE FROM meta WHERE key IN ({', '.join('?' for _ in REFOLD_KEYS)})", REFOLD_KEYS)
+    keys = (*REFOLD_KEYS, "stats_end")
+    s.run(f"DELETE FROM meta WHERE key IN ({', '.join('?' for _ in keys)})", keys)
     versions = [step.version for step in STEPS if step.refold and step.version <= meta["refold_schema"]]
     if not versions:
         return

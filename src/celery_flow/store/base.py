@@ -8,19 +8,26 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from celery_flow.events import Event
 from celery_flow.flow.model import (
     FailureCluster,
     FlowSummary,
+    Heatmap,
+    NameTrend,
+    Overview,
     Page,
     RegisteredTask,
+    StatMetric,
     TaskDetail,
     TaskSummary,
     TraceView,
     WorkerInfo,
 )
+
+if TYPE_CHECKING:
+    from celery_flow.store.stats import AllTime
 
 
 class StoreError(Exception):
@@ -43,6 +50,8 @@ class TaskFilter:
     fingerprint: str | None = None
     # Only tasks running far longer than their name's history or `--stuck-after` (store/stuck.py).
     stuck: bool = False
+    # The queue a task was sent to (with state PENDING: a queue's backlog).
+    queue: str | None = None
 
 
 @dataclass(frozen=True)
@@ -86,6 +95,20 @@ class Store(Protocol):
         ...
 
     def workers(self) -> list[WorkerInfo]: ...
+
+    def heatmap(
+        self, name: str | None, metric: StatMetric, since: float | None, until: float | None
+    ) -> Heatmap:
+        """Tasks per time bucket and duration bucket (store/stats.py)."""
+        ...
+
+    def name_trend(self, name: str, since: float | None, until: float | None) -> NameTrend: ...
+
+    def overview(self, since: float | None, until: float | None) -> Overview: ...
+
+    def all_time(self) -> AllTime:
+        """Counts since the store was created, for Prometheus (store/stats.py)."""
+        ...
 
     def changes_since(self, cursor: int, limit: int = 500) -> tuple[list[TaskSummary], int]:
         """Tasks changed after `cursor` (a store-wide change counter) and the new cursor, for live push."""

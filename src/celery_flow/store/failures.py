@@ -66,6 +66,22 @@ _CLUSTERS_UPSERT = (
 )
 
 
+def clamp(ts: float) -> float:
+    """A time in [0, LATEST]."""
+    return min(max(ts, 0.0), LATEST)
+
+
+def bucket_of(ts: float, width: int) -> int:
+    """The start of the bucket `width` seconds wide holding time `ts`; width 0 is the single bucket 0
+    of all time."""
+    return int(min(max(ts, 0.0), LATEST) // width) * width if width else 0
+
+
+def buckets(ts: float, widths: Sequence[int] = WIDTHS) -> list[tuple[int, int]]:
+    """The (width, bucket start) of each width a count at time `ts` goes to."""
+    return [(width, bucket_of(ts, width)) for width in widths]
+
+
 class Cause(NamedTuple):
     """One failure (`retry` False) or one retry of a task, with the fingerprint of its cause."""
 
@@ -119,11 +135,10 @@ class ClusterMoves:
 
     def move(self, name: str | None, causes: Iterable[Cause], sign: int) -> None:
         for fp, when, retry in causes:
-            ts = min(max(when, 0.0), LATEST)
+            ts = clamp(when)
             column = 1 if retry else 0
-            for width in WIDTHS:
-                key = (width, int(ts // width) * width, fp, name or "")
-                self.counts.setdefault(key, [0, 0])[column] += sign
+            for width, bucket in buckets(ts):
+                self.counts.setdefault((width, bucket, fp, name or ""), [0, 0])[column] += sign
             cluster = self.clusters.setdefault(fp, [0, 0, math.inf, -math.inf])
             cluster[column] += sign
             if sign > 0:
@@ -229,9 +244,9 @@ def failures(
 ) -> list[FailureCluster]:
     """The clusters with failures or retries in [since, until) (all stored, by default), most failures
     first, each with its counts over the window."""
-    until = min(max(until if until is not None else time.time(), 0.0), LATEST)
+    until = clamp(until if until is not None else time.time())
     if since is not None:
-        since = min(max(since, 0.0), LATEST)
+        since = clamp(since)
     else:
         oldest = s.rows("SELECT MIN(first_seen) FROM failure_clusters")[0][0]
         if oldest is None:

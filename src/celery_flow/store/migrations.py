@@ -100,7 +100,9 @@ STEPS: tuple[Step, ...] = (
         "insights: states PLANNED, NOT_RUN and LOST counted per flow and name, tasks.fingerprint (failure "
         "clusters), partial indexes of a cluster's tasks, a flow's planned steps and what runs now; "
         "failures and retries counted by cause and time (failure_clusters, failure_counts); "
-        "workers.silent_since (a worker judged gone for silence); the search index of arguments, results "
+        "workers.silent_since (a worker judged gone for silence); tasks finished, runtimes and queue waits "
+        "counted per name and time, the backlog per queue and failed tasks per worker (filled by the "
+        "re-fold); the search index of arguments, results "
         "and errors (filled by the re-fold)",
         """
         ALTER TABLE tasks ADD COLUMN fingerprint TEXT;
@@ -131,7 +133,32 @@ STEPS: tuple[Step, ...] = (
             retries BIGINT NOT NULL,
             PRIMARY KEY (width, bucket, fingerprint, name)
         );
-        ALTER TABLE workers ADD COLUMN silent_since FLOAT8
+        ALTER TABLE workers ADD COLUMN silent_since FLOAT8;
+        ALTER TABLE workers ADD COLUMN tasks_failed BIGINT NOT NULL DEFAULT 0;
+        CREATE TABLE IF NOT EXISTS finished_counts (
+            width BIGINT NOT NULL,
+            bucket BIGINT NOT NULL,
+            name TEXT NOT NULL,
+            state TEXT NOT NULL,
+            tasks BIGINT NOT NULL,
+            PRIMARY KEY (width, bucket, name, state)
+        );
+        CREATE TABLE IF NOT EXISTS duration_counts (
+            width BIGINT NOT NULL,
+            bucket BIGINT NOT NULL,
+            name TEXT NOT NULL,
+            metric TEXT NOT NULL,
+            queue TEXT NOT NULL,
+            slot BIGINT NOT NULL,
+            runs BIGINT NOT NULL,
+            total FLOAT8 NOT NULL,
+            PRIMARY KEY (width, bucket, name, metric, queue, slot)
+        );
+        CREATE TABLE IF NOT EXISTS queue_backlog (
+            queue TEXT PRIMARY KEY,
+            waiting BIGINT NOT NULL
+        );
+        INSERT INTO meta (key, value) SELECT 'stats_end', value FROM meta WHERE key = 'task_num'
         """,
         "adds columns (no row rewritten), builds three partial indexes over {tasks} tasks (each holds "
         "only the few rows it is for), creates an empty search index",

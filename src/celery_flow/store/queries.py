@@ -105,7 +105,7 @@ def list_tasks(
     params: list[Any] = list(also[1]) if also else []
     for column, value in (
         ("state", filt.state), ("name", filt.name), ("hostname", filt.worker),
-        ("fingerprint", filt.fingerprint),
+        ("fingerprint", filt.fingerprint), ("queue", filt.queue),
     ):  # fmt: skip
         if value is not None:
             where.append(f"{column} = ?")
@@ -346,9 +346,14 @@ def workers(s: Session, heartbeat_interval: float) -> list[WorkerInfo]:
     """Every worker seen; offline once it said so or missed 3 heartbeats: the rule that makes its running
     tasks LOST (store/lost.py)."""
     rows = fetch(s, WorkerRow, WORKER_SELECT + " ORDER BY hostname")
+    running: dict[str, int] = dict(
+        s.rows(f"SELECT hostname, COUNT(*) FROM tasks WHERE {lost.RUNNING_SQL} GROUP BY hostname")
+    )
     now = time.time()
     out = []
     for w in rows:
+        info = dict(json_decoder.decode(w.info))
+        pool, concurrency, queues = info.get("pool"), info.get("concurrency"), info.get("queues")
         interval = w.heartbeat_interval or heartbeat_interval
         online = lost.last_heard(w) is not None and not lost.is_gone(w, heartbeat_interval, now)
         out.append(
@@ -357,7 +362,12 @@ def workers(s: Session, heartbeat_interval: float) -> list[WorkerInfo]:
                 last_heartbeat=w.last_heartbeat, heartbeat_interval=interval, online_since=w.online_since,
                 pid=w.pid,
                 tasks_run=int(w.tasks_run),
-                registered=list(json_decoder.decode(w.registered)), info=dict(json_decoder.decode(w.info)),
+                registered=list(json_decoder.decode(w.registered)), info=info,
+                pool=pool if isinstance(pool, str) else None,
+                concurrency=concurrency if isinstance(concurrency, int) and not isinstance(concurrency, bool)
+                else None,
+                queues=[q for q in queues if isinstance(q, str)] if isinstance(queues, list) else [],
+                running=int(running.get(w.hostname, 0)), failed=int(w.tasks_failed), offline_at=w.offline_at,
             )
         )  # fmt: skip
     return out

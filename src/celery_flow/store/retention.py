@@ -1,8 +1,8 @@
 """Retention: deleting the oldest tasks (by first-seen time) beyond an age or a count, in short slices.
 
-A deleted task takes its events and its search entry with it; its name's counts and its failure
-clusters' counts go down and each flow that lost tasks is recounted from the tasks left (deleted once none
-are).
+A deleted task takes its events and its search entry with it; its name's counts, its failure
+clusters' counts and the overview's windowed counts (store/stats.py) go down and each flow that lost
+tasks is recounted from the tasks left (deleted once none are).
 """
 
 from __future__ import annotations
@@ -11,11 +11,12 @@ import time
 from collections.abc import Callable
 from typing import NamedTuple
 
-from celery_flow.store import search
+from celery_flow.store import search, stats
 from celery_flow.store.connection import Session, chunks, in_list, meta_value, select_in
 from celery_flow.store.failures import ClusterMoves, row_causes
 from celery_flow.store.rows import FlowRecord, fetch_in, select
 from celery_flow.store.schema import STATES
+from celery_flow.store.stats import StatMoves
 from celery_flow.store.write import STATE_INDEX, add_name_stats, read_flows, save_flows
 
 # Tasks deleted per transaction.
@@ -36,6 +37,10 @@ class _Doomed(NamedTuple):
     finished_at: float | None
     updated_at: float | None
     extra: str
+    queue: str | None
+    started_at: float | None
+    runtime: float | None
+    queue_wait: float | None
 
 
 _DOOMED_SELECT = select(_Doomed._fields, "tasks") + " WHERE task_id IN {}"
@@ -106,6 +111,12 @@ def _delete_tasks(session: Session, seq: int, ids: list[str]) -> None:
         causes = row_causes(task.state, task.fingerprint, task.finished_at, task.updated_at, task.extra)
         clusters.move(task.name, causes, -1)
     clusters.write(session)
+    # The windowed stats lose the task; the all-time counts (width 0) keep it.
+    moves, pending = StatMoves(all_time=False), stats.uncounted(session)
+    for task in doomed:
+        if stats.is_counted(task.num, pending):
+            moves.move(task.name, stats.marks(task), -1)
+    moves.write(session)
     # The flows that lost tasks: recount them from what is left (an indexed range per flow).
     old_rows = read_flows(session, sorted({task.root_id for task in doomed}))
     flows = {root: FlowRecord.from_row(row) for root, row in old_rows.items()}

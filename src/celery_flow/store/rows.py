@@ -122,6 +122,8 @@ class WorkerRow(NamedTuple):
     info: str = "{}"
     # The last heartbeat of a worker judged gone for silence (store/lost.py); a newer one supersedes it.
     silent_since: float | None = None
+    # Tasks that ended there in a failed state (flow/model.py FAILED_STATES), moved like tasks_run.
+    tasks_failed: int = 0
 
 
 class RegistryRow(NamedTuple):

@@ -22,6 +22,9 @@ Tables:
 - name_stats: counts by state per task name, kept up to date the same way (registry).
 - failure_clusters, failure_counts: failures and retries by cause (fingerprint), per cluster and per
   (bucket width, bucket, cluster, task name), kept up to date the same way (store/failures.py).
+- finished_counts, duration_counts, queue_backlog: tasks finished by state and runtimes / queue waits
+  by log-spaced duration slot per (bucket width, bucket, task name), and tasks waiting per queue, kept up
+  to date the same way (store/stats.py).
 - registry: what workers announced about each task name (signature, doc, which workers).
 - workers: one row per worker hostname from worker.online / heartbeat / offline events.
 - counters: consumer counters (rejected per kind, publisher drops) added in the same transaction.
@@ -158,7 +161,8 @@ CREATE TABLE IF NOT EXISTS workers (
     tasks_run BIGINT NOT NULL DEFAULT 0,
     registered TEXT NOT NULL,
     info TEXT NOT NULL,
-    silent_since FLOAT8
+    silent_since FLOAT8,
+    tasks_failed BIGINT NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS counters (
     name TEXT PRIMARY KEY,
@@ -181,6 +185,29 @@ CREATE TABLE IF NOT EXISTS failure_counts (
     failures BIGINT NOT NULL,
     retries BIGINT NOT NULL,
     PRIMARY KEY (width, bucket, fingerprint, name)
+);
+CREATE TABLE IF NOT EXISTS finished_counts (
+    width BIGINT NOT NULL,
+    bucket BIGINT NOT NULL,
+    name TEXT NOT NULL,
+    state TEXT NOT NULL,
+    tasks BIGINT NOT NULL,
+    PRIMARY KEY (width, bucket, name, state)
+);
+CREATE TABLE IF NOT EXISTS duration_counts (
+    width BIGINT NOT NULL,
+    bucket BIGINT NOT NULL,
+    name TEXT NOT NULL,
+    metric TEXT NOT NULL,
+    queue TEXT NOT NULL,
+    slot BIGINT NOT NULL,
+    runs BIGINT NOT NULL,
+    total FLOAT8 NOT NULL,
+    PRIMARY KEY (width, bucket, name, metric, queue, slot)
+);
+CREATE TABLE IF NOT EXISTS queue_backlog (
+    queue TEXT PRIMARY KEY,
+    waiting BIGINT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS migrations (
     version BIGINT PRIMARY KEY,
@@ -215,7 +242,7 @@ FLOW_COLUMNS = (
 )  # fmt: skip
 WORKER_COLUMNS = (
     "hostname", "online_since", "last_heartbeat", "offline_at", "heartbeat_interval", "pid", "tasks_run",
-    "registered", "info", "silent_since",
+    "registered", "info", "silent_since", "tasks_failed",
 )  # fmt: skip
 
 

@@ -13,17 +13,22 @@ from typing import TypeVar
 
 from celery_flow.events import DEFAULT_HEARTBEAT_INTERVAL, Event
 from celery_flow.flow.model import (
+    FAILED_STATES,
     FailureCluster,
     FlowSummary,
+    Heatmap,
+    NameTrend,
+    Overview,
     Page,
     RegisteredTask,
+    StatMetric,
     TaskDetail,
     TaskSummary,
     TraceView,
     WorkerInfo,
 )
 from celery_flow.store import failures as clusters
-from celery_flow.store import lost, queries, retention
+from celery_flow.store import lost, queries, retention, stats
 from celery_flow.store.backfill import start_background, stop_background
 from celery_flow.store.base import LostCheck, StoreStats, TaskFilter
 from celery_flow.store.connection import C, Session, SqlConnections
@@ -138,6 +143,42 @@ class SqlStore(SqlConnections[C]):
 
     def workers(self) -> list[WorkerInfo]:
         return self._reading(lambda s: queries.workers(s, self.heartbeat_interval))
+
+    def heatmap(
+        self, name: str | None, metric: StatMetric, since: float | None, until: float | None
+    ) -> Heatmap:
+        return self._reading(lambda s: stats.heatmap(s, name, metric, since, until))
+
+    def name_trend(self, name: str, since: float | None, until: float | None) -> NameTrend:
+        return self._reading(lambda s: stats.name_trend(s, name, since, until))
+
+    def overview(self, since: float | None, until: float | None) -> Overview:
+        def read(s: Session) -> Overview:
+            t = stats.totals(s, since, until)
+            workers = queries.workers(s, self.heartbeat_interval)
+            condition, params = self.stuck.condition(s)
+            stuck = int(s.rows(f"SELECT COUNT(*) FROM tasks WHERE {condition}", params)[0][0])
+            finished = sum(sum(counts) for counts in t.throughput.values())
+            failed = sum(sum(t.throughput[state]) for state in FAILED_STATES if state in t.throughput)
+            return Overview(
+                since=t.since, until=t.until, time_edges=t.time_edges, throughput=t.throughput,
+                finished=finished, failed=failed, failure_rate=failed / finished if finished else None,
+                backlog=t.backlog,
+                workers_online=sum(1 for w in workers if w.status == "online"),
+                workers_offline=sum(1 for w in workers if w.status == "offline"),
+                lost=sum(t.throughput["LOST"]), stuck=stuck,
+                top_failures=clusters.failures(s, t.since, t.until, None, stats.TOP),
+                slowest=t.slowest, regressions=t.regressions,
+            )  # fmt: skip
+
+        return self._reading(read)
+
+    def all_time(self) -> stats.AllTime:
+        def read(s: Session) -> stats.AllTime:
+            online = sum(1 for w in queries.workers(s, self.heartbeat_interval) if w.status == "online")
+            return stats.all_time(s)._replace(workers_online=online)
+
+        return self._reading(read)
 
     def changes_since(self, cursor: int, limit: int = 500) -> tuple[list[TaskSummary], int]:
         def read(s: Session) -> tuple[list[TaskSummary], int]:

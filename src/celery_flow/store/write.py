@@ -4,8 +4,8 @@ current in the same transaction.
 - Duplicate event ids are dropped before anything is written (idempotence). Each task a batch touches
   is re-folded once from its full event set (flow/fold.py): the events already stored plus the new
   ones, so arrival order never matters.
-- Flow rows (flow/flows.py's FlowTally), per-name counts, per-worker counts and failure clusters
-  (store/failures.py) move by the difference
+- Flow rows (flow/flows.py's FlowTally), per-name counts, per-worker counts, failure clusters
+  (store/failures.py) and the overview's counts (store/stats.py) move by the difference
   between each task's old and new row, so no query ever aggregates the tasks table.
 """
 
@@ -20,8 +20,8 @@ import msgspec
 
 from celery_flow.events import TASK_EVENT_TYPES, WORKER_EVENT_TYPES, Event, encode
 from celery_flow.flow.fold import fold_task
-from celery_flow.flow.model import TERMINAL_STATES, TaskDetail
-from celery_flow.store import lost, search
+from celery_flow.flow.model import FAILED_STATES, TERMINAL_STATES, TaskDetail
+from celery_flow.store import lost, search, stats
 from celery_flow.store.connection import Row, Session, chunks, in_list, meta_value, select_in
 from celery_flow.store.failures import ClusterMoves
 from celery_flow.store.plan import plan_changes
@@ -46,6 +46,7 @@ from celery_flow.store.rows import (
     task_row,
 )
 from celery_flow.store.schema import STATES, upsert
+from celery_flow.store.stats import StatMoves
 
 # Tasks whose event sets a store keeps in memory to skip re-reading them on the next fold.
 RECENT_TASKS = 4096
@@ -64,6 +65,9 @@ _WORKER_UPSERT = upsert("workers", WorkerRow._fields, "hostname")
 _REGISTRY_UPSERT = upsert("registry", RegistryRow._fields, "name")
 # A state's position in schema.STATES: its place in a list of counts.
 STATE_INDEX = {state: i for i, state in enumerate(STATES)}
+# Per worker hostname: the change in [tasks finished there, tasks failed there] (workers.tasks_run,
+# workers.tasks_failed).
+HostRuns = dict[str, list[int]]
 
 
 @dataclass(frozen=True)
@@ -144,7 +148,7 @@ class TaskChange:
 def apply_batch(session: Session, seq: int, batch: Batch, recent: RecentEvents) -> list[str]:
     """Write `batch` in the caller's transaction, `seq` the change counter; return the changed task ids."""
     changed: list[str] = []
-    host_runs: dict[str, int] = {}
+    host_runs: HostRuns = {}
     if batch.task_events:
         changed = _apply_tasks(session, batch.task_events, seq, host_runs, recent)
         if changed:
@@ -168,7 +172,7 @@ def _apply_tasks(
     session: Session,
     task_events: dict[str, Event],
     seq: int,
-    host_runs: dict[str, int],
+    host_runs: HostRuns,
     recent: RecentEvents,
 ) -> list[str]:
     by_task: dict[str, list[Event]] = {}
@@ -262,7 +266,7 @@ def mark_lost(session: Session, seq: int, gones: dict[str, list[lost.Gone]]) -> 
             changes.append(TaskChange(row, task))
     if not changes:
         return []
-    host_runs: dict[str, int] = {}
+    host_runs: HostRuns = {}
     flows = update_counts(session, changes, seq + len(changes), host_runs)
     old_rows: dict[str, TaskRow] = {}
     new_rows = []
@@ -279,24 +283,43 @@ def mark_lost(session: Session, seq: int, gones: dict[str, list[lost.Gone]]) -> 
 
 
 def update_counts(
-    session: Session, changes: list[TaskChange], seq: int, host_runs: dict[str, int]
+    session: Session, changes: list[TaskChange], seq: int, host_runs: HostRuns
 ) -> dict[str, FlowRecord]:
-    """Move flow rows (written at `seq`) and per-name counts by the tasks' changes, and add each worker's
-    change in finished tasks to `host_runs`; return the flows by root id."""
+    """Move flow rows (written at `seq`), per-name counts, failure clusters and the stats tables by the
+    tasks' changes, and add each worker's change in finished and failed tasks to `host_runs`; return the
+    flows by root id."""
     flows = _update_flows(session, changes, seq)
     _update_name_stats(session, changes)
     clusters = ClusterMoves()
+    moves = StatMoves()
+    pending = stats.uncounted(session)
     for change in changes:
         if change.new.fingerprint is not None or (change.old is not None and change.old.fingerprint):
             clusters.change(change.old, change.new)
-    clusters.write(session)
-    for change in changes:
         old, new = change.old, change.new
-        if old is not None and old.state in TERMINAL_STATES and old.hostname:
-            host_runs[old.hostname] = host_runs.get(old.hostname, 0) - 1
-        if new.state in TERMINAL_STATES and new.hostname:
-            host_runs[new.hostname] = host_runs.get(new.hostname, 0) + 1
+        # A row the stats tables (and tasks_failed) do not count yet: the re-fold counts it.
+        counted = old is None or pending is None or stats.is_counted(int(old.num), pending)
+        if counted:
+            moves.change(old, new)
+        if old is not None and old.state in TERMINAL_STATES:
+            count_host(host_runs, old.hostname, old.state, -1, failed=counted)
+        if new.state in TERMINAL_STATES:
+            count_host(host_runs, new.hostname, new.state, +1, failed=counted)
+    clusters.write(session)
+    moves.write(session)
     return flows
+
+
+def count_host(
+    host_runs: HostRuns, hostname: str | None, state: str, sign: int, runs: bool = True, failed: bool = True
+) -> None:
+    """Add a task ending (or no longer ending) in `state` on `hostname` to the worker's counts."""
+    if hostname and state in TERMINAL_STATES:
+        counts = host_runs.setdefault(hostname, [0, 0])
+        if runs:
+            counts[0] += sign
+        if failed and state in FAILED_STATES:
+            counts[1] += sign
 
 
 def write_tasks(session: Session, rows: Sequence[TaskRow], old_rows: Mapping[str, TaskRow]) -> None:
@@ -412,7 +435,7 @@ def add_name_stats(session: Session, deltas: dict[str, list[int]]) -> None:
     session.many(_NAME_STATS_UPSERT, rows)
 
 
-def apply_workers(session: Session, events: list[Event], host_runs: dict[str, int]) -> None:
+def apply_workers(session: Session, events: list[Event], host_runs: HostRuns) -> None:
     """Fold worker events into `workers` (and what they announced into `registry`); add `host_runs`
     (finished tasks by hostname) to their task counts."""
     hosts = sorted({e.hostname for e in events if e.hostname} | set(host_runs))
@@ -450,8 +473,11 @@ def apply_workers(session: Session, events: list[Event], host_runs: dict[str, in
             if event.info:
                 w = w._replace(info=json_encoder.encode(event.info).decode())
         workers[host] = w
-    for host, delta in host_runs.items():
-        workers[host] = workers[host]._replace(tasks_run=max(0, int(workers[host].tasks_run) + delta))
+    for host, (runs, failed) in host_runs.items():
+        w = workers[host]
+        workers[host] = w._replace(
+            tasks_run=max(0, int(w.tasks_run) + runs), tasks_failed=max(0, int(w.tasks_failed) + failed)
+        )
     session.many(_WORKER_UPSERT, [workers[host] for host in hosts])
     if announced:
         _update_registry(session, announced)
