@@ -29,7 +29,7 @@ export type StateSummary = Pick<
   "state" | "counts" | "task_count" | "started_at" | "finished_at" | "duration"
 >;
 export type RegisteredTask = S["RegisteredTask"];
-// WorkerInfo is extended below until the stats backend (issue 17) lands in the generated schema.
+export type WorkerInfo = S["WorkerInfo"];
 export type Health = S["HealthReport"];
 export type TaskPage = S["TaskPage"];
 export type FlowPage = S["FlowPage"];
@@ -37,69 +37,14 @@ export type FlowPage = S["FlowPage"];
 export type FailureCluster = S["FailureCluster"];
 export type FailureList = S["FailureList"];
 
-// ---- Issue 17 (overview and trends): hand-written from the API contract until the stats backend is
-// merged and `npm run gen-types` brings these shapes into schema.ts; then each becomes S["..."].
-export interface Regression {
-  name: string;
-  p95_before: number;
-  p95_after: number;
-  runs_before: number;
-  runs_after: number;
-  ratio: number;
-}
-export interface Heatmap {
-  name: string | null;
-  metric: "runtime" | "queue_wait";
-  time_edges: number[];
-  value_edges: number[];
-  counts: number[][];
-}
-export type HeatmapMetric = Heatmap["metric"];
-export interface NameTrend {
-  name: string;
-  time_edges: number[];
-  runs: number[];
-  failures: number[];
-  p50: (number | null)[];
-  p95: (number | null)[];
-  regression: Regression | null;
-}
-export interface QueueBacklog {
-  queue: string;
-  waiting: number;
-}
-export interface SlowName {
-  name: string;
-  runs: number;
-  p50: number | null;
-  p95: number | null;
-}
-export interface Overview {
-  since: number;
-  until: number;
-  time_edges: number[];
-  throughput: Record<string, number[]>;
-  finished: number;
-  failed: number;
-  failure_rate: number | null;
-  backlog: QueueBacklog[];
-  workers_online: number;
-  workers_offline: number;
-  lost: number;
-  stuck: number;
-  top_failures: FailureCluster[];
-  slowest: SlowName[];
-  regressions: Regression[];
-}
-export type WorkerInfo = S["WorkerInfo"] & {
-  pool?: string | null;
-  concurrency?: number | null;
-  queues?: string[];
-  running?: number;
-  failed?: number;
-  offline_at?: number | null;
-};
-// ---- end of the hand-written issue-17 shapes
+/** Overview and trends (GET /api/stats/...). */
+export type Overview = S["Overview"];
+export type Backlog = S["Backlog"];
+export type SlowName = S["SlowName"];
+export type Regression = S["Regression"];
+export type Heatmap = S["Heatmap"];
+export type HeatmapMetric = S["StatMetric"];
+export type NameTrend = S["NameTrend"];
 
 export interface Page<T> {
   items: T[];

@@ -97,7 +97,7 @@ export function WorkersView() {
                         title="Tasks running on this worker now"
                         data-testid="worker-running"
                       >
-                        {(w.running ?? 0).toLocaleString()}
+                        {w.running.toLocaleString()}
                       </Link>
                     </td>
                     <td className="num">
@@ -111,7 +111,7 @@ export function WorkersView() {
                         title="Tasks that failed on this worker"
                         className={w.failed ? "rate-bad" : undefined}
                       >
-                        {(w.failed ?? 0).toLocaleString()}
+                        {w.failed.toLocaleString()}
                       </Link>
                     </td>
                     <td title={fmtIso(w.last_heartbeat)} data-testid="heartbeat-age">
