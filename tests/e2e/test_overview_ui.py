@@ -8,6 +8,7 @@ Each figure is checked against what the API said and followed to the tasks behin
 from __future__ import annotations
 
 import re
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -15,6 +16,8 @@ from typing import Any
 import pytest
 from playwright.sync_api import Locator, Page, expect
 from tests.e2e.conftest import PageWatch, Stack, screenshot
+from tests.e2e.test_insights_ui import publish
+from tests.support.events import event
 from tests.support.wait import wait_for
 
 pytestmark = [
@@ -196,7 +199,20 @@ def test_workers_page_pool_concurrency_queues_and_live_heartbeat_age(
     stack: Stack, workload: dict[str, Any], page: Page, page_watch: PageWatch
 ) -> None:
     queue = str(stack.app.conf.task_default_queue)
+    # A worker that came and left is kept, saying when it left.
+    gone, now = f"celery@gone-{uuid.uuid4().hex[:8]}", time.time()
+    publish(
+        stack,
+        [
+            event("worker.online", ts=now - 300, hostname=gone, pid=4545, heartbeat_interval=2.0),
+            event("worker.offline", ts=now - 120, hostname=gone, pid=4545),
+        ],
+    )
+    wait_for(lambda: any(w["hostname"] == gone for w in stack.api("/workers")), 30, f"{gone} to be stored")
     page.goto(stack.url + "/workers")
+    left = page.locator(f'tr[data-hostname="{gone}"]')
+    expect(left).to_have_attribute("data-status", "offline")
+    expect(left.get_by_test_id("offline-at")).to_have_text(re.compile(r"^left (1|2) min ago$"))
     row = page.locator('tr[data-status="online"]', has=page.locator(f'.pill:text-is("{queue}")'))
     expect(row).to_have_count(1)
     expect(row.get_by_test_id("worker-pool")).to_contain_text("thread")
