@@ -5,7 +5,7 @@ import { flowQuery } from "./api/queries";
 import { Loading, SEARCH_HINT } from "./components/common";
 import { useLayoutClient } from "./graph/layout";
 import { useLiveStatus } from "./live";
-import { Link, param, Route, Switch, useLocation, useNavigate, withQuery } from "./router";
+import { Link, param, Redirect, Route, Switch, useLocation, useNavigate, useSearchParams, withQuery } from "./router";
 import { setTheme, useTheme } from "./theme";
 import { FlowsView } from "./views/Flows";
 import { NotFoundView } from "./views/NotFound";
@@ -17,8 +17,20 @@ import { WorkersView } from "./views/Workers";
 // The graph views pull in React Flow; load them only when a flow or a trace is opened.
 const FlowView = lazy(() => import("./views/Flow"));
 const TraceView = lazy(() => import("./views/Trace"));
-// The Failures page pulls in uPlot for its sparklines.
+// The pages with charts pull in uPlot; load them when opened.
 const FailuresView = lazy(() => import("./views/Failures"));
+const OverviewView = lazy(() => import("./views/Overview"));
+const TaskNameView = lazy(() => import("./views/TaskName"));
+
+/** What the flows list reads from its URL; the list lived at "/" before, so "/?state=..." still opens it. */
+const FLOW_PARAMS = ["state", "name", "range", "trace_id", "q", "worker", "since", "until", "cursor"];
+
+/** "/": the overview; a link made for the flows list when it was there goes to /flows with its query. */
+function Home() {
+  const [search] = useSearchParams();
+  if (FLOW_PARAMS.some((k) => search.has(k))) return <Redirect to={`/flows?${search.toString()}`} replace />;
+  return <OverviewView />;
+}
 
 function ConnectionIndicator() {
   const s = useLiveStatus();
@@ -167,11 +179,8 @@ function Nav() {
   );
   return (
     <nav className="nav" aria-label="Main">
-      {item(
-        "/",
-        "Flows",
-        (p) => p === "/" || p.startsWith("/flows") || p.startsWith("/traces") || p.startsWith("/tasks/"),
-      )}
+      {item("/", "Overview", (p) => p === "/")}
+      {item("/flows", "Flows", (p) => p.startsWith("/flows") || p.startsWith("/traces") || p.startsWith("/tasks/"))}
       {item("/tasks", "Tasks", (p) => p === "/tasks")}
       {item("/failures", "Failures", (p) => p.startsWith("/failures"))}
       {item("/registry", "Registry", (p) => p.startsWith("/registry"))}
@@ -204,7 +213,7 @@ function GraphRoute({ kind, id }: { kind: "flow" | "trace"; id: string }) {
 function Routes() {
   return (
     <Switch>
-      <Route path="/" component={FlowsView} />
+      <Route path="/" component={Home} />
       <Route path="/flows" component={FlowsView} />
       <Route path="/flows/:id">{({ id }) => <GraphRoute kind="flow" id={param(id)} />}</Route>
       <Route path="/traces/:id">{({ id }) => <GraphRoute kind="trace" id={param(id)} />}</Route>
@@ -212,6 +221,7 @@ function Routes() {
       <Route path="/failures" component={FailuresView} />
       <Route path="/tasks/:id">{({ id }) => <TaskView taskId={param(id)} />}</Route>
       <Route path="/registry" component={RegistryView} />
+      <Route path="/registry/:name">{({ name }) => <TaskNameView key={name} name={param(name)} />}</Route>
       <Route path="/workers" component={WorkersView} />
       <Route component={NotFoundView} />
     </Switch>

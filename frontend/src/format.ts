@@ -78,3 +78,36 @@ export function shortenIds(text: string): string {
     .map((part, i) => (i % 2 === 1 ? part.slice(0, 6) : part))
     .join("");
 }
+
+/** A compact duration for chart axes and tooltips: "250 µs", "12 ms", "1.5 s", "3 min", "2 h". */
+export function fmtSeconds(sec: number | null | undefined): string {
+  if (sec === null || sec === undefined || !Number.isFinite(sec)) return "–";
+  if (sec <= 0) return "0";
+  const r = (x: number) => String(+x.toPrecision(x < 10 ? 2 : 3));
+  if (sec < 0.001) return `${r(sec * 1_000_000)} µs`;
+  if (sec < 1) return `${r(sec * 1000)} ms`;
+  if (sec < 60) return `${r(sec)} s`;
+  if (sec < 3600) return `${r(sec / 60)} min`;
+  return `${r(sec / 3600)} h`;
+}
+
+/** Local clock time to the minute (to the second when `seconds`), the date too when it is not today. */
+export function fmtClock(ts: number, seconds = false): string {
+  const d = new Date(ts * 1000);
+  const time = `${pad(d.getHours())}:${pad(d.getMinutes())}${seconds ? `:${pad(d.getSeconds())}` : ""}`;
+  if (d.toDateString() === new Date().toDateString()) return time;
+  return `${pad(d.getMonth() + 1)}-${pad(d.getDate())} ${time}`;
+}
+
+/** A time bucket as "10:05 – 10:10" (with seconds when the bucket is shorter than a minute). */
+export function fmtSpan(start: number, end: number): string {
+  const seconds = end - start < 60;
+  return `${fmtClock(start, seconds)} – ${fmtClock(end, seconds)}`;
+}
+
+/** A bucket width as words for an axis label: "per 5 min", "per hour". */
+export function fmtPer(step: number): string {
+  if (step >= 3600 && step % 3600 === 0) return step === 3600 ? "per hour" : `per ${step / 3600} h`;
+  if (step >= 60 && step % 60 === 0) return step === 60 ? "per minute" : `per ${step / 60} min`;
+  return `per ${fmtSeconds(step)}`;
+}

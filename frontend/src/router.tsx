@@ -4,7 +4,7 @@ import type { ReactNode } from "react";
 import { Router, useLocation } from "wouter";
 import { MOUNT } from "./api/base";
 
-export { Link, Route, Switch, useLocation, useSearchParams } from "wouter";
+export { Link, Redirect, Route, Switch, useLocation, useSearchParams } from "wouter";
 
 export function AppRouter({ children }: { children: ReactNode }) {
   return <Router base={MOUNT}>{children}</Router>;

@@ -120,7 +120,7 @@ def test_planned_steps_dashed_then_never_run_greyed(
     screenshot(page, "insights-never-ran-panel")
 
     # The flows list counts what never ran.
-    page.goto(stack.url + "/")
+    page.goto(stack.url + "/flows")
     row = page.locator(f'tr[data-root-id="{ids[0]}"]')
     expect(row).to_contain_text("2 never ran")
     expect(row.locator(".chip")).to_have_text("FAILURE")
@@ -199,7 +199,7 @@ def test_lost_and_stuck_tasks_are_marked(stack: Stack, page: Page, page_watch: P
     lost.click()
     expect(page.get_by_test_id("sidepanel").get_by_test_id("task-reason")).to_contain_text(host)
 
-    page.goto(stack.url + "/")
+    page.goto(stack.url + "/flows")
     row = page.locator(f'tr[data-root-id="{lost_id}"]')
     expect(row).to_contain_text("1 lost")
     expect(row.locator(".chip")).to_have_text("LOST")

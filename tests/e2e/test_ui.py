@@ -63,7 +63,7 @@ def canvas(stack: Stack) -> dict[str, str]:
 
 def test_flows_list_and_chord_graph(stack: Stack, canvas: dict[str, str], page: Page) -> None:
     root_id, callback_id = canvas["root_id"], canvas["callback_id"]
-    page.goto(stack.url + "/")
+    page.goto(stack.url + "/flows")
     row = page.locator(f'tr[data-root-id="{root_id}"]')
     expect(row).to_be_visible()
     expect(row.locator(".chip")).to_have_text("SUCCESS")
@@ -273,7 +273,7 @@ def test_search_jumps_to_task_and_trace(stack: Stack, page: Page) -> None:
     stack.wait_task(first_child, "SUCCESS")
     stack.wait_task(second.id, "SUCCESS")
 
-    page.goto(stack.url + "/")
+    page.goto(stack.url + "/flows")
     expect(page.get_by_test_id("flows-table")).to_be_visible()
     page.keyboard.press("/")
     search = page.get_by_test_id("search")
@@ -380,7 +380,7 @@ def test_flow_filters(stack: Stack, page: Page) -> None:
     ok = stack.task("t.mul").delay(6, 7)
     stack.wait_task(failed.id, "FAILURE")
     stack.wait_task(ok.id, "SUCCESS")
-    page.goto(stack.url + "/")
+    page.goto(stack.url + "/flows")
     page.get_by_test_id("filter-state").select_option("FAILURE")
     expect(page).to_have_url(re.compile(r"\?state=FAILURE"))
     table = page.get_by_test_id("flows-table")
@@ -412,7 +412,7 @@ def test_connection_status_is_honest(stack: Stack, page: Page) -> None:
     server = ServerThread(extension_app(stack))
     server.start()
     try:
-        page.goto(server.url + "/")
+        page.goto(server.url + "/flows")
         expect(page.get_by_test_id("conn")).to_have_text("Live")
         page.evaluate("window.__sameDocument = true")
     finally:
@@ -482,7 +482,7 @@ def test_degraded_server_is_said_plainly(tmp_path: Path, page: Page) -> None:
     server = ServerThread(app)
     server.start()
     try:
-        page.goto(server.url + "/")
+        page.goto(server.url + "/flows")
         expect(page.get_by_test_id("conn")).to_have_text("Server degraded", timeout=20_000)
         expect(page.get_by_test_id("status-banner")).to_contain_text("broker")
         expect(page.get_by_text("No flows recorded yet")).to_be_visible()
@@ -496,7 +496,7 @@ def test_flows_cursor_paging(stack: Stack, page: Page) -> None:
     ids = [noop.delay().id for _ in range(55)]
     for task_id in ids:
         stack.wait_task(task_id, "SUCCESS")
-    page.goto(stack.url + "/?name=t.noop")
+    page.goto(stack.url + "/flows?name=t.noop")
     table = page.get_by_test_id("flows-table")
     rows = table.locator("tbody tr")
     expect(rows).to_have_count(50)

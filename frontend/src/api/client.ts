@@ -4,6 +4,10 @@ import type {
   FlowGraph,
   FlowSummary,
   Health,
+  Heatmap,
+  HeatmapMetric,
+  NameTrend,
+  Overview,
   Page,
   RegisteredTask,
   TaskDetail,
@@ -67,4 +71,9 @@ export const api = {
   registry: (s?: AbortSignal) => get<RegisteredTask[]>("/registry", undefined, s),
   workers: (s?: AbortSignal) => get<WorkerInfo[]>("/workers", undefined, s),
   failures: (q: Query, s?: AbortSignal) => get<FailureList>("/failures", q, s),
+  overview: (q: { since: number; until?: number }, s?: AbortSignal) => get<Overview>("/stats/overview", q, s),
+  heatmap: (q: { name?: string; metric: HeatmapMetric; since: number; until?: number }, s?: AbortSignal) =>
+    get<Heatmap>("/stats/heatmap", q, s),
+  nameTrend: (name: string, q: { since: number; until?: number }, s?: AbortSignal) =>
+    get<NameTrend>(`/stats/names/${enc(name)}`, q, s),
 };

@@ -28,6 +28,8 @@ export const keys = {
   /** The failure clusters; its key holds the window and name filter the view asks for. */
   failures: (filters?: Record<string, string>) =>
     filters ? (["failures", filters] as const) : (["failures"] as const),
+  /** Everything under /api/stats; each key holds its window name (1h/24h/7d), not the moving epoch. */
+  stats: (...parts: string[]) => ["stats", ...parts] as const,
 };
 
 /**

@@ -37,6 +37,15 @@ export type FlowPage = S["FlowPage"];
 export type FailureCluster = S["FailureCluster"];
 export type FailureList = S["FailureList"];
 
+/** Overview and trends (GET /api/stats/...). */
+export type Overview = S["Overview"];
+export type Backlog = S["Backlog"];
+export type SlowName = S["SlowName"];
+export type Regression = S["Regression"];
+export type Heatmap = S["Heatmap"];
+export type HeatmapMetric = S["StatMetric"];
+export type NameTrend = S["NameTrend"];
+
 export interface Page<T> {
   items: T[];
   next_cursor?: string | null;

@@ -6,17 +6,10 @@ import uPlot from "uplot";
 import "uplot/dist/uPlot.min.css";
 import { fmtTime } from "../format";
 import { useTheme } from "../theme";
+import { withAlpha } from "./charts/base";
 
 const W = 150;
 const H = 34;
-
-/** `#rrggbb` at `alpha` (0..1) as rgba(); any other colour as it is. */
-function withAlpha(color: string, alpha: number): string {
-  const m = /^#([0-9a-f]{2})([0-9a-f]{2})([0-9a-f]{2})$/i.exec(color);
-  if (!m) return color;
-  const [r, g, b] = [m[1], m[2], m[3]].map((h) => parseInt(h, 16));
-  return `rgba(${r}, ${g}, ${b}, ${alpha})`;
-}
 
 export function Sparkline({
   start,

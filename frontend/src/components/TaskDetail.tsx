@@ -158,7 +158,17 @@ export function TaskDetailBody({
       <div className="td-head">
         <StateChip state={task.state} />
         <h2 className="td-name" title={task.name ?? undefined}>
-          {task.name ?? "(unknown task)"}
+          {task.name ? (
+            <Link
+              to={`/registry/${encodeURIComponent(task.name)}`}
+              className="td-namelink"
+              title="About this task name"
+            >
+              {task.name}
+            </Link>
+          ) : (
+            "(unknown task)"
+          )}
         </h2>
         {task.stuck && <StuckBadge />}
       </div>

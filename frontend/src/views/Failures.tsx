@@ -7,17 +7,13 @@ import { keys } from "../api/queries";
 import type { FailureCluster } from "../api/types";
 import { Empty, ErrorBox, Loading, TaskNameField } from "../components/common";
 import { Sparkline } from "../components/Sparkline";
+import { useWindow, WindowPicker, WINDOWS } from "../components/WindowPicker";
 import { fmtAgo, fmtIso, shortId, shortName } from "../format";
 import { useDocumentTitle, useDraft, useNow } from "../hooks";
 import { useLiveInvalidate } from "../live";
 import { Link, useNavigate, useSearchParams, withQuery } from "../router";
 
-const WINDOWS: [string, string, number][] = [
-  ["1h", "1 hour", 3600],
-  ["24h", "24 hours", 86400],
-  ["7d", "7 days", 7 * 86400],
-  ["30d", "30 days", 30 * 86400],
-];
+const FAILURE_WINDOWS = [...WINDOWS, ["30d", "30 days", 30 * 86400] as const];
 const DEFAULT_WINDOW = "24h";
 
 const FAILED = new Set(["FAILURE", "RETRY", "LOST", "REJECTED", "REVOKED"]);
@@ -64,9 +60,9 @@ function ClusterRow({ c, now }: { c: FailureCluster; now: number }) {
       </td>
       <td className="namescell">
         {c.task_names.slice(0, 4).map((n) => (
-          <span key={n} className="pill mono" title={n}>
+          <Link key={n} to={`/registry/${encodeURIComponent(n)}`} className="pill mono" title={n}>
             {shortName(n)}
-          </span>
+          </Link>
         ))}
         {c.task_names.length > 4 && <span className="sub">+{c.task_names.length - 4}</span>}
       </td>
@@ -90,7 +86,7 @@ export default function FailuresView() {
   useDocumentTitle("Failures");
   const navigate = useNavigate();
   const [search] = useSearchParams();
-  const win = WINDOWS.find((w) => w[0] === search.get("window")) ?? WINDOWS.find((w) => w[0] === DEFAULT_WINDOW)!;
+  const win = useWindow(FAILURE_WINDOWS, DEFAULT_WINDOW);
   const filters = { window: win[0], name: search.get("name") ?? "" };
   const [draft, setDraft] = useDraft(filters);
   const now = useNow(5000);
@@ -119,20 +115,12 @@ export default function FailuresView() {
       <form className="filters" onSubmit={(e) => apply(draft, e)} aria-label="Filter failures">
         <div className="fgroup">
           <span>Window</span>
-          <span className="seg-ctl" role="group" aria-label="Window">
-            {WINDOWS.map(([k, label]) => (
-              <button
-                key={k}
-                type="button"
-                aria-pressed={filters.window === k}
-                title={`Failures of the last ${label}`}
-                onClick={() => apply({ ...draft, window: k })}
-                data-testid={`window-${k}`}
-              >
-                {k}
-              </button>
-            ))}
-          </span>
+          <WindowPicker
+            windows={FAILURE_WINDOWS}
+            value={filters.window}
+            onPick={(k) => apply({ ...draft, window: k })}
+            what="Failures"
+          />
         </div>
         <TaskNameField value={draft.name} onChange={(name) => setDraft({ ...draft, name })} testId="failures-name" />
         <div className="filter-actions">

@@ -151,7 +151,7 @@ export function FlowsView() {
 
   const apply = (f: Filters, e?: FormEvent) => {
     e?.preventDefault();
-    navigate(withQuery("/", { ...f }));
+    navigate(withQuery("/flows", { ...f }));
   };
   const active = Object.values(filters).some(Boolean);
 
@@ -304,7 +304,7 @@ export function FlowsView() {
         cursor={cursor}
         next={data?.next_cursor}
         go={(c) => {
-          navigate(withQuery("/", { ...filters, cursor: c }));
+          navigate(withQuery("/flows", { ...filters, cursor: c }));
         }}
       />
     </div>

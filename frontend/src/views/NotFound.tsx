@@ -6,7 +6,7 @@ export function NotFoundView() {
     <div className="page">
       <h1>Nothing here</h1>
       <p className="muted">
-        There is no view at <code className="mono">{path}</code>. <Link to="/">Back to flows</Link>
+        There is no view at <code className="mono">{path}</code>. <Link to="/">Back to the overview</Link>
       </p>
     </div>
   );

@@ -104,9 +104,9 @@ export function RegistryView() {
                 <tr key={r.name} data-name={r.name}>
                   <td className="namecell">
                     <Link
-                      to={withQuery("/", { name: r.name })}
+                      to={`/registry/${encodeURIComponent(r.name)}`}
                       className="flowname mono"
-                      title="Flows with this task name"
+                      title="Runtime, queue wait, trends, failures and recent runs of this task name"
                     >
                       {r.name}
                     </Link>
@@ -121,7 +121,11 @@ export function RegistryView() {
                   <td className="countscell">
                     <CountsBar counts={r.counts} total={r.total} />
                   </td>
-                  <td className="num">{r.total.toLocaleString()}</td>
+                  <td className="num">
+                    <Link to={withQuery("/tasks", { name: r.name })} title="The runs of this task name">
+                      {r.total.toLocaleString()}
+                    </Link>
+                  </td>
                   <td className={`num ${r.failure_rate > 0.05 ? "rate-bad" : ""}`}>
                     {r.total ? pct(r.failure_rate) : "–"}
                   </td>

@@ -29,6 +29,8 @@ interface Filters extends Record<string, string> {
   name: string;
   fingerprint: string;
   stuck: string;
+  worker: string;
+  queue: string;
 }
 
 function readFilters(s: URLSearchParams): Filters {
@@ -38,10 +40,12 @@ function readFilters(s: URLSearchParams): Filters {
     name: s.get("name") ?? "",
     fingerprint: s.get("fingerprint") ?? "",
     stuck: s.get("stuck") === "true" ? "true" : "",
+    worker: s.get("worker") ?? "",
+    queue: s.get("queue") ?? "",
   };
 }
 
-const NONE: Filters = { q: "", state: "", name: "", fingerprint: "", stuck: "" };
+const NONE: Filters = { q: "", state: "", name: "", fingerprint: "", stuck: "", worker: "", queue: "" };
 
 /** Why the row's task is where it is: its exception, or why it never ran or was lost. */
 function why(t: TaskSummary): string | null {
@@ -105,6 +109,29 @@ function TaskRow({ t, now }: { t: TaskSummary; now: number }) {
   );
 }
 
+/** Tasks as the Tasks page lists them: state, name, why, runtime, when, flow; a row opens its task. */
+export function TaskTable({ items, now }: { items: TaskSummary[]; now: number }) {
+  return (
+    <table className="table tasks" data-testid="tasks-table">
+      <thead>
+        <tr>
+          <th>State</th>
+          <th>Task</th>
+          <th>Exception or reason</th>
+          <th className="num">Runtime</th>
+          <th>When</th>
+          <th>Flow</th>
+        </tr>
+      </thead>
+      <tbody>
+        {items.map((t) => (
+          <TaskRow key={t.task_id} t={t} now={now} />
+        ))}
+      </tbody>
+    </table>
+  );
+}
+
 export function TasksView() {
   const navigate = useNavigate();
   const [search] = useSearchParams();
@@ -141,12 +168,13 @@ export function TasksView() {
               ? "running far longer than their name's own history, or than the server's --stuck-after"
               : "single tasks, newest first, updated live"}
         </span>
-        {filters.fingerprint && (
-          <>
-            <span className="spacer" />
-            <Link to="/failures">All failures</Link>
-          </>
+        {(filters.fingerprint || filters.name) && <span className="spacer" />}
+        {filters.name && (
+          <Link to={`/registry/${encodeURIComponent(filters.name)}`} title="Trends, heatmaps and failures of this name">
+            About {filters.name}
+          </Link>
         )}
+        {filters.fingerprint && <Link to="/failures">All failures</Link>}
       </div>
       {filters.fingerprint && first?.exception && (
         <div className="exception mono" data-testid="cluster-title">
@@ -200,8 +228,24 @@ export function TasksView() {
           )}
         </div>
       </form>
-      {(filters.fingerprint || filters.q) && (
+      {(filters.fingerprint || filters.q || filters.worker || filters.queue) && (
         <div className="activefilters">
+          {(["worker", "queue"] as const).map(
+            (k) =>
+              filters[k] && (
+                <span key={k} className="pill" data-testid={`filter-${k}`}>
+                  {k} <span className="mono">{filters[k]}</span>
+                  <button
+                    type="button"
+                    className="pill-x"
+                    aria-label={`Remove the ${k} filter`}
+                    onClick={() => apply({ ...filters, [k]: "" })}
+                  >
+                    ✕
+                  </button>
+                </span>
+              ),
+          )}
           {filters.fingerprint && (
             <span className="pill">
               cluster <span className="mono">{shortId(filters.fingerprint)}</span>
@@ -216,7 +260,7 @@ export function TasksView() {
             </span>
           )}
           {filters.q && (
-            <Link to={withQuery("/", { q: filters.q })} className="sub">
+            <Link to={withQuery("/flows", { q: filters.q })} className="sub">
               flows matching “{filters.q}” instead
             </Link>
           )}
@@ -229,23 +273,7 @@ export function TasksView() {
       )}
       {data && data.items.length > 0 && (
         <div className="tablewrap">
-          <table className="table tasks" data-testid="tasks-table">
-            <thead>
-              <tr>
-                <th>State</th>
-                <th>Task</th>
-                <th>Exception or reason</th>
-                <th className="num">Runtime</th>
-                <th>When</th>
-                <th>Flow</th>
-              </tr>
-            </thead>
-            <tbody>
-              {data.items.map((t) => (
-                <TaskRow key={t.task_id} t={t} now={now} />
-              ))}
-            </tbody>
-          </table>
+          <TaskTable items={data.items} now={now} />
         </div>
       )}
       <Pager

@@ -1,8 +1,9 @@
-// /workers: workers seen, online or offline, with their last heartbeat and how many tasks they ran.
+// /workers: workers seen, online or offline (kept, with when they left): pool and concurrency, queues,
+// tasks running now, processed and failed counts, and the heartbeat's age, ticking live.
 import { useQuery } from "@tanstack/react-query";
 import { workersQuery } from "../api/queries";
 import { Empty, ErrorBox, Loading } from "../components/common";
-import { fmtAgo, fmtIso, fmtTime } from "../format";
+import { fmtAgo, fmtIso, fmtTime, shortName } from "../format";
 import { useDocumentTitle, useNow } from "../hooks";
 import { useLiveRefetch } from "../live";
 import { Link, withQuery } from "../router";
@@ -37,9 +38,12 @@ export function WorkersView() {
               <tr>
                 <th>Status</th>
                 <th>Worker</th>
+                <th>Pool</th>
+                <th>Queues</th>
+                <th className="num">Running</th>
+                <th className="num">Processed</th>
+                <th className="num">Failed</th>
                 <th>Last heartbeat</th>
-                <th>Online since</th>
-                <th className="num">Tasks run</th>
                 <th>Registered tasks</th>
               </tr>
             </thead>
@@ -55,29 +59,73 @@ export function WorkersView() {
                         <span className="dot" aria-hidden="true" />
                         {w.status}
                       </span>
+                      {w.status === "offline" && w.offline_at ? (
+                        <div className="sub" title={fmtIso(w.offline_at)} data-testid="offline-at">
+                          left {fmtAgo(w.offline_at, now)}
+                        </div>
+                      ) : w.online_since ? (
+                        <div className="sub" title={fmtIso(w.online_since)}>
+                          since {fmtTime(w.online_since)}
+                        </div>
+                      ) : null}
                     </td>
                     <td>
-                      <span className="mono flowname">{w.hostname}</span>
+                      <Link
+                        to={withQuery("/flows", { worker: w.hostname })}
+                        className="mono flowname"
+                        title="Flows with tasks run on this worker"
+                      >
+                        {w.hostname}
+                      </Link>
                       {w.pid ? <div className="sub">pid {w.pid}</div> : null}
                     </td>
-                    <td title={fmtIso(w.last_heartbeat)}>
-                      {fmtAgo(w.last_heartbeat, now)}
-                      <div className="sub">{fmtTime(w.last_heartbeat)}</div>
+                    <td data-testid="worker-pool">
+                      {w.pool ?? <span className="muted">–</span>}
+                      {w.concurrency ? <div className="sub">concurrency {w.concurrency}</div> : null}
                     </td>
-                    <td title={fmtIso(w.online_since)}>{w.online_since ? fmtTime(w.online_since) : "–"}</td>
+                    <td data-testid="worker-queues">
+                      {(w.queues ?? []).map((q) => (
+                        <span key={q} className="pill mono">
+                          {q}
+                        </span>
+                      ))}
+                      {(w.queues?.length ?? 0) === 0 && <span className="muted">–</span>}
+                    </td>
                     <td className="num">
-                      <Link to={withQuery("/", { worker: w.hostname })} title="Flows with tasks run on this worker">
+                      <Link
+                        to={withQuery("/tasks", { worker: w.hostname, state: "STARTED" })}
+                        title="Tasks running on this worker now"
+                        data-testid="worker-running"
+                      >
+                        {w.running.toLocaleString()}
+                      </Link>
+                    </td>
+                    <td className="num">
+                      <Link to={withQuery("/tasks", { worker: w.hostname })} title="Tasks this worker ran">
                         {(w.tasks_run ?? 0).toLocaleString()}
                       </Link>
                     </td>
+                    <td className="num">
+                      <Link
+                        to={withQuery("/tasks", { worker: w.hostname, state: "FAILURE" })}
+                        title="Tasks that failed on this worker"
+                        className={w.failed ? "rate-bad" : undefined}
+                      >
+                        {w.failed.toLocaleString()}
+                      </Link>
+                    </td>
+                    <td title={fmtIso(w.last_heartbeat)} data-testid="heartbeat-age">
+                      {fmtAgo(w.last_heartbeat, now)}
+                      <div className="sub">{fmtTime(w.last_heartbeat)}</div>
+                    </td>
                     <td>
-                      {(w.registered ?? []).slice(0, 6).map((r) => (
-                        <span key={r} className="pill mono">
-                          {r}
-                        </span>
+                      {(w.registered ?? []).slice(0, 4).map((r) => (
+                        <Link key={r} to={`/registry/${encodeURIComponent(r)}`} className="pill mono" title={r}>
+                          {shortName(r)}
+                        </Link>
                       ))}
-                      {(w.registered?.length ?? 0) > 6 && (
-                        <span className="muted">+{w.registered!.length - 6} more</span>
+                      {(w.registered?.length ?? 0) > 4 && (
+                        <span className="muted">+{w.registered!.length - 4} more</span>
                       )}
                     </td>
                   </tr>
