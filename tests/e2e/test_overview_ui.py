@@ -127,9 +127,10 @@ def test_overview_is_the_landing_page_with_data(
     expect(canvas_of(page.get_by_test_id("heatmap-runtime"))).to_have_count(1)
     screenshot(page, "overview-light")
 
-    # Each figure opens the tasks behind it.
+    # Each figure opens the tasks behind it, in the window it counts.
     page.get_by_test_id("fig-failed").click()
-    expect(page).to_have_url(re.compile(r"/tasks\?state=FAILURE$"))
+    expect(page).to_have_url(re.compile(r"/tasks\?state=FAILURE&since=\d+&until=\d+$"))
+    expect(page.get_by_test_id("filter-since")).to_be_visible()
     table = page.get_by_test_id("tasks-table")
     for task_id in workload["failed"]:
         expect(table.locator(f'tr[data-task-id="{task_id}"]')).to_be_visible()

@@ -142,6 +142,18 @@ def test_overview_counts_throughput_by_final_state_and_the_failure_rate(store: S
     assert (empty.finished, empty.failure_rate) == (0, None)
 
 
+def test_only_failures_count_as_failed_as_in_the_registry(store: SqlStore[Any]) -> None:
+    events = [e for i in range(2) for e in run_of(f"ok{i}", T0 + 10 + i, 0.01)]
+    events += run_of("ko", T0 + 20, 0.01, final="failed")
+    events += run_of("stop", T0 + 30, 0.01, final="revoked")
+    store.apply(events)
+    o = store.overview(T0, T0 + 3600)
+    registry = next(r for r in store.registry() if r.name == "app.work")
+    assert (o.finished, o.failed, o.failure_rate) == (4, 1, 0.25) == (4, 1, registry.failure_rate)
+    assert sum(store.name_trend("app.work", T0, T0 + 3600).failures) == 1
+    assert {w.hostname: w.failed for w in store.workers()} == {"celery@w": 1}
+
+
 def test_backlog_follows_sent_and_received_per_queue(store: SqlStore[Any]) -> None:
     store.apply(
         [event("sent", f"t{i}", T0 + i, name="app.work", root_id=f"t{i}", queue="slow") for i in range(5)]
@@ -229,7 +241,7 @@ def test_workers_say_pool_queues_what_runs_and_what_failed(store: SqlStore[Any])
     store.apply([event("worker.offline", None, T0 + 20, hostname="celery@w")])
     [w] = store.workers()
     assert (w.pool, w.concurrency, w.queues) == ("prefork", 4, ["a", "b"])
-    assert (w.tasks_run, w.failed, w.offline_at) == (3, 2, T0 + 20)  # the running task became LOST
+    assert (w.tasks_run, w.failed, w.offline_at) == (3, 1, T0 + 20)  # the running task became LOST
     assert w.running == 0
     o = store.overview(T0, T0 + 60)
     assert (o.workers_online, o.workers_offline, o.lost) == (0, 1, 1)

@@ -22,6 +22,11 @@ const FAILED = new Set(["FAILURE", "REVOKED", "REJECTED", "LOST"]);
 
 const pctAxis = (v: number) => `${+(v * 100).toFixed(1)}%`;
 
+/** The overview's window as the Tasks page's `since`/`until`, so a figure opens the tasks behind it. */
+function windowOf(o: Overview): { since: string; until: string } {
+  return { since: String(Math.floor(o.since)), until: String(Math.ceil(o.until)) };
+}
+
 function Throughput({ o }: { o: Overview }) {
   const states = useMemo(
     // Success and failure always, other states when some task ended so.
@@ -52,7 +57,7 @@ function Throughput({ o }: { o: Overview }) {
           color: s,
           extra: (
             <Link
-              to={withQuery("/tasks", { state: s })}
+              to={withQuery("/tasks", { state: s, ...windowOf(o) })}
               title={`The ${stateWords(s)} tasks`}
               data-testid={`legend-${s}`}
             >
@@ -135,16 +140,16 @@ export default function OverviewView() {
             <Figure
               label="Finished"
               value={o.finished.toLocaleString()}
-              to="/tasks"
-              title="Tasks that reached a final state in the window"
+              to={withQuery("/tasks", windowOf(o))}
+              title="Tasks that reached a final state in the window; opens the tasks of the window"
               testId="fig-finished"
             />
             <Figure
               label="Failure rate"
               value={pct(o.failure_rate)}
               sub={`${o.failed.toLocaleString()} failed`}
-              to={withQuery("/tasks", { state: "FAILURE" })}
-              title="Failed, revoked, rejected or lost, out of the finished tasks; opens the failed tasks"
+              to={withQuery("/tasks", { state: "FAILURE", ...windowOf(o) })}
+              title="Failed tasks out of the finished ones (revoked, rejected and lost are counted apart); opens them"
               tone={o.failed ? "bad" : undefined}
               testId="fig-failed"
             />
@@ -168,7 +173,7 @@ export default function OverviewView() {
             <Figure
               label="Lost"
               value={o.lost.toLocaleString()}
-              to={withQuery("/tasks", { state: "LOST" })}
+              to={withQuery("/tasks", { state: "LOST", ...windowOf(o) })}
               title="Tasks whose worker went away while they ran, in the window"
               tone={o.lost ? "bad" : undefined}
               testId="fig-lost"

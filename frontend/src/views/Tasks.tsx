@@ -15,7 +15,7 @@ import {
   StuckBadge,
   TaskNameField,
 } from "../components/common";
-import { fmtAgo, fmtDuration, fmtIso, shortId, shortName } from "../format";
+import { fmtAgo, fmtDuration, fmtIso, fmtTime, shortId, shortName } from "../format";
 import { useDocumentTitle, useDraft, useNow } from "../hooks";
 import { useLiveInvalidate } from "../live";
 import { Link, useNavigate, useSearchParams, withQuery } from "../router";
@@ -31,6 +31,8 @@ interface Filters extends Record<string, string> {
   stuck: string;
   worker: string;
   queue: string;
+  since: string;
+  until: string;
 }
 
 function readFilters(s: URLSearchParams): Filters {
@@ -42,10 +44,22 @@ function readFilters(s: URLSearchParams): Filters {
     stuck: s.get("stuck") === "true" ? "true" : "",
     worker: s.get("worker") ?? "",
     queue: s.get("queue") ?? "",
+    since: s.get("since") ?? "",
+    until: s.get("until") ?? "",
   };
 }
 
-const NONE: Filters = { q: "", state: "", name: "", fingerprint: "", stuck: "", worker: "", queue: "" };
+const NONE: Filters = {
+  q: "",
+  state: "",
+  name: "",
+  fingerprint: "",
+  stuck: "",
+  worker: "",
+  queue: "",
+  since: "",
+  until: "",
+};
 
 /** Why the row's task is where it is: its exception, or why it never ran or was lost. */
 function why(t: TaskSummary): string | null {
@@ -228,13 +242,16 @@ export function TasksView() {
           )}
         </div>
       </form>
-      {(filters.fingerprint || filters.q || filters.worker || filters.queue) && (
+      {(filters.fingerprint || filters.q || filters.worker || filters.queue || filters.since || filters.until) && (
         <div className="activefilters">
-          {(["worker", "queue"] as const).map(
+          {(["worker", "queue", "since", "until"] as const).map(
             (k) =>
               filters[k] && (
                 <span key={k} className="pill" data-testid={`filter-${k}`}>
-                  {k} <span className="mono">{filters[k]}</span>
+                  {k}{" "}
+                  <span className="mono">
+                    {k === "since" || k === "until" ? fmtTime(Number(filters[k])) : filters[k]}
+                  </span>
                   <button
                     type="button"
                     className="pill-x"

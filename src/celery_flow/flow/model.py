@@ -255,9 +255,9 @@ class WorkerInfo:
     pool: str | None = None
     concurrency: int | None = None
     queues: list[str] = field(default_factory=list)
-    # Tasks RECEIVED or STARTED there now.
+    # Tasks STARTED there now.
     running: int = 0
-    # Tasks that ended there in a failed state (FAILURE, REVOKED, REJECTED, LOST), of those stored.
+    # Tasks that failed there (FAILURE), of those stored.
     failed: int = 0
     # When it said it left (worker.offline); offline workers are kept.
     offline_at: float | None = None

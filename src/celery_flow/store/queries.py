@@ -347,7 +347,11 @@ def workers(s: Session, heartbeat_interval: float) -> list[WorkerInfo]:
     tasks LOST (store/lost.py)."""
     rows = fetch(s, WorkerRow, WORKER_SELECT + " ORDER BY hostname")
     running: dict[str, int] = dict(
-        s.rows(f"SELECT hostname, COUNT(*) FROM tasks WHERE {lost.RUNNING_SQL} GROUP BY hostname")
+        # Through the partial index of received and started tasks; only started ones run.
+        s.rows(
+            f"SELECT hostname, COUNT(*) FROM tasks WHERE {lost.RUNNING_SQL} AND state = 'STARTED' "
+            "GROUP BY hostname"
+        )
     )
     now = time.time()
     out = []

@@ -13,7 +13,6 @@ from typing import TypeVar
 
 from celery_flow.events import DEFAULT_HEARTBEAT_INTERVAL, Event
 from celery_flow.flow.model import (
-    FAILED_STATES,
     FailureCluster,
     FlowSummary,
     Heatmap,
@@ -159,7 +158,7 @@ class SqlStore(SqlConnections[C]):
             condition, params = self.stuck.condition(s)
             stuck = int(s.rows(f"SELECT COUNT(*) FROM tasks WHERE {condition}", params)[0][0])
             finished = sum(sum(counts) for counts in t.throughput.values())
-            failed = sum(sum(t.throughput[state]) for state in FAILED_STATES if state in t.throughput)
+            failed = sum(t.throughput.get("FAILURE", ()))
             return Overview(
                 since=t.since, until=t.until, time_edges=t.time_edges, throughput=t.throughput,
                 finished=finished, failed=failed, failure_rate=failed / finished if finished else None,

@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from typing import Any, Final, NamedTuple, Protocol
 
 from celery_flow.flow.model import (
-    FAILED_STATES,
     Backlog,
     Heatmap,
     NameTrend,
@@ -332,7 +331,7 @@ def name_trend(s: Session, name: str, since: float | None, until: float | None) 
     ):
         i = _point(w, bucket)
         runs[i] += int(tasks)
-        if state in FAILED_STATES:
+        if state == "FAILURE":
             failures[i] += int(tasks)
     hists = [Histogram() for _ in range(w.points)]
     for bucket, slot_, n, total in s.rows(

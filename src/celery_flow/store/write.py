@@ -20,7 +20,7 @@ import msgspec
 
 from celery_flow.events import TASK_EVENT_TYPES, WORKER_EVENT_TYPES, Event, encode
 from celery_flow.flow.fold import fold_task
-from celery_flow.flow.model import FAILED_STATES, TERMINAL_STATES, TaskDetail
+from celery_flow.flow.model import TERMINAL_STATES, TaskDetail
 from celery_flow.store import lost, search, stats
 from celery_flow.store.connection import Row, Session, chunks, in_list, meta_value, select_in
 from celery_flow.store.failures import ClusterMoves
@@ -327,7 +327,7 @@ def count_host(
         counts = host_runs.setdefault(hostname, [0, 0])
         if runs:
             counts[0] += sign
-        if failed and state in FAILED_STATES:
+        if failed and state == "FAILURE":
             counts[1] += sign
 
 
