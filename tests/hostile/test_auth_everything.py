@@ -30,8 +30,9 @@ from tests.support.server_helpers import serving
 
 USER, PASSWORD = "ops", "pa:ss word"
 METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
-SPA_PATHS = ["flows/{root}", "tasks/{task}", "traces/{trace}", "registry", "workers", "index.html",
-             "favicon.ico", "no/such/page", "api", "api/nope"]  # fmt: skip
+SPA_PATHS = ["flows", "flows/{root}", "tasks", "tasks/{task}", "traces/{trace}", "registry",
+             "registry/app.secret", "failures", "workers", "index.html", "favicon.ico", "no/such/page", "api",
+             "api/nope"]  # fmt: skip
 
 
 def _basic(user: str, password: str) -> dict[str, str]:
@@ -69,7 +70,12 @@ def secured(tmp_path: Path) -> Iterator[tuple[str, dict[str, str], list[Any]]]:
 
 
 def _concrete_paths(routes: list[Any], ids: dict[str, str]) -> list[str]:
-    fill = {"task_id": ids["task"], "root_id": ids["root"], "trace_id": ids["trace"]}
+    fill = {
+        "task_id": ids["task"],
+        "root_id": ids["root"],
+        "trace_id": ids["trace"],
+        "name:path": "app.secret",
+    }
     paths: list[str] = []
     for route in routes:
         if not isinstance(route, APIRoute):

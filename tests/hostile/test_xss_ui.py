@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,7 +43,7 @@ INJECTED = "#xss-name, #xss-host, #xss-exc, #xss-tb, #xss-result, #xss-queue, #x
 @pytest.fixture(scope="module")
 def hostile_ui(tmp_path_factory: pytest.TempPathFactory, built_ui: Path) -> Iterator[dict[str, str]]:  # noqa: F811
     root, child, failed, trace = (uuid.uuid4().hex for _ in range(4))
-    t0 = 1_700_000_000.0
+    t0 = time.time() - 600  # recent: the failures page shows the last 24 hours
     events: list[Event] = []
 
     def add(type_: str, task_id: str, dt: float, **fields: Any) -> None:
@@ -85,7 +86,9 @@ def hostile_ui(tmp_path_factory: pytest.TempPathFactory, built_ui: Path) -> Iter
 
 
 VIEWS = [
-    ("flows list", "/", "name"),
+    ("flows list", "/flows", "name"),
+    ("tasks list", "/tasks", "name"),
+    ("failures", "/failures", "short name"),
     ("flow graph", "/flows/{root}", "name"),
     ("task detail: result, kwargs key, queue, host", "/tasks/{child}", "result"),
     ("task detail: exception, traceback, retry reason", "/tasks/{failed}", "exception"),
