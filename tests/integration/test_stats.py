@@ -137,3 +137,22 @@ def test_workers_say_pool_concurrency_queues_running_and_failed(env: Env) -> Non
     assert worker["queues"] == [env.app.conf.task_default_queue]
     assert (worker["running"], worker["failed"], worker["tasks_run"]) == (0, 1, 2)
     assert worker["offline_at"] is None
+
+
+@pytest.mark.parametrize("env", ["sqlite-redis"], indirect=True)
+def test_a_name_made_three_times_slower_in_the_next_window_is_a_regression(env: Env) -> None:
+    # Two whole one-minute buckets: 20 runs of ~10 ms in the first, 20 of ~30 ms in the second.
+    first = (int(time.time()) // 60 + 1) * 60
+    for start, seconds in ((first, 0.01), (first + 60, 0.03)):
+        wait_for(lambda at=start: time.time() >= at + 0.5 or None, 75, f"the minute starting at {start}")
+        ids = [env.task("slow").delay(seconds).id for _ in range(20)]
+        tasks = wait_for(lambda ids=ids: finished(env, ids), 30, f"20 runs of t.slow({seconds})")
+        assert max(t["finished_at"] for t in tasks) < start + 60  # all in their own bucket
+    trend = get(env, "/api/stats/names/t.slow", since=first, until=first + 120)
+    regression = trend["regression"]
+    assert regression is not None, trend
+    assert (regression["runs_before"], regression["runs_after"]) == (20, 20)
+    assert regression["p95_after"] >= 1.5 * regression["p95_before"]
+    assert regression["p95_before"] < 0.03 <= regression["p95_after"] * 1.2
+    overview = get(env, "/api/stats/overview", since=first, until=first + 120)
+    assert [r["name"] for r in overview["regressions"]] == ["t.slow"]
