@@ -23,13 +23,12 @@ from celery.contrib.testing.worker import start_worker
 from tests.support.canvas_app import make_app
 from tests.support.events import event
 from tests.support.failing_tasks import register_failing
-from tests.support.postgres import own_store_url
+from tests.support.postgres import own_sql_store, own_store_url
 from tests.support.server_helpers import serving
 from tests.support.wait import wait_for
 
 import celery_flow
 from celery_flow.server import create_app
-from celery_flow.store import open_store
 from celery_flow.store.backfill import run
 from celery_flow.store.failures import window
 from celery_flow.store.migrations import schedule_refold
@@ -215,14 +214,7 @@ TB = 'Traceback (most recent call last):\n  File "/srv/app/tasks.py", line {line
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SqlStore]:
-    urls = own_store_url(request.param, request, tmp_path)
-    s = open_store(next(urls))
-    assert isinstance(s, SqlStore)
-    try:
-        yield s
-    finally:
-        s.close()
-        urls.close()
+    yield from own_sql_store(request.param, request, tmp_path)
 
 
 def failed(

@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 from tests.support.events import event
-from tests.support.postgres import own_store_url
+from tests.support.postgres import own_sql_store
 
-from celery_flow.store import open_store, stats
+from celery_flow.store import stats
 from celery_flow.store.backfill import run
 from celery_flow.store.base import TaskFilter
 from celery_flow.store.migrations import schedule_refold
@@ -28,14 +28,7 @@ T0 = 1_699_999_200.0  # a multiple of 3600: buckets of every width start here
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SqlStore[Any]]:
-    urls = own_store_url(request.param, request, tmp_path)
-    s = open_store(next(urls))
-    assert isinstance(s, SqlStore)
-    try:
-        yield s
-    finally:
-        s.close()
-        urls.close()
+    yield from own_sql_store(request.param, request, tmp_path)
 
 
 def run_of(

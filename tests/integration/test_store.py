@@ -9,13 +9,13 @@ import sys
 import textwrap
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from tests.support.events import event
+from tests.support.postgres import own_store_url
 
 from celery_flow.events import DEFAULT_HEARTBEAT_INTERVAL, Event, TaskInfo
 from celery_flow.flow.flows import summarize_flow
@@ -58,26 +58,13 @@ def run(
     ]
 
 
-def _pg_schema_url(pg_url: str, schema: str) -> str:
-    return f"{pg_url}?options=-csearch_path%3D{schema}"
-
-
 @pytest.fixture(params=["sqlite", "postgresql"])
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path}/flow.db"
-        return
-    import psycopg
-
-    pg_url = str(request.getfixturevalue("pg_url"))
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(pg_url, autocommit=True) as conn:
-        conn.execute(f"CREATE SCHEMA {schema}")
+    urls = own_store_url(request.param, request, tmp_path)
     try:
-        yield _pg_schema_url(pg_url, schema)
+        yield next(urls)
     finally:
-        with psycopg.connect(pg_url, autocommit=True) as conn:
-            conn.execute(f"DROP SCHEMA {schema} CASCADE")
+        urls.close()
 
 
 @pytest.fixture

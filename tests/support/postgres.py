@@ -5,10 +5,14 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-__all__ = ["own_database", "own_store_url"]
+if TYPE_CHECKING:
+    from celery_flow.store.sql import SqlStore
+
+__all__ = ["own_database", "own_sql_store", "own_store_url"]
 
 
 @contextlib.contextmanager
@@ -45,3 +49,18 @@ def own_store_url(kind: str, request: pytest.FixtureRequest, tmp: Path) -> Itera
     finally:
         with psycopg.connect(pg_url, autocommit=True) as conn:
             conn.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+def own_sql_store(kind: str, request: pytest.FixtureRequest, tmp: Path) -> Iterator[SqlStore[Any]]:
+    """An open store on `own_store_url(kind, ...)`, closed and dropped when the generator closes."""
+    from celery_flow.store import open_store
+    from celery_flow.store.sql import SqlStore
+
+    urls = own_store_url(kind, request, tmp)
+    store = open_store(next(urls))
+    assert isinstance(store, SqlStore)
+    try:
+        yield store
+    finally:
+        store.close()
+        urls.close()
