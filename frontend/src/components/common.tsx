@@ -217,3 +217,30 @@ export function TaskNameField({
     </label>
   );
 }
+
+/** A state filter: any, or one of `states` (the generated enums' order). */
+export function StateField({
+  value,
+  states,
+  onChange,
+  testId,
+}: {
+  value: string;
+  states: readonly string[];
+  onChange: (state: string) => void;
+  testId?: string;
+}) {
+  return (
+    <label>
+      <span>State</span>
+      <select value={value} onChange={(e) => onChange(e.target.value)} data-testid={testId}>
+        <option value="">Any</option>
+        {states.map((s) => (
+          <option key={s} value={s}>
+            {s}
+          </option>
+        ))}
+      </select>
+    </label>
+  );
+}

@@ -11,6 +11,7 @@ import {
   Pager,
   SEARCH_HINT,
   StateChip,
+  StateField,
   TaskNameField,
 } from "../components/common";
 import { fmtAgo, fmtDuration, fmtIso, fmtTime, shortId, shortName } from "../format";
@@ -162,21 +163,12 @@ export function FlowsView() {
         <span className="muted">one row per root workflow, updated live</span>
       </div>
       <form className="filters" onSubmit={(e) => apply(draft, e)} aria-label="Filter flows">
-        <label>
-          <span>State</span>
-          <select
-            value={draft.state}
-            onChange={(e) => apply({ ...draft, state: e.target.value })}
-            data-testid="filter-state"
-          >
-            <option value="">Any</option>
-            {FLOW_STATES.map((s) => (
-              <option key={s} value={s}>
-                {s}
-              </option>
-            ))}
-          </select>
-        </label>
+        <StateField
+          value={draft.state}
+          states={FLOW_STATES}
+          onChange={(state) => apply({ ...draft, state })}
+          testId="filter-state"
+        />
         <TaskNameField value={draft.name} onChange={(name) => setDraft({ ...draft, name })} testId="filter-name" />
         <label>
           <span>Time</span>

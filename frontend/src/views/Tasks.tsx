@@ -12,6 +12,7 @@ import {
   Pager,
   SEARCH_HINT,
   StateChip,
+  StateField,
   StuckBadge,
   TaskNameField,
 } from "../components/common";
@@ -206,21 +207,12 @@ export function TasksView() {
             data-testid="tasks-q"
           />
         </label>
-        <label>
-          <span>State</span>
-          <select
-            value={draft.state}
-            onChange={(e) => apply({ ...draft, state: e.target.value })}
-            data-testid="tasks-state"
-          >
-            <option value="">Any</option>
-            {TASK_STATES.map((s) => (
-              <option key={s} value={s}>
-                {s}
-              </option>
-            ))}
-          </select>
-        </label>
+        <StateField
+          value={draft.state}
+          states={TASK_STATES}
+          onChange={(state) => apply({ ...draft, state })}
+          testId="tasks-state"
+        />
         <TaskNameField value={draft.name} onChange={(name) => setDraft({ ...draft, name })} />
         <label className="checkfilter">
           <span>Stuck</span>
