@@ -143,6 +143,8 @@ def test_only_failures_count_as_failed_as_in_the_registry(store: SqlStore[Any]) 
     o = store.overview(T0, T0 + 3600)
     registry = next(r for r in store.registry() if r.name == "app.work")
     assert (o.finished, o.failed, o.failure_rate) == (4, 1, 0.25) == (4, 1, registry.failure_rate)
+    assert o.failure_rates[0] == 0.25  # the four ended in the first minute; no other minute has any
+    assert set(o.failure_rates[1:]) == {None}
     assert sum(store.name_trend("app.work", T0, T0 + 3600).failures) == 1
     assert {w.hostname: w.failed for w in store.workers()} == {"celery@w": 1}
 

@@ -548,6 +548,8 @@ export interface components {
             failed: number;
             /** Failure Rate */
             failure_rate: number | null;
+            /** Failure Rates */
+            failure_rates: (number | null)[];
             /** Finished */
             finished: number;
             /** Lost */

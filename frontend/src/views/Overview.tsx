@@ -18,7 +18,6 @@ import { Link, useNavigate, withQuery } from "../router";
 
 /** Final states in the order they stack, success at the bottom. */
 const FINAL = ["SUCCESS", "FAILURE", "REVOKED", "REJECTED", "LOST"];
-const FAILED = new Set(["FAILURE", "REVOKED", "REJECTED", "LOST"]);
 
 const pctAxis = (v: number) => `${+(v * 100).toFixed(1)}%`;
 
@@ -71,19 +70,10 @@ function Throughput({ o }: { o: Overview }) {
 }
 
 function FailureRate({ o }: { o: Overview }) {
-  const series = useMemo(() => {
-    const n = o.time_edges.length - 1;
-    const values = Array.from({ length: n }, (_, i) => {
-      let all = 0;
-      let bad = 0;
-      for (const [s, counts] of Object.entries(o.throughput)) {
-        all += counts[i] ?? 0;
-        if (FAILED.has(s)) bad += counts[i] ?? 0;
-      }
-      return all ? bad / all : null;
-    });
-    return [{ label: "failure rate", color: "FAILURE", values }];
-  }, [o.time_edges, o.throughput]);
+  const series = useMemo(
+    () => [{ label: "failure rate", color: "FAILURE", values: o.failure_rates }],
+    [o.failure_rates],
+  );
   return (
     <Lines
       edges={o.time_edges}

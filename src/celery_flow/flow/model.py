@@ -334,6 +334,8 @@ class Overview:
     finished: int
     failed: int
     failure_rate: float | None
+    # Per time bucket: failed (FAILURE) over finished; None where none finished.
+    failure_rates: list[float | None]
     backlog: list[Backlog]
     workers_online: int
     workers_offline: int

@@ -159,9 +159,13 @@ class SqlStore(SqlConnections[C]):
             stuck = int(s.rows(f"SELECT COUNT(*) FROM tasks WHERE {condition}", params)[0][0])
             finished = sum(sum(counts) for counts in t.throughput.values())
             failed = sum(t.throughput.get("FAILURE", ()))
+            per_bucket = [sum(column) for column in zip(*t.throughput.values(), strict=True)]
+            failures = t.throughput.get("FAILURE", [0] * len(per_bucket))
+            rates = [f / n if n else None for f, n in zip(failures, per_bucket, strict=True)]
             return Overview(
                 since=t.since, until=t.until, time_edges=t.time_edges, throughput=t.throughput,
                 finished=finished, failed=failed, failure_rate=failed / finished if finished else None,
+                failure_rates=rates,
                 backlog=t.backlog,
                 workers_online=sum(1 for w in workers if w.status == "online"),
                 workers_offline=sum(1 for w in workers if w.status == "offline"),
