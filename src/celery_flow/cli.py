@@ -1,4 +1,5 @@
-"""The `celery-flow` command line: `server`, `consume`, `migrate`, `demo`, and `celery -A proj flow ...`.
+"""The `celery-flow` command line: `server`, `consume`, `migrate`, `demo`, `mcp`, and
+`celery -A proj flow ...`.
 
 Every startup problem a user can fix (a bad URL, a broker that does not answer, a store that cannot be
 written, malformed credentials) ends the command with one line naming the fix and exit code 2, never a
@@ -8,6 +9,7 @@ traceback. Problems that appear later (the broker restarts) leave the server up:
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import logging
 import os
@@ -293,6 +295,120 @@ DEMO_STORE_HELP = "Where to keep the demo's data. Default: a fresh SQLite file i
 def demo_command(host: str, port: int, store: str | None, rate: float) -> None:
     """Run an in-process Celery app producing realistic workflows and serve the UI (no broker needed)."""
     run_demo(host, port, store, rate)
+
+
+MCP_STORE_HELP = (
+    "The store to read (as `server` takes it). Env: CELERY_FLOW_STORE. Default: the server's default."
+)
+MCP_NEEDS = "celery-flow mcp needs the `mcp` package: pip install 'celery-flow[mcp]'"
+
+
+@main.command("mcp")
+@options("store", store={"help": MCP_STORE_HELP})
+@click.option(
+    "--server",
+    "server_url",
+    metavar="URL",
+    help="Read through a running celery-flow server instead (http://host:8000, or its /mcp URL).",
+)
+@click.option(
+    "--basic-auth",
+    metavar="USER:PASS",
+    help="With --server: its --basic-auth credentials. Env: CELERY_FLOW_BASIC_AUTH.",
+)
+@click.option(
+    "--header",
+    "-H",
+    "headers",
+    multiple=True,
+    metavar="'NAME: VALUE'",
+    help="With --server: a header sent with each request, e.g. 'Authorization: Bearer ...' (repeatable).",
+)
+@click.option("--log-level", default="warning", show_default=True, type=LOG_LEVELS)
+def mcp_command(store: str | None, server_url: str | None, basic_auth: str | None,
+                headers: tuple[str, ...], log_level: str) -> None:  # fmt: skip
+    """Serve celery-flow's read-only MCP tools on stdin/stdout, for desktop assistants (Claude Desktop,
+    Cursor...): reading the store, or a running server. Nothing but the protocol goes to stdout."""
+    setup_logging(log_level)
+    if server_url is not None:
+        if store is not None:
+            fail("pass --store or --server, not both: the tools read one or the other")
+        run_mcp_proxy(server_url, basic_auth, headers)
+        return
+    if basic_auth is not None or headers:
+        fail("--basic-auth and --header go with --server (a store is read directly, without HTTP)")
+    run_mcp_store(server_config(store=store).store_url)
+
+
+def run_mcp_store(url: str) -> None:
+    from celery_flow.store import sqlite_path
+
+    try:
+        from celery_flow.server.mcp.protocol import run_stdio
+    except ImportError as exc:
+        _mcp_missing(exc)
+    if url.lower().startswith("sqlite:") and not os.path.exists(sqlite_path(url)):
+        fail(f"no store at {redact_url(url)}: pass the --store the server writes (or CELERY_FLOW_STORE)")
+    store = open_store_or_fail(url)
+    try:
+        run_stdio(store)
+    finally:
+        store.close()
+
+
+def run_mcp_proxy(server_url: str, basic_auth: str | None, raw_headers: tuple[str, ...]) -> None:
+    from urllib.parse import urlsplit
+
+    from celery_flow.server.config import parse_credentials
+
+    try:
+        from celery_flow.server.mcp.protocol import RemoteRefused, run_stdio_proxy
+    except ImportError as exc:
+        _mcp_missing(exc)
+    parts = urlsplit(server_url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        fail(f"--server takes the server's URL, e.g. http://127.0.0.1:8000, not {server_url!r}")
+    url = server_url.rstrip("/")
+    url = url if url.endswith("/mcp") else url + "/mcp"
+    headers: dict[str, str] = {}
+    for raw in raw_headers:
+        name, sep, value = raw.partition(":")
+        if not sep or not name.strip() or not value.strip():
+            fail(f"--header takes 'Name: value', not {raw!r}")
+        headers[name.strip()] = value.strip()
+    basic_auth = basic_auth if basic_auth is not None else os.environ.get("CELERY_FLOW_BASIC_AUTH")
+    if basic_auth:
+        try:
+            user, password = parse_credentials(basic_auth)
+        except ConfigError as exc:
+            fail(_one_line(exc))
+        token = base64.b64encode(f"{user}:{password}".encode()).decode()
+        headers.setdefault("Authorization", f"Basic {token}")
+    try:
+        run_stdio_proxy(url, headers)
+    except RemoteRefused as exc:
+        fail(f"cannot use the celery-flow server at {redact_url(url)}: {exc}")
+    except Exception as exc:
+        fail(f"cannot use the celery-flow server at {redact_url(url)}: {_innermost(exc)}")
+
+
+def _innermost(exc: BaseException) -> str:
+    """The first leaf of an exception group (what task groups raise), as one line."""
+    leaves = getattr(exc, "exceptions", None)
+    while leaves:
+        exc = leaves[0]
+        leaves = getattr(exc, "exceptions", None)
+    if exc.__context__ is not None and not str(exc):
+        exc = exc.__context__
+    return f"{type(exc).__name__}: {_one_line(exc)}"
+
+
+def _mcp_missing(exc: ImportError) -> NoReturn:
+    from celery_flow.server.mcp.endpoint import sdk_missing
+
+    if sdk_missing(exc):
+        fail(MCP_NEEDS)
+    raise exc
 
 
 def run_server(cfg: ServerConfig, host: str, port: int, log_level: str, reload: bool = False) -> None:

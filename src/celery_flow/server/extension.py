@@ -8,11 +8,12 @@ way to do each thing:
     app = FastAPI(lifespan=flow.lifespan)
     app.include_router(flow.router, prefix="/flow")
 
-`.lifespan` opens the store, starts the embedded consumer thread and the live poller, and undoes all of
-it on shutdown, in the order server/runtime.py owns. `auth_dependency` guards every route, the live
-WebSocket's handshake included, and takes what FastAPI's `dependencies=` takes: `require_admin`,
-`Depends(require_admin)`, or a list of them. The dependency may be typed on `Request`, async or not, with
-sub-dependencies (`Depends`, `Header`, `Cookie`): on the handshake it sees the handshake's headers,
+`.lifespan` opens the store, starts the embedded consumer thread, the live poller and the MCP endpoint
+(`/mcp`), and undoes all of it on shutdown, in the order server/runtime.py owns. `auth_dependency`
+guards every route, the live WebSocket's handshake and `/mcp` included, and takes what FastAPI's
+`dependencies=` takes: `require_admin`, `Depends(require_admin)`, or a list of them. The dependency
+may be typed on `Request`, async or not, with sub-dependencies (`Depends`, `Header`, `Cookie`): on the
+handshake it sees the handshake's headers,
 cookies and query string, and a connection it does not admit is refused with its 401/403 (any other
 failure: 403) before the socket opens.
 """
@@ -40,6 +41,7 @@ from celery_flow.server.auth import AuthDependencies, HandshakeGuard, as_depende
 from celery_flow.server.config import ServerConfig, embedded
 from celery_flow.server.health import ConsumerHealth, HealthMonitor
 from celery_flow.server.live import LiveFilter, LiveHub
+from celery_flow.server.mcp.endpoint import McpEndpoint
 from celery_flow.server.metrics import CONTENT_TYPE, TaskCollector, metrics_registry, render
 from celery_flow.server.runtime import Runtime
 from celery_flow.settings import DEFAULT_GROUP
@@ -103,6 +105,8 @@ class CeleryFlowExtension:
             group=group,
         )
         self.auth_dependencies = as_dependencies(auth_dependency)
+        # `/mcp`: the read-only MCP server over the same store (server/mcp/), behind the same auth.
+        self.mcp = McpEndpoint(self._get_store)
         self.router = self._build_router(serve_ui)
 
     # ---- state the routes read -----------------------------------------------------------------
@@ -136,7 +140,7 @@ class CeleryFlowExtension:
     @contextlib.asynccontextmanager
     async def lifespan(self, app: FastAPI | None = None) -> AsyncIterator[None]:
         """Use as `FastAPI(lifespan=ext.lifespan)` or `async with ext.lifespan(app):` in your own."""
-        async with self.runtime.serving(self.hub, closing=[self.health.close]):
+        async with self.runtime.serving(self.hub, closing=[self.health.close]), self.mcp.running():
             yield
 
     # ---- routes --------------------------------------------------------------------------------
@@ -175,6 +179,9 @@ class CeleryFlowExtension:
         @router.get("/metrics", include_in_schema=False)
         def metrics() -> Response:
             return Response(render(registry), media_type=CONTENT_TYPE)
+
+        router.add_api_route("/mcp", self.mcp.handle, methods=["GET", "POST", "DELETE"],
+                             include_in_schema=False)  # fmt: skip
 
         @sockets.websocket("/api/live")
         async def live(
