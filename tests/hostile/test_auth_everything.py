@@ -4,7 +4,7 @@ tests/integration/test_auth.py checks a hand-written list of paths. This walks t
 (so a route added tomorrow is covered without editing the test), fills every path parameter with the
 id of a task that really is in the store (a leak would show real data), adds every UI deep link and every
 built static asset, and tries every HTTP method plus the WebSocket handshake, over real HTTP (uvicorn).
-Authenticated, each GET answers 200: the walk reached real handlers, not 404s.
+Authenticated, each GET answers 200 (`/mcp` 405: it takes POST, checked too): the walk reached real handlers.
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ def test_every_route_and_method_refuses_an_unauthenticated_client(
 ) -> None:
     base, ids, routes = secured
     paths = _concrete_paths(routes, ids)
-    assert {"/api/health", "/api/tasks", "/metrics", "/api/openapi.json", "/api/docs"} <= set(paths)
+    assert {"/api/health", "/api/tasks", "/metrics", "/api/openapi.json", "/api/docs", "/mcp"} <= set(paths)
     refusals = [
         {},
         _basic(USER, "wrong"),
@@ -129,8 +129,21 @@ def test_every_route_and_method_refuses_an_unauthenticated_client(
                         assert response.status_code in (401, 405), (where, response.status_code)
             allowed = client.get(path, headers=_basic(USER, PASSWORD))
             expect_404 = path.endswith(("/nope", "/api"))
-            assert allowed.status_code == (404 if expect_404 else 200), (path, allowed.status_code)
+            # `/mcp` takes MCP messages by POST (below); it keeps no stream open for a GET.
+            expected = 404 if expect_404 else 405 if path == "/mcp" else 200
+            assert allowed.status_code == expected, (path, allowed.status_code)
         assert ids["task"] in client.get("/api/tasks", headers=_basic(USER, PASSWORD)).text
+        # The MCP endpoint's one method, with and without credentials.
+        search = {"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                  "params": {"name": "search_tasks", "arguments": {"q": "SECRET-A"}}}  # fmt: skip
+        accept = {"Accept": "application/json, text/event-stream", "MCP-Protocol-Version": "2025-06-18"}
+        for headers in refusals:
+            refused = client.post("/mcp", json=search, headers={**accept, **headers})
+            assert refused.status_code == 401, (headers, refused.status_code)
+            assert ids["task"] not in refused.text
+        found = client.post("/mcp", json=search, headers={**accept, **_basic(USER, PASSWORD)})
+        assert found.status_code == 200
+        assert ids["task"] in found.text
 
 
 def test_every_websocket_route_refuses_an_unauthenticated_handshake(

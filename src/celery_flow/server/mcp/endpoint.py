@@ -82,6 +82,10 @@ class McpEndpoint:
         manager = self.manager
         if manager is None:
             return JSONResponse({"detail": "celery-flow is not started: enter extension.lifespan"}, 503)
+        if request.method != "POST":
+            # Stateless: no session to end (DELETE), no stream to hold open (GET); the spec's answer is 405.
+            return JSONResponse({"detail": "POST MCP messages to this URL: it keeps no session or stream"},
+                                status_code=405, headers={"Allow": "POST"})  # fmt: skip
         # MCP clients are programs, not web pages: a browser's request (it sends Origin) could only come
         # from a page rebinding its own host name to this server, so it is refused.
         if "origin" in request.headers:

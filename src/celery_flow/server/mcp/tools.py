@@ -100,6 +100,10 @@ def inline(value: object) -> str:
     return json.dumps(text, ensure_ascii=False)[1:-1]
 
 
+def ids(values: Iterable[str]) -> str:
+    return ", ".join(inline(v) for v in values)
+
+
 def value_text(value: Any, limit: int = VALUE_CHARS) -> str:
     """A stored argument or result as one line of JSON, cut at `limit` characters."""
     text = json.dumps(value, ensure_ascii=False, default=str, sort_keys=True)
@@ -120,7 +124,7 @@ def seconds(value: float | None) -> str:
 
 def task_line(task: TaskSummary) -> str:
     """One task: id, name, state, where and when it ran, and what is wrong with it."""
-    parts = [task.task_id, inline(task.name or "?"), task.state]
+    parts = [inline(task.task_id), inline(task.name or "?"), task.state]
     if task.retries:
         parts.append(f"retries={task.retries}")
     if task.runtime is not None:
@@ -220,7 +224,7 @@ def get_task(store: Store, args: TaskArgs) -> Text:
         text.add(f"traceback{cut}:")
         text.lines += ["    " + line for line in tail.splitlines()]
     if task.children:
-        text.add(f"children: {', '.join(task.children[:50])}" + (" ..." if len(task.children) > 50 else ""))
+        text.add(f"children: {ids(task.children[:50])}" + (" ..." if len(task.children) > 50 else ""))
     text.add(f"events ({len(task.events)}):")
     for ev in task.events:
         extra = f" {inline(ev.hostname)}" if ev.hostname else ""
@@ -234,7 +238,7 @@ def _ids(task: TaskDetail) -> Iterable[tuple[str, str]]:
     for label in ("root_id", "parent_id", "group_id", "chord_id", "trace_id"):
         value = getattr(task, label)
         if value:
-            yield label, value
+            yield label, inline(value)
 
 
 class FlowArgs(Args):
@@ -260,14 +264,17 @@ def flow_text(graph: FlowGraph) -> Text:
     text.add(f"tasks ({len(graph.nodes)}):")
     text.lines += ["- " + task_line(node) for node in graph.nodes]
     text.add(f"edges ({len(graph.edges)}), source -> target (kind):")
-    text.lines += [f"- {e.source} -> {e.target} ({e.kind})" for e in graph.edges]
+    text.lines += [f"- {inline(e.source)} -> {inline(e.target)} ({e.kind})" for e in graph.edges]
     if graph.groups:
         text.add(f"groups ({len(graph.groups)}):")
         for g in graph.groups:
-            callback = f" -> callback {g.callback_id}" if g.callback_id else ""
-            text.add(f"- {g.kind} {g.id}: members {', '.join(g.members)}{callback}")
+            callback = f" -> callback {inline(g.callback_id)}" if g.callback_id else ""
+            text.add(f"- {g.kind} {inline(g.id)}: members {ids(g.members)}{callback}")
     if graph.critical_path:
-        text.add("critical path (what decided when the flow finished): " + " -> ".join(graph.critical_path))
+        text.add(
+            "critical path (what decided when the flow finished): "
+            + " -> ".join(map(inline, graph.critical_path))
+        )
     return text
 
 
@@ -296,7 +303,7 @@ def cluster_line(c: FailureCluster) -> str:
     names = ", ".join(inline(n) for n in c.task_names[:10])
     return (f"- {c.fingerprint} {inline(c.exception_type)}: {inline(c.message[:VALUE_CHARS])} | "
             f"{c.count} failed, {c.retries} retries, first {when(c.first_seen)}, last {when(c.last_seen)} | "
-            f"tasks: {names} | latest: {', '.join(c.sample_task_ids[:5])}")  # fmt: skip
+            f"tasks: {names} | latest: {ids(c.sample_task_ids[:5])}")  # fmt: skip
 
 
 class OverviewArgs(Args):
