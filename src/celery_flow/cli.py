@@ -178,13 +178,15 @@ def check_broker(broker_url: str, prefix: str) -> None:
         transport.close()
 
 
-def open_store_or_fail(store_url: str, migrate: MigrateMode = "auto") -> Store:
+def open_store_or_fail(
+    store_url: str, migrate: MigrateMode = "auto", stuck_after: float | None = None
+) -> Store:
     """Open (creating or migrating if needed) the store, or exit 2 with the store's one-line reason and
-    fix; `migrate` as open_store() takes it."""
+    fix; `migrate` and `stuck_after` as open_store() takes them."""
     from celery_flow.store import open_store
 
     try:
-        return open_store(store_url, migrate=migrate)
+        return open_store(store_url, migrate=migrate, stuck_after=stuck_after)
     except Exception as exc:
         store_failed(store_url, exc)
 
@@ -304,7 +306,7 @@ MCP_NEEDS = "celery-flow mcp needs the `mcp` package: pip install 'celery-flow[m
 
 
 @main.command("mcp")
-@options("store", store={"help": MCP_STORE_HELP})
+@options("store", "stuck_after", store={"help": MCP_STORE_HELP})
 @click.option(
     "--server",
     "server_url",
@@ -325,31 +327,38 @@ MCP_NEEDS = "celery-flow mcp needs the `mcp` package: pip install 'celery-flow[m
     help="With --server: a header sent with each request, e.g. 'Authorization: Bearer ...' (repeatable).",
 )
 @click.option("--log-level", default="warning", show_default=True, type=LOG_LEVELS)
-def mcp_command(store: str | None, server_url: str | None, basic_auth: str | None,
-                headers: tuple[str, ...], log_level: str) -> None:  # fmt: skip
+def mcp_command(store: str | None, stuck_after: str | None, server_url: str | None,
+                basic_auth: str | None, headers: tuple[str, ...], log_level: str) -> None:  # fmt: skip
     """Serve celery-flow's read-only MCP tools on stdin/stdout, for desktop assistants (Claude Desktop,
     Cursor...): reading the store, or a running server. Nothing but the protocol goes to stdout."""
     setup_logging(log_level)
     if server_url is not None:
-        if store is not None:
-            fail("pass --store or --server, not both: the tools read one or the other")
+        if store is not None or stuck_after is not None:
+            fail("--store and --stuck-after go without --server: the server reads its own store")
         run_mcp_proxy(server_url, basic_auth, headers)
         return
     if basic_auth is not None or headers:
         fail("--basic-auth and --header go with --server (a store is read directly, without HTTP)")
-    run_mcp_store(server_config(store=store).store_url)
+    cfg = server_config(store=store, stuck_after=stuck_after)
+    run_mcp_store(cfg.store_url, cfg.stuck_after)
 
 
-def run_mcp_store(url: str) -> None:
+def run_mcp_store(url: str, stuck_after: float | None) -> None:
     from celery_flow.store import sqlite_path
 
     try:
         from celery_flow.server.mcp.protocol import run_stdio
     except ImportError as exc:
         _mcp_missing(exc)
-    if url.lower().startswith("sqlite:") and not os.path.exists(sqlite_path(url)):
+    from celery_flow.store.base import StoreError
+
+    try:
+        missing = url.lower().startswith("sqlite:") and not os.path.exists(sqlite_path(url))
+    except StoreError as exc:
+        fail(_one_line(exc))
+    if missing:
         fail(f"no store at {redact_url(url)}: pass the --store the server writes (or CELERY_FLOW_STORE)")
-    store = open_store_or_fail(url)
+    store = open_store_or_fail(url, stuck_after=stuck_after)
     try:
         run_stdio(store)
     finally:

@@ -8,19 +8,20 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import subprocess
 import sys
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import httpx
 import httpx2
 import pytest
 from celery.contrib.testing.worker import start_worker
-from fastapi import FastAPI
+from fastapi import FastAPI, Header, HTTPException
 from mcp import Client, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 from tests.support.canvas_app import make_app
@@ -177,6 +178,40 @@ def test_the_tools_over_stdio_reading_the_store(ran: Ran) -> None:
     _check(ran, _run(lambda c: _ask(ran, c), Client(params)))
 
 
+def test_stdio_writes_nothing_but_the_protocol_to_stdout(ran: Ran, tmp_path: Path) -> None:
+    messages = [
+        {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-06-18",
+         "capabilities": {}, "clientInfo": {"name": "test", "version": "1"}}},
+        {"jsonrpc": "2.0", "method": "notifications/initialized"},
+        {"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+         "params": {"name": "search_tasks", "arguments": {"name": "ft.charge"}}},
+    ]  # fmt: skip
+    args = [*CLI, "mcp", "--store", ran.store_url, "--log-level", "debug"]
+    log = tmp_path / "stderr.log"
+    with open(log, "wb") as stderr:
+        proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr,
+                                env=cli_env())  # fmt: skip
+    stdin, stdout = proc.stdin, proc.stdout
+    assert stdin is not None
+    assert stdout is not None
+    try:
+        stdin.write("".join(json.dumps(m) + "\n" for m in messages).encode())
+        stdin.flush()
+        # Every line on stdout is a JSON-RPC message: the two answers, then nothing once stdin closes.
+        answers = [json.loads(stdout.readline()) for _ in range(2)]
+        stdin.close()
+        assert stdout.read() == b""
+        assert proc.wait(30) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+    assert "DEBUG" in log.read_text()  # the log went to stderr
+    assert [a["id"] for a in answers] == [1, 2]
+    assert answers[0]["result"]["serverInfo"]["name"] == "celery-flow"
+    text = answers[1]["result"]["content"][0]["text"]
+    assert {line.split()[0] for line in text.splitlines()[1:]} == set(ran.charges)
+
+
 def _authed_client(url: str, headers: dict[str, str]) -> Client:
     http = httpx2.AsyncClient(headers=headers)
     return Client(streamable_http_client(url, http_client=http))
@@ -225,6 +260,8 @@ def test_stdio_reading_a_server_with_its_credentials(ran: Ran, secured: str) -> 
         (["--store", "sqlite:////no/such/dir/flow.db"], "no store at sqlite:////no/such/dir/flow.db"),
         (["--store", "{store}", "--basic-auth", "a:b"], "--basic-auth and --header go with --server"),
         (["--server", "{secured}", "--header", "nocolon"], "--header takes 'Name: value'"),
+        (["--server", "{secured}", "--store", "{store}"], "--store and --stuck-after go without --server"),
+        (["--store", "sqlite://flow.db"], "needs an absolute path: sqlite:///path/to/flow.db"),
     ],
 )
 def test_stdio_fails_in_one_line_naming_the_fix(
@@ -252,6 +289,25 @@ def test_the_extension_in_a_users_app_serves_mcp_under_its_prefix_across_restart
             assert {line.split()[0] for line in text.splitlines()[1:]} == set(ran.charges)
             refused = httpx.post(f"{url}/flow/mcp", json={}, timeout=10)
             assert refused.status_code == 401
+
+
+def test_stdio_sends_a_header_to_an_extension_guarded_by_a_token_under_a_prefix(ran: Ran) -> None:
+    def require_token(x_token: Annotated[str | None, Header()] = None) -> None:
+        if x_token != "t0ken":
+            raise HTTPException(status_code=403, detail="bad token")
+
+    ext = CeleryFlowExtension(store=ran.store_url, embedded_consumer=False, auth_dependency=require_token)
+    app = FastAPI(lifespan=ext.lifespan)
+    app.include_router(ext.router, prefix="/ops/flow")
+    with serving(app, ready_path="/openapi.json") as url:
+        args = ["mcp", "--server", f"{url}/ops/flow/", "--header", "X-Token: t0ken"]
+        params = StdioServerParameters(command=CLI[0], args=args, env=cli_env())
+        text = _run(lambda c: _text(c, "get_flow", {"root_id": ran.chord_root}), Client(params))
+        assert text.startswith(f"flow {ran.chord_root} st.launch: SUCCESS, 5 tasks")
+        wrong = ["mcp", "--server", f"{url}/ops/flow/mcp", "--header", "X-Token: nope"]
+        done = subprocess.run([*CLI, *wrong], input=b"", capture_output=True, timeout=60, env=cli_env())
+        assert done.returncode == 2
+        assert done.stderr.decode().strip().endswith("/ops/flow/mcp: it answered HTTP 403 bad token")
 
 
 def test_a_large_value_is_cut_with_a_marker(ran: Ran) -> None:

@@ -82,8 +82,9 @@ class Text:
         """The lines that fit in `budget` characters, then a marker naming what was left out."""
         out: list[str] = []
         used = 0
+        room = budget - len(self.more) - 80  # what the marker takes
         for index, line in enumerate(self.lines):
-            if used + len(line) + 1 > budget - 200:  # room for the marker
+            if used + len(line) + 1 > room:
                 left = len(self.lines) - index
                 out.append(f"[truncated: {left} more lines not shown; to see them, {self.more}]")
                 break
