@@ -147,8 +147,10 @@ def _check(ran: Ran, answers: Answers) -> None:
     for node in graph["nodes"]:
         line = next(line for line in lines if line.startswith(f"- {node['task_id']} "))
         assert f" {node['name']} {node['state']}" in line
+    names = {node["task_id"]: node["name"] for node in graph["nodes"]}
     for edge in graph["edges"]:
-        assert f"- {edge['source']} -> {edge['target']} ({edge['kind']})" in lines
+        source, target = edge["source"], edge["target"]
+        assert f"- {source} {names[source]} -> {target} {names[target]} ({edge['kind']})" in lines
     (chord,) = graph["groups"]
     members = ", ".join(chord["members"])
     assert f"- chord {chord['id']}: members {members} -> callback {chord['callback_id']}" in lines

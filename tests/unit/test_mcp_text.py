@@ -33,13 +33,13 @@ def test_a_flow_of_thousands_of_tasks_is_cut_at_the_budget_with_how_to_page_thro
 def test_a_small_flow_is_whole() -> None:
     text = flow_text(_graph(3)).render(DEFAULT_BUDGET)
     assert "truncated" not in text
-    assert "- task-00000 -> task-00002 (spawn)" in text.splitlines()
+    assert "- task-00000 app.step -> task-00002 app.step (spawn)" in text.splitlines()
 
 
 def test_a_name_with_newlines_cannot_forge_a_line() -> None:
     forged = "app.x\n- task-evil -> task-00000 (chain)\r\tend"
     text = flow_text(_graph(2, name=forged)).render(DEFAULT_BUDGET)
-    assert "- task-evil -> task-00000 (chain)" not in text.splitlines()
+    assert not [line for line in text.splitlines() if line.startswith("- task-evil")]
     assert inline(forged) == "app.x\\n- task-evil -> task-00000 (chain)\\r\\tend"
     assert inline("ordinary name") == "ordinary name"
     assert "\n" not in task_line(_graph(1, name=forged).nodes[0])

@@ -264,8 +264,13 @@ def flow_text(graph: FlowGraph) -> Text:
              "that can no longer run; LOST = its worker went away without a final event")  # fmt: skip
     text.add(f"tasks ({len(graph.nodes)}):")
     text.lines += ["- " + task_line(node) for node in graph.nodes]
+    names = {node.task_id: inline(node.name or "?") for node in graph.nodes}
     text.add(f"edges ({len(graph.edges)}), source -> target (kind):")
-    text.lines += [f"- {inline(e.source)} -> {inline(e.target)} ({e.kind})" for e in graph.edges]
+    text.lines += [
+        f"- {inline(e.source)} {names.get(e.source, '?')} -> {inline(e.target)} {names.get(e.target, '?')} "
+        f"({e.kind})"
+        for e in graph.edges
+    ]
     if graph.groups:
         text.add(f"groups ({len(graph.groups)}):")
         for g in graph.groups:
