@@ -1,10 +1,10 @@
 """The MCP tools: each one store query the REST API makes, its answer rendered as bounded plain text.
 
 No MCP SDK here (server/mcp/protocol.py speaks the protocol): a tool is its name, a description, a
-pydantic model of its arguments and a function `(store, args) -> str`. Adding one is a `Tool(...)` line
-in `TOOLS` and its function. Every value comes from what the store holds, scrubbed when it was tracked;
-values are written as JSON text, never evaluated, and one-line fields are escaped so that no value can
-start a line of its own.
+pydantic model of its arguments and a function `(store, args) -> Text` (lines, cut to the tool's
+budget when rendered). Adding one is a `Tool(...)` line in `TOOLS` and its function. Every value comes
+from what the store holds, scrubbed when it was tracked; values are written as JSON text, never
+evaluated, and one-line fields are escaped so that no value can start a line of its own.
 """
 
 from __future__ import annotations
@@ -93,12 +93,16 @@ class Text:
         return "\n".join(out)
 
 
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
 def inline(value: object) -> str:
-    """`value` on one line: newlines and other control characters escaped, as JSON would."""
+    """`value` on one line: line breaks (U+2028 too) and other unprintable characters escaped (`\\n`,
+    `\\u2028`), so that no stored value can start a line of its own."""
     text = str(value)
     if text.isprintable():
         return text
-    return json.dumps(text, ensure_ascii=False)[1:-1]
+    return "".join(c if c.isprintable() else _ESCAPES.get(c, f"\\u{ord(c):04x}") for c in text)
 
 
 def ids(values: Iterable[str]) -> str:
@@ -107,7 +111,7 @@ def ids(values: Iterable[str]) -> str:
 
 def value_text(value: Any, limit: int = VALUE_CHARS) -> str:
     """A stored argument or result as one line of JSON, cut at `limit` characters."""
-    text = json.dumps(value, ensure_ascii=False, default=str, sort_keys=True)
+    text = inline(json.dumps(value, ensure_ascii=False, default=str, sort_keys=True))
     if len(text) > limit:
         return f"{text[:limit]}... [{len(text) - limit} more characters: the UI shows them all]"
     return text
@@ -223,7 +227,7 @@ def get_task(store: Store, args: TaskArgs) -> Text:
         tail = task.traceback[-TRACEBACK_CHARS:]
         cut = " (last lines)" if len(tail) < len(task.traceback) else ""
         text.add(f"traceback{cut}:")
-        text.lines += ["    " + line for line in tail.splitlines()]
+        text.lines += ["    " + inline(line) for line in tail.splitlines()]
     if task.children:
         text.add(f"children: {ids(task.children[:50])}" + (" ..." if len(task.children) > 50 else ""))
     text.add(f"events ({len(task.events)}):")
