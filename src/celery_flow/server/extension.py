@@ -13,9 +13,8 @@ way to do each thing:
 guards every route, the live WebSocket's handshake and `/mcp` included, and takes what FastAPI's
 `dependencies=` takes: `require_admin`, `Depends(require_admin)`, or a list of them. The dependency
 may be typed on `Request`, async or not, with sub-dependencies (`Depends`, `Header`, `Cookie`): on the
-handshake it sees the handshake's headers,
-cookies and query string, and a connection it does not admit is refused with its 401/403 (any other
-failure: 403) before the socket opens.
+handshake it sees the handshake's headers, cookies and query string, and a connection it does not admit
+is refused with its 401/403 (any other failure: 403) before the socket opens.
 """
 
 from __future__ import annotations
