@@ -6,8 +6,10 @@ beat), and each run it sent (`schedule_runs`: the task id, when it was sent and 
 due before it that beat never sent). What depends on the clock and the grace period is judged when read:
 
 - late: the entry's next run is overdue by more than `grace` seconds;
-- missed: the runs beat reported missed, plus, while the entry is late, the due times after the overdue
-  one that passed more than `grace` ago (the overdue one itself is sent late when beat comes back);
+- missed: the runs beat reported missed (due while it was down, skipped when it sent the overdue run late
+  on coming back), and those it gave up on (back with a fresh schedule file, it announced a next run in the
+  future while one was overdue), plus, while the entry is late, the due times after the overdue one that
+  passed more than `grace` ago (the overdue one itself is expected to go out late);
 - beat down: the beat that announced the entry went offline or fell silent (store/lost.py's rule).
 
 A run is deleted with its task (store/retention.py), so `runs` and `failures` count the runs kept.
@@ -20,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from celery_flow.events import DEFAULT_HEARTBEAT_INTERVAL, Event
+from celery_flow.events import DEFAULT_HEARTBEAT_INTERVAL, Event, ScheduleInfo
 from celery_flow.flow.model import TaskState
 from celery_flow.settings import DEFAULT_SCHEDULE_GRACE
 from celery_flow.store.connection import Session, chunks, in_list, select_in
@@ -132,17 +134,6 @@ def apply(session: Session, task_events: Sequence[Event], worker_events: Sequenc
     entries = {
         r.name: r for r in fetch_in(session, ScheduleRow, _SELECT + " WHERE name IN {}", sorted(names))
     }
-    for event in sorted(announced, key=lambda e: e.ts):
-        for info in event.schedules or ():
-            old = entries.get(info.name)
-            if old is not None and old.reported_at > event.ts:
-                continue
-            entries[info.name] = ScheduleRow(
-                name=info.name, task=info.task, schedule=info.schedule, every=info.interval,
-                next_at=info.next_at, beat=event.hostname, first_seen=old.first_seen if old else event.ts,
-                reported_at=event.ts, last_sent_at=old.last_sent_at if old else None,
-                missed=old.missed if old else 0,
-            )  # fmt: skip
     known = {
         r[0]
         for r in select_in(
@@ -152,9 +143,13 @@ def apply(session: Session, task_events: Sequence[Event], worker_events: Sequenc
         )
     }
     runs = []
-    for event in sorted(sent, key=lambda e: e.ts):
+    # In time order: whether beat gave up on an overdue run depends on what it said before.
+    for event in sorted([*announced, *sent], key=lambda e: e.ts):
         run = event.schedule
-        assert run is not None
+        if run is None:
+            for info in event.schedules or ():
+                _announce(entries, info, event)
+            continue
         assert event.task_id
         if event.task_id in known:
             continue
@@ -176,13 +171,32 @@ def apply(session: Session, task_events: Sequence[Event], worker_events: Sequenc
         )
     session.many(_UPSERT, [entries[name] for name in sorted(entries)])
     for event in announced:
-        # An entry this beat no longer announces was removed from its schedule.
-        listed = sorted({i.name for i in event.schedules or ()})
-        gone = [r.name for r in entries.values() if r.beat == event.hostname and r.name not in listed]
-        gone = [n for n in gone if entries[n].reported_at < event.ts]
-        for name in gone:
-            session.run("DELETE FROM schedules WHERE name = ? AND reported_at < ?", (name, event.ts))
-            session.run("DELETE FROM schedule_runs WHERE name = ?", (name,))
+        # An entry this beat no longer announces was removed from its schedule: it goes, with its runs.
+        listed = {i.name for i in event.schedules or ()}
+        rows = session.rows(
+            "SELECT name FROM schedules WHERE beat = ? AND reported_at < ?", (event.hostname, event.ts)
+        )
+        for (name,) in rows:
+            if name not in listed:
+                session.run("DELETE FROM schedules WHERE name = ?", (name,))
+                session.run("DELETE FROM schedule_runs WHERE name = ?", (name,))
+
+
+def _announce(entries: dict[str, ScheduleRow], info: ScheduleInfo, event: Event) -> None:
+    """What a beat says of one entry, over what was stored. When the entry was overdue and beat now puts
+    its next run in the future, beat gave up on the overdue runs (a fresh schedule file): they are missed."""
+    old = entries.get(info.name)
+    if old is not None and old.reported_at > event.ts:
+        return
+    missed = int(old.missed) if old else 0
+    overdue = old is not None and old.next_at is not None and old.next_at < event.ts
+    if overdue and old is not None and old.next_at is not None and (info.next_at or 0.0) > event.ts:
+        missed += math.floor((event.ts - old.next_at) / old.every) + 1 if old.every else 1
+    entries[info.name] = ScheduleRow(
+        name=info.name, task=info.task, schedule=info.schedule, every=info.interval, next_at=info.next_at,
+        beat=event.hostname, first_seen=old.first_seen if old else event.ts, reported_at=event.ts,
+        last_sent_at=old.last_sent_at if old else None, missed=missed,
+    )  # fmt: skip
 
 
 def forget_runs(session: Session, task_ids: Sequence[str]) -> None:
