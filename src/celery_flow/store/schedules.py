@@ -189,8 +189,7 @@ def _announce(entries: dict[str, ScheduleRow], info: ScheduleInfo, event: Event)
     if old is not None and old.reported_at > event.ts:
         return
     missed = int(old.missed) if old else 0
-    overdue = old is not None and old.next_at is not None and old.next_at < event.ts
-    if overdue and old is not None and old.next_at is not None and (info.next_at or 0.0) > event.ts:
+    if old is not None and old.next_at is not None and old.next_at < event.ts < (info.next_at or 0.0):
         missed += math.floor((event.ts - old.next_at) / old.every) + 1 if old.every else 1
     entries[info.name] = ScheduleRow(
         name=info.name, task=info.task, schedule=info.schedule, every=info.interval, next_at=info.next_at,
