@@ -159,6 +159,15 @@ def _next_after(schedule: Any, last: float, now: float) -> float:
     return now + float(schedule.remaining_estimate(_utc(last)).total_seconds())
 
 
+def _following(schedule: Any, at: float, now: float) -> float:
+    """The due time after the one at `at`. Celery's crontab takes a run at a due minute itself as still
+    due (its next is the same minute): then the next after a second later."""
+    following = _next_after(schedule, at, now)
+    if following <= at + 0.5:
+        following = _next_after(schedule, at + 1.0, now)
+    return following
+
+
 def _epoch(value: Any, now: float) -> float:
     if isinstance(value, datetime):
         if value.tzinfo is None:
@@ -182,7 +191,7 @@ def schedule_of(entry: Any, now: float | None = None) -> tuple[float | None, flo
         interval = float(run_every.total_seconds())
     else:
         with contextlib.suppress(Exception):
-            interval = _next_after(schedule, max(next_at, now), now) - max(next_at, now)
+            interval = _following(schedule, max(next_at, now), now) - max(next_at, now)
     return (interval if interval and interval > 0 else None), max(next_at, now)
 
 
@@ -195,7 +204,7 @@ def run_of(entry: Any, now: float | None = None) -> ScheduleRun:
     missed = 0
     at = due
     while missed < _MISSED_LIMIT:
-        following = _next_after(schedule, at, now)
+        following = _following(schedule, at, now)
         if following <= at or following > now:
             break
         missed += 1
