@@ -18,7 +18,7 @@ import time
 from datetime import datetime, timezone
 from typing import Any
 
-from celery_flow.events import MAX_SCHEDULES, ScheduleInfo, ScheduleRun
+from celery_flow.events import DEFAULT_HEARTBEAT_INTERVAL, MAX_SCHEDULES, ScheduleInfo, ScheduleRun
 from celery_flow.tracking.hooks import Tracker, _log, tracker_for_app
 
 __all__ = ["connect_beat", "describe", "schedule_of"]
@@ -84,15 +84,13 @@ class _BeatWatch(threading.Thread):
         super().start()
 
     def run(self) -> None:
-        interval = DEFAULT = 15.0
         tracker = self.tracker()
-        if tracker is not None:
-            interval = DEFAULT = tracker.heartbeat_interval
+        interval = tracker.heartbeat_interval if tracker is not None else DEFAULT_HEARTBEAT_INTERVAL
         while not self.stopped.wait(interval):
             tracker = self.tracker()
             if tracker is None:
-                continue
-            interval = tracker.heartbeat_interval or DEFAULT
+                continue  # between a shutdown() and an init()
+            interval = tracker.heartbeat_interval
             with contextlib.suppress(Exception):  # never let the heartbeat thread die noisily
                 self._emit(tracker, "worker.heartbeat")
 
