@@ -214,27 +214,29 @@ def read(
     name: str | None = None,
     recent: int = RECENT_RUNS,
     default_interval: float = DEFAULT_HEARTBEAT_INTERVAL,
+    counts: bool = True,
 ) -> Schedules:
     """Every schedule entry (or the one called `name`) judged at `now` with `grace` seconds of grace: its
-    runs, failures, late, missed, next expected run and its `recent` newest runs; and the beats."""
+    runs and failures (left 0 unless `counts`: they read every run kept), late, missed, next expected run
+    and its `recent` newest runs; and the beats."""
     where, params = (" WHERE name = ?", (name,)) if name is not None else ("", ())
     rows = fetch(session, ScheduleRow, _SELECT + where + " ORDER BY name", params)
     announcers = {r.beat for r in rows}
     beats = [w for w in fetch(session, WorkerRow, WORKER_SELECT) if w.hostname in announcers or _is_beat(w)]
     up = {w.hostname: not is_gone(w, default_interval, now) for w in beats}
-    counts = {
+    totals = {
         str(r[0]): (int(r[1]), int(r[2] or 0))
-        for r in session.rows(
+        for r in (session.rows(
             "SELECT r.name, COUNT(*), SUM(CASE WHEN t.state = 'FAILURE' THEN 1 ELSE 0 END) "
             "FROM schedule_runs r LEFT JOIN tasks t ON t.task_id = r.task_id"
             + where.replace("name", "r.name")
             + " GROUP BY r.name",
             params,
-        )
+        ) if counts else [])
     }  # fmt: skip
     items = []
     for row in rows:
-        runs, failures = counts.get(row.name, (0, 0))
+        runs, failures = totals.get(row.name, (0, 0))
         overdue = max(0.0, now - row.next_at) if row.next_at is not None else 0.0
         late = overdue > grace
         missed_now = 0

@@ -163,7 +163,7 @@ class SqlStore(SqlConnections[C]):
             condition, params = self.stuck.condition(s)
             stuck = int(s.rows(f"SELECT COUNT(*) FROM tasks WHERE {condition}", params)[0][0])
             beat = schedules.read(s, time.time(), self.schedule_grace, recent=0,
-                                  default_interval=self.heartbeat_interval)  # fmt: skip
+                                  default_interval=self.heartbeat_interval, counts=False)  # fmt: skip
             finished = sum(sum(counts) for counts in t.throughput.values())
             failed = sum(t.throughput.get("FAILURE", ()))
             per_bucket = [sum(column) for column in zip(*t.throughput.values(), strict=True)]
