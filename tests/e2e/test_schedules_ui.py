@@ -91,6 +91,7 @@ def test_schedules_page_strip_banner_and_overview(stack: Stack, page: Page, page
     page.goto(stack.url + "/")
     figure = page.get_by_test_id("fig-schedules")
     expect(figure).to_contain_text("beat is down")
+    screenshot(page, "overview-schedules-dark")
     figure.click()
     expect(page).to_have_url(re.compile(r"/schedules$"))
     expect(page.get_by_role("link", name="Schedules")).to_have_attribute("aria-current", "page")
