@@ -12,6 +12,7 @@ import { NotFoundView } from "./views/NotFound";
 import { RegistryView } from "./views/Registry";
 import { TaskView } from "./views/Task";
 import { TasksView } from "./views/Tasks";
+import { SchedulesView } from "./views/Schedules";
 import { WorkersView } from "./views/Workers";
 
 // The graph views pull in React Flow; load them only when a flow or a trace is opened.
@@ -184,6 +185,7 @@ function Nav() {
       {item("/tasks", "Tasks", (p) => p === "/tasks")}
       {item("/failures", "Failures", (p) => p.startsWith("/failures"))}
       {item("/registry", "Registry", (p) => p.startsWith("/registry"))}
+      {item("/schedules", "Schedules", (p) => p.startsWith("/schedules"))}
       {item("/workers", "Workers", (p) => p.startsWith("/workers"))}
     </nav>
   );
@@ -223,6 +225,7 @@ function Routes() {
       <Route path="/registry" component={RegistryView} />
       <Route path="/registry/:name">{({ name }) => <TaskNameView key={name} name={param(name)} />}</Route>
       <Route path="/workers" component={WorkersView} />
+      <Route path="/schedules" component={SchedulesView} />
       <Route component={NotFoundView} />
     </Switch>
   );

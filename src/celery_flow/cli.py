@@ -82,6 +82,9 @@ OPTIONS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
     "stuck_after": (("--stuck-after",), {
         "metavar": "DURATION", "help": "Flag a task stuck once it has run this long (90s, 30m, 2h), "
         "whatever its name's history says. Env: CELERY_FLOW_STUCK_AFTER. Default: off (history only)."}),
+    "schedule_grace": (("--schedule-grace",), {
+        "metavar": "DURATION", "help": "Flag a beat schedule entry late once its next run is this overdue "
+        "(30s, 5m). Env: CELERY_FLOW_SCHEDULE_GRACE. Default: 60s."}),
     "metrics_max_names": (("--metrics-max-names",), {
         "type": click.IntRange(min=1), "metavar": "N",
         "help": "Task names labelled in /metrics (most finished first); the rest count as name=\"other\". "
@@ -112,7 +115,7 @@ OPTIONS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
 }  # fmt: skip
 
 # The settings `server_config()` resolves, and the options of each kind of command.
-SETTINGS = ("broker_url", "store", "prefix", "ttl", "max_tasks", "stuck_after")
+SETTINGS = ("broker_url", "store", "prefix", "ttl", "max_tasks", "stuck_after", "schedule_grace")
 SERVER = (
     *SETTINGS,
     "host",
@@ -139,7 +142,8 @@ def options(*names: str, **overrides: dict[str, Any]) -> Callable[[F], F]:
     return decorate
 
 
-# --broker-url, --store, --prefix, --ttl, --max-tasks, --stuck-after: for a command resolving a ServerConfig.
+# --broker-url, --store, --prefix, --ttl, --max-tasks, --stuck-after, --schedule-grace: for a command
+# resolving a ServerConfig.
 common_options = options(*SETTINGS)
 
 

@@ -50,6 +50,9 @@ class TaskInfo(msgspec.Struct, kw_only=True, omit_defaults=True):
     doc: str | None = None
 
 
+# Most entries of a beat schedule one event carries.
+MAX_SCHEDULES: Final = 1000
+
 # Most planned steps one `sent` event carries (a plan of a huge group stops there).
 MAX_PLAN_STEPS: Final = 1000
 
@@ -73,6 +76,29 @@ class PlanStep(msgspec.Struct, kw_only=True, omit_defaults=True):
     chord_id: str | None = None
     links: list[str] | None = None
     link_errors: list[str] | None = None
+
+
+class ScheduleInfo(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One entry of a beat schedule as the beat process announces it (on its worker events)."""
+
+    name: str
+    task: str
+    # The schedule in words, e.g. `every 2s`, `crontab(0 4 * * *)`.
+    schedule: str
+    # Seconds between runs (for a crontab or solar schedule: between its next two runs).
+    interval: float | None = None
+    # When beat will send it next (epoch seconds).
+    next_at: float | None = None
+
+
+class ScheduleRun(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """On a `sent` from beat: the entry it ran, when that run was due, when the next one is due, and the
+    runs that came due between and were never sent (beat was down)."""
+
+    entry: str
+    due: float | None = None
+    next_at: float | None = None
+    missed: int = 0
 
 
 class Event(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -127,6 +153,11 @@ class Event(msgspec.Struct, kw_only=True, omit_defaults=True):
 
     # publisher.dropped: events dropped by this process since its last report.
     dropped: int | None = None
+
+    # Beat (periodic tasks): on a `sent` from beat, the entry it ran; on the beat process's worker
+    # events, its whole schedule (at most MAX_SCHEDULES entries).
+    schedule: ScheduleRun | None = None
+    schedules: list[ScheduleInfo] | None = None
 
 
 _encoder = msgspec.json.Encoder()
@@ -265,6 +296,8 @@ def decode(data: bytes | bytearray | memoryview | str) -> Event:
         values = getattr(event, name)
         if values and any(len(v) > _ID_MAX for v in values):
             setattr(event, name, [v[:_ID_MAX] for v in values])
+    if event.schedule is not None or event.schedules is not None:
+        _clip_schedules(event)
     for name in _INT_FIELDS:
         # JSON integers are unbounded; SQL columns are 64-bit. Out of range here would fail the whole
         # batch's commit in the store on every retry (a poison message), so it is a bad field instead.
@@ -287,6 +320,23 @@ _INT_MIN: Final = -(2**63)
 _INT_MAX: Final = 2**63 - 1
 _TEXT_FIELDS: Final = ("id", "task_id", "name", "root_id", "parent_id", "group_id", "chord_id", "trace_id",
                        "hostname", "queue", "exception", "traceback", "reason")  # fmt: skip
+
+
+def _clip_schedules(event: Event) -> None:
+    """Beat's entry names, task names and schedule texts clipped and freed of NULs like other texts (the
+    entry name is a key of the store); a schedule over MAX_SCHEDULES entries keeps its first ones."""
+
+    def text(value: str) -> str:
+        return value[:512].replace("\x00", "\ufffd")
+
+    run = event.schedule
+    if run is not None:
+        run.entry = text(run.entry)
+        run.missed = min(max(run.missed, 0), _INT_MAX)
+    if event.schedules is not None:
+        event.schedules = event.schedules[:MAX_SCHEDULES]
+        for info in event.schedules:
+            info.name, info.task, info.schedule = text(info.name), text(info.task), text(info.schedule)
 
 
 def _strip_nul(event: Event) -> None:

@@ -20,6 +20,8 @@ DEFAULT_PREFIX = "celery_flow"
 #: The consumer group the server reads with; every group gets every event.
 DEFAULT_GROUP = "celery_flow"
 DEFAULT_TTL = 86_400
+# Seconds a beat schedule entry's next run may be overdue before it is late (--schedule-grace).
+DEFAULT_SCHEDULE_GRACE = 60.0
 DEFAULT_MAX_VALUE_SIZE = 4096
 
 T = TypeVar("T")

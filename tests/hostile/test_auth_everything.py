@@ -31,8 +31,8 @@ from tests.support.server_helpers import serving
 USER, PASSWORD = "ops", "pa:ss word"
 METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 SPA_PATHS = ["flows", "flows/{root}", "tasks", "tasks/{task}", "traces/{trace}", "registry",
-             "registry/app.secret", "failures", "workers", "index.html", "favicon.ico", "no/such/page", "api",
-             "api/nope"]  # fmt: skip
+             "registry/app.secret", "failures", "workers", "schedules", "index.html", "favicon.ico",
+             "no/such/page", "api", "api/nope"]  # fmt: skip
 
 
 def _basic(user: str, password: str) -> dict[str, str]:

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from playwright.async_api import Page, async_playwright, expect
 
-from celery_flow.events import Event, TaskInfo
+from celery_flow.events import Event, ScheduleInfo, ScheduleRun, TaskInfo
 from celery_flow.server import create_app
 from celery_flow.store import open_store
 from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS, built_ui  # noqa: F401 - a fixture, shared
@@ -36,8 +36,13 @@ PAYLOADS = {
     "queue": "q<b id=xss-queue>bold</b>",
     "reason": "<a id=xss-reason href=javascript:window.__xss=6>retry</a>",
     "key": "<i id=xss-key>k</i>",
+    "entry": "nightly <img src=x id=xss-entry onerror=window.__xss=7>",
+    "schedule": "<u id=xss-schedule>every 1s</u>",
 }
-INJECTED = "#xss-name, #xss-host, #xss-exc, #xss-tb, #xss-result, #xss-queue, #xss-reason, #xss-key"
+INJECTED = (
+    "#xss-name, #xss-host, #xss-exc, #xss-tb, #xss-result, #xss-queue, #xss-reason, #xss-key, #xss-entry, "
+    "#xss-schedule"
+)
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +77,11 @@ def hostile_ui(tmp_path_factory: pytest.TempPathFactory, built_ui: Path) -> Iter
         runtime=0.5, **host)  # fmt: skip
     events.append(event("worker.online", ts=t0, hostname=PAYLOADS["host"],
                         tasks=[TaskInfo(name=PAYLOADS["name"], doc=PAYLOADS["reason"])]))  # fmt: skip
+    # A beat (also named by a payload) whose entry and schedule text are payloads; the root was its run.
+    entry = ScheduleInfo(name=PAYLOADS["entry"], task=PAYLOADS["name"], schedule=PAYLOADS["schedule"],
+                         interval=1.0, next_at=t0 + 1)  # fmt: skip
+    events.append(event("worker.online", ts=t0, hostname=PAYLOADS["host"] + "-beat", schedules=[entry]))
+    events[0].schedule = ScheduleRun(entry=PAYLOADS["entry"], due=t0)
 
     url = f"sqlite:///{tmp_path_factory.mktemp('xss')}/flow.db"
     store = open_store(url)
@@ -95,6 +105,7 @@ VIEWS = [
     ("trace", "/traces/{trace}", "short name"),
     ("registry", "/registry", "name"),
     ("workers", "/workers", "host"),
+    ("schedules: entry, task, schedule, beat banner", "/schedules", "entry"),
 ]
 
 
@@ -125,6 +136,9 @@ async def _visit_all(ui: dict[str, str]) -> list[str]:
                         # task name's last part, which here is `__xss=1;alert(1)">`).
                         text = 'alert(1)">' if visible == "short name" else PAYLOADS[visible]
                         await expect(page.get_by_text(text, exact=False).first).to_be_visible()
+                    if path == "/schedules":
+                        await expect(page.get_by_text(PAYLOADS["schedule"]).first).to_be_visible()
+                        await expect(page.get_by_test_id("beat-down")).to_be_visible()
                     if "failed" in path:
                         await expect(page.get_by_test_id("traceback")).to_contain_text("<iframe id=xss-tb")
                     await _assert_inert(page, dialogs)

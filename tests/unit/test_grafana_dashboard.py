@@ -13,8 +13,15 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 from tests.support.events import event, finished_task
 
+from celery_flow.events import ScheduleInfo
 from celery_flow.server.health import ConsumerHealth, HealthReport, StoreHealth, TransportHealth
-from celery_flow.server.metrics import TASK_METRICS, TaskCollector, metrics_registry, render
+from celery_flow.server.metrics import (
+    TASK_METRICS,
+    ScheduleCollector,
+    TaskCollector,
+    metrics_registry,
+    render,
+)
 from celery_flow.store import open_store
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "docs" / "grafana" / "celery-flow.json"
@@ -22,19 +29,24 @@ SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), 
 
 
 def exported(tmp: Path) -> set[str]:
-    """Every sample name a server with tasks, a worker and a backlog exposes."""
+    """Every sample name a server with tasks, a worker, a backlog and a beat schedule exposes."""
     store = open_store(f"sqlite:///{tmp / 'f.db'}")
     try:
         store.apply(finished_task("t1", name="app.work", runtime=0.1, queue="q"))
         store.apply([event("sent", "t2", name="app.work", root_id="t2", queue="q")])
         store.apply([event("worker.online", None, hostname="celery@w")])
+        entry = ScheduleInfo(
+            name="nightly", task="app.work", schedule="every 60s", interval=60.0, next_at=0.0
+        )
+        store.apply([event("worker.online", None, hostname="celerybeat@w", schedules=[entry])])
         report = HealthReport(
             status="ok", version="x", transport=TransportHealth(url=None, reachable=True),
             store=StoreHealth(url=None, reachable=True, tasks=2, events=5),
             consumer=ConsumerHealth(mode="embedded", status="ok", lag=0), rejected={}, rejected_total=0,
             publisher_dropped=0, live_clients=0, checked_at=time.time(),
         )  # fmt: skip
-        registry = metrics_registry(lambda: report, lambda: (0, 0), TaskCollector(store.all_time, 100))
+        tasks, beat = TaskCollector(store.all_time, 100), ScheduleCollector(lambda: store.schedules(recent=0))
+        registry = metrics_registry(lambda: report, lambda: (0, 0), tasks, beat)
         body = render(registry).decode()
     finally:
         store.close()

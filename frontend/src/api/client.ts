@@ -10,6 +10,7 @@ import type {
   Overview,
   Page,
   RegisteredTask,
+  Schedules,
   TaskDetail,
   TaskSummary,
   TraceView,
@@ -71,6 +72,7 @@ export const api = {
   registry: (s?: AbortSignal) => get<RegisteredTask[]>("/registry", undefined, s),
   workers: (s?: AbortSignal) => get<WorkerInfo[]>("/workers", undefined, s),
   failures: (q: Query, s?: AbortSignal) => get<FailureList>("/failures", q, s),
+  schedules: (s?: AbortSignal) => get<Schedules>("/schedules", undefined, s),
   overview: (q: { since: number; until?: number }, s?: AbortSignal) => get<Overview>("/stats/overview", q, s),
   heatmap: (q: { name?: string; metric: HeatmapMetric; since: number; until?: number }, s?: AbortSignal) =>
     get<Heatmap>("/stats/heatmap", q, s),

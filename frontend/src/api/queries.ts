@@ -25,6 +25,7 @@ export const keys = {
   trace: (traceId: string) => ["trace", traceId] as const,
   registry: () => ["registry"] as const,
   workers: () => ["workers"] as const,
+  schedules: () => ["schedules"] as const,
   /** The failure clusters; its key holds the window and name filter the view asks for. */
   failures: (filters?: Record<string, string>) =>
     filters ? (["failures", filters] as const) : (["failures"] as const),
@@ -50,6 +51,9 @@ export const registryQuery = () =>
 
 export const workersQuery = () =>
   queryOptions({ queryKey: keys.workers(), queryFn: ({ signal }) => api.workers(signal) });
+
+export const schedulesQuery = () =>
+  queryOptions({ queryKey: keys.schedules(), queryFn: ({ signal }) => api.schedules(signal) });
 
 /** Flows drawn in full; a trace with more shows the newest this many and lists the rest as links. */
 export const MAX_TRACE_FLOWS = 30;

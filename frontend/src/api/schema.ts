@@ -95,6 +95,26 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/schedules": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Periodic tasks: beat schedule entries, their runs, late and missed
+         * @description Every entry of the beat schedules celery-flow heard of (a `celery beat` with `init(app)`), by name: `schedule` in words, `last_sent_at`, `expected_next_at`, `runs` and `failures` (among the runs kept), `late` (the next run is overdue by more than `grace` seconds: --schedule-grace), `missed` (runs that came due and were never sent, since the entry was first seen), `beat_up`, and `recent`: its newest runs (all of them: `GET /api/tasks?name=`). `beat_down`: entries exist and no beat that announced them is up (then every entry goes late: blame beat, not the jobs). See docs/schedules.md.
+         */
+        get: operations["get_schedules_api_schedules_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/stats/heatmap": {
         parameters: {
             query?: never;
@@ -144,7 +164,7 @@ export interface paths {
         };
         /**
          * The landing page's figures
-         * @description Over [`since`, `until`) (default: the last 24 hours): tasks finished per time bucket by final state, the failure rate (FAILURE, REVOKED, REJECTED, LOST over all finished), tasks LOST, the top 5 failure clusters (as `GET /api/failures`), the 5 names with the slowest runtime p95 and the names whose p95 regressed (as `GET /api/stats/names/{name}`). Now: the backlog per queue (tasks sent and not received yet: `GET /api/tasks?queue=&state=PENDING`), workers online and offline, tasks stuck (`GET /api/tasks?stuck=true`).
+         * @description Over [`since`, `until`) (default: the last 24 hours): tasks finished per time bucket by final state, the failure rate (FAILURE, REVOKED, REJECTED, LOST over all finished), tasks LOST, the top 5 failure clusters (as `GET /api/failures`), the 5 names with the slowest runtime p95 and the names whose p95 regressed (as `GET /api/stats/names/{name}`). Now: the backlog per queue (tasks sent and not received yet: `GET /api/tasks?queue=&state=PENDING`), workers online and offline, tasks stuck (`GET /api/tasks?stuck=true`), beat schedule entries, those late, runs missed and whether beat is down (`GET /api/schedules`).
          */
         get: operations["get_overview_api_stats_overview_get"];
         put?: never;
@@ -239,6 +259,18 @@ export interface components {
             queue: string;
             /** Waiting */
             waiting: number;
+        };
+        /**
+         * BeatView
+         * @description A beat process, as a worker: up or down, and when it was last heard.
+         */
+        BeatView: {
+            /** Hostname */
+            hostname: string;
+            /** Last Heard */
+            last_heard: number | null;
+            /** Up */
+            up: boolean;
         };
         /**
          * ConsumerHealth
@@ -544,6 +576,11 @@ export interface components {
         Overview: {
             /** Backlog */
             backlog: components["schemas"]["Backlog"][];
+            /**
+             * Beat Down
+             * @default false
+             */
+            beat_down: boolean;
             /** Failed */
             failed: number;
             /** Failure Rate */
@@ -556,6 +593,21 @@ export interface components {
             lost: number;
             /** Regressions */
             regressions: components["schemas"]["Regression"][];
+            /**
+             * Schedules
+             * @default 0
+             */
+            schedules: number;
+            /**
+             * Schedules Late
+             * @default 0
+             */
+            schedules_late: number;
+            /**
+             * Schedules Missed
+             * @default 0
+             */
+            schedules_missed: number;
             /** Since */
             since: number;
             /** Slowest */
@@ -640,6 +692,81 @@ export interface components {
             runs_after: number;
             /** Runs Before */
             runs_before: number;
+        };
+        /**
+         * ScheduleRunView
+         * @description One run beat sent: its task, when it was sent and due, the task's state now, whether it went out
+         *     more than the grace period after it was due, and the runs due before it that were never sent.
+         */
+        ScheduleRunView: {
+            /** Due At */
+            due_at: number | null;
+            /** Late */
+            late: boolean;
+            /** Missed Before */
+            missed_before: number;
+            /** Sent At */
+            sent_at: number;
+            state: components["schemas"]["TaskState"] | null;
+            /** Task Id */
+            task_id: string;
+        };
+        /**
+         * ScheduleView
+         * @description One beat schedule entry: see the module docstring for `late`, `missed` and `beat_up`.
+         */
+        ScheduleView: {
+            /** Beat */
+            beat: string | null;
+            /** Beat Up */
+            beat_up: boolean | null;
+            /** Every */
+            every: number | null;
+            /** Expected Next At */
+            expected_next_at: number | null;
+            /** Failures */
+            failures: number;
+            /** First Seen */
+            first_seen: number;
+            /** Last Sent At */
+            last_sent_at: number | null;
+            /** Late */
+            late: boolean;
+            /** Missed */
+            missed: number;
+            /** Missed Now */
+            missed_now: number;
+            /** Name */
+            name: string;
+            /** Overdue */
+            overdue: number;
+            /** Recent */
+            recent?: components["schemas"]["ScheduleRunView"][];
+            /** Runs */
+            runs: number;
+            /** Schedule */
+            schedule: string;
+            /** Task */
+            task: string;
+        };
+        /**
+         * Schedules
+         * @description Every entry, by name; the beats; `beat_down` when entries exist and no beat that announced them is
+         *     up; `grace` the seconds overdue after which an entry is late.
+         */
+        Schedules: {
+            /** Beat Down */
+            beat_down: boolean;
+            /** Beats */
+            beats: components["schemas"]["BeatView"][];
+            /** Grace */
+            grace: number;
+            /** Items */
+            items: components["schemas"]["ScheduleView"][];
+            /** Late */
+            late: number;
+            /** Missed */
+            missed: number;
         };
         /**
          * Segment
@@ -1200,6 +1327,56 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The store is unreachable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    get_schedules_api_schedules_get: {
+        parameters: {
+            query?: {
+                /** @description One entry, by its name */
+                name?: string | null;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Schedules"];
+                };
+            };
+            /** @description No such id */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
                 };
             };
             /** @description The store is unreachable */

@@ -37,6 +37,11 @@ export type FlowPage = S["FlowPage"];
 export type FailureCluster = S["FailureCluster"];
 export type FailureList = S["FailureList"];
 
+/** Periodic tasks (GET /api/schedules). */
+export type Schedules = S["Schedules"];
+export type ScheduleView = S["ScheduleView"];
+export type ScheduleRunView = S["ScheduleRunView"];
+
 /** Overview and trends (GET /api/stats/...). */
 export type Overview = S["Overview"];
 export type Backlog = S["Backlog"];

@@ -1,6 +1,7 @@
 // /: the landing page. How the tasks went over a window (1h / 24h / 7d): throughput by final state, the
-// failure rate, a runtime heatmap of every name, backlog per queue, workers, lost and stuck tasks, the top
-// failure causes, the slowest names and regressions. Every figure opens the tasks behind it.
+// failure rate, a runtime heatmap of every name, backlog per queue, workers, lost and stuck tasks, late beat
+// schedules (when there are any), the top failure causes, the slowest names and regressions. Every figure
+// opens the tasks behind it.
 import { useQuery } from "@tanstack/react-query";
 import { useMemo } from "react";
 import { api } from "../api/client";
@@ -177,6 +178,17 @@ export default function OverviewView() {
               tone={o.stuck ? "warn" : undefined}
               testId="fig-stuck"
             />
+            {o.schedules > 0 && (
+              <Figure
+                label="Schedules late"
+                value={o.schedules_late.toLocaleString()}
+                sub={o.beat_down ? "beat is down" : `${o.schedules_missed.toLocaleString()} runs missed`}
+                to="/schedules"
+                title={`Beat schedule entries whose next run is overdue, now, of ${o.schedules}; runs missed since each was first seen`}
+                tone={o.beat_down || o.schedules_late ? "bad" : o.schedules_missed ? "warn" : undefined}
+                testId="fig-schedules"
+              />
+            )}
           </div>
           <div className="panels">
             <Panel title="Throughput" note="tasks finished, by final state" testId="panel-throughput">

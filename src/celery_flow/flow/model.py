@@ -344,3 +344,8 @@ class Overview:
     top_failures: list[FailureCluster]
     slowest: list[SlowName]
     regressions: list[Regression]
+    # Beat schedule entries, those late now, runs missed, and whether beat is down (store/schedules.py).
+    schedules: int = 0
+    schedules_late: int = 0
+    schedules_missed: int = 0
+    beat_down: bool = False

@@ -35,6 +35,7 @@ from celery_flow.flow.model import (
 )
 from celery_flow.server.health import HealthMonitor, HealthReport
 from celery_flow.store.base import Store, StoreError, TaskFilter
+from celery_flow.store.schedules import Schedules
 
 R = TypeVar("R")
 log = logging.getLogger("celery_flow.server")
@@ -304,11 +305,29 @@ def build_api_router(
         "LOST, the top 5 failure clusters (as `GET /api/failures`), the 5 names with the slowest runtime "
         "p95 and the names whose p95 regressed (as `GET /api/stats/names/{name}`). Now: the backlog per "
         "queue (tasks sent and not received yet: `GET /api/tasks?queue=&state=PENDING`), workers online "
-        "and offline, tasks stuck (`GET /api/tasks?stuck=true`).",
+        "and offline, tasks stuck (`GET /api/tasks?stuck=true`), beat schedule entries, those late, runs "
+        "missed and whether beat is down (`GET /api/schedules`).",
     )
     def get_overview(since: StatSince = None, until: StatUntil = None) -> Overview:
         _check_window(since, until)
         return guarded(lambda: store().overview(since, until))
+
+    @router.get(
+        "/schedules",
+        response_model=Schedules,
+        summary="Periodic tasks: beat schedule entries, their runs, late and missed",
+        description="Every entry of the beat schedules celery-flow heard of (a `celery beat` with "
+        "`init(app)`), by name: `schedule` in words, `last_sent_at`, `expected_next_at`, `runs` and "
+        "`failures` (among the runs kept), `late` (the next run is overdue by more than `grace` seconds: "
+        "--schedule-grace), `missed` (runs that came due and were never sent, since the entry was first "
+        "seen), `beat_up`, and `recent`: its newest runs (all of them: `GET /api/tasks?name=`). "
+        "`beat_down`: entries exist and no beat that announced them is up (then every entry goes late: "
+        "blame beat, not the jobs). See docs/schedules.md.",
+    )
+    def get_schedules(
+        name: Annotated[str | None, Query(max_length=512, description="One entry, by its name")] = None,
+    ) -> Schedules:
+        return guarded(lambda: store().schedules(name))
 
     @router.get("/registry", response_model=list[RegisteredTask], summary="Every task name seen")
     def get_registry() -> list[RegisteredTask]:

@@ -22,6 +22,7 @@ from celery_flow.errors import ConfigError
 from celery_flow.events import DEFAULT_HEARTBEAT_INTERVAL
 from celery_flow.settings import (
     DEFAULT_PREFIX,
+    DEFAULT_SCHEDULE_GRACE,
     DEFAULT_TTL,
     ENV_PREFIX,
     env_value,
@@ -64,6 +65,8 @@ class ServerConfig:
     otlp_endpoint: str | None = None
     # Seconds of running after which any task is stuck, whatever its name's history (None: history only).
     stuck_after: float | None = None
+    # Seconds a beat schedule entry's next run may be overdue before it is late (store/schedules.py).
+    schedule_grace: float = DEFAULT_SCHEDULE_GRACE
     # Task names with labels of their own in /metrics; the rest are counted as name="other".
     metrics_max_names: int = DEFAULT_METRICS_MAX_NAMES
 
@@ -97,6 +100,7 @@ def resolve(
     environ: Mapping[str, str] | None = None,
     stuck_after: str | None = None,
     metrics_max_names: int | None = None,
+    schedule_grace: str | None = None,
 ) -> ServerConfig:
     """Arguments first (the CLI's options), then CELERY_FLOW_* variables, then defaults. Raises ConfigError.
 
@@ -105,7 +109,8 @@ def resolve(
     --prefix / CELERY_FLOW_PREFIX, --ttl / CELERY_FLOW_TTL (default 1 day, 0 keeps everything),
     --max-tasks / CELERY_FLOW_MAX_TASKS, --basic-auth / CELERY_FLOW_BASIC_AUTH, --no-consumer /
     CELERY_FLOW_EMBEDDED_CONSUMER, CELERY_FLOW_HEARTBEAT_INTERVAL, --stuck-after /
-    CELERY_FLOW_STUCK_AFTER (a duration; 0 or unset: off), --metrics-max-names /
+    CELERY_FLOW_STUCK_AFTER (a duration; 0 or unset: off), --schedule-grace / CELERY_FLOW_SCHEDULE_GRACE
+    (a duration, default 60 s), --metrics-max-names /
     CELERY_FLOW_METRICS_MAX_NAMES (default 100), and --otlp-endpoint / OTEL_EXPORTER_OTLP_*
     (export.otlp_export_endpoint).
     """
@@ -123,9 +128,24 @@ def resolve(
         raise ConfigError(
             f"--stuck-after {stuck_after!r} is not valid: expected {parse_duration.__name__}"
         ) from None
+    try:
+        explicit_grace = parse_duration(schedule_grace) if schedule_grace is not None else None
+    except ValueError:
+        raise ConfigError(
+            f"--schedule-grace {schedule_grace!r} is not valid: expected {parse_duration.__name__}"
+        ) from None
     raw_auth = env_value("BASIC_AUTH", basic_auth, "", str, env)
     return ServerConfig(
-        **_shared(broker_url, store, prefix, default_broker_url, env, explicit_stuck, metrics_max_names),
+        **_shared(
+            broker_url,
+            store,
+            prefix,
+            default_broker_url,
+            env,
+            explicit_stuck,
+            metrics_max_names,
+            explicit_grace,
+        ),
         ttl=ttl_s or None,
         max_tasks=env_value("MAX_TASKS", max_tasks, None, parse_positive_int, env),
         basic_auth=parse_credentials(raw_auth) if raw_auth else None,
@@ -166,6 +186,7 @@ def _shared(
     env: Mapping[str, str],
     stuck_after: float | None = None,
     metrics_max_names: int | None = None,
+    schedule_grace: float | None = None,
 ) -> dict[str, Any]:
     """The settings `resolve()` and `embedded()` resolve alike: where events come from and go."""
     from celery_flow.store import default_store_url
@@ -178,6 +199,9 @@ def _shared(
             "HEARTBEAT_INTERVAL", None, DEFAULT_HEARTBEAT_INTERVAL, parse_seconds, env
         ),
         "stuck_after": env_value("STUCK_AFTER", stuck_after, 0.0, parse_duration, env) or None,
+        "schedule_grace": env_value(
+            "SCHEDULE_GRACE", schedule_grace, DEFAULT_SCHEDULE_GRACE, parse_duration, env
+        ),
         "metrics_max_names": env_value(
             "METRICS_MAX_NAMES", metrics_max_names, DEFAULT_METRICS_MAX_NAMES, parse_positive_int, env
         ),

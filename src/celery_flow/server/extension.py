@@ -41,7 +41,13 @@ from celery_flow.server.config import ServerConfig, embedded
 from celery_flow.server.health import ConsumerHealth, HealthMonitor
 from celery_flow.server.live import LiveFilter, LiveHub
 from celery_flow.server.mcp.endpoint import McpEndpoint
-from celery_flow.server.metrics import CONTENT_TYPE, TaskCollector, metrics_registry, render
+from celery_flow.server.metrics import (
+    CONTENT_TYPE,
+    ScheduleCollector,
+    TaskCollector,
+    metrics_registry,
+    render,
+)
 from celery_flow.server.runtime import Runtime
 from celery_flow.settings import DEFAULT_GROUP
 from celery_flow.store.base import Store, StoreError
@@ -171,8 +177,9 @@ class CeleryFlowExtension:
 
         # This server's own registry, not prometheus_client's global one (see server/metrics.py).
         tasks = TaskCollector(lambda: self.store.all_time(), self.config.metrics_max_names)
+        beat = ScheduleCollector(lambda: self.store.schedules(recent=0))
         registry = metrics_registry(
-            self.health.report, lambda: (self.hub.pushed, self.hub.slow_disconnects), tasks
+            self.health.report, lambda: (self.hub.pushed, self.hub.slow_disconnects), tasks, beat
         )
 
         @router.get("/metrics", include_in_schema=False)

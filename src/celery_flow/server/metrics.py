@@ -29,6 +29,7 @@ from prometheus_client.core import (
 
 from celery_flow.server.health import HealthReport
 from celery_flow.store.base import StoreError
+from celery_flow.store.schedules import Schedules
 from celery_flow.store.stats import EDGES, AllTime, Histogram
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -45,6 +46,9 @@ TASK_METRICS = (
     "celery_flow_task_queue_wait_seconds",
     "celery_flow_queue_backlog",
     "celery_flow_workers_online",
+    "celery_flow_schedule_late",
+    "celery_flow_schedule_missed_total",
+    "celery_flow_beat_up",
 )
 
 
@@ -196,6 +200,51 @@ class TaskCollector:
         yield _gauge("celery_flow_workers_online", "Workers online now", snap.workers_online)
 
 
+class ScheduleCollector:
+    """Beat schedule entries from the store (`read`, docs/schedules.md), cached like TaskCollector's
+    counts: late now (gauge), runs missed since each entry was first seen (counter), and each beat up."""
+
+    def __init__(self, read: Callable[[], Schedules]) -> None:
+        self._read = read
+        self._cached: tuple[float, Schedules] | None = None
+        self._lock = threading.Lock()
+
+    def describe(self) -> list[Metric]:
+        return []  # registering must not read the store
+
+    def read(self) -> Schedules:
+        with self._lock:
+            now = time.monotonic()
+            if self._cached is None or now - self._cached[0] > CACHE_SECONDS:
+                self._cached = (now, self._read())
+            return self._cached[1]
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            snap = self.read()
+        except StoreError:  # celery_flow_store_reachable says so
+            return
+        late = GaugeMetricFamily(
+            "celery_flow_schedule_late",
+            "1 while a beat schedule entry's next run is overdue by more than the grace period",
+            labels=["name"],
+        )
+        missed = CounterMetricFamily(
+            "celery_flow_schedule_missed",
+            "Runs of a beat schedule entry that came due and were never sent",
+            labels=["name"],
+        )
+        for item in snap.items:
+            late.add_metric([item.name], 1.0 if item.late else 0.0)
+            missed.add_metric([item.name], item.missed)
+        yield late
+        yield missed
+        up = GaugeMetricFamily("celery_flow_beat_up", "1 while a beat process is up", labels=["hostname"])
+        for beat in snap.beats:
+            up.add_metric([beat.hostname], 1.0 if beat.up else 0.0)
+        yield up
+
+
 def _histogram(
     name: str, help_: str, labels: list[str], hists: dict[tuple[str, ...], Histogram]
 ) -> HistogramMetricFamily:
@@ -214,6 +263,7 @@ def metrics_registry(
     report: Callable[[], HealthReport],
     live: Callable[[], tuple[int, int]],
     tasks: TaskCollector | None = None,
+    schedules: ScheduleCollector | None = None,
 ) -> CollectorRegistry:
     """A registry of its own holding one `HealthCollector` (and the `TaskCollector`, when given); `live`
     gives (frames pushed, slow disconnects)."""
@@ -221,6 +271,8 @@ def metrics_registry(
     registry.register(HealthCollector(report, live))
     if tasks is not None:
         registry.register(tasks)
+    if schedules is not None:
+        registry.register(schedules)
     return registry
 
 

@@ -73,6 +73,7 @@ class Runtime:
                         self.config.store_url,
                         self.config.heartbeat_interval,
                         stuck_after=self.config.stuck_after,
+                        schedule_grace=self.config.schedule_grace,
                     )
                     stack.callback(store.close)
                 sinks = [*self._given_sinks, *self._export_sinks(store)]

@@ -41,10 +41,12 @@ def open_store(
     *,
     migrate: MigrateMode = "auto",
     stuck_after: float | None = None,
+    schedule_grace: float | None = None,
 ) -> Store:
     """The store at `url` (None: the default SQLite file), created if missing, migrated if older
     (store/migrations.py; `migrate` says how). `heartbeat_interval` is assumed for workers that do not
-    announce theirs; a task running longer than `stuck_after` seconds is stuck (store/stuck.py).
+    announce theirs; a task running longer than `stuck_after` seconds is stuck (store/stuck.py); a schedule
+    entry whose next run is overdue by more than `schedule_grace` seconds is late (store/schedules.py).
 
     Raises StoreError with a one-line message naming the fix when it cannot be opened.
     """
@@ -55,11 +57,14 @@ def open_store(
     if scheme == "sqlite":
         from celery_flow.store.sqlite import SQLiteStore
 
-        return SQLiteStore(sqlite_path(url), heartbeat_interval, migrate=migrate, stuck_after=stuck_after)
+        return SQLiteStore(sqlite_path(url), heartbeat_interval, migrate=migrate, stuck_after=stuck_after,
+                            schedule_grace=schedule_grace)  # fmt: skip
     if scheme in ("postgresql", "postgres"):
         from celery_flow.store.postgresql import PostgresStore
 
-        return PostgresStore(url, heartbeat_interval, migrate=migrate, stuck_after=stuck_after)
+        return PostgresStore(
+            url, heartbeat_interval, migrate=migrate, stuck_after=stuck_after, schedule_grace=schedule_grace
+        )
     raise StoreError(
         f"unknown store URL {url!r}: use sqlite:///path/to/flow.db or postgresql://user@host/db "
         "(--store or CELERY_FLOW_STORE)"

@@ -27,6 +27,7 @@ from celery_flow.flow.model import (
 )
 
 if TYPE_CHECKING:
+    from celery_flow.store.schedules import Schedules
     from celery_flow.store.stats import AllTime
 
 
@@ -105,6 +106,13 @@ class Store(Protocol):
     def name_trend(self, name: str, since: float | None, until: float | None) -> NameTrend: ...
 
     def overview(self, since: float | None, until: float | None) -> Overview: ...
+
+    def schedules(
+        self, name: str | None = None, grace: float | None = None, now: float | None = None, recent: int = 30
+    ) -> Schedules:
+        """Beat schedule entries (or the one called `name`) judged at `now` with `grace` seconds of grace
+        (defaults: the clock, --schedule-grace), each with its `recent` newest runs: store/schedules.py."""
+        ...
 
     def all_time(self) -> AllTime:
         """Counts since the store was created, for Prometheus (store/stats.py)."""

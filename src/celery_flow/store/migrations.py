@@ -103,7 +103,8 @@ STEPS: tuple[Step, ...] = (
         "workers.silent_since (a worker judged gone for silence); tasks finished, runtimes and queue waits "
         "counted per name and time, the backlog per queue and failed tasks per worker (filled by the "
         "re-fold); the search index of arguments, results "
-        "and errors (filled by the re-fold)",
+        "and errors (filled by the re-fold); beat schedule entries and their runs (schedules, "
+        "schedule_runs)",
         """
         ALTER TABLE tasks ADD COLUMN fingerprint TEXT;
         ALTER TABLE flows ADD COLUMN n_planned INTEGER NOT NULL DEFAULT 0;
@@ -158,6 +159,26 @@ STEPS: tuple[Step, ...] = (
             queue TEXT PRIMARY KEY,
             waiting BIGINT NOT NULL
         );
+        CREATE TABLE IF NOT EXISTS schedules (
+            name TEXT PRIMARY KEY,
+            task TEXT NOT NULL,
+            schedule TEXT NOT NULL,
+            every FLOAT8,
+            next_at FLOAT8,
+            beat TEXT,
+            first_seen FLOAT8 NOT NULL,
+            reported_at FLOAT8 NOT NULL,
+            last_sent_at FLOAT8,
+            missed BIGINT NOT NULL DEFAULT 0
+        );
+        CREATE TABLE IF NOT EXISTS schedule_runs (
+            task_id TEXT PRIMARY KEY,
+            name TEXT NOT NULL,
+            sent_at FLOAT8 NOT NULL,
+            due_at FLOAT8,
+            missed BIGINT NOT NULL DEFAULT 0
+        );
+        CREATE INDEX IF NOT EXISTS schedule_runs_name ON schedule_runs (name, sent_at);
         INSERT INTO meta (key, value) SELECT 'stats_end', value FROM meta WHERE key = 'task_num'
         """,
         "adds columns (no row rewritten), builds three partial indexes over {tasks} tasks (each holds "

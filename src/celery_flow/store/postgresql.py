@@ -112,8 +112,9 @@ class PostgresStore(SqlStore[Any]):
         *,
         migrate: MigrateMode = "auto",
         stuck_after: float | None = None,
+        schedule_grace: float | None = None,
     ) -> None:
-        super().__init__(heartbeat_interval, stuck_after)
+        super().__init__(heartbeat_interval, stuck_after, schedule_grace)
         if psycopg is None:
             raise StoreError("PostgreSQL support needs psycopg: pip install 'celery-flow[postgres]'")
         self.url = url

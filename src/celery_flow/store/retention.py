@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from typing import NamedTuple
 
-from celery_flow.store import search, stats
+from celery_flow.store import schedules, search, stats
 from celery_flow.store.connection import Session, chunks, in_list, meta_value, select_in
 from celery_flow.store.failures import ClusterMoves, row_causes
 from celery_flow.store.rows import FlowRecord, fetch_in, select
@@ -101,6 +101,7 @@ def _delete_tasks(session: Session, seq: int, ids: list[str]) -> None:
         events += session.run(f"DELETE FROM events WHERE num IN {in_list(chunk)}", chunk)
         session.run(f"DELETE FROM tasks WHERE num IN {in_list(chunk)}", chunk)
         search.forget(session, chunk)
+    schedules.forget_runs(session, ids)
     deltas: dict[str, list[int]] = {}
     for task in doomed:
         if task.name:

@@ -32,6 +32,8 @@ Tables:
   a big table) and the progress of a background re-fold (store/backfill.py).
 - task_search: the search index of the words and key:value pairs in each task's arguments, result and
   error (store/search.py), one engine's own kind of index each, so its DDL lives there.
+- schedules, schedule_runs: the entries of beat schedules as beat announces them, and the runs it sent
+  (store/schedules.py).
 - migrations: one row per schema version this store was created at or migrated to, with the
   celery-flow version that did it (store/migrations.py).
 """
@@ -209,6 +211,26 @@ CREATE TABLE IF NOT EXISTS queue_backlog (
     queue TEXT PRIMARY KEY,
     waiting BIGINT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS schedules (
+    name TEXT PRIMARY KEY,
+    task TEXT NOT NULL,
+    schedule TEXT NOT NULL,
+    every FLOAT8,
+    next_at FLOAT8,
+    beat TEXT,
+    first_seen FLOAT8 NOT NULL,
+    reported_at FLOAT8 NOT NULL,
+    last_sent_at FLOAT8,
+    missed BIGINT NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS schedule_runs (
+    task_id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    sent_at FLOAT8 NOT NULL,
+    due_at FLOAT8,
+    missed BIGINT NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS schedule_runs_name ON schedule_runs (name, sent_at);
 CREATE TABLE IF NOT EXISTS migrations (
     version BIGINT PRIMARY KEY,
     summary TEXT NOT NULL,

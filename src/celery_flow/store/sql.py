@@ -27,7 +27,7 @@ from celery_flow.flow.model import (
     WorkerInfo,
 )
 from celery_flow.store import failures as clusters
-from celery_flow.store import lost, queries, retention, stats
+from celery_flow.store import lost, queries, retention, schedules, stats
 from celery_flow.store.backfill import start_background, stop_background
 from celery_flow.store.base import LostCheck, StoreStats, TaskFilter
 from celery_flow.store.connection import C, Session, SqlConnections
@@ -45,12 +45,17 @@ class SqlStore(SqlConnections[C]):
     migration: Plan
 
     def __init__(
-        self, heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL, stuck_after: float | None = None
+        self,
+        heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL,
+        stuck_after: float | None = None,
+        schedule_grace: float | None = None,
     ) -> None:
         super().__init__()
         # Assumed for a worker that does not announce its own interval.
         self.heartbeat_interval = heartbeat_interval
         self.stuck = StuckRule(stuck_after)
+        # Seconds a schedule entry's next run may be overdue before it is late (store/schedules.py).
+        self.schedule_grace = schedules.DEFAULT_GRACE if schedule_grace is None else schedule_grace
         self._recent = RecentEvents()
 
     def open_schema(self, where: str, migrate: MigrateMode) -> None:
@@ -157,6 +162,8 @@ class SqlStore(SqlConnections[C]):
             workers = queries.workers(s, self.heartbeat_interval)
             condition, params = self.stuck.condition(s)
             stuck = int(s.rows(f"SELECT COUNT(*) FROM tasks WHERE {condition}", params)[0][0])
+            beat = schedules.read(s, time.time(), self.schedule_grace, recent=0,
+                                  default_interval=self.heartbeat_interval, counts=False)  # fmt: skip
             finished = sum(sum(counts) for counts in t.throughput.values())
             failed = sum(t.throughput.get("FAILURE", ()))
             per_bucket = [sum(column) for column in zip(*t.throughput.values(), strict=True)]
@@ -172,9 +179,27 @@ class SqlStore(SqlConnections[C]):
                 lost=sum(t.throughput["LOST"]), stuck=stuck,
                 top_failures=clusters.failures(s, t.since, t.until, None, stats.TOP),
                 slowest=t.slowest, regressions=t.regressions,
+                schedules=len(beat.items), schedules_late=beat.late, schedules_missed=beat.missed,
+                beat_down=beat.beat_down,
             )  # fmt: skip
 
         return self._reading(read)
+
+    def schedules(
+        self,
+        name: str | None = None,
+        grace: float | None = None,
+        now: float | None = None,
+        recent: int = schedules.RECENT_RUNS,
+    ) -> schedules.Schedules:
+        """Every beat schedule entry (or the one called `name`) judged at `now` (default: the clock) with
+        `grace` seconds of grace (default: the store's, --schedule-grace), each with its `recent` newest
+        runs, and the beats: store/schedules.py."""
+        when = time.time() if now is None else now
+        grace_s = self.schedule_grace if grace is None else grace
+        return self._reading(
+            lambda s: schedules.read(s, when, grace_s, name, recent, self.heartbeat_interval)
+        )
 
     def all_time(self) -> stats.AllTime:
         def read(s: Session) -> stats.AllTime:

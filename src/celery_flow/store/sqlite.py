@@ -55,8 +55,9 @@ class SQLiteStore(SqlStore[sqlite3.Connection]):
         *,
         migrate: MigrateMode = "auto",
         stuck_after: float | None = None,
+        schedule_grace: float | None = None,
     ) -> None:
-        super().__init__(heartbeat_interval, stuck_after)
+        super().__init__(heartbeat_interval, stuck_after, schedule_grace)
         self.path = path
         self.memory = path == ":memory:"
         self._shared = self.memory

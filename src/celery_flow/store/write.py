@@ -21,7 +21,7 @@ import msgspec
 from celery_flow.events import TASK_EVENT_TYPES, WORKER_EVENT_TYPES, Event, encode
 from celery_flow.flow.fold import fold_task
 from celery_flow.flow.model import TERMINAL_STATES, TaskDetail
-from celery_flow.store import lost, search, stats
+from celery_flow.store import lost, schedules, search, stats
 from celery_flow.store.connection import Row, Session, chunks, in_list, meta_value, select_in
 from celery_flow.store.failures import ClusterMoves
 from celery_flow.store.plan import plan_changes
@@ -166,6 +166,7 @@ def apply_batch(session: Session, seq: int, batch: Batch, recent: RecentEvents) 
     if offline:
         marked = mark_lost(session, seq + len(changed), lost.stored_goings(session, offline))
         changed += [task_id for task_id in marked if task_id not in set(changed)]
+    schedules.apply(session, list(batch.task_events.values()), batch.worker_events)
     if batch.counters:
         session.many(
             "INSERT INTO counters (name, value) VALUES (?, ?) "

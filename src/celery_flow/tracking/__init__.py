@@ -107,6 +107,9 @@ def _start(app: Any, settings: TrackingSettings) -> Tracker:
     from celery_flow.tracking.worker import FlowWorkerStep
 
     app.steps["consumer"].add(FlowWorkerStep)
+    from celery_flow.tracking.beat import connect_beat
+
+    connect_beat()
     logger.debug("celery-flow: tracking %s, events to %s", app.main, redact_url(settings.transport_url))
     return tracker
 

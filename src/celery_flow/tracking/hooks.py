@@ -13,6 +13,7 @@ import functools
 import logging
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
@@ -97,6 +98,8 @@ class Tracker:
         # `succeeded`/`failed`/`retried` reuse the fields instead of reading the request again, and
         # take their runtime from it.
         self._running: dict[str, tuple[dict[str, Any], float]] = {}
+        # In a beat process, while its scheduler sends a run: (that thread's id, the run) (tracking.beat).
+        self.beat_run: tuple[int, Any] | None = None
 
     def emit(self, type_: EventType, **fields: Any) -> None:
         self.publisher.record(type_, time.time(), fields)
@@ -125,6 +128,9 @@ class Tracker:
         eta = headers.get("eta")
         if eta:
             fields["eta"] = iso_to_epoch(eta)
+        beat_run = self.beat_run
+        if beat_run is not None and beat_run[0] == threading.get_ident():
+            fields["schedule"] = beat_run[1]
         expires = headers.get("expires")
         if expires:
             fields["expires"] = iso_to_epoch(expires)
