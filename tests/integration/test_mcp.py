@@ -6,13 +6,12 @@ the tools must answer what the REST API answers.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import subprocess
 import sys
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -26,6 +25,7 @@ from mcp import Client, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 from tests.support.canvas_app import make_app
 from tests.support.failing_tasks import register_failing
+from tests.support.mcp_client import run_session, tool_text
 from tests.support.server_helpers import CLI, cli_env, cli_process, free_port, serving
 from tests.support.server_tasks import register_launcher
 from tests.support.wait import wait_for
@@ -37,7 +37,7 @@ from celery_flow.server.auth import require_basic_auth
 pytestmark = pytest.mark.slow
 
 T = TypeVar("T")
-TOOL_NAMES = {"search_tasks", "get_task", "get_flow", "list_failures", "overview"}
+TOOL_NAMES = {"search_tasks", "get_task", "get_flow", "list_failures", "overview", "list_schedules"}
 USER, PASSWORD = "ops", "s3cret:pass"
 CHARGES = 3
 
@@ -101,22 +101,6 @@ def ran(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ra
         celery_flow.shutdown(app)
 
 
-def _run(session: Callable[[Client], Awaitable[T]], client: Client) -> T:
-    async def go() -> T:
-        async with client:
-            return await session(client)
-
-    return asyncio.run(go())
-
-
-async def _text(client: Client, tool: str, arguments: dict[str, Any]) -> str:
-    result = await client.call_tool(tool, arguments)
-    assert not result.is_error, (tool, result.content)
-    text = result.content[0].text  # type: ignore[union-attr]
-    assert isinstance(text, str)
-    return text
-
-
 @dataclass
 class Answers:
     tools: set[str]
@@ -131,10 +115,10 @@ async def _ask(ran: Ran, client: Client) -> Answers:
     assert all(t.annotations and t.annotations.read_only_hint for t in listing.tools)
     return Answers(
         tools={t.name for t in listing.tools},
-        flow=await _text(client, "get_flow", {"root_id": ran.chord_root}),
-        failures=await _text(client, "list_failures", {}),
-        search=await _text(client, "search_tasks", {"q": f"customer_id:{ran.customer}"}),
-        task=await _text(client, "get_task", {"task_id": ran.echo}),
+        flow=await tool_text(client, "get_flow", {"root_id": ran.chord_root}),
+        failures=await tool_text(client, "list_failures", {}),
+        search=await tool_text(client, "search_tasks", {"q": f"customer_id:{ran.customer}"}),
+        task=await tool_text(client, "get_task", {"task_id": ran.echo}),
     )
 
 
@@ -172,12 +156,12 @@ def _check(ran: Ran, answers: Answers) -> None:
 
 
 def test_the_tools_over_http_answer_what_the_api_answers(ran: Ran) -> None:
-    _check(ran, _run(lambda c: _ask(ran, c), Client(f"{ran.url}/mcp")))
+    _check(ran, run_session(lambda c: _ask(ran, c), Client(f"{ran.url}/mcp")))
 
 
 def test_the_tools_over_stdio_reading_the_store(ran: Ran) -> None:
     params = StdioServerParameters(command=CLI[0], args=["mcp", "--store", ran.store_url], env=cli_env())
-    _check(ran, _run(lambda c: _ask(ran, c), Client(params)))
+    _check(ran, run_session(lambda c: _ask(ran, c), Client(params)))
 
 
 def test_stdio_writes_nothing_but_the_protocol_to_stdout(ran: Ran, tmp_path: Path) -> None:
@@ -207,7 +191,7 @@ def test_stdio_writes_nothing_but_the_protocol_to_stdout(ran: Ran, tmp_path: Pat
     finally:
         proc.kill()
         proc.wait()
-    assert "DEBUG" in log.read_text()  # the log went to stderr
+    assert "DEBUG" in log.readtool_text()  # the log went to stderr
     assert [a["id"] for a in answers] == [1, 2]
     assert answers[0]["result"]["serverInfo"]["name"] == "celery-flow"
     text = answers[1]["result"]["content"][0]["text"]
@@ -236,20 +220,20 @@ def secured(ran: Ran) -> Iterator[str]:
 def test_http_refuses_a_client_without_credentials_and_accepts_one_with_them(ran: Ran, secured: str) -> None:
     for headers in ({}, _basic(USER, "wrong")):
         with pytest.raises(Exception):  # noqa: B017 - the SDK raises a group of its own errors
-            _run(lambda c: c.list_tools(), _authed_client(f"{secured}/mcp", headers))
+            run_session(lambda c: c.list_tools(), _authed_client(f"{secured}/mcp", headers))
         # What the client was refused with, over plain HTTP: 401, and no task data.
         refused = httpx.post(f"{secured}/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
                              headers=headers, timeout=10)  # fmt: skip
         assert refused.status_code == 401
         assert "t.echo" not in refused.text
-    answers = _run(lambda c: _ask(ran, c), _authed_client(f"{secured}/mcp", _basic(USER, PASSWORD)))
+    answers = run_session(lambda c: _ask(ran, c), _authed_client(f"{secured}/mcp", _basic(USER, PASSWORD)))
     _check(ran, answers)
 
 
 def test_stdio_reading_a_server_with_its_credentials(ran: Ran, secured: str) -> None:
     args = ["mcp", "--server", secured, "--basic-auth", f"{USER}:{PASSWORD}"]
     params = StdioServerParameters(command=CLI[0], args=args, env=cli_env())
-    _check(ran, _run(lambda c: _ask(ran, c), Client(params)))
+    _check(ran, run_session(lambda c: _ask(ran, c), Client(params)))
 
 
 @pytest.mark.parametrize(
@@ -287,7 +271,7 @@ def test_the_extension_in_a_users_app_serves_mcp_under_its_prefix_across_restart
     for _ in range(2):
         with serving(app, ready_path="/flow/api/health", auth=(USER, PASSWORD)) as url:
             client = _authed_client(f"{url}/flow/mcp", _basic(USER, PASSWORD))
-            text = _run(lambda c: _text(c, "search_tasks", {"name": "ft.charge"}), client)
+            text = run_session(lambda c: tool_text(c, "search_tasks", {"name": "ft.charge"}), client)
             assert {line.split()[0] for line in text.splitlines()[1:]} == set(ran.charges)
             refused = httpx.post(f"{url}/flow/mcp", json={}, timeout=10)
             assert refused.status_code == 401
@@ -304,7 +288,7 @@ def test_stdio_sends_a_header_to_an_extension_guarded_by_a_token_under_a_prefix(
     with serving(app, ready_path="/openapi.json") as url:
         args = ["mcp", "--server", f"{url}/ops/flow/", "--header", "X-Token: t0ken"]
         params = StdioServerParameters(command=CLI[0], args=args, env=cli_env())
-        text = _run(lambda c: _text(c, "get_flow", {"root_id": ran.chord_root}), Client(params))
+        text = run_session(lambda c: tool_text(c, "get_flow", {"root_id": ran.chord_root}), Client(params))
         assert text.startswith(f"flow {ran.chord_root} st.launch: SUCCESS, 5 tasks")
         wrong = ["mcp", "--server", f"{url}/ops/flow/mcp", "--header", "X-Token: nope"]
         done = subprocess.run([*CLI, *wrong], input=b"", capture_output=True, timeout=60, env=cli_env())
@@ -313,7 +297,7 @@ def test_stdio_sends_a_header_to_an_extension_guarded_by_a_token_under_a_prefix(
 
 
 def test_a_large_value_is_cut_with_a_marker(ran: Ran) -> None:
-    text = _run(lambda c: _text(c, "get_task", {"task_id": ran.big}), Client(f"{ran.url}/mcp"))
+    text = run_session(lambda c: tool_text(c, "get_task", {"task_id": ran.big}), Client(f"{ran.url}/mcp"))
     (kwargs,) = [line for line in text.splitlines() if line.startswith("kwargs: ")]
     assert kwargs.startswith('kwargs: {"blob": "xxxx')
     assert kwargs.endswith("more characters: the UI shows them all]")
@@ -342,7 +326,7 @@ def test_an_error_names_the_fix(ran: Ran) -> None:
             answers.append(result.content[0].text)  # type: ignore[union-attr]
         return answers
 
-    answers = _run(ask, Client(f"{ran.url}/mcp"))
+    answers = run_session(ask, Client(f"{ran.url}/mcp"))
     assert answers[0] == "no task with id 'no-such-task' (search_tasks finds ids)"
     assert answers[1].startswith("no flow with root id 'no-such-flow'")
     assert answers[2] == "invalid arguments: `limit`: Input should be less than or equal to 100"
@@ -371,7 +355,7 @@ def test_without_the_extra_the_server_runs_and_mcp_says_what_to_install(ran: Ran
         refused = httpx.post(f"{base}/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"})
         assert (refused.status_code, refused.json()) == (501, {"detail": MISSING})
         assert ran.echo in httpx.get(f"{base}/api/tasks", params={"name": "t.echo"}).text
-    (line,) = [line for line in log.read_text().splitlines() if "/mcp is off" in line]
+    (line,) = [line for line in log.readtool_text().splitlines() if "/mcp is off" in line]
     assert line.endswith(f"celery_flow.mcp: /mcp is off: {MISSING}")
 
     done = subprocess.run([sys.executable, "-c", WITHOUT_SDK, "mcp", "--store", ran.store_url],

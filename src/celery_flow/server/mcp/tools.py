@@ -347,6 +347,34 @@ def overview(store: Store, args: OverviewArgs) -> Text:
     return text
 
 
+class SchedulesArgs(Args):
+    name: str | None = Field(None, max_length=512, description="Only this beat schedule entry")
+
+
+def list_schedules(store: Store, args: SchedulesArgs) -> Text:
+    s = store.schedules(args.name)
+    text = Text(more="pass an entry `name`")
+    if not s.items:
+        text.add("no beat schedule entry known (is celery_flow.init(app) called in the beat process?)")
+        return text
+    beats = ", ".join(f"{inline(b.hostname)} {'up' if b.up else 'DOWN'}" for b in s.beats) or "none"
+    down = "; BEAT IS DOWN: every entry is late because of it" if s.beat_down else ""
+    text.add(f"{len(s.items)} entries, {s.late} late, {s.missed} runs missed "
+             f"(grace {seconds(s.grace)}); beats: {beats}{down}")  # fmt: skip
+    for e in s.items:
+        status = f"LATE by {seconds(e.overdue)}" if e.late else "on time"
+        runs = ", ".join(
+            f"{inline(r.task_id)} {r.state or '?'}{' sent-late' if r.late else ''}"
+            + (f" after {r.missed_before} missed" if r.missed_before else "")
+            for r in e.recent[:5]
+        )
+        text.add(f"- {inline(e.name)}: task {inline(e.task)} {inline(e.schedule)} | {status}, "
+                 f"last sent {when(e.last_sent_at)}, next expected {when(e.expected_next_at)} | "
+                 f"{e.runs} runs, {e.failures} failed, {e.missed} missed | "
+                 f"latest: {runs or 'none'}")  # fmt: skip
+    return text
+
+
 # ---- the registry ---------------------------------------------------------------------------------
 
 TOOLS: list[Tool[Any]] = [
@@ -362,4 +390,6 @@ TOOLS: list[Tool[Any]] = [
     Tool("overview", "The state of the Celery system: throughput, failure rate, backlog per queue, "
          "workers, lost and stuck tasks, top failure causes, slowest task names, regressions.",
          OverviewArgs, overview),
+    Tool("list_schedules", "Periodic (celery beat) entries: last run, next expected, late, missed runs, "
+         "whether beat itself is down, the latest runs with their states.", SchedulesArgs, list_schedules),
 ]  # fmt: skip
