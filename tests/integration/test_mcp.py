@@ -191,7 +191,7 @@ def test_stdio_writes_nothing_but_the_protocol_to_stdout(ran: Ran, tmp_path: Pat
     finally:
         proc.kill()
         proc.wait()
-    assert "DEBUG" in log.readtool_text()  # the log went to stderr
+    assert "DEBUG" in log.read_text()  # the log went to stderr
     assert [a["id"] for a in answers] == [1, 2]
     assert answers[0]["result"]["serverInfo"]["name"] == "celery-flow"
     text = answers[1]["result"]["content"][0]["text"]
@@ -355,7 +355,7 @@ def test_without_the_extra_the_server_runs_and_mcp_says_what_to_install(ran: Ran
         refused = httpx.post(f"{base}/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"})
         assert (refused.status_code, refused.json()) == (501, {"detail": MISSING})
         assert ran.echo in httpx.get(f"{base}/api/tasks", params={"name": "t.echo"}).text
-    (line,) = [line for line in log.readtool_text().splitlines() if "/mcp is off" in line]
+    (line,) = [line for line in log.read_text().splitlines() if "/mcp is off" in line]
     assert line.endswith(f"celery_flow.mcp: /mcp is off: {MISSING}")
 
     done = subprocess.run([sys.executable, "-c", WITHOUT_SDK, "mcp", "--store", ran.store_url],

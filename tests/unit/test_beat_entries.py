@@ -60,3 +60,14 @@ def test_a_crontab_entry_has_an_interval_and_a_next_run() -> None:
     assert run.missed == 2
     assert run.due is not None
     assert abs(run.due - (mark - 600)) < 1
+
+
+def test_a_crontab_entry_due_right_now_keeps_its_cadence() -> None:
+    # 30 s past a 5-minute mark whose run beat has not sent yet: the cadence is still 5 minutes.
+    now = 1_800_000_030.0  # a 5-minute mark (a multiple of 300) plus 30 s
+    clock = datetime.fromtimestamp(now, tz=timezone.utc)
+    cron = crontab(minute="*/5", nowfun=lambda: clock)
+    every, next_at = schedule_of(entry(cron, 90, now), now)
+    assert every is not None
+    assert abs(every - 300) < 1
+    assert next_at == now  # due: beat sends it at its next tick

@@ -188,8 +188,9 @@ def schedule_of(entry: Any, now: float | None = None) -> tuple[float | None, flo
     if run_every is not None and hasattr(run_every, "total_seconds"):
         interval = float(run_every.total_seconds())
     else:
+        # From the due time itself: an overdue one's following due time is a whole cadence after it.
         with contextlib.suppress(Exception):
-            interval = _following(schedule, max(next_at, now), now) - max(next_at, now)
+            interval = _following(schedule, next_at, now) - next_at
     return (interval if interval and interval > 0 else None), max(next_at, now)
 
 
