@@ -14,6 +14,9 @@ from typing import Any
 
 import boto3
 import pytest
+from tests.support.canvas_app import make_app
+from tests.support.events import event
+from tests.support.moto_server import CELERY_SQS_OPTIONS
 from tests.support.server_helpers import free_port
 from tests.support.transport import read_all
 
@@ -30,9 +33,6 @@ from celery_flow.transport.sqs import (
     queue_name,
     retention,
 )
-from tests.support.canvas_app import make_app
-from tests.support.events import event
-from tests.support.moto_server import CELERY_SQS_OPTIONS
 
 GROUP = "celery_flow"
 
@@ -144,7 +144,8 @@ def test_two_consumers_split_the_load(transport: SqsTransport) -> None:
                 batch = sub.read(5, 0)
                 seen.extend(m.data for m in batch)
                 sub.ack([m.id for m in batch])
-        assert seen_a and seen_b  # both members got work
+        assert seen_a, "both members got work"
+        assert seen_b, "both members got work"
         assert sorted(seen_a + seen_b) == sorted(payloads)  # every event once, none twice
     finally:
         a.close()

@@ -114,12 +114,12 @@ def _start(app: Any, settings: TrackingSettings) -> Tracker:
 def _broker_url(app: Any, transport_url: str | None) -> str:
     """`transport_url`, else CELERY_FLOW_BROKER_URL, else the app's broker; ConfigError if none is usable."""
     url = env_value("BROKER_URL", transport_url, "", str)
-    app_url = str(app.conf.broker_url or "")
     if not url:
-        url = app_url
-    if kind_of(url) == "sqs" and kind_of(app_url) == "sqs":
-        # The app's SQS region and is_secure (as kombu reads them) hold for celery-flow's queue too.
-        url = with_sqs_options(url, app.conf.broker_transport_options or {})
+        url = str(app.conf.broker_url or "")
+        if kind_of(url) == "sqs":
+            # The app's region and is_secure (kombu's transport options) hold for celery-flow's queue
+            # too; an explicit URL is taken as written, as the server takes it.
+            url = with_sqs_options(url, app.conf.broker_transport_options or {})
     if not url:
         raise ConfigError(
             "celery-flow has no broker URL: pass init(app, transport_url=...) or set CELERY_FLOW_BROKER_URL"
