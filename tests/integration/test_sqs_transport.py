@@ -279,3 +279,36 @@ def test_boto3_is_imported_only_for_sqs_urls(redis_url: str, sqs_url: str) -> No
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "sqs:// URLs need boto3: pip install 'celery-flow[sqs]'"
+
+
+def test_sns_topic_gives_every_group_its_own_copy(sqs_url: str, unique_prefix: str) -> None:
+    """With `topic_arn`, the publisher sends to the topic and each group's queue, subscribed to it with raw
+    delivery when its consumer starts, gets every event (batches stay batches)."""
+    sns = boto3.client(
+        "sns",
+        endpoint_url=_endpoint(sqs_url),
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    topic = sns.create_topic(Name=f"{unique_prefix}-events")["TopicArn"]
+    t = from_url(f"{sqs_url}?topic_arn={topic}", prefix=unique_prefix)
+    main, audit = t.subscribe(GROUP, "main"), t.subscribe("audit", "a1")
+    again = t.subscribe("audit", "a2")  # a second member of a group subscribes nothing twice
+    try:
+        payloads, lone = _payloads(600), _payloads(1, tag="lone")
+        t.publish(payloads)
+        t.publish(lone)
+        for sub in (main, audit):
+            got = read_all(sub, 601, count=500, ack=True)
+            assert sorted(m.data for m in got) == sorted(payloads + lone)
+            assert len({m.id for m in got}) == 3 + 1  # 600 events in 3 batch messages, and the lone one
+        assert read_all(again, 1, timeout=1) == []
+        assert len(sns.list_subscriptions_by_topic(TopicArn=topic)["Subscriptions"]) == 2
+        names = {u.rsplit("/", 1)[1] for u in _admin(sqs_url).list_queues()["QueueUrls"]}
+        assert {f"{unique_prefix}-events", f"{unique_prefix}-events-audit"} <= names
+    finally:
+        for sub in (main, audit, again):
+            sub.close()
+        t.close()
+        sns.delete_topic(TopicArn=topic)

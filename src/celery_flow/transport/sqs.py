@@ -34,6 +34,7 @@ message delivery gets every event (docs/transports.md).
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections.abc import Mapping, Sequence
@@ -333,11 +334,12 @@ class SqsTransport:
 
     def ping(self) -> None:
         try:
-            client = self._client or self.client()
-            if self.topic_arn is not None and self._client is not None:
-                client.get_topic_attributes(TopicArn=self.topic_arn)
+            if self._client is None:
+                self._client = self.client("sns" if self.topic_arn else "sqs")
+            if self.topic_arn is not None:
+                self._client.get_topic_attributes(TopicArn=self.topic_arn)
             else:
-                client.get_queue_url(QueueName=self.queue)
+                self._client.get_queue_url(QueueName=self.queue)
         except ClientError as exc:
             if not _is_missing(exc):  # the endpoint answered: a queue not created yet is no outage
                 raise self._wrap(exc) from None
@@ -369,9 +371,41 @@ class SqsSubscription:
         self._handles: dict[str, str] = {}
         try:
             self._url = transport.ensure_queue(self._client, self.queue)
+            if transport.topic_arn is not None:
+                self._subscribe_to(transport.topic_arn)
         except (BotoCoreError, ClientError) as exc:
             self._client.close()
             raise transport._wrap(exc) from None
+
+    def _subscribe_to(self, topic_arn: str) -> None:
+        """Subscribe the group's queue to the topic (raw delivery), allowing the topic to send to a queue
+        that has no access policy yet; SNS answers a repeated identical subscribe with the same one."""
+        arn = self._client.get_queue_attributes(QueueUrl=self._url, AttributeNames=["QueueArn", "Policy"])
+        attrs = arn["Attributes"]
+        if "Policy" not in attrs:
+            policy = {
+                "Version": "2012-10-17",
+                "Statement": [
+                    {
+                        "Effect": "Allow",
+                        "Principal": {"Service": "sns.amazonaws.com"},
+                        "Action": "sqs:SendMessage",
+                        "Resource": attrs["QueueArn"],
+                        "Condition": {"ArnEquals": {"aws:SourceArn": topic_arn}},
+                    }
+                ],
+            }
+            self._client.set_queue_attributes(QueueUrl=self._url, Attributes={"Policy": json.dumps(policy)})
+        sns = self._t.client("sns")
+        try:
+            sns.subscribe(
+                TopicArn=topic_arn,
+                Protocol="sqs",
+                Endpoint=attrs["QueueArn"],
+                Attributes={"RawMessageDelivery": "true"},
+            )
+        finally:
+            sns.close()
 
     def read(self, count: int, timeout: float) -> list[Message]:
         wait = min(MAX_WAIT, max(0, round(timeout)))
