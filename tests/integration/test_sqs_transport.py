@@ -312,3 +312,21 @@ def test_sns_topic_gives_every_group_its_own_copy(sqs_url: str, unique_prefix: s
             sub.close()
         t.close()
         sns.delete_topic(TopicArn=topic)
+
+
+def test_celery_flow_command_takes_the_apps_sqs_region(sqs_url: str) -> None:
+    """`celery -A proj flow server` reads the app's SQS broker with its region, as init(app) does."""
+    from types import SimpleNamespace
+
+    import click
+
+    from celery_flow.cli import _app_broker, celery_command
+
+    app = make_app(sqs_url, "cache+memory://", None, main="sqs_cli")
+    app.conf.broker_transport_options = {"region": "eu-north-1", "is_secure": False}
+    with click.Context(celery_command, obj=SimpleNamespace(app=app)) as ctx:
+        url = _app_broker(ctx)
+    assert url == f"{sqs_url}?region=eu-north-1&is_secure=false"
+    transport = from_url(str(url))
+    assert isinstance(transport, SqsTransport)
+    assert (transport.region, transport.is_secure) == ("eu-north-1", False)
