@@ -24,6 +24,7 @@ import celery_flow
 from celery_flow.events import decode, encode
 from celery_flow.tracking.hooks import tracker_for_app
 from celery_flow.transport import ConfigError, DeliveryUnknown, TransportError, from_url
+from celery_flow.transport import sqs as sqs_transport
 from celery_flow.transport.sqs import (
     BATCH_MESSAGES,
     MAX_RETENTION,
@@ -63,7 +64,10 @@ def transport(sqs_url: str, unique_prefix: str) -> Iterator[SqsTransport]:
     t.close()
 
 
-def test_publish_read_ack_and_lag(transport: SqsTransport, sqs_url: str, unique_prefix: str) -> None:
+def test_publish_read_ack_and_lag(
+    transport: SqsTransport, sqs_url: str, unique_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqs_transport, "LAG_INTERVAL", 0.0)  # ask SQS on every lag() call
     payloads, lone = _payloads(1000), _payloads(3, tag="lone")
     transport.publish(payloads)
     for p in lone:

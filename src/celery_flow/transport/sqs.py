@@ -37,6 +37,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -85,6 +86,7 @@ MAX_RETENTION = 14 * 86_400
 DEFAULT_VISIBILITY_TIMEOUT = 60
 DEFAULT_REGION = "us-east-1"
 MAX_WAIT = 20
+LAG_INTERVAL = 15.0
 _CONTENT_TYPE = "content_type"
 _QUEUE_NAME = re.compile(r"^[A-Za-z0-9_-]{1,80}$")
 _MISSING = {"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"}
@@ -369,6 +371,8 @@ class SqsSubscription:
         self._client = transport.client(read_timeout=MAX_WAIT + 10)
         # Received and not deleted yet: message id -> its latest receipt handle (a redelivery has a new one).
         self._handles: dict[str, str] = {}
+        self._lag: int | None = None
+        self._lag_at = -LAG_INTERVAL
         try:
             self._url = transport.ensure_queue(self._client, self.queue)
             if transport.topic_arn is not None:
@@ -460,7 +464,16 @@ class SqsSubscription:
             raise self._t._wrap(exc) from None
 
     def lag(self) -> int | None:
-        """Messages waiting plus messages received and not deleted yet (SQS's approximate counts)."""
+        """Messages waiting plus messages received and not deleted yet (SQS's approximate counts, which
+        trail by up to a minute anyway), asked at most every LAG_INTERVAL seconds: each ask is a request."""
+        now = time.monotonic()
+        if now < self._lag_at + LAG_INTERVAL:
+            return self._lag
+        self._lag_at = now
+        self._lag = self._ask_lag()
+        return self._lag
+
+    def _ask_lag(self) -> int | None:
         try:
             attrs = self._client.get_queue_attributes(
                 QueueUrl=self._url,
