@@ -334,3 +334,18 @@ def test_celery_flow_command_takes_the_apps_sqs_region(sqs_url: str) -> None:
     transport = from_url(str(url))
     assert isinstance(transport, SqsTransport)
     assert (transport.region, transport.is_secure) == ("eu-north-1", False)
+
+
+def test_characters_sqs_refuses_travel_escaped(transport: SqsTransport) -> None:
+    """U+FFFE and U+FFFF are valid in JSON but not in an SQS message: they travel as JSON escapes."""
+    payload = encode(event("sent", "odd", 1_700_000_000.0, args=["a\uffffb\ufffe"]))
+    ((body, _),) = transport._bodies([payload])
+    assert "\uffff" not in body
+    assert "\ufffe" not in body
+    transport.publish([payload])
+    sub = transport.subscribe(GROUP, "c1")
+    try:
+        (got,) = read_all(sub, 1, ack=True)
+    finally:
+        sub.close()
+    assert decode(got.data).args == ["a\uffffb\ufffe"]

@@ -91,6 +91,7 @@ _CONTENT_TYPE = "content_type"
 _QUEUE_NAME = re.compile(r"^[A-Za-z0-9_-]{1,80}$")
 _MISSING = {"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"}
 _TRUE = {"1", "true", "yes", "on"}
+_NONCHARACTERS = re.compile("[\ufffe\uffff]")
 
 
 def queue_name(prefix: str, group: str = DEFAULT_GROUP) -> str:
@@ -250,14 +251,18 @@ class SqsTransport:
             if body is None or len(data) > MESSAGE_BYTES:
                 self._log.warning(
                     "oversize",
-                    "celery-flow: an event of %d bytes does not fit in an SQS message (%d bytes): dropped "
-                    "and counted as such",
+                    "celery-flow: an event of %d bytes cannot travel in an SQS message (at most %d bytes "
+                    "of UTF-8): dropped and counted as such",
                     len(data),
                     MESSAGE_BYTES,
                 )
                 hostname, pid = process_identity()
                 body = encode(make_event("publisher.dropped", dropped=1, hostname=hostname, pid=pid)).decode()
                 events = 1
+            if "\ufffe" in body or "\uffff" in body:
+                # The only characters valid in JSON text that SQS refuses; they can stand only inside
+                # JSON strings, where their escape means the same.
+                body = _NONCHARACTERS.sub(lambda m: f"\\u{ord(m.group()):04x}", body)
             out.append((body, events > 1))
         return out
 
