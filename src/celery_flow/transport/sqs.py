@@ -207,6 +207,7 @@ class SqsTransport:
             connect_timeout=self.connect_timeout,
             read_timeout=self.socket_timeout if read_timeout is None else read_timeout,
             retries={"total_max_attempts": 1},  # the publisher and the consumer retry themselves
+            parameter_validation=False,
             region_name=session.region_name or DEFAULT_REGION,
         )
         options: dict[str, Any] = {"config": config}
