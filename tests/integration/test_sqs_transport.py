@@ -14,6 +14,7 @@ from typing import Any
 
 import boto3
 import pytest
+from celery import Celery
 from tests.support.canvas_app import make_app
 from tests.support.events import event
 from tests.support.moto_server import CELERY_SQS_OPTIONS
@@ -34,6 +35,7 @@ from celery_flow.transport.sqs import (
     queue_name,
     retention,
 )
+from celery_flow.transport.urls import with_sqs_options
 
 GROUP = "celery_flow"
 
@@ -192,6 +194,12 @@ def test_url_forms(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (chain.access_key, chain.endpoint_url, chain.region) == (None, None, "ap-south-1")
     assert chain.client().meta.region_name == "ap-south-1"
     assert SqsTransport("sqs://").client().meta.region_name == "us-east-1"  # kombu's default
+    # What init(app) makes of an app on `sqs://` with broker_transport_options (README's example).
+    options = {"region": "eu-west-1", "is_secure": True, "polling_interval": 1}
+    assert with_sqs_options("sqs://", options) == "sqs://?region=eu-west-1&is_secure=true"
+    assert with_sqs_options("sqs://k:s@h:1/?region=x", options) == "sqs://k:s@h:1/?region=x&is_secure=true"
+    assert with_sqs_options("sqs://", {}) == "sqs://"
+    assert SqsTransport(with_sqs_options("sqs://", options)).region == "eu-west-1"
     assert queue_name("cf") == "cf-events"
     assert queue_name("cf", "audit") == "cf-events-audit"
 
@@ -349,3 +357,32 @@ def test_characters_sqs_refuses_travel_escaped(transport: SqsTransport) -> None:
     finally:
         sub.close()
     assert decode(got.data).args == ["a\uffffb\ufffe"]
+
+
+def test_the_readmes_sqs_example(sqs_url: str, unique_prefix: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`Celery(broker="sqs://")` with a region in broker_transport_options and the AWS chain (here: the
+    environment, the endpoint from AWS_ENDPOINT_URL_SQS): `init(app)` alone puts events in that region."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL_SQS", _endpoint(sqs_url))
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    app = Celery("readme_sqs", broker="sqs://", set_as_current=False)
+    app.conf.broker_transport_options = {"region": "eu-west-1"}
+
+    @app.task(name="t.readme_add", shared=False)
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    celery_flow.init(app, prefix=unique_prefix)
+    try:
+        r = add.apply_async((1, 2), queue=f"q_{unique_prefix}")  # through kombu's SQS broker
+        tracker = tracker_for_app(app)
+        assert tracker is not None
+        assert tracker.publisher.flush(5.0)
+    finally:
+        celery_flow.shutdown(app)
+    reader = from_url(f"{sqs_url}?region=eu-west-1", prefix=unique_prefix)
+    sub = reader.subscribe(GROUP, "check")
+    got = [decode(m.data) for m in read_all(sub, 1, ack=True)]
+    sub.close()
+    reader.close()
+    assert [(e.type, e.task_id) for e in got] == [("sent", r.id)]

@@ -54,10 +54,11 @@ def redact_url(url: str) -> str:
 def with_sqs_options(url: str, transport_options: Mapping[str, Any]) -> str:
     """`url` with the SQS options of Celery's `broker_transport_options` (region, is_secure) added to
     its query, unless the URL names them itself."""
-    parts = urlsplit(url)
-    query = dict(parse_qsl(parts.query))
+    # Not urlunsplit: it writes `sqs://` (no host) back as `sqs:`.
+    base, _, raw_query = url.partition("?")
+    query = dict(parse_qsl(raw_query))
     for key in SQS_TRANSPORT_OPTIONS:
         value = transport_options.get(key)
         if value is not None and key not in query:
             query[key] = str(value).lower() if isinstance(value, bool) else str(value)
-    return urlunsplit(parts._replace(query=urlencode(query)))
+    return f"{base}?{urlencode(query)}" if query else base
