@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 from celery.contrib.testing.worker import start_worker
 
@@ -29,7 +28,7 @@ from tests.fault.test_consumer_kill import _task_events
 from tests.fault.test_publisher_faults import EXTRA_LATENCY, timed_publishes
 from tests.support.canvas_app import make_app
 from tests.support.events import EventLog
-from tests.support.moto_server import CELERY_SQS_OPTIONS, MotoServer
+from tests.support.moto_server import CELERY_SQS_OPTIONS, MotoServer, admin_client
 from tests.support.server_helpers import start_cli, stop_process
 from tests.support.wait import wait_for
 
@@ -43,13 +42,7 @@ VISIBILITY = 3
 
 def _queue_counts(sqs_url: str, prefix: str) -> tuple[int, int]:
     """(messages waiting, messages received and not deleted) in the events queue."""
-    admin = boto3.client(
-        "sqs",
-        endpoint_url="http://" + sqs_url.rsplit("@", 1)[1],
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
+    admin = admin_client(sqs_url)
     url = admin.get_queue_url(QueueName=f"{prefix}-events")["QueueUrl"]
     attrs = admin.get_queue_attributes(
         QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]

@@ -10,14 +10,12 @@ import sys
 import textwrap
 import time
 from collections.abc import Iterator
-from typing import Any
 
-import boto3
 import pytest
 from celery import Celery
 from tests.support.canvas_app import make_app
 from tests.support.events import event
-from tests.support.moto_server import CELERY_SQS_OPTIONS
+from tests.support.moto_server import CELERY_SQS_OPTIONS, admin_client, endpoint_of
 from tests.support.server_helpers import free_port
 from tests.support.transport import read_all
 
@@ -42,20 +40,6 @@ GROUP = "celery_flow"
 
 def _payloads(n: int, size: int = 100, tag: str = "t") -> list[bytes]:
     return [encode(event("sent", f"{tag}{i}", 1_700_000_000.0 + i, args=["x" * size])) for i in range(n)]
-
-
-def _endpoint(sqs_url: str) -> str:
-    return "http://" + sqs_url.rsplit("@", 1)[1]
-
-
-def _admin(sqs_url: str, region: str = "us-east-1") -> Any:
-    return boto3.client(
-        "sqs",
-        endpoint_url=_endpoint(sqs_url),
-        region_name=region,
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
 
 
 @pytest.fixture
@@ -87,7 +71,7 @@ def test_publish_read_ack_and_lag(
     finally:
         sub.close()
     # The queue was created on first publish with the retention from `ttl`.
-    admin = _admin(sqs_url)
+    admin = admin_client(sqs_url)
     url = admin.get_queue_url(QueueName=f"{unique_prefix}-events")["QueueUrl"]
     attrs = admin.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
     assert attrs["MessageRetentionPeriod"] == "3600"
@@ -222,7 +206,7 @@ def test_bad_url_is_a_one_line_config_error(url: str, prefix: str, message: str)
 def test_endpoint_from_aws_endpoint_url_sqs(
     sqs_url: str, unique_prefix: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("AWS_ENDPOINT_URL_SQS", _endpoint(sqs_url))
+    monkeypatch.setenv("AWS_ENDPOINT_URL_SQS", endpoint_of(sqs_url))
     t = from_url("sqs://testing:testing@", prefix=unique_prefix)  # no host: the variable decides
     try:
         t.publish(_payloads(1))
@@ -263,7 +247,7 @@ def test_tracking_follows_the_apps_sqs_broker_and_its_region(sqs_url: str, uniqu
         sub.close()
         reader.close()
         assert [(e.type, e.task_id) for e in got] == [("sent", r.id)]
-        admin = _admin(sqs_url, "us-east-1")
+        admin = admin_client(sqs_url)
         assert f"{unique_prefix}-events" not in str(admin.list_queues().get("QueueUrls", []))
     finally:
         celery_flow.shutdown(app)
@@ -296,13 +280,7 @@ def test_boto3_is_imported_only_for_sqs_urls(redis_url: str, sqs_url: str) -> No
 def test_sns_topic_gives_every_group_its_own_copy(sqs_url: str, unique_prefix: str) -> None:
     """With `topic_arn`, the publisher sends to the topic and each group's queue, subscribed to it with raw
     delivery when its consumer starts, gets every event (batches stay batches)."""
-    sns = boto3.client(
-        "sns",
-        endpoint_url=_endpoint(sqs_url),
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
+    sns = admin_client(sqs_url, "sns")
     topic = sns.create_topic(Name=f"{unique_prefix}-events")["TopicArn"]
     t = from_url(f"{sqs_url}?topic_arn={topic}", prefix=unique_prefix)
     main, audit = t.subscribe(GROUP, "main"), t.subscribe("audit", "a1")
@@ -317,7 +295,7 @@ def test_sns_topic_gives_every_group_its_own_copy(sqs_url: str, unique_prefix: s
             assert len({m.id for m in got}) == 3 + 1  # 600 events in 3 batch messages, and the lone one
         assert read_all(again, 1, timeout=1) == []
         assert len(sns.list_subscriptions_by_topic(TopicArn=topic)["Subscriptions"]) == 2
-        names = {u.rsplit("/", 1)[1] for u in _admin(sqs_url).list_queues()["QueueUrls"]}
+        names = {u.rsplit("/", 1)[1] for u in admin_client(sqs_url).list_queues()["QueueUrls"]}
         assert {f"{unique_prefix}-events", f"{unique_prefix}-events-audit"} <= names
     finally:
         for sub in (main, audit, again):
@@ -362,7 +340,7 @@ def test_characters_sqs_refuses_travel_escaped(transport: SqsTransport) -> None:
 def test_the_readmes_sqs_example(sqs_url: str, unique_prefix: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """`Celery(broker="sqs://")` with a region in broker_transport_options and the AWS chain (here: the
     environment, the endpoint from AWS_ENDPOINT_URL_SQS): `init(app)` alone puts events in that region."""
-    monkeypatch.setenv("AWS_ENDPOINT_URL_SQS", _endpoint(sqs_url))
+    monkeypatch.setenv("AWS_ENDPOINT_URL_SQS", endpoint_of(sqs_url))
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     app = Celery("readme_sqs", broker="sqs://", set_as_current=False)

@@ -14,11 +14,12 @@ import subprocess
 import sys
 import urllib.request
 from types import TracebackType
+from typing import Any
 
 from tests.support.server_helpers import free_port
 from tests.support.wait import wait_for
 
-__all__ = ["CELERY_SQS_OPTIONS", "MotoServer"]
+__all__ = ["CELERY_SQS_OPTIONS", "MotoServer", "admin_client", "endpoint_of"]
 
 #: Celery's `broker_transport_options` for kombu's SQS broker on moto: a short long poll and polling
 #: interval keep task latency low; moto accepts any region and the dummy credentials in the URL.
@@ -29,6 +30,24 @@ CELERY_SQS_OPTIONS = {
     "polling_interval": 0.1,
     "visibility_timeout": 60,
 }
+
+
+def endpoint_of(sqs_url: str) -> str:
+    """`http://host:port` of a `sqs://key:secret@host:port` URL."""
+    return "http://" + sqs_url.rsplit("@", 1)[1].split("?", 1)[0].rstrip("/")
+
+
+def admin_client(sqs_url: str, service: str = "sqs", region: str = "us-east-1") -> Any:
+    """A boto3 client of moto behind `sqs_url`, for a test to look at queues and topics directly."""
+    import boto3
+
+    return boto3.client(
+        service,
+        endpoint_url=endpoint_of(sqs_url),
+        region_name=region,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
 
 
 class MotoServer:
