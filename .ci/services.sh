@@ -46,6 +46,10 @@ if [ ! -x /usr/bin/prometheus ] || [ ! -x /usr/bin/promtool ]; then
   fi
 fi
 
+# Amazon SQS: nothing to start here. The tests run moto (`moto[server]`, a package of the dev extra that
+# `make install` installs) as a process of each test session on a free port (tests/conftest.py `sqs_url`,
+# tests/support/moto_server.py): concurrent runs never share queues and nothing outlives a run.
+
 # Wait (bounded) for every service to answer.
 deadline=$((SECONDS + 90))
 until redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 \

@@ -1,6 +1,6 @@
 """Overhead of celery-flow on Celery: plain vs instrumented, alternating runs in one run.
 
-For each pool (solo, prefork) and each celery-flow transport (Redis stream, RabbitMQ), every round runs
+For each pool (solo, prefork) and each celery-flow transport (Redis stream, RabbitMQ, SQS), every round runs
 the same workload twice, plain then instrumented (the order alternates between rounds so drift in the
 machine's load hits both sides alike):
 
@@ -13,15 +13,17 @@ machine's load hits both sides alike):
 
 Prints tasks/s and µs per apply_async for each side, the medians over the rounds and the ratios
 instrumented/plain. Celery's own broker is Redis in every run; `--transport` picks where celery-flow's
-events go.
+events go. SQS is moto in server mode (a local emulator, started here unless --sqs-url names an endpoint),
+so its figures are not AWS's.
 
-    python bench/overhead.py                      # both transports, both pools, 5,000 tasks, 3 rounds
+    python bench/overhead.py                      # all transports, both pools, 5,000 tasks, 3 rounds
     python bench/overhead.py --transport redis --tasks 2000 --rounds 2 --pools solo
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import statistics
@@ -29,6 +31,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -211,6 +214,13 @@ def _cleanup(transport: str, flow_url: str, prefix: str) -> None:
             client = redis.Redis.from_url(flow_url)
             client.delete(f"{prefix}:events")
             client.close()
+        elif transport == "sqs":
+            from celery_flow.transport.sqs import SqsTransport
+
+            t = SqsTransport(flow_url, prefix=prefix)
+            sqs = t.client()
+            sqs.delete_queue(QueueUrl=sqs.get_queue_url(QueueName=t.queue)["QueueUrl"])
+            sqs.close()
         else:
             import amqp
 
@@ -229,25 +239,39 @@ def _cleanup(transport: str, flow_url: str, prefix: str) -> None:
         print(f"  (cleanup of {prefix} failed: {exc})")
 
 
+@contextlib.contextmanager
+def sqs_endpoint(url: str) -> Iterator[str]:
+    """`url`, else (empty) a moto server of this run's own."""
+    if url:
+        yield url
+        return
+    from tests.support.moto_server import MotoServer
+
+    with MotoServer() as server:
+        yield server.url
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--transport", choices=["redis", "amqp", "both"], default="both")
+    parser.add_argument("--transport", choices=["redis", "amqp", "sqs", "all"], default="all")
     parser.add_argument("--tasks", type=int, default=5000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--pools", default="solo,prefork")
     parser.add_argument("--broker-url", default=os.environ.get("BENCH_BROKER_URL", DEFAULT_BROKER))
     parser.add_argument("--redis-url", default=os.environ.get("BENCH_FLOW_REDIS_URL", DEFAULT_FLOW["redis"]))
     parser.add_argument("--amqp-url", default=os.environ.get("BENCH_FLOW_AMQP_URL", DEFAULT_FLOW["amqp"]))
+    parser.add_argument("--sqs-url", default=os.environ.get("BENCH_FLOW_SQS_URL", ""))
     opts = parser.parse_args()
-    transports = ["redis", "amqp"] if opts.transport == "both" else [opts.transport]
+    transports = ["redis", "amqp", "sqs"] if opts.transport == "all" else [opts.transport]
     pools = [p.strip() for p in opts.pools.split(",") if p.strip()]
     print(f"celery-flow overhead: {opts.tasks} no-op tasks per run, {opts.rounds} rounds, pools {pools}")
     summary: list[str] = []
-    for transport in transports:
-        url = opts.redis_url if transport == "redis" else opts.amqp_url
-        summary += run(transport, url, opts.broker_url, pools, opts.tasks, opts.rounds)
+    with sqs_endpoint(opts.sqs_url if "sqs" in transports else "-") as sqs_url:
+        urls = {"redis": opts.redis_url, "amqp": opts.amqp_url, "sqs": sqs_url}
+        for transport in transports:
+            summary += run(transport, urls[transport], opts.broker_url, pools, opts.tasks, opts.rounds)
     print(
         "\nsummary (medians; ratio = instrumented / plain; target throughput >= 0.95, apply_async <= 1.10):"
     )

@@ -46,8 +46,8 @@ BENCHES = [
         "overhead",
         "overhead.py",
         "Overhead on Celery throughput",
-        "Plain vs instrumented Celery (Redis and RabbitMQ, solo and prefork), alternating runs in one "
-        "process tree; median ratio and spread.",
+        "Plain vs instrumented Celery (events over Redis, RabbitMQ and SQS (moto), solo and prefork), "
+        "alternating runs in one process tree; median ratio and spread.",
         quick=["--tasks", "1000", "--rounds", "2"],
         timeout=900,
         quick_timeout=420,
@@ -117,8 +117,8 @@ BENCHES = [
     Bench(
         "transport",
         "transport.py",
-        "Transport throughput: Redis Streams vs RabbitMQ",
-        "Events/s through `Transport.publish()` and `Subscription.read()+ack()`, both brokers, one run.",
+        "Transport throughput: Redis Streams vs RabbitMQ vs SQS (moto)",
+        "Events/s through `Transport.publish()` and `Subscription.read()+ack()`, every broker, one run.",
         quick=["--events", "5000"],
         timeout=300,
     ),

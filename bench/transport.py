@@ -1,4 +1,4 @@
-"""Transport throughput: Redis Streams vs RabbitMQ, measured in the same run on the same machine.
+"""Transport throughput: Redis Streams vs RabbitMQ vs SQS, measured in the same run on the same machine.
 
 For each transport, with realistic encoded events (bench/_common.py, ~300-600 bytes each):
 
@@ -6,6 +6,9 @@ For each transport, with realistic encoded events (bench/_common.py, ~300-600 by
   background thread calls it (RabbitMQ with and without publisher confirms; confirms are the default);
 - consume: events per second through `Subscription.read(500)` + `ack()`, the consumer's loop without
   the store, for a backlog of the same events.
+
+SQS is moto in server mode (a local emulator, started here unless CELERY_FLOW_BENCH_SQS names an
+endpoint): its figures are the transport's own cost plus moto's, not what AWS's SQS would give.
 
 Each run uses its own stream / exchange and queue and deletes them afterwards. Usage:
 
@@ -16,14 +19,17 @@ Each run uses its own stream / exchange and queue and deletes them afterwards. U
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from _common import stream
 from celery_flow.events import encode
@@ -31,11 +37,32 @@ from celery_flow.transport import from_url
 
 REDIS = os.environ.get("CELERY_FLOW_BENCH_REDIS", "redis://127.0.0.1:6379/15")
 AMQP = os.environ.get("CELERY_FLOW_BENCH_AMQP", "amqp://guest:guest@127.0.0.1:5672//")
+SQS = os.environ.get("CELERY_FLOW_BENCH_SQS", "")
 PUBLISH_BATCH = 100
 READ_BATCH = 500
 
 
+@contextlib.contextmanager
+def sqs_endpoint() -> Iterator[str]:
+    """CELERY_FLOW_BENCH_SQS, else a moto server of this run's own."""
+    if SQS:
+        yield SQS
+        return
+    from tests.support.moto_server import MotoServer
+
+    with MotoServer() as server:
+        yield server.url
+
+
 def _cleanup(kind: str, url: str, prefix: str) -> None:
+    if kind == "sqs":
+        from celery_flow.transport.sqs import SqsTransport
+
+        t = SqsTransport(url, prefix=prefix)
+        client = t.client()
+        client.delete_queue(QueueUrl=client.get_queue_url(QueueName=t.queue)["QueueUrl"])
+        client.close()
+        return
     if kind == "redis":
         import redis
 
@@ -96,14 +123,16 @@ def main() -> None:
         f"{len(payloads)} events, {size:.0f} bytes on average; publish batches of {PUBLISH_BATCH}, "
         f"reads of {READ_BATCH}"
     )
-    rows = [
-        ("redis", "redis", REDIS, {}),
-        ("amqp (confirms)", "amqp", AMQP, {}),
-        ("amqp (no confirms)", "amqp", AMQP, {"confirm": False}),
-    ]
     results = {}
-    for label, kind, url, options in rows:
-        results[label] = measure(kind, url, payloads, **options)
+    with sqs_endpoint() as sqs:
+        rows = [
+            ("redis", "redis", REDIS, {}),
+            ("amqp (confirms)", "amqp", AMQP, {}),
+            ("amqp (no confirms)", "amqp", AMQP, {"confirm": False}),
+            ("sqs (moto)", "sqs", sqs, {}),
+        ]
+        for label, kind, url, options in rows:
+            results[label] = measure(kind, url, payloads, **options)
     base_pub, base_con = results["redis"]
     print(f"{'transport':<20} {'publish ev/s':>13} {'vs redis':>9} {'consume+ack ev/s':>17} {'vs redis':>9}")
     for label, (pub, con) in results.items():

@@ -4,6 +4,7 @@
   flushed before and after.
 - PostgreSQL: a database created for the run and dropped afterwards.
 - RabbitMQ: a vhost created for the run and deleted afterwards.
+- SQS: a moto server of the run's own on a free port (tests/support/moto_server.py), killed afterwards.
 
 Each fixture checks the service first and fails with a message naming the command that starts it.
 """
@@ -19,6 +20,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
+from tests.support.moto_server import MotoServer
 from tests.support.postgres import own_database
 
 REDIS_HOST = os.environ.get("CELERY_FLOW_TEST_REDIS_HOST", "127.0.0.1")
@@ -109,6 +111,13 @@ def amqp_url() -> Iterator[str]:
         yield f"amqp://guest:guest@{AMQP_HOST}/{vhost}"
     finally:
         subprocess.run([ctl, "delete_vhost", vhost], capture_output=True, timeout=60)
+
+
+@pytest.fixture(scope="session")
+def sqs_url() -> Iterator[str]:
+    """`sqs://key:secret@127.0.0.1:<port>` of a local SQS endpoint (moto) owned by this test run."""
+    with MotoServer() as server:
+        yield server.url
 
 
 @pytest.fixture(params=["redis", "amqp"])

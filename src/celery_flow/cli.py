@@ -31,6 +31,7 @@ from celery_flow.consumer import DEFAULT_GROUP
 from celery_flow.errors import ConfigError
 from celery_flow.transport import from_url, redact_url
 from celery_flow.transport.base import TransportError
+from celery_flow.transport.urls import kind_of, with_sqs_options
 
 if TYPE_CHECKING:
     from celery_flow.server.config import ServerConfig
@@ -609,6 +610,8 @@ def _app_broker(ctx: click.Context) -> str | None:
         return None
     if isinstance(url, (list, tuple)):
         url = url[0] if url else None
+    if url and kind_of(str(url)) == "sqs":  # the app's SQS region and is_secure, as init() takes them
+        return with_sqs_options(str(url), app.conf.broker_transport_options or {})
     return str(url) if url else None
 
 

@@ -81,7 +81,7 @@ def test_init_rejects_an_unusable_url(redis_url: str) -> None:
 
     from celery_flow.transport import ConfigError
 
-    app = Celery("x", broker="sqs://")
+    app = Celery("x", broker="filesystem://")  # a kombu broker celery-flow cannot publish to
     with pytest.raises(ConfigError, match="CELERY_FLOW_BROKER_URL"):
         celery_flow.init(app)
 

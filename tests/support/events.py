@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, cast
 
 from celery_flow.events import SCHEMA_VERSION, Event, EventType, decode
+from celery_flow.settings import DEFAULT_GROUP
 from celery_flow.transport import from_url
 from tests.support.wait import WaitTimeout, wait_for
 
@@ -40,7 +41,10 @@ class EventLog:
 
     def __init__(self, url: str, prefix: str) -> None:
         self.transport = from_url(url, prefix=prefix)
-        self.sub = self.transport.subscribe(f"test-{uuid.uuid4().hex[:6]}", "reader")
+        # A group of its own sees every event on Redis and RabbitMQ; on SQS (no fan-out without SNS) the
+        # reader shares the default group's queue, so no server may consume the same prefix meanwhile.
+        group = DEFAULT_GROUP if url.startswith("sqs://") else f"test-{uuid.uuid4().hex[:6]}"
+        self.sub = self.transport.subscribe(group, "reader")
         self.events: list[Event] = []
 
     def poll(self, timeout: float = 0.2) -> list[Event]:

@@ -17,6 +17,7 @@ from celery.contrib.testing.worker import start_worker
 import celery_flow
 from celery_flow.server import create_app
 from tests.support.canvas_app import make_app
+from tests.support.moto_server import CELERY_SQS_OPTIONS
 from tests.support.server_helpers import serving
 from tests.support.server_tasks import register_launcher
 from tests.support.wait import wait_for
@@ -60,12 +61,14 @@ class Env:
 
 
 @contextmanager
-def flow_env(store_url: str, flow_url: str, celery_url: str) -> Iterator[Env]:
+def flow_env(store_url: str, flow_url: str, celery_url: str, backend_url: str | None = None) -> Iterator[Env]:
     """Serve a server on `store_url` consuming `flow_url`, with a solo worker of the canvas app (Celery
-    on `celery_url`) tracked to it."""
+    on `celery_url`, results in `backend_url`, by default the broker) tracked to it."""
     prefix = f"cft_{uuid.uuid4().hex[:8]}"
     server = create_app(broker_url=flow_url, store=store_url, prefix=prefix)
-    app = make_app(celery_url, celery_url, flow_url, prefix, queue=f"q_{prefix}")
+    app = make_app(celery_url, backend_url or celery_url, flow_url, prefix, queue=f"q_{prefix}")
+    if celery_url.startswith("sqs://"):
+        app.conf.broker_transport_options = CELERY_SQS_OPTIONS
     register_launcher(app)
     try:
         with (
@@ -86,11 +89,17 @@ def flow_env(store_url: str, flow_url: str, celery_url: str) -> Iterator[Env]:
 
 
 def env_for(param: str, request: Any, redis_url: str, tmp: Path) -> Iterator[Env]:
-    """The fixture body for a `store-transport` parameter ("sqlite-redis", "postgresql-amqp", ...)."""
+    """The fixture body for a `store-transport` parameter ("sqlite-redis", "postgresql-amqp", ...). On
+    "sqs", Celery itself runs on SQS too (results in Redis: SQS cannot hold them)."""
     store, transport = param.split("-")
     store_url = (
         f"sqlite:///{tmp / 'flow.db'}" if store == "sqlite" else str(request.getfixturevalue("pg_url"))
     )
+    if transport == "sqs":
+        sqs_url = str(request.getfixturevalue("sqs_url"))
+        with flow_env(store_url, sqs_url, sqs_url, backend_url=redis_url) as env:
+            yield env
+        return
     flow_url = redis_url if transport == "redis" else str(request.getfixturevalue("amqp_url"))
     with flow_env(store_url, flow_url, redis_url) as env:
         yield env

@@ -26,7 +26,7 @@ from celery_flow.tracking.hooks import Tracker, _last, connect_signals, disconne
 from celery_flow.tracking.trace import current_trace_id, reset_trace_id, set_trace_id, trace
 from celery_flow.tracking.tracer import trace_through
 from celery_flow.transport import from_url
-from celery_flow.transport.urls import kind_of, redact_url
+from celery_flow.transport.urls import kind_of, redact_url, with_sqs_options
 
 __all__ = [
     "Tracker",
@@ -119,6 +119,10 @@ def _broker_url(app: Any, transport_url: str | None) -> str:
     url = env_value("BROKER_URL", transport_url, "", str)
     if not url:
         url = str(app.conf.broker_url or "")
+        if kind_of(url) == "sqs":
+            # The app's region and is_secure (kombu's transport options) hold for celery-flow's queue
+            # too; an explicit URL is taken as written, as the server takes it.
+            url = with_sqs_options(url, app.conf.broker_transport_options or {})
     if not url:
         raise ConfigError(
             "celery-flow has no broker URL: pass init(app, transport_url=...) or set CELERY_FLOW_BROKER_URL"
@@ -126,7 +130,7 @@ def _broker_url(app: Any, transport_url: str | None) -> str:
     if kind_of(url) is None:
         raise ConfigError(
             f"celery-flow cannot publish to {redact_url(url)!r}: pass init(app, transport_url='redis://...') "
-            "or set CELERY_FLOW_BROKER_URL to a Redis or RabbitMQ URL"
+            "or set CELERY_FLOW_BROKER_URL to a Redis, RabbitMQ or SQS URL"
         )
     return url
 

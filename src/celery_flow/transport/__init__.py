@@ -33,6 +33,10 @@ def from_url(url: str, prefix: str = DEFAULT_PREFIX, **options: Any) -> Transpor
         from celery_flow.transport.amqp import AmqpTransport
 
         return AmqpTransport(url, prefix=prefix, **options)
+    if kind == "sqs":
+        from celery_flow.transport.sqs import SqsTransport  # imports boto3: only for sqs:// URLs
+
+        return SqsTransport(url, prefix=prefix, **options)
     if kind == "memory":
         from celery_flow.transport.memory import MemoryTransport
 

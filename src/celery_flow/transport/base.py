@@ -77,10 +77,11 @@ class Message(NamedTuple):
     data: bytes
 
 
-def frames(payloads: Sequence[bytes]) -> Iterator[tuple[bytes, int]]:
+def frames(payloads: Sequence[bytes], max_bytes: int = MAX_FRAME_BYTES) -> Iterator[tuple[bytes, int]]:
     """Group encoded events into wire entries `(data, events)`; `events == 1` means a single-event entry.
 
-    Order is kept. A batch holds at most MAX_FRAME_EVENTS events and about MAX_FRAME_BYTES bytes.
+    Order is kept. A batch holds at most MAX_FRAME_EVENTS events and at most `max_bytes` bytes (a broker
+    with a smaller message limit, SQS, passes its own).
     """
     for start in range(0, len(payloads), MAX_FRAME_EVENTS):
         part = payloads[start : start + MAX_FRAME_EVENTS]
@@ -90,13 +91,13 @@ def frames(payloads: Sequence[bytes]) -> Iterator[tuple[bytes, int]]:
         # The common case in C, without a Python step per event: no payload is empty or holds a newline
         # (the publisher's are compact JSON), and the part fits the size bound.
         data = b"\n".join(part)
-        if len(data) <= MAX_FRAME_BYTES and all(part) and data.count(b"\n") == len(part) - 1:
+        if len(data) <= max_bytes and all(part) and data.count(b"\n") == len(part) - 1:
             yield data, len(part)
         else:
-            yield from _frames_one_by_one(part)
+            yield from _frames_one_by_one(part, max_bytes)
 
 
-def _frames_one_by_one(payloads: Sequence[bytes]) -> Iterator[tuple[bytes, int]]:
+def _frames_one_by_one(payloads: Sequence[bytes], max_bytes: int) -> Iterator[tuple[bytes, int]]:
     chunk: list[bytes] = []
     size = 0
     for payload in payloads:
@@ -108,7 +109,7 @@ def _frames_one_by_one(payloads: Sequence[bytes]) -> Iterator[tuple[bytes, int]]
                 chunk, size = [], 0
             yield payload, 1
             continue
-        if chunk and size + len(payload) > MAX_FRAME_BYTES:
+        if chunk and size + len(payload) > max_bytes:
             yield (b"\n".join(chunk), len(chunk)) if len(chunk) > 1 else (chunk[0], 1)
             chunk, size = [], 0
         chunk.append(payload)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Literal
-from urllib.parse import urlsplit, urlunsplit
+from collections.abc import Mapping
+from typing import Any, Literal
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-__all__ = ["SUPPORTED", "TransportKind", "kind_of", "redact_url", "scheme_of"]
+__all__ = ["SUPPORTED", "TransportKind", "kind_of", "redact_url", "scheme_of", "with_sqs_options"]
 
-TransportKind = Literal["redis", "amqp", "memory"]
+#: What an `sqs://` URL takes from Celery's `broker_transport_options` (kombu's names).
+SQS_TRANSPORT_OPTIONS = ("region", "is_secure")
+
+TransportKind = Literal["redis", "amqp", "sqs", "memory"]
 
 SCHEMES: dict[str, TransportKind] = {
     "redis": "redis",
@@ -16,6 +20,7 @@ SCHEMES: dict[str, TransportKind] = {
     "amqp": "amqp",
     "amqps": "amqp",
     "pyamqp": "amqp",
+    "sqs": "sqs",
     "memory": "memory",
 }
 #: The schemes as a user reads them in an error message.
@@ -44,3 +49,16 @@ def redact_url(url: str) -> str:
     netloc = parts.netloc.rsplit("@", 1)[1]
     user = parts.username or ""
     return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
+def with_sqs_options(url: str, transport_options: Mapping[str, Any]) -> str:
+    """`url` with the SQS options of Celery's `broker_transport_options` (region, is_secure) added to
+    its query, unless the URL names them itself."""
+    # Not urlunsplit: it writes `sqs://` (no host) back as `sqs:`.
+    base, _, raw_query = url.partition("?")
+    query = dict(parse_qsl(raw_query))
+    for key in SQS_TRANSPORT_OPTIONS:
+        value = transport_options.get(key)
+        if value is not None and key not in query:
+            query[key] = str(value).lower() if isinstance(value, bool) else str(value)
+    return f"{base}?{urlencode(query)}" if query else base
