@@ -19,7 +19,7 @@ RUN python -m build --wheel --outdir /dist
 
 FROM python:3.12-slim-bookworm
 COPY --from=wheel /dist/*.whl /tmp/
-RUN pip install --no-cache-dir "$(ls /tmp/*.whl)[postgres,fast,mcp]" && rm /tmp/*.whl \
+RUN pip install --no-cache-dir "$(ls /tmp/*.whl)[postgres,fast,mcp,sqs]" && rm /tmp/*.whl \
     && useradd --create-home --uid 1000 flow && mkdir /data && chown flow /data
 USER flow
 ENV CELERY_FLOW_STORE=sqlite:////data/celery-flow.db
