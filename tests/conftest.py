@@ -19,6 +19,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
+from tests.support.bigflow import big_flow  # noqa: F401  (a session fixture: one 100,000-task chord)
 from tests.support.postgres import own_database
 
 REDIS_HOST = os.environ.get("CELERY_FLOW_TEST_REDIS_HOST", "127.0.0.1")

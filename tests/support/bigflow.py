@@ -7,10 +7,14 @@ runtimes and queue waits spread so percentiles and the slowest-first order mean 
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
+
+import pytest
+import redis
 
 from celery_flow.events import Event
 
@@ -89,3 +93,62 @@ def _task(
     else:
         out.append(ev("succeeded", start + runtime, runtime=runtime, result=1, retries=attempt, **HOST))
     return out
+
+
+# -- one 100,000-member chord per test session, folded from the real Redis stream ------------------
+
+BIG_MEMBERS = 100_000
+# Every 1,000th member fails: 100 failures, all of which the graph must list.
+BIG_FAIL_EVERY = 1000
+
+
+@dataclass
+class FoldedFlow:
+    store_url: str
+    chord: BigChord
+    fold_seconds: float
+
+
+@pytest.fixture(scope="session")
+def big_flow(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[FoldedFlow]:
+    """A 100,000-member chord published to a Redis stream and folded by a real `celery-flow consume`
+    into a SQLite store, once per session (the graph, paging and browser tests share it)."""
+    from celery_flow.events import encode
+    from celery_flow.store import open_store
+    from celery_flow.transport import from_url
+    from tests.support.server_helpers import cli_env, cli_process
+    from tests.support.wait import wait_for
+
+    folder = tmp_path_factory.mktemp("bigflow")
+    store_url = f"sqlite:///{folder / 'big.db'}"
+    prefix = f"cft_big_{uuid.uuid4().hex[:8]}"
+    # Recent (retention keeps it) and published faster than folded: the stream must hold it all.
+    chord = big_chord(BIG_MEMBERS, fail_every=BIG_FAIL_EVERY, t0=time.time() - 600)
+    log = folder / "consume.log"
+    transport = from_url(redis_url, prefix=prefix, maxlen=10 * BIG_MEMBERS)
+    args = ("consume", "--broker-url", redis_url, "--store", store_url, "--prefix", prefix, "--batch", "1000")
+    started = time.perf_counter()
+    try:
+        with cli_process(*args, log=log, env=cli_env(CELERY_FLOW_TTL="0")):
+            wait_for(lambda: "consumer running" in log.read_text(), 30, "consume to start")
+            total = 0
+            batch: list[bytes] = []
+            for event in chord.events():
+                batch.append(encode(event))
+                if len(batch) == 1000:
+                    transport.publish(batch)
+                    total += len(batch)
+                    batch = []
+            transport.publish(batch)
+            total += len(batch)
+            store = open_store(store_url)
+            try:
+                wait_for(lambda: store.stats().events == total, 600, f"{total:,} events folded")
+            finally:
+                store.close()
+    finally:
+        transport.close()
+        client = redis.Redis.from_url(redis_url)
+        client.delete(f"{prefix}:events")
+        client.close()
+    yield FoldedFlow(store_url, chord, time.perf_counter() - started)

@@ -13,7 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Annotated, NoReturn, TypeVar
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query
+import msgspec
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Response
 from fastapi.exceptions import RequestValidationError
 
 from celery_flow.flow.flows import summarize_trace
@@ -43,6 +44,7 @@ R = TypeVar("R")
 log = logging.getLogger("celery_flow.server")
 
 MAX_LIMIT = 500
+_encoder = msgspec.json.Encoder()
 IdPath = Annotated[str, Path(min_length=1, max_length=255)]
 Name = Annotated[str | None, Query(max_length=512, description="Exact task name")]
 Id = Annotated[str | None, Query(max_length=255)]
@@ -131,6 +133,12 @@ def _invalid(param: str, message: str, value: object) -> NoReturn:
     raise RequestValidationError(
         [{"type": "value_error", "loc": ("query", param), "msg": message, "input": value}]
     )
+
+
+def _json(value: object) -> Response:
+    """A model encoded by msgspec: the graph and member pages are the API's biggest answers, and
+    FastAPI's own validation of them would cost more than reading them from the store."""
+    return Response(content=_encoder.encode(value), media_type="application/json")
 
 
 def guarded(call: Callable[[], R], cursor: str | None = None) -> R:
@@ -229,15 +237,17 @@ def build_api_router(
         "others end at the group's `node_id` with their `count`. Page through all members with `GET "
         "/api/flows/{root_id}/groups/{group_id}/members`. Counts, state, span and critical path stay exact.",
     )
-    def get_flow(root_id: IdPath, collapse: Collapse = members.COLLAPSE_DEFAULT) -> FlowGraph:
+    def get_flow(root_id: IdPath, collapse: Collapse = members.COLLAPSE_DEFAULT) -> Response:
         parts = guarded(lambda: store().flow_parts(root_id, collapse))
         if parts is None or not parts.tasks:
             _not_found("flow", root_id)
         if not parts.groups or parts.summary is None:
-            return build_graph(root_id, parts.tasks)
-        return collapsed_graph(
-            root_id, parts.tasks, [g.collapsed() for g in parts.groups],
-            {g.group_id: g.parents for g in parts.groups}, parts.hidden_parents, parts.summary,
+            return _json(build_graph(root_id, parts.tasks))
+        return _json(
+            collapsed_graph(
+                root_id, parts.tasks, [g.collapsed() for g in parts.groups],
+                {g.group_id: g.parents for g in parts.groups}, parts.hidden_parents, parts.summary,
+            )
         )  # fmt: skip
 
     @router.get(
@@ -257,13 +267,13 @@ def build_api_router(
         sort: Annotated[members.MemberSort, Query(description="Order of the walk")] = "newest",
         limit: Limit = 100,
         cursor: Cursor = None,
-    ) -> MemberPage:
+    ) -> Response:
         page = guarded(
             lambda: store().group_members(root_id, group_id, state, sort, limit, cursor), cursor
         )
         if page is None:
             _not_found("group", group_id)
-        return page
+        return _json(page)
 
     @router.get(
         "/traces/{trace_id}",
