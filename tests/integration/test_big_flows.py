@@ -53,7 +53,9 @@ def test_a_100000_member_chord_comes_collapsed_under_1_mb_with_exact_counts(
     chord = big_flow.chord
     response = big_api.get(f"/api/flows/{chord.root_id}")
     assert response.status_code == 200
-    print(f"\n100,000-member chord: folded in {big_flow.fold_seconds:.1f} s, graph {len(response.content):,} bytes")
+    print(
+        f"\n100,000-member chord: folded in {big_flow.fold_seconds:.1f} s, graph {len(response.content):,} bytes"
+    )
     assert len(response.content) < 1_000_000
     graph = response.json()
     failures = len(chord.failed)
@@ -88,12 +90,16 @@ def test_a_100000_member_chord_comes_collapsed_under_1_mb_with_exact_counts(
     # The critical path: root, the member that finished last, the callback.
     path = graph["critical_path"]
     assert path[0] == chord.root_id and path[-1] == chord.callback_id and len(path) == 3
-    last = max((n for n in nodes.values() if n.get("group_id") == chord.group_id), key=lambda n: n["finished_at"])
+    last = max(
+        (n for n in nodes.values() if n.get("group_id") == chord.group_id), key=lambda n: n["finished_at"]
+    )
     assert path[1] == last["task_id"]
     assert last["finished_at"] == pytest.approx(group["last_finished"])
 
 
-def test_paging_walks_every_member_exactly_once_in_each_order(big_flow: FoldedFlow, big_api: httpx.Client) -> None:
+def test_paging_walks_every_member_exactly_once_in_each_order(
+    big_flow: FoldedFlow, big_api: httpx.Client
+) -> None:
     chord = big_flow.chord
     path = f"/api/flows/{chord.root_id}/groups/{chord.group_id}/members"
     newest = walk(big_api, path, sort="newest", limit=500)
@@ -157,3 +163,51 @@ def test_both_engines_collapse_and_page_alike(store: SqlStore[Any]) -> None:
         bad = api.get(path, params={"cursor": "not-a-cursor"})
         assert bad.status_code == 422 and "cursor" in bad.text
         assert api.get(path, params={"sort": "fastest"}).status_code == 422
+
+
+def test_live_updates_a_collapsed_group_by_its_figures_not_member_by_member(
+    tmp_path: Path,
+) -> None:
+    import asyncio
+
+    from celery_flow.store import open_store
+    from tests.integration.test_live import collect
+
+    store = open_store(f"sqlite:///{tmp_path / 'live.db'}")
+    chord = big_chord(300, fail_every=100)
+    events = list(chord.events())
+    sent = [e for e in events if e.type == "sent"]
+    store.apply(sent)
+    member_ids = {e.task_id for e in sent} - {chord.root_id, chord.callback_id}
+    app = create_app(store=store, embedded_consumer=False)
+    try:
+        with serving(app) as url:
+            graph = httpx.get(f"{url}/api/flows/{chord.root_id}", params={"collapse": 100}).json()
+            assert [g["id"] for g in graph["collapsed"]] == [chord.group_id]
+            assert graph["collapsed"][0]["counts"] == {"PENDING": 300}
+
+            def run() -> None:
+                rest = [e for e in events if e.type != "sent"]
+                for start in range(0, len(rest), 200):
+                    store.apply(rest[start : start + 200])
+
+            def done(frames: list[dict[str, Any]]) -> bool:
+                groups = [f["group"] for f in frames if f["type"] == "group"]
+                return bool(groups) and groups[-1]["counts"].get("SUCCESS") == 300 - len(chord.failed)
+
+            ws = url.replace("http://", "ws://") + "/api/live"
+            frames = asyncio.run(
+                collect(ws, done, send=[{"type": "filter", "root_id": chord.root_id, "collapsed": [chord.group_id]}],
+                        start=run)
+            )  # fmt: skip
+    finally:
+        store.close()
+    pushed = [i for f in frames if f["type"] == "tasks" for i in f["items"] if i["task_id"] in member_ids]
+    # Members come only when they fail or retry; everything else arrives as the group's figures.
+    assert pushed and {i["state"] for i in pushed} <= {"FAILURE", "RETRY"}
+    assert {i["task_id"] for i in pushed if i["state"] == "FAILURE"} == set(chord.failed)
+    last = [f["group"] for f in frames if f["type"] == "group"][-1]
+    assert last["total"] == 300 and last["counts"] == {
+        "SUCCESS": 300 - len(chord.failed),
+        "FAILURE": len(chord.failed),
+    }

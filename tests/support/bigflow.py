@@ -54,7 +54,9 @@ def _member_id(group_id: str, i: int) -> str:
 
 def big_chord(members: int, fail_every: int = 0, t0: float = 1_700_000_000.0) -> BigChord:
     """A chord of `members` header tasks; every `fail_every`-th fails (0: none fail)."""
-    chord = BigChord(uuid.uuid4().hex, uuid.uuid4().hex, uuid.uuid4().hex, members, t0=t0, fail_every=fail_every)
+    chord = BigChord(
+        uuid.uuid4().hex, uuid.uuid4().hex, uuid.uuid4().hex, members, t0=t0, fail_every=fail_every
+    )
     for i in range(members):
         if fail_every and i % fail_every == fail_every // 2:
             chord.failed.append(_member_id(chord.group_id, i))

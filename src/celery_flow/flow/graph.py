@@ -161,7 +161,9 @@ def collapsed_graph(
     known = {group.id for group in graph.groups}
     for group in collapsed:
         if group.id not in known:
-            graph.groups.append(GraphGroup(id=group.id, kind=group.kind, members=[], callback_id=group.callback_id))
+            graph.groups.append(
+                GraphGroup(id=group.id, kind=group.kind, members=[], callback_id=group.callback_id)
+            )
         hidden = group.total - len(group.listed)
         if hidden <= 0:
             continue

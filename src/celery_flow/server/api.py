@@ -268,9 +268,7 @@ def build_api_router(
         limit: Limit = 100,
         cursor: Cursor = None,
     ) -> Response:
-        page = guarded(
-            lambda: store().group_members(root_id, group_id, state, sort, limit, cursor), cursor
-        )
+        page = guarded(lambda: store().group_members(root_id, group_id, state, sort, limit, cursor), cursor)
         if page is None:
             _not_found("group", group_id)
         return _json(page)

@@ -19,7 +19,15 @@ from celery_flow.flow.graph import to_node
 from celery_flow.flow.model import CollapsedGroup, FlowSummary, MemberPage, Percentiles, TaskDetail, TaskState
 from celery_flow.store.connection import Session, in_list
 from celery_flow.store.queries import decode_cursor, encode_cursor, flow_tasks
-from celery_flow.store.rows import FLOW_SELECT, TASK_SELECT, FlowRow, TaskRow, fetch, flow_summary, task_from_row
+from celery_flow.store.rows import (
+    FLOW_SELECT,
+    TASK_SELECT,
+    FlowRow,
+    TaskRow,
+    fetch,
+    flow_summary,
+    task_from_row,
+)
 from celery_flow.store.schema import STATES
 
 MemberSort = Literal["newest", "slowest"]
@@ -98,8 +106,8 @@ def flow_parts(s: Session, root_id: str, collapse: int) -> FlowParts | None:
             )
         ]
     if not big:
-        tasks = flow_tasks(s, root_id)
-        return FlowParts(tasks, []) if tasks else None
+        every = flow_tasks(s, root_id)
+        return FlowParts(every, []) if every else None
     groups = [group_stats(s, flow.fnum, group_id) for group_id, _ in big]
     big_ids = [group_id for group_id, _ in big]
     callbacks = [g.callback_id for g in groups if g.callback_id]
@@ -117,7 +125,9 @@ def flow_parts(s: Session, root_id: str, collapse: int) -> FlowParts | None:
     if hidden:
         # Members with a child drawn one by one are listed too (up to LISTED more), so the path from the
         # child back to the root stays whole; the others are drawn as their group.
-        found = _rows_by_id(s, flow.fnum, sorted(hidden), also=f" AND group_id IN {in_list(big_ids)}", extra=big_ids)
+        found = _rows_by_id(
+            s, flow.fnum, sorted(hidden), also=f" AND group_id IN {in_list(big_ids)}", extra=big_ids
+        )
         for row in found[:LISTED]:
             tasks[row.task_id] = task_from_row(row, TaskDetail)
             next(g for g in groups if g.group_id == row.group_id).listed.append(row.task_id)
@@ -133,7 +143,10 @@ def _rows_by_id(
     for start in range(0, len(ids), 400):
         chunk = list(ids[start : start + 400])
         out += fetch(
-            s, TaskRow, TASK_SELECT + f" WHERE fnum = ? AND task_id IN {in_list(chunk)}{also}", (fnum, *chunk, *extra)
+            s,
+            TaskRow,
+            TASK_SELECT + f" WHERE fnum = ? AND task_id IN {in_list(chunk)}{also}",
+            (fnum, *chunk, *extra),
         )
     return out
 
@@ -162,7 +175,9 @@ def group_stats(s: Session, fnum: int, group_id: str) -> GroupStats:
     )[0]
     total = int(row[0] or 0)
     counts = {state: int(n) for state, n in zip(STATES, row[1 : 1 + len(STATES)], strict=True) if n}
-    retried, worth, last_finished, n_runtime, n_wait, low_parent, high_parent, n_parent = row[1 + len(STATES) :]
+    retried, worth, last_finished, n_runtime, n_wait, low_parent, high_parent, n_parent = row[
+        1 + len(STATES) :
+    ]
     first = s.rows(f"SELECT MIN(ts) FROM tasks WHERE {_MEMBERS}", params)[0][0]
     name_rows = s.rows(f"SELECT name FROM tasks WHERE {_MEMBERS} LIMIT 1", params)
     stats = GroupStats(
