@@ -54,7 +54,8 @@ def test_a_100000_member_chord_comes_collapsed_under_1_mb_with_exact_counts(
     response = big_api.get(f"/api/flows/{chord.root_id}")
     assert response.status_code == 200
     print(
-        f"\n100,000-member chord: folded in {big_flow.fold_seconds:.1f} s, graph {len(response.content):,} bytes"
+        f"\n100,000-member chord: folded in {big_flow.fold_seconds:.1f} s, "
+        f"graph {len(response.content):,} bytes"
     )
     assert len(response.content) < 1_000_000
     graph = response.json()
@@ -73,7 +74,8 @@ def test_a_100000_member_chord_comes_collapsed_under_1_mb_with_exact_counts(
     assert group["runtime"] == {"p50": pytest.approx(0.5), "p95": pytest.approx(0.95),
                                 "p99": pytest.approx(0.99), "max": pytest.approx(1.0)}  # fmt: skip
     assert group["queue_wait"]["p50"] is not None
-    assert group["first_seen"] is not None and group["last_finished"] is not None
+    assert group["first_seen"] is not None
+    assert group["last_finished"] is not None
 
     nodes = {n["task_id"]: n for n in graph["nodes"]}
     assert set(chord.failed) <= set(nodes), "every failed member is listed"
@@ -89,7 +91,7 @@ def test_a_100000_member_chord_comes_collapsed_under_1_mb_with_exact_counts(
     }
     # The critical path: root, the member that finished last, the callback.
     path = graph["critical_path"]
-    assert path[0] == chord.root_id and path[-1] == chord.callback_id and len(path) == 3
+    assert (path[0], path[-1], len(path)) == (chord.root_id, chord.callback_id, 3)
     last = max(
         (n for n in nodes.values() if n.get("group_id") == chord.group_id), key=lambda n: n["finished_at"]
     )
@@ -105,7 +107,7 @@ def test_paging_walks_every_member_exactly_once_in_each_order(
     newest = walk(big_api, path, sort="newest", limit=500)
     ids = [m["task_id"] for m in newest]
     assert len(ids) == len(set(ids)) == BIG_MEMBERS
-    assert chord.callback_id not in ids and chord.root_id not in ids
+    assert not {chord.callback_id, chord.root_id} & set(ids)
     stamps = [(m["sent_at"], m["task_id"]) for m in newest]
     assert stamps == sorted(stamps, reverse=True)
 
@@ -134,7 +136,8 @@ def test_both_engines_collapse_and_page_alike(store: SqlStore[Any]) -> None:
     app = create_app(store=store, embedded_consumer=False)
     with serving(app) as url, httpx.Client(base_url=url, timeout=30) as api:
         full = api.get(f"/api/flows/{chord.root_id}", params={"collapse": 1000}).json()
-        assert full["collapsed"] == [] and len(full["nodes"]) == 402
+        assert full["collapsed"] == []
+        assert len(full["nodes"]) == 402
         small = api.get(f"/api/flows/{chord.root_id}", params={"collapse": 100}).json()
         assert small["summary"] == full["summary"]
         assert small["critical_path"] == full["critical_path"]
@@ -143,7 +146,8 @@ def test_both_engines_collapse_and_page_alike(store: SqlStore[Any]) -> None:
         counts: dict[str, int] = {}
         for n in members:
             counts[n["state"]] = counts.get(n["state"], 0) + 1
-        assert group["counts"] == counts and group["total"] == 400
+        assert group["counts"] == counts
+        assert group["total"] == 400
         runtimes = sorted(n["runtime"] for n in members)
         assert group["runtime"]["p95"] == pytest.approx(runtimes[math.ceil(0.95 * 400) - 1])
         assert group["runtime"]["max"] == pytest.approx(runtimes[-1])
@@ -161,7 +165,8 @@ def test_both_engines_collapse_and_page_alike(store: SqlStore[Any]) -> None:
         assert api.get(f"/api/flows/{chord.root_id}/groups/nope/members").status_code == 404
         assert api.get(f"/api/flows/nope/groups/{chord.group_id}/members").status_code == 404
         bad = api.get(path, params={"cursor": "not-a-cursor"})
-        assert bad.status_code == 422 and "cursor" in bad.text
+        assert bad.status_code == 422
+        assert "cursor" in bad.text
         assert api.get(path, params={"sort": "fastest"}).status_code == 422
 
 
@@ -170,8 +175,9 @@ def test_live_updates_a_collapsed_group_by_its_figures_not_member_by_member(
 ) -> None:
     import asyncio
 
-    from celery_flow.store import open_store
     from tests.integration.test_live import collect
+
+    from celery_flow.store import open_store
 
     store = open_store(f"sqlite:///{tmp_path / 'live.db'}")
     chord = big_chord(300, fail_every=100)
@@ -197,17 +203,19 @@ def test_live_updates_a_collapsed_group_by_its_figures_not_member_by_member(
 
             ws = url.replace("http://", "ws://") + "/api/live"
             frames = asyncio.run(
-                collect(ws, done, send=[{"type": "filter", "root_id": chord.root_id, "collapsed": [chord.group_id]}],
-                        start=run)
+                collect(ws, done, send=[{"type": "filter", "root_id": chord.root_id,
+                                         "collapsed": [chord.group_id]}], start=run)
             )  # fmt: skip
     finally:
         store.close()
     pushed = [i for f in frames if f["type"] == "tasks" for i in f["items"] if i["task_id"] in member_ids]
     # Members come only when they fail or retry; everything else arrives as the group's figures.
-    assert pushed and {i["state"] for i in pushed} <= {"FAILURE", "RETRY"}
+    assert pushed
+    assert {i["state"] for i in pushed} <= {"FAILURE", "RETRY"}
     assert {i["task_id"] for i in pushed if i["state"] == "FAILURE"} == set(chord.failed)
     last = [f["group"] for f in frames if f["type"] == "group"][-1]
-    assert last["total"] == 300 and last["counts"] == {
+    assert last["total"] == 300
+    assert last["counts"] == {
         "SUCCESS": 300 - len(chord.failed),
         "FAILURE": len(chord.failed),
     }

@@ -90,8 +90,9 @@ def _task(
     attempt = 1 if retry else 0
     out.append(ev("started", start, retries=attempt, **HOST))
     if fail:
-        out.append(ev("failed", start + runtime, runtime=runtime, retries=attempt, exception="ValueError('bad row')",
-                      traceback="Traceback (most recent call last):\nValueError: bad row", **HOST))  # fmt: skip
+        tb = "Traceback (most recent call last):\nValueError: bad row"
+        out.append(ev("failed", start + runtime, runtime=runtime, retries=attempt,
+                      exception="ValueError('bad row')", traceback=tb, **HOST))  # fmt: skip
     else:
         out.append(ev("succeeded", start + runtime, runtime=runtime, result=1, retries=attempt, **HOST))
     return out
@@ -112,7 +113,7 @@ class FoldedFlow:
 
 
 @pytest.fixture(scope="session")
-def big_flow(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[FoldedFlow]:
+def big_flow(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> FoldedFlow:
     """A 100,000-member chord published to a Redis stream and folded by a real `celery-flow consume`
     into a SQLite store, once per session (the graph, paging and browser tests share it)."""
     from celery_flow.events import encode
@@ -153,4 +154,4 @@ def big_flow(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         client = redis.Redis.from_url(redis_url)
         client.delete(f"{prefix}:events")
         client.close()
-    yield FoldedFlow(store_url, chord, time.perf_counter() - started)
+    return FoldedFlow(store_url, chord, time.perf_counter() - started)

@@ -122,7 +122,8 @@ STEPS: tuple[Step, ...] = (
         CREATE INDEX tasks_group_runtime ON tasks (
             fnum, group_id, runtime, task_id, state, retries, queue_wait, finished_at, chord_id, parent_id
         ) WHERE group_id IS NOT NULL;
-        CREATE INDEX tasks_group_wait ON tasks (fnum, group_id, queue_wait, state, retries, task_id) WHERE group_id IS NOT NULL;
+        CREATE INDEX tasks_group_wait ON tasks (fnum, group_id, queue_wait, state, retries, task_id)
+            WHERE group_id IS NOT NULL;
         CREATE TABLE IF NOT EXISTS failure_clusters (
             fingerprint TEXT PRIMARY KEY,
             exception_type TEXT NOT NULL,

@@ -130,7 +130,8 @@ CREATE INDEX IF NOT EXISTS tasks_group_ts ON tasks (fnum, group_id, ts, task_id,
 CREATE INDEX IF NOT EXISTS tasks_group_runtime ON tasks (
     fnum, group_id, runtime, task_id, state, retries, queue_wait, finished_at, chord_id, parent_id
 ) WHERE group_id IS NOT NULL;
-CREATE INDEX IF NOT EXISTS tasks_group_wait ON tasks (fnum, group_id, queue_wait, state, retries, task_id) WHERE group_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS tasks_group_wait ON tasks (fnum, group_id, queue_wait, state, retries, task_id)
+    WHERE group_id IS NOT NULL;
 CREATE TABLE IF NOT EXISTS flows (
     root_id TEXT PRIMARY KEY,
     root_name TEXT,
