@@ -62,6 +62,11 @@ def test_a_100000_task_flow_draws_collapsed_and_pages_members_in(
     new = len({m["task_id"] for m in page_one} - listed_ids)
     assert 90 <= new < 100
     expect(cluster).to_contain_text(f"\u00d7{hidden - new:,}", timeout=30_000)
+    # The timeline pages the next members in the same way.
+    more = page.get_by_test_id("timeline-more")
+    expect(more).to_contain_text(f"+{hidden - new:,} fetch not loaded")
+    more.click()
+    expect(cluster).not_to_contain_text(f"\u00d7{hidden - new:,}", timeout=30_000)
     screenshot(page, "big-flow-more")
     assert page_watch.errors == []
     assert page_watch.dialogs == []

@@ -254,6 +254,14 @@ export function Workspace({ graph: served, flows, header, accept, refetch, rootI
       running={running}
       onSelect={(id) => select(id)}
       note={focus ? `${focus.toLowerCase()} only` : null}
+      more={(graph.collapsed ?? [])
+        .filter((c) => c.total > c.listed.length && fetched.get(c.id)?.cursor !== null)
+        .map((c) => ({
+          id: c.id,
+          label: c.name ? c.name.slice(c.name.lastIndexOf(".") + 1) : "tasks",
+          count: c.total - c.listed.length,
+          load: () => expand(c.node_id),
+        }))}
     />
   );
 
