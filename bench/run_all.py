@@ -129,6 +129,16 @@ BENCHES = [
         "Headless Chromium against the real server: navigation -> graph drawn, click -> detail panel.",
         timeout=300,
     ),
+    Bench(
+        "big-flows",
+        "bigflow.py",
+        "Flows of any size: 10 to 500,000 tasks",
+        "One chord each of 10, 10,000, 100,000 and 500,000 tasks in one SQLite store, served collapsed by "
+        "a real `celery-flow server`: graph response time and size, the server's RSS, time to the first "
+        "node in headless Chromium. `--quick` stops at 100,000.",
+        quick=["--sizes", "10,10000,100000"],
+        timeout=1500,
+    ),
 ]
 
 

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
+from tests.support.bigflow import big_flow  # noqa: F401  (a session fixture: one 100,000-task chord)
 from tests.support.moto_server import MotoServer
 from tests.support.postgres import own_database
 

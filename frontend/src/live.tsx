@@ -11,7 +11,7 @@ import {
   type ReactNode,
 } from "react";
 import { wsUrl } from "./api/base";
-import type { LiveMessage, TaskSummary } from "./api/types";
+import type { CollapsedGroup, LiveMessage, TaskSummary } from "./api/types";
 
 export type ConnState = "connecting" | "live" | "reconnecting" | "degraded";
 
@@ -22,17 +22,24 @@ export interface LiveStatus {
 }
 
 type Listener = (items: TaskSummary[]) => void;
+/** The current figures of a group the page draws collapsed, pushed instead of its members' changes. */
+type GroupListener = (group: CollapsedGroup) => void;
 
 /** The socket and its listeners; owned by LiveProvider, which starts and stops it. */
 class LiveHub {
   private ws: WebSocket | null = null;
   private listeners = new Set<Listener>();
+  private groupListeners = new Set<GroupListener>();
   private resyncListeners = new Set<() => void>();
   private statusListeners = new Set<() => void>();
   private connectedBefore = false;
   private attempt = 0;
   private timer: number | null = null;
-  private filter: { root_id: string | null; trace_id: string | null } = { root_id: null, trace_id: null };
+  private filter: { root_id: string | null; trace_id: string | null; collapsed: string[] } = {
+    root_id: null,
+    trace_id: null,
+    collapsed: [],
+  };
   status: LiveStatus = { state: "connecting", detail: null, since: Date.now() };
 
   constructor(private readonly url: string) {}
@@ -86,6 +93,8 @@ class LiveHub {
       } else if (msg.type === "status") this.setStatus(msg.status === "ok" ? "live" : "degraded", msg.detail ?? null);
       else if (msg.type === "tasks" && Array.isArray(msg.items)) {
         for (const l of this.listeners) l(msg.items);
+      } else if (msg.type === "group" && msg.group) {
+        for (const l of this.groupListeners) l(msg.group);
       }
     };
     ws.onclose = () => {
@@ -107,10 +116,16 @@ class LiveHub {
     if (this.ws?.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify({ type: "filter", ...this.filter }));
   }
 
-  /** Ask the server for every change (null) or only one flow's / trace's. */
-  setFilter(root_id: string | null, trace_id: string | null) {
-    this.filter = { root_id, trace_id };
+  /** Ask the server for every change (null) or only one flow's / trace's; `collapsed` names the flow's
+   * groups drawn collapsed, whose members' changes then come as their group's figures. */
+  setFilter(root_id: string | null, trace_id: string | null, collapsed: string[] = []) {
+    this.filter = { root_id, trace_id, collapsed };
     this.sendFilter();
+  }
+
+  subscribeGroups(l: GroupListener): () => void {
+    this.groupListeners.add(l);
+    return () => this.groupListeners.delete(l);
   }
 
   /** Called after a reconnect, when pushes may have been missed. */
@@ -202,11 +217,19 @@ export function useLiveInvalidate(
   useLiveRefetch(() => void queryClient.invalidateQueries({ queryKey }), accept, ms);
 }
 
-/** While mounted, ask the server only for one flow's (root_id) or one trace's changes. */
-export function useLiveFilter(rootId: string | null, traceId: string | null): void {
+/** While mounted, ask the server only for one flow's (root_id) or one trace's changes; `collapsed` (a
+ * comma-joined list of group ids) are the flow's groups drawn collapsed. */
+export function useLiveFilter(rootId: string | null, traceId: string | null, collapsed = ""): void {
   const hub = useHub();
   useEffect(() => {
-    hub.setFilter(rootId, traceId);
+    hub.setFilter(rootId, traceId, collapsed ? collapsed.split(",") : []);
     return () => hub.setFilter(null, null);
-  }, [hub, rootId, traceId]);
+  }, [hub, rootId, traceId, collapsed]);
+}
+
+/** Call `onGroup` with every pushed figure of a collapsed group. */
+export function useLiveGroups(onGroup: GroupListener): void {
+  const hub = useHub();
+  const on = useEffectEvent(onGroup);
+  useEffect(() => hub.subscribeGroups((g) => on(g)), [hub]);
 }

@@ -51,10 +51,10 @@ def _walk(routes: list[Any]) -> Iterator[Any]:
 @pytest.fixture
 def secured(tmp_path: Path) -> Iterator[tuple[str, dict[str, str], list[Any]]]:
     url = f"sqlite:///{tmp_path / 'flow.db'}"
-    ids = {"task": uuid.uuid4().hex, "trace": uuid.uuid4().hex}
+    ids = {"task": uuid.uuid4().hex, "trace": uuid.uuid4().hex, "group": uuid.uuid4().hex}
     ids["root"] = ids["task"]
     store = open_store(url)
-    secret: dict[str, Any] = {"name": "app.secret", "trace_id": ids["trace"],
+    secret: dict[str, Any] = {"name": "app.secret", "trace_id": ids["trace"], "group_id": ids["group"],
                               "hostname": "celery@h", "args": ["SECRET-A"], "result": "SECRET-R"}  # fmt: skip
     events = [
         event(t, ids["task"], 1_700_000_000.0 + i, **secret)
@@ -74,6 +74,7 @@ def _concrete_paths(routes: list[Any], ids: dict[str, str]) -> list[str]:
         "task_id": ids["task"],
         "root_id": ids["root"],
         "trace_id": ids["trace"],
+        "group_id": ids["group"],
         "name:path": "app.secret",
     }
     paths: list[str] = []

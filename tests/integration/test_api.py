@@ -159,7 +159,7 @@ def test_task_detail_has_everything(api: httpx.Client, data: Data) -> None:
 def test_flow_graph_and_trace(api: httpx.Client, data: Data) -> None:
     graph = api.get(f"/api/flows/{data.a}").json()
     assert {n["task_id"] for n in graph["nodes"]} == {data.a, data.b}
-    assert graph["edges"] == [{"source": data.a, "target": data.b, "kind": "spawn"}]
+    assert graph["edges"] == [{"source": data.a, "target": data.b, "kind": "spawn", "count": 1}]
     trace = api.get("/api/traces/trace-1").json()
     assert [f["root_id"] for f in trace["flows"]] == [data.a]
     assert {t["task_id"] for t in trace["tasks"]} == {data.a, data.b}

@@ -46,7 +46,10 @@ RELEASES = [
 # Schema versions this code adds to a release-built schema 2 store; a version no code writes yet.
 NEW_VERSIONS = list(range(3, SCHEMA_VERSION + 1))
 FUTURE = SCHEMA_VERSION + 1
-NEW_FIELDS = frozenset({"queue_wait", "summary", "reason", "fingerprint", "stuck", "cluster_size"})
+# "collapsed" and an edge's "count": flows of any size (store/members.py).
+NEW_FIELDS = frozenset(
+    {"queue_wait", "summary", "reason", "fingerprint", "stuck", "cluster_size", "collapsed", "count"}
+)
 TABLES = (
     "meta", "events", "tasks", "flows", "name_stats", "registry", "workers", "counters", "migrations",
     "failure_clusters", "failure_counts",

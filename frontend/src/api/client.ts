@@ -2,6 +2,7 @@ import { API } from "./base";
 import type {
   FailureList,
   FlowGraph,
+  MemberPage,
   FlowSummary,
   Health,
   Heatmap,
@@ -66,6 +67,9 @@ export const api = {
   health: (s?: AbortSignal) => get<Health>("/health", undefined, s),
   flows: (q: Query, s?: AbortSignal) => get<Page<FlowSummary>>("/flows", q, s),
   flow: (rootId: string, s?: AbortSignal) => get<FlowGraph>(`/flows/${enc(rootId)}`, undefined, s),
+  /** One page of a collapsed group's members (keyset: pass `next_cursor` back as `cursor`). */
+  members: (rootId: string, groupId: string, q: Query, s?: AbortSignal) =>
+    get<MemberPage>(`/flows/${enc(rootId)}/groups/${enc(groupId)}/members`, q, s),
   tasks: (q: Query, s?: AbortSignal) => get<Page<TaskSummary>>("/tasks", q, s),
   task: (id: string, s?: AbortSignal) => get<TaskDetail>(`/tasks/${enc(id)}`, undefined, s),
   trace: (id: string, s?: AbortSignal) => get<TraceView>(`/traces/${enc(id)}`, undefined, s),

@@ -50,9 +50,29 @@ export interface paths {
         };
         /**
          * The graph of one root workflow
-         * @description Nodes, edges and groups, and `summary`: the flow's row exactly as `GET /api/flows` lists it (state, counts by state, start, duration).
+         * @description Nodes, edges and groups, and `summary`: the flow's row exactly as `GET /api/flows` lists it (state, counts by state, start, duration). A group or chord header with more than `collapse` members comes as one entry of `collapsed` (counts by state, runtime and queue-wait percentiles, first seen and last finish) instead of a node per member: only the members worth a look are nodes (failed, lost, retried, running, the slowest few, the last to finish; at most 100 failed or running ones, `unlisted` counts the rest), and edges to or from the others end at the group's `node_id` with their `count`. Page through all members with `GET /api/flows/{root_id}/groups/{group_id}/members`. Counts, state, span and critical path stay exact.
          */
         get: operations["get_flow_api_flows__root_id__get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/flows/{root_id}/groups/{group_id}/members": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * The members of one group of a flow, a page at a time
+         * @description Keyset pages of a group's members (the tasks carrying its group id, less its chord's callback): `sort=newest` by when each was first seen, newest first; `sort=slowest` by runtime, slowest first, then those without a runtime yet. `state` keeps one state. Pass `next_cursor` back as `cursor` with the same `sort` and `state` (null: no more); the walk sees every member once.
+         */
+        get: operations["get_group_members_api_flows__root_id__groups__group_id__members_get"];
         put?: never;
         post?: never;
         delete?: never;
@@ -273,6 +293,50 @@ export interface components {
             up: boolean;
         };
         /**
+         * CollapsedGroup
+         * @description A group or chord header with more members than the graph's `collapse`: counted, not sent.
+         *
+         *     `listed` are the members worth seeing that are sent as nodes anyway (failed, lost, retried, running,
+         *     then the slowest few and the last to finish), `unlisted` how many more failed, lost, retried or
+         *     running ones there are (page them: `GET /api/flows/{root_id}/groups/{id}/members?state=`).
+         */
+        CollapsedGroup: {
+            /** Callback Id */
+            callback_id?: string | null;
+            /** Counts */
+            counts: {
+                [key: string]: number;
+            };
+            /** First Seen */
+            first_seen: number | null;
+            /** Id */
+            id: string;
+            /**
+             * Kind
+             * @enum {string}
+             */
+            kind: "group" | "chord";
+            /** Last Finished */
+            last_finished: number | null;
+            /** Listed */
+            listed: string[];
+            /** Name */
+            name: string | null;
+            /** Node Id */
+            node_id: string;
+            queue_wait: components["schemas"]["Percentiles"];
+            /** Retried */
+            retried: number;
+            runtime: components["schemas"]["Percentiles"];
+            /** Total */
+            total: number;
+            /**
+             * Unlisted
+             * @default 0
+             */
+            unlisted: number;
+        };
+        /**
          * ConsumerHealth
          * @description `mode` is `embedded` (this process folds events), or `external` (a `celery-flow consume` does).
          */
@@ -361,6 +425,8 @@ export interface components {
         };
         /** FlowGraph */
         FlowGraph: {
+            /** Collapsed */
+            collapsed?: components["schemas"]["CollapsedGroup"][];
             /** Critical Path */
             critical_path?: string[];
             /** Edges */
@@ -414,6 +480,11 @@ export interface components {
         };
         /** GraphEdge */
         GraphEdge: {
+            /**
+             * Count
+             * @default 1
+             */
+            count: number;
             /**
              * Kind
              * @enum {string}
@@ -551,6 +622,16 @@ export interface components {
             value_edges: number[];
         };
         /**
+         * MemberPage
+         * @description One page of a group's members; pass `next_cursor` back as `cursor` (null: no more).
+         */
+        MemberPage: {
+            /** Items */
+            items: components["schemas"]["GraphNode"][];
+            /** Next Cursor */
+            next_cursor?: string | null;
+        };
+        /**
          * NameTrend
          * @description One task name per time bucket: runs finished, failed, runtime p50/p95 (None: no runs).
          */
@@ -628,6 +709,20 @@ export interface components {
             workers_offline: number;
             /** Workers Online */
             workers_online: number;
+        };
+        /**
+         * Percentiles
+         * @description Nearest-rank percentiles of one duration over a group's members that have it (seconds).
+         */
+        Percentiles: {
+            /** Max */
+            max?: number | null;
+            /** P50 */
+            p50?: number | null;
+            /** P95 */
+            p95?: number | null;
+            /** P99 */
+            p99?: number | null;
         };
         /**
          * RefoldProgress
@@ -1217,7 +1312,10 @@ export interface operations {
     };
     get_flow_api_flows__root_id__get: {
         parameters: {
-            query?: never;
+            query?: {
+                /** @description Groups with more members than this come collapsed (`collapsed`); 0 collapses every group */
+                collapse?: number;
+            };
             header?: never;
             path: {
                 root_id: string;
@@ -1233,6 +1331,64 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["FlowGraph"];
+                };
+            };
+            /** @description No such id */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+            /** @description The store is unreachable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    get_group_members_api_flows__root_id__groups__group_id__members_get: {
+        parameters: {
+            query?: {
+                state?: components["schemas"]["TaskState"] | null;
+                /** @description Order of the walk */
+                sort?: "newest" | "slowest";
+                /** @description Page size */
+                limit?: number;
+                /** @description `next_cursor` of the previous page */
+                cursor?: string | null;
+            };
+            header?: never;
+            path: {
+                root_id: string;
+                group_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["MemberPage"];
                 };
             };
             /** @description No such id */
@@ -1768,6 +1924,8 @@ type ReadonlyArray<T> = [
 ] extends [
     unknown[]
 ] ? Readonly<Exclude<T, undefined>> : Readonly<Exclude<T, undefined>[]>;
+export const pathsApiFlowsRoot_idGroupsGroup_idMembersGetParametersQuerySortValues: ReadonlyArray<FlattenedDeepRequired<paths>["/api/flows/{root_id}/groups/{group_id}/members"]["get"]["parameters"]["query"]["sort"]> = ["newest", "slowest"];
+export const collapsedGroupKindValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["CollapsedGroup"]["kind"]> = ["group", "chord"];
 export const consumerHealthModeValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["ConsumerHealth"]["mode"]> = ["embedded", "external"];
 export const flowStateValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["FlowState"]> = ["PENDING", "RUNNING", "SUCCESS", "FAILURE", "REVOKED", "REJECTED", "LOST"];
 export const graphEdgeKindValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["GraphEdge"]["kind"]> = ["spawn", "chain", "chord", "errback"];

@@ -19,6 +19,8 @@ export type GraphEdge = S["GraphEdge"];
 export type EdgeKind = GraphEdge["kind"];
 export type GraphGroup = S["GraphGroup"];
 export type FlowGraph = S["FlowGraph"];
+export type CollapsedGroup = S["CollapsedGroup"];
+export type MemberPage = S["MemberPage"];
 /** What the graph view draws: a flow's graph, or the graphs of a trace's flows put together. */
 export type GraphShape = Omit<FlowGraph, "summary">;
 export type TraceView = S["TraceView"];
@@ -60,6 +62,7 @@ export interface Page<T> {
 export type LiveMessage =
   | { type: "hello"; status: "ok" | "degraded" }
   | { type: "tasks"; items: TaskSummary[] }
+  | { type: "group"; root_id: string; group: CollapsedGroup }
   | { type: "status"; status: "ok" | "degraded"; detail: string | null };
 
 // From the server's schema (TaskState = UnfinishedState | TerminalState), in lifecycle order.

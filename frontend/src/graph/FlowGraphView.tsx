@@ -16,7 +16,7 @@ import {
   type NodeProps,
 } from "@xyflow/react";
 import { memo, useCallback, useEffect, useLayoutEffect, useMemo, useRef, useState, type KeyboardEvent } from "react";
-import type { EdgeKind, GraphNode } from "../api/types";
+import type { CollapsedGroup, EdgeKind, GraphNode } from "../api/types";
 import { TASK_STATES } from "../api/types";
 import { fmtDuration, shortenIds, shortName, stateWords } from "../format";
 import { useTheme } from "../theme";
@@ -41,6 +41,8 @@ interface TaskNodeData extends Record<string, unknown> {
 
 interface ClusterNodeData extends Record<string, unknown> {
   id: string;
+  /** A group the server sent collapsed: its total and percentiles (counts are in `counts`). */
+  server?: CollapsedGroup;
   label: string;
   members: string[];
   shown: number;
@@ -159,16 +161,21 @@ function worstState(counts: [string, number][]): string {
 }
 
 const ClusterNode = memo(function ClusterNode({ data }: NodeProps<Node<ClusterNodeData>>) {
-  const total = data.members.length;
+  const server = data.server;
+  const total = server ? server.total - data.shown : data.members.length;
   const worst = worstState(data.counts);
   return (
     <div
       className={`tnode cluster st-${worst} ${data.crit ? "crit" : ""} ${data.dim ? "dim" : ""}`}
-      data-testid={`cluster-${data.label}`}
-      title={`${total} tasks collapsed: click to draw ${Math.min(total, EXPAND_STEP)} of them`}
+      data-testid={`${server ? "collapsed" : "cluster"}-${data.label}`}
+      title={
+        server
+          ? `${total.toLocaleString()} more tasks of this ${server.kind}: click to draw the next ${EXPAND_STEP}, slowest first`
+          : `${total} tasks collapsed: click to draw ${Math.min(total, EXPAND_STEP)} of them`
+      }
       tabIndex={0}
       role="button"
-      aria-label={`${total} ${data.label} tasks collapsed: expand`}
+      aria-label={`${total} ${data.label} tasks collapsed: ${server ? "show more" : "expand"}`}
       onKeyDown={(e) => onKey(e, () => data.open(data.id, "cluster"))}
     >
       <Handle type="target" position={Position.Left} isConnectable={false} />
@@ -189,11 +196,21 @@ const ClusterNode = memo(function ClusterNode({ data }: NodeProps<Node<ClusterNo
         <div className="meta">
           {data.counts.map(([s, n]) => (
             <span key={s} className={`st-${s}`} style={{ color: "var(--c)" }} data-count={s}>
-              {n} {stateWords(s)}
+              {n.toLocaleString()} {stateWords(s)}
             </span>
           ))}
           <span className="nb">
-            <span className="b">{total > EXPAND_STEP ? `show ${EXPAND_STEP}` : "expand"}</span>
+            {server ? (
+              <span
+                className="b"
+                data-testid="collapsed-runtime"
+                title={`runtime p50 ${fmtDuration(server.runtime.p50)}, p95 ${fmtDuration(server.runtime.p95)}, p99 ${fmtDuration(server.runtime.p99)}; queue wait p50 ${fmtDuration(server.queue_wait.p50)}, p95 ${fmtDuration(server.queue_wait.p95)}`}
+              >
+                p95 {fmtDuration(server.runtime.p95)}
+              </span>
+            ) : (
+              <span className="b">{total > EXPAND_STEP ? `show ${EXPAND_STEP}` : "expand"}</span>
+            )}
           </span>
         </div>
       </div>
@@ -256,13 +273,15 @@ export interface GraphViewProps {
   running: boolean;
   onOpenTask: (id: string) => void;
   onExpand: (clusterId: string) => void;
+  /** Live figures of server-collapsed groups, by group id (newer than the structure's). */
+  liveGroups?: ReadonlyMap<string, CollapsedGroup>;
   /** Dim every task not in this state (null: none dimmed). */
   focus: string | null;
 }
 
 type Pos = Record<string, { x: number; y: number; width: number; height: number }>;
 
-function Inner({ structure, tasks, critical, selected, running, onOpenTask, onExpand, focus }: GraphViewProps) {
+function Inner({ structure, tasks, critical, selected, running, onOpenTask, onExpand, focus, liveGroups }: GraphViewProps) {
   const rf = useReactFlow();
   const theme = useTheme();
   const layoutClient = useLayoutClient();
@@ -375,6 +394,16 @@ function Inner({ structure, tasks, critical, selected, running, onOpenTask, onEx
       } else {
         const members = n.members ?? [];
         const counts = new Map<string, number>();
+        const server = n.server ? (liveGroups?.get(n.server.id) ?? n.server) : undefined;
+        if (server && n.server) {
+          // The server's counts of the whole group, less the members drawn on their own.
+          for (const [s, c] of Object.entries(server.counts)) counts.set(s, c);
+          for (const id of n.server.listed) {
+            const s = tasks.get(id)?.state;
+            if (s && counts.has(s)) counts.set(s, Math.max(0, counts.get(s)! - 1));
+          }
+          for (const [s, c] of [...counts]) if (c === 0) counts.delete(s);
+        }
         for (const m of members) {
           const s = tasks.get(m)?.state ?? "PENDING";
           counts.set(s, (counts.get(s) ?? 0) + 1);
@@ -384,7 +413,7 @@ function Inner({ structure, tasks, critical, selected, running, onOpenTask, onEx
         const crit = critDrawn.has(n.id);
         const dim = focus !== null && !counts.has(focus);
         out.push(
-          memo(n.id, [p, sig, crit, members.length, dim], () => ({
+          memo(n.id, [p, sig, crit, members.length, dim, server, n.shown], () => ({
             id: n.id,
             type: "cluster",
             position: { x: p.x, y: p.y },
@@ -396,6 +425,7 @@ function Inner({ structure, tasks, critical, selected, running, onOpenTask, onEx
               label: n.label ?? "tasks",
               members,
               shown: n.shown ?? 0,
+              server: server && n.server ? { ...server, listed: n.server.listed } : undefined,
               dim,
               counts: ordered,
               crit,
@@ -410,7 +440,7 @@ function Inner({ structure, tasks, critical, selected, running, onOpenTask, onEx
     }
     reuse.commit();
     return out;
-  }, [positions, structure, tasks, critDrawn, selected, now, focus, open, reuse]);
+  }, [positions, structure, tasks, critDrawn, selected, now, focus, open, reuse, liveGroups]);
 
   const critEdges = useMemo(() => {
     const s = new Set<string>();

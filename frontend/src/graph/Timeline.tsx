@@ -68,9 +68,11 @@ export interface TimelineProps {
   onSelect: (id: string) => void;
   /** Shown in the header when the rows are filtered (e.g. "failure only"). */
   note?: string | null;
+  /** Members of collapsed groups not loaded yet, each with a button paging in the next ones. */
+  more?: { id: string; label: string; count: number; load: () => void }[];
 }
 
-export function Timeline({ tasks, critical, selected, running, onSelect, note }: TimelineProps) {
+export function Timeline({ tasks, critical, selected, running, onSelect, note, more }: TimelineProps) {
   const scroller = useRef<HTMLDivElement>(null);
   const [width, setWidth] = useState(900);
   const [height, setHeight] = useState(300);
@@ -155,6 +157,18 @@ export function Timeline({ tasks, critical, selected, running, onSelect, note }:
           {rows.length.toLocaleString()} {rows.length === 1 ? "task" : "tasks"}
           {note ? ` (${note})` : ""} · {fmtDuration(t1 - t0)}
         </span>
+        {more?.map((m) => (
+          <button
+            key={m.id}
+            type="button"
+            className="btn"
+            onClick={m.load}
+            data-testid="timeline-more"
+            title={`${m.count.toLocaleString()} more tasks of this group are not loaded: load the next ones, slowest first`}
+          >
+            +{m.count.toLocaleString()} {m.label} not loaded · show more
+          </button>
+        ))}
         {(["queued", "received", "running", "retry"] as const).map((k) => (
           <span className="lg" key={k}>
             <span className={`sw seg-${k}`} /> {k}

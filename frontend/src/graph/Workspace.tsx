@@ -1,14 +1,15 @@
 // The graph + timeline + task panel workspace shared by a flow page and a trace page. Live pushes update
 // task states in place at once; a debounced refetch then brings segments, new tasks, the critical path
 // and the server's summary (state, counts, duration) the header shows.
-import { useCallback, useEffect, useMemo, useState, type ReactNode } from "react";
-import type { GraphNode, GraphShape, TaskSummary } from "../api/types";
+import { useCallback, useEffect, useMemo, useRef, useState, type ReactNode } from "react";
+import type { CollapsedGroup, GraphNode, GraphShape, TaskSummary } from "../api/types";
 import { TERMINAL } from "../api/types";
+import { api } from "../api/client";
 import { TaskDetailLoader } from "../components/TaskDetail";
-import { useLiveRefetch, useLiveTasks } from "../live";
+import { useLiveGroups, useLiveRefetch, useLiveTasks } from "../live";
 import { useSearchParams } from "../router";
 import { FlowGraphView } from "./FlowGraphView";
-import { buildStructure, pickToExpand, type FlowLabel, type Structure } from "./structure";
+import { buildStructure, EXPAND_STEP, pickToExpand, type FlowLabel, type Structure } from "./structure";
 import { Timeline } from "./Timeline";
 
 export type Mode = "graph" | "split" | "timeline";
@@ -54,12 +55,76 @@ export interface WorkspaceProps {
     focus: string | null;
     setFocus: (state: string | null) => void;
   }) => ReactNode;
+  /** The flow's root id, for paging through collapsed groups (a trace page has none). */
+  rootId?: string;
   /** Which pushed tasks belong here (a root id or a trace id). */
   accept: (t: TaskSummary) => boolean;
   refetch: () => void;
 }
 
-export function Workspace({ graph, flows, header, accept, refetch }: WorkspaceProps) {
+/** Members of collapsed groups fetched page by page ("show more"), drawn as if the server had sent them. */
+interface Fetched {
+  nodes: GraphNode[];
+  cursor: string | null;
+}
+
+function withFetched(graph: GraphShape, fetched: ReadonlyMap<string, Fetched>): GraphShape {
+  if (fetched.size === 0) return graph;
+  const have = new Set(graph.nodes.map((n) => n.task_id));
+  const nodes = [...graph.nodes];
+  const edges = [...graph.edges];
+  const added = new Map<string, string[]>();
+  for (const [groupId, f] of fetched) {
+    const ids: string[] = [];
+    const c = graph.collapsed?.find((x) => x.id === groupId);
+    for (const n of f.nodes) {
+      if (have.has(n.task_id)) continue;
+      have.add(n.task_id);
+      nodes.push(n);
+      ids.push(n.task_id);
+      if (n.parent_id) edges.push({ source: n.parent_id, target: n.task_id, kind: "spawn", count: 1 });
+      if (c?.callback_id) edges.push({ source: n.task_id, target: c.callback_id, kind: "chord", count: 1 });
+    }
+    added.set(groupId, ids);
+  }
+  const groups = graph.groups.map((g) =>
+    added.has(g.id) ? { ...g, members: [...g.members, ...added.get(g.id)!] } : g,
+  );
+  const collapsed = (graph.collapsed ?? []).map((c) => {
+    const ids = added.get(c.id);
+    if (!ids?.length) return c;
+    // Drawn on their own now: the collapsed node stands for fewer members, and the edges to it too.
+    return { ...c, listed: [...c.listed, ...ids] };
+  });
+  const shrink = new Map(collapsed.map((c) => [c.node_id, added.get(c.id)?.length ?? 0]));
+  const summarised = edges.map((e) => {
+    const less = shrink.get(e.source) ?? shrink.get(e.target) ?? 0;
+    return less && (e.count ?? 1) > 1 ? { ...e, count: Math.max(0, (e.count ?? 1) - less) } : e;
+  });
+  return { ...graph, nodes, edges: summarised.filter((e) => (e.count ?? 1) > 0), groups, collapsed };
+}
+
+export function Workspace({ graph: served, flows, header, accept, refetch, rootId }: WorkspaceProps) {
+  const [fetched, setFetched] = useState<ReadonlyMap<string, Fetched>>(() => new Map());
+  const graph = useMemo(() => withFetched(served, fetched), [served, fetched]);
+  // Live figures of collapsed groups, newer than the graph's until the next refetch brings them.
+  const [liveGroups, setLiveGroups] = useState<ReadonlyMap<string, CollapsedGroup>>(() => new Map());
+  const [groupsOf, setGroupsOf] = useState(served);
+  if (groupsOf !== served) {
+    setGroupsOf(served);
+    setLiveGroups(new Map());
+  }
+  const refetchSoon = useRef<number | null>(null);
+  useLiveGroups((group) => {
+    if (!served.collapsed?.some((c) => c.id === group.id)) return;
+    setLiveGroups((m) => new Map(m).set(group.id, group));
+    // The header's counts and the critical path: a refetch now and then, not on every push.
+    refetchSoon.current ??= window.setTimeout(() => {
+      refetchSoon.current = null;
+      refetch();
+    }, 3000);
+  });
+  useEffect(() => () => void (refetchSoon.current !== null && window.clearTimeout(refetchSoon.current)), []);
   const [search, setSearch] = useSearchParams();
   const selected = search.get("task");
   const [mode, setModeState] = useState<Mode>(readMode);
@@ -131,14 +196,32 @@ export function Workspace({ graph, flows, header, accept, refetch }: WorkspacePr
     [setSearch],
   );
   // Draw the next tasks of a collapsed fan-out, the ones worth looking at first (failures, running).
+  // A group the server collapsed: fetch its next page of members, slowest first.
   const expand = useCallback(
     (clusterId: string) => {
+      const server = graph.collapsed?.find((c) => c.node_id === clusterId);
+      if (server && rootId) {
+        const before = fetched.get(server.id);
+        if (before && before.cursor === null) return;
+        void api
+          .members(rootId, server.id, { sort: "slowest", limit: EXPAND_STEP, cursor: before?.cursor ?? null })
+          .then((page) =>
+            setFetched((m) => {
+              const prev = m.get(server.id);
+              return new Map(m).set(server.id, {
+                nodes: [...(prev?.nodes ?? []), ...page.items],
+                cursor: page.next_cursor ?? null,
+              });
+            }),
+          );
+        return;
+      }
       const cluster = structure.nodes.find((n) => n.id === clusterId);
       if (!cluster?.members) return;
       const pick = pickToExpand(cluster.members, (id) => tasks.get(id)?.state);
       setExpanded((m) => new Map(m).set(clusterId, new Set([...(m.get(clusterId) ?? []), ...pick])));
     },
-    [structure, tasks],
+    [structure, tasks, graph.collapsed, fetched, rootId],
   );
 
   useEffect(() => {
@@ -160,6 +243,7 @@ export function Workspace({ graph, flows, header, accept, refetch }: WorkspacePr
       onOpenTask={(id) => select(id)}
       onExpand={expand}
       focus={focus}
+      liveGroups={liveGroups}
     />
   );
   const timelineEl = (
@@ -170,6 +254,14 @@ export function Workspace({ graph, flows, header, accept, refetch }: WorkspacePr
       running={running}
       onSelect={(id) => select(id)}
       note={focus ? `${focus.toLowerCase()} only` : null}
+      more={(graph.collapsed ?? [])
+        .filter((c) => c.total > c.listed.length && fetched.get(c.id)?.cursor !== null)
+        .map((c) => ({
+          id: c.id,
+          label: c.name ? c.name.slice(c.name.lastIndexOf(".") + 1) : "tasks",
+          count: c.total - c.listed.length,
+          load: () => expand(c.node_id),
+        }))}
     />
   );
 

@@ -1,7 +1,7 @@
 // From the API's graph to what is drawn: group/chord containers, and huge fan-outs collapsed into one
 // "×N" node (expanded on click), so a 2,000-task flow stays a readable, fast graph. The structure depends
 // only on ids and edges, never on task states: live state changes re-render nodes without a re-layout.
-import type { EdgeKind, GraphNode, GraphShape } from "../api/types";
+import type { CollapsedGroup, EdgeKind, GraphNode, GraphShape } from "../api/types";
 
 /** A fan-out bigger than this is collapsed into one node until expanded. */
 export const CLUSTER_AT = 24;
@@ -54,6 +54,8 @@ export interface VisibleNode {
   label?: string;
   /** For a cluster: how many tasks of its fan-out are already drawn on their own. */
   shown?: number;
+  /** For a group the server sent collapsed: its figures (the members are not in the browser). */
+  server?: CollapsedGroup;
 }
 
 export interface VisibleEdge {
@@ -106,6 +108,7 @@ export function buildStructure(
 
   // Group and chord containers: a task sits in the first container listing it.
   const memberOf = new Map<string, string>();
+  const totals = new Map((graph.collapsed ?? []).map((c) => [c.id, c.total]));
   for (const g of graph.groups) {
     const members = g.members.filter((m) => nodesById.has(m) && !memberOf.has(m));
     // A box around one task says nothing (Celery gives some callbacks a group id of their own).
@@ -115,7 +118,7 @@ export function buildStructure(
     containers.push({
       id,
       kind: g.kind,
-      label: g.kind === "chord" ? `chord · ${members.length}` : `group · ${members.length}`,
+      label: `${g.kind} · ${(totals.get(g.id) ?? members.length).toLocaleString()}`,
       parent: outer,
       size: members.length,
     });
@@ -166,6 +169,15 @@ export function buildStructure(
 
   const drawnAs = new Map<string, string>();
   const nodes: VisibleNode[] = [];
+  // Groups the server sent collapsed: one node for the members not sent, inside the group's box.
+  for (const c of graph.collapsed ?? []) {
+    if (c.total <= c.listed.length) continue;
+    const box = `${c.kind}:${c.id}`;
+    const parent = containers.some((x) => x.id === box) ? box : null;
+    const label = shortName(c.name);
+    drawnAs.set(c.node_id, c.node_id);
+    nodes.push({ id: c.node_id, kind: "cluster", parent, members: [], label, shown: c.listed.length, server: c });
+  }
   for (const [id, s] of sets) {
     for (const m of s.members) drawnAs.set(m, id);
     nodes.push({ id, kind: "cluster", parent: s.parent, members: s.members, label: s.label, shown: s.shown });
@@ -183,12 +195,13 @@ export function buildStructure(
     if (!s || !t || s === t) continue;
     const id = `${s}>${t}>${e.kind}`;
     const have = edgeMap.get(id);
-    if (have) have.count += 1;
-    else edgeMap.set(id, { id, source: s, target: t, kind: e.kind, count: 1 });
+    if (have) have.count += e.count ?? 1;
+    else edgeMap.set(id, { id, source: s, target: t, kind: e.kind, count: e.count ?? 1 });
   }
   const edges = [...edgeMap.values()];
   const key = [
-    nodes.map((n) => `${n.id}@${n.parent ?? ""}`).join(","),
+    // A server-collapsed node's drawn members ("show more") change what it stands for.
+    nodes.map((n) => `${n.id}@${n.parent ?? ""}${n.server ? `#${n.shown}` : ""}`).join(","),
     containers.map((c) => `${c.id}@${c.parent ?? ""}`).join(","),
     edges.map((e) => e.id).join(","),
   ].join("|");

@@ -12,10 +12,11 @@ import { useLiveFilter } from "../live";
 import { Link, useNavigate } from "../router";
 
 export default function FlowView({ rootId }: { rootId: string }) {
-  useLiveFilter(rootId, null);
   const navigate = useNavigate();
   const queryClient = useQueryClient();
   const { data, error } = useQuery(flowQuery(rootId));
+  // Groups the server collapsed: their members' changes come as the group's figures.
+  useLiveFilter(rootId, null, (data?.collapsed ?? []).map((c) => c.id).join(","));
   // A task id that is not a root (pasted from a log line): open its flow with the task selected.
   const notFound = error instanceof ApiError && error.status === 404;
   const asTask = useQuery({ ...taskQuery(rootId), enabled: notFound && !data });
@@ -38,6 +39,7 @@ export default function FlowView({ rootId }: { rootId: string }) {
   return (
     <Workspace
       graph={data}
+      rootId={rootId}
       refetch={() => void queryClient.invalidateQueries({ queryKey: keys.flow(rootId) })}
       accept={(t) => t.root_id === rootId || t.task_id === rootId}
       header={({ mode, setMode, critOn, setCritOn, focus, setFocus }) => (

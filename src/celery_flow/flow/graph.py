@@ -13,13 +13,15 @@ looks edges up in dictionaries, and the one walk (critical path) keeps a visited
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import fields
 
 from celery_flow.flow.flows import summarize_flow
 from celery_flow.flow.model import (
+    CollapsedGroup,
     EdgeKind,
     FlowGraph,
+    FlowSummary,
     GraphEdge,
     GraphGroup,
     GraphNode,
@@ -135,6 +137,58 @@ def build_graph(root_id: str, tasks: Iterable[TaskSummary]) -> FlowGraph:
         summary=summary,
         critical_path=critical_path(nodes, edges),
     )
+
+
+def collapsed_graph(
+    root_id: str,
+    tasks: Iterable[TaskSummary],
+    collapsed: Sequence[CollapsedGroup],
+    parents: Mapping[str, Sequence[tuple[str, int]]],
+    hidden_parents: Mapping[str, str],
+    summary: FlowSummary,
+) -> FlowGraph:
+    """The graph of a flow whose big groups come summarised: `tasks` holds every other task and each
+    group's `listed` members; the members not sent are drawn as the group's `node_id`.
+
+    `parents` gives each group's (parent id, members it spawned); `hidden_parents` maps members not sent
+    to their group where a task that is sent names one as its parent; `summary` is the flow's stored row.
+    The critical path stays exact: it steps back through the member that finished last, always listed.
+    """
+    graph = build_graph(root_id, tasks)
+    graph.summary = summary
+    graph.collapsed = list(collapsed)
+    nodes = {node.task_id: node for node in graph.nodes}
+    known = {group.id for group in graph.groups}
+    for group in collapsed:
+        if group.id not in known:
+            graph.groups.append(
+                GraphGroup(id=group.id, kind=group.kind, members=[], callback_id=group.callback_id)
+            )
+        hidden = group.total - len(group.listed)
+        if hidden <= 0:
+            continue
+        listed_parents: dict[str, int] = {}
+        for member in group.listed:
+            parent = nodes[member].parent_id if member in nodes else None
+            if parent:
+                listed_parents[parent] = listed_parents.get(parent, 0) + 1
+        for parent, count in parents.get(group.id, ()):
+            count -= listed_parents.get(parent, 0)
+            if count > 0 and parent in nodes:
+                # A chain into a group links to the group's id: one chain edge, not spawn.
+                kind: EdgeKind = "chain" if group.id in nodes[parent].links else "spawn"
+                graph.edges.append(GraphEdge(source=parent, target=group.node_id, kind=kind, count=count))
+        if group.callback_id in nodes:
+            graph.edges.append(
+                GraphEdge(source=group.node_id, target=group.callback_id, kind="chord", count=hidden)
+            )
+    by_id = {group.id: group for group in collapsed}
+    for node in graph.nodes:
+        group_id = hidden_parents.get(node.parent_id or "")
+        if group_id in by_id:
+            graph.edges.append(GraphEdge(source=by_id[group_id].node_id, target=node.task_id, kind="spawn"))
+    graph.groups.sort(key=lambda g: (g.kind, g.id))
+    return graph
 
 
 def critical_path(nodes: dict[str, GraphNode], edges: Sequence[GraphEdge]) -> list[str]:

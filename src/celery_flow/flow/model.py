@@ -179,6 +179,8 @@ class GraphEdge:
     source: str
     target: str
     kind: EdgeKind
+    # Edges it stands for: more than 1 where one end is a collapsed group (`CollapsedGroup.node_id`).
+    count: int = 1
 
 
 @dataclass
@@ -192,6 +194,43 @@ class GraphGroup:
 
 
 @dataclass
+class Percentiles:
+    """Nearest-rank percentiles of one duration over a group's members that have it (seconds)."""
+
+    p50: float | None = None
+    p95: float | None = None
+    p99: float | None = None
+    max: float | None = None
+
+
+@dataclass
+class CollapsedGroup:
+    """A group or chord header with more members than the graph's `collapse`: counted, not sent.
+
+    `listed` are the members worth seeing that are sent as nodes anyway (failed, lost, retried, running,
+    then the slowest few and the last to finish), `unlisted` how many more failed, lost, retried or
+    running ones there are (page them: `GET /api/flows/{root_id}/groups/{id}/members?state=`).
+    """
+
+    id: str
+    # The id edges to or from the members not listed use.
+    node_id: str
+    kind: Literal["group", "chord"]
+    name: str | None
+    total: int
+    counts: dict[str, int]
+    # Members retried at least once, whatever their state now.
+    retried: int
+    runtime: Percentiles
+    queue_wait: Percentiles
+    first_seen: float | None
+    last_finished: float | None
+    listed: list[str]
+    unlisted: int = 0
+    callback_id: str | None = None
+
+
+@dataclass
 class FlowGraph:
     root_id: str
     nodes: list[GraphNode]
@@ -201,6 +240,16 @@ class FlowGraph:
     summary: FlowSummary
     # Task ids, root first, of the chain of tasks that decided when the flow finished.
     critical_path: list[str] = field(default_factory=list)
+    # Groups sent summarised instead of member by member; each one's `groups` entry lists only `listed`.
+    collapsed: list[CollapsedGroup] = field(default_factory=list)
+
+
+@dataclass
+class MemberPage:
+    """One page of a group's members; pass `next_cursor` back as `cursor` (null: no more)."""
+
+    items: list[GraphNode]
+    next_cursor: str | None = None
 
 
 @dataclass

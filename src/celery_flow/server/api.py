@@ -13,16 +13,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Annotated, NoReturn, TypeVar
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query
+import msgspec
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Response
 from fastapi.exceptions import RequestValidationError
 
 from celery_flow.flow.flows import summarize_trace
+from celery_flow.flow.graph import collapsed_graph
 from celery_flow.flow.model import (
     FailureCluster,
     FlowGraph,
     FlowState,
     FlowSummary,
     Heatmap,
+    MemberPage,
     NameTrend,
     Overview,
     RegisteredTask,
@@ -34,6 +37,7 @@ from celery_flow.flow.model import (
     WorkerInfo,
 )
 from celery_flow.server.health import HealthMonitor, HealthReport
+from celery_flow.store import members
 from celery_flow.store.base import Store, StoreError, TaskFilter
 from celery_flow.store.schedules import Schedules
 
@@ -41,6 +45,7 @@ R = TypeVar("R")
 log = logging.getLogger("celery_flow.server")
 
 MAX_LIMIT = 500
+_encoder = msgspec.json.Encoder()
 IdPath = Annotated[str, Path(min_length=1, max_length=255)]
 Name = Annotated[str | None, Query(max_length=512, description="Exact task name")]
 Id = Annotated[str | None, Query(max_length=255)]
@@ -75,6 +80,15 @@ Queue = Annotated[
     Query(max_length=512, description="The queue a task was sent to (with `state=PENDING`: its backlog)"),
 ]
 Cursor = Annotated[str | None, Query(max_length=512, description="`next_cursor` of the previous page")]
+Collapse = Annotated[
+    int,
+    Query(
+        ge=0,
+        le=1_000_000,
+        description="Groups with more members than this come collapsed (`collapsed`); 0 collapses every "
+        "group",
+    ),
+]
 
 
 @dataclass
@@ -120,6 +134,12 @@ def _invalid(param: str, message: str, value: object) -> NoReturn:
     raise RequestValidationError(
         [{"type": "value_error", "loc": ("query", param), "msg": message, "input": value}]
     )
+
+
+def _json(value: object) -> Response:
+    """A model encoded by msgspec: the graph and member pages are the API's biggest answers, and
+    FastAPI's own validation of them would cost more than reading them from the store."""
+    return Response(content=_encoder.encode(value), media_type="application/json")
 
 
 def guarded(call: Callable[[], R], cursor: str | None = None) -> R:
@@ -210,13 +230,49 @@ def build_api_router(
         response_model=FlowGraph,
         summary="The graph of one root workflow",
         description="Nodes, edges and groups, and `summary`: the flow's row exactly as `GET /api/flows` "
-        "lists it (state, counts by state, start, duration).",
+        "lists it (state, counts by state, start, duration). A group or chord header with more than "
+        "`collapse` members comes as one entry of `collapsed` (counts by state, runtime and queue-wait "
+        "percentiles, first seen and last finish) instead of a node per member: only the members worth a "
+        "look are nodes (failed, lost, retried, running, the slowest few, the last to finish; at most "
+        f"{members.LISTED} failed or running ones, `unlisted` counts the rest), and edges to or from the "
+        "others end at the group's `node_id` with their `count`. Page through all members with `GET "
+        "/api/flows/{root_id}/groups/{group_id}/members`. Counts, state, span and critical path stay exact.",
     )
-    def get_flow(root_id: IdPath) -> FlowGraph:
-        tasks = guarded(lambda: store().flow_tasks(root_id))
-        if not tasks:
+    def get_flow(root_id: IdPath, collapse: Collapse = members.COLLAPSE_DEFAULT) -> Response:
+        parts = guarded(lambda: store().flow_parts(root_id, collapse))
+        if parts is None or not parts.tasks:
             _not_found("flow", root_id)
-        return build_graph(root_id, tasks)
+        if not parts.groups or parts.summary is None:
+            return _json(build_graph(root_id, parts.tasks))
+        return _json(
+            collapsed_graph(
+                root_id, parts.tasks, [g.collapsed() for g in parts.groups],
+                {g.group_id: g.parents for g in parts.groups}, parts.hidden_parents, parts.summary,
+            )
+        )  # fmt: skip
+
+    @router.get(
+        "/flows/{root_id}/groups/{group_id}/members",
+        response_model=MemberPage,
+        summary="The members of one group of a flow, a page at a time",
+        description="Keyset pages of a group's members (the tasks carrying its group id, less its chord's "
+        "callback): `sort=newest` by when each was first seen, newest first; `sort=slowest` by runtime, "
+        "slowest first, then those without a runtime yet. `state` keeps one state. Pass `next_cursor` "
+        "back as `cursor` with the same `sort` and `state` (null: no more); the walk sees every member "
+        "once.",
+    )
+    def get_group_members(
+        root_id: IdPath,
+        group_id: IdPath,
+        state: Annotated[TaskState | None, Query()] = None,
+        sort: Annotated[members.MemberSort, Query(description="Order of the walk")] = "newest",
+        limit: Limit = 100,
+        cursor: Cursor = None,
+    ) -> Response:
+        page = guarded(lambda: store().group_members(root_id, group_id, state, sort, limit, cursor), cursor)
+        if page is None:
+            _not_found("group", group_id)
+        return _json(page)
 
     @router.get(
         "/traces/{trace_id}",

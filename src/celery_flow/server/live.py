@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,11 +23,14 @@ import msgspec
 from fastapi import WebSocket, WebSocketDisconnect
 from starlette.websockets import WebSocketState
 
-from celery_flow.flow.model import TaskSummary
+from celery_flow.flow.model import CollapsedGroup, TaskSummary
 from celery_flow.store.base import Store
 
 log = logging.getLogger("celery_flow.server.live")
 
+_PUSHED_STATES = frozenset({"FAILURE", "LOST", "REJECTED", "REVOKED", "RETRY"})
+# Collapsed groups one client may name in its filter.
+MAX_COLLAPSED = 100
 SLOW_CLIENT_CLOSE = 1013  # "try again later": the client did not keep up with the push rate
 _encoder = msgspec.json.Encoder()
 
@@ -36,6 +39,9 @@ _encoder = msgspec.json.Encoder()
 class LiveFilter:
     root_id: str | None = None
     trace_id: str | None = None
+    # Groups of `root_id` the client draws collapsed (GET /api/flows/{root_id} `collapsed`): their
+    # members' changes come as one `group` frame with the group's current figures, not member by member.
+    collapsed: frozenset[str] = frozenset()
 
     def matches(self, item: dict[str, Any]) -> bool:
         if self.root_id is not None and self.root_id not in (item.get("root_id"), item.get("task_id")):
@@ -49,6 +55,12 @@ class LiveClient:
     queue: asyncio.Queue[bytes | None]
     filter: LiveFilter = field(default_factory=LiveFilter)
     dropped: bool = False
+
+
+def _worth(item: Mapping[str, Any]) -> bool:
+    """A member pushed on its own even when its group is collapsed: one that failed or is retrying (the
+    running ones the graph lists follow with its next refetch, not one push each)."""
+    return item.get("state") in _PUSHED_STATES
 
 
 def _status_frame(status: str, detail: str | None) -> bytes:
@@ -132,12 +144,37 @@ class LiveHub:
             items, cursor = await anyio.to_thread.run_sync(store.changes_since, self.cursor, self.batch)
             self.cursor = cursor
             if items:
-                self.publish(items)
+                groups = await self._collapsed_groups(store, items)
+                self.publish(items, groups)
             if len(items) < self.batch:
                 return
 
-    def publish(self, items: list[TaskSummary]) -> None:
-        """Queue the changed tasks for every client whose filter matches some of them."""
+    async def _collapsed_groups(
+        self, store: Store, items: list[TaskSummary]
+    ) -> dict[tuple[str, str], CollapsedGroup]:
+        """The current figures of the collapsed groups some client draws that these changes touch: one
+        read per flow and poll, however many members changed and clients watch."""
+        wanted: dict[str, set[str]] = {}
+        for client in self.clients:
+            flt = client.filter
+            if flt.root_id is not None and flt.collapsed:
+                touched = {
+                    i.group_id for i in items if i.group_id in flt.collapsed and i.root_id == flt.root_id
+                }
+                if touched:
+                    wanted.setdefault(flt.root_id, set()).update(g for g in touched if g)
+        out: dict[tuple[str, str], CollapsedGroup] = {}
+        for root_id, group_ids in wanted.items():
+            found = await anyio.to_thread.run_sync(store.group_counts, root_id, sorted(group_ids))
+            out.update({(root_id, group_id): group for group_id, group in found.items()})
+        return out
+
+    def publish(
+        self, items: list[TaskSummary], groups: Mapping[tuple[str, str], CollapsedGroup] | None = None
+    ) -> None:
+        """Queue the changed tasks for every client whose filter matches some of them; a member of a
+        group the client draws collapsed goes out only in its group's figures (`groups`), unless it is
+        one the graph lists (failed, lost, retried, running)."""
         if not self.clients:
             return
         plain: list[dict[str, Any]] = msgspec.to_builtins(items)
@@ -150,8 +187,18 @@ class LiveHub:
                 self._offer(client, everything)
                 continue
             mine = [item for item in plain if flt.matches(item)]
+            touched: set[str] = set()
+            if flt.collapsed:
+                touched = {str(i.get("group_id")) for i in mine} & flt.collapsed
+                mine = [i for i in mine if i.get("group_id") not in flt.collapsed or _worth(i)]
             if mine:
                 self._offer(client, _encoder.encode({"type": "tasks", "items": mine}))
+            # After the members pushed on their own, so the group's figures are never older than them.
+            for group_id in sorted(touched):
+                group = (groups or {}).get((flt.root_id or "", group_id))
+                if group is not None:
+                    frame = {"type": "group", "root_id": flt.root_id, "group": group}
+                    self._offer(client, _encoder.encode(frame))
 
     def _offer(self, client: LiveClient, frame: bytes) -> None:
         if client.dropped:
@@ -214,7 +261,13 @@ class LiveHub:
                 continue
             if isinstance(message, dict) and message.get("type") == "filter":
                 root_id, trace_id = message.get("root_id"), message.get("trace_id")
+                collapsed = message.get("collapsed")
                 client.filter = LiveFilter(
                     root_id=root_id if isinstance(root_id, str) and root_id else None,
                     trace_id=trace_id if isinstance(trace_id, str) and trace_id else None,
+                    collapsed=frozenset(
+                        g
+                        for g in (collapsed if isinstance(collapsed, list) else [])[:MAX_COLLAPSED]
+                        if isinstance(g, str) and 0 < len(g) <= 255
+                    ),
                 )

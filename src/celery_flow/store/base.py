@@ -12,21 +12,25 @@ from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from celery_flow.events import Event
 from celery_flow.flow.model import (
+    CollapsedGroup,
     FailureCluster,
     FlowSummary,
     Heatmap,
+    MemberPage,
     NameTrend,
     Overview,
     Page,
     RegisteredTask,
     StatMetric,
     TaskDetail,
+    TaskState,
     TaskSummary,
     TraceView,
     WorkerInfo,
 )
 
 if TYPE_CHECKING:
+    from celery_flow.store.members import FlowParts, MemberSort
     from celery_flow.store.schedules import Schedules
     from celery_flow.store.stats import AllTime
 
@@ -83,6 +87,27 @@ class Store(Protocol):
 
     def flow_tasks(self, root_id: str) -> list[TaskDetail]:
         """Every task of one root workflow (no args/results needed), for flow.graph."""
+        ...
+
+    def flow_parts(self, root_id: str, collapse: int) -> FlowParts | None:
+        """A flow's tasks to draw one by one, with each group of more than `collapse` members summarised
+        (store/members.py); None for an unknown flow."""
+        ...
+
+    def group_members(
+        self,
+        root_id: str,
+        group_id: str,
+        state: TaskState | None,
+        sort: MemberSort,
+        limit: int,
+        cursor: str | None,
+    ) -> MemberPage | None:
+        """One keyset page of a group's members; None for an unknown flow or group."""
+        ...
+
+    def group_counts(self, root_id: str, group_ids: Sequence[str]) -> dict[str, CollapsedGroup]:
+        """The current figures of these groups of one flow (live updates of collapsed nodes)."""
         ...
 
     def trace(self, trace_id: str) -> TraceView | None: ...

@@ -104,7 +104,8 @@ STEPS: tuple[Step, ...] = (
         "counted per name and time, the backlog per queue and failed tasks per worker (filled by the "
         "re-fold); the search index of arguments, results "
         "and errors (filled by the re-fold); beat schedule entries and their runs (schedules, "
-        "schedule_runs)",
+        "schedule_runs); a flow's tasks indexed with their group, and a group's members by time and by "
+        "runtime (collapsed fan-outs)",
         """
         ALTER TABLE tasks ADD COLUMN fingerprint TEXT;
         ALTER TABLE flows ADD COLUMN n_planned INTEGER NOT NULL DEFAULT 0;
@@ -116,6 +117,14 @@ STEPS: tuple[Step, ...] = (
         CREATE INDEX tasks_fingerprint ON tasks (fingerprint, ts, task_id) WHERE fingerprint IS NOT NULL;
         CREATE INDEX tasks_planned ON tasks (fnum) WHERE state = 'PLANNED';
         CREATE INDEX tasks_running ON tasks (hostname, started_at) WHERE state IN ('RECEIVED', 'STARTED');
+        DROP INDEX IF EXISTS tasks_flow_host;
+        CREATE INDEX tasks_flow_group ON tasks (fnum, ts, task_id, hostname, group_id);
+        CREATE INDEX tasks_group_ts ON tasks (fnum, group_id, ts, task_id, state) WHERE group_id IS NOT NULL;
+        CREATE INDEX tasks_group_runtime ON tasks (
+            fnum, group_id, runtime, task_id, state, retries, queue_wait, finished_at, chord_id, parent_id
+        ) WHERE group_id IS NOT NULL;
+        CREATE INDEX tasks_group_wait ON tasks (fnum, group_id, queue_wait, state, retries, task_id)
+            WHERE group_id IS NOT NULL;
         CREATE TABLE IF NOT EXISTS failure_clusters (
             fingerprint TEXT PRIMARY KEY,
             exception_type TEXT NOT NULL,
@@ -182,7 +191,8 @@ STEPS: tuple[Step, ...] = (
         INSERT INTO meta (key, value) SELECT 'stats_end', value FROM meta WHERE key = 'task_num'
         """,
         "adds columns (no row rewritten), builds three partial indexes over {tasks} tasks (each holds "
-        "only the few rows it is for), creates an empty search index",
+        "only the few rows it is for), rebuilds the per-flow index and builds three over the tasks of "
+        "groups, creates an empty search index",
         refold=True,
         dialect_sql=SEARCH_DDL,
     ),

@@ -113,8 +113,9 @@ CREATE INDEX IF NOT EXISTS tasks_state ON tasks (state, ts, task_id);
 DROP INDEX IF EXISTS tasks_name;
 DROP INDEX IF EXISTS tasks_flow;
 DROP INDEX IF EXISTS tasks_host;
+DROP INDEX IF EXISTS tasks_flow_host;
 CREATE INDEX IF NOT EXISTS tasks_name_state ON tasks (name, ts, task_id, state, runtime, queue_wait);
-CREATE INDEX IF NOT EXISTS tasks_flow_host ON tasks (fnum, ts, task_id, hostname);
+CREATE INDEX IF NOT EXISTS tasks_flow_group ON tasks (fnum, ts, task_id, hostname, group_id);
 CREATE INDEX IF NOT EXISTS tasks_host_state ON tasks (hostname, ts, task_id, state);
 CREATE INDEX IF NOT EXISTS tasks_seq ON tasks (seq);
 -- Partial indexes hold only the few rows they are for, so ordinary tasks pay nothing to keep them:
@@ -124,6 +125,15 @@ CREATE INDEX IF NOT EXISTS tasks_fingerprint ON tasks (fingerprint, ts, task_id)
 CREATE INDEX IF NOT EXISTS tasks_planned ON tasks (fnum) WHERE state = 'PLANNED';
 CREATE INDEX IF NOT EXISTS tasks_running ON tasks (hostname, started_at)
     WHERE state IN ('RECEIVED', 'STARTED');
+-- A group's members, newest first and slowest first (store/members.py): keyset pages of a 100,000-task
+-- fan-out and its summary (counts, percentiles, bounds) read from these alone, never row by row.
+CREATE INDEX IF NOT EXISTS tasks_group_ts ON tasks (fnum, group_id, ts, task_id, state)
+    WHERE group_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS tasks_group_runtime ON tasks (
+    fnum, group_id, runtime, task_id, state, retries, queue_wait, finished_at, chord_id, parent_id
+) WHERE group_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS tasks_group_wait ON tasks (fnum, group_id, queue_wait, state, retries, task_id)
+    WHERE group_id IS NOT NULL;
 CREATE TABLE IF NOT EXISTS flows (
     root_id TEXT PRIMARY KEY,
     root_name TEXT,

@@ -13,21 +13,24 @@ from typing import TypeVar
 
 from celery_flow.events import DEFAULT_HEARTBEAT_INTERVAL, Event
 from celery_flow.flow.model import (
+    CollapsedGroup,
     FailureCluster,
     FlowSummary,
     Heatmap,
+    MemberPage,
     NameTrend,
     Overview,
     Page,
     RegisteredTask,
     StatMetric,
     TaskDetail,
+    TaskState,
     TaskSummary,
     TraceView,
     WorkerInfo,
 )
 from celery_flow.store import failures as clusters
-from celery_flow.store import lost, queries, retention, schedules, stats
+from celery_flow.store import lost, members, queries, retention, schedules, stats
 from celery_flow.store.backfill import start_background, stop_background
 from celery_flow.store.base import LostCheck, StoreStats, TaskFilter
 from celery_flow.store.connection import C, Session, SqlConnections
@@ -114,6 +117,38 @@ class SqlStore(SqlConnections[C]):
 
     def flow_tasks(self, root_id: str) -> list[TaskDetail]:
         return self._reading(lambda s: self._flagged_all(s, queries.flow_tasks(s, root_id)))
+
+    def flow_parts(self, root_id: str, collapse: int) -> members.FlowParts | None:
+        def read(s: Session) -> members.FlowParts | None:
+            parts = members.flow_parts(s, root_id, collapse)
+            if parts is not None:
+                self.stuck.flag(s, parts.tasks)
+            return parts
+
+        return self._reading(read)
+
+    def group_members(
+        self,
+        root_id: str,
+        group_id: str,
+        state: TaskState | None,
+        sort: members.MemberSort,
+        limit: int,
+        cursor: str | None,
+    ) -> MemberPage | None:
+        def read(s: Session) -> MemberPage | None:
+            page = members.members_page(s, root_id, group_id, state, sort, limit, cursor)
+            if page is not None:
+                self.stuck.flag(s, page.items)
+            return page
+
+        return self._reading(read)
+
+    def group_counts(self, root_id: str, group_ids: Sequence[str]) -> dict[str, CollapsedGroup]:
+        def read(s: Session) -> dict[str, CollapsedGroup]:
+            return {gid: g.collapsed() for gid, g in members.group_counts(s, root_id, group_ids).items()}
+
+        return self._reading(read)
 
     def trace(self, trace_id: str) -> TraceView | None:
         def read(s: Session) -> TraceView | None:

@@ -56,7 +56,10 @@ MAX_HEARTBEAT_INTERVAL = 3600.0
 event_decoder = msgspec.json.Decoder(Event)
 
 # Columns that appear in secondary indexes (besides seq, which changes on every write anyway).
-_TASK_INDEXED = frozenset({"name", "state", "fnum", "hostname", "ts", "runtime", "queue_wait"})
+_TASK_INDEXED = frozenset({
+    "name", "state", "fnum", "hostname", "ts", "runtime", "queue_wait", "group_id", "retries", "finished_at",
+    "chord_id", "parent_id",
+})  # fmt: skip
 # Never reassigned: a task keeps its number (the SQLite rowid) for life.
 _TASK_FIXED = frozenset({"num"})
 _FLOW_INDEXED = frozenset({"root_name", "state", "trace_id", "ts"})
