@@ -22,7 +22,7 @@ from celery import chain
 from tests.integration.test_flow_graphs import Env, env  # noqa: F401 - the shared worker fixture
 from tests.integration.test_store import store, store_url  # noqa: F401 - a store of each engine
 from tests.support.events import event
-from tests.support.wait import wait_for
+from tests.support.wait import wait_for, wait_indexed
 
 from celery_flow.store import TaskFilter, open_store, search
 from celery_flow.store.sql import SqlStore
@@ -57,15 +57,8 @@ def saw_stored() -> None:
 
 def indexed(env: Env) -> None:
     """Wait until a health report made after stored() last returned shows a search lag of 0."""
-    if _indexed_at[0] > _stored_at[0]:
-        return
-
-    def ready() -> float | None:
-        report = env.api.get("/api/health").json()
-        caught_up = report["store"]["search_lag"] == 0 and report["checked_at"] > _stored_at[0]
-        return float(report["checked_at"]) if caught_up else None
-
-    _indexed_at[0] = wait_for(ready, 30, "the search index caught up")
+    if _indexed_at[0] <= _stored_at[0]:
+        _indexed_at[0] = wait_indexed(lambda: env.api.get("/api/health").json(), _stored_at[0])
 
 
 def found(env: Env, q: str, path: str = "/api/tasks", **params: Any) -> list[str]:
