@@ -193,7 +193,10 @@ class HealthMonitor:
             stats = store.stats()
             rejected, dropped = split_counters(stats.counters)
             store_health = StoreHealth(
-                url=self._store_url, reachable=True, tasks=stats.tasks, events=stats.events,
+                url=self._store_url,
+                reachable=True,
+                tasks=stats.tasks,
+                events=stats.events,
                 search_lag=stats.search_lag,
             )
             migration = migration_status(store)

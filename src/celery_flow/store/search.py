@@ -508,7 +508,8 @@ class Indexer:
             else:
                 outcome_tokens = tuple(_tokens(sources[2:], pairs=False))
             call_row = tuple(sorted(call_tokens[:MAX_TOKENS]))
-            entry = _Indexed(sources, call_tokens, outcome_tokens, (call_row, _full_row(call_row, outcome_tokens)))
+            rows = (call_row, _full_row(call_row, outcome_tokens))
+            entry = _Indexed(sources, call_tokens, outcome_tokens, rows)
             have = before.rows if before is not None else (None if num <= top else _NO_ROWS)
             pending.append((num, entry, have))
         unknown = [num for num, _, have in pending if have is None]
