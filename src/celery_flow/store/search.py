@@ -415,16 +415,24 @@ class Handoff:
 
     def __init__(self, size: int = HANDOFF) -> None:
         self.size = size
-        self._entries: dict[int, tuple[int, Sources]] = {}
+        # num: (seq, sources as a plain tuple: one per task written, the cheapest to build)
+        self._entries: dict[int, tuple[int, tuple[Any, Any, Any, str | None]]] = {}
         self._lock = threading.Lock()
 
-    def hand(self, rows: Iterable[tuple[int, int, Sources]]) -> None:
-        """Hand over the (num, seq, sources) of rows written in the caller's transaction."""
+    def hand(self, nums: Sequence[int], seqs: Sequence[int], tasks: Sequence[TaskDetail] | None) -> None:
+        """Hand over the sources of rows written in the caller's transaction: task nums[i], written at
+        seqs[i], folded as tasks[i] (None: rows with nothing to index, planned steps)."""
         with self._lock:
             entries = self._entries
-            for num, seq, sources in rows:
-                entries.pop(num, None)  # re-insert: the oldest first, dropped first when full
-                entries[num] = (seq, sources)
+            pop = entries.pop
+            if tasks is None:
+                for num, seq in zip(nums, seqs, strict=True):
+                    pop(num, None)
+                    entries[num] = (seq, NOTHING)
+            else:
+                for num, seq, t in zip(nums, seqs, tasks, strict=True):
+                    pop(num, None)  # re-insert: the oldest first, dropped first when full
+                    entries[num] = (seq, (t.args, t.kwargs, t.result, t.exception))
             while len(entries) > self.size:
                 del entries[next(iter(entries))]
 
@@ -432,7 +440,7 @@ class Handoff:
         """The sources handed over for this row (None: not by this process, or not at this seq)."""
         with self._lock:
             hit = self._entries.pop(num, None)
-        return hit[1] if hit is not None and hit[0] == seq else None
+        return Sources(*hit[1]) if hit is not None and hit[0] == seq else None
 
     def clear(self) -> None:
         """Forget everything: rows of a transaction that rolled back must never match."""
@@ -498,7 +506,7 @@ class Indexer:
             before = recent.pop(num, None)
             if before is not None and _unchanged(before.sources[:2], sources[:2]):
                 if _unchanged(before.sources[2:], sources[2:]):
-                    recent[num] = before._replace(sources=sources)
+                    recent[num] = _Indexed(sources, *before[1:])
                     continue
                 call_tokens = before.call_tokens
             else:
@@ -533,7 +541,7 @@ class Indexer:
             if full_row and (postgresql or not had[0]):
                 # One row per task unless its call row is stored already (FTS5 deletes cost a write per
                 # token; PostgreSQL's little, and a query then reads one row per task).
-                entry = entry._replace(rows=((), full_row))
+                entry = _Indexed(*entry[:3], ((), full_row))
             for part, (want, was) in enumerate(zip(entry.rows, had, strict=True)):
                 if want != was:
                     if was:

@@ -233,9 +233,7 @@ def _apply_tasks(
     ]
     write_tasks(session, rows, old_rows)
     # Indexed behind the fold (store/search.py's Indexer), from these sources while the rows stand.
-    recent.search.hand(
-        (row.num, row.seq, search.Sources.of(c.new)) for row, c in zip(rows, changes, strict=True)
-    )
+    recent.search.hand([row.num for row in rows], [row.seq for row in rows], [c.new for c in changes])
     # A batch's events are distinct by id, and so are those stored: the sets hold each id once unless
     # the batch repeated stored events.
     recent.remember(task_ids, by_task, seq, distinct=len(fresh) == len(task_events))
@@ -254,7 +252,7 @@ def _apply_tasks(
         rows = [task_row(s.new, seq + i, s.num, flows[s.new.root_id or ""].fnum)._replace(extra=s.extra)
                 for i, s in enumerate(steps, start=1)]  # fmt: skip
         write_tasks(session, rows, {s.old.task_id: s.old for s in steps if s.old is not None})
-        recent.search.hand((row.num, row.seq, search.NOTHING) for row in rows)
+        recent.search.hand([row.num for row in rows], [row.seq for row in rows], None)
         task_ids = task_ids + [s.new.task_id for s in steps]
     return task_ids
 
