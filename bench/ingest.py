@@ -73,7 +73,8 @@ class ApplyFigures(NamedTuple):
 
 def measure_apply(url: str, events: list[Event], batch: int) -> ApplyFigures:
     """Fold `events` with `store.apply()` in batches, and run the search indexer as a consumer does (every
-    INDEX_INTERVAL seconds, and at the end until it has caught up); a store without one (a base commit
+    INDEX_INTERVAL seconds, leaving the last INDEX_SETTLE seconds' rows, and at the end until it has caught
+    up); a store without one (a base commit
     before it) indexes in apply. CPU figures are this process's: for PostgreSQL they leave out the
     server's own work."""
     store = open_store(url)
@@ -95,8 +96,8 @@ def measure_apply(url: str, events: list[Event], batch: int) -> ApplyFigures:
             fold_cpu += time.process_time() - cpu
             if index is not None and (time.monotonic() >= next_index or i == len(chunks) - 1):
                 cpu = time.process_time()
-                while True:  # at the end: until caught up
-                    run = index()
+                while True:  # at the end: until caught up, with nothing left to settle
+                    run = index(settle=0.5 if i < len(chunks) - 1 else 0.0)  # search.INDEX_SETTLE
                     indexed += run.indexed
                     if not run.lag or i < len(chunks) - 1:
                         break
@@ -201,6 +202,7 @@ def main() -> None:
     parser.add_argument("--engines", default="sqlite,postgresql")
     parser.add_argument("--stream-store", choices=("sqlite", "postgresql"), default="sqlite")
     parser.add_argument("--skip-stream", action="store_true")
+    parser.add_argument("--skip-apply", action="store_true")
     args = parser.parse_args()
 
     events = stream(args.flows)
@@ -212,7 +214,7 @@ def main() -> None:
         f"{'indexed/CPU-s':>14} {'tasks indexed':>14}"
     )
     with tempfile.TemporaryDirectory() as tmp:
-        for engine in args.engines.split(","):
+        for engine in [] if args.skip_apply else args.engines.split(","):
             pg = PgDatabase() if engine == "postgresql" else None
             url = pg.url if pg else f"sqlite:///{tmp}/apply-{uuid.uuid4().hex[:6]}.db"
             try:

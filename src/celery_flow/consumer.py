@@ -36,7 +36,7 @@ from celery_flow.errors import ConfigError
 from celery_flow.events import Event, EventRejected, decode
 from celery_flow.settings import DEFAULT_GROUP, DEFAULT_PREFIX
 from celery_flow.store.base import Store
-from celery_flow.store.search import INDEX_INTERVAL
+from celery_flow.store.search import INDEX_INTERVAL, INDEX_SETTLE
 from celery_flow.transport import from_url, redact_url
 from celery_flow.transport.base import Message, Subscription, Transport, TransportError
 
@@ -489,7 +489,7 @@ class Consumer:
         """Bring the search index up to the tasks stored (store/search.py); return seconds until the next
         run: none while it is behind. Errors are logged and retried at the next run."""
         try:
-            run = self.store.index_search()
+            run = self.store.index_search(settle=INDEX_SETTLE)
         except Exception as exc:
             log.warning("search indexing failed (will retry): %s", exc)
             return INDEX_INTERVAL

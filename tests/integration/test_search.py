@@ -228,6 +228,17 @@ def test_a_stored_task_is_findable_once_the_indexer_ran_and_the_lag_is_0(store: 
     assert store.index_search().indexed == 0  # nothing new
 
 
+def test_a_consumer_s_indexer_leaves_the_newest_rows_to_its_next_run(store: SqlStore) -> None:
+    task = uuid.uuid4().hex
+    store.apply([event("sent", task, time.time(), kwargs={"customer_id": 4712})])
+    # A settle longer than the test: no run of this process saw the counter that long ago.
+    assert store.index_search(settle=3600).indexed == 0
+    assert q_ids(store, "customer_id:4712") == []
+    assert store.stats().search_lag > 0
+    assert store.index_search(settle=0.0).indexed == 1
+    assert q_ids(store, "customer_id:4712") == [task]
+
+
 def test_retention_deletes_the_index_entries_of_deleted_tasks(store: SqlStore) -> None:
     old, new = uuid.uuid4().hex, uuid.uuid4().hex
     store.apply(

@@ -43,7 +43,7 @@ class StoreHealth:
     # The store's schema version, and the re-fold of every task a migration started, while it runs.
     schema: int | None = None
     refold: RefoldProgress | None = None
-    # Change numbers (seq) stored but not yet in the search index: tasks wait about a second to be
+    # Change numbers (seq) stored but not yet in the search index: tasks wait a second or two to be
     # findable (store/search.py's indexer, run by the consumers).
     search_lag: int | None = None
 

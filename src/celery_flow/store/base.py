@@ -138,9 +138,10 @@ class Store(Protocol):
         idempotent, so several processes may run it at once."""
         ...
 
-    def index_search(self, budget: float = 0.5) -> IndexRun:
+    def index_search(self, budget: float = 0.5, settle: float = 0.0) -> IndexRun:
         """Index the tasks written since the search index's watermark (store/search.py), for about
-        `budget` seconds at most; several processes may run it at once (they take turns)."""
+        `budget` seconds at most, leaving those written in the last `settle` seconds (as far as this
+        process's runs saw) to a later run; several processes may run it at once (they take turns)."""
         ...
 
     def ping(self) -> None:

@@ -22,11 +22,13 @@ Written behind the fold, not in its transaction (`Indexer`): the fold hands each
 each consumer every INDEX_INTERVAL seconds (`SqlStore.index_search`, consumer.py's housekeeping), reads
 the rows written since its watermark (meta 'search_seq') in `seq` order, as the live feed does, up to
 INDEX_BATCH per short write transaction, and indexes each as it stands then: a task that changed in many
-batches since is indexed once. Sources not handed over (another process's fold, a restart, a migrated
-store) are folded again from the task's stored events. So a task is findable about INDEX_INTERVAL
-seconds after it is stored, and `/api/health` shows how far behind the index is (store.search_lag, in
-change numbers). The re-fold (store/backfill.py) keeps rows' seq and changes no tokens; a migrated store's
-index is filled by the indexer starting from seq 0.
+batches since is indexed once. A consumer leaves the rows of the last INDEX_SETTLE seconds to its next
+run, so most tasks are indexed once, when they have ended. Sources not handed over (another process's
+fold, a restart, a migrated store) are folded again from the task's stored events. So a task is
+findable about 2 x INDEX_INTERVAL seconds after it is stored at most while the indexer keeps up, and
+`/api/health` shows how far behind the index is (store.search_lag, in change numbers). The re-fold
+(store/backfill.py) keeps rows' seq and changes no tokens; a migrated store's index is filled by the
+indexer starting from seq 0.
 
 A task's entry is up to two rows: its call's tokens (part 0), written when it is indexed while still
 running, and all its tokens (part 1) once its outcome adds any, beside the first if stored already,
@@ -78,6 +80,9 @@ INDEX_BATCH = 2000
 INDEX_INTERVAL = 1.0
 # Seconds one indexer run goes on at most while it is behind (the next run resumes).
 INDEX_BUDGET = 0.5
+# Seconds a consumer's indexer leaves the newest rows alone (it indexes up to the change counter one of
+# its runs saw at least this long ago): most tasks end meanwhile and are indexed once, as they ended.
+INDEX_SETTLE = 0.5
 # Rows whose sources the fold hands to the indexer, and entries the indexer remembers, at most.
 HANDOFF = 16384
 RECENT = 4096
@@ -459,16 +464,35 @@ class Indexer:
         # watermark it committed last (`_done`) is still the stored one.
         self._recent: dict[int, _Indexed] = {}
         self._done: int | None = None
+        # (monotonic time, change counter) as this process's runs saw them, oldest first (`settled`).
+        self._heads: list[tuple[float, int]] = []
 
     def reset(self) -> None:
         """Forget what was written: after a transaction that rolled back."""
         self._recent.clear()
         self._done = None
 
-    def step(self, session: Session, head: int, limit: int = INDEX_BATCH) -> tuple[int, int]:
+    def settled(self, head: int, settle: float, now: float) -> int:
+        """The change counter to index up to at `now` (monotonic): `head`, or with `settle`, the newest
+        one a run saw at least `settle` seconds ago (0 if none did: this process's first run)."""
+        if not settle:
+            return head
+        heads = self._heads
+        heads.append((now, head))
+        old = [i for i, (seen, _) in enumerate(heads) if seen <= now - settle]
+        if not old:
+            return 0
+        del heads[: old[-1]]  # older ones than the newest old one are never needed again
+        return heads[0][1]
+
+    def step(
+        self, session: Session, head: int, settle: float = 0.0, now: float = 0.0, limit: int = INDEX_BATCH
+    ) -> tuple[int, int]:
         """Index the task rows written after the stored watermark (meta 'search_seq'), at most `limit`,
         in the caller's write transaction, `head` the change counter (every row up to it committed:
-        writers are serialized); return (rows indexed, seq still behind)."""
+        writers are serialized), held back by `settle` seconds (`settled`); return (rows indexed, seq
+        still behind the counter indexed up to)."""
+        head = self.settled(head, settle, now)
         state = {str(k): int(v) for k, v in session.rows(_STATE_SELECT)}
         if len(state) < len(_STATE_KEYS):
             session.many(_STATE_INSERT, [(key,) for key in _STATE_KEYS if key not in state])
@@ -495,7 +519,7 @@ class Indexer:
             top = max(top, max(num for num, _ in tasks))
         session.many("UPDATE meta SET value = ? WHERE key = ?", [(upto, "search_seq"), (top, "search_num")])
         self._done = upto
-        return len(rows), head - upto
+        return len(rows), max(0, head - upto)
 
     def _write(self, session: Session, tasks: list[tuple[int, Sources]], top: int) -> None:
         """Write the rows of each (num, sources) whose tokens differ from the stored ones; `top`: the

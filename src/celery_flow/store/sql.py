@@ -88,11 +88,11 @@ class SqlStore(SqlConnections[C]):
         )
         return LostCheck(changed, next_in)
 
-    def index_search(self, budget: float = search.INDEX_BUDGET) -> IndexRun:
+    def index_search(self, budget: float = search.INDEX_BUDGET, settle: float = 0.0) -> IndexRun:
         indexed, began = 0, time.monotonic()
         while True:
             try:
-                count, lag = self._writing(lambda s, seq: self._indexer.step(s, seq))
+                count, lag = self._writing(lambda s, seq: self._indexer.step(s, seq, settle, began))
             except BaseException:
                 self._indexer.reset()
                 raise
