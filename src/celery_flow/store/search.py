@@ -455,7 +455,7 @@ class Handoff:
 
 class Indexer:
     """Writes the search index behind the fold, following the tasks' change numbers (see the module's
-    docstring); a store has one, driven by `SqlStore.index_search`."""
+    docstring); a store has one, driven by `SqlStore.index_search` under the store's write lock."""
 
     def __init__(self, handoff: Handoff, size: int = RECENT) -> None:
         self.handoff = handoff
