@@ -58,7 +58,7 @@ DROPPED_COUNTER = "publisher.dropped"
 REJECTED_PREFIX = "rejected."
 # Failed attempts at one batch, with the store answering pings, before looking for a poison event in it.
 POISON_AFTER = 3
-# Seconds before a failed check for lost tasks is tried again.
+# Seconds before a failed check for lost tasks, or a failed run of the search indexer, is tried again.
 LOST_RETRY = 5.0
 # How often a running consumer logs one line of progress (only when something happened).
 REPORT_INTERVAL = 60.0
@@ -492,7 +492,7 @@ class Consumer:
             run = self.store.index_search(settle=INDEX_SETTLE)
         except Exception as exc:
             log.warning("search indexing failed (will retry): %s", exc)
-            return INDEX_INTERVAL
+            return LOST_RETRY
         return 0.0 if run.lag else INDEX_INTERVAL
 
     def check_lost(self) -> float:
