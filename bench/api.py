@@ -66,6 +66,7 @@ def populate(url: str, tasks: int, batch: int) -> None:
         have = store.stats().tasks
         if have >= tasks:
             print(f"store already holds {have:,} tasks: not populating")
+            catch_up_index(store)
             return
         flows = (tasks - have - (0 if store.get_task(GRAPH_ROOT) else GRAPH_NODES)) // TASKS_PER_FLOW
         # Flows over the last ~day, as a busy deployment would have them.
@@ -80,6 +81,7 @@ def populate(url: str, tasks: int, batch: int) -> None:
             events = stream(min(chunk, flows - n), seed=n + 7, rate=rate, t0=t0 + n / rate)
             for part in batches(events, batch):
                 store.apply(part)
+            catch_up_index(store)
             applied += len(events)
             rate_now = applied / (time.perf_counter() - start)
             done = have + (n + chunk) * TASKS_PER_FLOW
@@ -91,6 +93,14 @@ def populate(url: str, tasks: int, batch: int) -> None:
         print()
     finally:
         store.close()
+
+
+def catch_up_index(store: Any) -> None:
+    """Run the search indexer until it has caught up, as the consumers do behind the fold (a store of a
+    commit before the indexer indexes in apply)."""
+    index = getattr(store, "index_search", None)
+    while index is not None and index().lag:
+        pass
 
 
 def free_port() -> int:

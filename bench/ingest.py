@@ -3,10 +3,13 @@
 Two measurements, printed as tables:
 
 1. `store.apply()` directly, in batches, into a fresh SQLite file and a fresh PostgreSQL database
-   (the fold + SQL cost alone, one core).
+   (the fold + SQL cost alone, one core), with the search indexer run as a consumer runs it (every
+   INDEX_INTERVAL seconds): events per CPU-second of both, of the fold alone, and task rows indexed per
+   CPU-second of the indexer.
 2. Broker -> `celery-flow consume` processes -> store, with 1, 2 and 4 consume processes sharing one
    consumer group: the events are published to the real broker (Redis Streams or RabbitMQ) while the
-   consumers run, and the clock stops when the store holds every event.
+   consumers run, and the clock stops when the store holds every event and the search index has caught
+   up; also events per CPU-second of the consume processes (all their threads).
 
 The event streams are realistic (bench/_common.py): flows of a root, a chain and a chord, 32 events each,
 interleaved in time order. Usage:
@@ -26,6 +29,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import NamedTuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -58,39 +62,71 @@ class PgDatabase:
             conn.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
 
 
-def measure_apply(
-    url: str, events: list[Event], batch: int, cpu_out: list[float] | None = None
-) -> tuple[float, float]:
-    """(events/s overall, events/s of the last quarter: the rate once the tables are not tiny).
+class ApplyFigures(NamedTuple):
+    rate: float  # events/s overall, indexing included
+    tail: float  # events/s of the last quarter (the tables are not tiny then)
+    fold_cpu: float  # events per CPU-second of this process in store.apply alone
+    index_cpu: float | None  # task rows indexed per CPU-second of the search indexer (None: no indexer)
+    all_cpu: float  # events per CPU-second of both: everything ingest costs this process
+    indexed: int  # task rows indexed
 
-    `cpu_out` receives events per CPU-second of this process: the one-core rate even on a busy machine
-    (for PostgreSQL it leaves out the server's own work).
-    """
+
+def measure_apply(url: str, events: list[Event], batch: int) -> ApplyFigures:
+    """Fold `events` with `store.apply()` in batches, and run the search indexer as a consumer does (every
+    INDEX_INTERVAL seconds, leaving the last INDEX_SETTLE seconds' rows, and at the end until it has caught
+    up); a store without one (a base commit
+    before it) indexes in apply. CPU figures are this process's: for PostgreSQL they leave out the
+    server's own work."""
     store = open_store(url)
+    index = getattr(store, "index_search", None)
+    interval = 1.0  # store/search.py INDEX_INTERVAL, as a consumer runs the indexer
     try:
         chunks = list(batches(events, batch))
         quarter = len(chunks) * 3 // 4
-        cpu = time.process_time()
+        fold_cpu = index_cpu = 0.0
+        indexed = 0
         start = time.perf_counter()
         mark = start
+        next_index = time.monotonic() + interval
         for i, chunk in enumerate(chunks):
             if i == quarter:
                 mark = time.perf_counter()
+            cpu = time.process_time()
             store.apply(chunk)
+            fold_cpu += time.process_time() - cpu
+            if index is not None and (time.monotonic() >= next_index or i == len(chunks) - 1):
+                cpu = time.process_time()
+                while True:  # at the end: until caught up, with nothing left to settle
+                    run = index(settle=0.5 if i < len(chunks) - 1 else 0.0)  # search.INDEX_SETTLE
+                    indexed += run.indexed
+                    if not run.lag or i < len(chunks) - 1:
+                        break
+                index_cpu += time.process_time() - cpu
+                next_index = time.monotonic() + (0.0 if run.lag else interval)
         end = time.perf_counter()
-        if cpu_out is not None:
-            cpu_out.append(len(events) / (time.process_time() - cpu))
         assert store.stats().events == len(events), "not every event was stored"
+        assert getattr(store.stats(), "search_lag", 0) == 0, "the search index did not catch up"
         tail = sum(len(c) for c in chunks[quarter:])
-        return len(events) / (end - start), tail / (end - mark)
+        return ApplyFigures(
+            len(events) / (end - start), tail / (end - mark), len(events) / fold_cpu,
+            indexed / index_cpu if index is not None and index_cpu else None,
+            len(events) / (fold_cpu + index_cpu), indexed,
+        )  # fmt: skip
     finally:
         store.close()
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU seconds a process used so far, all its threads (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def measure_stream(
     transport_name: str, store_url: str, events: list[Event], processes: int, batch: int
-) -> float:
-    """Events/s from the first publish until the store holds them all, with `processes` consumers."""
+) -> tuple[float, float]:
+    """(events/s from the first publish until the store holds them all and has indexed them, events per
+    CPU-second of the consumers), with `processes` consumers."""
     from celery_flow.transport import from_url
 
     broker = BROKERS[transport_name]
@@ -112,15 +148,17 @@ def measure_stream(
             time.sleep(0.5)
         payloads = [encode(e) for e in events]
         total = len(events) + 1
+        cpu_before = [cpu_seconds(p.pid) for p in procs]
         start = time.perf_counter()
         for chunk in batches(payloads, 1000):  # type: ignore[arg-type]
             transport.publish(chunk)
         deadline = time.monotonic() + 600
-        while store.stats().events < total:
+        while (st := store.stats()).events < total or getattr(st, "search_lag", 0):
             if time.monotonic() > deadline:
-                raise RuntimeError(f"only {store.stats().events}/{total} events stored after 600 s")
+                raise RuntimeError(f"only {st.events}/{total} events stored and indexed after 600 s")
             time.sleep(0.05)
-        return len(events) / (time.perf_counter() - start)
+        rate = len(events) / (time.perf_counter() - start)
+        return rate, len(events) / (sum(cpu_seconds(p.pid) for p in procs) - sum(cpu_before))
     finally:
         for p in procs:
             p.terminate()
@@ -164,40 +202,48 @@ def main() -> None:
     parser.add_argument("--engines", default="sqlite,postgresql")
     parser.add_argument("--stream-store", choices=("sqlite", "postgresql"), default="sqlite")
     parser.add_argument("--skip-stream", action="store_true")
+    parser.add_argument("--skip-apply", action="store_true")
     args = parser.parse_args()
 
     events = stream(args.flows)
     print(
         f"store.apply, {len(events):,} events ({args.flows:,} flows x {EVENTS_PER_FLOW}), batch {args.batch}"
     )
-    print(f"{'engine':<12} {'events/s':>10} {'last 25%':>10} {'per CPU-s':>10}")
+    print(
+        f"{'engine':<12} {'events/s':>10} {'last 25%':>10} {'per CPU-s':>10} {'fold only':>10} "
+        f"{'indexed/CPU-s':>14} {'tasks indexed':>14}"
+    )
     with tempfile.TemporaryDirectory() as tmp:
-        for engine in args.engines.split(","):
+        for engine in [] if args.skip_apply else args.engines.split(","):
             pg = PgDatabase() if engine == "postgresql" else None
             url = pg.url if pg else f"sqlite:///{tmp}/apply-{uuid.uuid4().hex[:6]}.db"
-            cpu: list[float] = []
             try:
-                rate, tail = measure_apply(url, events, args.batch, cpu)
+                f = measure_apply(url, events, args.batch)
             finally:
                 if pg:
                     pg.drop()
-            print(f"{engine:<12} {rate:>10,.0f} {tail:>10,.0f} {cpu[0]:>10,.0f}", flush=True)
+            index_rate = f"{f.index_cpu:,.0f}" if f.index_cpu is not None else "in apply"
+            print(
+                f"{engine:<12} {f.rate:>10,.0f} {f.tail:>10,.0f} {f.all_cpu:>10,.0f} {f.fold_cpu:>10,.0f} "
+                f"{index_rate:>14} {f.indexed:>14,}",
+                flush=True,
+            )
 
         if args.skip_stream:
             return
         events = stream(args.stream_flows, seed=2)
         route = f"{args.transport} -> consume -> {args.stream_store}"
         print(f"\n{route}, {len(events):,} events, batch {args.batch}")
-        print(f"{'consumers':<12} {'events/s':>10}")
+        print(f"{'consumers':<12} {'events/s':>10} {'per CPU-s':>10}")
         for n in (int(p) for p in args.processes.split(",")):
             pg = PgDatabase() if args.stream_store == "postgresql" else None
             url = pg.url if pg else f"sqlite:///{tmp}/stream-{n}.db"
             try:
-                rate = measure_stream(args.transport, url, events, n, args.batch)
+                rate, per_cpu = measure_stream(args.transport, url, events, n, args.batch)
             finally:
                 if pg:
                     pg.drop()
-            print(f"{n:<12} {rate:>10,.0f}", flush=True)
+            print(f"{n:<12} {rate:>10,.0f} {per_cpu:>10,.0f}", flush=True)
 
 
 if __name__ == "__main__":

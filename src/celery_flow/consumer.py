@@ -15,7 +15,9 @@ One loop, built so that no input and no outage can stop it:
 - A store that fails: keep the batch unacknowledged and retry it with backoff, status `store_error`;
   one event the store can never hold is isolated and counted (`rejected.unstorable`), not retried forever.
 - Retention runs here (`store.sweep`) so one process owns deletes, and the check for tasks lost with
-  their silent worker (`store.check_lost`, every few seconds once caught up); `sinks` (the OTLP exporter)
+  their silent worker (`store.check_lost`, every few seconds once caught up), and the search index
+  (`store.index_search`, every INDEX_INTERVAL seconds, and again at once while behind: the fold
+  itself never waits for it); `sinks` (the OTLP exporter)
   get the changed task ids after each commit; a failing sink is logged, never allowed to stop ingest.
 """
 
@@ -34,6 +36,7 @@ from celery_flow.errors import ConfigError
 from celery_flow.events import Event, EventRejected, decode
 from celery_flow.settings import DEFAULT_GROUP, DEFAULT_PREFIX
 from celery_flow.store.base import Store
+from celery_flow.store.search import INDEX_INTERVAL, INDEX_SETTLE
 from celery_flow.transport import from_url, redact_url
 from celery_flow.transport.base import Message, Subscription, Transport, TransportError
 
@@ -55,7 +58,7 @@ DROPPED_COUNTER = "publisher.dropped"
 REJECTED_PREFIX = "rejected."
 # Failed attempts at one batch, with the store answering pings, before looking for a poison event in it.
 POISON_AFTER = 3
-# Seconds before a failed check for lost tasks is tried again.
+# Seconds before a failed check for lost tasks, or a failed run of the search indexer, is tried again.
 LOST_RETRY = 5.0
 # How often a running consumer logs one line of progress (only when something happened).
 REPORT_INTERVAL = 60.0
@@ -149,6 +152,7 @@ class Consumer:
         self._next_sweep = 0.0
         self._next_lag = 0.0
         self._next_lost = 0.0
+        self._next_index = 0.0
         self._caught_up = False
         self._next_report = time.monotonic() + REPORT_INTERVAL
         self._reported_events = 0
@@ -478,6 +482,18 @@ class Consumer:
             self.sweep()
         if self._caught_up and now >= self._next_lost:
             self._next_lost = now + self.check_lost()
+        if now >= self._next_index:
+            self._next_index = now + self.index_search()
+
+    def index_search(self) -> float:
+        """Bring the search index up to the tasks stored (store/search.py); return seconds until the next
+        run: none while it is behind. Errors are logged and retried at the next run."""
+        try:
+            run = self.store.index_search(settle=INDEX_SETTLE)
+        except Exception as exc:
+            log.warning("search indexing failed (will retry): %s", exc)
+            return LOST_RETRY
+        return 0.0 if run.lag else INDEX_INTERVAL
 
     def check_lost(self) -> float:
         """Mark LOST the tasks of workers gone silent (store/lost.py); return seconds until the next check.

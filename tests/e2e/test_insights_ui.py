@@ -20,7 +20,7 @@ from celery import chain, group
 from playwright.sync_api import Locator, Page, expect
 from tests.e2e.conftest import PageWatch, Stack, screenshot
 from tests.support.events import event, finished_task
-from tests.support.wait import wait_for
+from tests.support.wait import wait_for, wait_indexed
 
 from celery_flow.events import Event, encode
 from celery_flow.transport import from_url
@@ -303,6 +303,7 @@ def test_search_finds_tasks_by_argument_value_and_key_value(
     other = echo.delay("wombat", order={"customer_id": customer + 1, "city": "Boston"})
     stack.wait_task(found.id, "SUCCESS")
     stack.wait_task(other.id, "SUCCESS")
+    wait_indexed(lambda: stack.api("/health"), time.time())  # indexed behind the fold, in a second or two
 
     page.goto(stack.url + "/")
     search = page.get_by_test_id("search")

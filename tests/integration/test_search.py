@@ -4,8 +4,11 @@ broker, real HTTP, on SQLite and PostgreSQL, over Redis Streams and RabbitMQ (th
 test_flow_graphs.py). Each test tags its tasks with a value of its own, since the store is shared by
 the module.
 
-The store-level tests at the end check what the index itself does: retention deletes the entries of
-deleted tasks, and the re-fold a migration leaves fills an empty index.
+The index is written behind the fold (store/search.py's indexer, run by the server's consumer every
+second): `found` first waits until /api/health says the index caught up after the tasks were stored.
+The store-level tests at the end check what the index itself does: the indexer makes a stored task
+findable and brings the lag to 0, retention deletes the entries of deleted tasks, and a store migrated
+to schema 4 (an empty index) is filled from the stored events.
 """
 
 from __future__ import annotations
@@ -19,11 +22,9 @@ from celery import chain
 from tests.integration.test_flow_graphs import Env, env  # noqa: F401 - the shared worker fixture
 from tests.integration.test_store import store, store_url  # noqa: F401 - a store of each engine
 from tests.support.events import event
-from tests.support.wait import wait_for
+from tests.support.wait import wait_for, wait_indexed
 
-from celery_flow.store import TaskFilter, search
-from celery_flow.store.backfill import run as refold
-from celery_flow.store.migrations import schedule_refold
+from celery_flow.store import TaskFilter, open_store, search
 from celery_flow.store.sql import SqlStore
 
 pytestmark = pytest.mark.slow
@@ -34,15 +35,34 @@ def tag() -> int:
     return int(uuid.uuid4().int % 10**12) + 10**12
 
 
+# When stored() last saw its task, and the time of the health report that last found the index caught up.
+_stored_at = [0.0]
+_indexed_at = [0.0]
+
+
 def stored(env: Env, task_id: str, state: str = "SUCCESS") -> dict[str, Any]:
     def ready() -> dict[str, Any] | None:
         resp = env.api.get(f"/api/tasks/{task_id}")
         return resp.json() if resp.status_code == 200 and resp.json()["state"] == state else None
 
-    return wait_for(ready, 30, f"task {task_id} stored as {state}")
+    detail = wait_for(ready, 30, f"task {task_id} stored as {state}")
+    saw_stored()
+    return detail
+
+
+def saw_stored() -> None:
+    """Note that the tasks searched next are stored by now: `found` waits until they are indexed."""
+    _stored_at[0] = time.time()
+
+
+def indexed(env: Env) -> None:
+    """Wait until a health report made after stored() last returned shows a search lag of 0."""
+    if _indexed_at[0] <= _stored_at[0]:
+        _indexed_at[0] = wait_indexed(lambda: env.api.get("/api/health").json(), _stored_at[0])
 
 
 def found(env: Env, q: str, path: str = "/api/tasks", **params: Any) -> list[str]:
+    indexed(env)
     resp = env.api.get(path, params={"q": q, "limit": 200, **params})
     assert resp.status_code == 200, resp.text
     key = "task_id" if path == "/api/tasks" else "root_id"
@@ -132,6 +152,7 @@ def test_flows_q_finds_the_flows_that_hold_a_matching_task(env: Env) -> None:
     assert result.get(timeout=20) == (n + 1) * 3
     root = result.parent.id
     graph = env.flow(root, 2)
+    saw_stored()
     mul_id = next(node["task_id"] for node in graph["nodes"] if node["name"] == "t.mul")
 
     assert found(env, str((n + 1) * 3)) == [mul_id]  # the chain's last step, by its result
@@ -150,6 +171,7 @@ def test_paging_through_many_matches_walks_each_exactly_once_newest_first(
     ids = [env.task("echo").delay(batch=n, i=i).id for i in range(25)]
     for task_id in ids:
         stored(env, task_id)
+    indexed(env)
     for q, path in ((f"batch:{n}", "/api/tasks"), (str(n), "/api/tasks"), (f"batch:{n}", "/api/flows")):
         seen: list[dict[str, Any]] = []
         cursor = None
@@ -193,6 +215,30 @@ def q_ids(store: SqlStore, q: str) -> list[str]:
     return [t.task_id for t in store.list_tasks(TaskFilter(q=q), 100, None).items]
 
 
+def test_a_stored_task_is_findable_once_the_indexer_ran_and_the_lag_is_0(store: SqlStore) -> None:
+    task = uuid.uuid4().hex
+    store.apply([event("sent", task, time.time(), kwargs={"customer_id": 4711, "city": "Paris"})])
+    assert store.stats().search_lag > 0
+    assert q_ids(store, "customer_id:4711") == []  # not yet: the fold does not index
+    run = store.index_search()
+    assert run.indexed >= 1
+    assert run.lag == 0
+    assert store.stats().search_lag == 0
+    assert q_ids(store, "customer_id:4711 paris") == [task]
+    assert store.index_search().indexed == 0  # nothing new
+
+
+def test_a_consumer_s_indexer_leaves_the_newest_rows_to_its_next_run(store: SqlStore) -> None:
+    task = uuid.uuid4().hex
+    store.apply([event("sent", task, time.time(), kwargs={"customer_id": 4712})])
+    # A settle longer than the test: no run of this process saw the counter that long ago.
+    assert store.index_search(settle=3600).indexed == 0
+    assert q_ids(store, "customer_id:4712") == []
+    assert store.stats().search_lag > 0
+    assert store.index_search(settle=0.0).indexed == 1
+    assert q_ids(store, "customer_id:4712") == [task]
+
+
 def test_retention_deletes_the_index_entries_of_deleted_tasks(store: SqlStore) -> None:
     old, new = uuid.uuid4().hex, uuid.uuid4().hex
     store.apply(
@@ -201,6 +247,7 @@ def test_retention_deletes_the_index_entries_of_deleted_tasks(store: SqlStore) -
             event("sent", new, time.time(), kwargs={"customer_id": 2}),
         ]
     )
+    store.index_search()
     assert entries(store) == 2
     assert store.sweep(ttl=3600, max_tasks=None) == 1
     assert entries(store) == 1
@@ -208,16 +255,30 @@ def test_retention_deletes_the_index_entries_of_deleted_tasks(store: SqlStore) -
     assert q_ids(store, "customer_id:2") == [new]
 
 
-def test_an_entry_follows_the_task_and_the_refold_fills_an_empty_index(store: SqlStore) -> None:
-    task = uuid.uuid4().hex
+def test_an_entry_follows_the_task_and_a_migrated_store_is_indexed_from_its_events(
+    store: SqlStore, store_url: str
+) -> None:
+    task, running = uuid.uuid4().hex, uuid.uuid4().hex
     store.apply([event("sent", task, 1.0, kwargs={"city": "Paris"})])
+    store.index_search()
     assert q_ids(store, "city:paris") == [task]
     store.apply([event("failed", task, 2.0, exception="ValueError: no seats left")])
+    store.apply([event("sent", running, 3.0, kwargs={"city": "Rome"})])
+    store.index_search()
     assert q_ids(store, "city:paris seats") == [task]
-    # A store migrated to schema 4 has an empty index and a re-fold to run: the re-fold fills it.
+    # A store migrated to schema 4 has an empty index and no watermark: another process (nothing
+    # handed over by its own fold) fills it from the stored events.
     store._writing(lambda s, seq: s.run("DELETE FROM task_search"))
-    store._recent.clear()
+    store._writing(lambda s, seq: s.run("DELETE FROM meta WHERE key IN ('search_seq', 'search_num')"))
     assert q_ids(store, "seats") == []
-    store._writing(lambda s, seq: schedule_refold(s))
-    assert refold(store) == 1
-    assert q_ids(store, "city:paris seats") == [task]
+    other = open_store(store_url)
+    try:
+        assert other.index_search().lag == 0
+        assert q_ids(store, "city:paris seats") == [task]
+        assert q_ids(store, "city:rome") == [running]
+        # This process carries on after another one indexed meanwhile (it forgets what it wrote).
+        store.apply([event("succeeded", running, 5.0, result="booked")])
+        store.index_search()
+        assert q_ids(store, "city:rome booked") == [running]
+    finally:
+        other.close()

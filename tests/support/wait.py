@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TypeVar, overload
+from typing import Any, TypeVar, overload
 
 import httpx
 
-__all__ = ["NOT_UP_YET", "WaitTimeout", "wait_for"]
+__all__ = ["NOT_UP_YET", "WaitTimeout", "wait_for", "wait_indexed"]
 
 T = TypeVar("T")
 
@@ -74,3 +74,15 @@ def wait_for(
             seen = seen if len(seen) <= 1000 else seen[:1000] + "..."
             raise WaitTimeout(f"timed out after {timeout}s waiting for {what} (last seen: {seen})")
         time.sleep(interval)
+
+
+def wait_indexed(health: Callable[[], dict[str, Any]], since: float, timeout: float = 30.0) -> float:
+    """Wait until a health report (`health()`: GET /api/health's JSON) made after `since` shows the search
+    index caught up (store.search_lag 0: store/search.py indexes behind the fold); return its time."""
+
+    def check() -> float | None:
+        report = health()
+        caught_up = report["store"]["search_lag"] == 0 and report["checked_at"] > since
+        return float(report["checked_at"]) if caught_up else None
+
+    return wait_for(check, timeout, "the search index caught up")

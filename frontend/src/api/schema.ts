@@ -914,6 +914,8 @@ export interface components {
             refold?: components["schemas"]["RefoldProgress"] | null;
             /** Schema */
             schema?: number | null;
+            /** Search Lag */
+            search_lag?: number | null;
             /** Tasks */
             tasks?: number | null;
             /** Url */

@@ -43,6 +43,9 @@ class StoreHealth:
     # The store's schema version, and the re-fold of every task a migration started, while it runs.
     schema: int | None = None
     refold: RefoldProgress | None = None
+    # Change numbers (seq) stored but not yet in the search index: tasks wait a second or two to be
+    # findable (store/search.py's indexer, run by the consumers).
+    search_lag: int | None = None
 
 
 @dataclass
@@ -190,7 +193,11 @@ class HealthMonitor:
             stats = store.stats()
             rejected, dropped = split_counters(stats.counters)
             store_health = StoreHealth(
-                url=self._store_url, reachable=True, tasks=stats.tasks, events=stats.events
+                url=self._store_url,
+                reachable=True,
+                tasks=stats.tasks,
+                events=stats.events,
+                search_lag=stats.search_lag,
             )
             migration = migration_status(store)
             if migration is not None:

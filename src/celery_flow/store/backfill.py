@@ -11,8 +11,9 @@ task stored before the migration is folded again by the new code, in task-number
 - A task is folded from the events stored when its batch runs. A consumer's write either committed
   before (its events are folded in) or waits for the batch and then re-folds the task itself with the
   new code, so a batch never writes a state older than the stored one.
-- Each task's search entry (store/search.py) is written when its tokens differ from the stored ones:
-  a store migrated to schema 4 gets its search index filled here.
+- The search index is not written here: rows keep their seq, and the fold of the same events gives
+  the same tokens; a store migrated to schema 4 has its index filled by store/search.py's indexer,
+  which starts from seq 0.
 - The overview's counts (store/stats.py) of a store migrated to schema 4 are filled here: each batch
   counts its tasks as folded now (the consumer leaves rows not re-folded yet to it).
 - Only rows that change are written, keeping their change number (seq): live clients are not sent
@@ -37,7 +38,7 @@ from typing import Any
 from celery_flow.events import Event
 from celery_flow.flow.fold import fold_task
 from celery_flow.flow.model import TaskDetail
-from celery_flow.store import lost, search, stats
+from celery_flow.store import lost, stats
 from celery_flow.store.base import StoreError
 from celery_flow.store.connection import Session, SqlConnections
 from celery_flow.store.failures import stored_causes
@@ -197,11 +198,6 @@ def _rewrite(s: Session, rows: list[TaskRow], events: dict[int, list[Event]], se
             apply_workers(s, [], {host: n for host, n in host_runs.items() if any(n)})
     if new_rows:
         write_tasks(s, new_rows, {row.task_id: row for row in rows})
-    search.index(
-        s,
-        [(int(row.num), int(row.seq), task) for row, task in folded],
-        {int(row.num): int(row.seq) for row, _ in folded},
-    )
 
 
 def _fill_stats(s: Session, folded: list[tuple[TaskRow, TaskDetail]]) -> None:

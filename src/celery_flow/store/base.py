@@ -65,6 +65,15 @@ class StoreStats:
     events: int
     # Consumer counters persisted beside the data: rejected events per kind, dropped by publishers.
     counters: Mapping[str, int]
+    # Change numbers (seq) written but not yet in the search index (store/search.py's indexer).
+    search_lag: int = 0
+
+
+class IndexRun(NamedTuple):
+    """What one run of the search indexer did: task rows indexed, and change numbers still behind."""
+
+    indexed: int
+    lag: int
 
 
 class LostCheck(NamedTuple):
@@ -160,6 +169,12 @@ class Store(Protocol):
     def check_lost(self) -> LostCheck:
         """Mark LOST the running tasks of workers silent for 3 x their heartbeat interval (store/lost.py);
         idempotent, so several processes may run it at once."""
+        ...
+
+    def index_search(self, budget: float = 0.5, settle: float = 0.0) -> IndexRun:
+        """Index the tasks written since the search index's watermark (store/search.py), for about
+        `budget` seconds at most, leaving those written in the last `settle` seconds (as far as this
+        process's runs saw) to a later run; several processes may run it at once (they take turns)."""
         ...
 
     def ping(self) -> None:

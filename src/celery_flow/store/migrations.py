@@ -103,9 +103,9 @@ STEPS: tuple[Step, ...] = (
         "workers.silent_since (a worker judged gone for silence); tasks finished, runtimes and queue waits "
         "counted per name and time, the backlog per queue and failed tasks per worker (filled by the "
         "re-fold); the search index of arguments, results "
-        "and errors (filled by the re-fold); beat schedule entries and their runs (schedules, "
-        "schedule_runs); a flow's tasks indexed with their group, and a group's members by time and by "
-        "runtime (collapsed fan-outs)",
+        "and errors (filled by the consumers' search indexer); beat schedule entries and their runs "
+        "(schedules, schedule_runs); a flow's tasks indexed with their group, and a group's members by "
+        "time and by runtime (collapsed fan-outs)",
         """
         ALTER TABLE tasks ADD COLUMN fingerprint TEXT;
         ALTER TABLE flows ADD COLUMN n_planned INTEGER NOT NULL DEFAULT 0;

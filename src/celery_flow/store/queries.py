@@ -394,4 +394,7 @@ def head_cursor(s: Session) -> int:
 def stats(s: Session) -> StoreStats:
     meta = {r[0]: int(r[1]) for r in s.rows("SELECT key, value FROM meta")}
     counters = {r[0]: int(r[1]) for r in s.rows("SELECT name, value FROM counters")}
-    return StoreStats(tasks=meta.get("tasks", 0), events=meta.get("events", 0), counters=counters)
+    lag = max(0, meta.get("seq", 0) - meta.get("search_seq", 0))
+    return StoreStats(
+        tasks=meta.get("tasks", 0), events=meta.get("events", 0), counters=counters, search_lag=lag
+    )

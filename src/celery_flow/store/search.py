@@ -1,6 +1,6 @@
 """Search inside arguments, results and errors: the words and `key:value` pairs of each task, indexed.
 
-What a task is found by (its *tokens*), computed from its fold once, in Python, for both engines:
+What a task is found by (its *tokens*), computed from its fold, in Python, for both engines:
 - the words of every string and number in its args, kwargs and result, and of its exception message:
   runs of letters and digits, lower-cased, at most MAX_TOKEN characters (`ada@example.com` gives `ada`,
   `example`, `com`); not its name (q matches names already) nor dict keys (a pair says more);
@@ -17,13 +17,26 @@ every token present). Both are inverted indexes over exactly the same tokens of 
 engines find the same tasks; neither parses user text: a query is tokenised here and each token quoted (FTS5)
 or bound as an array element (PostgreSQL).
 
-A task's entry is up to two rows (`index`): its call's tokens (part 0), written when it is sent, and
-all its tokens (part 1) once its outcome adds any, written beside the first when it ends, so a task's
-usual life writes each row once and deletes nothing; a task matches when one of its rows holds every
-token of a query (the full row holds the call row's tokens: that is when its tokens do). PostgreSQL,
-where a delete costs little (FTS5 writes one per token), deletes the call row then. Row key:
-SQLite's rowid `num * 2 + part`, PostgreSQL's (num, part). Rows are written when they change (from the
-write path and the re-fold) and deleted with the task (`forget`, retention).
+Written behind the fold, not in its transaction (`Indexer`): the fold hands each task row it writes
+(num, seq, the task's args, kwargs, result and exception) to its store's `Handoff`; the indexer, run by
+each consumer every INDEX_INTERVAL seconds (`SqlStore.index_search`, consumer.py's housekeeping), reads
+the rows written since its watermark (meta 'search_seq') in `seq` order, as the live feed does, up to
+INDEX_BATCH per short write transaction, and indexes each as it stands then: a task that changed in many
+batches since is indexed once. A consumer leaves the rows of the last INDEX_SETTLE seconds to its next
+run, so most tasks are indexed once, when they have ended. Sources not handed over (another process's
+fold, a restart, a migrated store) are folded again from the task's stored events. So a task is
+findable about 2 x INDEX_INTERVAL seconds after it is stored at most while the indexer keeps up, and
+`/api/health` shows how far behind the index is (store.search_lag, in change numbers). The re-fold
+(store/backfill.py) keeps rows' seq and changes no tokens; a migrated store's index is filled by the
+indexer starting from seq 0.
+
+A task's entry is up to two rows: its call's tokens (part 0), written when it is indexed while still
+running, and all its tokens (part 1) once its outcome adds any, beside the first if stored already,
+else alone; so a task's usual life writes each row once and deletes nothing; a task matches when one
+of its rows holds every token of a query (the full row holds the call row's tokens: that is when its
+tokens do). PostgreSQL, where a delete costs little (FTS5 writes one per token), deletes the call row
+then. Row key: SQLite's rowid `num * 2 + part`, PostgreSQL's (num, part). Rows are written when their
+tokens change and deleted with the task (`forget`, retention).
 
 A query (`parse`) is words and `key:value` terms, all of which must match. A list walks its usual index
 newest first either way: a rare match set (at most SPARSE tasks) is handed to it as a list of task
@@ -40,6 +53,8 @@ from typing import Any, Final, Literal, NamedTuple
 
 import msgspec
 
+from celery_flow.events import Event
+from celery_flow.flow.fold import fold_task
 from celery_flow.flow.model import TaskDetail
 from celery_flow.store.connection import Session, chunks, in_list, select_in
 
@@ -59,6 +74,18 @@ MAX_TOKENS = 1000
 MAX_TERMS = 32
 # A query matching at most this many tasks hands their numbers to the list; more, and the list probes.
 SPARSE = 2000
+# Task rows the indexer reads per transaction at most (one transaction holds the writers' lock briefly).
+INDEX_BATCH = 2000
+# Seconds between a consumer's indexer runs: about how long a stored task waits to be findable.
+INDEX_INTERVAL = 1.0
+# Seconds one indexer run goes on at most while it is behind (the next run resumes).
+INDEX_BUDGET = 0.5
+# Seconds a consumer's indexer leaves the newest rows alone (it indexes up to the change counter one of
+# its runs saw at least this long ago): most tasks end meanwhile and are indexed once, as they ended.
+INDEX_SETTLE = 0.5
+# Rows whose sources the fold hands to the indexer, and entries the indexer remembers, at most.
+HANDOFF = 16384
+RECENT = 4096
 
 Target = Literal["tasks", "flows"]
 
@@ -239,69 +266,6 @@ def task_tokens(task: TaskDetail) -> list[str]:
     return _merged(_call_tokens(task), _outcome_tokens(task))
 
 
-_Rows = tuple[tuple[str, ...], tuple[str, ...]]  # a task's call row and full row (empty: no row)
-_NO_ROWS: _Rows = ((), ())
-
-
-class _Indexed(NamedTuple):
-    """What was indexed for one task: its rows as stored, and the fold's values their tokens came from
-    (the very same objects when a fold reads cached events: unchanged without comparing them)."""
-
-    seq: int  # of the task row written with this entry
-    args: Any
-    kwargs: Any
-    result: Any
-    exception: str | None
-    call_tokens: tuple[str, ...]
-    outcome_tokens: tuple[str, ...]
-    rows: _Rows  # as stored
-
-
-def _same(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
-    """Whether two values give the same tokens: equal encodings (`==` alone would take 1 for True)."""
-    return bool(_encoder.encode(a) == _encoder.encode(b))
-
-
-def _full_row(call: tuple[str, ...], outcome_tokens: tuple[str, ...]) -> tuple[str, ...]:
-    """The call's and the outcome's tokens, sorted, at most MAX_TOKENS (the call's first); none when the
-    outcome adds no token (the call row holds them all)."""
-    held = set(call)
-    more = [t for t in outcome_tokens if t not in held]
-    if not more:
-        return ()
-    return tuple(sorted(call + tuple(more[: MAX_TOKENS - len(call)])))
-
-
-class Recent:
-    """What this process indexed last for each task, with the `seq` its row was written at: while the
-    row still carries that seq, the stored entry is known without reading it, and a fold whose sources
-    are unchanged is indexed as it stands."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self._entries: dict[int, _Indexed] = {}
-        self._lock = threading.Lock()
-
-    def get(self, num: int, seq: int | None) -> _Indexed | None:
-        with self._lock:
-            entry = self._entries.get(num)
-        return entry if entry is not None and entry.seq == seq else None
-
-    def remember(self, entries: Iterable[tuple[int, _Indexed]]) -> None:
-        with self._lock:
-            cache = self._entries
-            for num, entry in entries:
-                cache.pop(num, None)
-                cache[num] = entry
-            while len(cache) > self.size:
-                del cache[next(iter(cache))]
-
-    def clear(self) -> None:
-        """Forget everything: entries of a transaction that rolled back must never match."""
-        with self._lock:
-            self._entries.clear()
-
-
 # -- queries --------------------------------------------------------------------------------------
 
 
@@ -400,93 +364,246 @@ def condition(session: Session, text: str, target: Target) -> tuple[str, list[An
 # -- writes ---------------------------------------------------------------------------------------
 
 
-def index(
-    session: Session,
-    tasks: Sequence[tuple[int, int, TaskDetail]],
-    stored: Mapping[int, int],
-    recent: Recent | None = None,
-) -> None:
-    """Index each (num, seq, folded task) whose tokens differ from the stored ones.
+_Rows = tuple[tuple[str, ...], tuple[str, ...]]  # a task's call row and full row (empty: no row)
+_NO_ROWS: _Rows = ((), ())
 
-    `stored`: the seq of the stored row of each task that may have an entry already (tasks new to the
-    store have none, and cost no read). `recent` spares computing the tokens of an unchanged call or
-    outcome and reading entries this process wrote.
-    """
-    engine = dialect(session)
-    entries: list[tuple[int, _Indexed]] = []
-    changed: list[tuple[int, _Rows | None]] = []  # (num, its stored rows; None: to be read)
-    for num, seq, task in tasks:
-        args, kwargs, result, exception = task.args, task.kwargs, task.result, task.exception
-        before = recent.get(num, stored.get(num)) if recent is not None else None
-        call_row: tuple[str, ...] | None = None
-        if before is None:
-            call_tokens = tuple(_call_tokens(task))
-        elif (before.args is args and before.kwargs is kwargs) or _same(
-            (before.args, before.kwargs), (args, kwargs)
-        ):
-            call_tokens, call_row = before.call_tokens, before.rows[0] or None
-            if (before.result is result and before.exception == exception) or _same(
-                (before.result, before.exception), (result, exception)
-            ):
-                entries.append((num, _Indexed(seq, args, kwargs, result, exception, *before[5:])))
-                continue
-        else:
-            call_tokens = tuple(_call_tokens(task))
-        if result is None and not exception:
-            outcome_tokens: tuple[str, ...] = ()
-        else:
-            outcome_tokens = tuple(_outcome_tokens(task))
-        if call_row is None:
-            call_row = tuple(sorted(call_tokens[:MAX_TOKENS]))
-        rows = (call_row, _full_row(call_row, outcome_tokens))
-        if engine == "postgresql" and rows[1]:
-            rows = ((), rows[1])  # a delete costs PostgreSQL little, and a query reads one row per task
-        entries.append(
-            (num, _Indexed(seq, args, kwargs, result, exception, call_tokens, outcome_tokens, rows))
+
+class Sources(NamedTuple):
+    """What a task's tokens come from: its fold's arguments, result and exception message."""
+
+    args: Any
+    kwargs: Any
+    result: Any
+    exception: str | None
+
+    @classmethod
+    def of(cls, task: TaskDetail) -> Sources:
+        return cls(task.args, task.kwargs, task.result, task.exception)
+
+
+# The sources of a row with nothing to index (a planned step: store/plan.py).
+NOTHING: Final = Sources(None, None, None, None)
+
+
+class _Indexed(NamedTuple):
+    """What the indexer wrote for one task: its sources (the very same objects when the fold read cached
+    events: unchanged without comparing them), their tokens, and its rows as stored."""
+
+    sources: Sources
+    call_tokens: tuple[str, ...]
+    outcome_tokens: tuple[str, ...]
+    rows: _Rows
+
+
+def _unchanged(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
+    """Whether two sources give the same tokens: the same objects, or equal encodings (`==` alone would
+    take 1 for True)."""
+    if all(x is y for x, y in zip(a, b, strict=True)):
+        return True
+    return bool(_encoder.encode(a) == _encoder.encode(b))
+
+
+def _full_row(call: tuple[str, ...], outcome_tokens: tuple[str, ...]) -> tuple[str, ...]:
+    """The call's and the outcome's tokens, sorted, at most MAX_TOKENS (the call's first); none when the
+    outcome adds no token (the call row holds them all)."""
+    held = set(call)
+    more = [t for t in outcome_tokens if t not in held]
+    if not more:
+        return ()
+    return tuple(sorted(call + tuple(more[: MAX_TOKENS - len(call)])))
+
+
+class Handoff:
+    """The sources of the rows this process's fold wrote lately, by task number with the row's `seq`:
+    the indexer takes them instead of reading and folding a task's events again (while the row still
+    carries that seq, nobody changed the task since)."""
+
+    def __init__(self, size: int = HANDOFF) -> None:
+        self.size = size
+        # num: (seq, sources as a plain tuple: one per task written, the cheapest to build)
+        self._entries: dict[int, tuple[int, tuple[Any, Any, Any, str | None]]] = {}
+        self._lock = threading.Lock()
+
+    def hand(self, nums: Sequence[int], seqs: Sequence[int], tasks: Sequence[TaskDetail] | None) -> None:
+        """Hand over the sources of rows written in the caller's transaction: task nums[i], written at
+        seqs[i], folded as tasks[i] (None: rows with nothing to index, planned steps)."""
+        with self._lock:
+            entries = self._entries
+            pop = entries.pop
+            if tasks is None:
+                for num, seq in zip(nums, seqs, strict=True):
+                    pop(num, None)
+                    entries[num] = (seq, NOTHING)
+            else:
+                for num, seq, t in zip(nums, seqs, tasks, strict=True):
+                    pop(num, None)  # re-insert: the oldest first, dropped first when full
+                    entries[num] = (seq, (t.args, t.kwargs, t.result, t.exception))
+            while len(entries) > self.size:
+                del entries[next(iter(entries))]
+
+    def take(self, num: int, seq: int) -> Sources | None:
+        """The sources handed over for this row (None: not by this process, or not at this seq)."""
+        with self._lock:
+            hit = self._entries.pop(num, None)
+        return Sources(*hit[1]) if hit is not None and hit[0] == seq else None
+
+    def clear(self) -> None:
+        """Forget everything: rows of a transaction that rolled back must never match."""
+        with self._lock:
+            self._entries.clear()
+
+
+class Indexer:
+    """Writes the search index behind the fold, following the tasks' change numbers (see the module's
+    docstring); a store has one, driven by `SqlStore.index_search` under the store's write lock."""
+
+    def __init__(self, handoff: Handoff, size: int = RECENT) -> None:
+        self.handoff = handoff
+        self.size = size
+        # What this process wrote for each task lately, valid while nobody else indexed since: the
+        # watermark it committed last (`_done`) is still the stored one.
+        self._recent: dict[int, _Indexed] = {}
+        self._done: int | None = None
+        # (monotonic time, change counter) as this process's runs saw them, oldest first (`settled`).
+        self._heads: list[tuple[float, int]] = []
+
+    def reset(self) -> None:
+        """Forget what was written: after a transaction that rolled back."""
+        self._recent.clear()
+        self._done = None
+
+    def settled(self, head: int, settle: float, now: float) -> int:
+        """The change counter to index up to at `now` (monotonic): `head`, or with `settle`, the newest
+        one a run saw at least `settle` seconds ago (0 if none did: this process's first run)."""
+        if not settle:
+            return head
+        heads = self._heads
+        heads.append((now, head))
+        old = [i for i, (seen, _) in enumerate(heads) if seen <= now - settle]
+        if not old:
+            return 0
+        del heads[: old[-1]]  # older ones than the newest old one are never needed again
+        return heads[0][1]
+
+    def step(
+        self, session: Session, head: int, settle: float = 0.0, now: float = 0.0, limit: int = INDEX_BATCH
+    ) -> tuple[int, int]:
+        """Index the task rows written after the stored watermark (meta 'search_seq'), at most `limit`,
+        in the caller's write transaction, `head` the change counter (every row up to it committed:
+        writers are serialized), held back by `settle` seconds (`settled`); return (rows indexed, seq
+        still behind the counter indexed up to)."""
+        head = self.settled(head, settle, now)
+        state = {str(k): int(v) for k, v in session.rows(_STATE_SELECT)}
+        if len(state) < len(_STATE_KEYS):
+            session.many(_STATE_INSERT, [(key,) for key in _STATE_KEYS if key not in state])
+        done, top = state.get("search_seq", 0), state.get("search_num", 0)
+        if done != self._done:
+            self._recent.clear()  # another process indexed since (or this one just started)
+        rows = session.rows(
+            "SELECT num, seq, task_id FROM tasks WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?",
+            (done, head, limit),
         )
-        if before is not None:
-            changed.append((num, before.rows))
-        else:
-            changed.append((num, None if num in stored else _NO_ROWS))
-    unknown = [num for num, was in changed if was is None]
-    old: dict[int, list[tuple[str, ...]]] = {}
-    if unknown:
-        if engine == "postgresql":
-            sql = "SELECT num * 2 + part, tokens FROM task_search WHERE num IN {}"
-            keys = unknown
-        else:
-            sql = "SELECT rowid, tokens FROM task_search WHERE rowid IN {}"
-            keys = [n * 2 + part for n in unknown for part in (0, 1)]
-        for key, tokens in select_in(session, sql, keys):
-            row = tuple(tokens.split(" ") if isinstance(tokens, str) else tokens)
-            old.setdefault(int(key) // 2, [(), ()])[int(key) % 2] = row
-    rows_of = {num: entry.rows for num, entry in entries}
-    deletes: list[int] = []
-    inserts: list[tuple[int, int, tuple[str, ...]]] = []
-    for num, was in changed:
-        have = was if was is not None else old.get(num, _NO_ROWS)
-        for part, (want, had) in enumerate(zip(rows_of[num], have, strict=True)):
-            if want != had:
-                if had:
-                    deletes.append(num * 2 + part)
-                if want:
-                    inserts.append((num, part, want))
-    if deletes:
-        _delete(session, deletes)
-    if inserts:
-        if engine == "postgresql":
-            # Each array as its literal (tokens need no escaping): adapting a Python list costs more.
-            session.many(
-                "INSERT INTO task_search (num, part, tokens) VALUES (?, ?, ?)",
-                [(num, part, '{"' + '","'.join(tokens) + '"}') for num, part, tokens in inserts],
-            )
-        else:
-            session.many(
-                "INSERT INTO task_search (rowid, tokens) VALUES (?, ?)",
-                [(num * 2 + part, " ".join(tokens)) for num, part, tokens in inserts],
-            )
-    if recent is not None:
-        recent.remember(entries)
+        upto = max(done, head if len(rows) < limit else int(rows[-1][1]))
+        tasks: list[tuple[int, Sources]] = []
+        missing: dict[int, str] = {}
+        for num, seq, task_id in rows:
+            sources = self.handoff.take(int(num), int(seq))
+            if sources is None:
+                missing[int(num)] = str(task_id)
+            else:
+                tasks.append((int(num), sources))
+        if missing:
+            tasks += _refold(session, missing)
+        if tasks:
+            self._write(session, tasks, top)
+            top = max(top, max(num for num, _ in tasks))
+        session.many("UPDATE meta SET value = ? WHERE key = ?", [(upto, "search_seq"), (top, "search_num")])
+        self._done = upto
+        return len(rows), max(0, head - upto)
+
+    def _write(self, session: Session, tasks: list[tuple[int, Sources]], top: int) -> None:
+        """Write the rows of each (num, sources) whose tokens differ from the stored ones; `top`: the
+        highest task number indexed before (a higher one has no entry to read)."""
+        recent = self._recent
+        pending: list[tuple[int, _Indexed, _Rows | None]] = []  # (num, new entry, stored rows; None: read)
+        for num, sources in tasks:
+            before = recent.pop(num, None)
+            if before is not None and _unchanged(before.sources[:2], sources[:2]):
+                if _unchanged(before.sources[2:], sources[2:]):
+                    recent[num] = _Indexed(sources, *before[1:])
+                    continue
+                call_tokens = before.call_tokens
+            else:
+                call_tokens = tuple(_tokens(sources[:2], pairs=True))
+            if sources.result is None and not sources.exception:
+                outcome_tokens: tuple[str, ...] = ()
+            else:
+                outcome_tokens = tuple(_tokens(sources[2:], pairs=False))
+            call_row = tuple(sorted(call_tokens[:MAX_TOKENS]))
+            rows = (call_row, _full_row(call_row, outcome_tokens))
+            entry = _Indexed(sources, call_tokens, outcome_tokens, rows)
+            have = before.rows if before is not None else (None if num <= top else _NO_ROWS)
+            pending.append((num, entry, have))
+        unknown = [num for num, _, have in pending if have is None]
+        old: dict[int, list[tuple[str, ...]]] = {}
+        if unknown:
+            if dialect(session) == "postgresql":
+                sql = "SELECT num * 2 + part, tokens FROM task_search WHERE num IN {}"
+                keys = unknown
+            else:
+                sql = "SELECT rowid, tokens FROM task_search WHERE rowid IN {}"
+                keys = [n * 2 + part for n in unknown for part in (0, 1)]
+            for key, tokens in select_in(session, sql, keys):
+                row = tuple(tokens.split(" ") if isinstance(tokens, str) else tokens)
+                old.setdefault(int(key) // 2, [(), ()])[int(key) % 2] = row
+        postgresql = dialect(session) == "postgresql"
+        deletes: list[int] = []
+        inserts: list[tuple[int, int, tuple[str, ...]]] = []
+        for num, entry, have in pending:
+            had = have if have is not None else tuple(old.get(num, _NO_ROWS))
+            call_row, full_row = entry.rows
+            if full_row and (postgresql or not had[0]):
+                # One row per task unless its call row is stored already (FTS5 deletes cost a write per
+                # token; PostgreSQL's little, and a query then reads one row per task).
+                entry = _Indexed(*entry[:3], ((), full_row))
+            for part, (want, was) in enumerate(zip(entry.rows, had, strict=True)):
+                if want != was:
+                    if was:
+                        deletes.append(num * 2 + part)
+                    if want:
+                        inserts.append((num, part, want))
+            recent[num] = entry
+        while len(recent) > self.size:
+            del recent[next(iter(recent))]
+        if deletes:
+            _delete(session, deletes)
+        if inserts:
+            if postgresql:
+                # Each array as its literal (tokens need no escaping): adapting a Python list costs more.
+                session.many(
+                    "INSERT INTO task_search (num, part, tokens) VALUES (?, ?, ?)",
+                    [(num, part, '{"' + '","'.join(tokens) + '"}') for num, part, tokens in inserts],
+                )
+            else:
+                session.many(
+                    "INSERT INTO task_search (rowid, tokens) VALUES (?, ?)",
+                    [(num * 2 + part, " ".join(tokens)) for num, part, tokens in inserts],
+                )
+
+
+_STATE_KEYS: Final = ("search_seq", "search_num")
+_STATE_SELECT: Final = "SELECT key, value FROM meta WHERE key IN ('search_seq', 'search_num')"
+_STATE_INSERT: Final = "INSERT INTO meta (key, value) VALUES (?, 0) ON CONFLICT (key) DO NOTHING"
+_event_decoder = msgspec.json.Decoder(Event)
+
+
+def _refold(session: Session, missing: Mapping[int, str]) -> list[tuple[int, Sources]]:
+    """The sources of tasks (num: task id) no fold of this process handed over, folded again from their
+    stored events (a row without events, a planned step, has nothing to index)."""
+    events: dict[int, list[Event]] = {}
+    for num, data in select_in(session, "SELECT num, data FROM events WHERE num IN {}", sorted(missing)):
+        events.setdefault(int(num), []).append(_event_decoder.decode(data))
+    return [(num, Sources.of(fold_task(missing[num], stored))) for num, stored in events.items()]
 
 
 def _delete(session: Session, keys: Sequence[int]) -> None:

@@ -30,9 +30,9 @@ from celery_flow.flow.model import (
     WorkerInfo,
 )
 from celery_flow.store import failures as clusters
-from celery_flow.store import lost, members, queries, retention, schedules, stats
+from celery_flow.store import lost, members, queries, retention, schedules, search, stats
 from celery_flow.store.backfill import start_background, stop_background
-from celery_flow.store.base import LostCheck, StoreStats, TaskFilter
+from celery_flow.store.base import IndexRun, LostCheck, StoreStats, TaskFilter
 from celery_flow.store.connection import C, Session, SqlConnections
 from celery_flow.store.migrations import MigrateMode, Plan, open_schema
 from celery_flow.store.stuck import StuckRule
@@ -60,6 +60,7 @@ class SqlStore(SqlConnections[C]):
         # Seconds a schedule entry's next run may be overdue before it is late (store/schedules.py).
         self.schedule_grace = schedules.DEFAULT_GRACE if schedule_grace is None else schedule_grace
         self._recent = RecentEvents()
+        self._indexer = search.Indexer(self._recent.search)
 
     def open_schema(self, where: str, migrate: MigrateMode) -> None:
         """Create or migrate the schema (store/migrations.py; engines call this once connected), then start
@@ -94,6 +95,18 @@ class SqlStore(SqlConnections[C]):
             lambda s, seq: mark_lost(s, seq, lost.record_silence(s, self.heartbeat_interval, now))
         )
         return LostCheck(changed, next_in)
+
+    def index_search(self, budget: float = search.INDEX_BUDGET, settle: float = 0.0) -> IndexRun:
+        indexed, began = 0, time.monotonic()
+        while True:
+            try:
+                count, lag = self._writing(lambda s, seq: self._indexer.step(s, seq, settle, began))
+            except BaseException:
+                self._indexer.reset()
+                raise
+            indexed += count
+            if not lag or time.monotonic() - began >= budget:
+                return IndexRun(indexed, lag)
 
     def sweep(self, ttl: float | None, max_tasks: int | None, budget: float = retention.SWEEP_BUDGET) -> int:
         return retention.sweep(self._writing, ttl, max_tasks, budget)

@@ -110,8 +110,8 @@ class RecentEvents:
         self.size = size
         self._sets: dict[str, tuple[int, list[Event]]] = {}
         self._lock = threading.Lock()
-        # What the search index holds of the same tasks (store/search.py), valid by seq the same way.
-        self.search = search.Recent(size)
+        # The search sources of the rows written, for the indexer (store/search.py), valid by seq too.
+        self.search = search.Handoff()
 
     def matching(self, rows: Iterable[TaskRow]) -> dict[str, list[Event]]:
         """The cached event sets of those rows whose `seq` is still the one they were cached at."""
@@ -236,9 +236,8 @@ def _apply_tasks(
         for offset, c in enumerate(changes, start=1)
     ]
     write_tasks(session, rows, old_rows)
-    stored = {int(r.num): int(r.seq) for r in old_rows.values()}
-    indexed = [(row.num, row.seq, c.new) for row, c in zip(rows, changes, strict=True)]
-    search.index(session, indexed, stored, recent.search)
+    # Indexed behind the fold (store/search.py's Indexer), from these sources while the rows stand.
+    recent.search.hand([row.num for row in rows], [row.seq for row in rows], [c.new for c in changes])
     # A batch's events are distinct by id, and so are those stored: the sets hold each id once unless
     # the batch repeated stored events.
     recent.remember(task_ids, by_task, seq, distinct=len(fresh) == len(task_events))
@@ -257,6 +256,7 @@ def _apply_tasks(
         rows = [task_row(s.new, seq + i, s.num, flows[s.new.root_id or ""].fnum)._replace(extra=s.extra)
                 for i, s in enumerate(steps, start=1)]  # fmt: skip
         write_tasks(session, rows, {s.old.task_id: s.old for s in steps if s.old is not None})
+        recent.search.hand([row.num for row in rows], [row.seq for row in rows], None)
         task_ids = task_ids + [s.new.task_id for s in steps]
     return task_ids
 
