@@ -62,6 +62,7 @@ def secured(tmp_path: Path) -> Iterator[tuple[str, dict[str, str], list[Any]]]:
     ]
     events.append(event("worker.online", ts=1_700_000_000.0, hostname="celery@h"))
     store.apply(events)
+    assert store.index_search().lag == 0  # searchable (store/search.py indexes behind the fold)
     store.close()
     app = create_app(broker_url=None, store=url, basic_auth=(USER, PASSWORD), embedded_consumer=False)
     routes = list(_walk(list(app.routes)))

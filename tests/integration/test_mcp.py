@@ -10,6 +10,7 @@ import base64
 import json
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ from tests.support.failing_tasks import register_failing
 from tests.support.mcp_client import run_session, tool_text
 from tests.support.server_helpers import CLI, cli_env, cli_process, free_port, serving
 from tests.support.server_tasks import register_launcher
-from tests.support.wait import wait_for
+from tests.support.wait import wait_for, wait_indexed
 
 import celery_flow
 from celery_flow.server import CeleryFlowExtension, create_app
@@ -96,6 +97,7 @@ def ran(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ra
                 return resp.status_code == 200 and resp.json()["summary"]["state"] == "SUCCESS"
 
             wait_for(chord_done, 60, "the chord to finish")
+            wait_indexed(lambda: api.get("/api/health").json(), time.time())
             yield Ran(url, store_url, api, chord_root, charges, echo, big, customer)
     finally:
         celery_flow.shutdown(app)
