@@ -25,7 +25,7 @@ from tests.support.events import event
 from tests.support.failing_tasks import register_failing
 from tests.support.postgres import own_sql_store, own_store_url
 from tests.support.server_helpers import serving
-from tests.support.wait import wait_for
+from tests.support.wait import tasks_finished, wait_for
 
 import celery_flow
 from celery_flow.server import create_app
@@ -67,14 +67,6 @@ class Ran:
         return body
 
 
-def _finished(api: httpx.Client, ids: list[str]) -> bool:
-    for task_id in ids:
-        resp = api.get(f"/api/tasks/{task_id}")
-        if resp.status_code != 200 or resp.json()["state"] not in ("SUCCESS", "FAILURE"):
-            return False
-    return True
-
-
 # (store, celery-flow transport), as in test_flow_graphs.py: Celery itself runs on Redis.
 @pytest.fixture(scope="module", params=["sqlite-redis", "postgresql-redis", "sqlite-amqp", "postgresql-amqp"])
 def ran(
@@ -104,7 +96,7 @@ def ran(
             fetch = t["ft.fetch"].delay("users", fail_times=2).id
             fetch_always = t["ft.fetch_always"].delay("orders").id
             ids = [*charges, refund, fetch, fetch_always]
-            wait_for(lambda: _finished(api, ids), 60, "every failing task to finish")
+            wait_for(lambda: tasks_finished(api, ids), 60, "every failing task to finish")
             yield Ran(api, started, charges, refund, fetch, fetch_always)
     finally:
         celery_flow.shutdown(app)

@@ -29,7 +29,7 @@ from tests.support.failing_tasks import register_failing
 from tests.support.mcp_client import run_session, tool_text
 from tests.support.server_helpers import CLI, cli_env, cli_process, free_port, serving
 from tests.support.server_tasks import register_launcher
-from tests.support.wait import wait_for, wait_indexed
+from tests.support.wait import tasks_finished, wait_for, wait_indexed
 
 import celery_flow
 from celery_flow.server import CeleryFlowExtension, create_app
@@ -60,14 +60,6 @@ class Ran:
         return resp.json()
 
 
-def _finished(api: httpx.Client, ids: list[str]) -> bool:
-    for task_id in ids:
-        resp = api.get(f"/api/tasks/{task_id}")
-        if resp.status_code != 200 or resp.json()["state"] not in ("SUCCESS", "FAILURE"):
-            return False
-    return True
-
-
 @pytest.fixture(scope="module")
 def ran(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ran]:
     prefix = f"cft_{uuid.uuid4().hex[:8]}"
@@ -90,7 +82,7 @@ def ran(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ra
             charges = [app.tasks["ft.charge"].delay(5000 + i * 37).id for i in range(CHARGES)]
             echo = app.tasks["t.echo"].delay(customer_id=customer, password="hunter2-secret").id
             big = app.tasks["t.echo"].delay(blob="x" * 20_000).id
-            wait_for(lambda: _finished(api, [*charges, echo, big]), 60, "the tasks to finish")
+            wait_for(lambda: tasks_finished(api, [*charges, echo, big]), 60, "the tasks to finish")
 
             def chord_done() -> bool:
                 resp = api.get(f"/api/flows/{chord_root}")

@@ -4,7 +4,6 @@ entries and their runs, late and missed runs while beat is stopped, beat down, a
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ from celery.contrib.testing.worker import start_worker
 from mcp import Client
 from tests.support.beat_app import ENTRIES, make_beat_app
 from tests.support.mcp_client import run_session, tool_text
+from tests.support.private_process import terminate
 from tests.support.server_helpers import REPO, serving
 from tests.support.wait import wait_for
 
@@ -45,17 +45,7 @@ def beat(env: dict[str, str], schedule_file: Path) -> Iterator[subprocess.Popen[
     try:
         yield proc
     finally:
-        stop(proc)
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        terminate(proc)
 
 
 def entry(api: httpx.Client, name: str) -> dict[str, Any]:
@@ -115,7 +105,7 @@ def test_beat_entries_runs_late_missed_and_beat_down(
                 assert {r["task_id"] for r in tick["recent"]} <= {r["task_id"] for r in runs}
                 # Beat stops (SIGTERM: it says offline): beat is down at once, and each entry goes late
                 # once its next run is overdue by the grace period, then counts the runs it misses.
-                stop(proc)
+                terminate(proc)
                 stopped = time.monotonic()
                 down = wait_for(lambda: entry(api, TICK), 10, "beat down", until=lambda e: e["beat_down"])
                 assert down["beat_up"] is False

@@ -8,14 +8,12 @@ cleaning up.
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
 import urllib.request
-from types import TracebackType
 from typing import Any
 
+from tests.support.private_process import PrivateProcess
 from tests.support.server_helpers import free_port
 from tests.support.wait import wait_for
 
@@ -50,7 +48,7 @@ def admin_client(sqs_url: str, service: str = "sqs", region: str = "us-east-1") 
     )
 
 
-class MotoServer:
+class MotoServer(PrivateProcess):
     """`moto.server` on 127.0.0.1:<free port>, started on `with` and killed after."""
 
     def __init__(self) -> None:
@@ -75,23 +73,3 @@ class MotoServer:
                 return True
 
         wait_for(up, 30, "moto's SQS endpoint to answer", retry_on=(OSError,))
-
-    def signal(self, sig: int) -> None:
-        assert self.proc is not None
-        os.kill(self.proc.pid, sig)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGCONT)
-            self.proc.kill()
-            self.proc.wait(10)
-        self.proc = None
-
-    def __enter__(self) -> MotoServer:
-        self.start()
-        return self
-
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()

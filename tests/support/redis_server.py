@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 from pathlib import Path
-from types import TracebackType
 
 import redis
 
+from tests.support.private_process import PrivateProcess
 from tests.support.server_helpers import free_port
 from tests.support.wait import wait_for
 
 __all__ = ["PrivateRedis"]
 
 
-class PrivateRedis:
+class PrivateRedis(PrivateProcess):
     """A redis-server on 127.0.0.1:<free port>, started on `with` and stopped after. Given `directory`,
     it writes every command to an append-only file there, so a restart on the same port finds its data;
     without, it keeps nothing on disk."""
@@ -41,29 +39,3 @@ class PrivateRedis:
             )
         finally:
             client.close()
-
-    def signal(self, sig: int) -> None:
-        assert self.proc is not None
-        os.kill(self.proc.pid, sig)
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.kill()
-        self.proc.wait(10)
-        self.proc = None
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGCONT)
-            self.proc.kill()
-            self.proc.wait(10)
-        self.proc = None
-
-    def __enter__(self) -> PrivateRedis:
-        self.start()
-        return self
-
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()

@@ -86,3 +86,12 @@ def wait_indexed(health: Callable[[], dict[str, Any]], since: float, timeout: fl
         return float(report["checked_at"]) if caught_up else None
 
     return wait_for(check, timeout, "the search index caught up")
+
+
+def tasks_finished(api: httpx.Client, ids: list[str]) -> bool:
+    """Whether every task in `ids` has finished (SUCCESS or FAILURE), asked of a served server's API."""
+    for task_id in ids:
+        resp = api.get(f"/api/tasks/{task_id}")
+        if resp.status_code != 200 or resp.json()["state"] not in ("SUCCESS", "FAILURE"):
+            return False
+    return True

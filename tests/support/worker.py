@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import sys
 import uuid
@@ -18,6 +17,7 @@ from celery.contrib.testing.worker import start_worker
 import celery_flow
 from tests.support.canvas_app import make_app
 from tests.support.events import EventLog
+from tests.support.private_process import terminate
 from tests.support.wait import wait_for
 
 __all__ = ["Tracked", "prefork_worker", "revoke_confirmed", "tracked_worker"]
@@ -75,13 +75,7 @@ def prefork_worker(
     try:
         yield proc
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+        terminate(proc)
 
 
 def revoke_confirmed(app: Celery, task_id: str, timeout: float = 15.0) -> None:
