@@ -459,7 +459,7 @@ function Inner({ structure, tasks, critical, selected, running, onOpenTask, onEx
           source: e.source,
           target: e.target,
           className: `edge-${e.kind}${crit ? " edge-crit" : ""}`,
-          label: e.count > 1 ? `×${e.count}` : undefined,
+          label: e.count > 1 ? `×${e.count.toLocaleString()}` : undefined,
           labelStyle: { fill: "var(--fg-2)", fontSize: 10 },
           labelBgStyle: { fill: "var(--bg-1)" },
           // The critical path glows around the edge; the edge keeps its kind's colour and dash.
