@@ -164,9 +164,11 @@ def streams(draw: st.DrawFn) -> tuple[list[bytes], list[Event], int]:
 
 def _comparable(detail: Any) -> dict[str, Any]:
     data = dataclasses.asdict(detail)
-    # What the store adds from other tasks, not from this task's events: its children, its cluster's size.
+    # What the store adds from other tasks, not from this task's events: its children, its cluster's size,
+    # and whether it runs far longer than its name's other runs (stuck).
     data.pop("children", None)
     data.pop("cluster_size", None)
+    data.pop("stuck", None)
     return data
 
 
