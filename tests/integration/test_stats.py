@@ -141,8 +141,9 @@ def test_workers_say_pool_concurrency_queues_running_and_failed(env: Env) -> Non
 
 @pytest.mark.parametrize("env", ["sqlite-redis"], indirect=True)
 def test_a_name_made_three_times_slower_in_the_next_window_is_a_regression(env: Env) -> None:
-    # Two whole one-minute buckets: 20 runs of ~10 ms in the first, 20 of ~30 ms in the second.
-    first = (int(time.time()) // 60 + 1) * 60
+    # Two one-minute buckets: 20 runs of ~10 ms in this one (the next, when this one ends in under 15 s),
+    # 20 of ~30 ms in the one after.
+    first = int(time.time() + 15) // 60 * 60
     for start, seconds in ((first, 0.01), (first + 60, 0.03)):
         wait_for(lambda at=start: time.time() >= at + 0.5 or None, 75, f"the minute starting at {start}")
         ids = [env.task("slow").delay(seconds).id for _ in range(20)]
