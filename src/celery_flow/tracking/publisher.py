@@ -46,7 +46,7 @@ logger = logging.getLogger("celery_flow.tracking")
 BATCH_SIZE = 1000
 # Flush every 200 ms or at BATCH_SIZE waiting events: one round trip carries many events, and put() never
 # wakes the thread (measurements: bench/RESULTS.md, "Design measurements moved from the code").
-FLUSH_INTERVAL = 0.2
+FLUSH_INTERVAL = 0.1
 BACKOFF_MIN = 0.25
 BACKOFF_MAX = 5.0
 
