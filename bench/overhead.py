@@ -207,6 +207,9 @@ def _stream_events(flow_url: str, prefix: str) -> int:
 def under_load(broker_url: str, flow_url: str, n: int, rounds: int) -> list[str]:
     """Time `n` `.delay()` calls while a prefork worker runs them, plain and instrumented in turn."""
     loops: dict[str, list[float]] = {"plain": [], "instrumented": []}
+    # CPU µs per task of this process (caller + publisher thread) and of the worker's tree, over the loop:
+    # less at the mercy of the neighbours than wall time, and it says who pays.
+    cpu: dict[str, list[tuple[float, float]]] = {"plain": [], "instrumented": []}
     for round_ in range(rounds):
         order = ["plain", "instrumented"] if round_ % 2 == 0 else ["instrumented", "plain"]
         for mode in order:
@@ -228,10 +231,13 @@ def under_load(broker_url: str, flow_url: str, n: int, rounds: int) -> list[str]
                     time.sleep(0.01)
                 time.sleep(0.5)  # its pool settled
                 start = time.perf_counter()
+                own, worker = time.process_time(), tree_cpu(proc.pid)
                 for _ in range(n):
                     noop.delay()
                 elapsed = time.perf_counter() - start
+                own, worker = time.process_time() - own, tree_cpu(proc.pid) - worker
                 loops[mode].append(elapsed)
+                cpu[mode].append((own / n * 1e6, worker / n * 1e6))
                 while client.llen(queue) or client.hlen("unacked"):
                     if time.monotonic() > deadline:
                         raise RuntimeError("worker did not drain the queue")
@@ -244,7 +250,8 @@ def under_load(broker_url: str, flow_url: str, n: int, rounds: int) -> list[str]
                         time.sleep(0.1)
                     got = _stream_events(flow_url, prefix)
                     counted = f", events {got}/{expected}" + ("" if got == expected else "  <- MISMATCH")
-                print(f"  under load round {round_ + 1} {mode:12} {n} delay() in {elapsed:6.3f} s{counted}",
+                print(f"  under load round {round_ + 1} {mode:12} {n} delay() in {elapsed:6.3f} s, CPU µs "
+                      f"per delay: caller {own / n * 1e6:4.0f}, worker {worker / n * 1e6:4.0f}{counted}",
                       flush=True)  # fmt: skip
             finally:
                 stop(proc, 30)
@@ -253,9 +260,13 @@ def under_load(broker_url: str, flow_url: str, n: int, rounds: int) -> list[str]
                 _cleanup("redis", flow_url, prefix)
     ratios = [round(i / p, 3) for i, p in zip(loops["instrumented"], loops["plain"], strict=True)]
     plain_s, inst_s = statistics.median(loops["plain"]), statistics.median(loops["instrumented"])
+    caller = [statistics.median(c[0] for c in cpu[m]) for m in ("instrumented", "plain")]
+    worker = [statistics.median(c[1] for c in cpu[m]) for m in ("instrumented", "plain")]
     return [
         f"redis prefork  {n} delay() under load: ratio {inst_s / plain_s:.3f} of medians "
-        f"({inst_s:.3f} vs {plain_s:.3f} s); per round {ratios}, median {statistics.median(ratios):.3f}"
+        f"({inst_s:.3f} vs {plain_s:.3f} s); per round {ratios}, median {statistics.median(ratios):.3f}",
+        f"{'':14} CPU µs per delay during the loop (medians): caller {caller[0]:.0f} vs {caller[1]:.0f}, "
+        f"worker {worker[0]:.0f} vs {worker[1]:.0f} (instrumented vs plain)",
     ]
 
 
