@@ -36,7 +36,10 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "src"))
+# The code under test: this checkout's, or another's (`CELERY_FLOW_BENCH_SRC=<checkout>/src`, to measure
+# an older commit beside this one in the same run).
+SRC = Path(os.environ.get("CELERY_FLOW_BENCH_SRC") or REPO / "src")
+sys.path.insert(0, str(SRC))
 
 from celery_flow.events import Event  # noqa: E402
 from celery_flow.tracking.publisher import Publisher  # noqa: E402
@@ -159,7 +162,7 @@ def main() -> None:
     port = _free_port()
     with tempfile.TemporaryDirectory() as tmp:
         env = {k: v for k, v in os.environ.items() if not k.startswith("CELERY_FLOW_")}
-        env["PYTHONPATH"] = str(REPO / "src")
+        env["PYTHONPATH"] = str(SRC)
         cmd = [sys.executable, "-m", "celery_flow.cli", "server", "--broker-url", BROKER, "--store",
                f"sqlite:///{tmp}/live.db", "--prefix", prefix, "--port", str(port), "--ttl", "0",
                "--log-level", "warning"]  # fmt: skip
@@ -180,6 +183,7 @@ def main() -> None:
             client = LiveClient(f"ws://127.0.0.1:{port}/api/live")
             # Warm-up: the consumer group exists and one task made the whole trip.
             run_load(publisher, client, 50, 0.5)
+            print(f"code: {SRC}")
             print("path: Publisher -> Redis stream -> `celery-flow server` (embedded consumer, SQLite) -> WS")
             print(f"{'load':<22} {'tasks':>6} {'tasks/s':>8} {'seen':>6} {'p50 ms':>8} {'p95 ms':>8} "
                   f"{'p99 ms':>8} {'max ms':>8}")  # fmt: skip

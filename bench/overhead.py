@@ -11,6 +11,11 @@ machine's load hits both sides alike):
    first task taken to the queue being empty and nothing left unacked) — worker throughput, with
    received/started/succeeded events published from the worker in the instrumented run.
 
+3. `--under-load N` (a section of its own): start a prefork worker first, then time a loop of N `.delay()`
+   calls while that worker runs them on the same machine (the producer competing with the worker, and
+   with celery-flow's publisher thread, for the CPU and the GIL); instrumented rounds then count the
+   events that reached the stream (4 per task: nothing lost).
+
 Prints tasks/s and µs per apply_async for each side, the medians over the rounds and the ratios
 instrumented/plain. Celery's own broker is Redis in every run; `--transport` picks where celery-flow's
 events go. SQS is moto in server mode (a local emulator, started here unless --sqs-url names an endpoint),
@@ -18,12 +23,16 @@ so its figures are not AWS's.
 
     python bench/overhead.py                      # all transports, both pools, 5,000 tasks, 3 rounds
     python bench/overhead.py --transport redis --tasks 2000 --rounds 2 --pools solo
+    python bench/overhead.py --transport redis --under-load 3000 --rounds 5    # the producer loop only
+
+`CELERY_FLOW_BENCH_SRC=<checkout>/src` measures another checkout's code (an older commit) with these scripts.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import signal
 import statistics
@@ -38,8 +47,9 @@ from pathlib import Path
 import redis
 
 REPO = Path(__file__).resolve().parent.parent
+SRC = Path(os.environ.get("CELERY_FLOW_BENCH_SRC") or REPO / "src")
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "src"))
+sys.path.insert(0, str(SRC))
 
 from tests.support.canvas_app import make_app  # noqa: E402
 
@@ -124,7 +134,7 @@ def drain(
     client = redis.Redis.from_url(broker_url)
     env = {
         **os.environ,
-        "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'src'}",
+        "PYTHONPATH": f"{REPO}{os.pathsep}{SRC}",
         "CFT_BROKER_URL": broker_url,
         "CFT_BACKEND_URL": broker_url,
         "CFT_QUEUE": queue,
@@ -154,6 +164,110 @@ def drain(
         stop(proc, 30)
         client.delete(queue)
         client.close()
+
+
+def _worker(
+    broker_url: str, flow_url: str | None, prefix: str, queue: str, pool: str
+) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "PYTHONPATH": f"{REPO}{os.pathsep}{SRC}",
+        "CFT_BROKER_URL": broker_url,
+        "CFT_BACKEND_URL": broker_url,
+        "CFT_QUEUE": queue,
+        "CFT_FLOW_URL": flow_url or "",
+        "CFT_FLOW_PREFIX": prefix,
+    }
+    args = [sys.executable, "-m", "celery", "-A", "tests.support.canvas_app", "worker", "-P", pool,
+            "-c", "2", "-Q", queue, "-n", f"bench-{uuid.uuid4().hex[:6]}@%h", "--loglevel", "ERROR",
+            "--without-mingle", "--without-gossip", "--without-heartbeat"]  # fmt: skip
+    return subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+_TASK_EVENTS = {"sent", "received", "started", "succeeded"}
+
+
+def _stream_events(flow_url: str, prefix: str) -> int:
+    """Task events in the Redis stream `{prefix}:events` (a batch entry holds many; worker events aside)."""
+    client = redis.Redis.from_url(flow_url)
+    total, start = 0, "-"
+    try:
+        while True:
+            entries = client.xrange(f"{prefix}:events", min=start, max="+", count=1000)
+            for _entry_id, fields in entries:
+                lines = fields[b"b"].split(b"\n") if b"b" in fields else [fields[b"e"]]
+                total += sum(json.loads(line).get("type") in _TASK_EVENTS for line in lines)
+            if len(entries) < 1000:
+                return total
+            start = "(" + entries[-1][0].decode()
+    finally:
+        client.close()
+
+
+def under_load(broker_url: str, flow_url: str, n: int, rounds: int) -> list[str]:
+    """Time `n` `.delay()` calls while a prefork worker runs them, plain and instrumented in turn."""
+    loops: dict[str, list[float]] = {"plain": [], "instrumented": []}
+    # CPU µs per task of this process (caller + publisher thread) and of the worker's tree, over the loop:
+    # less at the mercy of the neighbours than wall time, and it says who pays.
+    cpu: dict[str, list[tuple[float, float]]] = {"plain": [], "instrumented": []}
+    for round_ in range(rounds):
+        order = ["plain", "instrumented"] if round_ % 2 == 0 else ["instrumented", "plain"]
+        for mode in order:
+            queue = f"bench_{uuid.uuid4().hex[:8]}"
+            prefix = f"bench_{uuid.uuid4().hex[:8]}"
+            app = make_app(broker_url, broker_url, None, None, main=f"bench_{mode}", queue=queue)
+            inst = mode == "instrumented"
+            if inst:
+                celery_flow.init(app, transport_url=flow_url, prefix=prefix)
+            noop = app.tasks["t.noop"]
+            client = redis.Redis.from_url(broker_url)
+            proc = _worker(broker_url, flow_url if inst else None, prefix, queue, "prefork")
+            try:
+                noop.delay()  # the worker is up once this first task is taken
+                deadline = time.monotonic() + 120
+                while client.llen(queue) or client.hlen("unacked"):
+                    if time.monotonic() > deadline or proc.poll() is not None:
+                        raise RuntimeError("worker did not start consuming")
+                    time.sleep(0.01)
+                time.sleep(0.5)  # its pool settled
+                start = time.perf_counter()
+                own, worker = time.process_time(), tree_cpu(proc.pid)
+                for _ in range(n):
+                    noop.delay()
+                elapsed = time.perf_counter() - start
+                own, worker = time.process_time() - own, tree_cpu(proc.pid) - worker
+                loops[mode].append(elapsed)
+                cpu[mode].append((own / n * 1e6, worker / n * 1e6))
+                while client.llen(queue) or client.hlen("unacked"):
+                    if time.monotonic() > deadline:
+                        raise RuntimeError("worker did not drain the queue")
+                    time.sleep(0.01)
+                counted = ""
+                if inst:
+                    celery_flow.shutdown(app, timeout=30)
+                    expected = 4 * (n + 1)
+                    while _stream_events(flow_url, prefix) < expected and time.monotonic() < deadline:
+                        time.sleep(0.1)
+                    got = _stream_events(flow_url, prefix)
+                    counted = f", events {got}/{expected}" + ("" if got == expected else "  <- MISMATCH")
+                print(f"  under load round {round_ + 1} {mode:12} {n} delay() in {elapsed:6.3f} s, CPU µs "
+                      f"per delay: caller {own / n * 1e6:4.0f}, worker {worker / n * 1e6:4.0f}{counted}",
+                      flush=True)  # fmt: skip
+            finally:
+                stop(proc, 30)
+                client.delete(queue)
+                client.close()
+                _cleanup("redis", flow_url, prefix)
+    ratios = [round(i / p, 3) for i, p in zip(loops["instrumented"], loops["plain"], strict=True)]
+    plain_s, inst_s = statistics.median(loops["plain"]), statistics.median(loops["instrumented"])
+    caller = [statistics.median(c[0] for c in cpu[m]) for m in ("instrumented", "plain")]
+    worker = [statistics.median(c[1] for c in cpu[m]) for m in ("instrumented", "plain")]
+    return [
+        f"redis prefork  {n} delay() under load: ratio {inst_s / plain_s:.3f} of medians "
+        f"({inst_s:.3f} vs {plain_s:.3f} s); per round {ratios}, median {statistics.median(ratios):.3f}",
+        f"{'':14} CPU µs per delay during the loop (medians): caller {caller[0]:.0f} vs {caller[1]:.0f}, "
+        f"worker {worker[0]:.0f} vs {worker[1]:.0f} (instrumented vs plain)",
+    ]
 
 
 def run(transport: str, flow_url: str, broker_url: str, pools: list[str], n: int, rounds: int) -> list[str]:
@@ -263,7 +377,16 @@ def main() -> None:
     parser.add_argument("--redis-url", default=os.environ.get("BENCH_FLOW_REDIS_URL", DEFAULT_FLOW["redis"]))
     parser.add_argument("--amqp-url", default=os.environ.get("BENCH_FLOW_AMQP_URL", DEFAULT_FLOW["amqp"]))
     parser.add_argument("--sqs-url", default=os.environ.get("BENCH_FLOW_SQS_URL", ""))
+    parser.add_argument("--under-load", type=int, default=0, metavar="N",
+                        help="only time N .delay() calls beside a prefork worker (Redis)")  # fmt: skip
     opts = parser.parse_args()
+    if opts.under_load:
+        print(f"celery-flow producer under load: code {SRC}")
+        lines = under_load(opts.broker_url, opts.redis_url, opts.under_load, opts.rounds)
+        print("\nsummary (ratio = instrumented / plain loop time; target <= 1.05):")
+        for line in lines:
+            print("  " + line)
+        return
     transports = ["redis", "amqp", "sqs"] if opts.transport == "all" else [opts.transport]
     pools = [p.strip() for p in opts.pools.split(",") if p.strip()]
     print(f"celery-flow overhead: {opts.tasks} no-op tasks per run, {opts.rounds} rounds, pools {pools}")

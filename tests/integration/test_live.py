@@ -13,11 +13,16 @@ from typing import Any
 import httpx
 import pytest
 import websockets
+from fastapi import FastAPI
+from tests.support.events import event
 from tests.support.server_helpers import TcpProxy, cli_process, free_port, serving
 from tests.support.wait import wait_for
 from tests.support.worker import Tracked, tracked_worker
 
+from celery_flow.events import encode
 from celery_flow.server import create_app
+from celery_flow.server.extension import CeleryFlowExtension
+from celery_flow.transport import from_url
 
 pytestmark = pytest.mark.slow
 
@@ -149,3 +154,29 @@ def test_status_frames_report_a_broker_outage_and_recovery(redis_db: int, tmp_pa
         proxy.stop()
     degraded = next(f for f in frames if f["type"] == "status" and f["status"] == "degraded")
     assert "broker unreachable" in degraded["detail"]
+
+
+def test_the_embedded_consumers_commit_is_pushed_without_waiting_for_the_poll_timer(
+    redis_url: str, unique_prefix: str, tmp_path: Path
+) -> None:
+    """The in-process consumer wakes the live poller after each commit: with a poll timer of a minute,
+    a change still reaches the browser at once (a 20 s deadline, well inside the minute)."""
+    ext = CeleryFlowExtension(broker_url=redis_url, store=f"sqlite:///{tmp_path / 'w.db'}",
+                              prefix=unique_prefix, live_interval=60.0)  # fmt: skip
+    app = FastAPI(lifespan=ext.lifespan)
+    app.include_router(ext.router)
+    transport = from_url(redis_url, prefix=unique_prefix)
+    task_id = uuid.uuid4().hex
+
+    def run_task() -> None:
+        # The poller's first pass ran at startup, before the socket opened: only a wake-up pushes this.
+        sent = event("sent", task_id, name="t.x", root_id=task_id)
+        transport.publish([encode(sent), encode(event("succeeded", task_id, name="t.x", runtime=0.1))])
+
+    try:
+        with serving(app) as url:
+            ws = url.replace("http://", "ws://") + "/api/live"
+            frames = asyncio.run(collect(ws, finished(task_id), start=run_task, timeout=20))
+    finally:
+        transport.close()
+    assert "SUCCESS" in states_of(frames, task_id)

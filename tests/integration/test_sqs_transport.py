@@ -163,6 +163,31 @@ def test_a_dead_consumers_messages_come_back_after_the_visibility_timeout(
         t.close()
 
 
+def test_a_live_consumer_keeps_its_messages_past_the_visibility_timeout(
+    sqs_url: str, unique_prefix: str
+) -> None:
+    """A batch folded for longer than the timeout (a slow store) is not handed to another member."""
+    t = from_url(f"{sqs_url}?visibility_timeout=2", prefix=unique_prefix)
+    payloads = _payloads(5)
+    t.publish(payloads[:1])
+    t.publish(payloads[1:])
+    busy = t.subscribe(GROUP, "busy")
+    other = t.subscribe(GROUP, "other")
+    try:
+        taken = read_all(busy, 5)
+        assert sorted(m.data for m in taken) == sorted(payloads)
+        # Three timeouts long, the holder still folding: the other member gets nothing meanwhile.
+        deadline = time.monotonic() + 6
+        while time.monotonic() < deadline:
+            assert other.read(10, 1) == []
+        busy.ack([m.id for m in taken])
+        assert read_all(other, 1, timeout=3.5) == []  # deleted: nothing ever comes back
+    finally:
+        busy.close()
+        other.close()
+        t.close()
+
+
 def test_url_forms(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_SQS", "AWS_DEFAULT_REGION", "AWS_REGION"):
         monkeypatch.delenv(name, raising=False)

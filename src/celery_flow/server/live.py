@@ -3,7 +3,9 @@
 Why poll the store instead of hooking the consumer: the store is the one thing every server process
 shares, so each process tailing `store.changes_since()` pushes every committed change, whichever process
 (embedded consumer, a separate `celery-flow consume`, another host on PostgreSQL) wrote it. Pushes also
-never run ahead of what a follow-up REST call can read.
+never run ahead of what a follow-up REST call can read. The poll runs every `interval` and, when this
+process runs its own consumer, also right after each of its commits (`wake()`, a consumer sink), so a
+change waits for no timer; polls stay at least `min_gap` apart however often the consumer commits.
 
 Each client owns a bounded queue drained by its own sender; the poller only ever `put_nowait`s, so a
 slow client whose queue fills up is disconnected (close code 1013) and never delays the others.
@@ -14,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,6 +78,7 @@ class LiveHub:
         status: Callable[[], Awaitable[tuple[str, str | None]]],
         interval: float = 0.25,
         batch: int = 500,
+        min_gap: float = 0.02,
         queue_size: int = 256,
         status_every: float = 2.0,
     ) -> None:
@@ -83,6 +86,7 @@ class LiveHub:
         self._status = status
         self.interval = interval
         self.batch = batch
+        self.min_gap = min_gap
         self.queue_size = queue_size
         self.status_every = status_every
         self.clients: set[LiveClient] = set()
@@ -91,15 +95,21 @@ class LiveHub:
         self.pushed = 0
         self.slow_disconnects = 0
         self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wakeup = asyncio.Event()
+        self._wake_pending = False
 
     # ---- lifecycle -----------------------------------------------------------------------------
 
     async def start(self) -> None:
         if self._task is None:
+            self._loop = asyncio.get_running_loop()
+            self._wakeup = asyncio.Event()
             self._task = asyncio.create_task(self._run(), name="celery-flow-live-poller")
 
     async def stop(self) -> None:
         task, self._task = self._task, None
+        self._loop = None
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -109,10 +119,32 @@ class LiveHub:
 
     # ---- the poller ----------------------------------------------------------------------------
 
+    def wake(self, changed: Sequence[str] = ()) -> None:
+        """Poll now rather than at the next tick (any thread: the in-process consumer after a commit)."""
+        loop = self._loop
+        if loop is None or self._wake_pending:
+            return
+        self._wake_pending = True  # one scheduled wake-up covers every commit until the poll runs
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nothing to wake
+            loop.call_soon_threadsafe(self._wakeup.set)
+
+    async def _sleep(self, since: float) -> None:
+        """Until the next tick or a wake-up, and at least `min_gap` after the poll that began at `since`."""
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._wakeup.wait(), max(0.0, since + self.interval - loop.time()))
+        rest = since + self.min_gap - loop.time()
+        if rest > 0:
+            await asyncio.sleep(rest)
+        # Cleared before polling: a commit from now on wakes the next poll.
+        self._wakeup.clear()
+        self._wake_pending = False
+
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         next_status = 0.0
         while True:
+            began = loop.time()
             try:
                 if loop.time() >= next_status:
                     next_status = loop.time() + self.status_every
@@ -123,7 +155,7 @@ class LiveHub:
             except Exception as exc:  # never let one bad poll end live updates for everyone
                 log.warning("live poll failed: %s", exc)
                 self._set_status("degraded", f"store unreachable: {exc}")
-            await asyncio.sleep(self.interval)
+            await self._sleep(began)
 
     async def _refresh_status(self) -> None:
         status, detail = await self._status()

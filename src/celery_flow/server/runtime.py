@@ -54,6 +54,8 @@ class Runtime:
         self.store: Store | None = store
         self.sinks: list[Sink] = []
         self.consumer: ConsumerRunner | None = None
+        # Called with the changed task ids after each commit of the embedded consumer (the live wake-up).
+        self.commit_hooks: list[Sink] = []
         self._stack: contextlib.ExitStack | None = None
         self._lock = threading.Lock()
 
@@ -102,7 +104,9 @@ class Runtime:
                 return
             from celery_flow.server.consumers import ConsumerRunner
 
-            self.consumer = ConsumerRunner(self.config, store, self.sinks, group=self.group)
+            # The live poller's wake-up comes last: it is told once the other sinks have seen the commit.
+            sinks = [*self.sinks, *self.commit_hooks]
+            self.consumer = ConsumerRunner(self.config, store, sinks, group=self.group)
             self.consumer.start()
             self._stack.callback(self._stop_consumer)
 
@@ -147,6 +151,8 @@ class Runtime:
         import anyio
 
         try:
+            if hub is not None and hub.wake not in self.commit_hooks:
+                self.commit_hooks.append(hub.wake)
             await anyio.to_thread.run_sync(self.start_consumer)
             with self._lock:
                 for close in closing:

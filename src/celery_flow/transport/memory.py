@@ -21,7 +21,7 @@ from celery_flow.transport.base import DEFAULT_MAXLEN, Message, TransportError
 
 __all__ = ["MemorySubscription", "MemoryTransport", "reset_memory_transports"]
 
-DEFAULT_MIN_IDLE = 60.0
+DEFAULT_MIN_IDLE = 10.0  # as Redis (transport/redis.py)
 
 
 @dataclass

@@ -19,10 +19,13 @@ thread; a request that may have been received raises DeliveryUnknown (the store 
 once). The queue is created on first use if missing.
 
 Consuming. Long polling (ReceiveMessage waits up to the read's timeout, whole seconds, at most 20) with a
-visibility timeout (`visibility_timeout`, 60 s by default like Redis' claim of a dead member's entries);
-messages are deleted (DeleteMessageBatch) only once the store committed them, so a consumer killed
-mid-batch loses nothing: SQS hands its messages to any member once their visibility timeout ends, and
-the store applies each event once by its id. Every consumer of a group shares the group's queue.
+visibility timeout (`visibility_timeout`, 12 s by default: a dead member's messages are folded by another
+within 15 s, as Redis claims its entries); messages are deleted (DeleteMessageBatch) only once the store
+committed them, so a consumer killed mid-batch loses nothing: SQS hands its messages to any member once
+their visibility timeout ends, and the store applies each event once by its id. While a member holds
+messages (a long fold, a store outage) a thread of its own extends their visibility every third of the
+timeout (ChangeMessageVisibilityBatch), so a live member's batch never reappears to another. Every
+consumer of a group shares the group's queue.
 Queues are created with MessageRetentionPeriod = `ttl` (default one day, clamped to SQS's 60 s..14 days;
 `ttl=0`, no age bound, gets the 14-day maximum); an existing queue keeps its own attributes.
 
@@ -37,6 +40,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -83,7 +87,7 @@ BATCH_MESSAGES = 10
 #: Retention SQS allows (seconds).
 MIN_RETENTION = 60
 MAX_RETENTION = 14 * 86_400
-DEFAULT_VISIBILITY_TIMEOUT = 60
+DEFAULT_VISIBILITY_TIMEOUT = 12
 DEFAULT_REGION = "us-east-1"
 MAX_WAIT = 20
 LAG_INTERVAL = 15.0
@@ -375,8 +379,13 @@ class SqsSubscription:
             )
         # The read timeout outlives the longest long poll.
         self._client = transport.client(read_timeout=MAX_WAIT + 10)
-        # Received and not deleted yet: message id -> its latest receipt handle (a redelivery has a new one).
+        # Received and not deleted yet: message id -> its latest receipt handle (a redelivery has a new one),
+        # and when its visibility timeout last began; shared with the keeper thread under `_held_lock`.
         self._handles: dict[str, str] = {}
+        self._visible_from: dict[str, float] = {}
+        self._held_lock = threading.Lock()
+        self._keeper: threading.Thread | None = None
+        self._closing = threading.Event()
         self._lag: int | None = None
         self._lag_at = -LAG_INTERVAL
         try:
@@ -433,6 +442,8 @@ class SqsSubscription:
                 received = resp.get("Messages") or []
                 for msg in received:
                     out.extend(self._messages(msg))
+                if received and self._keeper is None:
+                    self._start_keeper()
                 if len(received) < BATCH_MESSAGES or len({m.id for m in out}) >= count:
                     break
                 wait = 0
@@ -444,15 +455,58 @@ class SqsSubscription:
 
     def _messages(self, msg: Mapping[str, Any]) -> list[Message]:
         mid = str(msg["MessageId"])
-        self._handles[mid] = str(msg["ReceiptHandle"])
+        with self._held_lock:
+            self._handles[mid] = str(msg["ReceiptHandle"])
+            self._visible_from[mid] = time.monotonic()
         data = str(msg.get("Body", "")).encode("utf-8", "surrogateescape")
         attribute = (msg.get("MessageAttributes") or {}).get(_CONTENT_TYPE) or {}
         if attribute.get("StringValue") == NDJSON:
             return unframe(mid, data)
         return [Message(mid, data)]
 
+    def _start_keeper(self) -> None:
+        self._keeper = threading.Thread(
+            target=self._keep_visible, name="celery-flow-sqs-visibility", daemon=True
+        )
+        self._keeper.start()
+
+    def _keep_visible(self) -> None:
+        """Extend the visibility timeout of each message held for a third of it (looking twice as often,
+        so a message is extended at most halfway through its timeout)."""
+        vt = self._t.visibility_timeout
+        age = vt / 3
+        client: Any = None
+        try:
+            while not self._closing.wait(max(0.2, age / 2)):
+                now = time.monotonic()
+                with self._held_lock:
+                    due = [(m, h) for m, h in self._handles.items() if now - self._visible_from[m] >= age]
+                for start in range(0, len(due), BATCH_MESSAGES):
+                    part = due[start : start + BATCH_MESSAGES]
+                    try:
+                        client = client or self._t.client()
+                        resp = client.change_message_visibility_batch(
+                            QueueUrl=self._url,
+                            Entries=[
+                                {"Id": str(i), "ReceiptHandle": h, "VisibilityTimeout": vt}
+                                for i, (_, h) in enumerate(part)
+                            ],
+                        )
+                    except (BotoCoreError, ClientError) as exc:  # tried again next period
+                        log.debug("sqs: cannot extend visibility: %s", _describe(exc))
+                        break
+                    done = {str(e.get("Id")) for e in resp.get("Successful") or []}
+                    with self._held_lock:
+                        for i, (mid, _) in enumerate(part):
+                            if str(i) in done and mid in self._visible_from:
+                                self._visible_from[mid] = now
+        finally:
+            if client is not None:
+                client.close()
+
     def ack(self, ids: Sequence[str]) -> None:
-        handles = [(mid, self._handles[mid]) for mid in dict.fromkeys(ids) if mid in self._handles]
+        with self._held_lock:
+            handles = [(mid, self._handles[mid]) for mid in dict.fromkeys(ids) if mid in self._handles]
         try:
             for start in range(0, len(handles), BATCH_MESSAGES):
                 part = handles[start : start + BATCH_MESSAGES]
@@ -460,8 +514,10 @@ class SqsSubscription:
                     QueueUrl=self._url,
                     Entries=[{"Id": str(i), "ReceiptHandle": h} for i, (_, h) in enumerate(part)],
                 )
-                for mid, _ in part:
-                    self._handles.pop(mid, None)
+                with self._held_lock:
+                    for mid, _ in part:
+                        self._handles.pop(mid, None)
+                        self._visible_from.pop(mid, None)
                 if resp.get("Failed"):
                     # An expired receipt handle: the message went back to the queue and comes again,
                     # to be applied once more (idempotent per event id) and deleted then.
@@ -496,5 +552,10 @@ class SqsSubscription:
         )
 
     def close(self) -> None:
-        self._handles.clear()
+        self._closing.set()
+        if self._keeper is not None:
+            self._keeper.join(timeout=2.0)
+        with self._held_lock:
+            self._handles.clear()
+            self._visible_from.clear()
         self._client.close()
