@@ -34,6 +34,7 @@ from typing import NamedTuple
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import EVENTS_PER_FLOW, batches, stream
+from celery_flow import consumer
 from celery_flow.events import Event, encode
 from celery_flow.store import open_store
 
@@ -79,6 +80,9 @@ def measure_apply(url: str, events: list[Event], batch: int) -> ApplyFigures:
     server's own work."""
     store = open_store(url)
     index = getattr(store, "index_search", None)
+    tune = getattr(consumer, "tune_gc", None)  # as a `consume` process runs the fold (not in a base commit)
+    if tune is not None:
+        tune()
     interval = 1.0  # store/search.py INDEX_INTERVAL, as a consumer runs the indexer
     try:
         chunks = list(batches(events, batch))

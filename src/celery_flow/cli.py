@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 import click
 
 from celery_flow import __version__
-from celery_flow.consumer import DEFAULT_GROUP
+from celery_flow.consumer import DEFAULT_GROUP, tune_gc
 from celery_flow.errors import ConfigError
 from celery_flow.transport import from_url, redact_url
 from celery_flow.transport.base import TransportError
@@ -452,6 +452,8 @@ def run_server(cfg: ServerConfig, host: str, port: int, log_level: str, reload: 
     from celery_flow.server.app import create_app
 
     app = create_app(config=cfg)
+    if cfg.embedded_consumer:
+        tune_gc()
     with open_or_fail(app.state.celery_flow.runtime):
         _announce(host, port, cfg)
         uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level.lower())).run()
@@ -486,6 +488,7 @@ def run_consume(cfg: ServerConfig, name: str | None, group: str, batch: int, log
     from celery_flow.server.runtime import Runtime
 
     with open_or_fail(Runtime(cfg, group=group)) as runtime:
+        tune_gc()
         stop = threading.Event()
 
         def on_signal(signum: int, frame: FrameType | None) -> None:
