@@ -127,7 +127,7 @@ def cpu_seconds(pid: int) -> float:
 
 
 def measure_stream(
-    transport_name: str, store_url: str, events: list[Event], processes: int, batch: int
+    transport_name: str, store_url: str, events: list[Event], processes: int, batch: int | None
 ) -> tuple[float, float]:
     """(events/s from the first publish until the store holds them all and has indexed them, events per
     CPU-second of the consumers), with `processes` consumers."""
@@ -138,7 +138,9 @@ def measure_stream(
     store = open_store(store_url)
     env = {**os.environ, "CELERY_FLOW_TTL": "0", "PYTHONPATH": os.pathsep.join(sys.path)}
     cmd = [sys.executable, "-m", "celery_flow.cli", "consume", "--broker-url", broker, "--store", store_url,
-           "--prefix", prefix, "--batch", str(batch), "--log-level", "warning"]  # fmt: skip
+           "--prefix", prefix, "--log-level", "warning"]  # fmt: skip
+    if batch is not None:  # None: the consume command's own default (the code measured's)
+        cmd += ["--batch", str(batch)]
     procs = [subprocess.Popen(cmd, env=env) for _ in range(processes)]
     transport = from_url(broker, prefix=prefix)
     try:
@@ -200,7 +202,8 @@ def main() -> None:
     )
     parser.add_argument("--flows", type=int, default=4000, help="flows for store.apply (32 events each)")
     parser.add_argument("--stream-flows", type=int, default=2500, help="flows for the broker runs (< maxlen)")
-    parser.add_argument("--batch", type=int, default=1000)
+    parser.add_argument("--batch", type=int, default=1000, help="events per store.apply()")
+    parser.add_argument("--stream-batch", type=int, help="consume --batch (default: the command's own)")
     parser.add_argument("--transport", choices=sorted(BROKERS), default="redis")
     parser.add_argument("--processes", default="1,2,4")
     parser.add_argument("--engines", default="sqlite,postgresql")
@@ -237,13 +240,14 @@ def main() -> None:
             return
         events = stream(args.stream_flows, seed=2)
         route = f"{args.transport} -> consume -> {args.stream_store}"
-        print(f"\n{route}, {len(events):,} events, batch {args.batch}")
+        shown = args.stream_batch or "consume's default"
+        print(f"\n{route}, {len(events):,} events, batch {shown}")
         print(f"{'consumers':<12} {'events/s':>10} {'per CPU-s':>10}")
         for n in (int(p) for p in args.processes.split(",")):
             pg = PgDatabase() if args.stream_store == "postgresql" else None
             url = pg.url if pg else f"sqlite:///{tmp}/stream-{n}.db"
             try:
-                rate, per_cpu = measure_stream(args.transport, url, events, n, args.batch)
+                rate, per_cpu = measure_stream(args.transport, url, events, n, args.stream_batch)
             finally:
                 if pg:
                     pg.drop()

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 import click
 
 from celery_flow import __version__
-from celery_flow.consumer import DEFAULT_GROUP, tune_gc
+from celery_flow.consumer import DEFAULT_BATCH, DEFAULT_GROUP, tune_gc
 from celery_flow.errors import ConfigError
 from celery_flow.transport import from_url, redact_url
 from celery_flow.transport.base import TransportError
@@ -107,7 +107,8 @@ OPTIONS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
     "name": (("--name",), {"help": "Consumer name in the group. Default: {hostname}:{pid}."}),
     "group": (("--group",), {
         "default": DEFAULT_GROUP, "show_default": True, "help": "Consumer group shared by consumers."}),
-    "batch": (("--batch",), {"type": click.IntRange(1, 10_000), "default": 500, "show_default": True}),
+    "batch": (("--batch",), {
+        "type": click.IntRange(1, 10_000), "default": DEFAULT_BATCH, "show_default": True}),
     "dry_run": (("--dry-run",), {
         "is_flag": True, "help": "Print what would be done and how many rows it touches; write nothing."}),
     "rate": (("--rate",), {
