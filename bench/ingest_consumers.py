@@ -59,7 +59,7 @@ def main() -> None:
             for n in counts:
                 url, pg = url_for(f"stream{n}")
                 try:
-                    rate, _ = measure_stream(args.transport, url, events, n, args.batch)
+                    rate, _, _ = measure_stream(args.transport, url, events, n, args.batch)
                 finally:
                     if pg:
                         pg.drop()
