@@ -27,7 +27,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--stream-flows", type=int, default=2500, help="flows published (32 events each)")
-    parser.add_argument("--batch", type=int, default=500, help="consume --batch (the CLI default)")
+    parser.add_argument("--batch", type=int, help="consume --batch (default: the command's own)")
     parser.add_argument("--processes", default="1,2,4")
     parser.add_argument("--stores", default="sqlite,postgresql")
     parser.add_argument("--transport", choices=sorted(BROKERS), default="redis")
@@ -51,7 +51,7 @@ def main() -> None:
 
             url, pg = url_for("apply")
             try:
-                rate, _ = measure_apply(url, events, args.batch)
+                rate = measure_apply(url, events, args.batch or 500).rate
             finally:
                 if pg:
                     pg.drop()
@@ -59,7 +59,7 @@ def main() -> None:
             for n in counts:
                 url, pg = url_for(f"stream{n}")
                 try:
-                    rate = measure_stream(args.transport, url, events, n, args.batch)
+                    rate, _, _ = measure_stream(args.transport, url, events, n, args.batch)
                 finally:
                     if pg:
                         pg.drop()

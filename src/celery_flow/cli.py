@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 import click
 
 from celery_flow import __version__
-from celery_flow.consumer import DEFAULT_GROUP
+from celery_flow.consumer import DEFAULT_BATCH, DEFAULT_GROUP, tune_gc
 from celery_flow.errors import ConfigError
 from celery_flow.transport import from_url, redact_url
 from celery_flow.transport.base import TransportError
@@ -107,7 +107,8 @@ OPTIONS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
     "name": (("--name",), {"help": "Consumer name in the group. Default: {hostname}:{pid}."}),
     "group": (("--group",), {
         "default": DEFAULT_GROUP, "show_default": True, "help": "Consumer group shared by consumers."}),
-    "batch": (("--batch",), {"type": click.IntRange(1, 10_000), "default": 500, "show_default": True}),
+    "batch": (("--batch",), {
+        "type": click.IntRange(1, 10_000), "default": DEFAULT_BATCH, "show_default": True}),
     "dry_run": (("--dry-run",), {
         "is_flag": True, "help": "Print what would be done and how many rows it touches; write nothing."}),
     "rate": (("--rate",), {
@@ -452,6 +453,8 @@ def run_server(cfg: ServerConfig, host: str, port: int, log_level: str, reload: 
     from celery_flow.server.app import create_app
 
     app = create_app(config=cfg)
+    if cfg.embedded_consumer:
+        tune_gc()
     with open_or_fail(app.state.celery_flow.runtime):
         _announce(host, port, cfg)
         uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level.lower())).run()
@@ -486,6 +489,7 @@ def run_consume(cfg: ServerConfig, name: str | None, group: str, batch: int, log
     from celery_flow.server.runtime import Runtime
 
     with open_or_fail(Runtime(cfg, group=group)) as runtime:
+        tune_gc()
         stop = threading.Event()
 
         def on_signal(signum: int, frame: FrameType | None) -> None:

@@ -48,6 +48,7 @@ from __future__ import annotations
 import hashlib
 import re
 import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final, Literal, NamedTuple
 
@@ -421,7 +422,8 @@ class Handoff:
     def __init__(self, size: int = HANDOFF) -> None:
         self.size = size
         # num: (seq, sources as a plain tuple: one per task written, the cheapest to build)
-        self._entries: dict[int, tuple[int, tuple[Any, Any, Any, str | None]]] = {}
+        # Oldest first: OrderedDict drops its oldest in O(1) (write.py's RecentEvents says why not a dict).
+        self._entries: OrderedDict[int, tuple[int, tuple[Any, Any, Any, str | None]]] = OrderedDict()
         self._lock = threading.Lock()
 
     def hand(self, nums: Sequence[int], seqs: Sequence[int], tasks: Sequence[TaskDetail] | None) -> None:
@@ -439,7 +441,7 @@ class Handoff:
                     pop(num, None)  # re-insert: the oldest first, dropped first when full
                     entries[num] = (seq, (t.args, t.kwargs, t.result, t.exception))
             while len(entries) > self.size:
-                del entries[next(iter(entries))]
+                entries.popitem(last=False)
 
     def take(self, num: int, seq: int) -> Sources | None:
         """The sources handed over for this row (None: not by this process, or not at this seq)."""
@@ -462,7 +464,7 @@ class Indexer:
         self.size = size
         # What this process wrote for each task lately, valid while nobody else indexed since: the
         # watermark it committed last (`_done`) is still the stored one.
-        self._recent: dict[int, _Indexed] = {}
+        self._recent: OrderedDict[int, _Indexed] = OrderedDict()
         self._done: int | None = None
         # (monotonic time, change counter) as this process's runs saw them, oldest first (`settled`).
         self._heads: list[tuple[float, int]] = []
@@ -574,7 +576,7 @@ class Indexer:
                         inserts.append((num, part, want))
             recent[num] = entry
         while len(recent) > self.size:
-            del recent[next(iter(recent))]
+            recent.popitem(last=False)
         if deletes:
             _delete(session, deletes)
         if inserts:

@@ -12,6 +12,7 @@ current in the same transaction.
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from operator import itemgetter
@@ -108,7 +109,9 @@ class RecentEvents:
 
     def __init__(self, size: int = RECENT_TASKS) -> None:
         self.size = size
-        self._sets: dict[str, tuple[int, list[Event]]] = {}
+        # Ordered oldest first; an OrderedDict pops its oldest in O(1), where a dict's next(iter()) walks
+        # the holes its earlier deletes left at the front (quadratic in a busy cache).
+        self._sets: OrderedDict[str, tuple[int, list[Event]]] = OrderedDict()
         self._lock = threading.Lock()
         # The search sources of the rows written, for the indexer (store/search.py), valid by seq too.
         self.search = search.Handoff()
@@ -138,7 +141,7 @@ class RecentEvents:
                     events if distinct else list({e.id: e for e in events}.values()),
                 )
             while len(sets) > self.size:
-                del sets[next(iter(sets))]
+                sets.popitem(last=False)
 
     def clear(self) -> None:
         """Forget everything: entries written by a transaction that rolled back must never match."""
