@@ -132,19 +132,7 @@ def drain(
     """Start a worker on `queue` (already holding n tasks); (tasks/s, worker CPU µs per task), both from
     the first task taken to the queue being empty."""
     client = redis.Redis.from_url(broker_url)
-    env = {
-        **os.environ,
-        "PYTHONPATH": f"{REPO}{os.pathsep}{SRC}",
-        "CFT_BROKER_URL": broker_url,
-        "CFT_BACKEND_URL": broker_url,
-        "CFT_QUEUE": queue,
-        "CFT_FLOW_URL": flow_url or "",
-        "CFT_FLOW_PREFIX": prefix,
-    }
-    args = [sys.executable, "-m", "celery", "-A", "tests.support.canvas_app", "worker", "-P", pool,
-            "-c", "2", "-Q", queue, "-n", f"bench-{uuid.uuid4().hex[:6]}@%h", "--loglevel", "ERROR",
-            "--without-mingle", "--without-gossip", "--without-heartbeat"]  # fmt: skip
-    proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = _worker(broker_url, flow_url, prefix, queue, pool)
     try:
         deadline = time.monotonic() + 120
         while client.llen(queue) >= n:

@@ -76,14 +76,7 @@ def test_frozen_redis_never_slows_tasks_and_publisher_recovers(
         publisher = tracker_for_app(t.app).publisher  # type: ignore[union-attr]
         after = t.task("add").delay(1000, 1)
         assert after.get(timeout=10) == 1001
-        events = log.wait_for(
-            lambda ev: (
-                any(e.task_id == after.id and e.type == "succeeded" for e in ev)
-                and sum(e.dropped or 0 for e in ev if e.type == "publisher.dropped")
-                == publisher.dropped_total
-            ),
-            timeout=30,
-        )
+        events = log.wait_drops_reported(after.id, publisher.dropped_total, 30)
     dropped = sum(e.dropped or 0 for e in events if e.type == "publisher.dropped")
     assert dropped > 0
     online = next(e for e in events if e.type == "worker.online")

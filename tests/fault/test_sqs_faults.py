@@ -21,10 +21,10 @@ from celery.contrib.testing.worker import start_worker
 import celery_flow
 from celery_flow.events import encode
 from celery_flow.store import open_store
-from celery_flow.store.base import Store, TaskFilter
+from celery_flow.store.base import Store
 from celery_flow.tracking.hooks import tracker_for_app
 from celery_flow.transport import from_url
-from tests.fault.test_consumer_kill import _task_events
+from tests.fault.test_consumer_kill import _task_events, assert_every_task_stored_once
 from tests.fault.test_publisher_faults import EXTRA_LATENCY, timed_publishes
 from tests.support.canvas_app import make_app
 from tests.support.events import EventLog
@@ -104,21 +104,7 @@ def test_consumer_sigkilled_twice_mid_batch_loses_and_doubles_nothing(
 
         # Nothing doubled: each event once, each task exactly its 4 events, all succeeded.
         assert store.stats().events == len(events)
-        assert store.stats().tasks == TASKS
-        seen: set[str] = set()
-        cursor: str | None = None
-        while True:
-            page = store.list_tasks(TaskFilter(), 500, cursor)
-            assert all(item.state == "SUCCESS" for item in page.items)
-            seen.update(item.task_id for item in page.items)
-            cursor = page.next_cursor
-            if cursor is None:
-                break
-        assert seen == set(task_ids)
-        for task_id in task_ids[:: TASKS // 50]:
-            detail = store.get_task(task_id)
-            assert detail is not None
-            assert sorted(e.type for e in detail.events) == ["received", "sent", "started", "succeeded"]
+        assert_every_task_stored_once(store, task_ids)
         assert not {k: v for k, v in store.stats().counters.items() if k.startswith("rejected.")}
         assert final.poll() is None, "the consumer died after recovery"
     finally:
@@ -174,14 +160,7 @@ def test_frozen_sqs_never_slows_tasks_and_publisher_recovers(
             publisher = tracker_for_app(app).publisher  # type: ignore[union-attr]
             after = app.tasks["t.add"].delay(1000, 1)
             assert after.get(timeout=20) == 1001
-            events = log.wait_for(
-                lambda ev: (
-                    any(e.task_id == after.id and e.type == "succeeded" for e in ev)
-                    and sum(e.dropped or 0 for e in ev if e.type == "publisher.dropped")
-                    == publisher.dropped_total
-                ),
-                timeout=60,
-            )
+            events = log.wait_drops_reported(after.id, publisher.dropped_total, 60)
         dropped = sum(e.dropped or 0 for e in events if e.type == "publisher.dropped")
         assert dropped > 0
         # 200 tasks x 4 events with a 200-event buffer: what arrived plus what was reported covers them all

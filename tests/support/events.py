@@ -70,6 +70,17 @@ class EventLog:
             shown = ", ".join(f"{e.type}:{e.name or ''}:{(e.task_id or '')[:8]}" for e in self.events[-40:])
             raise AssertionError(f"{exc}; {len(self.events)} events: {shown}") from None
 
+    def wait_drops_reported(self, task_id: str, dropped_total: int, timeout: float) -> list[Event]:
+        """The events once `task_id` succeeded and the `publisher.dropped` reports add up to
+        `dropped_total` (the publisher's own count: every drop reported, none twice)."""
+        return self.wait_for(
+            lambda ev: (
+                any(e.task_id == task_id and e.type == "succeeded" for e in ev)
+                and sum(e.dropped or 0 for e in ev if e.type == "publisher.dropped") == dropped_total
+            ),
+            timeout=timeout,
+        )
+
     def close(self) -> None:
         self.sub.close()
         self.transport.close()
